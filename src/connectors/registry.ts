@@ -1,0 +1,82 @@
+import type { z } from 'zod';
+import { fileSourceSchema } from './file/file-source.js';
+import { generatorSourceSchema } from './generator/generator-source.js';
+import { parquetSinkSchema } from './parquet/parquet-sink.js';
+import type { ConnectorContext, DeadLetterQueue, Sink, Source } from './types.js';
+
+export interface SourceSpec<S extends z.ZodType = z.ZodType> {
+  type: string;
+  kind: 'source';
+  schema: S;
+  description: string;
+  create(cfg: z.output<S>, ctx: ConnectorContext): Promise<Source>;
+  /** The source's dead-letter queue, when `dlq` is configured. */
+  createDlq?(cfg: z.output<S>, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined>;
+}
+
+export interface SinkSpec<S extends z.ZodType = z.ZodType> {
+  type: string;
+  kind: 'sink';
+  schema: S;
+  description: string;
+  /** Columns a model must produce for this sink (partition keys, ...). */
+  requiredColumns?(cfg: z.output<S>): string[];
+  create(cfg: z.output<S>, ctx: ConnectorContext): Promise<Sink>;
+}
+
+async function fileDlq(dir: string | undefined, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined> {
+  if (!dir) return undefined;
+  const { FileDeadLetterQueue } = await import('./file/file-dlq.js');
+  const path = await import('node:path');
+  const q = new FileDeadLetterQueue(path.resolve(ctx.projectDir, dir));
+  await q.open();
+  return q;
+}
+
+// The one place a connector type is registered. Client libraries load lazily in create().
+export const sources: SourceSpec[] = [
+  {
+    type: 'file',
+    kind: 'source',
+    schema: fileSourceSchema,
+    description: 'NDJSON files (a file, a directory or a glob); finite unless follow: true',
+    async create(cfg, ctx) {
+      const { FileSource } = await import('./file/file-source.js');
+      return new FileSource(cfg as z.output<typeof fileSourceSchema>, ctx);
+    },
+    createDlq: (cfg, ctx) => fileDlq((cfg as { dlq?: string }).dlq, ctx),
+  },
+  {
+    type: 'generator',
+    kind: 'source',
+    schema: generatorSourceSchema,
+    description: 'synthetic order events for demos and benchmarks',
+    async create(cfg, ctx) {
+      const { GeneratorSource } = await import('./generator/generator-source.js');
+      return new GeneratorSource(cfg as z.output<typeof generatorSourceSchema>, ctx);
+    },
+    createDlq: (cfg, ctx) => fileDlq((cfg as { dlq?: string }).dlq, ctx),
+  },
+];
+
+export const sinks: SinkSpec[] = [
+  {
+    type: 'parquet',
+    kind: 'sink',
+    schema: parquetSinkSchema,
+    description: 'Parquet files on local disk, atomic and idempotent',
+    requiredColumns: (cfg) => (cfg as z.output<typeof parquetSinkSchema>).partition_by,
+    async create(cfg, ctx) {
+      const { ParquetSink } = await import('./parquet/parquet-sink.js');
+      return new ParquetSink(cfg as z.output<typeof parquetSinkSchema>, ctx);
+    },
+  },
+];
+
+export function sourceSpec(type: string): SourceSpec | undefined {
+  return sources.find((s) => s.type === type);
+}
+
+export function sinkSpec(type: string): SinkSpec | undefined {
+  return sinks.find((s) => s.type === type);
+}

@@ -1,0 +1,97 @@
+import type { DuckDBConnection } from '@duckdb/node-api';
+import type { Logger } from 'pino';
+
+/** One message as the source delivered it: the raw bytes (as text) and where it came from. */
+export interface RawMessage {
+  payload: string;
+  /** Source coordinates (file and line, partition and offset, ...) for the DLQ and logs. */
+  coords: Record<string, unknown>;
+}
+
+/** A batch read from a source, with everything needed to acknowledge it later. */
+export interface SourceBatch {
+  messages: RawMessage[];
+  /** The source position after this batch; JSON-serialisable, stored in the WAL state at commit. */
+  position: unknown;
+  /** Sortable keys of the first and last message, used to name output files deterministically. */
+  first: string;
+  last: string;
+}
+
+export interface Source {
+  /**
+   * Opens the source at `position` (as stored by a previous run's commit; undefined = start).
+   * Throws SluiceError('CONNECT') when the system cannot be reached.
+   */
+  open(position: unknown): Promise<void>;
+  /**
+   * Returns the next batch: up to batch_size messages, or fewer once batch_timeout_ms has
+   * passed since the first one arrived. Returns a batch with no messages when idle, so the
+   * caller can flush by age, and null once a finite source is exhausted. Messages come in
+   * source order. Resolves early (with what it has) when `signal` aborts.
+   */
+  read(signal: AbortSignal): Promise<SourceBatch | null>;
+  /**
+   * Acknowledges a batch. Called only after every row the batch produced and every DLQ record
+   * of its failed messages is durable; batches are acked in the order they were read.
+   */
+  ack(batch: SourceBatch): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A dead-letter record, the same shape for every source. */
+export interface DeadLetter {
+  payload: string;
+  error: string;
+  stage: 'decode' | 'transform' | 'sink';
+  source: Record<string, unknown>;
+  model?: string;
+  time: string;
+}
+
+export interface DeadLetterQueue {
+  /** Appends records and makes them durable (fsync) before resolving. */
+  append(records: DeadLetter[]): Promise<void>;
+  /** An opaque token describing what is committed now; stored with the WAL state. */
+  mark(): unknown;
+  /** Drops anything appended after `mark` (records of a batch whose commit never happened). */
+  recover(mark: unknown): Promise<void>;
+  /** Reads up to `limit` records without consuming them. */
+  inspect(limit: number): Promise<DeadLetter[]>;
+  close(): Promise<void>;
+}
+
+export interface ColumnInfo {
+  name: string;
+  type: string;
+}
+
+/** One flush of one model: the staged WAL segments to deliver as one unit. */
+export interface SinkWrite {
+  model: string;
+  /** Parquet files of the model's WAL, in order; all rows of this flush. */
+  segments: string[];
+  /** Deterministic name derived from the source positions the rows came from. */
+  name: string;
+  rows: number;
+}
+
+export interface Sink {
+  /** Prepares the sink (creates directories, connects); removes leftovers of crashed writes. */
+  connect(): Promise<void>;
+  /**
+   * Writes a flush durably and atomically: readers see all of it or none of it. Idempotent by
+   * `write.name`: writing the same name again replaces rather than duplicates. Throws
+   * SluiceError('SINK') on failure; the caller keeps the WAL and retries.
+   */
+  write(write: SinkWrite, db: DuckDBConnection): Promise<void>;
+  /** False while the last write failed. */
+  healthy(): boolean;
+  close(): Promise<void>;
+}
+
+export interface ConnectorContext {
+  projectDir: string;
+  log: Logger;
+  workerId: string;
+}

@@ -1,0 +1,366 @@
+import path from 'node:path';
+import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
+import type { Logger } from 'pino';
+import { SluiceError, errorMessage } from '../errors.js';
+import type { ConnectorContext, DeadLetter, DeadLetterQueue, Sink, Source, SourceBatch } from '../connectors/types.js';
+import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
+import { reachable } from '../project/dag.js';
+import { Metrics } from '../ops/metrics.js';
+import { startServer } from '../ops/server.js';
+import { fileList } from '../sql/quote.js';
+import { Wal } from '../wal/wal.js';
+import { BatchExecutor, compileModels, type BatchOutcome } from './executor.js';
+
+export interface RunOptions {
+  project: Project;
+  log: Logger;
+  /** HTTP port for /healthz, /readyz, /metrics; 0 = no server. */
+  port: number;
+  /** Model names (or paths to their .sql) to run; their upstream models run too. */
+  models?: string[];
+  dryRun?: boolean;
+  /** Replaces the configured source (dlq replay). */
+  sourceOverride?: { source: Source; name: string };
+  /** Where the WAL lives (defaults to the project's wal.path). */
+  walDir?: string;
+  signal: AbortSignal;
+  /** Output for --dry-run. */
+  print?: (text: string) => void;
+}
+
+export interface RunSummary {
+  messages: number;
+  deadLettered: number;
+  rows: Record<string, number>;
+  batches: number;
+  flushes: number;
+}
+
+/** Upstream closure of the selected models, in DAG order. */
+export function selectModels(project: Project, wanted: string[] | undefined): ModelDef[] {
+  if (!wanted || wanted.length === 0) return project.models;
+  const names = new Set<string>();
+  for (const w of wanted) {
+    const name = path.basename(w).replace(/\.sql$/, '');
+    if (!project.models.some((m) => m.name === name)) {
+      throw new SluiceError('USAGE', `no model named "${name}" (models: ${project.models.map((m) => m.name).join(', ')})`);
+    }
+    names.add(name);
+    for (const up of reachable(name, (n) => project.models.find((m) => m.name === n)?.refs ?? [])) names.add(up);
+  }
+  return project.models.filter((m) => names.has(m.name));
+}
+
+export async function openDuckDB(): Promise<{ instance: DuckDBInstance; conn: DuckDBConnection }> {
+  const instance = await DuckDBInstance.create(':memory:');
+  const conn = await instance.connect();
+  return { instance, conn };
+}
+
+/**
+ * The run loop: poll -> decode -> models -> WAL (fsync) -> ack, and per model, when its size
+ * or age threshold is reached, WAL -> sinks (atomic, idempotent) -> WAL truncate.
+ */
+export class Pipeline {
+  private readonly metrics = new Metrics();
+  private wal!: Wal;
+  private sinks = new Map<string, Sink>();
+  private dlq: DeadLetterQueue | undefined;
+  private executor!: BatchExecutor;
+  private conn!: DuckDBConnection;
+  private instance!: DuckDBInstance;
+  private models: ModelDef[] = [];
+  private replayed = false;
+  private flushFailures = new Map<string, { count: number; nextTry: number; error: string }>();
+  private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0 };
+
+  constructor(private readonly opts: RunOptions) {}
+
+  private get log(): Logger {
+    return this.opts.log;
+  }
+
+  async run(): Promise<RunSummary> {
+    const { project, signal } = this.opts;
+    if (!this.opts.sourceOverride && project.sources.length !== 1) {
+      throw new SluiceError('USAGE', `this project has ${project.sources.length} sources; running several sources in one process is not supported yet`);
+    }
+    const srcDef: NamedSource = project.sources.find((s) => s.name === this.opts.sourceOverride?.name) ?? project.sources[0];
+    this.models = selectModels(project, this.opts.models);
+    const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: process.env.SLUICE_WORKER_ID ?? '' };
+
+    ({ instance: this.instance, conn: this.conn } = await openDuckDB());
+    const compiled = await compileModels(this.conn, this.models);
+    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name);
+    await this.executor.init();
+
+    const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
+    if (this.opts.dryRun) return this.dryRun(source);
+
+    for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
+      const def = project.sinks.find((s) => s.name === name)!;
+      const sink = await def.spec.create(def.cfg, ctx);
+      await sink.connect();
+      this.sinks.set(name, sink);
+    }
+
+    this.wal = new Wal(this.opts.walDir ?? project.walPath, this.log);
+    await this.wal.open(this.models.map((m) => m.name));
+    await this.checkSegments();
+    this.executor.structure = this.wal.state.structure;
+
+    this.dlq = this.opts.sourceOverride ? await srcDef.spec.createDlq?.(srcDef.cfg, ctx) : await this.openDlq(srcDef, ctx);
+    await this.dlq?.recover(this.wal.state.dlq);
+
+    const server = this.opts.port > 0 ? await startServer(this.opts.port, this.metrics, { ready: () => this.ready() }) : undefined;
+    if (server) this.log.info({ port: server.port }, 'serving /healthz /readyz /metrics');
+    try {
+      // Surviving WAL goes to the sinks before anything new is read.
+      const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
+      if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
+      while (!(await this.flushAll(true))) {
+        if (signal.aborted) throw new SluiceError('SINK', 'stopped before the WAL could be replayed; it is kept for the next start');
+        await sleepUntil(this.nextRetry(), signal);
+      }
+      this.replayed = true;
+      this.updateGauges();
+
+      await source.open(this.wal.state.position);
+      try {
+        await this.loop(source, srcDef.name);
+      } finally {
+        await source.close();
+      }
+      // End of input or shutdown: deliver everything staged.
+      while (!(await this.flushAll(true))) {
+        if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
+        await sleepUntil(this.nextRetry(), signal);
+      }
+    } finally {
+      await server?.close();
+      for (const s of this.sinks.values()) await s.close();
+      await this.dlq?.close();
+      this.conn.closeSync();
+      this.instance.closeSync();
+    }
+    return this.summary;
+  }
+
+  /** Exposed for tests and the ops server. */
+  ready(): { ok: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (!this.replayed) reasons.push('replaying WAL');
+    for (const [name, s] of this.sinks) if (!s.healthy()) reasons.push(`sink ${name} unhealthy`);
+    for (const [model, f] of this.flushFailures) reasons.push(`flush of ${model} failing: ${f.error}`);
+    return { ok: reasons.length === 0, reasons };
+  }
+
+  private async openDlq(src: NamedSource, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined> {
+    const cfg = { ...src.cfg };
+    if (!cfg.dlq && (src.type === 'file' || src.type === 'generator')) cfg.dlq = path.relative(ctx.projectDir, path.join(path.dirname(this.wal.dir), 'dlq'));
+    return src.spec.createDlq?.(cfg, ctx);
+  }
+
+  /** A WAL segment that cannot be read is a corrupt tail: dropped with a warning. */
+  private async checkSegments(): Promise<void> {
+    for (const m of this.models) {
+      for (const seg of [...this.wal.pending(m.name)]) {
+        try {
+          await this.conn.run(`SELECT count(*) FROM read_parquet(${fileList([seg.file])})`);
+        } catch (err) {
+          await this.wal.quarantine(seg, errorMessage(err));
+        }
+      }
+    }
+  }
+
+  private async loop(source: Source, sourceName: string): Promise<void> {
+    const { signal } = this.opts;
+    while (!signal.aborted) {
+      const batch = await source.read(signal);
+      if (batch === null) {
+        this.log.info('end of input');
+        break;
+      }
+      if (batch.messages.length > 0) await this.handleBatch(batch, source, sourceName);
+      await this.flushDue();
+    }
+  }
+
+  private async handleBatch(batch: SourceBatch, source: Source, sourceName: string): Promise<void> {
+    const timer = this.metrics.batchDuration.startTimer();
+    this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
+    let outcome: BatchOutcome;
+    try {
+      outcome = await this.executor.process(batch.messages);
+    } catch (err) {
+      this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
+      throw err;
+    }
+    const seq = this.wal.nextSeq();
+    const touched: string[] = [];
+    for (const m of this.models) {
+      const n = outcome.rows.get(m.name) ?? 0;
+      if (n === 0) continue;
+      const p = this.wal.segmentPaths(m.name, seq, batch.first, batch.last);
+      await this.executor.copyOutput(m.name, p.tmp);
+      await this.wal.publishSegment(m.name, seq, batch.first, batch.last, p.tmp, p.final);
+      touched.push(m.name);
+      this.metrics.rowsOut.inc({ model: m.name }, n);
+      this.summary.rows[m.name] = (this.summary.rows[m.name] ?? 0) + n;
+    }
+    if (outcome.failures.length) {
+      const time = new Date().toISOString();
+      const records: DeadLetter[] = outcome.failures.map((f) => ({
+        payload: batch.messages[f.index].payload,
+        error: f.error,
+        stage: f.stage,
+        source: batch.messages[f.index].coords,
+        ...(f.model ? { model: f.model } : {}),
+        time,
+      }));
+      for (const r of records) {
+        this.metrics.deadLettered.inc({ stage: r.stage });
+        this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
+        this.log.warn({ stage: r.stage, source: r.source, model: r.model, error: r.error }, 'message sent to the DLQ');
+      }
+      if (!this.dlq) throw new SluiceError('CONFIG', 'a message failed and the source has no dlq configured');
+      await this.dlq.append(records);
+      this.summary.deadLettered += records.length;
+    }
+    await this.wal.commit(seq, batch.position, this.dlq?.mark(), this.executor.structure, touched);
+    await source.ack(batch);
+    this.summary.messages += batch.messages.length;
+    this.summary.batches++;
+    timer();
+    this.updateGauges();
+    this.log.debug({ seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts }, 'batch committed');
+  }
+
+  private updateGauges(): void {
+    this.metrics.walBytes.set(this.wal.totalBytes());
+    this.metrics.ready.set(this.ready().ok ? 1 : 0);
+  }
+
+  private nextRetry(): number {
+    let t = Infinity;
+    for (const f of this.flushFailures.values()) t = Math.min(t, f.nextTry);
+    return t === Infinity ? Date.now() + 1000 : t;
+  }
+
+  /** Flushes models whose size or age threshold is reached (or whose flush is being retried). */
+  private async flushDue(): Promise<void> {
+    const now = Date.now();
+    for (const m of this.models) {
+      const segs = this.wal.pending(m.name);
+      if (segs.length === 0) continue;
+      const failing = this.flushFailures.get(m.name);
+      if (failing && now < failing.nextTry) continue;
+      const due =
+        this.wal.hasInflight(m.name) ||
+        this.wal.pendingBytes(m.name) >= m.maxFileBytes ||
+        now - segs[0].time >= m.maxAgeSeconds * 1000;
+      if (due) await this.flushModel(m);
+    }
+  }
+
+  /** Flushes every model; true when nothing is left in the WAL. */
+  private async flushAll(force: boolean): Promise<boolean> {
+    let ok = true;
+    const now = Date.now();
+    for (const m of this.models) {
+      const failing = this.flushFailures.get(m.name);
+      if (failing && now < failing.nextTry && !force) {
+        ok = false;
+        continue;
+      }
+      if (failing && now < failing.nextTry) {
+        ok = false;
+        continue;
+      }
+      while (this.wal.pending(m.name).length > 0) {
+        if (!(await this.flushModel(m))) {
+          ok = false;
+          break;
+        }
+      }
+    }
+    return ok;
+  }
+
+  private async flushModel(m: ModelDef): Promise<boolean> {
+    const flush = await this.wal.beginFlush(m.name);
+    if (!flush) return true;
+    const timer = this.metrics.flushDuration.startTimer({ model: m.name });
+    const files = flush.segments.map((s) => s.file);
+    try {
+      const r = await this.conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
+      const rows = Number(r.getRows()[0][0]);
+      for (const name of m.sinks) {
+        await this.sinks.get(name)!.write({ model: m.name, segments: files, name: flush.name, rows }, this.conn);
+        this.metrics.rowsWritten.inc({ model: m.name, sink: name }, rows);
+      }
+      await this.wal.endFlush(m.name);
+      this.flushFailures.delete(m.name);
+      this.metrics.flushes.inc({ model: m.name, result: 'ok' });
+      this.summary.flushes++;
+      this.log.info({ model: m.name, file: flush.name, rows, segments: files.length }, 'flushed');
+      return true;
+    } catch (err) {
+      const prev = this.flushFailures.get(m.name);
+      const count = (prev?.count ?? 0) + 1;
+      const delay = Math.min(30_000, 500 * 2 ** Math.min(count - 1, 6));
+      this.flushFailures.set(m.name, { count, nextTry: Date.now() + delay, error: errorMessage(err) });
+      this.metrics.flushes.inc({ model: m.name, result: 'error' });
+      this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
+      this.log.error({ model: m.name, err, retry_in_ms: delay }, 'flush failed; the WAL is kept and the flush retried');
+      return false;
+    } finally {
+      timer();
+      this.updateGauges();
+    }
+  }
+
+  private async dryRun(source: Source): Promise<RunSummary> {
+    const print = this.opts.print ?? ((s: string) => process.stdout.write(s));
+    await source.open(undefined);
+    try {
+      let batch: SourceBatch | null = null;
+      while (!this.opts.signal.aborted) {
+        batch = await source.read(this.opts.signal);
+        if (batch === null || batch.messages.length > 0) break;
+      }
+      if (!batch || batch.messages.length === 0) {
+        print('no messages\n');
+        return this.summary;
+      }
+      const outcome = await this.executor.process(batch.messages);
+      const { formatTable } = await import('../cli/format.js');
+      print(`dry run: ${batch.messages.length} messages, nothing written or acknowledged\n`);
+      for (const m of this.models) {
+        const out = await this.executor.readOutput(m.name);
+        print(`\n${m.name} (${out.rows.length} rows)\n${formatTable(out.columns, out.rows)}\n`);
+      }
+      for (const f of outcome.failures) print(`\nwould dead-letter message ${JSON.stringify(batch.messages[f.index].coords)} [${f.stage}]: ${f.error}\n`);
+      this.summary.messages = batch.messages.length;
+    } finally {
+      await source.close();
+      this.conn.closeSync();
+      this.instance.closeSync();
+    }
+    return this.summary;
+  }
+}
+
+function sleepUntil(t: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const ms = Math.max(10, t - Date.now());
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,60 @@
+/**
+ * The one error class of sluice. The runtime acts on `code` and `retryable`, never on the
+ * message text: CONFIG -> exit 2; CONNECT -> reconnect with backoff; DECODE / TRANSFORM ->
+ * the message goes to the DLQ; SINK -> the WAL is kept and the write retried.
+ */
+export type ErrorCode =
+  | 'CONFIG'
+  | 'USAGE'
+  | 'CONNECT'
+  | 'DECODE'
+  | 'TRANSFORM'
+  | 'SINK'
+  | 'WAL'
+  | 'INTERNAL';
+
+export class SluiceError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; retryable?: boolean } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'SluiceError';
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+  }
+}
+
+/** One config problem, located in a file. */
+export interface ConfigIssue {
+  file: string;
+  line?: number;
+  key?: string;
+  message: string;
+}
+
+/** Every config problem found, reported together (exit code 2). */
+export class ConfigError extends SluiceError {
+  readonly issues: ConfigIssue[];
+
+  constructor(issues: ConfigIssue[]) {
+    super('CONFIG', formatIssues(issues));
+    this.name = 'ConfigError';
+    this.issues = issues;
+  }
+}
+
+export function formatIssue(i: ConfigIssue): string {
+  const where = i.line !== undefined ? `${i.file}:${i.line}` : i.file;
+  const key = i.key ? ` ${i.key}:` : '';
+  return `${where}:${key} ${i.message}`;
+}
+
+export function formatIssues(issues: ConfigIssue[]): string {
+  return issues.map(formatIssue).join('\n');
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

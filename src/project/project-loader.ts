@@ -1,0 +1,325 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { ConfigError, type ConfigIssue } from '../errors.js';
+import { sinkSpec, sinks as sinkSpecs, sourceSpec, sources as sourceSpecs, type SinkSpec, type SourceSpec } from '../connectors/registry.js';
+import { renderModel, type RenderedModel } from '../sql/template.js';
+import { topoSort } from './dag.js';
+import { checkSchema, readYaml, type YamlFile } from './yaml-file.js';
+
+export interface ProjectOptions {
+  project?: string;
+  config?: string;
+  models?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface NamedSource {
+  name: string;
+  type: string;
+  spec: SourceSpec;
+  cfg: Record<string, unknown> & { batch_size: number; batch_timeout_ms: number; dlq?: string };
+  file: string;
+  line?: number;
+}
+
+export interface NamedSink {
+  name: string;
+  type: string;
+  spec: SinkSpec;
+  cfg: Record<string, unknown>;
+  file: string;
+  line?: number;
+}
+
+export interface ModelDef {
+  name: string;
+  file: string;
+  sqlText: string;
+  rendered: RenderedModel;
+  refs: string[];
+  /** The source whose batches feed this model (directly or through refs). */
+  source: string;
+  sinks: string[];
+  maxFileBytes: number;
+  maxAgeSeconds: number;
+}
+
+export interface Project {
+  dir: string;
+  name: string;
+  configDir: string;
+  modelsDir: string;
+  walPath: string;
+  port: number;
+  sources: NamedSource[];
+  sinks: NamedSink[];
+  /** In dependency order. */
+  models: ModelDef[];
+}
+
+const projectSchema = z
+  .object({
+    name: z.string().min(1).optional(),
+    wal: z.object({ path: z.string().min(1).optional() }).strict().optional(),
+    server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
+  })
+  .strict();
+
+const flushKeys = {
+  max_file_bytes: z.number().int().positive().optional().describe('flush a model once its WAL holds this many bytes'),
+  max_age_seconds: z.number().positive().optional().describe('flush a model once its oldest WAL row is this old'),
+};
+
+const modelsSchema = z
+  .object({
+    ...flushKeys,
+    overrides: z
+      .record(
+        z.string(),
+        z
+          .object({ ...flushKeys, sink: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional() })
+          .strict(),
+      )
+      .optional(),
+  })
+  .strict();
+
+export const DEFAULT_MAX_FILE_BYTES = 128 * 1024 * 1024;
+export const DEFAULT_MAX_AGE_SECONDS = 300;
+export const DEFAULT_PORT = 9400;
+
+/**
+ * Loads a project directory: sluice.yml, config/{sources,sinks,models}.yml and models/*.sql.
+ * Everything that can be checked without DuckDB is checked here; all problems are thrown
+ * together as one ConfigError.
+ */
+export function loadProject(opts: ProjectOptions = {}): Project {
+  const env = opts.env ?? process.env;
+  const dir = path.resolve(opts.project ?? '.');
+  const configDir = opts.config ? path.resolve(opts.config) : path.join(dir, 'config');
+  const modelsDir = opts.models ? path.resolve(opts.models) : path.join(dir, 'models');
+  const issues: ConfigIssue[] = [];
+  const show = (f: string) => {
+    const rel = path.relative(process.cwd(), f);
+    return rel && !rel.startsWith('..') ? rel : f;
+  };
+
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new ConfigError([{ file: show(dir), message: 'project directory does not exist' }]);
+  }
+
+  // sluice.yml
+  const projFile = path.join(dir, 'sluice.yml');
+  const projYaml = readYaml(projFile, env, issues, show(projFile));
+  const proj = projYaml?.value !== undefined ? checkSchema(projYaml, projectSchema, projYaml.value ?? {}, [], issues) : {};
+
+  // sources.yml
+  const sources: NamedSource[] = [];
+  const srcFile = path.join(configDir, 'sources.yml');
+  const srcYaml = readYaml(srcFile, env, issues, show(srcFile));
+  if (!srcYaml) issues.push({ file: show(srcFile), message: 'missing: a project needs config/sources.yml with a `source:` or `sources:` block' });
+  else if (srcYaml.value !== undefined) {
+    for (const [name, raw, keyPath] of namedBlocks(srcYaml, 'source', 'sources', issues)) {
+      const c = connectorConfig(srcYaml, raw, keyPath, sourceSpecs, sourceSpec, 'source', issues);
+      if (c) sources.push({ name, type: c.spec.type, spec: c.spec as SourceSpec, cfg: c.cfg as NamedSource['cfg'], file: srcYaml.file, line: srcYaml.lineOf(keyPath) });
+    }
+  }
+
+  // sinks.yml
+  const sinks: NamedSink[] = [];
+  const sinkFile = path.join(configDir, 'sinks.yml');
+  const sinkYaml = readYaml(sinkFile, env, issues, show(sinkFile));
+  if (!sinkYaml) issues.push({ file: show(sinkFile), message: 'missing: a project needs config/sinks.yml with a `sink:` or `sinks:` block' });
+  else if (sinkYaml.value !== undefined) {
+    for (const [name, raw, keyPath] of namedBlocks(sinkYaml, 'sink', 'sinks', issues)) {
+      const c = connectorConfig(sinkYaml, raw, keyPath, sinkSpecs, sinkSpec, 'sink', issues);
+      if (c) sinks.push({ name, type: c.spec.type, spec: c.spec as SinkSpec, cfg: c.cfg, file: sinkYaml.file, line: sinkYaml.lineOf(keyPath) });
+    }
+  }
+
+  // models.yml
+  const modFile = path.join(configDir, 'models.yml');
+  const modYaml = readYaml(modFile, env, issues, show(modFile));
+  const modCfg = modYaml?.value !== undefined && modYaml ? checkSchema(modYaml, modelsSchema, modYaml.value ?? {}, [], issues) : {};
+
+  // models/*.sql
+  const models: ModelDef[] = [];
+  if (!fs.existsSync(modelsDir)) {
+    issues.push({ file: show(modelsDir), message: 'missing: the models directory holds one SELECT per .sql file' });
+  } else {
+    const files = fs.readdirSync(modelsDir).filter((f) => f.endsWith('.sql')).sort();
+    if (files.length === 0) issues.push({ file: show(modelsDir), message: 'no models: add a .sql file with a SELECT' });
+    for (const f of files) {
+      const file = path.join(modelsDir, f);
+      const name = f.slice(0, -4);
+      const sqlText = fs.readFileSync(file, 'utf8');
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+        issues.push({ file: show(file), message: `model name "${name}" must be a plain identifier (letters, digits, _)` });
+        continue;
+      }
+      const rendered = renderModel(sqlText, show(file), issues);
+      models.push({
+        name,
+        file: show(file),
+        sqlText,
+        rendered,
+        refs: rendered.refs.map((r) => r.name),
+        source: '',
+        sinks: [],
+        maxFileBytes: DEFAULT_MAX_FILE_BYTES,
+        maxAgeSeconds: DEFAULT_MAX_AGE_SECONDS,
+      });
+    }
+  }
+
+  const modelNames = new Set(models.map((m) => m.name));
+  const sourceNames = new Set(sources.map((s) => s.name));
+  const sinkNames = new Set(sinks.map((s) => s.name));
+
+  // Flush settings and sinks per model.
+  const overrides = modCfg?.overrides ?? {};
+  for (const [m] of Object.entries(overrides)) {
+    if (!modelNames.has(m) && modYaml) {
+      issues.push({ file: modYaml.file, line: modYaml.lineOf(['overrides', m]), key: `overrides.${m}`, message: `no model named "${m}" (models: ${[...modelNames].join(', ') || 'none'})` });
+    }
+  }
+  for (const m of models) {
+    const o = overrides[m.name] ?? {};
+    m.maxFileBytes = o.max_file_bytes ?? modCfg?.max_file_bytes ?? DEFAULT_MAX_FILE_BYTES;
+    m.maxAgeSeconds = o.max_age_seconds ?? modCfg?.max_age_seconds ?? DEFAULT_MAX_AGE_SECONDS;
+    const fromSql = m.rendered.config.sink;
+    const chosen = o.sink ?? (typeof fromSql === 'string' || Array.isArray(fromSql) ? (fromSql as string | string[]) : undefined);
+    if (chosen !== undefined) {
+      m.sinks = Array.isArray(chosen) ? chosen : [chosen];
+      for (const s of m.sinks) {
+        if (!sinkNames.has(s)) {
+          const where = o.sink !== undefined && modYaml
+            ? { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'sink']), key: `overrides.${m.name}.sink` }
+            : { file: m.file };
+          issues.push({ ...where, message: `unknown sink "${s}" (sinks: ${[...sinkNames].join(', ') || 'none'})` });
+        }
+      }
+    } else if (sinks.length === 1) {
+      m.sinks = [sinks[0].name];
+    } else if (sinks.length > 1) {
+      issues.push({
+        file: modYaml?.file ?? show(modFile),
+        key: `overrides.${m.name}.sink`,
+        message: `model ${m.name}: several sinks are configured (${[...sinkNames].join(', ')}); choose one with overrides.${m.name}.sink`,
+      });
+    }
+    for (const r of m.rendered.refs) {
+      if (!modelNames.has(r.name)) issues.push({ file: m.file, line: r.line, message: `ref('${r.name}'): no model named "${r.name}"` });
+      if (r.name === m.name) issues.push({ file: m.file, line: r.line, message: `ref('${r.name}'): a model cannot read its own output` });
+    }
+    for (const s of m.rendered.sources) {
+      if (!sourceNames.has(s.name)) issues.push({ file: m.file, line: s.line, message: `source('${s.name}'): no source named "${s.name}" (sources: ${[...sourceNames].join(', ') || 'none'})` });
+    }
+  }
+
+  // The DAG.
+  const { order, cycles } = topoSort(models.map((m) => ({ ...m, deps: m.refs })));
+  for (const c of cycles) {
+    const first = models.find((m) => m.name === c[0]);
+    const line = first?.rendered.refs.find((r) => r.name === c[1])?.line;
+    issues.push({ file: first?.file ?? show(modelsDir), line, message: `models form a cycle: ${c.join(' -> ')}` });
+  }
+  const ordered = cycles.length ? models : order.map((o) => models.find((m) => m.name === o.name)!);
+
+  // Which source feeds each model.
+  const byName = new Map(ordered.map((m) => [m.name, m]));
+  for (const m of ordered) {
+    const feeds = new Set<string>(m.rendered.sources.map((s) => s.name));
+    if (m.rendered.usesIncoming) {
+      if (sources.length === 1) feeds.add(sources[0].name);
+      else if (sources.length > 1) issues.push({ file: m.file, message: `"incoming" is ambiguous with ${sources.length} sources; read {{ source('name') }} instead` });
+    }
+    for (const r of m.refs) {
+      const dep = byName.get(r);
+      if (dep?.source) feeds.add(dep.source);
+    }
+    if (feeds.size > 1) issues.push({ file: m.file, message: `model ${m.name} reads from several sources (${[...feeds].join(', ')}); stream joins need windows, which are not supported yet` });
+    m.source = [...feeds][0] ?? (sources[0]?.name ?? '');
+  }
+  for (const s of sources) {
+    if (sources.length > 1 && !ordered.some((m) => m.source === s.name)) {
+      issues.push({ file: s.file, line: s.line, message: `source "${s.name}" is not read by any model` });
+    }
+  }
+
+  if (issues.length) throw new ConfigError(issues);
+
+  return {
+    dir,
+    name: proj?.name ?? path.basename(dir),
+    configDir,
+    modelsDir,
+    walPath: path.resolve(dir, proj?.wal?.path ?? '.sluice/wal'),
+    port: proj?.server?.port ?? DEFAULT_PORT,
+    sources,
+    sinks,
+    models: ordered,
+  };
+}
+
+/** `single:` (one, named "default") or `plural:` (a map of named blocks). */
+function namedBlocks(y: YamlFile, single: string, plural: string, issues: ConfigIssue[]): [string, unknown, (string | number)[]][] {
+  const v = y.value;
+  if (!v || typeof v !== 'object' || Array.isArray(v)) {
+    issues.push({ file: y.file, line: 1, message: `expected a mapping with \`${single}:\` or \`${plural}:\`` });
+    return [];
+  }
+  const obj = v as Record<string, unknown>;
+  const out: [string, unknown, (string | number)[]][] = [];
+  for (const k of Object.keys(obj)) {
+    if (k !== single && k !== plural) issues.push({ file: y.file, line: y.lineOf([k]), key: k, message: `unknown key "${k}" (expected \`${single}:\` or \`${plural}:\`)` });
+  }
+  if (obj[single] !== undefined && obj[plural] !== undefined) {
+    issues.push({ file: y.file, line: y.lineOf([plural]), key: plural, message: `use either \`${single}:\` or \`${plural}:\`, not both` });
+  }
+  if (obj[single] !== undefined) out.push(['default', obj[single], [single]]);
+  if (obj[plural] !== undefined) {
+    const m = obj[plural];
+    if (!m || typeof m !== 'object' || Array.isArray(m)) {
+      issues.push({ file: y.file, line: y.lineOf([plural]), key: plural, message: `expected a mapping of name -> ${single} settings` });
+    } else {
+      for (const [name, raw] of Object.entries(m)) {
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) issues.push({ file: y.file, line: y.lineOf([plural, name]), key: `${plural}.${name}`, message: `name "${name}" must be a plain identifier` });
+        out.push([name, raw, [plural, name]]);
+      }
+    }
+  }
+  if (out.length === 0 && !(obj[single] !== undefined || obj[plural] !== undefined)) {
+    issues.push({ file: y.file, line: 1, message: `expected \`${single}:\` or \`${plural}:\`` });
+  }
+  return out;
+}
+
+function connectorConfig<T extends { type: string; schema: z.ZodType }>(
+  y: YamlFile,
+  raw: unknown,
+  keyPath: (string | number)[],
+  all: T[],
+  find: (t: string) => T | undefined,
+  kind: string,
+  issues: ConfigIssue[],
+): { spec: T; cfg: Record<string, unknown> } | undefined {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) {
+    issues.push({ file: y.file, line: y.lineOf(keyPath), key: keyPath.join('.'), message: `expected a mapping with at least \`type:\`` });
+    return undefined;
+  }
+  const type = (raw as Record<string, unknown>).type;
+  const known = all.map((s) => s.type).join(', ');
+  if (typeof type !== 'string') {
+    issues.push({ file: y.file, line: y.lineOf(keyPath), key: [...keyPath, 'type'].join('.'), message: `is required (one of: ${known})` });
+    return undefined;
+  }
+  const spec = find(type);
+  if (!spec) {
+    issues.push({ file: y.file, line: y.lineOf([...keyPath, 'type']), key: [...keyPath, 'type'].join('.'), message: `unknown ${kind} type "${type}" (one of: ${known})` });
+    return undefined;
+  }
+  const cfg = checkSchema(y, spec.schema, raw, keyPath, issues);
+  return cfg ? { spec, cfg: cfg as Record<string, unknown> } : undefined;
+}

@@ -1,0 +1,253 @@
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { MODEL_SCHEMA, SOURCE_SCHEMA } from './template.js';
+
+/** The hidden column carrying each row's message index within the batch. */
+export const MSG_COL = '__sluice_msg';
+
+// DuckDB's serialized parse tree is untyped JSON; these aliases only document intent.
+type Node = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+export interface SqlAnalysis {
+  /** Parse error, with the 1-based line in the rendered SQL when DuckDB reports a position. */
+  error?: { message: string; line?: number };
+  /** Why the model is stateful (empty = stateless). */
+  stateful: string[];
+  /** Output column names when they can be read from the SELECT list (null with `*`). */
+  outputColumns: string[] | null;
+  /** The model rewritten to carry MSG_COL through to its output. */
+  rewritten?: string;
+}
+
+let aggregateNames: Set<string> | undefined;
+
+async function aggregates(conn: DuckDBConnection): Promise<Set<string>> {
+  if (!aggregateNames) {
+    const r = await conn.runAndReadAll(`SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'aggregate'`);
+    aggregateNames = new Set(r.getRows().map((row) => String(row[0]).toLowerCase()));
+  }
+  return aggregateNames;
+}
+
+async function serialize(conn: DuckDBConnection, sql: string): Promise<Node> {
+  const r = await conn.runAndReadAll(`SELECT json_serialize_sql($1::VARCHAR)`, [sql]);
+  const text = String(r.getRows()[0][0]);
+  // 2^64-1 marks "no location"; it does not survive a JS number round trip.
+  return JSON.parse(text.replaceAll('18446744073709551615', '0')) as Node;
+}
+
+function lineAt(sql: string, position: unknown): number | undefined {
+  const pos = Number(position);
+  if (!Number.isFinite(pos)) return undefined;
+  return sql.slice(0, pos).split('\n').length;
+}
+
+/**
+ * Parses one model with DuckDB's own parser and reports: parse errors, stateful constructs
+ * (aggregates, windows, DISTINCT, ORDER BY, LIMIT, GROUP BY, set operations without ALL), the
+ * output columns, and the SQL rewritten so every output row carries its message index.
+ */
+export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<SqlAnalysis> {
+  const ast = await serialize(conn, sql);
+  if (ast.error) {
+    const message = String(ast.error_message ?? 'cannot parse SQL').split('\n')[0];
+    return { error: { message, line: lineAt(sql, ast.position) }, stateful: [], outputColumns: null };
+  }
+  const statements = ast.statements as Node[];
+  if (statements.length !== 1) {
+    return { error: { message: `a model is exactly one SELECT statement (found ${statements.length})` }, stateful: [], outputColumns: null };
+  }
+  const aggs = await aggregates(conn);
+  const root = statements[0].node as Node;
+  const stateful: string[] = [];
+  const ctx: Ctx = { aggs, stateful, cteMsg: new Set(), sq: 0 };
+  const outputColumns = outputNames(root);
+  const hasMsg = rewriteQuery(root, ctx);
+  if (!hasMsg) {
+    return {
+      error: { message: 'a model must read from incoming, {{ source(...) }} or {{ ref(...) }}' },
+      stateful: [...new Set(stateful)],
+      outputColumns,
+    };
+  }
+  const r = await conn.runAndReadAll(`SELECT json_deserialize_sql($1::VARCHAR)`, [JSON.stringify(ast)]);
+  return { stateful: [...new Set(stateful)], outputColumns, rewritten: String(r.getRows()[0][0]) };
+}
+
+interface Ctx {
+  aggs: Set<string>;
+  stateful: string[];
+  cteMsg: Set<string>;
+  sq: number;
+}
+
+/** Rewrites a query node in place; true when its output carries MSG_COL. */
+function rewriteQuery(node: Node, ctx: Ctx): boolean {
+  if (node.type === 'SET_OPERATION_NODE') {
+    const l = rewriteQuery(node.left, ctx);
+    const r = rewriteQuery(node.right, ctx);
+    if ((l || r) && node.setop_all === false) {
+      ctx.stateful.push(`${String(node.setop_type)} without ALL removes duplicate rows across messages`);
+    }
+    if (l !== r && (l || r)) ctx.stateful.push('both sides of a set operation must read from the batch');
+    checkModifiers(node, ctx, l && r);
+    return l && r;
+  }
+  if (node.type === 'RECURSIVE_CTE_NODE') {
+    ctx.stateful.push('recursive CTEs are not supported in models');
+    return false;
+  }
+  if (node.type !== 'SELECT_NODE') return false;
+
+  const saved = new Set(ctx.cteMsg);
+  for (const entry of (node.cte_map?.map ?? []) as Node[]) {
+    const q = entry.value?.query?.node;
+    if (q && rewriteQuery(q, ctx)) ctx.cteMsg.add(String(entry.key).toLowerCase());
+  }
+  const rels = collectFrom(node.from_table, ctx);
+  const batch = rels.length > 0;
+  if (batch) {
+    checkStateless(node, ctx);
+    for (const item of node.select_list as Node[]) {
+      if (item.class === 'STAR' && !item.columns) {
+        const rel = String(item.relation_name ?? '');
+        if (rel === '' || rels.some((r) => r.toLowerCase() === rel.toLowerCase())) {
+          item.exclude_list = [...(item.exclude_list ?? []), MSG_COL];
+        }
+      }
+    }
+    (node.select_list as Node[]).push(colref([rels[0], MSG_COL], MSG_COL));
+  }
+  checkSubqueryExpressions(node, ctx);
+  ctx.cteMsg = saved;
+  return batch;
+}
+
+/** Qualifiers of the batch relations a FROM clause reads (incoming, sources, refs, CTEs of them). */
+function collectFrom(ref: Node | null | undefined, ctx: Ctx): string[] {
+  if (!ref) return [];
+  switch (ref.type) {
+    case 'BASE_TABLE': {
+      const schema = String(ref.schema_name ?? '').toLowerCase();
+      const table = String(ref.table_name ?? '').toLowerCase();
+      const isBatch =
+        (schema === '' && (table === 'incoming' || ctx.cteMsg.has(table))) || schema === SOURCE_SCHEMA || schema === MODEL_SCHEMA;
+      return isBatch ? [String(ref.alias || ref.table_name)] : [];
+    }
+    case 'SUBQUERY': {
+      if (!rewriteQuery(ref.subquery.node, ctx)) return [];
+      if (!ref.alias) ref.alias = `__sluice_sq${ctx.sq++}`;
+      return [String(ref.alias)];
+    }
+    case 'JOIN': {
+      const l = collectFrom(ref.left, ctx);
+      const r = collectFrom(ref.right, ctx);
+      if (l.length && r.length) {
+        if (ref.ref_type === 'POSITIONAL' || ref.ref_type === 'ASOF') {
+          ctx.stateful.push(`${String(ref.ref_type)} JOIN pairs rows across messages`);
+        } else if (ref.ref_type !== 'NATURAL') {
+          const eq = comparison(colref([l[0], MSG_COL]), colref([r[0], MSG_COL]));
+          if (Array.isArray(ref.using_columns) && ref.using_columns.length > 0) {
+            ref.using_columns = [...ref.using_columns, MSG_COL];
+          } else if (ref.condition) {
+            ref.condition = { class: 'CONJUNCTION', type: 'CONJUNCTION_AND', alias: '', query_location: 0, children: [ref.condition, eq] };
+          } else {
+            ref.condition = eq;
+            ref.ref_type = 'REGULAR';
+          }
+        }
+      }
+      return [...l, ...r];
+    }
+    default:
+      return [];
+  }
+}
+
+function colref(names: string[], alias = ''): Node {
+  return { class: 'COLUMN_REF', type: 'COLUMN_REF', alias, query_location: 0, column_names: names };
+}
+
+function comparison(left: Node, right: Node): Node {
+  return { class: 'COMPARISON', type: 'COMPARE_EQUAL', alias: '', query_location: 0, left, right };
+}
+
+function checkModifiers(node: Node, ctx: Ctx, batch: boolean): void {
+  if (!batch) return;
+  for (const m of (node.modifiers ?? []) as Node[]) {
+    if (m.type === 'DISTINCT_MODIFIER') ctx.stateful.push('SELECT DISTINCT removes duplicate rows across messages');
+    else if (m.type === 'ORDER_MODIFIER') ctx.stateful.push('ORDER BY sorts rows across messages');
+    else if (m.type === 'LIMIT_MODIFIER' || m.type === 'LIMIT_PERCENT_MODIFIER') ctx.stateful.push('LIMIT keeps the rows of only some messages');
+  }
+}
+
+/** Stateful constructs in a SELECT node that reads the batch. */
+function checkStateless(node: Node, ctx: Ctx): void {
+  checkModifiers(node, ctx, true);
+  if ((node.group_expressions ?? []).length > 0 || (node.group_sets ?? []).length > 0) {
+    ctx.stateful.push('GROUP BY combines rows of different messages');
+  }
+  if (node.having) ctx.stateful.push('HAVING filters groups of rows across messages');
+  if (node.qualify) ctx.stateful.push('QUALIFY filters on window functions across messages');
+  for (const e of [...(node.select_list ?? []), node.where_clause, node.having, node.qualify]) {
+    walkExpr(e, (x) => {
+      if (x.class === 'WINDOW') {
+        ctx.stateful.push(`window function ${String(x.function_name)}() looks at other rows, which may belong to other messages`);
+      } else if (x.class === 'FUNCTION' && ctx.aggs.has(String(x.function_name).toLowerCase())) {
+        const name = x.function_name === 'count_star' ? 'count(*)' : `${String(x.function_name)}()`;
+        ctx.stateful.push(`aggregate ${name} combines rows of different messages`);
+      }
+    });
+  }
+}
+
+/** Scalar subqueries are analysed on their own: one that reads the batch must itself be stateless. */
+function checkSubqueryExpressions(node: Node, ctx: Ctx): void {
+  for (const e of [...(node.select_list ?? []), node.where_clause, node.having, node.qualify]) {
+    walkExpr(e, (x) => {
+      if (x.class === 'SUBQUERY' && x.subquery?.node) {
+        const copy = structuredClone(x.subquery.node) as Node;
+        if (readsBatch(copy, ctx)) {
+          const before = ctx.stateful.length;
+          rewriteQuery(copy, ctx);
+          if (ctx.stateful.length === before) {
+            ctx.stateful.push('a subquery that reads the whole batch mixes messages; read fields of the current message instead');
+          }
+        }
+      }
+    });
+  }
+}
+
+function readsBatch(node: Node, ctx: Ctx): boolean {
+  const probe: Ctx = { ...ctx, stateful: [], cteMsg: new Set(ctx.cteMsg) };
+  return rewriteQuery(structuredClone(node) as Node, probe);
+}
+
+function walkExpr(e: unknown, visit: (x: Node) => void): void {
+  if (!e || typeof e !== 'object') return;
+  if (Array.isArray(e)) {
+    for (const c of e) walkExpr(c, visit);
+    return;
+  }
+  const x = e as Node;
+  if (typeof x.class === 'string') visit(x);
+  if (x.class === 'SUBQUERY') return; // handled by checkSubqueryExpressions
+  for (const [k, v] of Object.entries(x)) {
+    if (k === 'subquery') continue;
+    if (v && typeof v === 'object') walkExpr(v, visit);
+  }
+}
+
+function outputNames(node: Node): string[] | null {
+  if (node.type === 'SET_OPERATION_NODE') return outputNames(node.left);
+  if (node.type !== 'SELECT_NODE') return null;
+  const names: string[] = [];
+  for (const item of node.select_list as Node[]) {
+    if (item.alias) names.push(String(item.alias));
+    else if (item.class === 'COLUMN_REF') names.push(String((item.column_names as string[]).at(-1)));
+    else if (item.class === 'STAR') return null;
+    else if (item.class === 'FUNCTION' && item.function_name === 'unnest') return null;
+    else names.push(`#expr${names.length}`);
+  }
+  return names;
+}

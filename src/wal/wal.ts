@@ -1,0 +1,207 @@
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Structure } from '../engine/structure.js';
+import { fsyncDir, fsyncFile, isTempName, writeFileAtomic } from '../util/fs-durable.js';
+
+export interface ModelWalState {
+  /** Every segment with seq <= flushedSeq is in the sinks. */
+  flushedSeq: number;
+  /** A flush that was started: exactly these segments under this name, retried until done. */
+  inflight?: { name: string; lastSeq: number };
+}
+
+export interface WalState {
+  version: 1;
+  /** Sequence number of the last committed batch. */
+  seq: number;
+  /** Source position after the last committed batch. */
+  position: unknown;
+  /** What of the DLQ is committed (its own token). */
+  dlq: unknown;
+  /** Schema of `incoming` established so far, so a restart decodes the same way. */
+  structure?: Structure;
+  models: Record<string, ModelWalState>;
+}
+
+export interface Segment {
+  model: string;
+  seq: number;
+  first: string;
+  last: string;
+  file: string;
+  bytes: number;
+  /** When the segment was committed (ms since epoch), for max_age_seconds. */
+  time: number;
+}
+
+const SEG = /^(\d{12})_([^_]+)_([^_]+)\.parquet$/;
+
+/**
+ * Durable staging between the source ack and the sinks. One directory per model holds
+ * Parquet segments, one per committed batch; state.json (written atomically) is the commit
+ * record: it holds the source position, the DLQ mark and what each model has flushed.
+ * A segment is committed once state.seq >= its seq; anything newer is a torn batch.
+ */
+export class Wal {
+  state: WalState = { version: 1, seq: 0, position: undefined, dlq: undefined, models: {} };
+  private segments = new Map<string, Segment[]>();
+
+  constructor(
+    readonly dir: string,
+    private readonly log: Logger,
+  ) {}
+
+  private get stateFile(): string {
+    return path.join(this.dir, 'state.json');
+  }
+
+  modelDir(model: string): string {
+    return path.join(this.dir, 'models', model);
+  }
+
+  /** Loads the state, sweeps temp files, drops torn and already-flushed segments. */
+  async open(models: string[]): Promise<void> {
+    await fsp.mkdir(path.join(this.dir, 'models'), { recursive: true });
+    try {
+      const text = await fsp.readFile(this.stateFile, 'utf8');
+      this.state = JSON.parse(text) as WalState;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new Error(`WAL state ${this.stateFile} is unreadable (${(err as Error).message}); move it away to start over`);
+      }
+    }
+    for (const e of await fsp.readdir(this.dir)) {
+      if (isTempName(e)) await fsp.rm(path.join(this.dir, e), { force: true });
+    }
+    const known = new Set([...models, ...(await fsp.readdir(path.join(this.dir, 'models')))]);
+    for (const model of known) {
+      const ms = (this.state.models[model] ??= { flushedSeq: 0 });
+      const dir = this.modelDir(model);
+      await fsp.mkdir(dir, { recursive: true });
+      const segs: Segment[] = [];
+      for (const name of await fsp.readdir(dir)) {
+        const file = path.join(dir, name);
+        if (isTempName(name)) {
+          await fsp.rm(file, { force: true });
+          continue;
+        }
+        const m = SEG.exec(name);
+        if (!m) continue;
+        const seq = Number(m[1]);
+        if (seq > this.state.seq) {
+          this.log.warn({ model, seq }, 'dropping WAL segment of a batch that never committed (it will be read again)');
+          await fsp.rm(file, { force: true });
+          continue;
+        }
+        if (seq <= ms.flushedSeq) {
+          await fsp.rm(file, { force: true });
+          continue;
+        }
+        const st = await fsp.stat(file);
+        segs.push({ model, seq, first: m[2], last: m[3], file, bytes: st.size, time: st.mtimeMs });
+      }
+      segs.sort((a, b) => a.seq - b.seq);
+      this.segments.set(model, segs);
+    }
+  }
+
+  /** Drops a segment that cannot be read (a corrupt tail), keeping a copy aside. */
+  async quarantine(seg: Segment, reason: string): Promise<void> {
+    const dir = path.join(this.dir, 'corrupt');
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.rename(seg.file, path.join(dir, `${seg.model}-${path.basename(seg.file)}`));
+    const list = this.segments.get(seg.model) ?? [];
+    this.segments.set(seg.model, list.filter((s) => s !== seg));
+    this.log.warn({ model: seg.model, seq: seg.seq, reason }, 'dropped a corrupt WAL segment (moved to wal/corrupt)');
+  }
+
+  nextSeq(): number {
+    return this.state.seq + 1;
+  }
+
+  /** Where to stage a model's rows for batch `seq`, and the final name once fsynced. */
+  segmentPaths(model: string, seq: number, first: string, last: string): { tmp: string; final: string } {
+    const dir = this.modelDir(model);
+    const base = `${String(seq).padStart(12, '0')}_${first}_${last}.parquet`;
+    return { tmp: path.join(dir, `.${base}.tmp`), final: path.join(dir, base) };
+  }
+
+  /** Makes a staged segment durable and visible (it counts only after commit()). */
+  async publishSegment(model: string, seq: number, first: string, last: string, tmp: string, final: string): Promise<void> {
+    await fsyncFile(tmp);
+    await fsp.rename(tmp, final);
+    const st = await fsp.stat(final);
+    (this.segments.get(model) ?? this.segments.set(model, []).get(model)!).push({
+      model, seq, first, last, file: final, bytes: st.size, time: Date.now(),
+    });
+  }
+
+  /** Commits batch `seq`: after this returns, its segments and position survive a crash. */
+  async commit(seq: number, position: unknown, dlq: unknown, structure: Structure | undefined, touched: string[]): Promise<void> {
+    for (const m of touched) await fsyncDir(this.modelDir(m));
+    this.state.seq = seq;
+    this.state.position = position;
+    this.state.dlq = dlq;
+    this.state.structure = structure;
+    await this.writeState();
+  }
+
+  async writeState(): Promise<void> {
+    await writeFileAtomic(this.stateFile, JSON.stringify(this.state));
+  }
+
+  pending(model: string): Segment[] {
+    return this.segments.get(model) ?? [];
+  }
+
+  pendingBytes(model: string): number {
+    return this.pending(model).reduce((n, s) => n + s.bytes, 0);
+  }
+
+  totalBytes(): number {
+    let n = 0;
+    for (const list of this.segments.values()) for (const s of list) n += s.bytes;
+    return n;
+  }
+
+  /** Starts (or resumes) a flush of a model: the segments it covers and the output name. */
+  async beginFlush(model: string): Promise<{ name: string; segments: Segment[] } | undefined> {
+    const ms = (this.state.models[model] ??= { flushedSeq: 0 });
+    const segs = this.pending(model);
+    if (!ms.inflight) {
+      if (segs.length === 0) return undefined;
+      ms.inflight = { name: `part-${segs[0].first}-${segs[segs.length - 1].last}`, lastSeq: segs[segs.length - 1].seq };
+      await this.writeState();
+    }
+    const covered = segs.filter((s) => s.seq <= ms.inflight!.lastSeq);
+    if (covered.length === 0) {
+      ms.inflight = undefined;
+      await this.writeState();
+      return undefined;
+    }
+    return { name: ms.inflight.name, segments: covered };
+  }
+
+  /** Records a flush as delivered, then removes its segments. */
+  async endFlush(model: string): Promise<void> {
+    const ms = this.state.models[model];
+    if (!ms?.inflight) return;
+    const last = ms.inflight.lastSeq;
+    ms.flushedSeq = last;
+    ms.inflight = undefined;
+    await this.writeState();
+    const segs = this.pending(model);
+    for (const s of segs) if (s.seq <= last) await fsp.rm(s.file, { force: true });
+    this.segments.set(model, segs.filter((s) => s.seq > last));
+  }
+
+  hasInflight(model: string): boolean {
+    return Boolean(this.state.models[model]?.inflight);
+  }
+
+  static exists(dir: string): boolean {
+    return fs.existsSync(path.join(dir, 'state.json'));
+  }
+}
