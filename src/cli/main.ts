@@ -56,6 +56,9 @@ function dlqDir(project: Project): string {
 
 export function buildProgram(setCode: (n: number) => void): Command {
   const program = new Command();
+  // Set before adding commands: subcommands inherit these settings.
+  program.exitOverride();
+  program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
   program
     .name('sluice')
     .description('dbt for event streams: SQL models over queues and logs, run in DuckDB, delivered to Parquet and databases')
@@ -133,7 +136,7 @@ export function buildProgram(setCode: (n: number) => void): Command {
     .option('--port <port>', 'HTTP port for /healthz /readyz /metrics (0 = off; default from sluice.yml or 9400)')
     .action(async (o: CommonOpts & { model?: string[]; dryRun?: boolean; logJson?: boolean; logLevel: string; port?: string }) => {
       const log = createLogger({ json: o.logJson, level: o.logLevel });
-      const project = loadProject(projectOpts(o));
+      const { project } = await loadAndCheck(o);
       const port = o.port !== undefined ? Number(o.port) : project.port;
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
       const ac = new AbortController();
@@ -243,8 +246,6 @@ export async function main(argv: string[]): Promise<number> {
   const program = buildProgram((n) => {
     code = n;
   });
-  program.exitOverride();
-  program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
   const debug = argv.some((a) => /^(--log-level(=|$)|debug$|DEBUG$)/.test(a)) && argv.some((a) => /debug/i.test(a));
   try {
     await program.parseAsync(argv);

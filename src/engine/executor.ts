@@ -232,6 +232,20 @@ export class BatchExecutor {
     const r = await this.conn.runAndReadAll(`SELECT * EXCLUDE (${MSG_COL}) FROM ${MODEL_SCHEMA}.${ident(model)} ORDER BY ${MSG_COL}`);
     const names = r.columnNames();
     const types = r.columnTypes().map((t) => t.toString());
-    return { columns: names.map((name, i) => ({ name, type: types[i] })), rows: r.getRowObjectsJson() as Record<string, unknown>[] };
+    return { columns: names.map((name, i) => ({ name, type: types[i] })), rows: r.getRowObjectsJS().map((row) => toPlain(row) as Record<string, unknown>) };
   }
+}
+
+/** DuckDB values as plain JSON-friendly values: safe integers as numbers, others as strings. */
+export function toPlain(v: unknown): unknown {
+  if (v === null || v === undefined) return null;
+  if (typeof v === 'bigint') return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
+  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') return v;
+  if (v instanceof Date) return v.toISOString();
+  if (Array.isArray(v)) return v.map(toPlain);
+  if (v instanceof Uint8Array) return Buffer.from(v).toString('base64');
+  if (Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v as Record<string, unknown>).map(([k, x]) => [k, toPlain(x)]));
+  }
+  return String(v);
 }

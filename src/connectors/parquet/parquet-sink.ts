@@ -22,11 +22,13 @@ export const parquetSinkSchema = z
     dedupe_key: z.string().min(1).optional().describe('a model column identifying a row, for deduplication of redelivered messages'),
   })
   .strict();
+const STAGING_DIR = '.staging';
+
 export type ParquetSinkConfig = z.output<typeof parquetSinkSchema>;
 
 /**
  * Parquet files on local disk. Unpartitioned flushes become `<model>/<name>.parquet`, written
- * to a dot-temp file, fsynced and renamed. Partitioned flushes are staged in a hidden directory
+ * to a dot-temp file, fsynced and renamed. Partitioned flushes are staged in <path>/.staging/
  * and committed with one rename to `<model>/<name>/key=value/...`. Names come from source
  * positions, so a replay rewrites the same file instead of adding one.
  */
@@ -48,6 +50,7 @@ export class ParquetSink implements Sink {
 
   /** Removes temp files and staging directories left by a write that crashed. */
   private async sweep(): Promise<void> {
+    await fsp.rm(path.join(this.root, STAGING_DIR), { recursive: true, force: true });
     let models: string[];
     try {
       models = await fsp.readdir(this.root);
@@ -55,6 +58,7 @@ export class ParquetSink implements Sink {
       return;
     }
     for (const m of models) {
+      if (m === STAGING_DIR) continue;
       const dir = path.join(this.root, m);
       let entries: string[];
       try {
@@ -100,7 +104,10 @@ export class ParquetSink implements Sink {
       return;
     }
     const final = path.join(dir, w.name);
-    const staging = path.join(dir, `.staging-${w.name}-${randomUUID().slice(0, 8)}`);
+    // Staged outside <path>/<model>/ so a reader globbing that tree never sees a partial flush.
+    const stagingRoot = path.join(this.root, STAGING_DIR);
+    await fsp.mkdir(stagingRoot, { recursive: true });
+    const staging = path.join(stagingRoot, `${w.model}-${w.name}-${randomUUID().slice(0, 8)}`);
     opts.push(`PARTITION_BY (${this.cfg.partition_by.map(ident).join(', ')})`, `FILENAME_PATTERN ${lit('data_{i}')}`);
     await db.run(`COPY (${select}) TO ${lit(staging)} (${opts.join(', ')})`);
     await fsyncTree(staging);
