@@ -9,6 +9,7 @@ import { Metrics } from '../ops/metrics.js';
 import { startServer } from '../ops/server.js';
 import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
+import { crashPoint } from '../util/crash-point.js';
 import { BatchExecutor, compileModels, type BatchOutcome } from './executor.js';
 
 export interface RunOptions {
@@ -228,7 +229,9 @@ export class Pipeline {
       await this.dlq.append(records);
       this.summary.deadLettered += records.length;
     }
+    crashPoint('before-commit');
     await this.wal.commit(seq, batch.position, this.dlq?.mark(), this.executor.structure, touched);
+    crashPoint('after-commit');
     await source.ack(batch);
     this.summary.messages += batch.messages.length;
     this.summary.batches++;
@@ -300,6 +303,7 @@ export class Pipeline {
         await this.sinks.get(name)!.write({ model: m.name, segments: files, name: flush.name, rows }, this.conn);
         this.metrics.rowsWritten.inc({ model: m.name, sink: name }, rows);
       }
+      crashPoint('after-sink-write');
       await this.wal.endFlush(m.name);
       this.flushFailures.delete(m.name);
       this.metrics.flushes.inc({ model: m.name, result: 'ok' });

@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Structure } from '../engine/structure.js';
+import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, fsyncFile, isTempName, writeFileAtomic } from '../util/fs-durable.js';
 
 export interface ModelWalState {
@@ -174,6 +175,7 @@ export class Wal {
       if (segs.length === 0) return undefined;
       ms.inflight = { name: `part-${segs[0].first}-${segs[segs.length - 1].last}`, lastSeq: segs[segs.length - 1].seq };
       await this.writeState();
+      crashPoint('after-flush-intent');
     }
     const covered = segs.filter((s) => s.seq <= ms.inflight!.lastSeq);
     if (covered.length === 0) {
@@ -193,7 +195,12 @@ export class Wal {
     ms.inflight = undefined;
     await this.writeState();
     const segs = this.pending(model);
-    for (const s of segs) if (s.seq <= last) await fsp.rm(s.file, { force: true });
+    let n = 0;
+    for (const s of segs) {
+      if (s.seq > last) continue;
+      if (n++ === 1) crashPoint('mid-truncate');
+      await fsp.rm(s.file, { force: true });
+    }
     this.segments.set(model, segs.filter((s) => s.seq > last));
   }
 

@@ -5,6 +5,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import { z } from 'zod';
 import { SluiceError, errorMessage } from '../../errors.js';
 import { fileList, ident, lit } from '../../sql/quote.js';
+import { crashPoint } from '../../util/crash-point.js';
 import { fsyncDir, fsyncFile, isTempName } from '../../util/fs-durable.js';
 import type { ConnectorContext, Sink, SinkWrite } from '../types.js';
 
@@ -98,6 +99,7 @@ export class ParquetSink implements Sink {
       const final = path.join(dir, `${w.name}.parquet`);
       const tmp = path.join(dir, `.${w.name}.parquet.tmp`);
       await db.run(`COPY (${select}) TO ${lit(tmp)} (${opts.join(', ')})`);
+      crashPoint('sink-temp-written');
       await fsyncFile(tmp);
       await fsp.rename(tmp, final);
       await fsyncDir(dir);
@@ -111,6 +113,7 @@ export class ParquetSink implements Sink {
     opts.push(`PARTITION_BY (${this.cfg.partition_by.map(ident).join(', ')})`, `FILENAME_PATTERN ${lit('data_{i}')}`);
     await db.run(`COPY (${select}) TO ${lit(staging)} (${opts.join(', ')})`);
     await fsyncTree(staging);
+    crashPoint('sink-staged');
     try {
       await fsp.rename(staging, final);
     } catch (err) {
