@@ -6,7 +6,7 @@ import { ConfigError, SluiceError, errorMessage, formatIssue } from '../errors.j
 import { loadProject, type Project, type ProjectOptions } from '../project/project-loader.js';
 import { analyzeProject } from '../project/validate.js';
 import { BatchExecutor, compileModels } from '../engine/executor.js';
-import { Pipeline, openDuckDB, selectModels } from '../engine/pipeline.js';
+import { Pipeline, defaultDlqDir, openDuckDB, selectModels } from '../engine/pipeline.js';
 import { createLogger, silentLogger } from '../ops/logger.js';
 import { readFixture } from './fixtures.js';
 import { formatTable } from './format.js';
@@ -51,7 +51,7 @@ async function loadAndCheck(o: CommonOpts): Promise<{ project: Project; reports:
 function dlqDir(project: Project): string {
   const src = project.sources[0];
   const d = src?.cfg.dlq;
-  return d ? path.resolve(project.dir, d) : path.join(path.dirname(project.walPath), 'dlq');
+  return d ? path.resolve(project.dir, d) : defaultDlqDir(project);
 }
 
 export function buildProgram(setCode: (n: number) => void): Command {

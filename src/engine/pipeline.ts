@@ -110,7 +110,7 @@ export class Pipeline {
     await this.checkSegments();
     this.executor.structure = this.wal.state.structure;
 
-    this.dlq = this.opts.sourceOverride ? await srcDef.spec.createDlq?.(srcDef.cfg, ctx) : await this.openDlq(srcDef, ctx);
+    this.dlq = await this.openDlq(srcDef, ctx);
     await this.dlq?.recover(this.wal.state.dlq);
 
     const server = this.opts.port > 0 ? await startServer(this.opts.port, this.metrics, { ready: () => this.ready() }) : undefined;
@@ -158,7 +158,7 @@ export class Pipeline {
 
   private async openDlq(src: NamedSource, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined> {
     const cfg = { ...src.cfg };
-    if (!cfg.dlq && (src.type === 'file' || src.type === 'generator')) cfg.dlq = path.relative(ctx.projectDir, path.join(path.dirname(this.wal.dir), 'dlq'));
+    if (!cfg.dlq && (src.type === 'file' || src.type === 'generator')) cfg.dlq = defaultDlqDir(this.opts.project);
     return src.spec.createDlq?.(cfg, ctx);
   }
 
@@ -354,6 +354,11 @@ export class Pipeline {
     }
     return this.summary;
   }
+}
+
+/** Where a file or generator source's dead letters go when `dlq` is not set: beside the WAL. */
+export function defaultDlqDir(project: Project): string {
+  return path.join(path.dirname(project.walPath), 'dlq');
 }
 
 function sleepUntil(t: number, signal: AbortSignal): Promise<void> {
