@@ -129,7 +129,7 @@ export class BatchExecutor {
     const cols = merged && isObjectStructure(merged) && Object.keys(merged).length > 0
       ? `, unnest(json_transform(payload, ${lit(JSON.stringify(merged))}))`
       : '';
-    await this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT id AS ${MSG_COL}${cols} FROM __raw ${where} ORDER BY id`);
+    await this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT id AS ${MSG_COL}${cols} FROM __raw ${where}`);
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
     let attempts = 1;
