@@ -38,9 +38,15 @@ export class ConfigError extends SluiceError {
   readonly issues: ConfigIssue[];
 
   constructor(issues: ConfigIssue[]) {
-    super('CONFIG', formatIssues(issues));
+    // Files in the order they were read; within a file, by line.
+    const fileOrder = [...new Set(issues.map((i) => i.file))];
+    const sorted = issues
+      .map((i, n) => ({ i, n }))
+      .sort((a, b) => fileOrder.indexOf(a.i.file) - fileOrder.indexOf(b.i.file) || (a.i.line ?? 0) - (b.i.line ?? 0) || a.n - b.n)
+      .map((x) => x.i);
+    super('CONFIG', formatIssues(sorted));
     this.name = 'ConfigError';
-    this.issues = issues;
+    this.issues = sorted;
   }
 }
 

@@ -92,8 +92,28 @@ export function checkSchema<S extends z.ZodType>(
   return undefined;
 }
 
-function suggest(_key: string, _schema: z.ZodType, _path: (string | number)[]): string {
-  return '';
+/** "did you mean" for a misspelt key, from the keys the schema knows at that level. */
+function suggest(key: string, schema: z.ZodType, at: (string | number)[]): string {
+  let s: unknown = schema;
+  for (const seg of at) {
+    const shape = (s as { shape?: Record<string, unknown> }).shape;
+    s = shape?.[String(seg)];
+    while (s && (s as { unwrap?: () => unknown }).unwrap) s = (s as { unwrap: () => unknown }).unwrap();
+  }
+  const keys = Object.keys((s as { shape?: Record<string, unknown> } | undefined)?.shape ?? {});
+  const close = keys.find((k) => editDistance(k, key) <= 2);
+  return close ? ` (did you mean "${close}"?)` : keys.length ? ` (known keys: ${keys.join(', ')})` : '';
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)] as number[]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+  }
+  return d[a.length][b.length];
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
@@ -101,7 +121,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === 'invalid_type' && /received undefined/.test(msg)) {
     return `is required (expected ${issue.expected})`;
   }
-  if (issue.code === 'invalid_type') return `expected ${issue.expected}: ${msg.replace(/^Invalid input: /, '')}`;
+  if (issue.code === 'invalid_type') return msg.replace(/^Invalid input: /, '').replace('received', 'got');
   return msg.replace(/^Invalid input: /, '');
 }
 
