@@ -6,7 +6,8 @@ import { ConfigError, SluiceError, errorMessage, formatIssue } from '../errors.j
 import { loadProject, type Project, type ProjectOptions } from '../project/project-loader.js';
 import { analyzeProject } from '../project/validate.js';
 import { BatchExecutor, compileModels } from '../engine/executor.js';
-import { Pipeline, defaultDlqDir, openDuckDB, selectModels } from '../engine/pipeline.js';
+import { Pipeline, defaultDlqDir, openDuckDB, selectModels, workerId } from '../engine/pipeline.js';
+import type { DeadLetter, DeadLetterQueue } from '../connectors/types.js';
 import { createLogger, silentLogger } from '../ops/logger.js';
 import { readFixture } from './fixtures.js';
 import { formatTable } from './format.js';
@@ -46,6 +47,15 @@ async function loadAndCheck(o: CommonOpts): Promise<{ project: Project; reports:
     conn.closeSync();
     instance.closeSync();
   }
+}
+
+/** The DLQ of a broker source (its own queue), or undefined for file DLQs. */
+async function openBrokerDlq(project: Project, log = silentLogger()): Promise<{ dlq: DeadLetterQueue; name: string } | undefined> {
+  const src = project.sources[0];
+  if (!src || src.type === 'file' || src.type === 'generator' || !src.spec.createDlq) return undefined;
+  const dlq = await src.spec.createDlq(src.cfg, { projectDir: project.dir, log, workerId: workerId() });
+  if (!dlq) return undefined;
+  return { dlq, name: String((dlq as { queue?: string }).queue ?? src.cfg.dlq ?? 'dlq') };
 }
 
 function dlqDir(project: Project): string {
@@ -175,16 +185,26 @@ export function buildProgram(setCode: (n: number) => void): Command {
     .addOption(new Option('--format <format>', 'output format').choices(['table', 'json']).default('table'))
     .action(async (o: CommonOpts & { limit: string; format: string }) => {
       const project = loadProject(projectOpts(o));
-      const file = path.join(dlqDir(project), DLQ_FILE);
-      const all = await readDeadLetters(file);
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 0) throw new SluiceError('USAGE', `--limit must be a whole number, got ${o.limit}`);
+      const brokerDlq = await openBrokerDlq(project);
+      let all: DeadLetter[];
+      let where: string;
+      if (brokerDlq) {
+        all = await brokerDlq.dlq.inspect(limit);
+        where = `queue ${brokerDlq.name}`;
+        await brokerDlq.dlq.close();
+      } else {
+        const file = path.join(dlqDir(project), DLQ_FILE);
+        all = await readDeadLetters(file);
+        where = path.relative(process.cwd(), file) || file;
+      }
       const recs = all.slice(0, limit);
       if (o.format === 'json') {
         out(JSON.stringify(recs, null, 2));
         return;
       }
-      out(`${all.length} dead letter(s) in ${path.relative(process.cwd(), file) || file}${all.length > recs.length ? `, showing ${recs.length}` : ''}`);
+      out(`${brokerDlq ? `${recs.length} dead letter(s) shown from` : `${all.length} dead letter(s) in`} ${where}${all.length > recs.length ? `, showing ${recs.length}` : ''}`);
       if (recs.length) {
         out(formatTable(
           [{ name: 'time' }, { name: 'stage' }, { name: 'source' }, { name: 'error' }, { name: 'payload' }],
@@ -194,12 +214,27 @@ export function buildProgram(setCode: (n: number) => void): Command {
       }
     });
 
-  withProject(dlq.command('replay').description('send dead letters back through the pipeline; failures land in the DLQ again'))
+  withProject(dlq.command('replay').description('send dead letters back: to the source queue (brokers) or through the pipeline (files); failures land in the DLQ again'))
+    .option('--target <queue>', 'queue to move dead letters to (brokers; default: the queue they came from)')
+    .option('--limit <n>', 'move at most this many (brokers)')
     .option('--log-json', 'JSON log lines')
     .option('--log-level <level>', 'log level', 'info')
-    .action(async (o: CommonOpts & { logJson?: boolean; logLevel: string }) => {
+    .action(async (o: CommonOpts & { logJson?: boolean; logLevel: string; target?: string; limit?: string }) => {
       const log = createLogger({ json: o.logJson, level: o.logLevel });
       const project = loadProject(projectOpts(o));
+      const brokerDlq = await openBrokerDlq(project, log);
+      if (brokerDlq?.dlq.replay) {
+        const limit = o.limit === undefined ? undefined : Number(o.limit);
+        if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) throw new SluiceError('USAGE', `--limit must be a whole number, got ${o.limit}`);
+        try {
+          const { moved } = await brokerDlq.dlq.replay({ target: o.target, limit });
+          out(`moved ${moved} dead letter(s) from ${brokerDlq.name} to ${o.target ?? 'their original queue'}`);
+        } finally {
+          await brokerDlq.dlq.close();
+        }
+        return;
+      }
+      if (o.target || o.limit) throw new SluiceError('USAGE', '--target and --limit apply to broker DLQs; a file DLQ is replayed through the pipeline as a whole');
       const dir = dlqDir(project);
       const current = path.join(dir, DLQ_FILE);
       // Set the current DLQ aside under a unique name; an interrupted replay resumes from it.

@@ -2,6 +2,7 @@ import type { z } from 'zod';
 import { fileSourceSchema } from './file/file-source.js';
 import { generatorSourceSchema } from './generator/generator-source.js';
 import { parquetSinkSchema } from './parquet/parquet-sink.js';
+import { rabbitmqSourceSchema } from './rabbitmq/rabbitmq-config.js';
 import type { ConnectorContext, DeadLetterQueue, Sink, Source } from './types.js';
 
 export interface SourceSpec<S extends z.ZodType = z.ZodType> {
@@ -10,6 +11,8 @@ export interface SourceSpec<S extends z.ZodType = z.ZodType> {
   schema: S;
   description: string;
   create(cfg: z.output<S>, ctx: ConnectorContext): Promise<Source>;
+  /** Each worker gets its own WAL directory and file names (competing consumers of a queue). */
+  workerScoped?: boolean;
   /** The source's dead-letter queue, when `dlq` is configured. */
   createDlq?(cfg: z.output<S>, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined>;
 }
@@ -56,6 +59,24 @@ export const sources: SourceSpec[] = [
       return new GeneratorSource(cfg as z.output<typeof generatorSourceSchema>, ctx);
     },
     createDlq: (cfg, ctx) => fileDlq((cfg as { dlq?: string }).dlq, ctx),
+  },
+  {
+    type: 'rabbitmq',
+    kind: 'source',
+    schema: rabbitmqSourceSchema,
+    description: 'a RabbitMQ queue, acked after the rows are durable',
+    workerScoped: true,
+    async create(cfg, ctx) {
+      const { RabbitmqSource } = await import('./rabbitmq/rabbitmq-source.js');
+      return new RabbitmqSource(cfg as z.output<typeof rabbitmqSourceSchema>, ctx);
+    },
+    async createDlq(cfg, ctx) {
+      const c = cfg as z.output<typeof rabbitmqSourceSchema>;
+      const { RabbitDeadLetterQueue } = await import('./rabbitmq/rabbitmq-dlq.js');
+      const q = new RabbitDeadLetterQueue(c, c.dlq ?? `${c.queue}.dlq`, ctx.log);
+      await q.open();
+      return q;
+    },
   },
 ];
 

@@ -6,6 +6,10 @@ export interface RawMessage {
   payload: string;
   /** Source coordinates (file and line, partition and offset, ...) for the DLQ and logs. */
   coords: Record<string, unknown>;
+  /** True when the broker says this message was delivered before (a possible duplicate). */
+  redelivered?: boolean;
+  /** The source's own message object, for a DLQ that must keep headers and properties. */
+  raw?: unknown;
 }
 
 /** A batch read from a source, with everything needed to acknowledge it later. */
@@ -13,9 +17,15 @@ export interface SourceBatch {
   messages: RawMessage[];
   /** The source position after this batch; JSON-serialisable, stored in the WAL state at commit. */
   position: unknown;
-  /** Sortable keys of the first and last message, used to name output files deterministically. */
-  first: string;
-  last: string;
+  /**
+   * Sortable keys of the first and last message, used to name output files deterministically.
+   * Sources without positions (queues) leave them out; the engine then uses its own batch
+   * sequence number, prefixed with the worker id.
+   */
+  first?: string;
+  last?: string;
+  /** Whatever the source needs to acknowledge this batch later. */
+  ackToken?: unknown;
 }
 
 export interface Source {
@@ -47,6 +57,8 @@ export interface DeadLetter {
   source: Record<string, unknown>;
   model?: string;
   time: string;
+  /** The source's own message (headers, properties), kept by DLQs that can carry it. */
+  original?: unknown;
 }
 
 export interface DeadLetterQueue {
@@ -58,6 +70,11 @@ export interface DeadLetterQueue {
   recover(mark: unknown): Promise<void>;
   /** Reads up to `limit` records without consuming them. */
   inspect(limit: number): Promise<DeadLetter[]>;
+  /**
+   * Moves dead letters back to the source (or `target`) by itself, when the system can
+   * (a broker queue). Each is removed from the DLQ only after the broker confirmed the copy.
+   */
+  replay?(opts: { target?: string; limit?: number }): Promise<{ moved: number }>;
   close(): Promise<void>;
 }
 

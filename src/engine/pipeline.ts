@@ -1,3 +1,4 @@
+import os from 'node:os';
 import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { Logger } from 'pino';
@@ -35,6 +36,8 @@ export interface RunSummary {
   rows: Record<string, number>;
   batches: number;
   flushes: number;
+  /** Messages the broker marked as delivered before: the bound on duplicates without dedupe. */
+  redelivered: number;
 }
 
 /** Upstream closure of the selected models, in DAG order. */
@@ -73,7 +76,8 @@ export class Pipeline {
   private models: ModelDef[] = [];
   private replayed = false;
   private flushFailures = new Map<string, { count: number; nextTry: number; error: string }>();
-  private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0 };
+  private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0, redelivered: 0 };
+  private workerId = '';
 
   constructor(private readonly opts: RunOptions) {}
 
@@ -88,7 +92,8 @@ export class Pipeline {
     }
     const srcDef: NamedSource = project.sources.find((s) => s.name === this.opts.sourceOverride?.name) ?? project.sources[0];
     this.models = selectModels(project, this.opts.models);
-    const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: process.env.SLUICE_WORKER_ID ?? '' };
+    const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: workerId() };
+    this.workerId = ctx.workerId;
 
     ({ instance: this.instance, conn: this.conn } = await openDuckDB());
     const compiled = await compileModels(this.conn, this.models);
@@ -105,7 +110,9 @@ export class Pipeline {
       this.sinks.set(name, sink);
     }
 
-    this.wal = new Wal(this.opts.walDir ?? project.walPath, this.log);
+    // Queue consumers scale out: each worker keeps its own WAL and names its own files.
+    const walDir = this.opts.walDir ?? (srcDef.spec.workerScoped ? path.join(project.walPath, this.workerId) : project.walPath);
+    this.wal = new Wal(walDir, this.log);
     await this.wal.open(this.models.map((m) => m.name));
     await this.checkSegments();
     this.executor.structure = this.wal.state.structure;
@@ -199,13 +206,20 @@ export class Pipeline {
       throw err;
     }
     const seq = this.wal.nextSeq();
+    const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
+    const last = batch.last ?? first;
+    const redelivered = batch.messages.reduce((n, m) => n + (m.redelivered ? 1 : 0), 0);
+    if (redelivered) {
+      this.metrics.redelivered.inc({ source: sourceName }, redelivered);
+      this.summary.redelivered += redelivered;
+    }
     const touched: string[] = [];
     for (const m of this.models) {
       const n = outcome.rows.get(m.name) ?? 0;
       if (n === 0) continue;
-      const p = this.wal.segmentPaths(m.name, seq, batch.first, batch.last);
+      const p = this.wal.segmentPaths(m.name, seq, first, last);
       await this.executor.copyOutput(m.name, p.tmp);
-      await this.wal.publishSegment(m.name, seq, batch.first, batch.last, p.tmp, p.final);
+      await this.wal.publishSegment(m.name, seq, first, last, p.tmp, p.final);
       touched.push(m.name);
       this.metrics.rowsOut.inc({ model: m.name }, n);
       this.summary.rows[m.name] = (this.summary.rows[m.name] ?? 0) + n;
@@ -219,6 +233,7 @@ export class Pipeline {
         source: batch.messages[f.index].coords,
         ...(f.model ? { model: f.model } : {}),
         time,
+        original: batch.messages[f.index].raw,
       }));
       for (const r of records) {
         this.metrics.deadLettered.inc({ stage: r.stage });
@@ -354,6 +369,11 @@ export class Pipeline {
     }
     return this.summary;
   }
+}
+
+/** This worker's id: SLUICE_WORKER_ID or the host name, safe for file names. */
+export function workerId(): string {
+  return (process.env.SLUICE_WORKER_ID || os.hostname() || 'worker').replace(/[^A-Za-z0-9.-]/g, '-');
 }
 
 /** Where a file or generator source's dead letters go when `dlq` is not set: beside the WAL. */

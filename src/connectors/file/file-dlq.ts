@@ -30,7 +30,7 @@ export class FileDeadLetterQueue implements DeadLetterQueue {
 
   async append(records: DeadLetter[]): Promise<void> {
     if (records.length === 0) return;
-    const data = records.map((r) => JSON.stringify(r)).join('\n') + '\n';
+    const data = records.map(({ original: _o, ...r }) => JSON.stringify(r)).join('\n') + '\n';
     const existed = fs.existsSync(this.file);
     const fh = await fsp.open(this.file, 'a');
     try {

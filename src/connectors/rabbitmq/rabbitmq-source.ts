@@ -1,0 +1,169 @@
+import type { Logger } from 'pino';
+import { errorMessage } from '../../errors.js';
+import type { ConnectorContext, RawMessage, Source, SourceBatch } from '../types.js';
+import { sleep } from '../file/file-source.js';
+import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
+import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
+
+interface AckToken {
+  generation: number;
+  last: AmqpMessage;
+}
+
+/**
+ * Consumes one queue with manual acks. Messages are acknowledged (multiple-ack up to the
+ * batch's last delivery tag) only when the engine says the batch is durable. A dropped
+ * connection bumps a generation counter: batches of an older generation are never acked
+ * (their channel is gone; the broker redelivers them), and consuming resumes after a
+ * reconnect with backoff.
+ */
+export class RabbitmqSource implements Source {
+  private conn?: AmqpConnectionLike;
+  private ch?: AmqpChannelLike;
+  private generation = 0;
+  private buffer: AmqpMessage[] = [];
+  private firstArrival = 0;
+  private wake?: () => void;
+  private closing = false;
+  private reconnecting?: Promise<void>;
+  /** Messages handed out on a channel that died before they were acked (come back as redeliveries). */
+  lostAcks = 0;
+
+  constructor(
+    private readonly cfg: RabbitmqSourceConfig,
+    private readonly ctx: ConnectorContext,
+  ) {}
+
+  private get log(): Logger {
+    return this.ctx.log;
+  }
+
+  async open(_position: unknown): Promise<void> {
+    await this.connect(Date.now() + 30_000);
+  }
+
+  private async connect(deadline?: number, signal?: AbortSignal): Promise<void> {
+    const conn = await connectWithRetry(this.cfg, this.log, { deadline, signal });
+    const gen = ++this.generation;
+    this.buffer = [];
+    const lost = (why: string) => (err?: unknown) => {
+      if (gen !== this.generation || this.closing) return;
+      this.log.warn({ reason: why, err: err instanceof Error ? err : undefined }, 'RabbitMQ connection lost; reconnecting');
+      this.dropConnection();
+    };
+    conn.on('error', () => {}); // 'close' follows; handled there
+    conn.on('close', lost('connection closed'));
+    const ch = await conn.createChannel();
+    ch.on('error', () => {});
+    ch.on('close', lost('channel closed'));
+    const c = this.cfg;
+    if (c.declare.queue) await ch.assertQueue(c.queue, { durable: true });
+    else await ch.checkQueue(c.queue);
+    if (c.declare.exchange) await ch.assertExchange(c.declare.exchange.name, c.declare.exchange.type, { durable: true });
+    for (const b of c.declare.bindings) await ch.bindQueue(c.queue, b.exchange, b.routing_key);
+    await ch.prefetch(c.prefetch ?? c.batch_size * 2);
+    await ch.consume(
+      c.queue,
+      (msg) => {
+        if (!msg) {
+          lost('consumer cancelled by the broker')();
+          return;
+        }
+        if (gen !== this.generation) return;
+        if (this.buffer.length === 0) this.firstArrival = Date.now();
+        this.buffer.push(msg);
+        if (this.buffer.length >= c.batch_size) this.wake?.();
+      },
+      { noAck: false },
+    );
+    this.conn = conn;
+    this.ch = ch;
+    if (gen > 1) this.log.info({ queue: c.queue }, 'reconnected to RabbitMQ');
+  }
+
+  private dropConnection(): void {
+    this.generation++;
+    this.buffer = [];
+    const conn = this.conn;
+    this.conn = undefined;
+    this.ch = undefined;
+    conn?.close().catch(() => {});
+    this.wake?.();
+  }
+
+  private ensureConnected(signal: AbortSignal): Promise<void> {
+    if (this.ch || this.closing) return Promise.resolve();
+    this.reconnecting ??= this.connect(undefined, signal)
+      .catch((err) => this.log.warn({ err }, 'reconnect attempt failed'))
+      .finally(() => {
+        this.reconnecting = undefined;
+      });
+    return this.reconnecting;
+  }
+
+  async read(signal: AbortSignal): Promise<SourceBatch | null> {
+    const { batch_size, batch_timeout_ms } = this.cfg;
+    const idleDeadline = Date.now() + batch_timeout_ms;
+    for (;;) {
+      if (signal.aborted) break;
+      if (!this.ch) {
+        await this.ensureConnected(signal);
+        if (!this.ch) await sleep(this.cfg.reconnect.initial_ms, signal);
+        continue;
+      }
+      if (this.buffer.length >= batch_size) break;
+      const now = Date.now();
+      if (this.buffer.length > 0 && now - this.firstArrival >= batch_timeout_ms) break;
+      if (this.buffer.length === 0 && now >= idleDeadline) break;
+      const until = this.buffer.length > 0 ? this.firstArrival + batch_timeout_ms : idleDeadline;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.max(1, until - Date.now()));
+        const onAbort = () => done();
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.wake = done;
+        function done() {
+          clearTimeout(t);
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        }
+      });
+      this.wake = undefined;
+    }
+    const taken = this.buffer.splice(0, batch_size);
+    if (this.buffer.length > 0) this.firstArrival = Date.now();
+    const messages: RawMessage[] = taken.map((m) => ({
+      payload: m.content.toString('utf8'),
+      coords: { queue: this.cfg.queue, routing_key: m.fields.routingKey, exchange: m.fields.exchange, delivery_tag: m.fields.deliveryTag, redelivered: m.fields.redelivered, message_id: m.properties.messageId },
+      redelivered: m.fields.redelivered,
+      raw: m,
+    }));
+    const token: AckToken | undefined = taken.length ? { generation: this.generation, last: taken[taken.length - 1] } : undefined;
+    return { messages, position: undefined, ackToken: token };
+  }
+
+  async ack(batch: SourceBatch): Promise<void> {
+    const t = batch.ackToken as AckToken | undefined;
+    if (!t) return;
+    if (t.generation !== this.generation || !this.ch) {
+      // Never ack on a dead channel: the broker requeued these and will deliver them again.
+      this.lostAcks += batch.messages.length;
+      this.log.warn({ messages: batch.messages.length }, 'batch is durable but its channel is gone; the broker will redeliver it');
+      return;
+    }
+    try {
+      this.ch.ack(t.last, true);
+    } catch (err) {
+      this.log.warn({ err: new Error(errorMessage(err)) }, 'ack failed; the broker will redeliver the batch');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.wake?.();
+    const conn = this.conn;
+    this.conn = undefined;
+    this.ch = undefined;
+    this.buffer = [];
+    await conn?.close().catch(() => {});
+  }
+}
