@@ -161,7 +161,7 @@ export function buildProgram(setCode: (n: number) => void): Command {
       const summary = await new Pipeline({ project, log, port, models: o.model, dryRun: o.dryRun, signal: ac.signal, print: (s) => process.stdout.write(s) }).run();
       if (!o.dryRun) {
         const secs = (Date.now() - started) / 1000;
-        log.info({ messages: summary.messages, dead_lettered: summary.deadLettered, rows: summary.rows, flushes: summary.flushes, seconds: Number(secs.toFixed(2)) }, 'done');
+        log.info({ messages: summary.messages, dead_lettered: summary.deadLettered, redelivered: summary.redelivered, rows: summary.rows, flushes: summary.flushes, seconds: Number(secs.toFixed(2)) }, 'done');
       }
     });
 

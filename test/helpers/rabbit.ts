@@ -27,13 +27,19 @@ export async function publish(queue: string, messages: (string | { body: string;
   }
 }
 
+/** Messages ready in a queue; -1 when the queue does not exist (yet). */
 export async function queueDepth(queue: string): Promise<number> {
   const conn = await amqp.connect(AMQP_URL);
   try {
     const ch = await conn.createChannel();
-    const q = await ch.checkQueue(queue);
-    await ch.close();
-    return q.messageCount;
+    ch.on('error', () => {});
+    try {
+      const q = await ch.checkQueue(queue);
+      await ch.close();
+      return q.messageCount;
+    } catch {
+      return -1;
+    }
   } finally {
     await conn.close();
   }

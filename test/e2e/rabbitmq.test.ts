@@ -1,0 +1,230 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { orderMessage } from '../../src/connectors/generator/generator-source.js';
+import { httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
+
+// otter's processing contract, row by row, against the RabbitMQ running on this machine.
+
+const dirs: string[] = [];
+const queues: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+afterAll(async () => {
+  await deleteQueues(...queues.flatMap((q) => [q, `${q}.dlq`]));
+});
+
+function project(queue: string, extra: Record<string, string> = {}): string {
+  const root = tempDir('sluice-rabbit-');
+  dirs.push(root);
+  expect(sluice(['init', 'proj'], { cwd: root }).code).toBe(0);
+  const p = path.join(root, 'proj');
+  writeFiles(p, { 'config/sources.yml': rabbitSourceYaml(queue), 'config/models.yml': 'max_age_seconds: 0.3\n', ...extra });
+  return p;
+}
+
+function q(): string {
+  const name = uniqueQueue();
+  queues.push(name);
+  return name;
+}
+
+async function rows(p: string, model: string): Promise<Record<string, unknown>[]> {
+  if (!fs.existsSync(path.join(p, 'output', model))) return [];
+  try {
+    return await query(`SELECT * FROM read_parquet('${p}/output/${model}/*.parquet')`);
+  } catch {
+    return [];
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const orders = (from: number, n: number) => Array.from({ length: n }, (_, i) => orderMessage(from + i, 5));
+
+describe('rabbitmq source', () => {
+  it('good messages: rows written, acked only after the WAL commit, SIGTERM drains and exits 0', async () => {
+    const queue = q();
+    await publish(queue, orders(0, 500));
+    const p = project(queue);
+    const child = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'w1' } });
+    await until(async () => (await rows(p, 'orders')).length === 500, 30_000);
+    await until(async () => (await queueDepth(queue)) === 0);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    const got = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
+    expect(got[0]).toEqual({ n: '500', d: '500' });
+    // File names carry the worker id.
+    expect(fs.readdirSync(path.join(p, 'output/orders'))[0]).toMatch(/^part-w1\.\d{12}-w1\.\d{12}\.parquet$/);
+  });
+
+  it('bad SQL and unparseable JSON go to the DLQ with body, headers, properties, error and stage; the rest proceeds', async () => {
+    const queue = q();
+    const p = project(queue, { 'models/codes.sql': 'SELECT incoming.order_id, CAST(incoming.code AS INTEGER) AS code FROM incoming\n' });
+    const good = (i: number, code: string) => JSON.stringify({ order_id: i, user: { id: 1, name: 'a' }, items: [], currency: 'EUR', placed_at: 't', code });
+    await publish(queue, [
+      good(1, '10'),
+      { body: good(2, 'abc'), headers: { 'x-tenant': 'acme' }, messageId: 'm-2' },
+      { body: '{"order_id": 3, ', headers: { 'x-tenant': 'globex' }, messageId: 'm-3' },
+      good(4, '40'),
+    ]);
+    const child = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'w1' } });
+    await until(async () => (await rows(p, 'codes')).length === 2, 30_000);
+    await until(async () => (await queueDepth(`${queue}.dlq`)) === 2);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code).toBe(0);
+    expect(await queueDepth(queue)).toBe(0);
+    expect((await rows(p, 'orders')).map((r) => r.order_id).sort()).toEqual(['1', '4']);
+
+    // inspect peeks without consuming
+    const insp = sluice(['dlq', 'inspect', '--project', p, '--format', 'json']);
+    expect(insp.code, insp.stderr).toBe(0);
+    const recs = JSON.parse(insp.stdout) as { stage: string; error: string; model?: string; source: { queue: string } }[];
+    expect(recs.map((r) => r.stage).sort()).toEqual(['decode', 'transform']);
+    expect(recs.find((r) => r.stage === 'transform')?.error).toMatch(/Could not convert string 'abc' to INT32/);
+    expect(await queueDepth(`${queue}.dlq`)).toBe(2);
+
+    const dead = await drain(`${queue}.dlq`);
+    const t = dead.find((d) => d.properties.messageId === 'm-2')!;
+    expect(t.body).toBe(good(2, 'abc'));
+    expect(t.headers['x-tenant']).toBe('acme');
+    expect(t.headers['x-sluice-stage']).toBe('transform');
+    expect(t.headers['x-sluice-model']).toBe('codes');
+    expect(t.headers['x-sluice-queue']).toBe(queue);
+    expect(t.headers['x-sluice-routing-key']).toBe(queue);
+    const d = dead.find((x) => x.properties.messageId === 'm-3')!;
+    expect(d.body).toBe('{"order_id": 3, ');
+    expect(d.headers['x-sluice-stage']).toBe('decode');
+    expect(String(d.headers['x-sluice-error'])).toMatch(/invalid JSON/);
+    expect(d.headers['x-tenant']).toBe('globex');
+  });
+
+  it('dlq replay moves dead letters back with confirms; --target and --limit', async () => {
+    const queue = q();
+    const p = project(queue);
+    await publish(queue, ['not json 1', 'not json 2', 'not json 3']);
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    await until(async () => (await queueDepth(`${queue}.dlq`)) === 3, 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code).toBe(0);
+    const other = q();
+    await publish(other, []);
+    const r1 = sluice(['dlq', 'replay', '--project', p, '--target', other, '--limit', '1']);
+    expect(r1.code, r1.stderr).toBe(0);
+    expect(r1.stdout).toMatch(/moved 1 dead letter/);
+    expect(await queueDepth(other)).toBe(1);
+    const r2 = sluice(['dlq', 'replay', '--project', p]);
+    expect(r2.stdout).toMatch(/moved 2 dead letter/);
+    expect(await queueDepth(`${queue}.dlq`)).toBe(0);
+    const back = await drain(queue);
+    expect(back.map((b) => b.body).sort()).toEqual(['not json 2', 'not json 3']);
+    expect(back[0].headers['x-sluice-replays']).toBe(1);
+    expect(back[0].headers['x-sluice-error']).toBeUndefined();
+  });
+
+  it('run --dry-run consumes one batch, prints it and acks nothing', async () => {
+    const queue = q();
+    await publish(queue, orders(0, 20));
+    const p = project(queue);
+    const r = sluice(['run', '--project', p, '--port', '0', '--dry-run']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/dry run: 20 messages/);
+    expect(r.stdout).toMatch(/orders \(20 rows\)/);
+    await until(async () => (await queueDepth(queue)) === 20);
+    expect(fs.existsSync(path.join(p, 'output/orders'))).toBe(false);
+  });
+
+  it('a worker SIGKILLed with the WAL intact replays it on restart: nothing lost, redeliveries counted', async () => {
+    const queue = q();
+    await publish(queue, orders(0, 1000));
+    const p = project(queue, { 'config/models.yml': 'max_age_seconds: 3600\n' });
+    // Killed after committing a batch to the WAL but before acking it, with nothing flushed yet.
+    const crashed = sluice(['run', '--project', p, '--port', '0'], { env: { SLUICE_CRASH_AT: 'after-commit', SLUICE_CRASH_AFTER: '3', SLUICE_WORKER_ID: 'w1' } });
+    expect(crashed.code).toBe(-1);
+    expect(fs.existsSync(path.join(p, 'output/orders'))).toBe(false);
+    const walSegments = fs.readdirSync(path.join(p, '.sluice/wal/w1/models/orders'));
+    expect(walSegments.length).toBe(3);
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
+    await until(async () => (await queueDepth(queue)) === 0, 30_000);
+    await new Promise((r) => setTimeout(r, 500));
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code).toBe(0);
+    const got = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
+    expect(Number(got[0].d)).toBe(1000);
+    // Without dedupe_key, duplicates are bounded by the batches in flight (the unacked third batch).
+    const dupes = Number(got[0].n) - 1000;
+    expect(dupes).toBeGreaterThan(0);
+    expect(dupes).toBeLessThanOrEqual(400);
+    const done = child.err().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.msg === 'done');
+    expect(done.redelivered).toBeGreaterThanOrEqual(dupes);
+  });
+
+  it('survives dropped connections: reconnects, no message lost, no ack on a dead channel', async () => {
+    const queue = q();
+    const p = project(queue);
+    const port = await freePort();
+    const child = sluiceBg(['run', '--project', p, '--port', String(port)]);
+    try {
+      await until(async () => {
+        try {
+          return (await httpGet(`http://127.0.0.1:${port}/readyz`)).status === 200;
+        } catch {
+          return false;
+        }
+      }, 30_000);
+      for (let round = 0; round < 3; round++) {
+        await publish(queue, orders(round * 300, 300));
+        await new Promise((r) => setTimeout(r, 150));
+        // A real broker-side disconnect of every client connection.
+        execFileSync('rabbitmqctl', ['close_all_connections', 'sluice test: dropping connections'], { stdio: 'ignore' });
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      await until(async () => (await queueDepth(queue)) === 0, 40_000);
+      await until(async () => {
+        const r = await rows(p, 'orders');
+        return new Set(r.map((x) => x.order_id)).size === 900;
+      }, 40_000);
+      expect(child.err()).toMatch(/reconnected to RabbitMQ/);
+    } finally {
+      child.kill('SIGTERM');
+      expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
+    }
+  }, 120_000);
+
+  it('a Parquet write failure keeps the WAL, turns /readyz red, then green once fixed; messages stay acked', async () => {
+    const queue = q();
+    await publish(queue, orders(0, 100));
+    const p = project(queue);
+    fs.mkdirSync(path.join(p, 'output'), { recursive: true });
+    fs.writeFileSync(path.join(p, 'output', 'orders'), 'in the way');
+    const port = await freePort();
+    const child = sluiceBg(['run', '--project', p, '--port', String(port)]);
+    try {
+      await until(async () => {
+        try {
+          return (await httpGet(`http://127.0.0.1:${port}/readyz`)).status === 503;
+        } catch {
+          return false;
+        }
+      }, 30_000);
+      expect(await queueDepth(queue)).toBe(0); // acked: the rows are durable in the WAL
+      fs.rmSync(path.join(p, 'output', 'orders'));
+      await until(async () => (await httpGet(`http://127.0.0.1:${port}/readyz`)).status === 200, 40_000);
+      expect((await rows(p, 'orders')).length).toBe(100);
+    } finally {
+      child.kill('SIGTERM');
+      await waitExit(child);
+    }
+  }, 90_000);
+});
