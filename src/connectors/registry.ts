@@ -86,7 +86,10 @@ export const sinks: SinkSpec[] = [
     kind: 'sink',
     schema: parquetSinkSchema,
     description: 'Parquet files on local disk, atomic and idempotent',
-    requiredColumns: (cfg) => (cfg as z.output<typeof parquetSinkSchema>).partition_by,
+    requiredColumns: (cfg) => {
+      const c = cfg as z.output<typeof parquetSinkSchema>;
+      return [...c.partition_by, ...(c.dedupe_key ? [c.dedupe_key] : [])];
+    },
     async create(cfg, ctx) {
       const { ParquetSink } = await import('./parquet/parquet-sink.js');
       return new ParquetSink(cfg as z.output<typeof parquetSinkSchema>, ctx);

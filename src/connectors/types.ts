@@ -86,8 +86,13 @@ export interface ColumnInfo {
 /** One flush of one model: the staged WAL segments to deliver as one unit. */
 export interface SinkWrite {
   model: string;
-  /** Parquet files of the model's WAL, in order; all rows of this flush. */
+  /**
+   * Parquet files of the model's WAL, in order; all rows of this flush. Besides the model's
+   * columns they hold MSG_COL (the message's index in its batch); `seqs[i]` is the batch
+   * sequence number of `segments[i]`, so (seq, index) identifies the message.
+   */
   segments: string[];
+  seqs: number[];
   /** Deterministic name derived from the source positions the rows came from. */
   name: string;
   rows: number;

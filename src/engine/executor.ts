@@ -216,11 +216,9 @@ export class BatchExecutor {
     for (const m of this.models) await this.conn.run(`DROP TABLE IF EXISTS ${MODEL_SCHEMA}.${ident(m.name)}`);
   }
 
-  /** Writes a model's rows of the last batch to a Parquet file (without the hidden column). */
-  async copyOutput(model: string, file: string, compression = 'snappy'): Promise<void> {
-    await this.conn.run(
-      `COPY (SELECT * EXCLUDE (${MSG_COL}) FROM ${MODEL_SCHEMA}.${ident(model)}) TO ${lit(file)} (FORMAT parquet, COMPRESSION ${compression})`,
-    );
+  /** Writes a model's rows of the last batch to a Parquet file, with the message index column. */
+  async copyOutput(model: string, file: string, compression = 'lz4_raw'): Promise<void> {
+    await this.conn.run(`COPY ${MODEL_SCHEMA}.${ident(model)} TO ${lit(file)} (FORMAT parquet, COMPRESSION ${compression})`);
   }
 
   /** A model's rows of the last batch, for `test` and `--dry-run`. */

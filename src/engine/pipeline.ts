@@ -315,7 +315,7 @@ export class Pipeline {
       const r = await this.conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
       const rows = Number(r.getRows()[0][0]);
       for (const name of m.sinks) {
-        await this.sinks.get(name)!.write({ model: m.name, segments: files, name: flush.name, rows }, this.conn);
+        await this.sinks.get(name)!.write({ model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows }, this.conn);
         this.metrics.rowsWritten.inc({ model: m.name, sink: name }, rows);
       }
       crashPoint('after-sink-write');

@@ -35,8 +35,8 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection): 
           issues.push({
             file: sink!.file,
             line: sink!.line,
-            key: `${sinkName === 'default' ? 'sink' : `sinks.${sinkName}`}.partition_by`,
-            message: `model ${m.name} (${m.file}) has no column "${col}" to partition by (its columns: ${analysis.outputColumns.join(', ')})`,
+            key: `${sinkName === 'default' ? 'sink' : `sinks.${sinkName}`}.${((sink!.cfg.partition_by as string[] | undefined) ?? []).includes(col) ? 'partition_by' : 'dedupe_key'}`,
+            message: `model ${m.name} (${m.file}) has no column "${col}" (its columns: ${analysis.outputColumns.join(', ')})`,
           });
         }
       }

@@ -170,6 +170,29 @@ describe('rabbitmq source', () => {
     expect(done.redelivered).toBeGreaterThanOrEqual(dupes);
   });
 
+  it('with dedupe_key, messages redelivered after a crash produce no duplicate rows', async () => {
+    const queue = q();
+    await publish(queue, orders(0, 1000));
+    const p = project(queue, {
+      'config/models.yml': 'max_age_seconds: 3600\n',
+      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n  dedupe_key: order_id\n',
+    });
+    const crashed = sluice(['run', '--project', p, '--port', '0'], { env: { SLUICE_CRASH_AT: 'after-commit', SLUICE_CRASH_AFTER: '3', SLUICE_WORKER_ID: 'w1' } });
+    expect(crashed.code).toBe(-1);
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
+    await until(async () => (await queueDepth(queue)) === 0, 30_000);
+    await new Promise((r) => setTimeout(r, 500));
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code).toBe(0);
+    const done = child.err().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.msg === 'done');
+    expect(done.redelivered).toBeGreaterThan(0);
+    const o = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
+    expect(o[0]).toEqual({ n: '1000', d: '1000' });
+    const items = orders(0, 1000).reduce((n, m) => n + (JSON.parse(m) as { items: unknown[] }).items.length, 0);
+    const pr = await query(`SELECT count(*) AS n FROM read_parquet('${p}/output/purchases/*.parquet')`);
+    expect(Number(pr[0].n)).toBe(items);
+  });
+
   it('survives dropped connections: reconnects, no message lost, no ack on a dead channel', async () => {
     const queue = q();
     const p = project(queue);
