@@ -146,9 +146,7 @@ export function buildProgram(setCode: (n: number) => void): Command {
     .option('--port <port>', 'HTTP port for /healthz /readyz /metrics (0 = off; default from sluice.yml or 9400)')
     .action(async (o: CommonOpts & { model?: string[]; dryRun?: boolean; logJson?: boolean; logLevel: string; port?: string }) => {
       const log = createLogger({ json: o.logJson, level: o.logLevel });
-      const { project } = await loadAndCheck(o);
-      const port = o.port !== undefined ? Number(o.port) : project.port;
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
+      // Signals first: a stop during startup still ends with a flush and exit 0.
       const ac = new AbortController();
       const stop = (sig: string) => {
         if (ac.signal.aborted) return;
@@ -157,6 +155,9 @@ export function buildProgram(setCode: (n: number) => void): Command {
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+      const { project } = await loadAndCheck(o);
+      const port = o.port !== undefined ? Number(o.port) : project.port;
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
       const started = Date.now();
       const summary = await new Pipeline({ project, log, port, models: o.model, dryRun: o.dryRun, signal: ac.signal, print: (s) => process.stdout.write(s) }).run();
       if (!o.dryRun) {

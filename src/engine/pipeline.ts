@@ -134,6 +134,7 @@ export class Pipeline {
       this.updateGauges();
 
       await source.open(this.wal.state.position);
+      this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
       try {
         await this.loop(source, srcDef.name);
       } finally {
