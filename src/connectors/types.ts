@@ -116,4 +116,6 @@ export interface ConnectorContext {
   projectDir: string;
   log: Logger;
   workerId: string;
+  /** Reports the time from a message's publication to its ack, when the source knows both. */
+  observeAckLatency?: (seconds: number) => void;
 }

@@ -92,7 +92,7 @@ export class Pipeline {
     }
     const srcDef: NamedSource = project.sources.find((s) => s.name === this.opts.sourceOverride?.name) ?? project.sources[0];
     this.models = selectModels(project, this.opts.models);
-    const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: workerId() };
+    const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: workerId(), observeAckLatency: (s) => this.metrics.ackLatency.observe(s) };
     this.workerId = ctx.workerId;
 
     ({ instance: this.instance, conn: this.conn } = await openDuckDB());

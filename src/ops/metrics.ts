@@ -19,5 +19,9 @@ export class Metrics {
     name: 'sluice_flush_duration_seconds', help: 'Time to write one flush to the sinks', labelNames: ['model'], registers: [this.registry],
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   });
+  readonly ackLatency = new client.Summary({
+    name: 'sluice_ack_latency_seconds', help: 'Time from publication (the message timestamp) to the source ack', registers: [this.registry],
+    percentiles: [0.5, 0.9, 0.99], maxAgeSeconds: 60, ageBuckets: 6,
+  });
   readonly ready = new client.Gauge({ name: 'sluice_ready', help: '1 when every sink is healthy and the WAL is replayed', registers: [this.registry] });
 }

@@ -152,8 +152,22 @@ export class RabbitmqSource implements Source {
     }
     try {
       this.ch.ack(t.last, true);
+      this.observeLatency(batch);
     } catch (err) {
       this.log.warn({ err: new Error(errorMessage(err)) }, 'ack failed; the broker will redeliver the batch');
+    }
+  }
+
+  /** Publish-to-ack time from the AMQP timestamp property (milliseconds, or seconds if small). */
+  private observeLatency(batch: SourceBatch): void {
+    const observe = this.ctx.observeAckLatency;
+    if (!observe) return;
+    const now = Date.now();
+    for (const m of batch.messages) {
+      const ts = Number((m.raw as AmqpMessage).properties.timestamp);
+      if (!Number.isFinite(ts) || ts <= 0) continue;
+      const ms = ts < 1e11 ? ts * 1000 : ts;
+      observe(Math.max(0, now - ms) / 1000);
     }
   }
 
