@@ -29,6 +29,8 @@ export interface BatchOutcome {
   rows: Map<string, number>;
   /** How many DAG runs error isolation needed (1 when nothing failed). */
   attempts: number;
+  /** Milliseconds spent per stage, for debug logs. */
+  timings: Record<string, number>;
 }
 
 /** Compiles models for execution: template rendering was done at load; this analyses and rewrites. */
@@ -77,6 +79,13 @@ export class BatchExecutor {
   async process(messages: RawMessage[]): Promise<BatchOutcome> {
     const failures: MessageFailure[] = [];
     const rows = new Map<string, number>();
+    const timings: Record<string, number> = {};
+    let t = performance.now();
+    const lap = (name: string) => {
+      const now = performance.now();
+      timings[name] = Math.round((timings[name] ?? 0) + now - t);
+      t = now;
+    };
     await this.conn.run(`CREATE OR REPLACE TABLE __raw (id INTEGER, payload VARCHAR)`);
     const ap = await this.conn.createAppender('__raw');
     for (let i = 0; i < messages.length; i++) {
@@ -85,6 +94,7 @@ export class BatchExecutor {
       ap.endRow();
     }
     ap.closeSync();
+    lap('load');
 
     // Decode: every message must be a JSON object whose structure fits the established schema.
     const bad = new Set<number>();
@@ -118,11 +128,12 @@ export class BatchExecutor {
       }
     }
 
+    lap('decode');
     const good = messages.length - bad.size;
     if (good === 0) {
       for (const m of this.models) rows.set(m.name, 0);
       await this.clearOutputs();
-      return { failures, rows, attempts: 0 };
+      return { failures, rows, attempts: 0, timings };
     }
     this.structure = merged;
     const where = bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '';
@@ -130,6 +141,7 @@ export class BatchExecutor {
       ? `, unnest(json_transform(payload, ${lit(JSON.stringify(merged))}))`
       : '';
     await this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT id AS ${MSG_COL}${cols} FROM __raw ${where}`);
+    lap('convert');
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
     let attempts = 1;
@@ -141,7 +153,7 @@ export class BatchExecutor {
         for (const id of ids) failures.push({ index: id, stage: 'transform', error: res.error, model: res.model });
         await this.clearOutputs();
         for (const m of this.models) rows.set(m.name, 0);
-        return { failures, rows, attempts };
+        return { failures, rows, attempts, timings };
       }
       for (let round = 0; round < 3 && !res.ok; round++) {
         const ids = await this.batchIds();
@@ -165,7 +177,8 @@ export class BatchExecutor {
       rows.set(m.name, Number(r.getRows()[0][0]));
     }
     failures.sort((a, b) => a.index - b.index);
-    return { failures, rows, attempts };
+    lap('models');
+    return { failures, rows, attempts, timings };
   }
 
   private async jsonError(payload: string): Promise<string> {

@@ -78,6 +78,7 @@ export class Pipeline {
   private flushFailures = new Map<string, { count: number; nextTry: number; error: string }>();
   private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0, redelivered: 0 };
   private workerId = '';
+  private lastReadMs = 0;
 
   constructor(private readonly opts: RunOptions) {}
 
@@ -186,7 +187,9 @@ export class Pipeline {
   private async loop(source: Source, sourceName: string): Promise<void> {
     const { signal } = this.opts;
     while (!signal.aborted) {
+      const readStart = performance.now();
       const batch = await source.read(signal);
+      this.lastReadMs = Math.round(performance.now() - readStart);
       if (batch === null) {
         this.log.info('end of input');
         break;
@@ -206,6 +209,7 @@ export class Pipeline {
       this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
       throw err;
     }
+    const stageStart = performance.now();
     const seq = this.wal.nextSeq();
     const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
     const last = batch.last ?? first;
@@ -249,11 +253,12 @@ export class Pipeline {
     await this.wal.commit(seq, batch.position, this.dlq?.mark(), this.executor.structure, touched);
     crashPoint('after-commit');
     await source.ack(batch);
+    outcome.timings.stage_and_commit = Math.round(performance.now() - stageStart);
     this.summary.messages += batch.messages.length;
     this.summary.batches++;
     timer();
     this.updateGauges();
-    this.log.debug({ seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts }, 'batch committed');
+    this.log.debug({ seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { read: this.lastReadMs, ...outcome.timings } }, 'batch committed');
   }
 
   private updateGauges(): void {
@@ -324,19 +329,19 @@ export class Pipeline {
       this.flushFailures.delete(m.name);
       this.metrics.flushes.inc({ model: m.name, result: 'ok' });
       this.summary.flushes++;
-      this.log.info({ model: m.name, file: flush.name, rows, segments: files.length }, 'flushed');
+      this.log.info({ model: m.name, file: flush.name, rows, segments: files.length, ms: Math.round(timer() * 1000) }, 'flushed');
       return true;
     } catch (err) {
       const prev = this.flushFailures.get(m.name);
       const count = (prev?.count ?? 0) + 1;
       const delay = Math.min(30_000, 500 * 2 ** Math.min(count - 1, 6));
       this.flushFailures.set(m.name, { count, nextTry: Date.now() + delay, error: errorMessage(err) });
+      timer();
       this.metrics.flushes.inc({ model: m.name, result: 'error' });
       this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
       this.log.error({ model: m.name, err, retry_in_ms: delay }, 'flush failed; the WAL is kept and the flush retried');
       return false;
     } finally {
-      timer();
       this.updateGauges();
     }
   }
