@@ -2,7 +2,7 @@
 // `purchases` models to Parquet, against a bare amqplib consumer (same prefetch, acks only)
 // draining the same number in the same run; then publish-to-ack latency at a steady rate.
 //
-//   node bench/rabbitmq.mjs [--messages 200000] [--runs 1] [--batch-size 5000] [--rate 5000] [--seconds 15]
+//   node bench/rabbitmq.mjs [--messages 200000] [--runs 1] [--batch-size 5000] [--prefetch 4 x batch] [--rate 5000] [--seconds 15]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -22,9 +22,10 @@ function arg(name, def) {
 const N = arg('messages', 200_000);
 const RUNS = arg('runs', 1);
 const BATCH = arg('batch-size', 5000);
-const PREFETCH = BATCH * 2;
+const PREFETCH = arg('prefetch', BATCH * 4);
 const RATE = arg('rate', 5000);
 const SECONDS = arg('seconds', 15);
+const THREADS = arg('threads', 0);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -77,9 +78,10 @@ function sluiceProject(dir, queue, batch, timeoutMs) {
   fs.rmSync(dir, { recursive: true, force: true });
   return scaffold(dir, 'bench').then(() => {
     fs.writeFileSync(path.join(dir, 'config/sources.yml'),
-      `source:\n  type: rabbitmq\n  url: ${URL}\n  queue: ${queue}\n  dlq: ${queue}.dlq\n  batch_size: ${batch}\n  batch_timeout_ms: ${timeoutMs}\n  prefetch: ${batch * 2}\n`);
+      `source:\n  type: rabbitmq\n  url: ${URL}\n  queue: ${queue}\n  dlq: ${queue}.dlq\n  batch_size: ${batch}\n  batch_timeout_ms: ${timeoutMs}\n  prefetch: ${PREFETCH}\n`);
     fs.writeFileSync(path.join(dir, 'config/sinks.yml'), `sink:\n  type: parquet\n  path: ${path.join(dir, 'output')}\n`);
     fs.writeFileSync(path.join(dir, 'config/models.yml'), 'max_file_bytes: 1073741824\nmax_age_seconds: 3600\n');
+    if (THREADS) fs.writeFileSync(path.join(dir, 'sluice.yml'), `name: bench\nduckdb:\n  threads: ${THREADS}\n`);
   });
 }
 

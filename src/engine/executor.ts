@@ -1,3 +1,4 @@
+import fsp from 'node:fs/promises';
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../errors.js';
 import { MSG_COL, analyzeSql } from '../sql/analyze.js';
@@ -10,6 +11,8 @@ import { isObjectStructure, mergeStructure, type Structure } from './structure.j
 export interface CompiledModel {
   name: string;
   file: string;
+  /** Models this one reads with ref(). */
+  refs: string[];
   /** SQL with templates rendered and MSG_COL threaded through. */
   sql: string;
   stateful: string[];
@@ -31,6 +34,8 @@ export interface BatchOutcome {
   attempts: number;
   /** Milliseconds spent per stage, for debug logs. */
   timings: Record<string, number>;
+  /** Models whose rows were written straight to their target file (see process()). */
+  written: Set<string>;
 }
 
 /** Compiles models for execution: template rendering was done at load; this analyses and rewrites. */
@@ -42,7 +47,7 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     if (a.stateful.length) {
       throw new SluiceError('CONFIG', `${m.file}: model ${m.name} is stateful: ${a.stateful.join('; ')}`);
     }
-    out.push({ name: m.name, file: m.file, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns });
+    out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns });
   }
   return out;
 }
@@ -76,7 +81,14 @@ export class BatchExecutor {
     await this.conn.run(`CREATE SCHEMA IF NOT EXISTS ${SOURCE_SCHEMA}; CREATE SCHEMA IF NOT EXISTS ${MODEL_SCHEMA}`);
   }
 
-  async process(messages: RawMessage[]): Promise<BatchOutcome> {
+  /**
+   * Runs the models over one batch. With `targets`, a model nothing else refs is written
+   * straight to its target Parquet file when the whole batch succeeds at the first attempt
+   * (the common case), saving a copy; `written` says which. Otherwise rows stay in
+   * sluice_model.<name> for copyOutput() or readOutput().
+   */
+  async process(messages: RawMessage[], targets?: Map<string, string>): Promise<BatchOutcome> {
+    const written = new Set<string>();
     const failures: MessageFailure[] = [];
     const rows = new Map<string, number>();
     const timings: Record<string, number> = {};
@@ -97,19 +109,23 @@ export class BatchExecutor {
     lap('load');
 
     // Decode: every message must be a JSON object whose structure fits the established schema.
+    // One parse per message: TRY() turns unparseable messages into a NULL structure.
     const bad = new Set<number>();
-    const invalid = await this.conn.runAndReadAll(`SELECT id, payload FROM __raw WHERE NOT json_valid(payload) OR payload IS NULL`);
-    for (const [id, payload] of invalid.getRows()) {
-      const index = Number(id);
-      bad.add(index);
-      failures.push({ index, stage: 'decode', error: await this.jsonError(String(payload ?? '')) });
-    }
     const groups = await this.conn.runAndReadAll(
-      `SELECT json_structure(payload) AS s, count(*)::BIGINT AS n FROM __raw WHERE json_valid(payload) GROUP BY s ORDER BY n DESC, s`,
+      `SELECT TRY(json_structure(payload)) AS s, count(*)::BIGINT AS n FROM __raw GROUP BY s ORDER BY n DESC, s`,
     );
+    if (groups.getRows().some(([sv]) => sv === null)) {
+      const invalid = await this.conn.runAndReadAll(`SELECT id, payload FROM __raw WHERE payload IS NULL OR NOT json_valid(payload)`);
+      for (const [id, payload] of invalid.getRows()) {
+        const index = Number(id);
+        bad.add(index);
+        failures.push({ index, stage: 'decode', error: await this.jsonError(String(payload ?? '')) });
+      }
+    }
     let merged = this.structure;
     const rejected: { s: string; reason: string }[] = [];
     for (const [sv] of groups.getRows()) {
+      if (sv === null) continue;
       const s = String(sv);
       const st = JSON.parse(s) as Structure;
       if (!isObjectStructure(st)) {
@@ -121,7 +137,7 @@ export class BatchExecutor {
       else merged = r.merged;
     }
     for (const { s, reason } of rejected) {
-      const ids = await this.conn.runAndReadAll(`SELECT id FROM __raw WHERE json_valid(payload) AND json_structure(payload) = $1`, [s]);
+      const ids = await this.conn.runAndReadAll(`SELECT id FROM __raw WHERE TRY(json_structure(payload)) = $1`, [s]);
       for (const [id] of ids.getRows()) {
         bad.add(Number(id));
         failures.push({ index: Number(id), stage: 'decode', error: reason });
@@ -133,7 +149,7 @@ export class BatchExecutor {
     if (good === 0) {
       for (const m of this.models) rows.set(m.name, 0);
       await this.clearOutputs();
-      return { failures, rows, attempts: 0, timings };
+      return { failures, rows, attempts: 0, timings, written };
     }
     this.structure = merged;
     const where = bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '';
@@ -145,15 +161,19 @@ export class BatchExecutor {
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
     let attempts = 1;
-    let res = await this.attempt(null);
+    const direct = targets ? this.directTargets(targets) : undefined;
+    let res = await this.attempt(null, direct, rows);
+    if (res.ok && direct) for (const m of direct.keys()) written.add(m);
+    if (!res.ok && direct) for (const f of direct.values()) await fsp.rm(f, { force: true });
     if (!res.ok) {
+      rows.clear();
       if (BINDER.test(res.error)) {
         // The same schema binds the same way for every message: they all fail alike.
         const ids = await this.batchIds();
         for (const id of ids) failures.push({ index: id, stage: 'transform', error: res.error, model: res.model });
         await this.clearOutputs();
         for (const m of this.models) rows.set(m.name, 0);
-        return { failures, rows, attempts, timings };
+        return { failures, rows, attempts, timings, written };
       }
       for (let round = 0; round < 3 && !res.ok; round++) {
         const ids = await this.batchIds();
@@ -173,12 +193,13 @@ export class BatchExecutor {
       if (!res.ok) throw new SluiceError('TRANSFORM', `batch keeps failing after isolating bad messages: ${res.error}`);
     }
     for (const m of this.models) {
+      if (rows.has(m.name)) continue;
       const r = await this.conn.runAndReadAll(`SELECT count(*) FROM ${MODEL_SCHEMA}.${ident(m.name)}`);
       rows.set(m.name, Number(r.getRows()[0][0]));
     }
     failures.sort((a, b) => a.index - b.index);
     lap('models');
-    return { failures, rows, attempts, timings };
+    return { failures, rows, attempts, timings, written };
   }
 
   private async jsonError(payload: string): Promise<string> {
@@ -210,14 +231,35 @@ export class BatchExecutor {
     return 1 + (await this.isolate(ids.slice(0, mid), found)) + (await this.isolate(ids.slice(mid), found));
   }
 
+  /** Target files of the models no other model reads. */
+  private directTargets(targets: Map<string, string>): Map<string, string> {
+    const referenced = new Set(this.models.flatMap((m) => m.refs));
+    const out = new Map<string, string>();
+    for (const m of this.models) {
+      const t = targets.get(m.name);
+      if (t && !referenced.has(m.name)) out.set(m.name, t);
+    }
+    return out;
+  }
+
   /** Runs every model in DAG order over the batch (or the part of it matching `filter`). */
-  private async attempt(filter: string | null): Promise<{ ok: true } | { ok: false; error: string; model: string }> {
+  private async attempt(
+    filter: string | null,
+    direct?: Map<string, string>,
+    rows?: Map<string, number>,
+  ): Promise<{ ok: true } | { ok: false; error: string; model: string }> {
     const view = `SELECT * FROM __batch${filter ? ` WHERE ${filter}` : ''}`;
     await this.conn.run(`CREATE OR REPLACE VIEW incoming AS ${view}`);
     await this.conn.run(`CREATE OR REPLACE VIEW ${SOURCE_SCHEMA}.${ident(this.sourceName)} AS ${view}`);
     for (const m of this.models) {
       try {
-        await this.conn.run(`CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(m.name)} AS ${m.sql}`);
+        const target = direct?.get(m.name);
+        if (target) {
+          const r = await this.conn.run(`COPY (${m.sql}) TO ${lit(target)} (FORMAT parquet, COMPRESSION lz4_raw)`);
+          rows?.set(m.name, Number(r.rowsChanged));
+        } else {
+          await this.conn.run(`CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(m.name)} AS ${m.sql}`);
+        }
       } catch (err) {
         return { ok: false, error: cleanError(err), model: m.name };
       }

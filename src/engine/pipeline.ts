@@ -1,3 +1,4 @@
+import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
@@ -55,8 +56,11 @@ export function selectModels(project: Project, wanted: string[] | undefined): Mo
   return project.models.filter((m) => names.has(m.name));
 }
 
-export async function openDuckDB(): Promise<{ instance: DuckDBInstance; conn: DuckDBConnection }> {
-  const instance = await DuckDBInstance.create(':memory:');
+export async function openDuckDB(settings: { threads?: number; memory_limit?: string } = {}): Promise<{ instance: DuckDBInstance; conn: DuckDBConnection }> {
+  const config: Record<string, string> = {};
+  if (settings.threads) config.threads = String(settings.threads);
+  if (settings.memory_limit) config.memory_limit = settings.memory_limit;
+  const instance = await DuckDBInstance.create(':memory:', config);
   const conn = await instance.connect();
   return { instance, conn };
 }
@@ -96,7 +100,7 @@ export class Pipeline {
     const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: workerId(), observeAckLatency: (s) => this.metrics.ackLatency.observe(s) };
     this.workerId = ctx.workerId;
 
-    ({ instance: this.instance, conn: this.conn } = await openDuckDB());
+    ({ instance: this.instance, conn: this.conn } = await openDuckDB(project.duckdb));
     const compiled = await compileModels(this.conn, this.models);
     this.executor = new BatchExecutor(this.conn, compiled, srcDef.name);
     await this.executor.init();
@@ -202,17 +206,19 @@ export class Pipeline {
   private async handleBatch(batch: SourceBatch, source: Source, sourceName: string): Promise<void> {
     const timer = this.metrics.batchDuration.startTimer();
     this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
+    // Segment names need the batch's sequence number and keys before the models run.
+    const seq = this.wal.nextSeq();
+    const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
+    const last = batch.last ?? first;
+    const paths = new Map(this.models.map((m) => [m.name, this.wal.segmentPaths(m.name, seq, first, last)]));
     let outcome: BatchOutcome;
     try {
-      outcome = await this.executor.process(batch.messages);
+      outcome = await this.executor.process(batch.messages, new Map([...paths].map(([k, v]) => [k, v.tmp])));
     } catch (err) {
       this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
       throw err;
     }
     const stageStart = performance.now();
-    const seq = this.wal.nextSeq();
-    const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
-    const last = batch.last ?? first;
     const redelivered = batch.messages.reduce((n, m) => n + (m.redelivered ? 1 : 0), 0);
     if (redelivered) {
       this.metrics.redelivered.inc({ source: sourceName }, redelivered);
@@ -221,9 +227,12 @@ export class Pipeline {
     const touched: string[] = [];
     for (const m of this.models) {
       const n = outcome.rows.get(m.name) ?? 0;
-      if (n === 0) continue;
-      const p = this.wal.segmentPaths(m.name, seq, first, last);
-      await this.executor.copyOutput(m.name, p.tmp);
+      const p = paths.get(m.name)!;
+      if (n === 0) {
+        if (outcome.written.has(m.name)) await fsp.rm(p.tmp, { force: true });
+        continue;
+      }
+      if (!outcome.written.has(m.name)) await this.executor.copyOutput(m.name, p.tmp);
       await this.wal.publishSegment(m.name, seq, first, last, p.tmp, p.final);
       touched.push(m.name);
       this.metrics.rowsOut.inc({ model: m.name }, n);

@@ -52,6 +52,7 @@ export interface Project {
   modelsDir: string;
   walPath: string;
   port: number;
+  duckdb: { threads?: number; memory_limit?: string };
   sources: NamedSource[];
   sinks: NamedSink[];
   /** In dependency order. */
@@ -63,6 +64,13 @@ const projectSchema = z
     name: z.string().min(1).optional(),
     wal: z.object({ path: z.string().min(1).optional() }).strict().optional(),
     server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
+    duckdb: z
+      .object({
+        threads: z.number().int().positive().optional().describe('DuckDB worker threads (default: one per core)'),
+        memory_limit: z.string().min(1).optional().describe("DuckDB memory limit, e.g. '2GB'"),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
@@ -257,6 +265,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
     modelsDir,
     walPath: path.resolve(dir, proj?.wal?.path ?? '.sluice/wal'),
     port: proj?.server?.port ?? DEFAULT_PORT,
+    duckdb: proj?.duckdb ?? {},
     sources,
     sinks,
     models: ordered,

@@ -61,7 +61,7 @@ export class RabbitmqSource implements Source {
     else await ch.checkQueue(c.queue);
     if (c.declare.exchange) await ch.assertExchange(c.declare.exchange.name, c.declare.exchange.type, { durable: true });
     for (const b of c.declare.bindings) await ch.bindQueue(c.queue, b.exchange, b.routing_key);
-    await ch.prefetch(c.prefetch ?? c.batch_size * 2);
+    await ch.prefetch(c.prefetch ?? c.batch_size * 4);
     await ch.consume(
       c.queue,
       (msg) => {
