@@ -8,6 +8,9 @@ import { httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles 
 import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 
 // otter's processing contract, row by row, against the RabbitMQ running on this machine.
+// One file on purpose: some tests drop every connection or restart the broker, so nothing
+// else may talk to RabbitMQ at the same time (vitest runs files in parallel, tests in a file
+// one after another).
 
 const dirs: string[] = [];
 const queues: string[] = [];
@@ -225,6 +228,52 @@ describe('rabbitmq source', () => {
     }
   }, 120_000);
 
+  it('survives a full broker restart', async () => {
+    const queue = q();
+    const p = project(queue);
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    try {
+      await until(() => child.err().includes('reading from the source'), 30_000);
+      await publish(queue, orders(0, 300));
+      await until(async () => (await rows(p, 'orders')).length === 300, 30_000);
+      execFileSync('rabbitmqctl', ['stop_app'], { stdio: 'ignore' });
+      await new Promise((r) => setTimeout(r, 1000));
+      execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore' });
+      execFileSync('rabbitmqctl', ['await_startup'], { stdio: 'ignore' });
+      await publish(queue, orders(300, 300));
+      await until(async () => new Set((await rows(p, 'orders')).map((r) => r.order_id)).size === 600, 60_000);
+      expect(child.err()).toMatch(/reconnected to RabbitMQ/);
+    } finally {
+      child.kill('SIGTERM');
+      expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
+    }
+  }, 120_000);
+
+  it('an interrupted dlq replay loses nothing', async () => {
+    const queue = q();
+    const p = project(queue);
+    const bad = Array.from({ length: 3000 }, (_, i) => `bad message ${i}`);
+    await publish(queue, bad);
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    await until(async () => (await queueDepth(`${queue}.dlq`)) === 3000, 60_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code).toBe(0);
+    const target = q();
+    await publish(target, []);
+    const replay = sluiceBg(['dlq', 'replay', '--project', p, '--target', target]);
+    await until(async () => (await queueDepth(target)) >= 500, 30_000, 5);
+    replay.kill('SIGKILL');
+    await waitExit(replay);
+    // Every message is in the DLQ or the target (at most one chunk of 500 in both: published, not yet acked).
+    const inDlq = await drain(`${queue}.dlq`);
+    const moved = await drain(target);
+    expect(moved.length).toBeGreaterThan(0);
+    expect(inDlq.length).toBeGreaterThan(0);
+    const seen = new Set([...inDlq, ...moved].map((m) => m.body));
+    expect(seen.size).toBe(3000);
+    expect(inDlq.length + moved.length - 3000).toBeLessThanOrEqual(500);
+  });
+
   it('a Parquet write failure keeps the WAL, turns /readyz red, then green once fixed; messages stay acked', async () => {
     const queue = q();
     await publish(queue, orders(0, 100));
@@ -250,4 +299,89 @@ describe('rabbitmq source', () => {
       await waitExit(child);
     }
   }, 90_000);
+});
+
+// Chaos against the real broker: workers SIGKILLed at random moments while messages are
+// queued, then restarted; afterwards every message's rows must be in the output.
+
+const root = tempDir('sluice-rchaos-');
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+const N = 12_000;
+const chaosOrders = Array.from({ length: N }, (_, i) => orderMessage(i, 9));
+
+function chaosProject(name: string, queue: string, sinkExtra = ''): string {
+  const p = path.join(root, name);
+  writeFiles(p, {
+    'config/sources.yml': rabbitSourceYaml(queue),
+    'config/sinks.yml': `sink:\n  type: parquet\n  path: ./output\n${sinkExtra}`,
+    'config/models.yml': 'max_file_bytes: 200000\nmax_age_seconds: 0.5\n',
+    'models/orders.sql': 'SELECT incoming.order_id, incoming.user.id AS user_id FROM incoming\n',
+  });
+  return p;
+}
+
+async function chaos(p: string, queue: string, kills: number): Promise<number> {
+  let done = 0;
+  for (let i = 0; done < kills && i < kills * 3; i++) {
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { env: { SLUICE_WORKER_ID: 'w1' } });
+    await new Promise((r) => setTimeout(r, 400 + Math.floor(Math.random() * 1200)));
+    if (child.exitCode === null) {
+      child.kill('SIGKILL');
+      done++;
+    }
+    await waitExit(child);
+  }
+  // A last worker drains the queue and shuts down cleanly.
+  const last = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
+  await until(() => last.err().includes('reading from the source'), 60_000);
+  await until(async () => (await queueDepth(queue)) === 0, 90_000, 200);
+  await new Promise((r) => setTimeout(r, 700));
+  last.kill('SIGTERM');
+  const res = await waitExit(last, 60_000);
+  expect(res, last.err().slice(-3000)).toEqual({ code: 0, signal: null });
+  return done;
+}
+
+describe('rabbitmq chaos', () => {
+  for (const dedupe of [true, false]) {
+    it(`SIGKILLs a worker at least 10 times: no message lost${dedupe ? ', no duplicate with dedupe_key' : ', duplicates bounded'}`, async () => {
+      const queue = uniqueQueue('sluice-chaos');
+      queues.push(queue);
+      await publish(queue, chaosOrders);
+      const p = chaosProject(`chaos-${dedupe}`, queue, dedupe ? '  dedupe_key: order_id\n' : '');
+      const kills = await chaos(p, queue, 10);
+      expect(kills).toBeGreaterThanOrEqual(10);
+      const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d, min(order_id) AS lo, max(order_id) AS hi FROM read_parquet('${p}/output/orders/*.parquet')`);
+      expect(r[0].d).toBe(String(N));
+      expect([r[0].lo, r[0].hi]).toEqual(['1', String(N)]);
+      const duplicates = Number(r[0].n) - N;
+      if (dedupe) expect(duplicates).toBe(0);
+      // Without dedupe, each kill can repeat at most what was unacked: prefetch (4 x batch_size).
+      else expect(duplicates).toBeLessThanOrEqual(kills * 800);
+      console.log(`chaos (dedupe_key ${dedupe ? 'on' : 'off'}): ${kills} kills, ${duplicates} duplicate rows`);
+    }, 240_000);
+  }
+
+  it('scales out: two workers on one queue write their own files, no loss, no collision', async () => {
+    const queue = uniqueQueue('sluice-scale');
+    queues.push(queue);
+    await publish(queue, chaosOrders);
+    const p = chaosProject('scale', queue);
+    const a = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'a' } });
+    const b = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'b' } });
+    await until(() => a.err().includes('reading from the source') && b.err().includes('reading from the source'), 60_000);
+    await until(async () => (await queueDepth(queue)) === 0, 90_000, 200);
+    await new Promise((r) => setTimeout(r, 700));
+    a.kill('SIGTERM');
+    b.kill('SIGTERM');
+    expect((await waitExit(a)).code, a.err()).toBe(0);
+    expect((await waitExit(b)).code, b.err()).toBe(0);
+    const files = fs.readdirSync(path.join(p, 'output/orders'));
+    expect(files.some((f) => f.startsWith('part-a.'))).toBe(true);
+    expect(files.some((f) => f.startsWith('part-b.'))).toBe(true);
+    expect(fs.readdirSync(path.join(p, '.sluice/wal')).sort()).toEqual(['a', 'b']);
+    const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
+    expect(r[0]).toEqual({ n: String(N), d: String(N) });
+  }, 180_000);
 });

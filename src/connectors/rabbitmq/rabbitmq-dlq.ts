@@ -125,19 +125,28 @@ export class RabbitDeadLetterQueue implements DeadLetterQueue {
       const pub = await conn.createConfirmChannel();
       await get.checkQueue(this.queue);
       const limit = opts.limit ?? Infinity;
-      while (moved < limit) {
-        const m = await get.get(this.queue, { noAck: false });
-        if (!m) break;
-        const headers = { ...(m.properties.headers ?? {}) };
-        const target = opts.target ?? headerString(headers[H.queue]) ?? this.cfg.queue;
-        for (const h of Object.values(H)) delete headers[h];
-        headers['x-sluice-replays'] = Number(m.properties.headers?.['x-sluice-replays'] ?? 0) + 1;
-        const props: Record<string, unknown> = {};
-        for (const k of KEEP) if (m.properties[k] !== undefined) props[k] = m.properties[k];
-        pub.sendToQueue(target, m.content, { ...props, headers, persistent: true });
+      // In chunks: publish, wait for the broker's confirms, then ack the chunk in the DLQ.
+      // Interrupted, at most one chunk is in both queues; none is lost.
+      for (;;) {
+        const chunk: AmqpMessage[] = [];
+        while (chunk.length < 500 && moved + chunk.length < limit) {
+          const m = await get.get(this.queue, { noAck: false });
+          if (!m) break;
+          chunk.push(m);
+        }
+        if (chunk.length === 0) break;
+        for (const m of chunk) {
+          const headers = { ...(m.properties.headers ?? {}) };
+          const target = opts.target ?? headerString(headers[H.queue]) ?? this.cfg.queue;
+          for (const h of Object.values(H)) delete headers[h];
+          headers['x-sluice-replays'] = Number(m.properties.headers?.['x-sluice-replays'] ?? 0) + 1;
+          const props: Record<string, unknown> = {};
+          for (const k of KEEP) if (m.properties[k] !== undefined) props[k] = m.properties[k];
+          pub.sendToQueue(target, m.content, { ...props, headers, persistent: true });
+        }
         await pub.waitForConfirms!();
-        get.ack(m);
-        moved++;
+        get.ack(chunk[chunk.length - 1], true);
+        moved += chunk.length;
       }
       await get.close();
       await pub.close();
