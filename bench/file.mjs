@@ -8,18 +8,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { arg, median, trackPeakRss } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { ORDERS_SQL, PURCHASES_SQL, scaffold } from '../dist/cli/init.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-function arg(name, def) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 const N = arg('messages', 500_000);
 const RUNS = arg('runs', 3);
 const BATCH = arg('batch-size', 50_000);
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 // The input, generated once and cached.
 const dataDir = path.join(ROOT, 'bench', 'data');
@@ -47,18 +43,11 @@ function timed(args, env = {}) {
     const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d) => (err += d));
-    let peak = 0;
-    const poll = setInterval(() => {
-      try {
-        const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-        if (m) peak = Math.max(peak, Number(m[1]) * 1024);
-      } catch {}
-    }, 25);
+    const peak = trackPeakRss(child);
     child.on('exit', (code) => {
-      clearInterval(poll);
       const secs = (performance.now() - t0) / 1000;
       if (code !== 0) reject(new Error(`${args.join(' ')} exited ${code}: ${err.slice(-2000)}`));
-      else resolve({ secs, peak });
+      else resolve({ secs, peak: peak() });
     });
   });
 }

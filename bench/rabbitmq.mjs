@@ -2,33 +2,29 @@
 // `purchases` models to Parquet, against a bare amqplib consumer (same prefetch, acks only)
 // draining the same number in the same run; then publish-to-ack latency at a steady rate.
 //
-//   node bench/rabbitmq.mjs [--messages 200000] [--runs 1] [--batch-size 5000] [--prefetch 4 x batch] [--rate 5000] [--seconds 15]
+//   node bench/rabbitmq.mjs [--messages 200000] [--runs 1] [--batch-size 10000] [--prefetch 4 x batch] [--rate 5000] [--seconds 15]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
+import { arg, median, trackPeakRss } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { scaffold } from '../dist/cli/init.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const URL = process.env.SLUICE_BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 
-function arg(name, def) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
 const N = arg('messages', 200_000);
 const RUNS = arg('runs', 1);
-const BATCH = arg('batch-size', 5000);
+const BATCH = arg('batch-size', 10_000);
 const PREFETCH = arg('prefetch', BATCH * 4);
 const RATE = arg('rate', 5000);
 const SECONDS = arg('seconds', 15);
 const THREADS = arg('threads', 0);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const bodies = Array.from({ length: 1000 }, (_, i) => Buffer.from(orderMessage(i, 42)));
 
@@ -91,37 +87,33 @@ function startSluice(dir, port) {
   });
   let err = '';
   child.stderr.on('data', (d) => (err += d));
-  let peak = 0;
-  const poll = setInterval(() => {
-    try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-      if (m) peak = Math.max(peak, Number(m[1]) * 1024);
-    } catch {}
-  }, 50);
-  const exited = new Promise((resolve) => child.on('exit', (code) => { clearInterval(poll); resolve(code); }));
-  return { child, err: () => err, peak: () => peak, exited };
+  const peak = trackPeakRss(child, 50);
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, err: () => err, peak, exited };
+}
+
+async function acked(port) {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    return Number(/sluice_messages_acked_total\{[^}]*\} (\d+)/.exec(text)?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
 }
 
 async function sluiceDrain(queue, n) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-rmq-'));
   await sluiceProject(dir, queue, BATCH, 1000);
-  const s = startSluice(dir, 0);
+  const port = 19000 + Math.floor(Math.random() * 1000);
+  const s = startSluice(dir, port);
   while (!s.err().includes('reading from the source')) {
     if (s.child.exitCode !== null) throw new Error(s.err());
     await sleep(5);
   }
   const t0 = performance.now();
-  while ((await depth(queue)) > 0) await sleep(20);
-  // Unacked messages are not in the depth: wait for the last ack too.
-  const conn = await amqp.connect(URL);
-  const ch = await conn.createChannel();
-  for (;;) {
-    const q = await ch.checkQueue(queue);
-    if (q.messageCount === 0 && q.consumerCount >= 1) break;
-    await sleep(10);
-  }
-  await conn.close();
-  let secs = (performance.now() - t0) / 1000;
+  // Done when sluice has acked every message (its rows are durable in the WAL).
+  while ((await acked(port)) < n) await sleep(10);
+  const secs = (performance.now() - t0) / 1000;
   s.child.kill('SIGTERM');
   const code = await s.exited;
   if (code !== 0) throw new Error(`sluice exited ${code}: ${s.err().slice(-2000)}`);

@@ -262,6 +262,7 @@ export class Pipeline {
     await this.wal.commit(seq, batch.position, this.dlq?.mark(), this.executor.structure, touched);
     crashPoint('after-commit');
     await source.ack(batch);
+    this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
     outcome.timings.stage_and_commit = Math.round(performance.now() - stageStart);
     this.summary.messages += batch.messages.length;
     this.summary.batches++;

@@ -4,6 +4,7 @@ import client from 'prom-client';
 export class Metrics {
   readonly registry = new client.Registry();
   readonly messagesIn = new client.Counter({ name: 'sluice_messages_received_total', help: 'Messages read from the source', labelNames: ['source'], registers: [this.registry] });
+  readonly acked = new client.Counter({ name: 'sluice_messages_acked_total', help: 'Messages acknowledged to the source (their rows and dead letters are durable)', labelNames: ['source'], registers: [this.registry] });
   readonly redelivered = new client.Counter({ name: 'sluice_redelivered_total', help: 'Messages the broker delivered again (possible duplicates)', labelNames: ['source'], registers: [this.registry] });
   readonly rowsOut = new client.Counter({ name: 'sluice_rows_total', help: 'Rows produced per model and staged in the WAL', labelNames: ['model'], registers: [this.registry] });
   readonly rowsWritten = new client.Counter({ name: 'sluice_sink_rows_written_total', help: 'Rows delivered to a sink', labelNames: ['model', 'sink'], registers: [this.registry] });

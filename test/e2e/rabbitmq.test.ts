@@ -136,6 +136,30 @@ describe('rabbitmq source', () => {
     expect(back[0].headers['x-sluice-error']).toBeUndefined();
   });
 
+  it('declares an exchange and a binding; only matching routing keys arrive', async () => {
+    const queue = q();
+    const exchange = `${queue}.ex`;
+    const p = project(queue, {
+      'config/sources.yml': rabbitSourceYaml(queue, `  declare:\n    queue: true\n    exchange:\n      name: ${exchange}\n      type: topic\n    bindings:\n      - exchange: ${exchange}\n        routing_key: orders.*\n`),
+    });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    try {
+      await until(() => child.err().includes('reading from the source'), 30_000);
+      const amqp = (await import('amqplib')).default;
+      const conn = await amqp.connect('amqp://guest:guest@127.0.0.1:5672');
+      const ch = await conn.createConfirmChannel();
+      for (let i = 0; i < 10; i++) ch.publish(exchange, i % 2 ? 'orders.eu' : 'audit.eu', Buffer.from(orderMessage(i, 5)), { persistent: true });
+      await ch.waitForConfirms();
+      await ch.deleteExchange(exchange).catch(() => {});
+      await conn.close();
+      await until(async () => (await rows(p, 'orders')).length === 5, 30_000);
+      expect((await rows(p, 'orders')).map((r) => Number(r.order_id)).sort((a, b) => a - b)).toEqual([2, 4, 6, 8, 10]);
+    } finally {
+      child.kill('SIGTERM');
+      await waitExit(child);
+    }
+  });
+
   it('run --dry-run consumes one batch, prints it and acks nothing', async () => {
     const queue = q();
     await publish(queue, orders(0, 20));
