@@ -119,6 +119,11 @@ export class Pipeline {
     const walDir = this.opts.walDir ?? (srcDef.spec.workerScoped ? path.join(project.walPath, this.workerId) : project.walPath);
     this.wal = new Wal(walDir, this.log);
     await this.wal.open(this.models.map((m) => m.name));
+    for (const m of this.wal.modelsWithRows()) {
+      if (!this.models.some((x) => x.name === m)) {
+        this.log.warn({ model: m, bytes: this.wal.pendingBytes(m) }, 'the WAL holds rows of a model that is not being run; they are kept until it runs again');
+      }
+    }
     await this.checkSegments();
     this.executor.structure = this.wal.state.structure;
 
@@ -131,7 +136,7 @@ export class Pipeline {
       // Surviving WAL goes to the sinks before anything new is read.
       const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
       if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
-      while (!(await this.flushAll(true))) {
+      while (!(await this.flushAll())) {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped before the WAL could be replayed; it is kept for the next start');
         await sleepUntil(this.nextRetry(), signal);
       }
@@ -146,7 +151,7 @@ export class Pipeline {
         await source.close();
       }
       // End of input or shutdown: deliver everything staged.
-      while (!(await this.flushAll(true))) {
+      while (!(await this.flushAll())) {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
         await sleepUntil(this.nextRetry(), signal);
       }
@@ -298,16 +303,12 @@ export class Pipeline {
     }
   }
 
-  /** Flushes every model; true when nothing is left in the WAL. */
-  private async flushAll(force: boolean): Promise<boolean> {
+  /** Flushes every model not in retry backoff; true when nothing is left in the WAL. */
+  private async flushAll(): Promise<boolean> {
     let ok = true;
     const now = Date.now();
     for (const m of this.models) {
       const failing = this.flushFailures.get(m.name);
-      if (failing && now < failing.nextTry && !force) {
-        ok = false;
-        continue;
-      }
       if (failing && now < failing.nextTry) {
         ok = false;
         continue;

@@ -157,6 +157,10 @@ export class Wal {
     return this.segments.get(model) ?? [];
   }
 
+  modelsWithRows(): string[] {
+    return [...this.segments].filter(([, list]) => list.length > 0).map(([m]) => m);
+  }
+
   pendingBytes(model: string): number {
     return this.pending(model).reduce((n, s) => n + s.bytes, 0);
   }
