@@ -55,7 +55,8 @@ export class ParquetSink implements Sink {
 
   /** Removes temp files and staging directories left by a write that crashed. */
   private async sweep(): Promise<void> {
-    await fsp.rm(path.join(this.root, STAGING_DIR), { recursive: true, force: true });
+    // Only this worker's staging: other workers may share the output directory.
+    await fsp.rm(this.stagingRoot(), { recursive: true, force: true });
     let models: string[];
     try {
       models = await fsp.readdir(this.root);
@@ -112,7 +113,7 @@ export class ParquetSink implements Sink {
     }
     const final = path.join(dir, w.name);
     // Staged outside <path>/<model>/ so a reader globbing that tree never sees a partial flush.
-    const stagingRoot = path.join(this.root, STAGING_DIR);
+    const stagingRoot = this.stagingRoot();
     await fsp.mkdir(stagingRoot, { recursive: true });
     const staging = path.join(stagingRoot, `${w.model}-${w.name}-${randomUUID().slice(0, 8)}`);
     opts.push(`PARTITION_BY (${this.cfg.partition_by.map(ident).join(', ')})`, `FILENAME_PATTERN ${lit('data_{i}')}`);
@@ -129,6 +130,10 @@ export class ParquetSink implements Sink {
     }
     await fsyncDir(dir);
     await this.rememberKeys(w, db, lit(path.join(final, '**', '*.parquet')));
+  }
+
+  private stagingRoot(): string {
+    return path.join(this.root, STAGING_DIR, this.ctx.workerId || 'worker');
   }
 
   private keysDir(model: string): string {
