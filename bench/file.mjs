@@ -1,103 +1,299 @@
-// File benchmark: 500k order messages from an NDJSON file through the `orders` and
-// `purchases` models to zstd Parquet, against plain DuckDB doing the same job (read_json of
-// the same file + the same SQL + COPY to Parquet) in the same run.
+// File benchmark: N order messages (default 500,000) from an NDJSON file through the
+// `orders` and `purchases` models to zstd Parquet with `sluice run`, against plain DuckDB
+// doing the same job (bench/baseline.mjs: read_json of the same file + the same SQL + COPY to
+// zstd Parquet) in the same benchmark run, alternating. Both run as child processes and are
+// measured the same way: wall time from spawn to exit, peak RSS from /proc/<pid>/status VmHWM
+// polled every 50 ms.
 //
-//   node bench/file.mjs [--messages 500000] [--runs 3] [--batch-size 50000]
+//   node bench/run.mjs [file] [--messages 500000] [--runs 3] [--batch-size 50000]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DuckDBInstance, version as duckdbVersion } from '@duckdb/node-api';
 import { arg, median, trackPeakRss } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
-import { ORDERS_SQL, PURCHASES_SQL, scaffold } from '../dist/cli/init.js';
+import { scaffold } from '../dist/cli/init.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const SEED = 42;
+const FLAGS = ['messages', 'runs', 'batch-size'];
+for (const a of process.argv.slice(2)) {
+  if (a.startsWith('--') && !FLAGS.includes(a.slice(2).split('=')[0])) {
+    console.error(`unknown flag ${a}; the file benchmark takes ${FLAGS.map((f) => `--${f} N`).join(', ')}`);
+    process.exit(2);
+  }
+}
 const N = arg('messages', 500_000);
 const RUNS = arg('runs', 3);
 const BATCH = arg('batch-size', 50_000);
-
-// The input, generated once and cached.
-const dataDir = path.join(ROOT, 'bench', 'data');
-const input = path.join(dataDir, `orders-${N}.ndjson`);
-if (!fs.existsSync(input)) {
-  fs.mkdirSync(dataDir, { recursive: true });
-  const fd = fs.openSync(input + '.tmp', 'w');
-  let buf = [];
-  for (let i = 0; i < N; i++) {
-    buf.push(orderMessage(i, 42));
-    if (buf.length === 10_000) {
-      fs.writeSync(fd, buf.join('\n') + '\n');
-      buf = [];
-    }
+for (const [flag, v] of [['messages', N], ['runs', RUNS], ['batch-size', BATCH]]) {
+  if (!Number.isInteger(v) || v < 1) {
+    console.error(`--${flag} must be a whole number >= 1, got ${v}`);
+    process.exit(2);
   }
-  if (buf.length) fs.writeSync(fd, buf.join('\n') + '\n');
-  fs.closeSync(fd);
-  fs.renameSync(input + '.tmp', input);
+}
+// Large enough that neither threshold fires during the run: each model is flushed once, at
+// the end of input, into one Parquet file.
+const MAX_FILE_BYTES = 1_073_741_824;
+const MAX_AGE_SECONDS = 3600;
+const TARGET = 0.5;
+
+const MiB = 2 ** 20;
+const fmtRate = (r) => Math.round(r).toLocaleString('en-US');
+const lit = (s) => `'${s.replace(/'/g, "''")}'`;
+
+// ---------------------------------------------------------------------------------------------
+// The input: generated once into bench/data/ (gitignored) and reused while its metadata
+// matches (message count, seed, size); regenerated otherwise.
+
+const dataDir = path.join(ROOT, 'bench', 'data');
+const input = path.join(dataDir, 'orders.ndjson');
+const metaFile = path.join(dataDir, 'orders.meta.json');
+
+function cachedMeta() {
+  try {
+    const meta = JSON.parse(fs.readFileSync(metaFile, 'utf8'));
+    if (meta.messages === N && meta.seed === SEED && fs.statSync(input).size === meta.bytes) return meta;
+  } catch {
+    // missing or unreadable: regenerate
+  }
+  return undefined;
 }
 
-/** Runs a command as a child process; returns wall seconds and peak RSS (VmHWM). */
-function timed(args, env = {}) {
+function generate() {
+  fs.mkdirSync(dataDir, { recursive: true });
+  fs.rmSync(metaFile, { force: true });
+  const t0 = performance.now();
+  const tmp = input + '.tmp';
+  const fd = fs.openSync(tmp, 'w');
+  let items = 0;
+  let buf = [];
+  const flush = () => {
+    fs.writeSync(fd, buf.join('\n') + '\n');
+    buf = [];
+  };
+  for (let i = 0; i < N; i++) {
+    const m = orderMessage(i, SEED);
+    items += JSON.parse(m).items.length;
+    buf.push(m);
+    if (buf.length === 10_000) flush();
+  }
+  if (buf.length) flush();
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+  fs.renameSync(tmp, input);
+  const meta = { messages: N, seed: SEED, purchases: items, bytes: fs.statSync(input).size };
+  fs.writeFileSync(metaFile, JSON.stringify(meta, null, 2) + '\n');
+  console.log(`generated ${input}: ${N} messages in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return meta;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: timed from spawn to exit, peak RSS by VmHWM.
+
+/** The child and temp dir in flight, so an interrupt can stop and remove them. */
+let inFlight = { child: undefined, dir: undefined };
+process.on('SIGINT', () => {
+  if (inFlight.child && inFlight.child.exitCode === null) inFlight.child.kill('SIGKILL');
+  if (inFlight.dir) fs.rmSync(inFlight.dir, { recursive: true, force: true });
+  console.error('\ninterrupted');
+  process.exit(130);
+});
+
+function timed(label, args) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.on('data', (d) => (err += d));
-    const peak = trackPeakRss(child);
-    child.on('exit', (code) => {
+    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    inFlight.child = child;
+    let out = '';
+    const keep = (d) => {
+      out += d;
+      if (out.length > 64_000) out = out.slice(-32_000);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    const peak = trackPeakRss(child, 50);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
       const secs = (performance.now() - t0) / 1000;
-      if (code !== 0) reject(new Error(`${args.join(' ')} exited ${code}: ${err.slice(-2000)}`));
+      inFlight.child = undefined;
+      if (code !== 0) reject(new Error(`${label} exited ${signal ?? code}:\n${out.slice(-4000)}`));
       else resolve({ secs, peak: peak() });
     });
   });
 }
 
-async function runSluice() {
+/** Rows and files per model under `dir`: `<dir>/<model>/**\/*.parquet` (sluice) or `<dir>/<model>.parquet` (baseline). */
+async function countRows(globs) {
+  const db = await DuckDBInstance.create(':memory:', { threads: '1' });
+  const conn = await db.connect();
+  const res = {};
+  try {
+    for (const [model, glob] of Object.entries(globs)) {
+      const r = await conn.runAndReadAll(`SELECT count(*), count(DISTINCT filename) FROM read_parquet(${lit(glob)}, filename = true)`);
+      const [rows, files] = r.getRows()[0];
+      res[model] = { rows: Number(rows), files: Number(files) };
+    }
+  } finally {
+    conn.closeSync();
+    db.closeSync();
+  }
+  return res;
+}
+
+function checkCounts(who, counts, meta) {
+  const want = { orders: N, purchases: meta.purchases };
+  for (const [model, rows] of Object.entries(want)) {
+    if (counts[model].rows !== rows) throw new Error(`${who}: ${model} has ${counts[model].rows} rows, expected ${rows}`);
+  }
+}
+
+async function runSluice(meta) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-file-'));
-  await scaffold(dir, 'bench');
-  fs.rmSync(path.join(dir, 'data'), { recursive: true, force: true });
-  fs.writeFileSync(path.join(dir, 'config/sources.yml'), `source:\n  type: file\n  path: ${input}\n  batch_size: ${BATCH}\n`);
-  fs.writeFileSync(path.join(dir, 'config/sinks.yml'), `sink:\n  type: parquet\n  path: ${path.join(dir, 'output')}\n`);
-  fs.writeFileSync(path.join(dir, 'config/models.yml'), 'max_file_bytes: 4294967296\nmax_age_seconds: 3600\n');
-  const r = await timed([path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', '0', '--log-level', 'warn']);
-  const check = await timed([path.join(ROOT, 'bench/count.mjs'), path.join(dir, 'output/orders/*.parquet'), String(N)]);
-  void check;
-  fs.rmSync(dir, { recursive: true, force: true });
-  return r;
+  inFlight.dir = dir;
+  try {
+    await scaffold(dir, 'bench');
+    fs.rmSync(path.join(dir, 'data'), { recursive: true, force: true }); // the scaffold's sample input
+    fs.writeFileSync(
+      path.join(dir, 'config/sources.yml'),
+      `source:\n  type: file\n  path: ${JSON.stringify(input)}\n  follow: false\n  batch_size: ${BATCH}\n`,
+    );
+    fs.writeFileSync(
+      path.join(dir, 'config/sinks.yml'),
+      `sink:\n  type: parquet\n  path: ${JSON.stringify(path.join(dir, 'output'))}\n  compression: zstd\n`,
+    );
+    fs.writeFileSync(path.join(dir, 'config/models.yml'), `max_file_bytes: ${MAX_FILE_BYTES}\nmax_age_seconds: ${MAX_AGE_SECONDS}\n`);
+    const r = await timed('sluice run', [path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', '0', '--log-level', 'warn']);
+    const counts = await countRows({
+      orders: path.join(dir, 'output/orders/**/*.parquet'),
+      purchases: path.join(dir, 'output/purchases/**/*.parquet'),
+    });
+    checkCounts('sluice', counts, meta);
+    return { ...r, counts };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+    inFlight.dir = undefined;
+  }
 }
 
-async function runDuckDB() {
+async function runBaseline(meta) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-duckdb-'));
-  const r = await timed([path.join(ROOT, 'bench/baseline.mjs'), input, dir]);
-  fs.rmSync(dir, { recursive: true, force: true });
-  return r;
+  inFlight.dir = dir;
+  try {
+    const out = path.join(dir, 'baseline');
+    const r = await timed('plain DuckDB baseline', [path.join(ROOT, 'bench/baseline.mjs'), input, out]);
+    const counts = await countRows({ orders: path.join(out, 'orders.parquet'), purchases: path.join(out, 'purchases.parquet') });
+    checkCounts('plain DuckDB', counts, meta);
+    return { ...r, counts };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+    inFlight.dir = undefined;
+  }
 }
 
-console.log(`file benchmark: ${N} order messages (${(fs.statSync(input).size / 2 ** 20).toFixed(0)} MiB NDJSON), batch_size ${BATCH}, ${RUNS} runs`);
-const s = [];
-const d = [];
-for (let i = 0; i < RUNS; i++) {
-  const a = await runDuckDB();
-  const b = await runSluice();
-  d.push(a);
-  s.push(b);
-  console.log(`run ${i + 1}: plain DuckDB ${(N / a.secs).toFixed(0)} msg/s (${a.secs.toFixed(2)} s, peak RSS ${(a.peak / 2 ** 20).toFixed(0)} MiB) | sluice ${(N / b.secs).toFixed(0)} msg/s (${b.secs.toFixed(2)} s, peak RSS ${(b.peak / 2 ** 20).toFixed(0)} MiB) | ratio ${(a.secs / b.secs).toFixed(2)}`);
+// ---------------------------------------------------------------------------------------------
+
+const meta = cachedMeta() ?? generate();
+// Warm the page cache so the first child does not pay for reading the input from disk.
+{
+  const fd = fs.openSync(input, 'r');
+  const b = Buffer.allocUnsafe(8 * MiB);
+  while (fs.readSync(fd, b, 0, b.length, null) > 0);
+  fs.closeSync(fd);
 }
-const ds = median(d.map((x) => x.secs));
-const ss = median(s.map((x) => x.secs));
+
+const require = createRequire(import.meta.url);
+const machine = {
+  os: `${os.type()} ${os.release()} ${os.arch()}`,
+  cpu: os.cpus()[0]?.model ?? 'unknown',
+  cpus: os.cpus().length,
+  mem_total_bytes: os.totalmem(),
+  mem_total_gib: Number((os.totalmem() / 2 ** 30).toFixed(1)),
+  node: process.version,
+  duckdb: duckdbVersion(),
+  duckdb_node_api: require('@duckdb/node-api/package.json').version,
+};
+
+console.log(
+  `file benchmark: ${N.toLocaleString('en-US')} order messages (${(meta.bytes / MiB).toFixed(0)} MiB NDJSON, ${meta.purchases.toLocaleString('en-US')} line items), ` +
+    `batch_size ${BATCH}, ${RUNS} run(s), sluice and plain DuckDB alternating`,
+);
+console.log(`machine: ${machine.cpu}, ${machine.cpus} CPUs, ${machine.mem_total_gib} GiB; ${machine.os}; Node.js ${machine.node}, DuckDB ${machine.duckdb} (@duckdb/node-api ${machine.duckdb_node_api})`);
+console.log('peak RSS = VmHWM of the child process (DuckDB threads are in-process, so it covers them)\n');
+
+const runs = [];
+try {
+  for (let i = 0; i < RUNS; i++) {
+    const base = await runBaseline(meta);
+    const sl = await runSluice(meta);
+    const run = {
+      run: i + 1,
+      sluice: { seconds: sl.secs, msgs_per_s: N / sl.secs, peak_rss_bytes: sl.peak, files: { orders: sl.counts.orders.files, purchases: sl.counts.purchases.files } },
+      baseline: { seconds: base.secs, msgs_per_s: N / base.secs, peak_rss_bytes: base.peak },
+    };
+    run.ratio = run.sluice.msgs_per_s / run.baseline.msgs_per_s;
+    runs.push(run);
+    console.log(
+      `run ${i + 1}/${RUNS}: sluice ${fmtRate(run.sluice.msgs_per_s)} msg/s (${sl.secs.toFixed(2)} s, peak RSS ${(sl.peak / MiB).toFixed(0)} MiB, ` +
+        `${sl.counts.orders.files}+${sl.counts.purchases.files} files) | plain DuckDB ${fmtRate(run.baseline.msgs_per_s)} msg/s ` +
+        `(${base.secs.toFixed(2)} s, peak RSS ${(base.peak / MiB).toFixed(0)} MiB) | ratio ${run.ratio.toFixed(2)}`,
+    );
+  }
+} catch (err) {
+  console.error(`\nbenchmark failed: ${err.message}`);
+  process.exit(1);
+}
+
+const sluiceRate = median(runs.map((r) => r.sluice.msgs_per_s));
+const baseRate = median(runs.map((r) => r.baseline.msgs_per_s));
+const ratio = sluiceRate / baseRate;
+const ratios = runs.map((r) => r.ratio);
 const summary = {
   benchmark: 'file',
+  date: new Date().toISOString(),
   messages: N,
+  purchases_rows: meta.purchases,
+  input_bytes: meta.bytes,
   batch_size: BATCH,
+  max_file_bytes: MAX_FILE_BYTES,
+  max_age_seconds: MAX_AGE_SECONDS,
   runs: RUNS,
-  duckdb_msgs_per_s: Math.round(N / ds),
-  sluice_msgs_per_s: Math.round(N / ss),
-  ratio: Number((ds / ss).toFixed(2)),
-  duckdb_peak_rss_mib: Math.round(median(d.map((x) => x.peak)) / 2 ** 20),
-  sluice_peak_rss_mib: Math.round(median(s.map((x) => x.peak)) / 2 ** 20),
-  machine: { cpu: os.cpus()[0]?.model, cpus: os.cpus().length, mem_gib: Math.round(os.totalmem() / 2 ** 30), node: process.version },
+  sluice: {
+    median_msgs_per_s: Math.round(sluiceRate),
+    median_seconds: Number(median(runs.map((r) => r.sluice.seconds)).toFixed(3)),
+    median_peak_rss_mib: Math.round(median(runs.map((r) => r.sluice.peak_rss_bytes)) / MiB),
+  },
+  baseline: {
+    what: "plain DuckDB, fresh in-memory instance in a child node process: COPY (model SQL over read_json(file, format='newline_delimited') AS incoming) TO parquet (zstd), both models",
+    median_msgs_per_s: Math.round(baseRate),
+    median_seconds: Number(median(runs.map((r) => r.baseline.seconds)).toFixed(3)),
+    median_peak_rss_mib: Math.round(median(runs.map((r) => r.baseline.peak_rss_bytes)) / MiB),
+  },
+  ratio: Number(ratio.toFixed(3)),
+  ratio_range: [Number(Math.min(...ratios).toFixed(3)), Number(Math.max(...ratios).toFixed(3))],
+  target_ratio: TARGET,
+  target_met: ratio >= TARGET,
+  measurement: 'wall time from spawn to exit of each child process; peak RSS = VmHWM from /proc/<pid>/status polled every 50 ms (DuckDB threads are in-process, so it covers them)',
+  machine,
+  per_run: runs.map((r) => ({
+    run: r.run,
+    sluice: { seconds: Number(r.sluice.seconds.toFixed(3)), msgs_per_s: Math.round(r.sluice.msgs_per_s), peak_rss_mib: Math.round(r.sluice.peak_rss_bytes / MiB), files: r.sluice.files },
+    baseline: { seconds: Number(r.baseline.seconds.toFixed(3)), msgs_per_s: Math.round(r.baseline.msgs_per_s), peak_rss_mib: Math.round(r.baseline.peak_rss_bytes / MiB) },
+    ratio: Number(r.ratio.toFixed(3)),
+  })),
 };
-console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s, plain DuckDB ${summary.duckdb_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= 0.5); peak RSS sluice ${summary.sluice_peak_rss_mib} MiB, DuckDB ${summary.duckdb_peak_rss_mib} MiB`);
-fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
-fs.writeFileSync(path.join(ROOT, 'bench/results/file.json'), JSON.stringify(summary, null, 2) + '\n');
-export { ORDERS_SQL, PURCHASES_SQL };
+
+console.log(`
+summary (medians of ${RUNS} run(s), ${N.toLocaleString('en-US')} messages, batch_size ${BATCH}):
+  sluice        ${fmtRate(sluiceRate).padStart(9)} msg/s   peak RSS ${String(summary.sluice.median_peak_rss_mib).padStart(5)} MiB
+  plain DuckDB  ${fmtRate(baseRate).padStart(9)} msg/s   peak RSS ${String(summary.baseline.median_peak_rss_mib).padStart(5)} MiB
+  ratio sluice/DuckDB ${ratio.toFixed(2)} (per run ${ratios.map((x) => x.toFixed(2)).join(', ')}); target >= ${TARGET}: ${summary.target_met ? 'met' : 'NOT met'}
+  machine: ${machine.cpu}, ${machine.cpus} CPUs, ${machine.mem_total_gib} GiB; Node.js ${machine.node}, DuckDB ${machine.duckdb}`);
+
+const resultsDir = path.join(ROOT, 'bench', 'results');
+fs.mkdirSync(resultsDir, { recursive: true });
+fs.writeFileSync(path.join(resultsDir, 'file.json'), JSON.stringify(summary, null, 2) + '\n');
+console.log(`  written to ${path.relative(process.cwd(), path.join(resultsDir, 'file.json')) || path.join(resultsDir, 'file.json')}`);

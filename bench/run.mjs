@@ -1,4 +1,8 @@
 // `npm run bench [-- <name> [flags]]`: runs one benchmark (default: file).
+//
+//   npm run bench                                   # file, 500,000 messages, 3 runs
+//   npm run bench -- file --messages 50000 --runs 1
+//   npm run bench -- rabbitmq                       # needs a RabbitMQ broker (see bench/README.md)
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',

@@ -46,6 +46,8 @@ export interface Source {
    * of its failed messages is durable; batches are acked in the order they were read.
    */
   ack(batch: SourceBatch): Promise<void>;
+  /** False while the source has lost its connection (optional: sources without one omit it). */
+  healthy?(): boolean;
   close(): Promise<void>;
 }
 

@@ -83,6 +83,7 @@ export class Pipeline {
   private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0, redelivered: 0 };
   private workerId = '';
   private lastReadMs = 0;
+  private source?: Source;
 
   constructor(private readonly opts: RunOptions) {}
 
@@ -106,6 +107,7 @@ export class Pipeline {
     await this.executor.init();
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
+    this.source = source;
     if (this.opts.dryRun) return this.dryRun(source);
 
     for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
@@ -169,6 +171,7 @@ export class Pipeline {
   ready(): { ok: boolean; reasons: string[] } {
     const reasons: string[] = [];
     if (!this.replayed) reasons.push('replaying WAL');
+    if (this.source?.healthy && !this.source.healthy()) reasons.push('source disconnected');
     for (const [name, s] of this.sinks) if (!s.healthy()) reasons.push(`sink ${name} unhealthy`);
     for (const [model, f] of this.flushFailures) reasons.push(`flush of ${model} failing: ${f.error}`);
     return { ok: reasons.length === 0, reasons };

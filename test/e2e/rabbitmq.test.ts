@@ -245,6 +245,7 @@ describe('rabbitmq source', () => {
         const r = await rows(p, 'orders');
         return new Set(r.map((x) => x.order_id)).size === 900;
       }, 40_000);
+      expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
       expect(child.err()).toMatch(/reconnected to RabbitMQ/);
     } finally {
       child.kill('SIGTERM');
@@ -255,13 +256,17 @@ describe('rabbitmq source', () => {
   it('survives a full broker restart', async () => {
     const queue = q();
     const p = project(queue);
-    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    const port = await freePort();
+    const child = sluiceBg(['run', '--project', p, '--port', String(port)]);
     try {
       await until(() => child.err().includes('reading from the source'), 30_000);
       await publish(queue, orders(0, 300));
       await until(async () => (await rows(p, 'orders')).length === 300, 30_000);
       execFileSync('rabbitmqctl', ['stop_app'], { stdio: 'ignore' });
-      await new Promise((r) => setTimeout(r, 1000));
+      await until(() => child.err().includes('RabbitMQ connection lost'), 20_000);
+      const red = await httpGet(`http://127.0.0.1:${port}/readyz`);
+      expect(red.status).toBe(503);
+      expect(red.body).toMatch(/source disconnected/);
       execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore' });
       execFileSync('rabbitmqctl', ['await_startup'], { stdio: 'ignore' });
       await publish(queue, orders(300, 300));

@@ -107,7 +107,11 @@ export class RabbitmqSource implements Source {
     for (;;) {
       if (signal.aborted) break;
       if (!this.ch) {
-        await this.ensureConnected(signal);
+        // Reconnect in the background; hand back an empty batch now and then so the engine
+        // keeps flushing the WAL by age while the broker is away.
+        const reconnect = this.ensureConnected(signal);
+        await Promise.race([reconnect, sleep(Math.max(1, idleDeadline - Date.now()), signal)]);
+        if (!this.ch && Date.now() >= idleDeadline) break;
         if (!this.ch) await sleep(this.cfg.reconnect.initial_ms, signal);
         continue;
       }
@@ -156,6 +160,10 @@ export class RabbitmqSource implements Source {
     } catch (err) {
       this.log.warn({ err: new Error(errorMessage(err)) }, 'ack failed; the broker will redeliver the batch');
     }
+  }
+
+  healthy(): boolean {
+    return this.ch !== undefined;
   }
 
   /** Publish-to-ack time from the AMQP timestamp property (milliseconds, or seconds if small). */
