@@ -314,7 +314,8 @@ describe('rabbitmq source', () => {
     try {
       await until(async () => {
         try {
-          return (await httpGet(`http://127.0.0.1:${port}/readyz`)).status === 503;
+          const r = await httpGet(`http://127.0.0.1:${port}/readyz`);
+          return r.status === 503 && /flush of orders failing/.test(r.body);
         } catch {
           return false;
         }
