@@ -134,6 +134,36 @@ describe('sluice run', () => {
     }
   }, 90_000);
 
+  it('grows the schema when messages gain fields, nested ones included, in one output file', async () => {
+    const p = project({
+      'config/sources.yml': 'source:\n  type: file\n  path: data/*.ndjson\n  batch_size: 1\n',
+      'models/orders.sql': 'SELECT * FROM incoming\n',
+      'models/purchases.sql': 'SELECT incoming.order_id, unnest AS item FROM incoming, unnest(incoming.items)\n',
+      'data/orders.ndjson': [
+        '{"order_id": 1, "items": []}',
+        '{"order_id": 2, "items": [{"sku": "a"}]}',
+        '{"order_id": 3, "items": [{"sku": "b", "discount": 0.5}], "coupon": "X"}',
+        '{"order_id": 4.5, "items": [{"sku": "c"}]}',
+      ].join('\n') + '\n',
+    }, 0);
+    const r = sluice(['run', '--project', p, '--port', '0']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.readdirSync(path.join(p, 'output/orders'))).toHaveLength(1);
+    const o = await query(`SELECT order_id, coupon, len(items) AS n FROM read_parquet('${p}/output/orders/*.parquet') ORDER BY order_id`);
+    expect(o).toEqual([
+      { order_id: 1, coupon: null, n: '0' },
+      { order_id: 2, coupon: null, n: '1' },
+      { order_id: 3, coupon: 'X', n: '1' },
+      { order_id: 4.5, coupon: null, n: '1' },
+    ]);
+    const pr = await query(`SELECT order_id, item.sku AS sku, item.discount AS discount FROM read_parquet('${p}/output/purchases/*.parquet') ORDER BY order_id`);
+    expect(pr).toEqual([
+      { order_id: 2, sku: 'a', discount: null },
+      { order_id: 3, sku: 'b', discount: 0.5 },
+      { order_id: 4.5, sku: 'c', discount: null },
+    ]);
+  });
+
   it('drops a corrupt WAL segment with a warning and goes on', async () => {
     const p = project({}, 30);
     // A first run stages and commits, but is killed before flushing anything.
