@@ -307,4 +307,3 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-export { silentLogger };

@@ -65,11 +65,6 @@ export function mergeStructure(a: Structure | undefined, b: Structure, where = '
   return { merged: a, conflict: `${where} is ${describe(a)} in earlier messages but ${describe(b)} here` };
 }
 
-/** True when `s` contains the NULL type somewhere (a field never seen with a value). */
-export function structureToTransform(s: Structure): string {
-  return JSON.stringify(s);
-}
-
 export function isObjectStructure(s: Structure): s is Record<string, Structure> {
   return kind(s) === 'object';
 }

@@ -124,8 +124,3 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === 'invalid_type') return msg.replace(/^Invalid input: /, '').replace('received', 'got');
   return msg.replace(/^Invalid input: /, '');
 }
-
-export function relativeDisplay(root: string, file: string): string {
-  const rel = path.relative(process.cwd(), file);
-  return rel.startsWith('..') ? file : rel || path.basename(root);
-}

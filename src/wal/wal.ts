@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -212,7 +211,4 @@ export class Wal {
     return Boolean(this.state.models[model]?.inflight);
   }
 
-  static exists(dir: string): boolean {
-    return fs.existsSync(path.join(dir, 'state.json'));
-  }
 }

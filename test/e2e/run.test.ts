@@ -1,9 +1,8 @@
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { httpGet, parquetFiles, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, parquetFiles, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -21,14 +20,6 @@ function project(files: Record<string, string> = {}, messages = 50): string {
   return p;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const followSource = 'source:\n  type: file\n  path: data/*.ndjson\n  follow: true\n  poll_interval_ms: 50\n  batch_size: 100\n  batch_timeout_ms: 100\n  dlq: .sluice/dlq\n';
 
