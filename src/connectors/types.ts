@@ -38,7 +38,9 @@ export interface Source {
    * Returns the next batch: up to batch_size messages, or fewer once batch_timeout_ms has
    * passed since the first one arrived. Returns a batch with no messages when idle, so the
    * caller can flush by age, and null once a finite source is exhausted. Messages come in
-   * source order. Resolves early (with what it has) when `signal` aborts.
+   * source order. Resolves early (with what it has) when `signal` aborts. The engine reads
+   * one batch ahead: the next read() may come before the previous batch is acked (never two
+   * reads at once), so a batch's `position` must be a snapshot.
    */
   read(signal: AbortSignal): Promise<SourceBatch | null>;
   /**

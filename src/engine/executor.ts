@@ -7,6 +7,10 @@ import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { ModelDef } from '../project/project-loader.js';
 import type { RawMessage } from '../connectors/types.js';
 import { isObjectStructure, mergeStructure, type Structure } from './structure.js';
+import { conformance, nonConforming, type Conformance } from './conform.js';
+
+/** Messages decoded exactly by DuckDB per round (see process()). */
+const DECODE_SAMPLE = 512;
 
 export interface CompiledModel {
   name: string;
@@ -34,8 +38,22 @@ export interface BatchOutcome {
   attempts: number;
   /** Milliseconds spent per stage, for debug logs. */
   timings: Record<string, number>;
-  /** Models whose rows were written straight to their target file (see process()). */
+  /** Models whose rows were written straight to their target file (see execute()). */
   written: Set<string>;
+  /** The schema of `incoming` after this batch: what the WAL commit of this batch records. */
+  structure: Structure | undefined;
+}
+
+/** A batch loaded and decoded by prepare(), ready for execute(). */
+export interface PreparedBatch {
+  /** The lane table holding the payloads. */
+  raw: string;
+  count: number;
+  /** Messages that failed to decode (their failures are in `failures`). */
+  bad: Set<number>;
+  failures: MessageFailure[];
+  structure: Structure | undefined;
+  timings: Record<string, number>;
 }
 
 /** Compiles models for execution: template rendering was done at load; this analyses and rewrites. */
@@ -50,6 +68,33 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns });
   }
   return out;
+}
+
+/** A character valid JSON never holds raw (control characters must be escaped; see RFC 8259). */
+const SEPARATOR = '\x1e';
+
+/**
+ * Loads payloads into table `raw` (id, payload). The batch travels as one string split inside
+ * DuckDB, which costs the main thread far less than one appender call per message; a batch
+ * where some payload holds the separator goes through the appender.
+ */
+async function loadPayloads(conn: DuckDBConnection, raw: string, payloads: string[]): Promise<void> {
+  if (!payloads.some((p) => p.includes(SEPARATOR))) {
+    await conn.run(
+      `CREATE OR REPLACE TABLE ${raw} AS SELECT (generate_subscripts(s, 1) - 1)::INTEGER AS id, unnest(s) AS payload ` +
+        `FROM (SELECT string_split($1::VARCHAR, chr(30)) AS s)`,
+      [payloads.join(SEPARATOR)],
+    );
+    return;
+  }
+  await conn.run(`CREATE OR REPLACE TABLE ${raw} (id INTEGER, payload VARCHAR)`);
+  const ap = await conn.createAppender(raw);
+  for (let i = 0; i < payloads.length; i++) {
+    ap.appendInteger(i);
+    ap.appendVarchar(payloads[i]);
+    ap.endRow();
+  }
+  ap.closeSync();
 }
 
 /** First line of a DuckDB error, without the echoed SQL. */
@@ -68,29 +113,46 @@ const BINDER = /^(Binder Error|Catalog Error|Parser Error|Not implemented Error)
  * the rest of the batch proceeds in one pass.
  */
 export class BatchExecutor {
-  /** The schema of `incoming` established by the messages seen so far. */
+  /** The schema of `incoming` established by the messages seen so far (prepared batches included). */
   structure: Structure | undefined;
+  private compiled: { structure: Structure | undefined; check: Conformance } | undefined;
 
+  /**
+   * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
+   * itself) loads and decodes, so that one batch can be prepared while another executes.
+   */
   constructor(
     private readonly conn: DuckDBConnection,
     private readonly models: CompiledModel[],
     private readonly sourceName: string,
+    private readonly loadConn: DuckDBConnection = conn,
   ) {}
+
+  /** The conformance test for `structure`, compiled once per schema. */
+  private conformance(structure: Structure | undefined): Conformance {
+    if (!this.compiled || this.compiled.structure !== structure) this.compiled = { structure, check: conformance(structure) };
+    return this.compiled.check;
+  }
 
   async init(): Promise<void> {
     await this.conn.run(`CREATE SCHEMA IF NOT EXISTS ${SOURCE_SCHEMA}; CREATE SCHEMA IF NOT EXISTS ${MODEL_SCHEMA}`);
   }
 
-  /**
-   * Runs the models over one batch. With `targets`, a model nothing else refs is written
-   * straight to its target Parquet file when the whole batch succeeds at the first attempt
-   * (the common case), saving a copy; `written` says which. Otherwise rows stay in
-   * sluice_model.<name> for copyOutput() or readOutput().
-   */
+  /** Loads and decodes a batch, then runs the models over it (prepare() + execute()). */
   async process(messages: RawMessage[], targets?: Map<string, string>): Promise<BatchOutcome> {
-    const written = new Set<string>();
-    const failures: MessageFailure[] = [];
-    const rows = new Map<string, number>();
+    return this.execute(await this.prepare(messages), targets);
+  }
+
+  /**
+   * First half of a batch: loads the payloads into lane table `__raw<lane>` (on the loading
+   * connection) and decodes them: every message must be a JSON object whose structure fits the
+   * established schema. The fast path scans the raw text against the schema (conform.ts) while
+   * DuckDB loads the batch; the rest are decoded exactly by DuckDB's json_structure(), a
+   * sample at a time, each sample possibly widening the schema so that more of the remaining
+   * messages conform. Advances `structure`, so that the next batch can be prepared while this
+   * one executes (on the other lane).
+   */
+  async prepare(messages: RawMessage[], lane = 0): Promise<PreparedBatch> {
     const timings: Record<string, number> = {};
     let t = performance.now();
     const lap = (name: string) => {
@@ -98,65 +160,79 @@ export class BatchExecutor {
       timings[name] = Math.round((timings[name] ?? 0) + now - t);
       t = now;
     };
-    await this.conn.run(`CREATE OR REPLACE TABLE __raw (id INTEGER, payload VARCHAR)`);
-    const ap = await this.conn.createAppender('__raw');
-    for (let i = 0; i < messages.length; i++) {
-      ap.appendInteger(i);
-      ap.appendVarchar(messages[i].payload);
-      ap.endRow();
-    }
-    ap.closeSync();
+    const conn = this.loadConn;
+    const raw = `__raw${lane}`;
+    const payloads = messages.map((m) => m.payload);
+    const loading = loadPayloads(conn, raw, payloads);
+    loading.catch(() => {}); // awaited below; only keeps a failure from counting as unhandled meanwhile
+    let slow = nonConforming(payloads, this.conformance(this.structure));
+    lap('check');
+    await loading;
     lap('load');
 
-    // Decode: every message must be a JSON object whose structure fits the established schema.
-    // One parse per message: TRY() turns unparseable messages into a NULL structure.
     const bad = new Set<number>();
-    const groups = await this.conn.runAndReadAll(
-      `SELECT TRY(json_structure(payload)) AS s, count(*)::BIGINT AS n FROM __raw GROUP BY s ORDER BY n DESC, s`,
-    );
-    if (groups.getRows().some(([sv]) => sv === null)) {
-      const invalid = await this.conn.runAndReadAll(`SELECT id, payload FROM __raw WHERE payload IS NULL OR NOT json_valid(payload)`);
-      for (const [id, payload] of invalid.getRows()) {
-        const index = Number(id);
-        bad.add(index);
-        failures.push({ index, stage: 'decode', error: await this.jsonError(String(payload ?? '')) });
-      }
-    }
+    const failures: MessageFailure[] = [];
     let merged = this.structure;
-    const rejected: { s: string; reason: string }[] = [];
-    for (const [sv] of groups.getRows()) {
-      if (sv === null) continue;
-      const s = String(sv);
-      const st = JSON.parse(s) as Structure;
-      if (!isObjectStructure(st)) {
-        rejected.push({ s, reason: `message is ${Array.isArray(st) ? 'a JSON array' : 'a JSON scalar'}, not an object` });
-        continue;
-      }
-      const r = mergeStructure(merged, st);
-      if (r.conflict) rejected.push({ s, reason: `type conflict: ${r.conflict}` });
-      else merged = r.merged;
+    while (slow.length > 0) {
+      const sample = slow.slice(0, DECODE_SAMPLE);
+      const before = merged;
+      merged = await this.decodeExactly(conn, raw, sample, payloads, merged, bad, failures);
+      slow = slow.slice(DECODE_SAMPLE);
+      // The schema grew: more of the rest may conform now.
+      if (merged !== before && slow.length > 0) slow = nonConforming(payloads, this.conformance(merged), slow);
     }
-    for (const { s, reason } of rejected) {
-      const ids = await this.conn.runAndReadAll(`SELECT id FROM __raw WHERE TRY(json_structure(payload)) = $1`, [s]);
-      for (const [id] of ids.getRows()) {
-        bad.add(Number(id));
-        failures.push({ index: Number(id), stage: 'decode', error: reason });
-      }
-    }
-
+    if (bad.size < messages.length) this.structure = merged;
     lap('decode');
-    const good = messages.length - bad.size;
-    if (good === 0) {
+    return { raw, count: messages.length, bad, failures, structure: this.structure, timings };
+  }
+
+  /**
+   * Second half of a batch: converts the decoded messages to typed rows (`__batch`) and runs
+   * the models. With `targets`, a model nothing else refs is written straight to its target
+   * Parquet file when the whole batch succeeds at the first attempt (the common case), saving
+   * a copy; `written` says which. Otherwise rows stay in sluice_model.<name> for copyOutput()
+   * or readOutput().
+   */
+  async execute(p: PreparedBatch, targets?: Map<string, string>): Promise<BatchOutcome> {
+    const written = new Set<string>();
+    const { bad, failures, structure, raw } = p;
+    const rows = new Map<string, number>();
+    const timings = p.timings;
+    let t = performance.now();
+    const lap = (name: string) => {
+      const now = performance.now();
+      timings[name] = Math.round((timings[name] ?? 0) + now - t);
+      t = now;
+    };
+    const nothingGood = async (): Promise<BatchOutcome> => {
       for (const m of this.models) rows.set(m.name, 0);
       await this.clearOutputs();
-      return { failures, rows, attempts: 0, timings, written };
-    }
-    this.structure = merged;
-    const where = bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '';
-    const cols = merged && isObjectStructure(merged) && Object.keys(merged).length > 0
-      ? `, unnest(json_transform(payload, ${lit(JSON.stringify(merged))}))`
+      failures.sort((a, b) => a.index - b.index);
+      return { failures, rows, attempts: 0, timings, written, structure };
+    };
+    if (bad.size === p.count) return nothingGood();
+    const notBad = () => (bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '');
+    const cols = structure && isObjectStructure(structure) && Object.keys(structure).length > 0
+      ? `, unnest(json_transform(payload, ${lit(JSON.stringify(structure))}))`
       : '';
-    await this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT id AS ${MSG_COL}${cols} FROM __raw ${where}`);
+    const convert = () => this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT id AS ${MSG_COL}${cols} FROM ${raw} ${notBad()}`);
+    try {
+      await convert();
+    } catch (err) {
+      // Only when JavaScript accepted a message DuckDB cannot read (their JSON parsers differ
+      // at the edges): dead-letter exactly those and convert the rest.
+      if (!cols) throw err;
+      const unreadable = await this.conn.runAndReadAll(
+        `SELECT id, payload FROM ${raw} ${notBad() || 'WHERE true'} AND TRY(json_transform(payload, ${lit(JSON.stringify(structure))})) IS NULL`,
+      );
+      if (unreadable.getRows().length === 0) throw err;
+      for (const [id, payload] of unreadable.getRows()) {
+        bad.add(Number(id));
+        failures.push({ index: Number(id), stage: 'decode', error: await this.jsonError(this.conn, String(payload ?? '')) });
+      }
+      if (bad.size === p.count) return nothingGood();
+      await convert();
+    }
     lap('convert');
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
@@ -173,7 +249,7 @@ export class BatchExecutor {
         for (const id of ids) failures.push({ index: id, stage: 'transform', error: res.error, model: res.model });
         await this.clearOutputs();
         for (const m of this.models) rows.set(m.name, 0);
-        return { failures, rows, attempts, timings, written };
+        return { failures, rows, attempts, timings, written, structure };
       }
       for (let round = 0; round < 3 && !res.ok; round++) {
         const ids = await this.batchIds();
@@ -199,13 +275,60 @@ export class BatchExecutor {
     }
     failures.sort((a, b) => a.index - b.index);
     lap('models');
-    return { failures, rows, attempts, timings, written };
+    return { failures, rows, attempts, timings, written, structure };
   }
 
-  private async jsonError(payload: string): Promise<string> {
+  /**
+   * Decodes messages `ids` with DuckDB's json_structure(): unparseable ones and those whose
+   * structure conflicts with the schema are added to `bad` and `failures`; the others' structures
+   * are merged into the schema, most common first. Returns the merged schema.
+   */
+  private async decodeExactly(
+    conn: DuckDBConnection,
+    raw: string,
+    ids: number[],
+    payloads: string[],
+    structure: Structure | undefined,
+    bad: Set<number>,
+    failures: MessageFailure[],
+  ): Promise<Structure | undefined> {
+    const groups = await conn.runAndReadAll(
+      `SELECT TRY(json_structure(payload)) AS s, list(id ORDER BY id) AS ids FROM ${raw} ${ids.length === payloads.length ? '' : `WHERE id IN (${ids.join(',')})`} ` +
+        `GROUP BY s ORDER BY count(*) DESC, s`,
+    );
+    let merged = structure;
+    for (const [sv, idList] of groups.getRows()) {
+      const members = (idList as { items: unknown[] }).items.map(Number);
+      let reason: string | undefined;
+      if (sv === null) {
+        for (const i of members) {
+          bad.add(i);
+          failures.push({ index: i, stage: 'decode', error: await this.jsonError(conn, payloads[i] ?? '') });
+        }
+        continue;
+      }
+      const st = JSON.parse(String(sv)) as Structure;
+      if (!isObjectStructure(st)) {
+        reason = `message is ${Array.isArray(st) ? 'a JSON array' : 'a JSON scalar'}, not an object`;
+      } else {
+        const r = mergeStructure(merged, st);
+        if (r.conflict) reason = `type conflict: ${r.conflict}`;
+        else merged = r.merged;
+      }
+      if (reason) {
+        for (const i of members) {
+          bad.add(i);
+          failures.push({ index: i, stage: 'decode', error: reason });
+        }
+      }
+    }
+    return merged;
+  }
+
+  private async jsonError(conn: DuckDBConnection, payload: string): Promise<string> {
     if (payload.trim() === '') return 'empty message';
     try {
-      await this.conn.run(`SELECT json($1::VARCHAR)`, [payload]);
+      await conn.run(`SELECT json($1::VARCHAR)`, [payload]);
       return 'invalid JSON';
     } catch (err) {
       return `invalid JSON: ${cleanError(err).replace(/^Conversion Error: /, '').replace(/^Invalid Input Error: /, '')}`;

@@ -12,7 +12,7 @@ import { startServer } from '../ops/server.js';
 import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
-import { BatchExecutor, compileModels, type BatchOutcome } from './executor.js';
+import { BatchExecutor, compileModels, type BatchOutcome, type PreparedBatch } from './executor.js';
 
 export interface RunOptions {
   project: Project;
@@ -39,6 +39,12 @@ export interface RunSummary {
   flushes: number;
   /** Messages the broker marked as delivered before: the bound on duplicates without dedupe. */
   redelivered: number;
+}
+
+/** A batch as read from the source and, unless empty, loaded and decoded. */
+interface ReadBatch {
+  batch: SourceBatch;
+  prepared?: PreparedBatch;
 }
 
 /** Upstream closure of the selected models, in DAG order. */
@@ -76,6 +82,7 @@ export class Pipeline {
   private dlq: DeadLetterQueue | undefined;
   private executor!: BatchExecutor;
   private conn!: DuckDBConnection;
+  private loadConn!: DuckDBConnection;
   private instance!: DuckDBInstance;
   private models: ModelDef[] = [];
   private replayed = false;
@@ -103,7 +110,9 @@ export class Pipeline {
 
     ({ instance: this.instance, conn: this.conn } = await openDuckDB(project.duckdb));
     const compiled = await compileModels(this.conn, this.models);
-    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name);
+    // A second connection loads and decodes the next batch while this one runs the models.
+    this.loadConn = await this.instance.connect();
+    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn);
     await this.executor.init();
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
@@ -161,10 +170,15 @@ export class Pipeline {
       await server?.close();
       for (const s of this.sinks.values()) await s.close();
       await this.dlq?.close();
-      this.conn.closeSync();
-      this.instance.closeSync();
+      this.closeDuckDB();
     }
     return this.summary;
+  }
+
+  private closeDuckDB(): void {
+    this.loadConn.closeSync();
+    this.conn.closeSync();
+    this.instance.closeSync();
   }
 
   /** Exposed for tests and the ops server. */
@@ -196,22 +210,49 @@ export class Pipeline {
     }
   }
 
+  /**
+   * Batches are pipelined one deep: while batch N runs through the models and is committed,
+   * batch N+1 is read, loaded and decoded (on the other lane). Acks and commits stay in order;
+   * a batch read but not yet committed is simply read again after a crash. On shutdown the
+   * batch already read is finished too.
+   */
   private async loop(source: Source, sourceName: string): Promise<void> {
     const { signal } = this.opts;
-    while (!signal.aborted) {
-      const readStart = performance.now();
-      const batch = await source.read(signal);
-      this.lastReadMs = Math.round(performance.now() - readStart);
-      if (batch === null) {
-        this.log.info('end of input');
-        break;
+    let lane = 0;
+    const next = (): Promise<ReadBatch | null> => {
+      const p = this.readAndPrepare(source, lane);
+      lane ^= 1;
+      p.catch(() => {}); // awaited by the loop; only keeps a failure from counting as unhandled meanwhile
+      return p;
+    };
+    let pending = next();
+    try {
+      for (;;) {
+        const cur = await pending;
+        if (cur === null) {
+          if (!signal.aborted) this.log.info('end of input');
+          break;
+        }
+        pending = signal.aborted ? Promise.resolve(null) : next();
+        if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName);
+        await this.flushDue();
       }
-      if (batch.messages.length > 0) await this.handleBatch(batch, source, sourceName);
-      await this.flushDue();
+    } finally {
+      // On an error, let the read in flight settle before its connection is closed.
+      await pending.catch(() => {});
     }
   }
 
-  private async handleBatch(batch: SourceBatch, source: Source, sourceName: string): Promise<void> {
+  private async readAndPrepare(source: Source, lane: number): Promise<ReadBatch | null> {
+    const readStart = performance.now();
+    const batch = await source.read(this.opts.signal);
+    this.lastReadMs = Math.round(performance.now() - readStart);
+    if (batch === null) return null;
+    if (batch.messages.length === 0) return { batch };
+    return { batch, prepared: await this.executor.prepare(batch.messages, lane) };
+  }
+
+  private async handleBatch(batch: SourceBatch, prepared: PreparedBatch, source: Source, sourceName: string): Promise<void> {
     const timer = this.metrics.batchDuration.startTimer();
     this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
     // Segment names need the batch's sequence number and keys before the models run.
@@ -221,7 +262,7 @@ export class Pipeline {
     const paths = new Map(this.models.map((m) => [m.name, this.wal.segmentPaths(m.name, seq, first, last)]));
     let outcome: BatchOutcome;
     try {
-      outcome = await this.executor.process(batch.messages, new Map([...paths].map(([k, v]) => [k, v.tmp])));
+      outcome = await this.executor.execute(prepared, new Map([...paths].map(([k, v]) => [k, v.tmp])));
     } catch (err) {
       this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
       throw err;
@@ -267,7 +308,7 @@ export class Pipeline {
       this.summary.deadLettered += records.length;
     }
     crashPoint('before-commit');
-    await this.wal.commit(seq, batch.position, this.dlq?.mark(), this.executor.structure, touched);
+    await this.wal.commit(seq, batch.position, this.dlq?.mark(), outcome.structure, touched);
     crashPoint('after-commit');
     await source.ack(batch);
     this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
@@ -384,8 +425,7 @@ export class Pipeline {
       this.summary.messages = batch.messages.length;
     } finally {
       await source.close();
-      this.conn.closeSync();
-      this.instance.closeSync();
+      this.closeDuckDB();
     }
     return this.summary;
   }

@@ -310,6 +310,22 @@ describe('batch executor', () => {
     expect((await ex.readOutput('orders')).rows.map((x) => x.order_id)).toEqual([1, 6]);
   });
 
+  it('dead-letters a message only DuckDB finds invalid, and loads payloads holding the batch separator', async () => {
+    const dir = await proj();
+    const ex = await executor(dir);
+    await ex.process([{ payload: msg(1, []), coords: {} }]); // establishes the schema: the next batch takes the fast path
+    const msgs = [
+      msg(2, []),
+      msg(3, []).replace('"n"', '"bad \u0001 control"'), // a raw control character inside a string
+      msg(4, []).replace('"n"', '"record \u001e separator"'),
+      msg(5, []).replace('"n"', '"bad escape \\x"'),
+    ];
+    const r = await ex.process(msgs.map((payload, i) => ({ payload, coords: { i } })));
+    expect(r.failures.map((f) => [f.index, f.stage])).toEqual([[1, 'decode'], [2, 'decode'], [3, 'decode']]);
+    expect(r.failures[0].error).toMatch(/invalid JSON/);
+    expect((await ex.readOutput('orders')).rows.map((x) => x.order_id)).toEqual([2]);
+  });
+
   it('keeps the schema stable: a later empty list is an empty list, integers widen', async () => {
     const dir = await proj();
     const ex = await executor(dir);

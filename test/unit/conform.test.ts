@@ -1,0 +1,138 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
+import { conformance } from '../../src/engine/conform.js';
+import { mergeStructure, type Structure } from '../../src/engine/structure.js';
+
+// The decode fast path may only say "conforms" when DuckDB agrees: json_structure() of the
+// message merged into the schema changes nothing. Each case is checked against DuckDB itself.
+
+const SCHEMA: Structure = {
+  id: 'UBIGINT',
+  delta: 'BIGINT',
+  price: 'DOUBLE',
+  name: 'VARCHAR',
+  ok: 'BOOLEAN',
+  nothing: 'NULL',
+  raw: 'JSON',
+  user: { id: 'UBIGINT', tags: ['VARCHAR'] },
+  items: [{ sku: 'VARCHAR', qty: 'UBIGINT' }],
+  grid: [['DOUBLE']],
+};
+
+const CONFORMING = [
+  '{"id":1}',
+  '{"id":1,"delta":-5,"price":2.5,"name":"a","ok":true}',
+  '  {"id" : 1 ,\n "name":"x"}\t',
+  '{"price":7}',
+  '{"price":-7}',
+  '{"delta":7}',
+  '{"id":null,"user":null,"items":null,"grid":null,"nothing":null,"raw":null}',
+  '{"user":{"id":3,"tags":[]}}',
+  '{"user":{"tags":["a","b",null]}}',
+  '{"items":[]}',
+  '{"items":[{"sku":"a","qty":1},{"qty":2},{"sku":null}]}',
+  '{"grid":[[1,2.5],[],[-3e2]]}',
+  '{"name":"quote \\" and backslash \\\\"}',
+  '{"name":"ends in backslash \\\\"}',
+  '{"name":"unicode \\u00e9 é"}',
+  '{"ok":false,"id":0}',
+  '{"id":123456789012345678}',
+  '{"name":"1e5","price":1E+2}',
+];
+
+const NOT_CONFORMING = [
+  '{"id":-1}', // needs BIGINT
+  '{"id":1.0}', // DOUBLE in DuckDB's eyes
+  '{"id":1e3}',
+  '{"delta":0.5}',
+  '{"id":"1"}',
+  '{"name":1}',
+  '{"ok":1}',
+  '{"nothing":1}',
+  '{"raw":{"a":1}}',
+  '{"raw":1}',
+  '{"extra":1}',
+  '{"ID":1}',
+  '{"id":1,"id":2}',
+  '{"u\\u0073er":{}}',
+  '{}',
+  '{"user":{}}',
+  '{"user":{"id":1,"other":2}}',
+  '{"user":{"tags":[1]}}',
+  '{"items":[{"sku":"a","qty":-1}]}',
+  '{"items":{"sku":"a"}}',
+  '{"grid":[1]}',
+  '[{"id":1}]',
+  '"id"',
+  'null',
+  '',
+  '{"id":1',
+  '{"id":1}x',
+  '{"id":1,}',
+  '{"id":01}',
+  '{"id":1.}',
+  '{"id":12345678901234567890}',
+  '{"price":1e400}',
+  '{"name":"unterminated}',
+  '{"id":tru}',
+];
+
+describe('conformance scanner', () => {
+  let db: DuckDBInstance;
+  let conn: DuckDBConnection;
+  beforeAll(async () => {
+    db = await DuckDBInstance.create(':memory:');
+    conn = await db.connect();
+  });
+  afterAll(() => {
+    conn.closeSync();
+    db.closeSync();
+  });
+
+  /** DuckDB's verdict: the message parses and its structure merges into SCHEMA as a no-op. */
+  async function duckdbConforms(payload: string): Promise<boolean> {
+    const r = await conn.runAndReadAll(`SELECT TRY(json_structure($1::VARCHAR))::VARCHAR`, [payload]);
+    const s = r.getRows()[0][0];
+    if (s === null) return false;
+    const st = JSON.parse(String(s)) as Structure;
+    if (typeof st !== 'object' || Array.isArray(st)) return false;
+    const m = mergeStructure(SCHEMA, st);
+    return !m.conflict && JSON.stringify(m.merged) === JSON.stringify(SCHEMA);
+  }
+
+  const check = conformance(SCHEMA);
+
+  it('accepts messages that change nothing, as DuckDB confirms', async () => {
+    for (const p of CONFORMING) {
+      expect({ p, duckdb: await duckdbConforms(p) }).toEqual({ p, duckdb: true });
+      expect({ p, scanner: check(p) }).toEqual({ p, scanner: true });
+    }
+  });
+
+  it('sends everything else to the exact path', async () => {
+    for (const p of NOT_CONFORMING) expect({ p, scanner: check(p) }).toEqual({ p, scanner: false });
+    // Never stricter in the unsafe direction: whatever DuckDB rejects, the scanner rejects too.
+    for (const p of NOT_CONFORMING) if (!(await duckdbConforms(p))) expect({ p, scanner: check(p) }).toEqual({ p, scanner: false });
+  });
+
+  it('agrees with DuckDB on generated messages', async () => {
+    // Random messages over the schema's fields with values of every JSON type.
+    let seed = 7;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const values = ['1', '-2', '0', '3.5', '-0.5', '1e2', '"s"', '"\\"q\\""', 'true', 'false', 'null', '[]', '{}', '[1]', '["a"]', '{"id":1}', '[[1.5]]', '[{"sku":"x","qty":2}]', '{"tags":["t"]}'];
+    const keys = [...Object.keys(SCHEMA), 'other'];
+    let agreed = 0;
+    for (let i = 0; i < 400; i++) {
+      const n = 1 + rnd(3);
+      const fields = Array.from({ length: n }, () => `"${keys[rnd(keys.length)]}":${values[rnd(values.length)]}`);
+      const p = `{${fields.join(',')}}`;
+      const scanner = check(p);
+      if (scanner) expect({ p, duckdb: await duckdbConforms(p) }).toEqual({ p, duckdb: true });
+      if (scanner) agreed++;
+    }
+    expect(agreed).toBeGreaterThan(20); // the generator does produce conforming messages
+  });
+});
