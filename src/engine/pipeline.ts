@@ -64,7 +64,9 @@ export function selectModels(project: Project, wanted: string[] | undefined): Mo
 
 export async function openDuckDB(settings: { threads?: number; memory_limit?: string } = {}): Promise<{ instance: DuckDBInstance; conn: DuckDBConnection }> {
   const config: Record<string, string> = {};
-  if (settings.threads) config.threads = String(settings.threads);
+  // Per-batch queries work on one batch (one row group): each runs on the thread that issues
+  // it, and two connections run at once. Leave a core to JavaScript (source client, scanner).
+  config.threads = String(settings.threads ?? Math.max(1, os.availableParallelism() - 1));
   if (settings.memory_limit) config.memory_limit = settings.memory_limit;
   const instance = await DuckDBInstance.create(':memory:', config);
   const conn = await instance.connect();

@@ -66,7 +66,7 @@ const projectSchema = z
     server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
     duckdb: z
       .object({
-        threads: z.number().int().positive().optional().describe('DuckDB worker threads (default: one per core)'),
+        threads: z.number().int().positive().optional().describe('DuckDB threads (default: one per core but one)'),
         memory_limit: z.string().min(1).optional().describe("DuckDB memory limit, e.g. '2GB'"),
       })
       .strict()

@@ -5,6 +5,25 @@ import { sleep } from '../file/file-source.js';
 import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
 
+/** A delivery as the engine sees it; its coordinates (for the DLQ and logs) are built only when asked for. */
+class AmqpRawMessage implements RawMessage {
+  readonly payload: string;
+  readonly redelivered: boolean;
+
+  constructor(
+    readonly raw: AmqpMessage,
+    private readonly queue: string,
+  ) {
+    this.payload = raw.content.toString('utf8');
+    this.redelivered = raw.fields.redelivered;
+  }
+
+  get coords(): Record<string, unknown> {
+    const { fields, properties } = this.raw;
+    return { queue: this.queue, routing_key: fields.routingKey, exchange: fields.exchange, delivery_tag: fields.deliveryTag, redelivered: fields.redelivered, message_id: properties.messageId };
+  }
+}
+
 interface AckToken {
   generation: number;
   last: AmqpMessage;
@@ -135,12 +154,7 @@ export class RabbitmqSource implements Source {
     }
     const taken = this.buffer.splice(0, batch_size);
     if (this.buffer.length > 0) this.firstArrival = Date.now();
-    const messages: RawMessage[] = taken.map((m) => ({
-      payload: m.content.toString('utf8'),
-      coords: { queue: this.cfg.queue, routing_key: m.fields.routingKey, exchange: m.fields.exchange, delivery_tag: m.fields.deliveryTag, redelivered: m.fields.redelivered, message_id: m.properties.messageId },
-      redelivered: m.fields.redelivered,
-      raw: m,
-    }));
+    const messages: RawMessage[] = taken.map((m) => new AmqpRawMessage(m, this.cfg.queue));
     const token: AckToken | undefined = taken.length ? { generation: this.generation, last: taken[taken.length - 1] } : undefined;
     return { messages, position: undefined, ackToken: token };
   }
