@@ -17,7 +17,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const URL = process.env.SLUICE_BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 
 const N = arg('messages', 200_000);
-const RUNS = arg('runs', 1);
+const RUNS = arg('runs', 5);
 const BATCH = arg('batch-size', 10_000);
 const PREFETCH = arg('prefetch', BATCH * 4);
 const RATE = arg('rate', 5000);

@@ -1,5 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import net from 'node:net';
+import { ensureRabbitTls } from './helpers/rabbit-tls.js';
 
 // `npm test` starts the local services the tests talk to when they are down, so the README's
 // test command works on a machine where nothing was started by hand.
@@ -34,4 +35,5 @@ export default async function setup(): Promise<void> {
   } catch {
     // older rabbitmqctl without await_startup: the port check above is enough
   }
+  await ensureRabbitTls(listening);
 }

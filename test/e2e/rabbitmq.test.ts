@@ -5,6 +5,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
+import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
 
 // otter's processing contract, row by row, against the RabbitMQ running on this machine.
 // One file on purpose: some tests drop every connection or restart the broker, so nothing
@@ -148,6 +149,30 @@ describe('rabbitmq source', () => {
     } finally {
       child.kill('SIGTERM');
       await waitExit(child);
+    }
+  });
+
+  it('consumes over TLS: the broker certificate verified against the configured CA, refused without it', async () => {
+    const queue = q();
+    await publish(queue, orders(0, 50));
+    const tlsSource = (tls: string) =>
+      rabbitSourceYaml(queue).replace('host: 127.0.0.1\n  port: 5672', `host: localhost\n  port: ${TLS_PORT}`) + tls;
+    // Without the CA, the self-signed chain is refused: the run gives up with the reason
+    // (after its connect deadline) and consumes nothing.
+    const untrusted = project(queue, { 'config/sources.yml': tlsSource('  tls: {}\n') });
+    const refused = sluiceBg(['run', '--project', untrusted, '--port', '0']);
+    const res = await waitExit(refused, 90_000);
+    expect(res.code, refused.err()).toBe(1);
+    expect(refused.err()).toMatch(/cannot connect to RabbitMQ at amqps:\/\/guest:\*\*\*@localhost:5671.*self-signed certificate/);
+    expect(await queueDepth(queue)).toBe(50);
+    const p = project(queue, { 'config/sources.yml': tlsSource(`  tls:\n    ca: ${TLS_CA}\n`) });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    try {
+      await until(async () => (await rows(p, 'orders')).length === 50, 30_000);
+      await until(async () => (await queueDepth(queue)) === 0);
+    } finally {
+      child.kill('SIGTERM');
+      expect((await waitExit(child)).code, child.err()).toBe(0);
     }
   });
 
