@@ -36,4 +36,7 @@ export default async function setup(): Promise<void> {
     // older rabbitmqctl without await_startup: the port check above is enough
   }
   await ensureRabbitTls(listening);
+  await ensure('Redis', 6379, () => {
+    spawnSync('redis-server', ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', '6379', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  });
 }

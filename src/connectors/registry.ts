@@ -3,6 +3,7 @@ import { fileSourceSchema } from './file/file-source.js';
 import { generatorSourceSchema } from './generator/generator-source.js';
 import { parquetSinkSchema } from './parquet/parquet-sink.js';
 import { rabbitmqSourceSchema } from './rabbitmq/rabbitmq-config.js';
+import { dlqStream, redisStreamsSourceSchema } from './redis/redis-config.js';
 import type { ConnectorContext, DeadLetterQueue, Sink, Source } from './types.js';
 
 export interface SourceSpec<S extends z.ZodType = z.ZodType> {
@@ -74,6 +75,24 @@ export const sources: SourceSpec[] = [
       const c = cfg as z.output<typeof rabbitmqSourceSchema>;
       const { RabbitDeadLetterQueue } = await import('./rabbitmq/rabbitmq-dlq.js');
       const q = new RabbitDeadLetterQueue(c, c.dlq ?? `${c.queue}.dlq`, ctx.log);
+      await q.open();
+      return q;
+    },
+  },
+  {
+    type: 'redis_streams',
+    kind: 'source',
+    schema: redisStreamsSourceSchema,
+    description: 'a Redis stream read in a consumer group, XACKed after the rows are durable',
+    workerScoped: true,
+    async create(cfg, ctx) {
+      const { RedisStreamsSource } = await import('./redis/redis-streams-source.js');
+      return new RedisStreamsSource(cfg as z.output<typeof redisStreamsSourceSchema>, ctx);
+    },
+    async createDlq(cfg, ctx) {
+      const c = cfg as z.output<typeof redisStreamsSourceSchema>;
+      const { RedisStreamsDeadLetterQueue } = await import('./redis/redis-streams-dlq.js');
+      const q = new RedisStreamsDeadLetterQueue(c, dlqStream(c), ctx.log, ctx.workerId);
       await q.open();
       return q;
     },

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, killRepeatedly, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
 
@@ -368,16 +368,7 @@ function chaosProject(name: string, queue: string, sinkExtra = ''): string {
 }
 
 async function chaos(p: string, queue: string, kills: number): Promise<number> {
-  let done = 0;
-  for (let i = 0; done < kills && i < kills * 3; i++) {
-    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { env: { SLUICE_WORKER_ID: 'w1' } });
-    await new Promise((r) => setTimeout(r, 400 + Math.floor(Math.random() * 1200)));
-    if (child.exitCode === null) {
-      child.kill('SIGKILL');
-      done++;
-    }
-    await waitExit(child);
-  }
+  const done = await killRepeatedly(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { SLUICE_WORKER_ID: 'w1' }, kills);
   // A last worker drains the queue and shuts down cleanly.
   const last = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
   await until(() => last.err().includes('reading from the source'), 60_000);

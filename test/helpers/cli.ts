@@ -47,6 +47,25 @@ export function waitExit(child: ChildProcess, timeoutMs = 60_000): Promise<{ cod
   });
 }
 
+/**
+ * Starts `sluice run` with `args` again and again, SIGKILLing each at a random moment 0.4 to
+ * 1.6 s after its start, until it was killed `kills` times (a run that ends by itself does not
+ * count). Returns the number of kills.
+ */
+export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kills: number): Promise<number> {
+  let done = 0;
+  for (let i = 0; done < kills && i < kills * 3; i++) {
+    const child = sluiceBg(args, { env });
+    await new Promise((r) => setTimeout(r, 400 + Math.floor(Math.random() * 1200)));
+    if (child.exitCode === null) {
+      child.kill('SIGKILL');
+      done++;
+    }
+    await waitExit(child);
+  }
+  return done;
+}
+
 export function tempDir(prefix = 'sluice-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }

@@ -1,0 +1,157 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { createClient } from 'redis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { orderMessage } from '../../src/connectors/generator/generator-source.js';
+import { killRepeatedly, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+
+// The redis_streams source against the Redis running on this machine (127.0.0.1:6379).
+
+const URL = 'redis://127.0.0.1:6379';
+const redis = createClient({ url: URL });
+const dirs: string[] = [];
+const streams: string[] = [];
+
+beforeAll(async () => {
+  await redis.connect();
+});
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+afterAll(async () => {
+  for (const s of streams) await redis.del([s, `${s}:dlq`]);
+  await redis.quit();
+});
+
+function stream(): string {
+  const s = `sluice-test-${randomUUID().slice(0, 8)}`;
+  streams.push(s);
+  return s;
+}
+
+async function add(s: string, payloads: string[], field = 'payload'): Promise<void> {
+  for (let i = 0; i < payloads.length; i += 500) {
+    const multi = redis.multi();
+    for (const p of payloads.slice(i, i + 500)) multi.xAdd(s, '*', { [field]: p, origin: 'test' });
+    await multi.exec();
+  }
+}
+
+/** Everything in the stream delivered to the group and acknowledged. */
+async function drained(s: string, group = 'sluice'): Promise<boolean> {
+  const groups = await redis.xInfoGroups(s).catch(() => []);
+  const g = (groups as { name: string; pending: number; lag: number | null }[]).find((x) => x.name === group);
+  return Boolean(g && g.pending === 0 && g.lag === 0);
+}
+
+function project(s: string, extra = '', files: Record<string, string> = {}): string {
+  const root = tempDir('sluice-redis-');
+  dirs.push(root);
+  expect(sluice(['init', 'proj'], { cwd: root }).code).toBe(0);
+  const p = path.join(root, 'proj');
+  writeFiles(p, {
+    'config/sources.yml': `source:\n  type: redis_streams\n  url: ${URL}\n  stream: ${s}\n  batch_size: 200\n  batch_timeout_ms: 200\n${extra}`,
+    'config/models.yml': 'max_age_seconds: 0.3\n',
+    ...files,
+  });
+  return p;
+}
+
+const orders = (from: number, n: number) => Array.from({ length: n }, (_, i) => orderMessage(from + i, 3));
+
+async function orderIds(p: string): Promise<{ n: number; d: number }> {
+  const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
+  return { n: Number(r[0].n), d: Number(r[0].d) };
+}
+
+describe('redis_streams source', () => {
+  it('good entries become rows and are XACKed; bad ones go to the DLQ stream with the reason; inspect and replay', async () => {
+    const s = stream();
+    const msgs = orders(0, 300);
+    msgs[10] = '{"order_id": 11, ';
+    await add(s, msgs);
+    const p = project(s);
+    const child = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'r1' } });
+    await until(() => drained(s), 30_000);
+    await until(async () => fs.existsSync(path.join(p, 'output/orders')) && (await orderIds(p)).n === 299, 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 299, d: 299 });
+
+    const dead = await redis.xRange(`${s}:dlq`, '-', '+');
+    expect(dead).toHaveLength(1);
+    expect(dead![0].message).toMatchObject({ payload: '{"order_id": 11, ', origin: 'test', sluice_stage: 'decode', sluice_worker: 'r1' });
+    expect(dead![0].message.sluice_error).toMatch(/invalid JSON/);
+    expect(JSON.parse(dead![0].message.sluice_source)).toMatchObject({ stream: s });
+
+    const inspect = sluice(['dlq', 'inspect', '--project', p]);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    expect(inspect.stdout).toMatch(/1 dead letter/);
+    expect(inspect.stdout).toMatch(/invalid JSON/);
+    expect(await redis.xLen(`${s}:dlq`)).toBe(1); // inspect consumes nothing
+
+    const replay = sluice(['dlq', 'replay', '--project', p]);
+    expect(replay.code, replay.stderr).toBe(0);
+    expect(await redis.xLen(`${s}:dlq`)).toBe(0);
+    const back = await redis.xRevRange(s, '+', '-', { COUNT: 1 });
+    expect(back![0].message).toEqual({ payload: '{"order_id": 11, ', origin: 'test' });
+  });
+
+  it('takes over entries a dead consumer left pending', async () => {
+    const s = stream();
+    await add(s, orders(0, 100));
+    await redis.xGroupCreate(s, 'sluice', '0');
+    // A consumer reads 60 entries and dies without acknowledging them.
+    const r = await redis.xReadGroup('sluice', 'ghost', { key: s, id: '>' }, { COUNT: 60 });
+    expect(r![0].messages).toHaveLength(60);
+    const p = project(s, '  claim_idle_ms: 300\n');
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
+    await until(() => drained(s), 30_000);
+    await until(async () => fs.existsSync(path.join(p, 'output/orders')) && (await orderIds(p)).n === 100, 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 100, d: 100 });
+    expect(child.err()).toMatch(/took over entries another consumer left pending/);
+  });
+
+  it('survives its connections being killed: reconnects, nothing lost', async () => {
+    const s = stream();
+    await add(s, orders(0, 2000));
+    const p = project(s);
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
+    await until(() => child.err().includes('reading from the source'), 30_000);
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 300));
+      await redis.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
+      await add(s, orders(2000 + i * 100, 100));
+    }
+    await until(() => drained(s), 60_000);
+    await until(async () => (await orderIds(p)).d === 2300, 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    expect((await orderIds(p)).d).toBe(2300);
+    expect(child.err()).toMatch(/reconnected to Redis/);
+  });
+
+  it('SIGKILLed 10 times while entries are queued: no entry lost, no duplicate with dedupe_key', async () => {
+    const s = stream();
+    const N = 8000;
+    await add(s, orders(0, N));
+    const p = project(s, '', {
+      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n  dedupe_key: order_id\n',
+      'config/models.yml': 'max_file_bytes: 200000\nmax_age_seconds: 0.5\n',
+      'models/orders.sql': 'SELECT incoming.order_id, incoming.user.id AS user_id FROM incoming\n',
+    });
+    fs.rmSync(path.join(p, 'models/purchases.sql'), { force: true });
+    const kills = await killRepeatedly(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { SLUICE_WORKER_ID: 'k1' }, 10);
+    expect(kills).toBeGreaterThanOrEqual(10);
+    const last = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'k1' } });
+    await until(() => drained(s), 90_000, 200);
+    await new Promise((r) => setTimeout(r, 700));
+    last.kill('SIGTERM');
+    expect(await waitExit(last, 60_000), last.err().slice(-3000)).toEqual({ code: 0, signal: null });
+    const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d, min(order_id) AS lo, max(order_id) AS hi FROM read_parquet('${p}/output/orders/*.parquet')`);
+    expect(r[0]).toEqual({ n: String(N), d: String(N), lo: '1', hi: String(N) });
+  }, 240_000);
+});
