@@ -1,6 +1,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { ensureRabbitTls } from './helpers/rabbit-tls.js';
+import { startNats } from './helpers/nats.js';
 
 // `npm test` starts the local services the tests talk to when they are down, so the README's
 // test command works on a machine where nothing was started by hand.
@@ -36,6 +37,7 @@ export default async function setup(): Promise<void> {
     // older rabbitmqctl without await_startup: the port check above is enough
   }
   await ensureRabbitTls(listening);
+  await ensure('NATS', 4222, startNats);
   await ensure('Redis', 6379, () => {
     spawnSync('redis-server', ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', '6379', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   });

@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import { fileSourceSchema } from './file/file-source.js';
 import { generatorSourceSchema } from './generator/generator-source.js';
+import { dlqSubject, natsSourceSchema } from './nats/nats-config.js';
 import { parquetSinkSchema } from './parquet/parquet-sink.js';
 import { rabbitmqSourceSchema } from './rabbitmq/rabbitmq-config.js';
 import { dlqStream, redisStreamsSourceSchema } from './redis/redis-config.js';
@@ -93,6 +94,24 @@ export const sources: SourceSpec[] = [
       const c = cfg as z.output<typeof redisStreamsSourceSchema>;
       const { RedisStreamsDeadLetterQueue } = await import('./redis/redis-streams-dlq.js');
       const q = new RedisStreamsDeadLetterQueue(c, dlqStream(c), ctx.log, ctx.workerId);
+      await q.open();
+      return q;
+    },
+  },
+  {
+    type: 'nats',
+    kind: 'source',
+    schema: natsSourceSchema,
+    description: 'a NATS JetStream stream through a durable pull consumer, acked after the rows are durable',
+    workerScoped: true,
+    async create(cfg, ctx) {
+      const { NatsSource } = await import('./nats/nats-source.js');
+      return new NatsSource(cfg as z.output<typeof natsSourceSchema>, ctx);
+    },
+    async createDlq(cfg, ctx) {
+      const c = cfg as z.output<typeof natsSourceSchema>;
+      const { NatsDeadLetterQueue } = await import('./nats/nats-dlq.js');
+      const q = new NatsDeadLetterQueue(c, dlqSubject(c), ctx.log, ctx.workerId);
       await q.open();
       return q;
     },

@@ -4,7 +4,8 @@ import { randomUUID } from 'node:crypto';
 import { createClient } from 'redis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { killRepeatedly, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { expectNoLossNoDuplicateAcrossKills } from '../helpers/contract.js';
 
 // The redis_streams source against the Redis running on this machine (127.0.0.1:6379).
 
@@ -138,20 +139,6 @@ describe('redis_streams source', () => {
     const s = stream();
     const N = 8000;
     await add(s, orders(0, N));
-    const p = project(s, '', {
-      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n  dedupe_key: order_id\n',
-      'config/models.yml': 'max_file_bytes: 200000\nmax_age_seconds: 0.5\n',
-      'models/orders.sql': 'SELECT incoming.order_id, incoming.user.id AS user_id FROM incoming\n',
-    });
-    fs.rmSync(path.join(p, 'models/purchases.sql'), { force: true });
-    const kills = await killRepeatedly(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { SLUICE_WORKER_ID: 'k1' }, 10);
-    expect(kills).toBeGreaterThanOrEqual(10);
-    const last = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'k1' } });
-    await until(() => drained(s), 90_000, 200);
-    await new Promise((r) => setTimeout(r, 700));
-    last.kill('SIGTERM');
-    expect(await waitExit(last, 60_000), last.err().slice(-3000)).toEqual({ code: 0, signal: null });
-    const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d, min(order_id) AS lo, max(order_id) AS hi FROM read_parquet('${p}/output/orders/*.parquet')`);
-    expect(r[0]).toEqual({ n: String(N), d: String(N), lo: '1', hi: String(N) });
+    await expectNoLossNoDuplicateAcrossKills(project(s), N, () => drained(s));
   }, 240_000);
 });

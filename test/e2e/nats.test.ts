@@ -1,0 +1,150 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { orderMessage } from '../../src/connectors/generator/generator-source.js';
+import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { expectNoLossNoDuplicateAcrossKills } from '../helpers/contract.js';
+import { natsListening, startNats } from '../helpers/nats.js';
+
+// The nats source against the NATS server with JetStream running on this machine. One file:
+// a test restarts the server, so nothing else talks to NATS meanwhile.
+
+let nc: NatsConnection;
+let jsm: JetStreamManager;
+const dirs: string[] = [];
+const streams: string[] = [];
+
+beforeAll(async () => {
+  nc = await connect({ servers: '127.0.0.1:4222', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+  jsm = await jetstreamManager(nc);
+});
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+afterAll(async () => {
+  for (const s of streams) for (const name of [s, `${s}_DLQ`]) await jsm.streams.delete(name).catch(() => false);
+  await nc.close();
+});
+
+function stream(): string {
+  const s = `SLUICE_TEST_${randomUUID().slice(0, 8).toUpperCase()}`;
+  streams.push(s);
+  return s;
+}
+
+async function publish(s: string, payloads: string[]): Promise<void> {
+  const js = jetstream(nc);
+  const acks: Promise<unknown>[] = [];
+  for (let i = 0; i < payloads.length; i++) {
+    const h = headers();
+    h.set('Origin', 'test');
+    acks.push(js.publish(`${s.toLowerCase()}.orders`, payloads[i], { headers: h }));
+    if (acks.length >= 500) await Promise.all(acks.splice(0));
+  }
+  await Promise.all(acks);
+}
+
+/** Every message delivered to the consumer and acknowledged (or terminated). */
+async function drained(s: string): Promise<boolean> {
+  const info = await jsm.consumers.info(s, 'sluice').catch(() => undefined);
+  return Boolean(info && info.num_pending === 0 && info.num_ack_pending === 0);
+}
+
+function project(s: string, extra = '', files: Record<string, string> = {}): string {
+  const root = tempDir('sluice-nats-');
+  dirs.push(root);
+  expect(sluice(['init', 'proj'], { cwd: root }).code).toBe(0);
+  const p = path.join(root, 'proj');
+  writeFiles(p, {
+    'config/sources.yml': `source:\n  type: nats\n  servers: 127.0.0.1:4222\n  stream: ${s}\n  subjects: ["${s.toLowerCase()}.>"]\n  batch_size: 200\n  batch_timeout_ms: 300\n${extra}`,
+    'config/models.yml': 'max_age_seconds: 0.3\n',
+    ...files,
+  });
+  return p;
+}
+
+const orders = (from: number, n: number) => Array.from({ length: n }, (_, i) => orderMessage(from + i, 4));
+
+async function orderIds(p: string): Promise<{ n: number; d: number }> {
+  if (!fs.existsSync(path.join(p, 'output/orders'))) return { n: 0, d: 0 };
+  const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
+  return { n: Number(r[0].n), d: Number(r[0].d) };
+}
+
+describe('nats source', () => {
+  it('good messages become rows and are acked; a bad one is terminated and dead-lettered with headers; inspect and replay', async () => {
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    const msgs = orders(0, 300);
+    msgs[7] = '{"order_id": 8, ';
+    await publish(s, msgs);
+    const p = project(s);
+    const child = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'n1' } });
+    await until(() => drained(s), 30_000);
+    await until(async () => (await orderIds(p)).n === 299, 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 299, d: 299 });
+
+    const dlq = await jsm.streams.info(`${s}_DLQ`);
+    expect(dlq.state.messages).toBe(1);
+    const dead = await jsm.streams.getMessage(`${s}_DLQ`, { seq: dlq.state.first_seq });
+    expect(dead!.string()).toBe('{"order_id": 8, ');
+    expect(dead!.header.get('Origin')).toBe('test');
+    expect(dead!.header.get('Sluice-Stage')).toBe('decode');
+    expect(dead!.header.get('Sluice-Error')).toMatch(/invalid JSON/);
+    expect(dead!.header.get('Sluice-Subject')).toBe(`${s.toLowerCase()}.orders`);
+    expect(dead!.header.get('Sluice-Seq')).toBe('8');
+
+    const inspect = sluice(['dlq', 'inspect', '--project', p]);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    expect(inspect.stdout).toMatch(/1 dead letter/);
+    expect((await jsm.streams.info(`${s}_DLQ`)).state.messages).toBe(1);
+
+    const replay = sluice(['dlq', 'replay', '--project', p]);
+    expect(replay.code, replay.stderr).toBe(0);
+    expect((await jsm.streams.info(`${s}_DLQ`)).state.messages).toBe(0);
+    const info = await jsm.streams.info(s);
+    const back = await jsm.streams.getMessage(s, { seq: info.state.last_seq });
+    expect(back!.string()).toBe('{"order_id": 8, ');
+    expect(back!.header.get('Origin')).toBe('test');
+    expect(back!.header.get('Sluice-Error')).toBe('');
+  });
+
+  it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    const N = 6000;
+    await publish(s, orders(0, N));
+    await expectNoLossNoDuplicateAcrossKills(project(s, '  ack_wait_ms: 2000\n'), N, () => drained(s));
+  }, 240_000);
+
+  it('survives a NATS server restart: reconnects, nothing lost', async () => {
+    const s = stream();
+    const p = project(s);
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    await publish(s, orders(0, 1000));
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
+    try {
+      await until(async () => (await orderIds(p)).n > 0, 30_000);
+      execFileSync('pkill', ['-TERM', '-f', '/usr/sbin/nats-server']);
+      await until(async () => !(await natsListening()), 20_000);
+      await new Promise((r) => setTimeout(r, 1000));
+      startNats();
+      await until(() => natsListening(), 30_000);
+      await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000);
+      await publish(s, orders(1000, 500));
+      await until(() => drained(s), 60_000);
+      await until(async () => (await orderIds(p)).d === 1500, 30_000);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
+    expect((await orderIds(p)).d).toBe(1500);
+    expect(child.err()).toMatch(/reconnected to NATS/);
+  }, 120_000);
+});
