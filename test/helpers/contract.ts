@@ -25,6 +25,7 @@ export async function expectNoLossNoDuplicateAcrossKills(p: string, n: number, d
   const done = await killRepeatedly(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { SLUICE_WORKER_ID: 'k1' }, kills);
   expect(done).toBeGreaterThanOrEqual(kills);
   const last = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'k1' } });
+  await until(() => last.err().includes('reading from the source'), 60_000);
   await until(drained, 90_000, 200);
   await new Promise((r) => setTimeout(r, 700));
   last.kill('SIGTERM');
