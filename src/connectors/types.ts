@@ -10,6 +10,25 @@ export interface RawMessage {
   redelivered?: boolean;
   /** The source's own message object, for a DLQ that must keep headers and properties. */
   raw?: unknown;
+  /** Where the message came from, as models see it in `incoming._key`, `incoming._topic`, ... */
+  meta?: MessageMeta;
+}
+
+/**
+ * Message metadata, the same columns for every source (NULL where a source has no such thing):
+ * `_topic` the place read from (Kafka topic, queue, stream, file), `_key` the message's routing
+ * (Kafka key, AMQP routing key, NATS subject), `_partition`, `_offset` (Kafka offset, stream
+ * sequence, file line), `_id` (message id, Redis entry id), `_timestamp`, `_headers`.
+ */
+export interface MessageMeta {
+  topic?: string;
+  key?: string;
+  partition?: number;
+  offset?: number;
+  id?: string;
+  /** Milliseconds since the epoch. */
+  timestamp?: number;
+  headers?: Record<string, string>;
 }
 
 /** A batch read from a source, with everything needed to acknowledge it later. */

@@ -5,9 +5,25 @@ import { MSG_COL, analyzeSql } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { ModelDef } from '../project/project-loader.js';
-import type { RawMessage } from '../connectors/types.js';
+import type { MessageMeta, RawMessage } from '../connectors/types.js';
 import { isObjectStructure, mergeStructure, type Structure } from './structure.js';
 import { conformance, nonConforming, type Conformance } from './conform.js';
+
+/** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
+const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql?: (x: string) => string }> = {
+  _topic: { field: 'topic', type: 'VARCHAR' },
+  _key: { field: 'key', type: 'VARCHAR' },
+  _partition: { field: 'partition', type: 'INTEGER' },
+  _offset: { field: 'offset', type: 'BIGINT' },
+  _id: { field: 'id', type: 'VARCHAR' },
+  _timestamp: { field: 'timestamp', type: 'BIGINT', sql: (x) => `make_timestamp(${x} * 1000)` },
+  _headers: { field: 'headers', type: 'MAP(VARCHAR, VARCHAR)' },
+};
+
+/** The metadata columns a model's SQL mentions: only those are added to `incoming`. */
+export function metaColumnsUsed(sqls: string[]): string[] {
+  return Object.keys(META_COLUMNS).filter((c) => sqls.some((sql) => new RegExp(`(^|[^A-Za-z0-9_])${c}($|[^A-Za-z0-9_])`, 'i').test(sql)));
+}
 
 /** Messages decoded exactly by DuckDB per round (see process()). */
 const DECODE_SAMPLE = 512;
@@ -48,6 +64,8 @@ export interface BatchOutcome {
 export interface PreparedBatch {
   /** The lane table holding the payloads. */
   raw: string;
+  /** The lane table holding the messages' metadata, when a model uses any. */
+  meta?: string;
   count: number;
   /** Messages that failed to decode (their failures are in `failures`). */
   bad: Set<number>;
@@ -97,6 +115,10 @@ async function loadPayloads(conn: DuckDBConnection, raw: string, payloads: strin
   ap.closeSync();
 }
 
+function metaJson(meta: MessageMeta | undefined): string {
+  return meta ? JSON.stringify(meta) : '{}';
+}
+
 /** First line of a DuckDB error, without the echoed SQL. */
 export function cleanError(err: unknown): string {
   const msg = errorMessage(err);
@@ -116,6 +138,10 @@ export class BatchExecutor {
   /** The schema of `incoming` established by the messages seen so far (prepared batches included). */
   structure: Structure | undefined;
   private compiled: { structure: Structure | undefined; check: Conformance } | undefined;
+  /** Metadata columns the models mention (see metaColumnsUsed). */
+  private readonly metaColumns: string[];
+  /** The metadata columns the current batch's __batch holds. */
+  private addedMeta: string[] = [];
 
   /**
    * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
@@ -126,7 +152,29 @@ export class BatchExecutor {
     private readonly models: CompiledModel[],
     private readonly sourceName: string,
     private readonly loadConn: DuckDBConnection = conn,
-  ) {}
+  ) {
+    this.metaColumns = metaColumnsUsed(models.map((m) => m.sql));
+  }
+
+  /**
+   * The metadata columns for __batch: those the models use, except where the message has a
+   * top-level field of the same name (the message's own field wins).
+   */
+  private metaSql(p: PreparedBatch, structure: Structure | undefined): { select: string; from: string } {
+    this.addedMeta = [];
+    if (!p.meta) return { select: '', from: '' };
+    const own = new Set(structure && isObjectStructure(structure) ? Object.keys(structure).map((k) => k.toLowerCase()) : []);
+    const cols = this.metaColumns.filter((c) => !own.has(c));
+    if (cols.length === 0) return { select: '', from: '' };
+    this.addedMeta = cols;
+    const shape = Object.fromEntries(cols.map((c) => [META_COLUMNS[c].field, META_COLUMNS[c].type]));
+    const m = `json_transform(${p.meta}.payload, ${lit(JSON.stringify(shape))})`;
+    const select = cols.map((c) => {
+      const x = `${m}.${ident(META_COLUMNS[c].field)}`;
+      return `, ${META_COLUMNS[c].sql ? META_COLUMNS[c].sql!(x) : x} AS ${ident(c)}`;
+    });
+    return { select: select.join(''), from: ` JOIN ${p.meta} ON ${p.meta}.id = ${p.raw}.id` };
+  }
 
   /** The conformance test for `structure`, compiled once per schema. */
   private conformance(structure: Structure | undefined): Conformance {
@@ -168,6 +216,11 @@ export class BatchExecutor {
     let slow = nonConforming(payloads, this.conformance(this.structure));
     lap('check');
     await loading;
+    let meta: string | undefined;
+    if (this.metaColumns.length) {
+      meta = `__meta${lane}`;
+      await loadPayloads(conn, meta, messages.map((m) => metaJson(m.meta)));
+    }
     lap('load');
 
     const bad = new Set<number>();
@@ -183,7 +236,7 @@ export class BatchExecutor {
     }
     if (bad.size < messages.length) this.structure = merged;
     lap('decode');
-    return { raw, count: messages.length, bad, failures, structure: this.structure, timings };
+    return { raw, meta, count: messages.length, bad, failures, structure: this.structure, timings };
   }
 
   /**
@@ -213,9 +266,11 @@ export class BatchExecutor {
     if (bad.size === p.count) return nothingGood();
     const notBad = () => (bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '');
     const cols = structure && isObjectStructure(structure) && Object.keys(structure).length > 0
-      ? `, unnest(json_transform(payload, ${lit(JSON.stringify(structure))}))`
+      ? `, unnest(json_transform(${raw}.payload, ${lit(JSON.stringify(structure))}))`
       : '';
-    const convert = () => this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT id AS ${MSG_COL}${cols} FROM ${raw} ${notBad()}`);
+    const { select: metaSelect, from: metaFrom } = this.metaSql(p, structure);
+    const convert = () =>
+      this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT ${raw}.id AS ${MSG_COL}${cols}${metaSelect} FROM ${raw}${metaFrom} ${notBad().replace('WHERE id', `WHERE ${raw}.id`)}`);
     try {
       await convert();
     } catch (err) {
@@ -371,10 +426,17 @@ export class BatchExecutor {
     direct?: Map<string, string>,
     rows?: Map<string, number>,
   ): Promise<{ ok: true } | { ok: false; error: string; model: string }> {
-    const view = `SELECT * FROM __batch${filter ? ` WHERE ${filter}` : ''}`;
-    await this.conn.run(`CREATE OR REPLACE VIEW incoming AS ${view}`);
-    await this.conn.run(`CREATE OR REPLACE VIEW ${SOURCE_SCHEMA}.${ident(this.sourceName)} AS ${view}`);
+    const where = filter ? ` WHERE ${filter}` : '';
+    let shown: string | undefined;
     for (const m of this.models) {
+      // A model sees only the metadata columns it mentions: `SELECT *` gets the message alone.
+      const hide = this.addedMeta.filter((c) => !metaColumnsUsed([m.sql]).includes(c));
+      const view = `SELECT *${hide.length ? ` EXCLUDE (${hide.map(ident).join(', ')})` : ''} FROM __batch${where}`;
+      if (view !== shown) {
+        await this.conn.run(`CREATE OR REPLACE VIEW incoming AS ${view}`);
+        await this.conn.run(`CREATE OR REPLACE VIEW ${SOURCE_SCHEMA}.${ident(this.sourceName)} AS ${view}`);
+        shown = view;
+      }
       try {
         const target = direct?.get(m.name);
         if (target) {

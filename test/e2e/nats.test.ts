@@ -115,6 +115,22 @@ describe('nats source', () => {
     expect(back!.header.get('Sluice-Error')).toBe('');
   });
 
+  it('models see the subject, stream, sequence and headers as _key, _topic, _offset, _headers', async () => {
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    await publish(s, orders(0, 5));
+    const p = project(s, '', {
+      'models/meta.sql': "SELECT incoming.order_id, incoming._topic, incoming._key, incoming._offset, incoming._headers['Origin'] AS origin, incoming._timestamp IS NOT NULL AS has_time FROM incoming\n",
+    });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    await until(() => drained(s), 30_000);
+    await until(() => fs.existsSync(path.join(p, 'output/meta')), 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    const rows = await query(`SELECT * FROM read_parquet('${p}/output/meta/*.parquet') ORDER BY order_id`);
+    expect(rows).toEqual([1, 2, 3, 4, 5].map((i) => ({ order_id: String(i), _topic: s, _key: `${s.toLowerCase()}.orders`, _offset: String(i), origin: 'test', has_time: true })));
+  });
+
   it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
     const s = stream();
     await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });

@@ -133,6 +133,7 @@ describe('rabbitmq source', () => {
     const exchange = `${queue}.ex`;
     const p = project(queue, {
       'config/sources.yml': rabbitSourceYaml(queue, `  declare:\n    queue: true\n    exchange:\n      name: ${exchange}\n      type: topic\n    bindings:\n      - exchange: ${exchange}\n        routing_key: orders.*\n`),
+      'models/routes.sql': 'SELECT incoming.order_id, incoming._key AS routing_key, incoming._topic AS queue FROM incoming\n',
     });
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
     try {
@@ -146,6 +147,8 @@ describe('rabbitmq source', () => {
       await conn.close();
       await until(async () => (await rows(p, 'orders')).length === 5, 30_000);
       expect((await rows(p, 'orders')).map((r) => Number(r.order_id)).sort((a, b) => a - b)).toEqual([2, 4, 6, 8, 10]);
+      await until(async () => (await rows(p, 'routes')).length === 5, 30_000);
+      expect(new Set((await rows(p, 'routes')).map((r) => `${r.routing_key} ${r.queue}`))).toEqual(new Set([`orders.eu ${queue}`]));
     } finally {
       child.kill('SIGTERM');
       await waitExit(child);

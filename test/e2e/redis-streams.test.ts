@@ -99,6 +99,22 @@ describe('redis_streams source', () => {
     expect(back![0].message).toEqual({ payload: '{"order_id": 11, ', origin: 'test' });
   });
 
+  it('models see the entry id, stream, time and other fields as _id, _topic, _timestamp, _headers', async () => {
+    const s = stream();
+    await add(s, orders(0, 5));
+    const p = project(s, '', {
+      'models/meta.sql': "SELECT incoming.order_id, incoming._topic, incoming._id, incoming._timestamp, incoming._headers['origin'] AS origin FROM incoming\n",
+    });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    await until(() => drained(s), 30_000);
+    await until(() => fs.existsSync(path.join(p, 'output/meta')), 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    const ids = ((await redis.xRange(s, '-', '+')) ?? []).map((e) => e.id);
+    const rows = await query(`SELECT order_id, _topic, _id, epoch_ms(_timestamp) AS ms, origin FROM read_parquet('${p}/output/meta/*.parquet') ORDER BY order_id`);
+    expect(rows).toEqual(ids.map((id, i) => ({ order_id: String(i + 1), _topic: s, _id: id, ms: id.split('-')[0], origin: 'test' })));
+  });
+
   it('takes over entries a dead consumer left pending', async () => {
     const s = stream();
     await add(s, orders(0, 100));

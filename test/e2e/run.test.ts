@@ -47,6 +47,13 @@ describe('sluice run', () => {
     expect(parquetFiles(path.join(p, 'output/orders'))).toHaveLength(2);
   });
 
+  it('models see the input file and line as _topic and _offset', async () => {
+    const p = project({ 'models/lines.sql': 'SELECT incoming.order_id, incoming._topic AS file, incoming._offset AS line FROM incoming\n' }, 3);
+    expect(sluice(['run', '--project', p, '--port', '0']).code).toBe(0);
+    const rows = await query(`SELECT * FROM read_parquet('${p}/output/lines/*.parquet') ORDER BY line`);
+    expect(rows).toEqual([1, 2, 3].map((i) => ({ order_id: String(i), file: 'data/orders.ndjson', line: String(i) })));
+  });
+
   it('follows files, flushes by age, and on SIGTERM finishes, flushes and exits 0', async () => {
     const p = project({ 'config/sources.yml': followSource, 'config/models.yml': 'max_age_seconds: 0.5\n' }, 20);
     const child = sluiceBg(['run', '--project', p, '--port', '0']);

@@ -326,6 +326,30 @@ describe('batch executor', () => {
     expect((await ex.readOutput('orders')).rows.map((x) => x.order_id)).toEqual([2]);
   });
 
+  it('gives models the metadata columns they mention; a message field of the same name wins; SELECT * gets none', async () => {
+    const dir = await proj({
+      'models/meta.sql':
+        "SELECT incoming.order_id, incoming._topic, incoming._key, incoming._partition, incoming._offset, incoming._id, incoming._timestamp, incoming._headers['h'] AS h FROM incoming\n",
+      'models/everything.sql': 'SELECT * FROM incoming\n',
+    });
+    const ex = await executor(dir);
+    const r = await ex.process([
+      { payload: msg(1, []), coords: {}, meta: { topic: 'orders', key: 'eu.new', offset: 41, id: 'm-1', timestamp: Date.UTC(2026, 0, 2, 3, 4, 5, 678), headers: { h: 'v' } } },
+      { payload: msg(2, []), coords: {} },
+    ]);
+    expect(r.failures).toEqual([]);
+    const rows = (await ex.readOutput('meta')).rows;
+    expect(rows).toEqual([
+      { order_id: 1, _topic: 'orders', _key: 'eu.new', _partition: null, _offset: 41, _id: 'm-1', _timestamp: '2026-01-02T03:04:05.678Z', h: 'v' },
+      { order_id: 2, _topic: null, _key: null, _partition: null, _offset: null, _id: null, _timestamp: null, h: null },
+    ]);
+    expect((await ex.readOutput('everything')).columns.map((c) => c.name)).toEqual(['order_id', 'user', 'items', 'currency', 'placed_at']);
+
+    const own = await executor(dir);
+    await own.process([{ payload: msg(3, [], { _key: 'from the message' }), coords: {}, meta: { key: 'from the source' } }]);
+    expect((await own.readOutput('meta')).rows[0]._key).toBe('from the message');
+  });
+
   it('keeps the schema stable: a later empty list is an empty list, integers widen', async () => {
     const dir = await proj();
     const ex = await executor(dir);

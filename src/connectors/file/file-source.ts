@@ -5,7 +5,20 @@ import fg from 'fast-glob';
 import { z } from 'zod';
 import { SluiceError } from '../../errors.js';
 import { batching, dlqKey } from '../shared-config.js';
-import type { ConnectorContext, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+
+
+/** A line (or array element) of an input file; `_topic` is the file, `_offset` the line (or index). */
+class FileMessage implements RawMessage {
+  constructor(
+    readonly payload: string,
+    readonly coords: { file: string; line?: number; index?: number; offset?: number },
+  ) {}
+
+  get meta(): MessageMeta {
+    return { topic: this.coords.file, offset: this.coords.line ?? this.coords.index };
+  }
+}
 
 export const fileSourceSchema = z
   .object({
@@ -165,7 +178,7 @@ export class FileSource implements Source {
           if (end > start && buf[end - 1] === 13) end--;
           fp.line++;
           if (end > start && !isBlank(buf, start, end)) {
-            out.push({ payload: buf.toString('utf8', start, end), coords: { file: key, line: fp.line, offset: fp.offset } });
+            out.push(new FileMessage(buf.toString('utf8', start, end), { file: key, line: fp.line, offset: fp.offset }));
             this.pos.ordinal++;
             got++;
           }
@@ -199,7 +212,7 @@ export class FileSource implements Source {
     }
     let got = 0;
     while (got < want && fp.offset < items.length) {
-      out.push({ payload: items[fp.offset], coords: { file: key, index: fp.offset } });
+      out.push(new FileMessage(items[fp.offset], { file: key, index: fp.offset }));
       fp.offset++;
       fp.line = fp.offset;
       this.pos.ordinal++;

@@ -2,7 +2,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, type JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
 import { sleep } from '../file/file-source.js';
 import { deadLettered, type NatsSourceConfig } from './nats-config.js';
 
@@ -97,11 +97,25 @@ export class NatsSource implements Source {
         await sleep(Math.min(250, Math.max(1, deadline - Date.now())), signal);
       }
     }
+    const stream = this.cfg.stream;
     const messages: RawMessage[] = got.map((m) => ({
       payload: m.string(),
-      coords: { stream: this.cfg.stream, subject: m.subject, seq: m.seq, delivery: m.info.deliveryCount },
+      coords: { stream, subject: m.subject, seq: m.seq, delivery: m.info.deliveryCount },
       redelivered: m.info.redelivered,
       raw: m,
+      // `_topic` the stream, `_key` the subject, `_offset` the stream sequence, `_id` Nats-Msg-Id.
+      get meta(): MessageMeta {
+        const headers: Record<string, string> = {};
+        if (m.headers) for (const [k, vs] of m.headers) headers[k] = vs.join(',');
+        return {
+          topic: stream,
+          key: m.subject,
+          offset: m.seq,
+          id: m.headers?.get('Nats-Msg-Id') || undefined,
+          timestamp: Math.floor(m.info.timestampNanos / 1e6),
+          headers: m.headers ? headers : undefined,
+        };
+      },
     }));
     return { messages, position: undefined, ackToken: got };
   }

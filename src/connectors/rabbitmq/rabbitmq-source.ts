@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
-import type { ConnectorContext, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
 import { sleep } from '../file/file-source.js';
 import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
@@ -18,10 +18,32 @@ class AmqpRawMessage implements RawMessage {
     this.redelivered = raw.fields.redelivered;
   }
 
+  /** `_topic` the queue, `_key` the routing key, `_id` the message id, `_timestamp`, `_headers`. */
+  get meta(): MessageMeta {
+    const { fields, properties } = this.raw;
+    const ts = Number(properties.timestamp);
+    const headers = properties.headers
+      ? Object.fromEntries(Object.entries(properties.headers as Record<string, unknown>).map(([k, v]) => [k, headerText(v)]))
+      : undefined;
+    return {
+      topic: this.queue,
+      key: fields.routingKey,
+      id: properties.messageId === undefined ? undefined : String(properties.messageId),
+      timestamp: Number.isFinite(ts) && ts > 0 ? (ts < 1e11 ? ts * 1000 : ts) : undefined,
+      headers,
+    };
+  }
+
   get coords(): Record<string, unknown> {
     const { fields, properties } = this.raw;
     return { queue: this.queue, routing_key: fields.routingKey, exchange: fields.exchange, delivery_tag: fields.deliveryTag, redelivered: fields.redelivered, message_id: properties.messageId };
   }
+}
+
+function headerText(v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (Buffer.isBuffer(v)) return v.toString('utf8');
+  return JSON.stringify(v);
 }
 
 interface AckToken {

@@ -1,7 +1,7 @@
 import { createClient } from 'redis';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
 import { sleep } from '../file/file-source.js';
 import { payloadOf, type RedisStreamsSourceConfig } from './redis-config.js';
 
@@ -122,11 +122,17 @@ export class RedisStreamsSource implements Source {
       if (got.length && entries.length === 0) firstAt = Date.now();
       entries.push(...got);
     }
+    const { stream, field } = this.cfg;
     const messages: RawMessage[] = entries.map((e) => ({
-      payload: payloadOf(e.message, this.cfg.field),
-      coords: { stream: this.cfg.stream, id: e.id },
+      payload: payloadOf(e.message, field),
+      coords: { stream, id: e.id },
       redelivered: redelivered.has(e.id),
       raw: e,
+      // `_topic` the stream, `_id` the entry id, `_timestamp` from it, `_headers` the other fields.
+      get meta(): MessageMeta {
+        const headers = field === '*' ? undefined : Object.fromEntries(Object.entries(e.message).filter(([k]) => k !== field));
+        return { topic: stream, id: e.id, timestamp: Number(e.id.split('-')[0]), headers };
+      },
     }));
     return { messages, position: undefined, ackToken: entries.map((e) => e.id) };
   }
