@@ -7,7 +7,7 @@ import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jet
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import { expectNoLossNoDuplicateAcrossKills } from '../helpers/contract.js';
+import { expectGracefulStopLosesNothing, expectNoLossNoDuplicateAcrossKills, expectSourceOrder } from '../helpers/contract.js';
 import { natsListening, startNats } from '../helpers/nats.js';
 
 // The nats source against the NATS server with JetStream running on this machine. One file:
@@ -130,6 +130,15 @@ describe('nats source', () => {
     const rows = await query(`SELECT * FROM read_parquet('${p}/output/meta/*.parquet') ORDER BY order_id`);
     expect(rows).toEqual([1, 2, 3, 4, 5].map((i) => ({ order_id: String(i), _topic: s, _key: `${s.toLowerCase()}.orders`, _offset: String(i), origin: 'test', has_time: true })));
   });
+
+  it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
+    for (const [check, n] of [[expectSourceOrder, 3000], [expectGracefulStopLosesNothing, 20_000]] as const) {
+      const s = stream();
+      await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+      await publish(s, orders(0, n));
+      await check(project(s, '  ack_wait_ms: 2000\n'), n, () => drained(s));
+    }
+  }, 120_000);
 
   it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
     const s = stream();

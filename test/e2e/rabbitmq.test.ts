@@ -6,6 +6,7 @@ import { orderMessage } from '../../src/connectors/generator/generator-source.js
 import { freePort, httpGet, killRepeatedly, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
+import { expectGracefulStopLosesNothing, expectSourceOrder } from '../helpers/contract.js';
 
 // otter's processing contract, row by row, against the RabbitMQ running on this machine.
 // One file on purpose: some tests drop every connection or restart the broker, so nothing
@@ -178,6 +179,14 @@ describe('rabbitmq source', () => {
       expect((await waitExit(child)).code, child.err()).toBe(0);
     }
   });
+
+  it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
+    for (const [check, n] of [[expectSourceOrder, 3000], [expectGracefulStopLosesNothing, 20_000]] as const) {
+      const queue = q();
+      await publish(queue, orders(0, n));
+      await check(project(queue), n, async () => (await queueDepth(queue)) === 0);
+    }
+  }, 120_000);
 
   it('run --dry-run consumes one batch, prints it and acks nothing', async () => {
     const queue = q();

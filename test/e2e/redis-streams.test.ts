@@ -5,7 +5,7 @@ import { createClient } from 'redis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import { expectNoLossNoDuplicateAcrossKills } from '../helpers/contract.js';
+import { expectGracefulStopLosesNothing, expectNoLossNoDuplicateAcrossKills, expectSourceOrder } from '../helpers/contract.js';
 
 // The redis_streams source against the Redis running on this machine (127.0.0.1:6379).
 
@@ -150,6 +150,15 @@ describe('redis_streams source', () => {
     expect((await orderIds(p)).d).toBe(2300);
     expect(child.err()).toMatch(/reconnected to Redis/);
   });
+
+  it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
+    const a = stream();
+    await add(a, orders(0, 3000));
+    await expectSourceOrder(project(a), 3000, () => drained(a));
+    const b = stream();
+    await add(b, orders(0, 20_000));
+    await expectGracefulStopLosesNothing(project(b), 20_000, () => drained(b));
+  }, 120_000);
 
   it('SIGKILLed 10 times while entries are queued: no entry lost, no duplicate with dedupe_key', async () => {
     const s = stream();

@@ -219,9 +219,14 @@ export class RabbitmqSource implements Source {
     this.closing = true;
     this.wake?.();
     const conn = this.conn;
+    const ch = this.ch;
     this.conn = undefined;
     this.ch = undefined;
     this.buffer = [];
+    // Acks carry no reply. One round trip on the channel first: when it returns, the broker has
+    // processed every ack sent before it, and closing cannot race them (a graceful stop would
+    // otherwise redeliver its last batch).
+    await ch?.checkQueue(this.cfg.queue).catch(() => {});
     await conn?.close().catch(() => {});
   }
 }
