@@ -379,13 +379,19 @@ function chaosProject(name: string, queue: string, sinkExtra = ''): string {
   return p;
 }
 
+async function distinctOrders(p: string): Promise<number> {
+  if (!fs.existsSync(path.join(p, 'output/orders'))) return 0;
+  const r = await query(`SELECT count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`).catch(() => [{ d: 0 }]);
+  return Number(r[0].d);
+}
+
 async function chaos(p: string, queue: string, kills: number): Promise<number> {
   const done = await killRepeatedly(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { SLUICE_WORKER_ID: 'w1' }, kills);
   // A last worker drains the queue and shuts down cleanly.
   const last = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
   await until(() => last.err().includes('reading from the source'), 60_000);
-  await until(async () => (await queueDepth(queue)) === 0, 90_000, 200);
-  await new Promise((r) => setTimeout(r, 700));
+  // An empty queue can still have messages in the worker's prefetch: wait for every order.
+  await until(async () => (await queueDepth(queue)) === 0 && (await distinctOrders(p)) === N, 90_000, 200);
   last.kill('SIGTERM');
   const res = await waitExit(last, 60_000);
   expect(res, last.err().slice(-3000)).toEqual({ code: 0, signal: null });
@@ -420,8 +426,7 @@ describe('rabbitmq chaos', () => {
     const a = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'a' } });
     const b = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'b' } });
     await until(() => a.err().includes('reading from the source') && b.err().includes('reading from the source'), 60_000);
-    await until(async () => (await queueDepth(queue)) === 0, 90_000, 200);
-    await new Promise((r) => setTimeout(r, 700));
+    await until(async () => (await queueDepth(queue)) === 0 && (await distinctOrders(p)) === N, 90_000, 200);
     a.kill('SIGTERM');
     b.kill('SIGTERM');
     expect((await waitExit(a)).code, a.err()).toBe(0);
