@@ -25,7 +25,7 @@ export function metaColumnsUsed(sqls: string[]): string[] {
   return Object.keys(META_COLUMNS).filter((c) => sqls.some((sql) => new RegExp(`(^|[^A-Za-z0-9_])${c}($|[^A-Za-z0-9_])`, 'i').test(sql)));
 }
 
-/** Messages decoded exactly by DuckDB per round (see process()). */
+/** Messages decoded exactly by DuckDB per round (see prepare()). */
 const DECODE_SAMPLE = 512;
 
 export interface CompiledModel {
