@@ -14,6 +14,7 @@ import { formatTable } from './format.js';
 import { scaffold } from './init.js';
 import { DLQ_FILE, readDeadLetters } from '../connectors/file/file-dlq.js';
 import { DlqReplaySource } from '../connectors/file/dlq-replay-source.js';
+import { onStopSignal, releaseStopSignals } from './stop-signals.js';
 
 interface CommonOpts {
   project?: string;
@@ -153,8 +154,7 @@ export function buildProgram(setCode: (n: number) => void): Command {
         log.info({ signal: sig }, 'stopping: finishing the batch in flight, then flushing');
         ac.abort();
       };
-      process.on('SIGTERM', () => stop('SIGTERM'));
-      process.on('SIGINT', () => stop('SIGINT'));
+      onStopSignal(stop);
       const { project } = await loadAndCheck(o);
       const port = o.port !== undefined ? Number(o.port) : project.port;
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
@@ -249,8 +249,7 @@ export function buildProgram(setCode: (n: number) => void): Command {
         return;
       }
       const ac = new AbortController();
-      process.on('SIGTERM', () => ac.abort());
-      process.on('SIGINT', () => ac.abort());
+      onStopSignal(() => ac.abort());
       let total = 0;
       let failed = 0;
       for (const file of files) {
@@ -283,6 +282,9 @@ export async function main(argv: string[]): Promise<number> {
     code = n;
   });
   const debug = argv.some((a) => /^(--log-level(=|$)|debug$|DEBUG$)/.test(a)) && argv.some((a) => /debug/i.test(a));
+  // Only `run` and `dlq replay` stop gracefully; every other command ends on a signal at once.
+  const [command, sub] = argv.slice(2).filter((a) => !a.startsWith('-'));
+  if (!(command === 'run' || (command === 'dlq' && sub === 'replay'))) releaseStopSignals();
   try {
     await program.parseAsync(argv);
     return code;

@@ -75,6 +75,25 @@ describe('sluice run', () => {
     expect(rows[0]).toEqual({ n: '46', d: '46' });
   });
 
+  it('a SIGTERM during start-up still ends in a graceful stop (exit 0)', async () => {
+    const p = project({ 'config/sources.yml': 'source:\n  type: generator\n  count: 0\n  rate: 500\n' });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    // While it is still starting: DuckDB's library is being loaded (mapped), the source not yet read.
+    const loadingDuckDB = () => {
+      try {
+        return fs.readFileSync(`/proc/${child.pid}/maps`, 'utf8').includes('duckdb');
+      } catch {
+        return false;
+      }
+    };
+    await until(loadingDuckDB, 10_000, 5);
+    const startedReading = child.err().includes('reading from the source');
+    child.kill('SIGTERM');
+    expect(await waitExit(child), child.err()).toEqual({ code: 0, signal: null });
+    expect(startedReading).toBe(false);
+    expect(child.err()).toMatch(/stopping: finishing the batch in flight/);
+  });
+
   it('serves /healthz, /readyz and /metrics', async () => {
     const p = project({ 'config/sources.yml': followSource, 'config/models.yml': 'max_age_seconds: 0.3\n' }, 30);
     const port = await freePort();
