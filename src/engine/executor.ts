@@ -115,6 +115,16 @@ async function loadPayloads(conn: DuckDBConnection, raw: string, payloads: strin
   ap.closeSync();
 }
 
+/** Returns lap(name): adds the milliseconds since the previous lap (or the start) to timings[name]. */
+function stopwatch(timings: Record<string, number>): (name: string) => void {
+  let t = performance.now();
+  return (name) => {
+    const now = performance.now();
+    timings[name] = Math.round((timings[name] ?? 0) + now - t);
+    t = now;
+  };
+}
+
 function metaJson(meta: MessageMeta | undefined): string {
   return meta ? JSON.stringify(meta) : '{}';
 }
@@ -138,7 +148,8 @@ export class BatchExecutor {
   /** The schema of `incoming` established by the messages seen so far (prepared batches included). */
   structure: Structure | undefined;
   private compiled: { structure: Structure | undefined; check: Conformance } | undefined;
-  /** Metadata columns the models mention (see metaColumnsUsed). */
+  /** Metadata columns each model mentions, and all of them together (see metaColumnsUsed). */
+  private readonly metaUsedBy: Map<string, string[]>;
   private readonly metaColumns: string[];
   /** The metadata columns the current batch's __batch holds. */
   private addedMeta: string[] = [];
@@ -153,6 +164,7 @@ export class BatchExecutor {
     private readonly sourceName: string,
     private readonly loadConn: DuckDBConnection = conn,
   ) {
+    this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed([m.sql])]));
     this.metaColumns = metaColumnsUsed(models.map((m) => m.sql));
   }
 
@@ -202,12 +214,7 @@ export class BatchExecutor {
    */
   async prepare(messages: RawMessage[], lane = 0): Promise<PreparedBatch> {
     const timings: Record<string, number> = {};
-    let t = performance.now();
-    const lap = (name: string) => {
-      const now = performance.now();
-      timings[name] = Math.round((timings[name] ?? 0) + now - t);
-      t = now;
-    };
+    const lap = stopwatch(timings);
     const conn = this.loadConn;
     const raw = `__raw${lane}`;
     const payloads = messages.map((m) => m.payload);
@@ -251,12 +258,7 @@ export class BatchExecutor {
     const { bad, failures, structure, raw } = p;
     const rows = new Map<string, number>();
     const timings = p.timings;
-    let t = performance.now();
-    const lap = (name: string) => {
-      const now = performance.now();
-      timings[name] = Math.round((timings[name] ?? 0) + now - t);
-      t = now;
-    };
+    const lap = stopwatch(timings);
     const nothingGood = async (): Promise<BatchOutcome> => {
       for (const m of this.models) rows.set(m.name, 0);
       await this.clearOutputs();
@@ -430,7 +432,7 @@ export class BatchExecutor {
     let shown: string | undefined;
     for (const m of this.models) {
       // A model sees only the metadata columns it mentions: `SELECT *` gets the message alone.
-      const hide = this.addedMeta.filter((c) => !metaColumnsUsed([m.sql]).includes(c));
+      const hide = this.addedMeta.filter((c) => !this.metaUsedBy.get(m.name)!.includes(c));
       const view = `SELECT *${hide.length ? ` EXCLUDE (${hide.map(ident).join(', ')})` : ''} FROM __batch${where}`;
       if (view !== shown) {
         await this.conn.run(`CREATE OR REPLACE VIEW incoming AS ${view}`);

@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
+import { describe, expect, it } from 'vitest';
+import { useDuckDB } from '../helpers/duckdb.js';
 import { conformance } from '../../src/engine/conform.js';
 import { mergeStructure, type Structure } from '../../src/engine/structure.js';
 
@@ -78,20 +78,11 @@ const NOT_CONFORMING = [
 ];
 
 describe('conformance scanner', () => {
-  let db: DuckDBInstance;
-  let conn: DuckDBConnection;
-  beforeAll(async () => {
-    db = await DuckDBInstance.create(':memory:');
-    conn = await db.connect();
-  });
-  afterAll(() => {
-    conn.closeSync();
-    db.closeSync();
-  });
+  const conn = useDuckDB();
 
   /** DuckDB's verdict: the message parses and its structure merges into SCHEMA as a no-op. */
   async function duckdbConforms(payload: string): Promise<boolean> {
-    const r = await conn.runAndReadAll(`SELECT TRY(json_structure($1::VARCHAR))::VARCHAR`, [payload]);
+    const r = await conn().runAndReadAll(`SELECT TRY(json_structure($1::VARCHAR))::VARCHAR`, [payload]);
     const s = r.getRows()[0][0];
     if (s === null) return false;
     const st = JSON.parse(String(s)) as Structure;

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
+import { afterEach, describe, expect, it } from 'vitest';
+import { useDuckDB } from '../helpers/duckdb.js';
 import { ConfigError } from '../../src/errors.js';
 import { interpolateEnv } from '../../src/project/env.js';
 import { loadProject } from '../../src/project/project-loader.js';
@@ -158,16 +158,7 @@ describe('DAG', () => {
 });
 
 describe('SQL analysis (DuckDB parse tree)', () => {
-  let db: DuckDBInstance;
-  let conn: DuckDBConnection;
-  beforeAll(async () => {
-    db = await DuckDBInstance.create(':memory:');
-    conn = await db.connect();
-  });
-  afterAll(() => {
-    conn.closeSync();
-    db.closeSync();
-  });
+  const conn = useDuckDB();
 
   it.each([
     ['orders', ORDERS_SQL],
@@ -177,7 +168,7 @@ describe('SQL analysis (DuckDB parse tree)', () => {
     ['join of two refs', 'SELECT a.id, b.v FROM sluice_model."a" a JOIN sluice_model."b" b ON a.id = b.id'],
     ['UNION ALL', 'SELECT incoming.id FROM incoming UNION ALL SELECT incoming.id + 1 FROM incoming'],
   ])('stateless: %s', async (_n, sql) => {
-    const a = await analyzeSql(conn, sql);
+    const a = await analyzeSql(conn(), sql);
     expect(a.error).toBeUndefined();
     expect(a.stateful).toEqual([]);
     expect(a.rewritten).toContain(MSG_COL);
@@ -193,37 +184,37 @@ describe('SQL analysis (DuckDB parse tree)', () => {
     ['UNION', 'SELECT incoming.c FROM incoming UNION SELECT incoming.d FROM incoming', /UNION without ALL/],
     ['subquery over the batch', 'SELECT incoming.c, (SELECT max(i2.v) FROM incoming i2) AS m FROM incoming', /aggregate max\(\)/],
   ])('stateful: %s', async (_n, sql, reason) => {
-    const a = await analyzeSql(conn, sql);
+    const a = await analyzeSql(conn(), sql);
     expect(a.stateful.join('; ')).toMatch(reason);
   });
 
   it('reports parse errors with a line, and models that read no batch', async () => {
-    const e = await analyzeSql(conn, 'SELECT a\nFROM incoming\nWHERE AND');
+    const e = await analyzeSql(conn(), 'SELECT a\nFROM incoming\nWHERE AND');
     expect(e.error?.line).toBe(3);
     expect(e.error?.message).toMatch(/syntax error/i);
-    expect((await analyzeSql(conn, 'SELECT 1 AS x')).error?.message).toMatch(/must read from incoming/);
-    expect((await analyzeSql(conn, 'SELECT 1; SELECT 2')).error?.message).toMatch(/exactly one SELECT/);
+    expect((await analyzeSql(conn(), 'SELECT 1 AS x')).error?.message).toMatch(/must read from incoming/);
+    expect((await analyzeSql(conn(), 'SELECT 1; SELECT 2')).error?.message).toMatch(/exactly one SELECT/);
   });
 
   it('output columns from the SELECT list (null with *)', async () => {
-    expect((await analyzeSql(conn, PURCHASES_SQL)).outputColumns).toEqual(['order_id', 'sku', 'product_name', 'quantity', 'unit_price', 'line_total', 'user_id', 'placed_at']);
-    expect((await analyzeSql(conn, 'SELECT * FROM incoming')).outputColumns).toBeNull();
+    expect((await analyzeSql(conn(), PURCHASES_SQL)).outputColumns).toEqual(['order_id', 'sku', 'product_name', 'quantity', 'unit_price', 'line_total', 'user_id', 'placed_at']);
+    expect((await analyzeSql(conn(), 'SELECT * FROM incoming')).outputColumns).toBeNull();
   });
 
   it('the rewrite carries each row\'s message through fan-out, *, CTEs and joins of the same message only', async () => {
-    await conn.run(`CREATE OR REPLACE TABLE incoming AS SELECT * FROM (VALUES (0, 10, [1, 2]), (1, 20, []), (2, 30, [3])) t(${MSG_COL}, id, xs)`);
-    await conn.run(`CREATE SCHEMA IF NOT EXISTS sluice_model`);
+    await conn().run(`CREATE OR REPLACE TABLE incoming AS SELECT * FROM (VALUES (0, 10, [1, 2]), (1, 20, []), (2, 30, [3])) t(${MSG_COL}, id, xs)`);
+    await conn().run(`CREATE SCHEMA IF NOT EXISTS sluice_model`);
     const run = async (sql: string) => {
-      const a = await analyzeSql(conn, sql);
-      const r = await conn.runAndReadAll(`SELECT * FROM (${a.rewritten}) ORDER BY ALL`);
+      const a = await analyzeSql(conn(), sql);
+      const r = await conn().runAndReadAll(`SELECT * FROM (${a.rewritten}) ORDER BY ALL`);
       return { cols: r.columnNames(), rows: r.getRows().map((row) => row.map((v) => (typeof v === 'string' ? v : Number(v)))) };
     };
     expect(await run('SELECT incoming.id, unnest AS x FROM incoming, unnest(incoming.xs)')).toEqual({ cols: ['id', 'x', MSG_COL], rows: [[10, 1, 0], [10, 2, 0], [30, 3, 2]] });
     const star = await run('SELECT * EXCLUDE (xs) FROM incoming');
     expect(star.cols).toEqual(['id', MSG_COL]);
     expect(await run('WITH c AS (SELECT incoming.id * 2 AS d FROM incoming) SELECT d FROM c')).toEqual({ cols: ['d', MSG_COL], rows: [[20, 0], [40, 1], [60, 2]] });
-    await conn.run(`CREATE OR REPLACE TABLE sluice_model.a AS SELECT * FROM (VALUES (0, 1), (1, 1), (2, 2)) t(${MSG_COL}, k)`);
-    await conn.run(`CREATE OR REPLACE TABLE sluice_model.b AS SELECT * FROM (VALUES (0, 1, 'x'), (1, 1, 'y'), (2, 1, 'z')) t(${MSG_COL}, k, v)`);
+    await conn().run(`CREATE OR REPLACE TABLE sluice_model.a AS SELECT * FROM (VALUES (0, 1), (1, 1), (2, 2)) t(${MSG_COL}, k)`);
+    await conn().run(`CREATE OR REPLACE TABLE sluice_model.b AS SELECT * FROM (VALUES (0, 1, 'x'), (1, 1, 'y'), (2, 1, 'z')) t(${MSG_COL}, k, v)`);
     // k = 1 matches across messages 0 and 1 too, but only rows of the same message pair up.
     expect((await run('SELECT a.k, b.v FROM sluice_model.a a JOIN sluice_model.b b ON a.k = b.k')).rows).toEqual([[1, 'x', 0], [1, 'y', 1]]);
   });
@@ -243,23 +234,14 @@ describe('structure merge', () => {
 });
 
 describe('batch executor', () => {
-  let db: DuckDBInstance;
-  let conn: DuckDBConnection;
-  beforeAll(async () => {
-    db = await DuckDBInstance.create(':memory:');
-    conn = await db.connect();
-  });
-  afterAll(() => {
-    conn.closeSync();
-    db.closeSync();
-  });
+  const conn = useDuckDB();
 
   const msg = (id: number, items: { sku: string; q: number; p: number }[], extra: Record<string, unknown> = {}) =>
     JSON.stringify({ order_id: id, user: { id: id * 10, name: 'n' }, items: items.map((i) => ({ sku: i.sku, name: i.sku, quantity: i.q, price: i.p })), currency: 'EUR', placed_at: 't', ...extra });
 
   async function executor(dir: string) {
     const p = loadProject({ project: dir });
-    const ex = new BatchExecutor(conn, await compileModels(conn, p.models), 'default');
+    const ex = new BatchExecutor(conn(), await compileModels(conn(), p.models), 'default');
     await ex.init();
     return ex;
   }

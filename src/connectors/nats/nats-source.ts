@@ -6,8 +6,11 @@ import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } f
 import { sleep } from '../file/file-source.js';
 import { deadLettered, type NatsSourceConfig } from './nats-config.js';
 
-/** Connects with reconnects that never give up (the engine waits; /readyz tells). */
-export async function connectNats(cfg: NatsSourceConfig, log: Logger, what: string): Promise<NatsConnection> {
+/**
+ * Connects with reconnects that never give up (the engine waits; /readyz tells). `onState`
+ * hears whether the connection is up.
+ */
+export async function connectNats(cfg: NatsSourceConfig, log: Logger, what: string, onState?: (up: boolean) => void): Promise<NatsConnection> {
   let nc: NatsConnection;
   try {
     nc = await connect({
@@ -25,8 +28,14 @@ export async function connectNats(cfg: NatsSourceConfig, log: Logger, what: stri
   }
   void (async () => {
     for await (const s of nc.status()) {
-      if (s.type === 'disconnect') log.warn({ what }, 'NATS connection lost; reconnecting');
-      if (s.type === 'reconnect') log.info({ what }, 'reconnected to NATS');
+      if (s.type === 'disconnect') {
+        log.warn({ what }, 'NATS connection lost; reconnecting');
+        onState?.(false);
+      }
+      if (s.type === 'reconnect') {
+        log.info({ what }, 'reconnected to NATS');
+        onState?.(true);
+      }
     }
   })();
   return nc;
@@ -54,14 +63,8 @@ export class NatsSource implements Source {
 
   async open(_position: unknown): Promise<void> {
     const cfg = this.cfg;
-    this.nc = await connectNats(cfg, this.log, 'source');
+    this.nc = await connectNats(cfg, this.log, 'source', (up) => (this.connected = up));
     this.connected = true;
-    void (async () => {
-      for await (const s of this.nc!.status()) {
-        if (s.type === 'disconnect') this.connected = false;
-        if (s.type === 'reconnect') this.connected = true;
-      }
-    })();
     const jsm = await jetstreamManager(this.nc);
     try {
       await jsm.streams.info(cfg.stream);
