@@ -31,9 +31,24 @@ export interface MessageMeta {
   headers?: Record<string, string>;
 }
 
+/**
+ * A batch's payloads as bytes in one buffer: message i is `data[starts[i], ends[i])`, the
+ * UTF-8 of `messages[i].payload`. Sources that read bytes in bulk (files) hand this over so
+ * that the engine can scan and load the batch without a JavaScript string per message. No
+ * payload holds a newline byte: DuckDB splits the batch at them (NDJSON lines never do). The
+ * buffer must stay unchanged until the batch is acked.
+ */
+export interface PayloadBlock {
+  data: Buffer;
+  starts: Uint32Array;
+  ends: Uint32Array;
+}
+
 /** A batch read from a source, with everything needed to acknowledge it later. */
 export interface SourceBatch {
   messages: RawMessage[];
+  /** The same payloads as one block of bytes (optional; the engine builds one otherwise). */
+  block?: PayloadBlock;
   /** The source position after this batch; JSON-serialisable, stored in the WAL state at commit. */
   position: unknown;
   /**

@@ -1,9 +1,11 @@
+import type { PayloadBlock } from '../connectors/types.js';
 import type { Structure } from './structure.js';
 
 /**
  * The decode fast path: does merging this message's json_structure() into the schema change
  * nothing? A compiled scanner answers that from the raw JSON text, without building the
- * message as JavaScript objects (a full JSON.parse costs several times more): every key known
+ * message as JavaScript objects (a full JSON.parse costs several times more), and from its
+ * bytes, so a batch needs no JavaScript string per message: every key known
  * and spelled exactly, no key twice, every value of the schema's type or null, a list's
  * elements conforming to its element structure (the grammar around them checked, the
  * contents of strings not: see string()). Numbers are typed from their text as DuckDB
@@ -15,7 +17,7 @@ import type { Structure } from './structure.js';
  * unusual says "no": escapes in keys, an empty object (DuckDB's structure is JSON), integers
  * too long to be sure of their type, a schema node of type JSON.
  */
-export type Conformance = (payload: string) => boolean;
+export type Conformance = (data: Uint8Array, start: number, end: number) => boolean;
 
 const NUL = 1;
 const BOOL = 2;
@@ -26,7 +28,7 @@ const DBL = 32;
 
 type Node =
   | { kind: 'scalar'; allowed: number }
-  | { kind: 'object'; names: string[]; keys: Map<string, number>; children: Node[]; seen: Int32Array }
+  | { kind: 'object'; names: Uint8Array[]; keys: Map<string, number>; children: Node[]; seen: Int32Array }
   | { kind: 'list'; element: Node };
 
 const ALLOWED: Record<string, number> = {
@@ -44,7 +46,7 @@ function compile(s: Structure): Node {
     const entries = Object.entries(s);
     return {
       kind: 'object',
-      names: entries.map(([k]) => k),
+      names: entries.map(([k]) => new TextEncoder().encode(k)),
       keys: new Map(entries.map(([k], i) => [k, i])),
       children: entries.map(([, v]) => compile(v)),
       seen: new Int32Array(entries.length),
@@ -54,60 +56,58 @@ function compile(s: Structure): Node {
   return { kind: 'scalar', allowed: ALLOWED[s] ?? NUL };
 }
 
-// The scanner's state: one payload at a time, on one thread.
-let src = '';
+// The scanner's state: one message at a time, on one thread. `lim` is the end of the message:
+// every loop that can run stops there, and a message is accepted only when the scan ends
+// exactly at `lim`, so bytes of the next message are never taken for this one's.
+let d: Uint8Array = new Uint8Array(0);
 let pos = 0;
+let lim = 0;
 let generation = 0;
+const utf8 = new TextDecoder();
 
 function ws(): void {
-  const s = src;
   let p = pos;
-  for (;;) {
-    const c = s.charCodeAt(p);
+  while (p < lim) {
+    const c = d[p];
     if (c === 32 || c === 10 || c === 13 || c === 9) p++;
     else break;
   }
   pos = p;
 }
 
-function literal(word: string): boolean {
-  if (!src.startsWith(word, pos)) return false;
+const NULL_BYTES = [110, 117, 108, 108];
+const TRUE_BYTES = [116, 114, 117, 101];
+const FALSE_BYTES = [102, 97, 108, 115, 101];
+
+function literal(word: number[]): boolean {
+  if (pos + word.length > lim) return false;
+  for (let i = 0; i < word.length; i++) if (d[pos + i] !== word[i]) return false;
   pos += word.length;
   return true;
 }
 
 /**
  * Skips a string value starting at `pos` (a quote). Its contents are not validated here (raw
- * control characters, bad escapes): DuckDB rejects such a message when it converts the batch,
- * and BatchExecutor.execute() then dead-letters exactly it.
+ * control characters, bad escapes, bad UTF-8): DuckDB rejects such a message when it loads or
+ * converts the batch, and BatchExecutor then dead-letters exactly it.
  */
 function string(): boolean {
-  const s = src;
-  const end = s.indexOf('"', pos + 1);
-  if (end < 0) return false;
-  if (s.charCodeAt(end - 1) !== 92) {
-    pos = end + 1;
-    return true;
-  }
-  // A backslash before the quote: walk the escapes to find the real end.
-  let p = pos + 1;
-  for (;;) {
-    const c = s.charCodeAt(p);
+  for (let p = pos + 1; p < lim; p++) {
+    const c = d[p];
     if (c === 34) {
       pos = p + 1;
       return true;
     }
-    if (c !== c) return false; // the end of the text
-    p += c === 92 ? 2 : 1;
+    if (c === 92) p++;
   }
+  return false;
 }
 
 function digits(): number {
-  const s = src;
   const start = pos;
   let p = pos;
-  for (;;) {
-    const c = s.charCodeAt(p);
+  while (p < lim) {
+    const c = d[p];
     if (c >= 48 && c <= 57) p++;
     else break;
   }
@@ -118,23 +118,23 @@ function digits(): number {
 /** A number at `pos`: its DuckDB type bit, or 0 when invalid or not certain. */
 function number(): number {
   let neg = false;
-  if (src.charCodeAt(pos) === 45) {
+  if (d[pos] === 45) {
     neg = true;
     pos++;
   }
-  const first = src.charCodeAt(pos);
+  const first = d[pos];
   const intDigits = digits();
   if (intDigits === 0 || (first === 48 && intDigits > 1)) return 0;
   let type = neg ? INT : UINT;
-  if (src.charCodeAt(pos) === 46) {
+  if (pos < lim && d[pos] === 46) {
     pos++;
     if (digits() === 0) return 0;
     type = DBL;
   }
-  const e = src.charCodeAt(pos);
+  const e = pos < lim ? d[pos] : 0;
   if (e === 101 || e === 69) {
     pos++;
-    const sign = src.charCodeAt(pos);
+    const sign = pos < lim ? d[pos] : 0;
     if (sign === 43 || sign === 45) pos++;
     const n = digits();
     if (n === 0 || n > 2) return 0;
@@ -147,16 +147,25 @@ function number(): number {
 
 function value(n: Node): boolean {
   ws();
-  const c = src.charCodeAt(pos);
-  if (c === 110) return literal('null');
+  if (pos >= lim) return false;
+  const c = d[pos];
+  if (c === 110) return literal(NULL_BYTES);
   if (n.kind === 'object') return c === 123 && object(n);
   if (n.kind === 'list') return c === 91 && list(n);
   const allowed = n.allowed;
   if (c === 34) return (allowed & STR) !== 0 && string();
-  if (c === 116) return (allowed & BOOL) !== 0 && literal('true');
-  if (c === 102) return (allowed & BOOL) !== 0 && literal('false');
+  if (c === 116) return (allowed & BOOL) !== 0 && literal(TRUE_BYTES);
+  if (c === 102) return (allowed & BOOL) !== 0 && literal(FALSE_BYTES);
   if (c === 45 || (c >= 48 && c <= 57)) return (allowed & number()) !== 0;
   return false;
+}
+
+/** Does the key at `start` (after its opening quote) spell `name` and end there? */
+function keyIs(name: Uint8Array, start: number): boolean {
+  const end = start + name.length;
+  if (end >= lim || d[end] !== 34) return false;
+  for (let i = 0; i < name.length; i++) if (d[start + i] !== name[i]) return false;
+  return true;
 }
 
 function object(n: Extract<Node, { kind: 'object' }>): boolean {
@@ -164,35 +173,37 @@ function object(n: Extract<Node, { kind: 'object' }>): boolean {
   let next = 0;
   pos++;
   ws();
-  if (src.charCodeAt(pos) !== 34) return false; // {} or not a key
+  if (pos >= lim || d[pos] !== 34) return false; // {} or not a key
   for (;;) {
-    if (src.charCodeAt(pos) !== 34) return false;
+    if (pos >= lim || d[pos] !== 34) return false;
     const start = pos + 1;
     // Producers mostly write keys in the same order: try the key after the last one first,
-    // which needs neither a substring nor a hash.
+    // which needs neither a string nor a hash.
     const guess = n.names[next];
     let idx: number | undefined;
-    if (guess !== undefined && src.startsWith(guess, start) && src.charCodeAt(start + guess.length) === 34) {
+    if (guess !== undefined && keyIs(guess, start)) {
       idx = next;
       pos = start + guess.length + 1;
     } else {
-      const end = src.indexOf('"', start);
-      if (end < 0) return false;
-      const key = src.slice(start, end);
-      if (key.includes('\\')) return false;
+      let end = start;
+      while (end < lim && d[end] !== 34) {
+        if (d[end] === 92) return false; // an escape in a key: let DuckDB decide
+        end++;
+      }
+      if (end >= lim) return false;
+      idx = n.keys.get(utf8.decode(d.subarray(start, end)));
       pos = end + 1;
-      idx = n.keys.get(key);
     }
     if (idx === undefined || n.seen[idx] === gen) return false;
     next = idx + 1;
     n.seen[idx] = gen;
     ws();
-    if (src.charCodeAt(pos) !== 58) return false;
+    if (pos >= lim || d[pos] !== 58) return false;
     pos++;
     if (!value(n.children[idx])) return false;
     ws();
-    const c = src.charCodeAt(pos);
-    pos++;
+    if (pos >= lim) return false;
+    const c = d[pos++];
     if (c === 125) return true;
     if (c !== 44) return false;
     ws();
@@ -202,15 +213,15 @@ function object(n: Extract<Node, { kind: 'object' }>): boolean {
 function list(n: Extract<Node, { kind: 'list' }>): boolean {
   pos++;
   ws();
-  if (src.charCodeAt(pos) === 93) {
+  if (pos < lim && d[pos] === 93) {
     pos++;
     return true;
   }
   for (;;) {
     if (!value(n.element)) return false;
     ws();
-    const c = src.charCodeAt(pos);
-    pos++;
+    if (pos >= lim) return false;
+    const c = d[pos++];
     if (c === 93) return true;
     if (c !== 44) return false;
   }
@@ -220,27 +231,25 @@ function list(n: Extract<Node, { kind: 'list' }>): boolean {
 export function conformance(s: Structure | undefined): Conformance {
   if (s === undefined || typeof s !== 'object' || Array.isArray(s)) return () => false;
   const root = compile(s) as Extract<Node, { kind: 'object' }>;
-  return (payload) => {
-    src = payload;
-    pos = 0;
-    try {
-      ws();
-      if (src.charCodeAt(pos) !== 123 || !object(root)) return false;
-      ws();
-      return pos === src.length;
-    } finally {
-      src = '';
-    }
+  return (data, start, end) => {
+    d = data;
+    pos = start;
+    lim = end;
+    ws();
+    if (pos >= lim || d[pos] !== 123 || !object(root)) return false;
+    ws();
+    return pos === lim;
   };
 }
 
-/** Indexes of the payloads that do not conform (or are not valid JSON). */
-export function nonConforming(payloads: string[], check: Conformance, among?: number[]): number[] {
+/** Indexes of the block's messages that do not conform (or are not valid JSON). */
+export function nonConforming(block: PayloadBlock, check: Conformance, among?: number[]): number[] {
   const out: number[] = [];
+  const { data, starts, ends } = block;
   if (among) {
-    for (const i of among) if (!check(payloads[i])) out.push(i);
+    for (const i of among) if (!check(data, starts[i], ends[i])) out.push(i);
   } else {
-    for (let i = 0; i < payloads.length; i++) if (!check(payloads[i])) out.push(i);
+    for (let i = 0; i < starts.length; i++) if (!check(data, starts[i], ends[i])) out.push(i);
   }
   return out;
 }

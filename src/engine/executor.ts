@@ -1,11 +1,12 @@
 import fsp from 'node:fs/promises';
-import type { DuckDBConnection } from '@duckdb/node-api';
+import { isUtf8 } from 'node:buffer';
+import { blobValue, type DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../errors.js';
 import { MSG_COL, analyzeSql } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { ModelDef } from '../project/project-loader.js';
-import type { MessageMeta, RawMessage } from '../connectors/types.js';
+import type { MessageMeta, PayloadBlock, RawMessage } from '../connectors/types.js';
 import { isObjectStructure, mergeStructure, type Structure } from './structure.js';
 import { conformance, nonConforming, type Conformance } from './conform.js';
 
@@ -90,21 +91,68 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
 
 /** A character valid JSON never holds raw (control characters must be escaped; see RFC 8259). */
 const SEPARATOR = '\x1e';
+const NEWLINE = 10;
 
 /**
- * Loads payloads into table `raw` (id, payload). The batch travels as one string split inside
- * DuckDB, which costs the main thread far less than one appender call per message; a batch
- * where some payload holds the separator goes through the appender.
+ * The payloads of a batch as one block of bytes, joined by SEPARATOR (for the scanner; a
+ * payload that holds SEPARATOR itself cannot be split apart by DuckDB: see loadPayloads).
  */
-async function loadPayloads(conn: DuckDBConnection, raw: string, payloads: string[]): Promise<void> {
-  if (!payloads.some((p) => p.includes(SEPARATOR))) {
-    await conn.run(
-      `CREATE OR REPLACE TABLE ${raw} AS SELECT (generate_subscripts(s, 1) - 1)::INTEGER AS id, unnest(s) AS payload ` +
-        `FROM (SELECT string_split($1::VARCHAR, chr(30)) AS s)`,
-      [payloads.join(SEPARATOR)],
-    );
-    return;
+export function blockOf(payloads: string[]): PayloadBlock {
+  const data = Buffer.from(payloads.join(SEPARATOR));
+  const starts = new Uint32Array(payloads.length);
+  const ends = new Uint32Array(payloads.length);
+  const ascii = data.length === payloads.reduce((n, p) => n + p.length, payloads.length - 1);
+  let at = 0;
+  for (let i = 0; i < payloads.length; i++) {
+    starts[i] = at;
+    at += ascii ? payloads[i].length : Buffer.byteLength(payloads[i]);
+    ends[i] = at;
+    at++;
   }
+  return { data, starts, ends };
+}
+
+/**
+ * The block's bytes with exactly one `sep` byte between messages and nothing around them, as
+ * DuckDB splits it; messages in `blank` become empty. Most blocks already are (an NDJSON file
+ * without blank lines): then nothing is copied.
+ */
+function splittable(block: PayloadBlock, sep: number, blank: Set<number>): Buffer {
+  const { data, starts, ends } = block;
+  const n = starts.length;
+  let exact = blank.size === 0 && starts[0] === 0 && ends[n - 1] === data.length;
+  for (let i = 1; exact && i < n; i++) exact = starts[i] === ends[i - 1] + 1 && data[ends[i - 1]] === sep;
+  if (exact) return data;
+  let size = n - 1;
+  for (let i = 0; i < n; i++) if (!blank.has(i)) size += ends[i] - starts[i];
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    if (i > 0) out[at++] = sep;
+    if (!blank.has(i)) at += data.copy(out, at, starts[i], ends[i]);
+  }
+  return out;
+}
+
+/**
+ * Loads a block into table `raw` (id, payload): its bytes travel to DuckDB as one BLOB and
+ * are split there, which costs the main thread next to nothing (no string per message, no
+ * string parameter to convert). `sep` separates the messages (no payload holds it); messages
+ * in `blank` (invalid UTF-8, already dead-lettered) are loaded as empty payloads.
+ */
+async function loadBlock(conn: DuckDBConnection, raw: string, block: PayloadBlock, sep: number, blank: Set<number>): Promise<number> {
+  await conn.run(
+    `CREATE OR REPLACE TABLE ${raw} AS SELECT (generate_subscripts(s, 1) - 1)::INTEGER AS id, unnest(s) AS payload ` +
+      `FROM (SELECT string_split(decode($1::BLOB), chr(${sep})) AS s)`,
+    [blobValue(splittable(block, sep, blank))],
+  );
+  const r = await conn.runAndReadAll(`SELECT count(*) FROM ${raw}`);
+  return Number(r.getRows()[0][0]);
+}
+
+/** Loads payloads into table `raw` (id, payload); returns the row count. */
+async function loadPayloads(conn: DuckDBConnection, raw: string, payloads: string[]): Promise<number> {
+  if (!payloads.some((p) => p.includes(SEPARATOR))) return loadBlock(conn, raw, blockOf(payloads), SEPARATOR.charCodeAt(0), new Set());
   await conn.run(`CREATE OR REPLACE TABLE ${raw} (id INTEGER, payload VARCHAR)`);
   const ap = await conn.createAppender(raw);
   for (let i = 0; i < payloads.length; i++) {
@@ -113,6 +161,7 @@ async function loadPayloads(conn: DuckDBConnection, raw: string, payloads: strin
     ap.endRow();
   }
   ap.closeSync();
+  return payloads.length;
 }
 
 /** Returns lap(name): adds the milliseconds since the previous lap (or the start) to timings[name]. */
@@ -212,17 +261,37 @@ export class BatchExecutor {
    * messages conform. Advances `structure`, so that the next batch can be prepared while this
    * one executes (on the other lane).
    */
-  async prepare(messages: RawMessage[], lane = 0): Promise<PreparedBatch> {
+  async prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock): Promise<PreparedBatch> {
     const timings: Record<string, number> = {};
     const lap = stopwatch(timings);
     const conn = this.loadConn;
     const raw = `__raw${lane}`;
-    const payloads = messages.map((m) => m.payload);
-    const loading = loadPayloads(conn, raw, payloads);
+    const bad = new Set<number>();
+    const failures: MessageFailure[] = [];
+    const payloads = given ? undefined : messages.map((m) => m.payload);
+    const block = given ?? blockOf(payloads!);
+    if (!isUtf8(block.data)) {
+      for (let i = 0; i < messages.length; i++) {
+        if (isUtf8(block.data.subarray(block.starts[i], block.ends[i]))) continue;
+        bad.add(i);
+        failures.push({ index: i, stage: 'decode', error: 'invalid JSON: the message is not valid UTF-8' });
+      }
+    }
+    // A source's block separates messages by newlines; a block built here, by SEPARATOR, which
+    // a payload from a broker may hold: those batches go through the appender.
+    const loading = given
+      ? loadBlock(conn, raw, block, NEWLINE, bad)
+      : payloads!.some((p) => p.includes(SEPARATOR))
+        ? loadPayloads(conn, raw, payloads!)
+        : loadBlock(conn, raw, block, SEPARATOR.charCodeAt(0), bad);
     loading.catch(() => {}); // awaited below; only keeps a failure from counting as unhandled meanwhile
-    let slow = nonConforming(payloads, this.conformance(this.structure));
+    let slow = nonConforming(block, this.conformance(this.structure));
+    if (bad.size) slow = slow.filter((i) => !bad.has(i));
     lap('check');
-    await loading;
+    const loaded = await loading;
+    if (loaded !== messages.length) {
+      throw new SluiceError('INTERNAL', `loading a batch of ${messages.length} messages gave ${loaded} rows (a payload holds the separator)`);
+    }
     let meta: string | undefined;
     if (this.metaColumns.length) {
       meta = `__meta${lane}`;
@@ -230,16 +299,14 @@ export class BatchExecutor {
     }
     lap('load');
 
-    const bad = new Set<number>();
-    const failures: MessageFailure[] = [];
     let merged = this.structure;
     while (slow.length > 0) {
       const sample = slow.slice(0, DECODE_SAMPLE);
       const before = merged;
-      merged = await this.decodeExactly(conn, raw, sample, payloads, merged, bad, failures);
+      merged = await this.decodeExactly(conn, raw, sample, messages, merged, bad, failures);
       slow = slow.slice(DECODE_SAMPLE);
       // The schema grew: more of the rest may conform now.
-      if (merged !== before && slow.length > 0) slow = nonConforming(payloads, this.conformance(merged), slow);
+      if (merged !== before && slow.length > 0) slow = nonConforming(block, this.conformance(merged), slow);
     }
     if (bad.size < messages.length) this.structure = merged;
     lap('decode');
@@ -344,13 +411,13 @@ export class BatchExecutor {
     conn: DuckDBConnection,
     raw: string,
     ids: number[],
-    payloads: string[],
+    messages: RawMessage[],
     structure: Structure | undefined,
     bad: Set<number>,
     failures: MessageFailure[],
   ): Promise<Structure | undefined> {
     const groups = await conn.runAndReadAll(
-      `SELECT TRY(json_structure(payload)) AS s, list(id ORDER BY id) AS ids FROM ${raw} ${ids.length === payloads.length ? '' : `WHERE id IN (${ids.join(',')})`} ` +
+      `SELECT TRY(json_structure(payload)) AS s, list(id ORDER BY id) AS ids FROM ${raw} ${ids.length === messages.length ? '' : `WHERE id IN (${ids.join(',')})`} ` +
         `GROUP BY s ORDER BY count(*) DESC, s`,
     );
     let merged = structure;
@@ -360,7 +427,7 @@ export class BatchExecutor {
       if (sv === null) {
         for (const i of members) {
           bad.add(i);
-          failures.push({ index: i, stage: 'decode', error: await this.jsonError(conn, payloads[i] ?? '') });
+          failures.push({ index: i, stage: 'decode', error: await this.jsonError(conn, messages[i].payload) });
         }
         continue;
       }

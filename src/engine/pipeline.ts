@@ -251,7 +251,7 @@ export class Pipeline {
     this.lastReadMs = Math.round(performance.now() - readStart);
     if (batch === null) return null;
     if (batch.messages.length === 0) return { batch };
-    return { batch, prepared: await this.executor.prepare(batch.messages, lane) };
+    return { batch, prepared: await this.executor.prepare(batch.messages, lane, batch.block) };
   }
 
   private async handleBatch(batch: SourceBatch, prepared: PreparedBatch, source: Source, sourceName: string): Promise<void> {
@@ -349,36 +349,45 @@ export class Pipeline {
     }
   }
 
-  /** Flushes every model not in retry backoff; true when nothing is left in the WAL. */
-  private async flushAll(): Promise<boolean> {
+  /**
+   * Flushes every model not in retry backoff; true when nothing is left in the WAL. At start-up
+   * and at the end, when no batch is being loaded, models flush two at a time, one on each
+   * connection: a flush rewrites all of a model's rows and would leave a core idle otherwise.
+   */
+  private async flushAll(conns: DuckDBConnection[] = [this.conn, this.loadConn]): Promise<boolean> {
     let ok = true;
     const now = Date.now();
+    const todo: ModelDef[] = [];
     for (const m of this.models) {
       const failing = this.flushFailures.get(m.name);
-      if (failing && now < failing.nextTry) {
-        ok = false;
-        continue;
-      }
-      while (this.wal.pending(m.name).length > 0) {
-        if (!(await this.flushModel(m))) {
-          ok = false;
-          break;
+      if (failing && now < failing.nextTry) ok = false;
+      else if (this.wal.pending(m.name).length > 0) todo.push(m);
+    }
+    todo.sort((a, b) => this.wal.pendingBytes(b.name) - this.wal.pendingBytes(a.name));
+    const work = async (conn: DuckDBConnection): Promise<void> => {
+      for (let m = todo.shift(); m; m = todo.shift()) {
+        while (this.wal.pending(m.name).length > 0) {
+          if (!(await this.flushModel(m, conn))) {
+            ok = false;
+            break;
+          }
         }
       }
-    }
+    };
+    await Promise.all(conns.map(work));
     return ok;
   }
 
-  private async flushModel(m: ModelDef): Promise<boolean> {
+  private async flushModel(m: ModelDef, conn = this.conn): Promise<boolean> {
     const flush = await this.wal.beginFlush(m.name);
     if (!flush) return true;
     const timer = this.metrics.flushDuration.startTimer({ model: m.name });
     const files = flush.segments.map((s) => s.file);
     try {
-      const r = await this.conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
+      const r = await conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
       const rows = Number(r.getRows()[0][0]);
       for (const name of m.sinks) {
-        await this.sinks.get(name)!.write({ model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows }, this.conn);
+        await this.sinks.get(name)!.write({ model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows }, conn);
         this.metrics.rowsWritten.inc({ model: m.name, sink: name }, rows);
       }
       crashPoint('after-sink-write');

@@ -47,6 +47,8 @@ const SEG = /^(\d{12})_([^_]+)_([^_]+)\.parquet$/;
 export class Wal {
   state: WalState = { version: 1, seq: 0, position: undefined, dlq: undefined, models: {} };
   private segments = new Map<string, Segment[]>();
+  /** The state write in progress: writes go one at a time (models may flush concurrently). */
+  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     readonly dir: string,
@@ -148,8 +150,14 @@ export class Wal {
     await this.writeState();
   }
 
+  /**
+   * Writes the state as it is when this write's turn comes, so it holds every change made
+   * before the call (and maybe later ones: a change is made only once it may be recorded).
+   */
   async writeState(): Promise<void> {
-    await writeFileAtomic(this.stateFile, JSON.stringify(this.state));
+    const write = this.writing.then(() => writeFileAtomic(this.stateFile, JSON.stringify(this.state)));
+    this.writing = write.catch(() => {});
+    await write;
   }
 
   pending(model: string): Segment[] {

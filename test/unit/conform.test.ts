@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { useDuckDB } from '../helpers/duckdb.js';
-import { conformance } from '../../src/engine/conform.js';
+import { conformance, nonConforming } from '../../src/engine/conform.js';
 import { mergeStructure, type Structure } from '../../src/engine/structure.js';
 
 // The decode fast path may only say "conforms" when DuckDB agrees: json_structure() of the
@@ -91,7 +91,30 @@ describe('conformance scanner', () => {
     return !m.conflict && JSON.stringify(m.merged) === JSON.stringify(SCHEMA);
   }
 
-  const check = conformance(SCHEMA);
+  const scan = conformance(SCHEMA);
+  /** The scanner's verdict on a payload alone, which must equal its verdict inside a block. */
+  const check = (p: string): boolean => {
+    const alone = Buffer.from(p);
+    const verdict = scan(alone, 0, alone.length);
+    const before = Buffer.from('{"id":1}\n');
+    const block = Buffer.concat([before, alone, Buffer.from('\n{"id":2}')]);
+    expect({ p, inBlock: scan(block, before.length, before.length + alone.length) }).toEqual({ p, inBlock: verdict });
+    return verdict;
+  };
+
+  it('judges a message by its own bytes: what follows it in the block never completes it', () => {
+    const parts = ['{"id":1', '{"id":2}', '{"user":{"tags":["a"]}', '}', '{"name":"x'];
+    const block = Buffer.from(parts.join(''));
+    const at = (i: number) => parts.slice(0, i).join('').length;
+    expect(scan(block, at(0), at(1))).toBe(false); // {"id":1 + the next message's bytes
+    expect(scan(block, at(1), at(2))).toBe(true);
+    expect(scan(block, at(2), at(3))).toBe(false); // the closing brace is the next message's
+    expect(scan(block, at(2), at(4))).toBe(true);
+    expect(scan(block, at(4), block.length)).toBe(false); // a string cut at the end of the buffer
+    const block2 = { data: block, starts: Uint32Array.of(at(0), at(1), at(2)), ends: Uint32Array.of(at(1), at(2), at(3)) };
+    expect(nonConforming(block2, scan)).toEqual([0, 2]);
+    expect(nonConforming(block2, scan, [1, 2])).toEqual([2]);
+  });
 
   it('accepts messages that change nothing, as DuckDB confirms', async () => {
     for (const p of CONFORMING) {

@@ -5,18 +5,86 @@ import fg from 'fast-glob';
 import { z } from 'zod';
 import { SluiceError } from '../../errors.js';
 import { batching, dlqKey } from '../shared-config.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, PayloadBlock, RawMessage, Source, SourceBatch } from '../types.js';
 
 
-/** A line (or array element) of an input file; `_topic` is the file, `_offset` the line (or index). */
+/**
+ * A line (or array element) of an input file, kept as bytes in its batch's block: the payload
+ * string is made only when asked for (dead letters). `_topic` is the file, `_offset` the line
+ * (or the index in a JSON array).
+ */
 class FileMessage implements RawMessage {
   constructor(
-    readonly payload: string,
-    readonly coords: { file: string; line?: number; index?: number; offset?: number },
+    private readonly block: PayloadBlock,
+    private readonly i: number,
+    private readonly file: string,
+    /** The line, or for an element of a JSON array its index. */
+    private readonly at: number,
+    /** The line's byte offset; undefined for an element of a JSON array. */
+    private readonly offset: number | undefined,
   ) {}
 
+  get payload(): string {
+    return this.block.data.toString('utf8', this.block.starts[this.i], this.block.ends[this.i]);
+  }
+
+  get coords(): { file: string; line?: number; index?: number; offset?: number } {
+    return this.offset === undefined ? { file: this.file, index: this.at } : { file: this.file, line: this.at, offset: this.offset };
+  }
+
   get meta(): MessageMeta {
-    return { topic: this.coords.file, offset: this.coords.line ?? this.coords.index };
+    return { topic: this.file, offset: this.at };
+  }
+}
+
+/**
+ * The bytes of one batch, read straight into one buffer: message i is data[starts[i], ends[i]).
+ * Lines of a file follow each other there with their newlines, so a batch of an NDJSON file
+ * usually reaches DuckDB without a copy (see PayloadBlock).
+ */
+class BlockBuilder {
+  readonly block: PayloadBlock;
+  /** Bytes in use. */
+  len = 0;
+  count = 0;
+  /** False once a payload holds a newline (a .json file that is not JSON): no block then. */
+  splittable = true;
+
+  constructor(data: Buffer, maxMessages: number) {
+    this.block = { data, starts: new Uint32Array(maxMessages), ends: new Uint32Array(maxMessages) };
+  }
+
+  reserve(bytes: number): void {
+    const need = this.len + bytes;
+    if (need <= this.block.data.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(need, this.block.data.length * 2));
+    this.block.data.copy(grown, 0, 0, this.len);
+    this.block.data = grown;
+  }
+
+  add(start: number, end: number): number {
+    this.block.starts[this.count] = start;
+    this.block.ends[this.count] = end;
+    return this.count++;
+  }
+
+  /** Appends a payload given as text, followed by a newline. */
+  addText(text: string): number {
+    this.reserve(Buffer.byteLength(text) + 1);
+    const start = this.len;
+    this.len += this.block.data.write(text, start);
+    const nl = this.block.data.indexOf(10, start);
+    if (nl !== -1 && nl < this.len) this.splittable = false;
+    this.block.data[this.len++] = 10;
+    return this.add(start, this.len - 1);
+  }
+
+  finish(): PayloadBlock | undefined {
+    const b = this.block;
+    b.starts = b.starts.subarray(0, this.count);
+    b.ends = b.ends.subarray(0, this.count);
+    b.data = b.data.subarray(0, this.count ? b.ends[this.count - 1] : 0);
+    return this.splittable && this.count > 0 ? b : undefined;
   }
 }
 
@@ -42,7 +110,8 @@ export interface FilePosition {
 }
 
 const DATA_EXT = /\.(ndjson|jsonl|json|txt)$/i;
-const READ_CHUNK = 4 * 1024 * 1024;
+// Bytes read past a full batch are read again for the next one: keep chunks small.
+const READ_CHUNK = 1024 * 1024;
 
 export function ordinalKey(n: number): string {
   return String(n).padStart(12, '0');
@@ -55,6 +124,13 @@ export function ordinalKey(n: number): string {
 export class FileSource implements Source {
   private pos: FilePosition = { files: {}, ordinal: 0 };
   private jsonCache = new Map<string, string[]>();
+  /** Bytes the last batch took, to size the next one's buffer. */
+  private lastBatchBytes = READ_CHUNK;
+  /**
+   * Buffers of acked batches, for the next batches to read into: fresh memory costs a page
+   * fault per 4 KiB on first touch, which is more than reading the file.
+   */
+  private spare: Buffer[] = [];
 
   constructor(
     private readonly cfg: FileSourceConfig,
@@ -105,6 +181,9 @@ export class FileSource implements Source {
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
     const max = this.cfg.batch_size;
     const messages: RawMessage[] = [];
+    const want = Math.ceil(this.lastBatchBytes * 1.25) + READ_CHUNK;
+    const reused = this.spare.pop();
+    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max);
     const startOrdinal = this.pos.ordinal;
     const deadline = Date.now() + this.cfg.batch_timeout_ms;
     for (;;) {
@@ -113,8 +192,8 @@ export class FileSource implements Source {
       for (const file of files) {
         if (messages.length >= max) break;
         const got = file.toLowerCase().endsWith('.json')
-          ? await this.readJsonFile(file, max - messages.length, messages)
-          : await this.readNdjson(file, max - messages.length, messages);
+          ? await this.readJsonFile(file, max - messages.length, messages, bytes)
+          : await this.readNdjson(file, max - messages.length, messages, bytes);
         if (got > 0) progressed = true;
       }
       if (messages.length >= max || signal.aborted) break;
@@ -129,15 +208,20 @@ export class FileSource implements Source {
       await sleep(Math.min(this.cfg.poll_interval_ms, Math.max(1, deadline - Date.now())), signal);
       if (signal.aborted) break;
     }
+    const block = bytes.finish();
+    this.lastBatchBytes = Math.max(READ_CHUNK, bytes.len);
     return {
       messages,
+      ...(block ? { block } : {}),
       position: structuredClone(this.pos),
       first: ordinalKey(startOrdinal),
       last: ordinalKey(this.pos.ordinal - 1),
+      // The buffer goes back to the spares once the batch is acked: nothing reads it after.
+      ackToken: bytes.block.data.buffer,
     };
   }
 
-  private async readNdjson(file: string, want: number, out: RawMessage[]): Promise<number> {
+  private async readNdjson(file: string, want: number, out: RawMessage[], bytes: BlockBuilder): Promise<number> {
     const key = this.key(file);
     const fp = (this.pos.files[key] ??= { offset: 0, line: 0 });
     let st: fs.Stats;
@@ -154,48 +238,50 @@ export class FileSource implements Source {
     if (st.size === fp.offset) return 0;
     const fh = await fsp.open(file, 'r');
     let got = 0;
+    // The file's bytes from fp.offset on land at bytes.len on; `start` is where the next line begins.
+    let start = bytes.len;
     try {
-      let carry: Buffer = Buffer.alloc(0);
       let readAt = fp.offset;
       while (got < want && readAt < st.size) {
         const len = Math.min(READ_CHUNK, st.size - readAt);
-        const chunk = Buffer.allocUnsafe(len);
-        const { bytesRead } = await fh.read(chunk, 0, len, readAt);
+        bytes.reserve(len);
+        const { bytesRead } = await fh.read(bytes.block.data, bytes.len, len, readAt);
         if (bytesRead === 0) break;
         readAt += bytesRead;
-        const buf = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
-        let start = 0;
+        bytes.len += bytesRead;
+        const buf = bytes.block.data.subarray(0, bytes.len);
         const atEof = readAt >= st.size;
-        while (got < want) {
+        while (got < want && start < buf.length) {
           let nl = buf.indexOf(10, start);
           let end: number;
           if (nl === -1) {
             // An unterminated last line is a message once the file is complete (not followed).
-            if (!(atEof && !this.cfg.follow) || start >= buf.length) break;
+            if (!(atEof && !this.cfg.follow)) break;
             nl = buf.length;
             end = buf.length;
           } else end = nl;
           if (end > start && buf[end - 1] === 13) end--;
           fp.line++;
           if (end > start && !isBlank(buf, start, end)) {
-            out.push(new FileMessage(buf.toString('utf8', start, end), { file: key, line: fp.line, offset: fp.offset }));
+            out.push(new FileMessage(bytes.block, bytes.add(start, end), key, fp.line, fp.offset));
             this.pos.ordinal++;
             got++;
           }
-          fp.offset += Math.min(nl + 1, buf.length) - start;
-          start = Math.min(nl + 1, buf.length);
-          if (start >= buf.length) break;
+          const next = Math.min(nl + 1, buf.length);
+          fp.offset += next - start;
+          start = next;
         }
-        carry = Buffer.from(buf.subarray(start));
-        if (got >= want) break;
       }
     } finally {
+      // Bytes past the last line taken (a partial line, or more than the batch wanted) are
+      // read again next time.
+      bytes.len = start;
       await fh.close();
     }
     return got;
   }
 
-  private async readJsonFile(file: string, want: number, out: RawMessage[]): Promise<number> {
+  private async readJsonFile(file: string, want: number, out: RawMessage[], bytes: BlockBuilder): Promise<number> {
     const key = this.key(file);
     const fp = (this.pos.files[key] ??= { offset: 0, line: 0 });
     let items = this.jsonCache.get(file);
@@ -212,7 +298,7 @@ export class FileSource implements Source {
     }
     let got = 0;
     while (got < want && fp.offset < items.length) {
-      out.push(new FileMessage(items[fp.offset], { file: key, index: fp.offset }));
+      out.push(new FileMessage(bytes.block, bytes.addText(items[fp.offset]), key, fp.offset, undefined));
       fp.offset++;
       fp.line = fp.offset;
       this.pos.ordinal++;
@@ -221,8 +307,9 @@ export class FileSource implements Source {
     return got;
   }
 
-  async ack(_batch: SourceBatch): Promise<void> {
+  async ack(batch: SourceBatch): Promise<void> {
     // The position is committed with the WAL state; nothing to tell the files.
+    if (batch.ackToken instanceof ArrayBuffer && this.spare.length < 2) this.spare.push(Buffer.from(batch.ackToken));
   }
 
   async close(): Promise<void> {
