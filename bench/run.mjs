@@ -3,13 +3,25 @@
 //   npm run bench                                   # file, 500,000 messages, 3 runs
 //   npm run bench -- file --messages 50000 --runs 1
 //   npm run bench -- rabbitmq                       # needs a RabbitMQ broker (see bench/README.md)
+//   npm run bench -- kafka | nats | redis_streams   # need the broker (see bench/README.md)
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',
+  kafka: './kafka.mjs',
+  nats: './nats.mjs',
+  redis_streams: './redis-streams.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {
   console.error(`unknown benchmark "${name}"; available: ${Object.keys(benches).join(', ')}`);
   process.exit(2);
 }
-await import(benches[name]);
+try {
+  await import(benches[name]);
+} catch (err) {
+  if (err?.code === 'ERR_MODULE_NOT_FOUND' && String(err.url ?? '').endsWith(benches[name].slice(1))) {
+    console.error(`benchmark "${name}" is registered but ${benches[name]} does not exist yet`);
+    process.exit(2);
+  }
+  throw err;
+}

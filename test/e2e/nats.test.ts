@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -7,8 +6,16 @@ import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jet
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import { expectGracefulStopLosesNothing, expectNoLossNoDuplicateAcrossKills, expectSourceOrder } from '../helpers/contract.js';
-import { natsListening, startNats } from '../helpers/nats.js';
+import {
+  expectDlqRouting,
+  expectGracefulStopLosesNothing,
+  expectNoLossNoDuplicateAcrossKills,
+  expectReconnectAfterDrop,
+  expectRedeliveryOfUnacked,
+  expectSourceOrder,
+  type SourceUnderTest,
+} from '../helpers/contract.js';
+import { restartNats } from '../helpers/nats.js';
 
 // The nats source against the NATS server with JetStream running on this machine. One file:
 // a test restarts the server, so nothing else talks to NATS meanwhile.
@@ -52,6 +59,23 @@ async function publish(s: string, payloads: string[]): Promise<void> {
 async function drained(s: string): Promise<boolean> {
   const info = await jsm.consumers.info(s, 'sluice').catch(() => undefined);
   return Boolean(info && info.num_pending === 0 && info.num_ack_pending === 0);
+}
+
+/** A new stream, as the contract scenarios drive it; `dropConnections` restarts the server. */
+async function natsSource(): Promise<{ s: string; src: SourceUnderTest }> {
+  const s = stream();
+  await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+  const src: SourceUnderTest = {
+    redelivers: true,
+    put: (payloads) => publish(s, payloads),
+    drained: () => drained(s),
+    async dropConnections() {
+      await restartNats();
+      // JetStream is back once it serves the stream again (to this test's reconnected client too).
+      await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000);
+    },
+  };
+  return { s, src };
 }
 
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
@@ -148,28 +172,18 @@ describe('nats source', () => {
     await expectNoLossNoDuplicateAcrossKills(project(s, '  ack_wait_ms: 2000\n'), N, () => drained(s));
   }, 240_000);
 
-  it('survives a NATS server restart: reconnects, nothing lost', async () => {
-    const s = stream();
-    const p = project(s);
-    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
-    await publish(s, orders(0, 1000));
-    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
-    try {
-      await until(async () => (await orderIds(p)).n > 0, 30_000);
-      execFileSync('pkill', ['-TERM', '-f', '/usr/sbin/nats-server']);
-      await until(async () => !(await natsListening()), 20_000);
-      await new Promise((r) => setTimeout(r, 1000));
-      startNats();
-      await until(() => natsListening(), 30_000);
-      await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000);
-      await publish(s, orders(1000, 500));
-      await until(() => drained(s), 60_000);
-      await until(async () => (await orderIds(p)).d === 1500, 30_000);
-    } finally {
-      child.kill('SIGTERM');
-    }
-    expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
-    expect((await orderIds(p)).d).toBe(1500);
-    expect(child.err()).toMatch(/reconnected to NATS/);
+  it('contract: poison messages are terminated and dead-lettered with stage and error, good ones reach the output', async () => {
+    const { s, src } = await natsSource();
+    await expectDlqRouting(project(s), src);
+  });
+
+  it('contract: a worker killed before committing a batch has its unacked messages redelivered after ack_wait, each once in the output', async () => {
+    const { s, src } = await natsSource();
+    await expectRedeliveryOfUnacked(project(s, '  ack_wait_ms: 2000\n'), src);
+  }, 120_000);
+
+  it('contract: survives NATS server restarts: reconnects, /readyz green again, nothing lost or repeated', async () => {
+    const { s, src } = await natsSource();
+    await expectReconnectAfterDrop(project(s, '  ack_wait_ms: 2000\n'), src, 1500, 2);
   }, 120_000);
 });

@@ -6,7 +6,14 @@ import { orderMessage } from '../../src/connectors/generator/generator-source.js
 import { freePort, httpGet, killRepeatedly, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
-import { expectGracefulStopLosesNothing, expectSourceOrder } from '../helpers/contract.js';
+import {
+  expectDlqRouting,
+  expectGracefulStopLosesNothing,
+  expectReconnectAfterDrop,
+  expectRedeliveryOfUnacked,
+  expectSourceOrder,
+  type SourceUnderTest,
+} from '../helpers/contract.js';
 
 // otter's processing contract, row by row, against the RabbitMQ running on this machine.
 // One file on purpose: some tests drop every connection or restart the broker, so nothing
@@ -46,6 +53,20 @@ async function rows(p: string, model: string): Promise<Record<string, unknown>[]
   }
 }
 
+/** A new queue, as the contract scenarios drive it; `dropConnections` closes every client connection. */
+function rabbitSource(): { queue: string; src: SourceUnderTest } {
+  const queue = q();
+  const src: SourceUnderTest = {
+    redelivers: true,
+    put: (payloads) => publish(queue, payloads),
+    // Nothing ready in the queue (what the worker holds unacked comes back here if it dies).
+    drained: async () => (await queueDepth(queue)) === 0,
+    async dropConnections() {
+      execFileSync('rabbitmqctl', ['close_all_connections', 'sluice test: dropping connections'], { stdio: 'ignore' });
+    },
+  };
+  return { queue, src };
+}
 
 const orders = (from: number, n: number) => Array.from({ length: n }, (_, i) => orderMessage(from + i, 5));
 
@@ -248,37 +269,19 @@ describe('rabbitmq source', () => {
     expect(Number(pr[0].n)).toBe(items);
   });
 
-  it('survives dropped connections: reconnects, no message lost, no ack on a dead channel', async () => {
-    const queue = q();
-    const p = project(queue);
-    const port = await freePort();
-    const child = sluiceBg(['run', '--project', p, '--port', String(port)]);
-    try {
-      await until(async () => {
-        try {
-          return (await httpGet(`http://127.0.0.1:${port}/readyz`)).status === 200;
-        } catch {
-          return false;
-        }
-      }, 30_000);
-      for (let round = 0; round < 3; round++) {
-        await publish(queue, orders(round * 300, 300));
-        await new Promise((r) => setTimeout(r, 150));
-        // A real broker-side disconnect of every client connection.
-        execFileSync('rabbitmqctl', ['close_all_connections', 'sluice test: dropping connections'], { stdio: 'ignore' });
-        await new Promise((r) => setTimeout(r, 300));
-      }
-      await until(async () => (await queueDepth(queue)) === 0, 40_000);
-      await until(async () => {
-        const r = await rows(p, 'orders');
-        return new Set(r.map((x) => x.order_id)).size === 900;
-      }, 40_000);
-      expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
-      expect(child.err()).toMatch(/reconnected to RabbitMQ/);
-    } finally {
-      child.kill('SIGTERM');
-      expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
-    }
+  it('contract: poison messages go to the DLQ queue with stage and error, good ones reach the output', async () => {
+    const { queue, src } = rabbitSource();
+    await expectDlqRouting(project(queue), src);
+  });
+
+  it('contract: a worker killed before committing a batch has its unacked messages redelivered, each once in the output', async () => {
+    const { queue, src } = rabbitSource();
+    await expectRedeliveryOfUnacked(project(queue), src);
+  });
+
+  it('contract: survives dropped connections: reconnects, /readyz green again, no message lost, no ack on a dead channel', async () => {
+    const { queue, src } = rabbitSource();
+    await expectReconnectAfterDrop(project(queue), src, 900, 3);
   }, 120_000);
 
   it('survives a full broker restart', async () => {

@@ -5,7 +5,15 @@ import { createClient } from 'redis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import { expectGracefulStopLosesNothing, expectNoLossNoDuplicateAcrossKills, expectSourceOrder } from '../helpers/contract.js';
+import {
+  expectDlqRouting,
+  expectGracefulStopLosesNothing,
+  expectNoLossNoDuplicateAcrossKills,
+  expectReconnectAfterDrop,
+  expectRedeliveryOfUnacked,
+  expectSourceOrder,
+  type SourceUnderTest,
+} from '../helpers/contract.js';
 
 // The redis_streams source against the Redis running on this machine (127.0.0.1:6379).
 
@@ -44,6 +52,20 @@ async function drained(s: string, group = 'sluice'): Promise<boolean> {
   const groups = await redis.xInfoGroups(s).catch(() => []);
   const g = (groups as { name: string; pending: number; lag: number | null }[]).find((x) => x.name === group);
   return Boolean(g && g.pending === 0 && g.lag === 0);
+}
+
+/** A new stream, as the contract scenarios drive it; `dropConnections` kills every other client's connection. */
+function redisSource(): { s: string; src: SourceUnderTest } {
+  const s = stream();
+  const src: SourceUnderTest = {
+    redelivers: true,
+    put: (payloads) => add(s, payloads),
+    drained: () => drained(s),
+    async dropConnections() {
+      await redis.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
+    },
+  };
+  return { s, src };
 }
 
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
@@ -132,24 +154,20 @@ describe('redis_streams source', () => {
     expect(child.err()).toMatch(/took over entries another consumer left pending/);
   });
 
-  it('survives its connections being killed: reconnects, nothing lost', async () => {
-    const s = stream();
-    await add(s, orders(0, 2000));
-    const p = project(s);
-    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
-    await until(() => child.err().includes('reading from the source'), 30_000);
-    for (let i = 0; i < 3; i++) {
-      await new Promise((r) => setTimeout(r, 300));
-      await redis.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
-      await add(s, orders(2000 + i * 100, 100));
-    }
-    await until(() => drained(s), 60_000);
-    await until(async () => (await orderIds(p)).d === 2300, 30_000);
-    child.kill('SIGTERM');
-    expect((await waitExit(child)).code, child.err()).toBe(0);
-    expect((await orderIds(p)).d).toBe(2300);
-    expect(child.err()).toMatch(/reconnected to Redis/);
+  it('contract: poison entries go to the DLQ stream with stage and error, good ones reach the output', async () => {
+    const { s, src } = redisSource();
+    await expectDlqRouting(project(s), src);
   });
+
+  it('contract: a worker killed before committing a batch reads its pending entries again on restart, each once in the output', async () => {
+    const { s, src } = redisSource();
+    await expectRedeliveryOfUnacked(project(s), src);
+  });
+
+  it('contract: survives its connections being killed: reconnects, /readyz green again, nothing lost or repeated', async () => {
+    const { s, src } = redisSource();
+    await expectReconnectAfterDrop(project(s), src, 2000, 3);
+  }, 120_000);
 
   it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
     const a = stream();

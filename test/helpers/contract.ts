@@ -1,10 +1,32 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
-import { killRepeatedly, query, sluiceBg, until, waitExit, writeFiles } from './cli.js';
+import { orderMessage } from '../../src/connectors/generator/generator-source.js';
+import { freePort, httpGet, killRepeatedly, query, sluice, sluiceBg, until, waitExit, writeFiles } from './cli.js';
 
-// Scenarios every broker source must pass, whatever the broker (the start of issue 4's contract
-// suite). `drained` says when the broker holds nothing unacknowledged for the project's source.
+// The contract every source must pass, whatever the broker (issue 4): order within a partition,
+// graceful stop, no loss across SIGKILLs, redelivery of unacked work, DLQ routing, reconnect.
+// Each scenario gets a project whose config/sources.yml reads the source under test, and either
+// `drained` (true when the broker holds nothing unacknowledged for the project's source) or a
+// `SourceUnderTest` with the broker side of the source.
+
+/** The broker side of a source, as a contract scenario drives it. */
+export interface SourceUnderTest {
+  /** Appends messages, in this order, to what the project's source reads (durably: confirmed). */
+  put(payloads: string[]): Promise<void>;
+  /** True once everything put is delivered to the project's source and acknowledged. */
+  drained(): Promise<boolean>;
+  /**
+   * True when the broker hands a dead worker's unacknowledged messages out again (counted in
+   * `sluice_redelivered_total`); false for a file, which is read again from the committed position.
+   */
+  redelivers: boolean;
+  /** Drops every client connection to the broker (or restarts it); resolves once it serves again. */
+  dropConnections?(): Promise<void>;
+}
+
+/** Orders 1..n as the generator makes them (order_id = i + 1). */
+export const contractOrders = (n: number, from = 0): string[] => Array.from({ length: n }, (_, i) => orderMessage(from + i, 7));
 
 /** One `orders` model with `dedupe_key: order_id` on the sink, flushing often. */
 export function useDedupeOrdersProject(p: string): void {
@@ -54,15 +76,41 @@ async function outputSequence(p: string): Promise<number[]> {
 
 /**
  * Runs a worker until the broker is drained and the output holds `n` rows (a drained queue can
- * still have messages in the worker's prefetch), then stops it with SIGTERM.
+ * still have messages in the worker's prefetch), then stops it with SIGTERM; returns its summary
+ * (the `done` log line).
  */
-async function runUntilDrained(p: string, drained: () => Promise<boolean>, n: number): Promise<void> {
+async function runUntilDrained(p: string, drained: () => Promise<boolean>, n: number): Promise<Record<string, unknown>> {
   const w = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'c1' } });
-  await until(() => w.err().includes('reading from the source'), 60_000);
-  await until(async () => (await drained()) && fs.existsSync(path.join(p, 'output/orders')) && (await outputSequence(p)).length >= n, 90_000, 200);
+  try {
+    await until(() => w.err().includes('reading from the source'), 60_000);
+    await until(async () => {
+      if (w.exitCode !== null) throw new Error(`the worker exited (${w.exitCode})`);
+      return (await drained()) && fs.existsSync(path.join(p, 'output/orders')) && (await outputSequence(p)).length >= n;
+    }, 90_000, 200);
+  } catch (err) {
+    const rows = fs.existsSync(path.join(p, 'output/orders')) ? (await outputSequence(p)).length : 0;
+    w.kill('SIGKILL');
+    throw new Error(`${(err as Error).message}: drained ${await drained()}, ${rows} of ${n} rows; worker log:\n${w.err().slice(-3000)}`);
+  }
   w.kill('SIGTERM');
   expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+  return doneLine(w.err());
 }
+
+function doneLine(log: string): Record<string, unknown> {
+  const done = log.trim().split('\n').map((l) => {
+    try {
+      return JSON.parse(l) as Record<string, unknown>;
+    } catch {
+      return {};
+    }
+  }).find((l) => l.msg === 'done');
+  expect(done, log.slice(-3000)).toBeDefined();
+  return done!;
+}
+
+const ascending = (ids: number[]) => [...ids].sort((a, b) => a - b);
+const oneToN = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
 
 /** With orders 1..n queued, one worker writes them in source order, each once. */
 export async function expectSourceOrder(p: string, n: number, drained: () => Promise<boolean>): Promise<void> {
@@ -89,4 +137,97 @@ export async function expectGracefulStopLosesNothing(p: string, n: number, drain
   const ids = await outputSequence(p);
   expect(ids.length).toBe(n);
   expect(new Set(ids).size).toBe(n);
+}
+
+/**
+ * A mix of good and poison messages: the good ones reach the output, each once; every poison
+ * one is in the source's DLQ (as `sluice dlq inspect --format json` shows it) with its payload,
+ * stage and error: unparseable JSON and a type conflict fail `decode`, a failed CAST fails
+ * `transform` naming the model. Nothing poison reaches the output.
+ */
+export async function expectDlqRouting(p: string, src: SourceUnderTest, good = 300): Promise<void> {
+  useOrdersProject(p);
+  writeFiles(p, { 'models/orders.sql': 'SELECT incoming.order_id, incoming.user.id AS user_id, CAST(incoming.placed_at AS TIMESTAMP) AS placed_at FROM incoming\n' });
+  const poison = {
+    unparseable: '{"order_id": 100001, "user": ',
+    conflict: JSON.stringify({ order_id: 100002, user: 'bob', items: [], currency: 'EUR', placed_at: '2024-01-01T00:00:00Z' }),
+    transform: JSON.stringify({ order_id: 100003, user: { id: 5, name: 'Eve' }, items: [], currency: 'EUR', placed_at: 'yesterday' }),
+  };
+  const msgs = contractOrders(good);
+  msgs.splice(Math.floor(good * 0.8), 0, poison.transform);
+  msgs.splice(Math.floor(good * 0.4), 0, poison.conflict);
+  msgs.splice(Math.floor(good * 0.1), 0, poison.unparseable);
+  await src.put(msgs);
+  await runUntilDrained(p, () => src.drained(), good);
+  expect(ascending(await outputSequence(p))).toEqual(oneToN(good));
+
+  const inspect = sluice(['dlq', 'inspect', '--project', p, '--format', 'json', '--limit', '100']);
+  expect(inspect.code, inspect.stderr).toBe(0);
+  const dead = JSON.parse(inspect.stdout) as { payload: string; stage: string; error: string; model?: string; source: Record<string, unknown> }[];
+  const byPayload = new Map(dead.map((d) => [d.payload, d]));
+  expect(dead).toHaveLength(3);
+  expect(byPayload.get(poison.unparseable)).toMatchObject({ stage: 'decode', error: expect.stringMatching(/invalid JSON/) });
+  expect(byPayload.get(poison.conflict)).toMatchObject({ stage: 'decode', error: expect.stringMatching(/type conflict: \$\.user/) });
+  expect(byPayload.get(poison.transform)).toMatchObject({ stage: 'transform', model: 'orders', error: expect.stringMatching(/yesterday/) });
+  for (const d of dead) expect(Object.keys(d.source).length, JSON.stringify(d)).toBeGreaterThan(0);
+}
+
+/**
+ * With orders 1..n queued: a worker is SIGKILLed after reading and staging its third batch but
+ * before committing it (SLUICE_CRASH_AT=before-commit), so that batch and whatever it had read
+ * ahead are unacknowledged. A restarted worker must drop the uncommitted batch from its WAL and
+ * get the messages again (from the broker, counted as redeliveries; from the committed position
+ * for a file): without dedupe_key, every order is in the output exactly once.
+ */
+export async function expectRedeliveryOfUnacked(p: string, src: SourceUnderTest, n = 2000): Promise<void> {
+  useOrdersProject(p);
+  await src.put(contractOrders(n));
+  const crashed = sluice(['run', '--project', p, '--port', '0', '--log-json'], {
+    env: { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '3', SLUICE_WORKER_ID: 'c1' },
+  });
+  expect(crashed.code, `expected the kill before the third commit: ${crashed.stderr.slice(-2000)}`).toBe(-1);
+  expect(await src.drained()).toBe(false); // the killed worker left unacknowledged work
+  const done = await runUntilDrained(p, () => src.drained(), n);
+  const ids = await outputSequence(p);
+  expect(ids.length).toBe(n);
+  expect(ascending(ids)).toEqual(oneToN(n));
+  if (src.redelivers) expect(Number(done.redelivered)).toBeGreaterThan(0);
+  else expect(Number(done.redelivered)).toBe(0);
+}
+
+/**
+ * While a worker consumes, the broker drops every client connection `rounds` times, with orders
+ * put before each drop: the worker reconnects by itself (saying so in its log), `/readyz` is
+ * green again, and with dedupe_key every order is in the output exactly once.
+ */
+export async function expectReconnectAfterDrop(p: string, src: SourceUnderTest, n = 1500, rounds = 3): Promise<void> {
+  if (!src.dropConnections) throw new Error('expectReconnectAfterDrop needs src.dropConnections');
+  useDedupeOrdersProject(p);
+  const port = await freePort();
+  const w = sluiceBg(['run', '--project', p, '--port', String(port), '--log-json'], { env: { SLUICE_WORKER_ID: 'c1' } });
+  const readyz = async () => {
+    try {
+      return (await httpGet(`http://127.0.0.1:${port}/readyz`)).status;
+    } catch {
+      return 0;
+    }
+  };
+  try {
+    await until(() => w.err().includes('reading from the source'), 60_000);
+    const per = Math.ceil(n / rounds);
+    for (let r = 0; r < rounds; r++) {
+      await src.put(contractOrders(Math.min(per, n - r * per), r * per));
+      await new Promise((res) => setTimeout(res, 200));
+      await src.dropConnections();
+    }
+    await until(async () => (await src.drained()) && fs.existsSync(path.join(p, 'output/orders')) && new Set(await outputSequence(p)).size === n, 90_000, 200);
+    await until(async () => (await readyz()) === 200, 30_000);
+    expect(w.err()).toMatch(/"msg":"reconnected to /);
+  } finally {
+    w.kill('SIGTERM');
+  }
+  expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+  const ids = await outputSequence(p);
+  expect(ids.length).toBe(n);
+  expect(ascending(ids)).toEqual(oneToN(n));
 }

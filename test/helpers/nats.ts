@@ -15,3 +15,39 @@ export function natsListening(): Promise<boolean> {
     s.on('error', () => resolve(false));
   });
 }
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The pid of the process listening on 127.0.0.1:4222, from `ss`. */
+function natsPid(): number | undefined {
+  const out = execFileSync('ss', ['-ltnpH', 'sport = :4222'], { encoding: 'utf8' });
+  const m = /pid=(\d+)/.exec(out);
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * Restarts the machine's NATS server (SIGTERM to the process listening on 4222, then the start
+ * command): every client connection drops. Resolves once it listens again.
+ */
+export async function restartNats(): Promise<void> {
+  const pid = natsPid();
+  if (pid) process.kill(pid, 'SIGTERM');
+  const until = async (cond: () => Promise<boolean>, ms: number) => {
+    const end = Date.now() + ms;
+    while (!(await cond())) {
+      if (Date.now() > end) throw new Error('NATS restart: condition not reached in time');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  // start-stop-daemon would see a server still shutting down as running: wait for it to exit.
+  await until(async () => !(pid && alive(pid)) && !(await natsListening()), 20_000);
+  startNats();
+  await until(natsListening, 30_000);
+}

@@ -1,10 +1,10 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, type JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, type ConsumerInfo, type JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
 import { sleep } from '../file/file-source.js';
-import { deadLettered, type NatsSourceConfig } from './nats-config.js';
+import { deadLettered, maxAckPending, type NatsSourceConfig } from './nats-config.js';
 
 /**
  * Connects with reconnects that never give up (the engine waits; /readyz tells). `onState`
@@ -73,13 +73,27 @@ export class NatsSource implements Source {
       await jsm.streams.add({ name: cfg.stream, subjects: cfg.subjects });
       this.log.info({ stream: cfg.stream, subjects: cfg.subjects }, 'created the stream');
     }
+    // JetStream's default max_ack_pending (1000) would cut every pull short of batch_size and
+    // leave it waiting for batch_timeout_ms: the consumer gets room for the batches in flight.
+    const maxPending = maxAckPending(cfg);
+    let existing: ConsumerInfo | undefined;
     try {
-      await jsm.consumers.info(cfg.stream, cfg.consumer);
+      existing = await jsm.consumers.info(cfg.stream, cfg.consumer);
     } catch {
+      existing = undefined;
+    }
+    if (existing) {
+      const have = existing.config.max_ack_pending ?? -1;
+      if (have !== -1 && have < maxPending) {
+        await jsm.consumers.update(cfg.stream, cfg.consumer, { max_ack_pending: maxPending });
+        this.log.info({ consumer: cfg.consumer, from: have, to: maxPending }, 'raised the consumer\'s max_ack_pending');
+      }
+    } else {
       await jsm.consumers.add(cfg.stream, {
         durable_name: cfg.consumer,
         ack_policy: AckPolicy.Explicit,
         ack_wait: cfg.ack_wait_ms * 1_000_000,
+        max_ack_pending: maxPending,
         deliver_policy: cfg.start === 'earliest' ? DeliverPolicy.All : DeliverPolicy.New,
         ...(cfg.filter_subject ? { filter_subject: cfg.filter_subject } : {}),
       });

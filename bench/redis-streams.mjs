@@ -1,0 +1,53 @@
+// Redis Streams benchmark: sluice draining a stream backlog of order messages through the
+// `orders` and `purchases` models to Parquet, against a bare node-redis consumer (XREADGROUP of
+// a batch, then one XACK of its ids) draining the same backlog in the same run.
+//
+//   node bench/run.mjs redis_streams [--messages 200000] [--runs 5] [--batch-size 10000] [--threads T] [--debug 1]
+import { createClient } from 'redis';
+import { drainBench, drainFlags, orderBodies } from './lib.mjs';
+import { orderMessage } from '../dist/connectors/generator/generator-source.js';
+
+const flags = drainFlags('redis_streams');
+const URL = process.env.SLUICE_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const { bodies, itemsIn } = orderBodies(orderMessage);
+const STREAM = `sluice-bench-${process.pid}`;
+
+const redis = createClient({ url: URL });
+await redis.connect();
+
+/** A fresh stream holding n entries (`payload` field), no consumer group. */
+async function fill(n) {
+  await redis.del(STREAM);
+  for (let i = 0; i < n; i += 2000) {
+    const multi = redis.multi();
+    for (let j = i; j < Math.min(n, i + 2000); j++) multi.xAdd(STREAM, '*', { payload: bodies[j % bodies.length] });
+    await multi.execAsPipeline();
+  }
+}
+
+/** The baseline: XREADGROUP up to a batch, XACK the batch's ids in one command, repeat. */
+async function bare(n) {
+  await redis.xGroupCreate(STREAM, 'bare', '0');
+  const t0 = performance.now();
+  let got = 0;
+  while (got < n) {
+    const r = await redis.xReadGroup('bare', 'c1', { key: STREAM, id: '>' }, { COUNT: flags.batch, BLOCK: 1000 });
+    const ids = (r?.[0]?.messages ?? []).map((m) => m.id);
+    if (ids.length) await redis.xAck(STREAM, 'bare', ids);
+    got += ids.length;
+  }
+  return n / ((performance.now() - t0) / 1000);
+}
+
+await drainBench({
+  name: 'redis_streams',
+  title: 'Redis Streams',
+  baseline: 'bare node-redis consumer',
+  flags,
+  fill,
+  bare,
+  sourceYaml: `source:\n  type: redis_streams\n  url: ${URL}\n  stream: ${STREAM}\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n`,
+  itemsIn,
+});
+await redis.del(STREAM);
+await redis.quit();
