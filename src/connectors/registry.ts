@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import { fileSourceSchema } from './file/file-source.js';
 import { generatorSourceSchema } from './generator/generator-source.js';
+import { kafkaSinkSchema, kafkaSourceSchema } from './kafka/kafka-config.js';
 import { dlqSubject, natsSourceSchema } from './nats/nats-config.js';
 import { parquetSinkSchema } from './parquet/parquet-sink.js';
 import { rabbitmqSourceSchema } from './rabbitmq/rabbitmq-config.js';
@@ -116,6 +117,23 @@ export const sources: SourceSpec[] = [
       return q;
     },
   },
+  {
+    type: 'kafka',
+    kind: 'source',
+    schema: kafkaSourceSchema,
+    description: 'Kafka topics in a consumer group, offsets committed after the rows are durable; effectively-once output',
+    workerScoped: true,
+    async create(cfg, ctx) {
+      const { KafkaSource } = await import('./kafka/kafka-source.js');
+      return new KafkaSource(cfg as z.output<typeof kafkaSourceSchema>, ctx);
+    },
+    async createDlq(cfg, ctx) {
+      const { KafkaDeadLetterQueue } = await import('./kafka/kafka-dlq.js');
+      const q = new KafkaDeadLetterQueue(cfg as z.output<typeof kafkaSourceSchema>, ctx.log, ctx.workerId);
+      await q.open();
+      return q;
+    },
+  },
 ];
 
 export const sinks: SinkSpec[] = [
@@ -131,6 +149,20 @@ export const sinks: SinkSpec[] = [
     async create(cfg, ctx) {
       const { ParquetSink } = await import('./parquet/parquet-sink.js');
       return new ParquetSink(cfg as z.output<typeof parquetSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'kafka',
+    kind: 'sink',
+    schema: kafkaSinkSchema,
+    description: 'rows as JSON messages to a Kafka topic, one transaction per flush, key from a column',
+    requiredColumns: (cfg) => {
+      const c = cfg as z.output<typeof kafkaSinkSchema>;
+      return c.key ? [c.key] : [];
+    },
+    async create(cfg, ctx) {
+      const { KafkaSink } = await import('./kafka/kafka-sink.js');
+      return new KafkaSink(cfg as z.output<typeof kafkaSinkSchema>, ctx);
     },
   },
 ];

@@ -1,0 +1,477 @@
+import type { Admin, Consumer, EachBatchPayload, IHeaders, KafkaMessage } from 'kafkajs';
+import type { Logger } from 'pino';
+import { SluiceError, errorMessage } from '../../errors.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import { fileSafeTopic, isDlqTopic, kafkaClient, messageKey, type KafkaSourceConfig } from './kafka-config.js';
+
+/** What a dead letter needs of the message it came from (`RawMessage.raw`). */
+export interface KafkaOrigin {
+  topic: string;
+  partition: number;
+  message: KafkaMessage;
+}
+
+/** Next offset to read per partition, keyed `topic:partition`; stored in the WAL at each commit. */
+export type KafkaPosition = Record<string, number>;
+
+/** One eachBatch call of kafkajs, held until every chunk of it is committed (or let go). */
+interface HeldFetch {
+  chunks: Chunk[];
+  released: boolean;
+  wake: () => void;
+}
+
+/** Up to batch_size messages of one partition: one engine batch. */
+interface Chunk {
+  topic: string;
+  partition: number;
+  tp: string;
+  messages: KafkaMessage[];
+  bytes: number;
+  epoch: number;
+  held: HeldFetch;
+  /** Resolved once the chunk is acked and its offset commit attempted (or it was let go). */
+  done: Promise<void>;
+  finish: () => void;
+  finished: boolean;
+}
+
+const tpKey = (topic: string, partition: number) => `${topic}:${partition}`;
+
+/** Header values as text; repeated headers joined with commas. */
+export function headerText(headers: IHeaders | undefined): Record<string, string> | undefined {
+  if (!headers) return undefined;
+  const out: Record<string, string> = {};
+  let any = false;
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined) continue;
+    out[k] = (Array.isArray(v) ? v : [v]).map((x) => x.toString()).join(',');
+    any = true;
+  }
+  return any ? out : undefined;
+}
+
+/**
+ * Consumes topics in a consumer group. kafkajs fetches per broker and calls `eachBatch` for
+ * each partition's fetched messages; the handler queues them as chunks of one partition
+ * (one engine batch each) and waits until the engine has acked every chunk (rows fsynced in
+ * the WAL) and the offset commit went out. So a partition's next fetch only starts after its
+ * previous one is durable, and kafkajs, which lets running handlers finish before it rejoins
+ * a rebalancing group, commits everything in flight before a partition changes hands
+ * (bounded by revoke_timeout_ms). Past max_buffer_bytes queued, every partition is paused
+ * until half of it is left; partitions assigned meanwhile start paused.
+ *
+ * Offsets: the WAL stores each partition's next offset with the rows, and messages below it
+ * are skipped (after seeking there when the group's committed offset is behind), so a crash
+ * between the WAL commit and the Kafka commit reads nothing twice. Commits are the highest
+ * acked offset + 1 per partition (batches are acked in order, so that is contiguous).
+ */
+export class KafkaSource implements Source {
+  private consumer?: Consumer;
+  private admin?: Admin;
+  private topics: string[] = [];
+  /** Next offset handed to the engine, per partition (the WAL position). */
+  private position = new Map<string, number>();
+  /** Next offset queued; fetched messages below it are skipped. */
+  private queuedUpTo = new Map<string, number>();
+  private assigned = new Map<string, { topic: string; partition: number }>();
+  private epoch = 0;
+  private queue: Chunk[] = [];
+  private queuedBytes = 0;
+  private held = new Set<HeldFetch>();
+  private wakeReader: (() => void) | undefined;
+  private backpressure = false;
+  private up = false;
+  private closing = false;
+  private timestampStart = new Map<string, number>();
+  private pendingCommits = new Map<string, { topic: string; partition: number; offset: string }>();
+  private commitWaiters: (() => void)[] = [];
+  private committing: Promise<void> | undefined;
+  private readonly safeTopics = new Map<string, string>();
+
+  constructor(
+    private readonly cfg: KafkaSourceConfig,
+    private readonly ctx: ConnectorContext,
+  ) {}
+
+  private get log(): Logger {
+    return this.ctx.log;
+  }
+
+  private get revokeTimeout(): number {
+    return this.cfg.revoke_timeout_ms ?? Math.floor(this.cfg.rebalance_timeout_ms / 2);
+  }
+
+  async open(position: unknown): Promise<void> {
+    const cfg = this.cfg;
+    if (position && typeof position === 'object') {
+      for (const [k, v] of Object.entries(position as KafkaPosition)) if (typeof v === 'number') this.position.set(k, v);
+    }
+    const kafka = await kafkaClient(cfg, this.log, 'source');
+    this.admin = kafka.admin();
+    try {
+      await this.admin.connect();
+      this.topics = await this.resolveTopics();
+      if (typeof cfg.start === 'object') await this.timestampOffsets(cfg.start.timestamp);
+    } catch (err) {
+      await this.admin.disconnect().catch(() => {});
+      throw new SluiceError('CONNECT', `cannot reach Kafka at ${cfg.brokers.join(',')}: ${errorMessage(err)}`, { cause: err, retryable: true });
+    }
+    if (this.topics.length === 0) throw new SluiceError('CONFIG', `no topic matches topic_pattern ${cfg.topic_pattern}`);
+    const consumer = kafka.consumer({
+      groupId: cfg.group_id,
+      sessionTimeout: cfg.session_timeout_ms,
+      rebalanceTimeout: cfg.rebalance_timeout_ms,
+      heartbeatInterval: cfg.heartbeat_interval_ms,
+      maxWaitTimeInMs: cfg.max_wait_ms,
+      maxBytesPerPartition: cfg.max_bytes_per_partition,
+      allowAutoTopicCreation: false,
+      // Any crash is followed by a restart (a new join); the WAL position keeps it exact.
+      retry: { initialRetryTime: 250, maxRetryTime: 5000, retries: 8, restartOnFailure: async () => true },
+    });
+    this.consumer = consumer;
+    const ev = consumer.events;
+    consumer.on(ev.GROUP_JOIN, (e) => this.onAssign(e.payload.memberAssignment));
+    consumer.on(ev.FETCH, () => {
+      if (!this.up && !this.closing) this.log.info('Kafka consumer fetching again');
+      this.up = true;
+    });
+    consumer.on(ev.CRASH, (e) => {
+      this.up = false;
+      if (this.closing) return;
+      this.log.warn({ err: new Error(errorMessage(e.payload.error)), restart: e.payload.restart }, 'Kafka consumer crashed; reconnecting');
+      this.dropQueue();
+      if (!e.payload.restart) void this.restart();
+    });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topics: this.topics, fromBeginning: cfg.start !== 'latest' });
+      await this.run();
+    } catch (err) {
+      await consumer.disconnect().catch(() => {});
+      await this.admin.disconnect().catch(() => {});
+      throw new SluiceError('CONNECT', `cannot consume from Kafka at ${cfg.brokers.join(',')}: ${errorMessage(err)}`, { cause: err, retryable: true });
+    }
+    this.log.info({ topics: this.topics, group: cfg.group_id }, 'joined the Kafka consumer group');
+  }
+
+  private run(): Promise<void> {
+    return this.consumer!.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: 16,
+      eachBatch: (p) => this.onFetch(p),
+    });
+  }
+
+  /** A crash kafkajs does not restart itself from: start over after a pause, until closed. */
+  private async restart(): Promise<void> {
+    for (let delay = 500; !this.closing; delay = Math.min(delay * 2, 10_000)) {
+      await new Promise((r) => setTimeout(r, delay));
+      if (this.closing) return;
+      try {
+        await this.consumer!.disconnect().catch(() => {});
+        await this.consumer!.connect();
+        await this.consumer!.subscribe({ topics: this.topics, fromBeginning: this.cfg.start !== 'latest' });
+        await this.run();
+        return;
+      } catch (err) {
+        this.log.warn({ err: new Error(errorMessage(err)), retry_in_ms: delay }, 'Kafka consumer restart failed');
+      }
+    }
+  }
+
+  private async resolveTopics(): Promise<string[]> {
+    if (this.cfg.topics) return this.cfg.topics;
+    const re = new RegExp(this.cfg.topic_pattern!);
+    return (await this.admin!.listTopics()).filter((t) => re.test(t) && !t.startsWith('__') && !isDlqTopic(this.cfg, t)).sort();
+  }
+
+  /** start: {timestamp}: the first offset at or after it, per partition (used where nothing is committed). */
+  private async timestampOffsets(ts: number | string): Promise<void> {
+    const ms = typeof ts === 'number' ? ts : Date.parse(ts);
+    for (const topic of this.topics) {
+      for (const { partition, offset } of await this.admin!.fetchTopicOffsetsByTimestamp(topic, ms)) {
+        this.timestampStart.set(tpKey(topic, partition), Number(offset));
+      }
+    }
+  }
+
+  private safeTopic(topic: string): string {
+    let s = this.safeTopics.get(topic);
+    if (s === undefined) this.safeTopics.set(topic, (s = fileSafeTopic(topic)));
+    return s;
+  }
+
+  /** A new generation of the group: what is still queued belongs to the old one and is dropped. */
+  private onAssign(assignment: Record<string, number[]>): void {
+    this.epoch++;
+    this.up = true;
+    this.dropQueue();
+    const before = new Set(this.assigned.keys());
+    this.assigned.clear();
+    for (const [topic, parts] of Object.entries(assignment)) for (const partition of parts) this.assigned.set(tpKey(topic, partition), { topic, partition });
+    const added = [...this.assigned.keys()].filter((k) => !before.has(k));
+    const revoked = [...before].filter((k) => !this.assigned.has(k));
+    this.log.info({ partitions: [...this.assigned.keys()], added, revoked }, 'Kafka partitions assigned');
+    if (this.backpressure && this.assigned.size > 0) this.consumer!.pause(this.byTopic([...this.assigned.values()]));
+    // Positions as of the assignment: what this worker's WAL holds, before anything new is read.
+    void this.catchUp([...this.assigned.values()].map((a) => ({ ...a, mine: this.position.get(tpKey(a.topic, a.partition)) })), this.epoch);
+  }
+
+  /**
+   * Where the WAL is ahead of the group's committed offset (a crash after the WAL commit, before
+   * the Kafka commit), seek there and commit it; where nothing is committed and start is a
+   * timestamp, seek to its offset. Messages below the WAL position are skipped regardless.
+   */
+  private async catchUp(parts: { topic: string; partition: number; mine: number | undefined }[], epoch: number): Promise<void> {
+    if (parts.length === 0) return;
+    try {
+      const topics = [...new Set(parts.map((p) => p.topic))];
+      const committed = new Map<string, number>();
+      for (const t of await this.admin!.fetchOffsets({ groupId: this.cfg.group_id, topics })) {
+        for (const p of t.partitions) committed.set(tpKey(t.topic, p.partition), Number(p.offset));
+      }
+      if (epoch !== this.epoch) return;
+      const commits: { topic: string; partition: number; offset: string }[] = [];
+      for (const { topic, partition, mine } of parts) {
+        const k = tpKey(topic, partition);
+        const theirs = committed.get(k) ?? -1;
+        if (mine !== undefined && mine > theirs) {
+          this.consumer!.seek({ topic, partition, offset: String(mine) });
+          commits.push({ topic, partition, offset: String(mine) });
+        } else if (mine === undefined && theirs < 0 && this.timestampStart.has(k)) {
+          const at = this.timestampStart.get(k)!;
+          this.consumer!.seek({ topic, partition, offset: String(at) });
+          this.queuedUpTo.set(k, Math.max(this.queuedUpTo.get(k) ?? 0, at));
+        }
+      }
+      if (commits.length) {
+        await this.consumer!.commitOffsets(commits);
+        this.log.info({ partitions: commits.map((c) => `${c.topic}:${c.partition}@${c.offset}`) }, 'committed offsets the WAL already had (a crash came between the two commits)');
+      }
+    } catch (err) {
+      this.log.warn({ err: new Error(errorMessage(err)) }, 'could not compare the WAL position with the committed offsets; messages below the WAL position are skipped anyway');
+    }
+  }
+
+  private byTopic(parts: { topic: string; partition: number }[]): { topic: string; partitions: number[] }[] {
+    const m = new Map<string, number[]>();
+    for (const { topic, partition } of parts) (m.get(topic) ?? m.set(topic, []).get(topic)!).push(partition);
+    return [...m].map(([topic, partitions]) => ({ topic, partitions }));
+  }
+
+  /** kafkajs' eachBatch: queue the partition's new messages and hold until they are committed. */
+  private async onFetch(p: EachBatchPayload): Promise<void> {
+    const { batch } = p;
+    const k = tpKey(batch.topic, batch.partition);
+    if (this.closing || !this.assigned.has(k)) return;
+    const floor = Math.max(this.queuedUpTo.get(k) ?? -1, this.position.get(k) ?? -1);
+    const msgs = floor < 0 ? batch.messages : batch.messages.filter((m) => Number(m.offset) >= floor);
+    if (msgs.length === 0) {
+      p.resolveOffset(batch.lastOffset());
+      return;
+    }
+    const epoch = this.epoch;
+    const held: HeldFetch = { chunks: [], released: false, wake: () => {} };
+    const size = this.cfg.batch_size;
+    for (let i = 0; i < msgs.length; i += size) {
+      const part = msgs.slice(i, i + size);
+      let bytes = 0;
+      for (const m of part) bytes += (m.value?.length ?? 0) + (m.key?.length ?? 0) + 64;
+      let finish!: () => void;
+      const done = new Promise<void>((r) => (finish = r));
+      const chunk: Chunk = { topic: batch.topic, partition: batch.partition, tp: k, messages: part, bytes, epoch, held, done, finish, finished: false };
+      held.chunks.push(chunk);
+      this.queue.push(chunk);
+      this.queuedBytes += bytes;
+    }
+    this.queuedUpTo.set(k, Number(msgs[msgs.length - 1].offset) + 1);
+    this.held.add(held);
+    this.wakeReader?.();
+    this.checkBackpressure();
+    try {
+      const all = Promise.all(held.chunks.map((c) => c.done));
+      const released = new Promise<void>((r) => (held.wake = r));
+      let rebalancingSince = 0;
+      for (;;) {
+        const tick = new Promise<'tick'>((r) => setTimeout(() => r('tick'), this.cfg.heartbeat_interval_ms));
+        if ((await Promise.race([all, released, tick])) !== 'tick') break;
+        if (rebalancingSince) {
+          if (Date.now() - rebalancingSince > this.revokeTimeout) {
+            this.log.warn({ partition: k, revoke_timeout_ms: this.revokeTimeout }, 'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)');
+            this.release(held);
+            break;
+          }
+          continue;
+        }
+        try {
+          await p.heartbeat();
+        } catch (err) {
+          // A rebalance: keep finishing what is in flight, within revoke_timeout_ms.
+          rebalancingSince = Date.now();
+          this.log.info({ partition: k, reason: errorMessage(err) }, 'rebalance while batches are in flight; finishing them first');
+        }
+      }
+    } finally {
+      this.held.delete(held);
+    }
+    if (!held.released) p.resolveOffset(batch.lastOffset());
+  }
+
+  /** Lets a held fetch go without committing: its queued chunks are dropped and read again later. */
+  private release(held: HeldFetch): void {
+    if (held.released) return;
+    held.released = true;
+    for (const c of held.chunks) {
+      const i = this.queue.indexOf(c);
+      if (i >= 0) {
+        this.queue.splice(i, 1);
+        this.queuedBytes -= c.bytes;
+      }
+      if (!c.finished) {
+        c.finished = true;
+        c.finish();
+      }
+    }
+    const k = held.chunks[0]?.tp;
+    if (k !== undefined) {
+      const pos = this.position.get(k);
+      if (pos === undefined) this.queuedUpTo.delete(k);
+      else this.queuedUpTo.set(k, pos);
+    }
+    held.wake();
+    this.checkBackpressure();
+  }
+
+  private dropQueue(): void {
+    for (const h of [...this.held]) this.release(h);
+    this.queue = [];
+    this.queuedBytes = 0;
+    // Everything not handed to the engine is fetched again; nothing queued stands in the way.
+    this.queuedUpTo = new Map(this.position);
+    this.checkBackpressure();
+  }
+
+  private checkBackpressure(): void {
+    const high = this.cfg.max_buffer_bytes;
+    if (!this.backpressure && this.queuedBytes > high) {
+      this.backpressure = true;
+      if (this.assigned.size) this.consumer?.pause(this.byTopic([...this.assigned.values()]));
+      this.log.info({ buffered_bytes: this.queuedBytes }, 'backpressure: Kafka partitions paused');
+    } else if (this.backpressure && this.queuedBytes <= high / 2) {
+      this.backpressure = false;
+      if (this.assigned.size) this.consumer?.resume(this.byTopic([...this.assigned.values()]));
+      this.log.info({ buffered_bytes: this.queuedBytes }, 'backpressure released: Kafka partitions resumed');
+    }
+  }
+
+  private snapshot(): KafkaPosition {
+    return Object.fromEntries(this.position);
+  }
+
+  async read(signal: AbortSignal): Promise<SourceBatch | null> {
+    const deadline = Date.now() + this.cfg.batch_timeout_ms;
+    for (;;) {
+      while (this.queue.length === 0 && !signal.aborted && Date.now() < deadline && !this.closing) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(t);
+            signal.removeEventListener('abort', done);
+            this.wakeReader = undefined;
+            resolve();
+          };
+          const t = setTimeout(done, Math.max(1, deadline - Date.now()));
+          signal.addEventListener('abort', done, { once: true });
+          this.wakeReader = done;
+        });
+      }
+      const chunk = this.queue.shift();
+      if (!chunk) return { messages: [], position: this.snapshot() };
+      this.queuedBytes -= chunk.bytes;
+      this.checkBackpressure();
+      if (chunk.epoch !== this.epoch || chunk.held.released) continue;
+      return this.toBatch(chunk);
+    }
+  }
+
+  private toBatch(chunk: Chunk): SourceBatch {
+    const { topic, partition } = chunk;
+    const safe = this.safeTopic(topic);
+    const messages: RawMessage[] = chunk.messages.map((m) => ({
+      payload: m.value ? m.value.toString('utf8') : '',
+      coords: { topic, partition, offset: Number(m.offset) },
+      raw: { topic, partition, message: m } satisfies KafkaOrigin,
+      get meta(): MessageMeta {
+        return {
+          topic,
+          key: m.key ? m.key.toString('utf8') : undefined,
+          partition,
+          offset: Number(m.offset),
+          timestamp: Number(m.timestamp),
+          headers: headerText(m.headers),
+        };
+      },
+    }));
+    const firstOffset = chunk.messages[0].offset;
+    const lastOffset = chunk.messages[chunk.messages.length - 1].offset;
+    this.position.set(chunk.tp, Number(lastOffset) + 1);
+    return { messages, position: this.snapshot(), first: messageKey(safe, partition, firstOffset), last: messageKey(safe, partition, lastOffset), ackToken: chunk };
+  }
+
+  async ack(batch: SourceBatch): Promise<void> {
+    const chunk = batch.ackToken as Chunk | undefined;
+    if (!chunk || chunk.finished) return;
+    const last = chunk.messages[chunk.messages.length - 1];
+    const ts = Number(last.timestamp);
+    if (ts > 0) this.ctx.observeAckLatency?.(Math.max(0, Date.now() - ts) / 1000);
+    if (chunk.epoch !== this.epoch || !this.assigned.has(chunk.tp)) {
+      // The partition changed hands since it was read: the WAL has the rows, the new owner the offsets.
+      this.log.debug({ partition: chunk.tp }, 'not committing a batch of a revoked partition');
+      chunk.finished = true;
+      chunk.finish();
+      return;
+    }
+    this.pendingCommits.set(chunk.tp, { topic: chunk.topic, partition: chunk.partition, offset: String(Number(last.offset) + 1) });
+    // The engine goes on at once; the held fetch waits for the commit, so a rebalance cannot
+    // hand the partition over before it is committed.
+    this.commitWaiters.push(() => {
+      chunk.finished = true;
+      chunk.finish();
+    });
+    this.committing ??= this.commitLoop();
+  }
+
+  /** Commits pending offsets, one request at a time, coalescing what arrives meanwhile. */
+  private async commitLoop(): Promise<void> {
+    try {
+      while (this.pendingCommits.size > 0) {
+        const offsets = [...this.pendingCommits.values()];
+        this.pendingCommits.clear();
+        const waiters = this.commitWaiters.splice(0);
+        try {
+          await this.consumer!.commitOffsets(offsets);
+        } catch (err) {
+          // The WAL has the position: a restart of this worker skips these; another worker may read them again.
+          this.log.warn({ err: new Error(errorMessage(err)), partitions: offsets.length }, 'Kafka offset commit failed; the WAL keeps the position');
+        }
+        for (const w of waiters) w();
+      }
+    } finally {
+      this.committing = undefined;
+    }
+  }
+
+  healthy(): boolean {
+    return this.up;
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.wakeReader?.();
+    while (this.committing) await this.committing;
+    this.dropQueue();
+    await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err: new Error(errorMessage(err)) }, 'Kafka consumer disconnect failed'));
+    await this.admin?.disconnect().catch(() => {});
+  }
+}
