@@ -19,6 +19,8 @@ interface HeldFetch {
   chunks: Chunk[];
   released: boolean;
   wake: () => void;
+  /** Makes the holding handler look at its chunks again (an ack, a rebalance). */
+  poke: () => void;
 }
 
 /** Up to batch_size messages of one partition: one engine batch. */
@@ -30,6 +32,8 @@ interface Chunk {
   bytes: number;
   epoch: number;
   held: HeldFetch;
+  /** Read by the engine (so it will be acked); chunks not handed out can be dropped at any time. */
+  handedOut: boolean;
   /** Resolved once the chunk is acked and its offset commit attempted (or it was let go). */
   done: Promise<void>;
   finish: () => void;
@@ -37,6 +41,15 @@ interface Chunk {
 }
 
 const tpKey = (topic: string, partition: number) => `${topic}:${partition}`;
+
+/** The group is rebalancing (kafkajs keeps the protocol error's type, sometimes one cause deep). */
+function isRebalance(err: unknown): boolean {
+  for (let e = err as { type?: string; cause?: unknown; originalError?: unknown } | undefined, i = 0; e && i < 4; i++) {
+    if (e.type === 'REBALANCE_IN_PROGRESS' || e.type === 'ILLEGAL_GENERATION' || e.type === 'UNKNOWN_MEMBER_ID') return true;
+    e = (e.originalError ?? e.cause) as typeof e;
+  }
+  return /rebalanc/i.test(errorMessage(err));
+}
 
 /** Header values as text; repeated headers joined with commas. */
 export function headerText(headers: IHeaders | undefined): Record<string, string> | undefined {
@@ -81,6 +94,8 @@ export class KafkaSource implements Source {
   private held = new Set<HeldFetch>();
   private wakeReader: (() => void) | undefined;
   private backpressure = false;
+  /** A rebalance is under way: nothing more is handed out, held fetches let go once their batches in flight are done. */
+  private rebalancing = false;
   private up = false;
   private closing = false;
   private timestampStart = new Map<string, number>();
@@ -152,7 +167,7 @@ export class KafkaSource implements Source {
       await this.admin.disconnect().catch(() => {});
       throw new SluiceError('CONNECT', `cannot consume from Kafka at ${cfg.brokers.join(',')}: ${errorMessage(err)}`, { cause: err, retryable: true });
     }
-    this.log.info({ topics: this.topics, group: cfg.group_id }, 'joined the Kafka consumer group');
+    this.log.info({ topics: this.topics, group: cfg.group_id }, 'consuming from Kafka');
   }
 
   private run(): Promise<void> {
@@ -207,6 +222,7 @@ export class KafkaSource implements Source {
   private onAssign(assignment: Record<string, number[]>): void {
     this.epoch++;
     this.up = true;
+    this.rebalancing = false;
     this.dropQueue();
     const before = new Set(this.assigned.keys());
     this.assigned.clear();
@@ -248,7 +264,7 @@ export class KafkaSource implements Source {
       }
       if (commits.length) {
         await this.consumer!.commitOffsets(commits);
-        this.log.info({ partitions: commits.map((c) => `${c.topic}:${c.partition}@${c.offset}`) }, 'committed offsets the WAL already had (a crash came between the two commits)');
+        this.log.info({ partitions: commits.map((c) => `${c.topic}:${c.partition}@${c.offset}`) }, 'committed offsets the WAL already had (a crash or a failed commit came between the two)');
       }
     } catch (err) {
       this.log.warn({ err: new Error(errorMessage(err)) }, 'could not compare the WAL position with the committed offsets; messages below the WAL position are skipped anyway');
@@ -273,7 +289,7 @@ export class KafkaSource implements Source {
       return;
     }
     const epoch = this.epoch;
-    const held: HeldFetch = { chunks: [], released: false, wake: () => {} };
+    const held: HeldFetch = { chunks: [], released: false, wake: () => {}, poke: () => {} };
     const size = this.cfg.batch_size;
     for (let i = 0; i < msgs.length; i += size) {
       const part = msgs.slice(i, i + size);
@@ -281,7 +297,7 @@ export class KafkaSource implements Source {
       for (const m of part) bytes += (m.value?.length ?? 0) + (m.key?.length ?? 0) + 64;
       let finish!: () => void;
       const done = new Promise<void>((r) => (finish = r));
-      const chunk: Chunk = { topic: batch.topic, partition: batch.partition, tp: k, messages: part, bytes, epoch, held, done, finish, finished: false };
+      const chunk: Chunk = { topic: batch.topic, partition: batch.partition, tp: k, messages: part, bytes, epoch, held, handedOut: false, done, finish, finished: false };
       held.chunks.push(chunk);
       this.queue.push(chunk);
       this.queuedBytes += bytes;
@@ -294,10 +310,18 @@ export class KafkaSource implements Source {
       const all = Promise.all(held.chunks.map((c) => c.done));
       const released = new Promise<void>((r) => (held.wake = r));
       let rebalancingSince = 0;
+      let lastBeat = Date.now();
       for (;;) {
         const tick = new Promise<'tick'>((r) => setTimeout(() => r('tick'), this.cfg.heartbeat_interval_ms));
-        if ((await Promise.race([all, released, tick])) !== 'tick') break;
-        if (rebalancingSince) {
+        const poked = new Promise<'tick'>((r) => (held.poke = () => r('tick')));
+        if ((await Promise.race([all, released, tick, poked])) !== 'tick') break;
+        if (this.rebalancing) {
+          rebalancingSince ||= Date.now();
+          // Only what the engine holds is waited for; the rest is fetched again by the new owner.
+          if (held.chunks.every((c) => c.finished || !c.handedOut)) {
+            this.release(held);
+            break;
+          }
           if (Date.now() - rebalancingSince > this.revokeTimeout) {
             this.log.warn({ partition: k, revoke_timeout_ms: this.revokeTimeout }, 'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)');
             this.release(held);
@@ -305,18 +329,26 @@ export class KafkaSource implements Source {
           }
           continue;
         }
+        if (Date.now() - lastBeat < this.cfg.heartbeat_interval_ms) continue;
+        lastBeat = Date.now();
         try {
           await p.heartbeat();
         } catch (err) {
-          // A rebalance: keep finishing what is in flight, within revoke_timeout_ms.
-          rebalancingSince = Date.now();
+          // A rebalance: finish what the engine holds (within revoke_timeout_ms), hand out nothing more.
           this.log.info({ partition: k, reason: errorMessage(err) }, 'rebalance while batches are in flight; finishing them first');
+          this.startRebalance();
         }
       }
     } finally {
       this.held.delete(held);
     }
     if (!held.released) p.resolveOffset(batch.lastOffset());
+  }
+
+  private startRebalance(): void {
+    if (this.rebalancing) return;
+    this.rebalancing = true;
+    for (const h of this.held) h.poke();
   }
 
   /** Lets a held fetch go without committing: its queued chunks are dropped and read again later. */
@@ -373,7 +405,7 @@ export class KafkaSource implements Source {
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
     const deadline = Date.now() + this.cfg.batch_timeout_ms;
     for (;;) {
-      while (this.queue.length === 0 && !signal.aborted && Date.now() < deadline && !this.closing) {
+      while ((this.queue.length === 0 || this.rebalancing) && !signal.aborted && Date.now() < deadline && !this.closing) {
         await new Promise<void>((resolve) => {
           const done = () => {
             clearTimeout(t);
@@ -386,11 +418,12 @@ export class KafkaSource implements Source {
           this.wakeReader = done;
         });
       }
-      const chunk = this.queue.shift();
+      const chunk = this.rebalancing ? undefined : this.queue.shift();
       if (!chunk) return { messages: [], position: this.snapshot() };
       this.queuedBytes -= chunk.bytes;
       this.checkBackpressure();
       if (chunk.epoch !== this.epoch || chunk.held.released) continue;
+      chunk.handedOut = true;
       return this.toBatch(chunk);
     }
   }
@@ -430,6 +463,7 @@ export class KafkaSource implements Source {
       this.log.debug({ partition: chunk.tp }, 'not committing a batch of a revoked partition');
       chunk.finished = true;
       chunk.finish();
+      chunk.held.poke();
       return;
     }
     this.pendingCommits.set(chunk.tp, { topic: chunk.topic, partition: chunk.partition, offset: String(Number(last.offset) + 1) });
@@ -438,6 +472,7 @@ export class KafkaSource implements Source {
     this.commitWaiters.push(() => {
       chunk.finished = true;
       chunk.finish();
+      chunk.held.poke();
     });
     this.committing ??= this.commitLoop();
   }
@@ -453,7 +488,9 @@ export class KafkaSource implements Source {
           await this.consumer!.commitOffsets(offsets);
         } catch (err) {
           // The WAL has the position: a restart of this worker skips these; another worker may read them again.
-          this.log.warn({ err: new Error(errorMessage(err)), partitions: offsets.length }, 'Kafka offset commit failed; the WAL keeps the position');
+          const rebalance = isRebalance(err);
+          if (rebalance) this.startRebalance();
+          this.log[rebalance ? 'info' : 'warn']({ err: new Error(errorMessage(err)), partitions: offsets.map((o) => `${o.topic}:${o.partition}@${o.offset}`) }, 'Kafka offset commit failed; the WAL keeps the position');
         }
         for (const w of waiters) w();
       }

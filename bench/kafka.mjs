@@ -1,0 +1,109 @@
+// Kafka benchmark: sluice draining a topic backlog of order messages through the `orders` and
+// `purchases` models to Parquet, against a bare kafkajs consumer (same client, same group
+// settings, eachBatch, offsets committed after every batch) draining the same backlog in the
+// same run. The broker is librdkafka's mock cluster started here by kcat (3 brokers, topics
+// with 4 partitions), or SLUICE_BENCH_KAFKA=host:port,... for a real cluster.
+//
+//   node bench/kafka.mjs [--messages 200000] [--runs 5] [--batch-size 10000] [--threads T] [--debug 1]
+import { spawn } from 'node:child_process';
+import { Kafka, logLevel } from 'kafkajs';
+import { drainBench, drainFlags, orderBodies } from './lib.mjs';
+import { orderMessage } from '../dist/connectors/generator/generator-source.js';
+
+process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
+const flags = drainFlags('kafka');
+const { bodies, itemsIn } = orderBodies(orderMessage);
+const TOPIC = `sluice-bench-${process.pid}`;
+const SLUICE_GROUP = `sluice-bench-${process.pid}`;
+const BARE_GROUP = `bare-bench-${process.pid}`;
+// One fetch may take a whole batch from a partition (sluice makes one batch of one partition).
+const MAX_BYTES_PER_PARTITION = 8 * 1024 * 1024;
+
+/** The mock cluster under `sh`, killed when this process's stdin pipe to it closes. */
+async function startMock() {
+  const script = 'kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; cat >/dev/null; kill $k 2>/dev/null';
+  const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
+  const brokers = await new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr.on('data', (d) => {
+      if (err.length < 20_000) err += d;
+      const m = /(?:replaced with|bootstrap\.servers=)\s*(\S+)/.exec(err);
+      if (m) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`kcat exited ${code}: ${err} (is kcat installed? apt-get install -y kcat)`)));
+  });
+  return { brokers, stop: () => child.stdin.end() };
+}
+
+const mock = process.env.SLUICE_BENCH_KAFKA ? undefined : await startMock();
+const BROKERS = process.env.SLUICE_BENCH_KAFKA ?? mock.brokers;
+const kafka = new Kafka({ brokers: BROKERS.split(','), clientId: 'sluice-bench', logLevel: logLevel.NOTHING });
+const admin = kafka.admin();
+await admin.connect();
+const producer = kafka.producer({ allowAutoTopicCreation: true });
+await producer.connect();
+
+/**
+ * Appends n messages to the topic, after moving both groups' committed offsets to its end: each
+ * drain reads exactly the new n (the mock cluster cannot delete or truncate topics).
+ */
+async function fill(n) {
+  await admin.fetchTopicMetadata({ topics: [TOPIC] }); // auto-creates it
+  const ends = (await admin.fetchTopicOffsets(TOPIC)).map((p) => ({ partition: p.partition, offset: p.high }));
+  for (const groupId of [SLUICE_GROUP, BARE_GROUP]) await admin.setOffsets({ groupId, topic: TOPIC, partitions: ends });
+  const batch = 20_000;
+  const sends = [];
+  for (let i = 0; i < n; i += batch) {
+    const messages = [];
+    for (let j = i; j < Math.min(n, i + batch); j++) messages.push({ value: bodies[j % bodies.length] });
+    sends.push(producer.send({ topic: TOPIC, acks: -1, messages }));
+    if (sends.length >= 4) await Promise.all(sends.splice(0));
+  }
+  await Promise.all(sends);
+}
+
+/** The baseline: a kafkajs consumer in a group, eachBatch, committing each batch's offset. */
+async function bare(n) {
+  const consumer = kafka.consumer({ groupId: BARE_GROUP, maxBytesPerPartition: MAX_BYTES_PER_PARTITION, maxWaitTimeInMs: 500, allowAutoTopicCreation: false });
+  await consumer.connect();
+  await consumer.subscribe({ topics: [TOPIC] });
+  let got = 0;
+  let t0 = 0;
+  let done;
+  const finished = new Promise((r) => (done = r));
+  await consumer.run({
+    autoCommit: false,
+    partitionsConsumedConcurrently: 16,
+    eachBatch: async ({ batch }) => {
+      if (!t0) t0 = performance.now();
+      let bytes = 0;
+      for (const m of batch.messages) bytes += m.value.length; // touch every message
+      if (bytes < 0) throw new Error('unreachable');
+      got += batch.messages.length;
+      await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: String(Number(batch.lastOffset()) + 1) }]);
+      if (got >= n) done();
+    },
+  });
+  // Timed from the first batch, as sluice is timed from "reading from the source" (after its join).
+  await finished;
+  const secs = (performance.now() - t0) / 1000;
+  await consumer.disconnect();
+  return n / secs;
+}
+
+try {
+  await drainBench({
+    name: 'kafka',
+    title: 'Kafka (librdkafka mock cluster via kcat, kafkajs)',
+    baseline: 'bare kafkajs consumer',
+    flags,
+    fill,
+    bare,
+    sourceYaml: `source:\n  type: kafka\n  brokers: ${BROKERS}\n  topics: [${TOPIC}]\n  group_id: ${SLUICE_GROUP}\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n  max_bytes_per_partition: ${MAX_BYTES_PER_PARTITION}\n  max_buffer_bytes: 134217728\n`,
+    itemsIn,
+  });
+} finally {
+  await producer.disconnect();
+  await admin.disconnect();
+  mock?.stop();
+}
