@@ -242,14 +242,25 @@ export function conformance(s: Structure | undefined): Conformance {
   };
 }
 
-/** Indexes of the block's messages that do not conform (or are not valid JSON). */
-export function nonConforming(block: PayloadBlock, check: Conformance, among?: number[]): number[] {
+/** Messages scanned between two yields to the event loop. */
+const SLICE = 4096;
+
+/**
+ * Indexes of the block's messages that do not conform (or are not valid JSON). Yields to the
+ * event loop every SLICE messages: the other batch's DuckDB queries continue meanwhile.
+ */
+export async function nonConforming(block: PayloadBlock, check: Conformance, among?: number[]): Promise<number[]> {
   const out: number[] = [];
   const { data, starts, ends } = block;
-  if (among) {
-    for (const i of among) if (!check(data, starts[i], ends[i])) out.push(i);
-  } else {
-    for (let i = 0; i < starts.length; i++) if (!check(data, starts[i], ends[i])) out.push(i);
+  const ids = among ?? starts.length;
+  const n = typeof ids === 'number' ? ids : ids.length;
+  for (let from = 0; from < n; from += SLICE) {
+    if (from > 0) await new Promise(setImmediate);
+    const to = Math.min(n, from + SLICE);
+    for (let k = from; k < to; k++) {
+      const i = typeof ids === 'number' ? k : ids[k];
+      if (!check(data, starts[i], ends[i])) out.push(i);
+    }
   }
   return out;
 }

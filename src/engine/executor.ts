@@ -138,16 +138,32 @@ function splittable(block: PayloadBlock, sep: number, blank: Set<number>): Buffe
  * Loads a block into table `raw` (id, payload): its bytes travel to DuckDB as one BLOB and
  * are split there, which costs the main thread next to nothing (no string per message, no
  * string parameter to convert). `sep` separates the messages (no payload holds it); messages
- * in `blank` (invalid UTF-8, already dead-lettered) are loaded as empty payloads.
+ * in `blank` (invalid UTF-8, already dead-lettered) are loaded as empty payloads. Resolves
+ * once the load is queued, with the load's completion: the caller can scan meanwhile, and
+ * the load does not wait for the main thread to be free to start.
  */
-async function loadBlock(conn: DuckDBConnection, raw: string, block: PayloadBlock, sep: number, blank: Set<number>): Promise<number> {
-  await conn.run(
+async function startLoad(conn: DuckDBConnection, raw: string, block: PayloadBlock, sep: number, blank: Set<number>): Promise<{ done: Promise<number> }> {
+  const stmt = await conn.prepare(
     `CREATE OR REPLACE TABLE ${raw} AS SELECT (generate_subscripts(s, 1) - 1)::INTEGER AS id, unnest(s) AS payload ` +
       `FROM (SELECT string_split(decode($1::BLOB), chr(${sep})) AS s)`,
-    [blobValue(splittable(block, sep, blank))],
   );
-  const r = await conn.runAndReadAll(`SELECT count(*) FROM ${raw}`);
-  return Number(r.getRows()[0][0]);
+  stmt.bind([blobValue(splittable(block, sep, blank))]);
+  const run = stmt.run();
+  const done = (async () => {
+    try {
+      await run;
+    } finally {
+      stmt.destroySync();
+    }
+    const r = await conn.runAndReadAll(`SELECT count(*) FROM ${raw}`);
+    return Number(r.getRows()[0][0]);
+  })();
+  done.catch(() => {}); // awaited by the caller; only keeps a failure from counting as unhandled meanwhile
+  return { done };
+}
+
+async function loadBlock(conn: DuckDBConnection, raw: string, block: PayloadBlock, sep: number, blank: Set<number>): Promise<number> {
+  return (await startLoad(conn, raw, block, sep, blank)).done;
 }
 
 /** Loads payloads into table `raw` (id, payload); returns the row count. */
@@ -279,13 +295,12 @@ export class BatchExecutor {
     }
     // A source's block separates messages by newlines; a block built here, by SEPARATOR, which
     // a payload from a broker may hold: those batches go through the appender.
-    const loading = given
-      ? loadBlock(conn, raw, block, NEWLINE, bad)
+    const { done: loading } = given
+      ? await startLoad(conn, raw, block, NEWLINE, bad)
       : payloads!.some((p) => p.includes(SEPARATOR))
-        ? loadPayloads(conn, raw, payloads!)
-        : loadBlock(conn, raw, block, SEPARATOR.charCodeAt(0), bad);
-    loading.catch(() => {}); // awaited below; only keeps a failure from counting as unhandled meanwhile
-    let slow = nonConforming(block, this.conformance(this.structure));
+        ? { done: loadPayloads(conn, raw, payloads!) }
+        : await startLoad(conn, raw, block, SEPARATOR.charCodeAt(0), bad);
+    let slow = await nonConforming(block, this.conformance(this.structure));
     if (bad.size) slow = slow.filter((i) => !bad.has(i));
     lap('check');
     const loaded = await loading;
@@ -306,7 +321,7 @@ export class BatchExecutor {
       merged = await this.decodeExactly(conn, raw, sample, messages, merged, bad, failures);
       slow = slow.slice(DECODE_SAMPLE);
       // The schema grew: more of the rest may conform now.
-      if (merged !== before && slow.length > 0) slow = nonConforming(block, this.conformance(merged), slow);
+      if (merged !== before && slow.length > 0) slow = await nonConforming(block, this.conformance(merged), slow);
     }
     if (bad.size < messages.length) this.structure = merged;
     lap('decode');

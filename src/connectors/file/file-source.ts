@@ -1,7 +1,6 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import fg from 'fast-glob';
 import { z } from 'zod';
 import { SluiceError } from '../../errors.js';
 import { batching, dlqKey } from '../shared-config.js';
@@ -154,7 +153,9 @@ export class FileSource implements Source {
   private async listFiles(): Promise<string[]> {
     const p = this.resolved();
     let files: string[];
-    if (fg.isDynamicPattern(this.cfg.path)) {
+    // fast-glob loads only for a path that may be a glob: most projects read a file or a directory.
+    const fg = /[*?[\]{}()!]/.test(this.cfg.path) ? (await import('fast-glob')).default : undefined;
+    if (fg?.isDynamicPattern(this.cfg.path)) {
       files = await fg(fg.convertPathToPattern(this.ctx.projectDir) + '/' + this.cfg.path.replace(/^\.\//, ''), { onlyFiles: true, absolute: true });
       if (path.isAbsolute(this.cfg.path)) files = await fg(this.cfg.path, { onlyFiles: true, absolute: true });
     } else {
