@@ -185,7 +185,11 @@ export class RedisStreamsSource implements Source {
     const ids = [...this.unacked, ...((batch.ackToken as string[] | undefined) ?? [])];
     if (ids.length === 0) return;
     try {
-      for (let i = 0; i < ids.length; i += 1000) await this.client!.xAck(this.cfg.stream, this.cfg.group, ids.slice(i, i + 1000));
+      // Chunks issued together go out as one pipeline (one round trip); XACK is idempotent, so
+      // a partial failure just acks the rest again with the next batch.
+      const chunks: Promise<number>[] = [];
+      for (let i = 0; i < ids.length; i += 1000) chunks.push(this.client!.xAck(this.cfg.stream, this.cfg.group, ids.slice(i, i + 1000)));
+      await Promise.all(chunks);
       this.unacked = [];
     } catch (err) {
       // The rows are durable; the entries stay pending in Redis and are acked with the next batch.
