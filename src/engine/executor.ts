@@ -68,6 +68,10 @@ export interface PreparedBatch {
   /** The lane table holding the messages' metadata, when a model uses any. */
   meta?: string;
   count: number;
+  /** The lane table holding the decoded messages as typed rows; undefined when none decoded. */
+  batch?: string;
+  /** The metadata columns `batch` holds (see metaSql). */
+  addedMeta: string[];
   /** Messages that failed to decode (their failures are in `failures`). */
   bad: Set<number>;
   failures: MessageFailure[];
@@ -216,8 +220,8 @@ export class BatchExecutor {
   /** Metadata columns each model mentions, and all of them together (see metaColumnsUsed). */
   private readonly metaUsedBy: Map<string, string[]>;
   private readonly metaColumns: string[];
-  /** The metadata columns the current batch's __batch holds. */
-  private addedMeta: string[] = [];
+  /** The batch execute() is working on (one at a time). */
+  private current!: PreparedBatch;
 
   /**
    * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
@@ -237,20 +241,18 @@ export class BatchExecutor {
    * The metadata columns for __batch: those the models use, except where the message has a
    * top-level field of the same name (the message's own field wins).
    */
-  private metaSql(p: PreparedBatch, structure: Structure | undefined): { select: string; from: string } {
-    this.addedMeta = [];
-    if (!p.meta) return { select: '', from: '' };
+  private metaSql(raw: string, meta: string | undefined, structure: Structure | undefined): { select: string; from: string; cols: string[] } {
+    if (!meta) return { select: '', from: '', cols: [] };
     const own = new Set(structure && isObjectStructure(structure) ? Object.keys(structure).map((k) => k.toLowerCase()) : []);
     const cols = this.metaColumns.filter((c) => !own.has(c));
-    if (cols.length === 0) return { select: '', from: '' };
-    this.addedMeta = cols;
+    if (cols.length === 0) return { select: '', from: '', cols: [] };
     const shape = Object.fromEntries(cols.map((c) => [META_COLUMNS[c].field, META_COLUMNS[c].type]));
-    const m = `json_transform(${p.meta}.payload, ${lit(JSON.stringify(shape))})`;
+    const m = `json_transform(${meta}.payload, ${lit(JSON.stringify(shape))})`;
     const select = cols.map((c) => {
       const x = `${m}.${ident(META_COLUMNS[c].field)}`;
       return `, ${META_COLUMNS[c].sql ? META_COLUMNS[c].sql!(x) : x} AS ${ident(c)}`;
     });
-    return { select: select.join(''), from: ` JOIN ${p.meta} ON ${p.meta}.id = ${p.raw}.id` };
+    return { select: select.join(''), from: ` JOIN ${meta} ON ${meta}.id = ${raw}.id`, cols };
   }
 
   /** The conformance test for `structure`, compiled once per schema. */
@@ -274,8 +276,9 @@ export class BatchExecutor {
    * established schema. The fast path scans the raw text against the schema (conform.ts) while
    * DuckDB loads the batch; the rest are decoded exactly by DuckDB's json_structure(), a
    * sample at a time, each sample possibly widening the schema so that more of the remaining
-   * messages conform. Advances `structure`, so that the next batch can be prepared while this
-   * one executes (on the other lane).
+   * messages conform. Then converts the good ones to typed rows in `__batch<lane>`. Advances
+   * `structure`, so that the next batch can be prepared while this one executes (on the other
+   * lane).
    */
   async prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock): Promise<PreparedBatch> {
     const timings: Record<string, number> = {};
@@ -325,19 +328,57 @@ export class BatchExecutor {
     }
     if (bad.size < messages.length) this.structure = merged;
     lap('decode');
-    return { raw, meta, count: messages.length, bad, failures, structure: this.structure, timings };
+    const p: PreparedBatch = { raw, meta, count: messages.length, bad, failures, structure: this.structure, timings, addedMeta: [] };
+    await this.convert(p, `__batch${lane}`);
+    lap('convert');
+    return p;
   }
 
   /**
-   * Second half of a batch: converts the decoded messages to typed rows (`__batch`) and runs
-   * the models. With `targets`, a model nothing else refs is written straight to its target
+   * Converts the decoded messages of a prepared batch to typed rows in table `table` (on the
+   * loading connection, so that this too happens while the previous batch executes).
+   */
+  private async convert(p: PreparedBatch, table: string): Promise<void> {
+    const { bad, failures, structure, raw } = p;
+    const conn = this.loadConn;
+    if (bad.size === p.count) return;
+    const notBad = () => (bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '');
+    const cols = structure && isObjectStructure(structure) && Object.keys(structure).length > 0
+      ? `, unnest(json_transform(${raw}.payload, ${lit(JSON.stringify(structure))}))`
+      : '';
+    const { select: metaSelect, from: metaFrom, cols: added } = this.metaSql(raw, p.meta, structure);
+    p.addedMeta = added;
+    const convert = () =>
+      conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT ${raw}.id AS ${MSG_COL}${cols}${metaSelect} FROM ${raw}${metaFrom} ${notBad().replace('WHERE id', `WHERE ${raw}.id`)}`);
+    try {
+      await convert();
+    } catch (err) {
+      // Only when JavaScript accepted a message DuckDB cannot read (their JSON parsers differ
+      // at the edges): dead-letter exactly those and convert the rest.
+      if (!cols) throw err;
+      const unreadable = await conn.runAndReadAll(
+        `SELECT id, payload FROM ${raw} ${notBad() || 'WHERE true'} AND TRY(json_transform(payload, ${lit(JSON.stringify(structure))})) IS NULL`,
+      );
+      if (unreadable.getRows().length === 0) throw err;
+      for (const [id, payload] of unreadable.getRows()) {
+        bad.add(Number(id));
+        failures.push({ index: Number(id), stage: 'decode', error: await this.jsonError(conn, String(payload ?? '')) });
+      }
+      if (bad.size === p.count) return;
+      await convert();
+    }
+    p.batch = table;
+  }
+
+  /**
+   * Second half of a batch: runs the models over the batch's typed rows. With `targets`, a model nothing else refs is written straight to its target
    * Parquet file when the whole batch succeeds at the first attempt (the common case), saving
    * a copy; `written` says which. Otherwise rows stay in sluice_model.<name> for copyOutput()
    * or readOutput().
    */
   async execute(p: PreparedBatch, targets?: Map<string, string>): Promise<BatchOutcome> {
     const written = new Set<string>();
-    const { bad, failures, structure, raw } = p;
+    const { failures, structure } = p;
     const rows = new Map<string, number>();
     const timings = p.timings;
     const lap = stopwatch(timings);
@@ -347,32 +388,8 @@ export class BatchExecutor {
       failures.sort((a, b) => a.index - b.index);
       return { failures, rows, attempts: 0, timings, written, structure };
     };
-    if (bad.size === p.count) return nothingGood();
-    const notBad = () => (bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '');
-    const cols = structure && isObjectStructure(structure) && Object.keys(structure).length > 0
-      ? `, unnest(json_transform(${raw}.payload, ${lit(JSON.stringify(structure))}))`
-      : '';
-    const { select: metaSelect, from: metaFrom } = this.metaSql(p, structure);
-    const convert = () =>
-      this.conn.run(`CREATE OR REPLACE TABLE __batch AS SELECT ${raw}.id AS ${MSG_COL}${cols}${metaSelect} FROM ${raw}${metaFrom} ${notBad().replace('WHERE id', `WHERE ${raw}.id`)}`);
-    try {
-      await convert();
-    } catch (err) {
-      // Only when JavaScript accepted a message DuckDB cannot read (their JSON parsers differ
-      // at the edges): dead-letter exactly those and convert the rest.
-      if (!cols) throw err;
-      const unreadable = await this.conn.runAndReadAll(
-        `SELECT id, payload FROM ${raw} ${notBad() || 'WHERE true'} AND TRY(json_transform(payload, ${lit(JSON.stringify(structure))})) IS NULL`,
-      );
-      if (unreadable.getRows().length === 0) throw err;
-      for (const [id, payload] of unreadable.getRows()) {
-        bad.add(Number(id));
-        failures.push({ index: Number(id), stage: 'decode', error: await this.jsonError(this.conn, String(payload ?? '')) });
-      }
-      if (bad.size === p.count) return nothingGood();
-      await convert();
-    }
-    lap('convert');
+    if (!p.batch) return nothingGood();
+    this.current = p;
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
     let attempts = 1;
@@ -399,7 +416,7 @@ export class BatchExecutor {
         if (found.length === 0) {
           // Fails as a whole but no part fails alone: treat every message as failed rather than loop.
           for (const id of ids) failures.push({ index: id, stage: 'transform', error: res.error, model: res.model });
-          await this.conn.run(`DELETE FROM __batch`);
+          await this.conn.run(`DELETE FROM ${p.batch}`);
         }
         failures.push(...found);
         attempts++;
@@ -475,7 +492,7 @@ export class BatchExecutor {
   }
 
   private async batchIds(): Promise<number[]> {
-    const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL} FROM __batch ORDER BY 1`);
+    const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL} FROM ${this.current.batch} ORDER BY 1`);
     return r.getRows().map((x) => Number(x[0]));
   }
 
@@ -486,7 +503,7 @@ export class BatchExecutor {
     if (res.ok) return 1;
     if (ids.length === 1) {
       found.push({ index: ids[0], stage: 'transform', error: res.error, model: res.model });
-      await this.conn.run(`DELETE FROM __batch WHERE ${MSG_COL} = ${ids[0]}`);
+      await this.conn.run(`DELETE FROM ${this.current.batch} WHERE ${MSG_COL} = ${ids[0]}`);
       return 1;
     }
     const mid = Math.floor(ids.length / 2);
@@ -514,8 +531,8 @@ export class BatchExecutor {
     let shown: string | undefined;
     for (const m of this.models) {
       // A model sees only the metadata columns it mentions: `SELECT *` gets the message alone.
-      const hide = this.addedMeta.filter((c) => !this.metaUsedBy.get(m.name)!.includes(c));
-      const view = `SELECT *${hide.length ? ` EXCLUDE (${hide.map(ident).join(', ')})` : ''} FROM __batch${where}`;
+      const hide = this.current.addedMeta.filter((c) => !this.metaUsedBy.get(m.name)!.includes(c));
+      const view = `SELECT *${hide.length ? ` EXCLUDE (${hide.map(ident).join(', ')})` : ''} FROM ${this.current.batch}${where}`;
       if (view !== shown) {
         await this.conn.run(`CREATE OR REPLACE VIEW incoming AS ${view}`);
         await this.conn.run(`CREATE OR REPLACE VIEW ${SOURCE_SCHEMA}.${ident(this.sourceName)} AS ${view}`);
