@@ -38,15 +38,24 @@ function withProject(cmd: Command): Command {
 
 /** Loads the project and runs the DuckDB checks; throws ConfigError with every problem. */
 async function loadAndCheck(o: CommonOpts): Promise<{ project: Project; reports: Awaited<ReturnType<typeof analyzeProject>>['reports'] }> {
+  const { duckdb, ...checked } = await loadAndCheckKeep(o);
+  duckdb.conn.closeSync();
+  duckdb.instance.closeSync();
+  return checked;
+}
+
+/** loadAndCheck(), keeping the DuckDB instance it checked with (opened with the project's settings) for the caller. */
+async function loadAndCheckKeep(o: CommonOpts): Promise<{ project: Project; reports: Awaited<ReturnType<typeof analyzeProject>>['reports']; duckdb: Awaited<ReturnType<typeof openDuckDB>> }> {
   const project = loadProject(projectOpts(o));
-  const { conn, instance } = await openDuckDB();
+  const duckdb = await openDuckDB(project.duckdb);
   try {
-    const { issues, reports } = await analyzeProject(project, conn);
+    const { issues, reports } = await analyzeProject(project, duckdb.conn);
     if (issues.length) throw new ConfigError(issues);
-    return { project, reports };
-  } finally {
-    conn.closeSync();
-    instance.closeSync();
+    return { project, reports, duckdb };
+  } catch (err) {
+    duckdb.conn.closeSync();
+    duckdb.instance.closeSync();
+    throw err;
   }
 }
 
@@ -155,11 +164,11 @@ export function buildProgram(setCode: (n: number) => void): Command {
         ac.abort();
       };
       onStopSignal(stop);
-      const { project } = await loadAndCheck(o);
-      const port = o.port !== undefined ? Number(o.port) : project.port;
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
+      const port = o.port !== undefined ? Number(o.port) : undefined;
+      if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
+      const { project, duckdb } = await loadAndCheckKeep(o);
       const started = Date.now();
-      const summary = await new Pipeline({ project, log, port, models: o.model, dryRun: o.dryRun, signal: ac.signal, print: (s) => process.stdout.write(s) }).run();
+      const summary = await new Pipeline({ project, log, port: port ?? project.port, models: o.model, dryRun: o.dryRun, signal: ac.signal, print: (s) => process.stdout.write(s), duckdb }).run();
       if (!o.dryRun) {
         const secs = (Date.now() - started) / 1000;
         log.info({ messages: summary.messages, dead_lettered: summary.deadLettered, redelivered: summary.redelivered, rows: summary.rows, flushes: summary.flushes, seconds: Number(secs.toFixed(2)) }, 'done');

@@ -29,6 +29,8 @@ export interface RunOptions {
   signal: AbortSignal;
   /** Output for --dry-run. */
   print?: (text: string) => void;
+  /** A DuckDB instance and connection to use (the run owns them: they are closed at the end). */
+  duckdb?: { instance: DuckDBInstance; conn: DuckDBConnection };
 }
 
 export interface RunSummary {
@@ -110,7 +112,7 @@ export class Pipeline {
     const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: workerId(), observeAckLatency: (s) => this.metrics.ackLatency.observe(s) };
     this.workerId = ctx.workerId;
 
-    ({ instance: this.instance, conn: this.conn } = await openDuckDB(project.duckdb));
+    ({ instance: this.instance, conn: this.conn } = this.opts.duckdb ?? (await openDuckDB(project.duckdb)));
     const compiled = await compileModels(this.conn, this.models);
     // A second connection loads and decodes the next batch while this one runs the models.
     this.loadConn = await this.instance.connect();
