@@ -35,13 +35,16 @@ export interface MessageMeta {
  * A batch's payloads as bytes in one buffer: message i is `data[starts[i], ends[i])`, the
  * UTF-8 of `messages[i].payload`. Sources that read bytes in bulk (files) hand this over so
  * that the engine can scan and load the batch without a JavaScript string per message. No
- * payload holds a newline byte: DuckDB splits the batch at them (NDJSON lines never do). The
- * buffer must stay unchanged until the batch is acked.
+ * payload holds the separator byte: DuckDB splits the batch at it (NDJSON lines never hold a
+ * newline; a broker source that joins payloads with 0x1E must check none holds one, or hand
+ * over no block). The buffer must stay unchanged until the batch is acked.
  */
 export interface PayloadBlock {
   data: Buffer;
   starts: Uint32Array;
   ends: Uint32Array;
+  /** The byte between messages in `data` (default 0x0A, a newline). */
+  separator?: number;
 }
 
 /** A batch read from a source, with everything needed to acknowledge it later. */

@@ -296,10 +296,11 @@ export class BatchExecutor {
         failures.push({ index: i, stage: 'decode', error: 'invalid JSON: the message is not valid UTF-8' });
       }
     }
-    // A source's block separates messages by newlines; a block built here, by SEPARATOR, which
-    // a payload from a broker may hold: those batches go through the appender.
+    // A source's block separates messages by its separator (a newline unless it says); a block
+    // built here, by SEPARATOR, which a payload from a broker may hold: those batches go
+    // through the appender.
     const { done: loading } = given
-      ? await startLoad(conn, raw, block, NEWLINE, bad)
+      ? await startLoad(conn, raw, block, block.separator ?? NEWLINE, bad)
       : payloads!.some((p) => p.includes(SEPARATOR))
         ? { done: loadPayloads(conn, raw, payloads!) }
         : await startLoad(conn, raw, block, SEPARATOR.charCodeAt(0), bad);

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileSource, fileSourceSchema } from '../../src/connectors/file/file-source.js';
+import { blockOfBuffers } from '../../src/connectors/payload-block.js';
 import type { SourceBatch } from '../../src/connectors/types.js';
 import { BatchExecutor, compileModels } from '../../src/engine/executor.js';
 import { silentLogger } from '../../src/ops/logger.js';
@@ -113,5 +114,23 @@ describe('file batches as bytes', () => {
     const outcome = await ex.execute(await ex.prepare(b.messages, 0, b.block));
     expect(outcome.failures.map((f) => [f.index, f.stage])).toEqual([[2, 'decode']]);
     expect((await ex.readOutput('j')).rows).toEqual([{ id: 1 }, { id: 2 }]);
+  });
+
+  it('a broker block: payloads joined by 0x1E, newlines inside them, load exactly', async () => {
+    const payloads = ['{"id":1,\n "name":"pretty"}', '{"id":2,"name":"ünï"}', 'not json', '{"id":4}'];
+    const block = blockOfBuffers(payloads.map((p) => Buffer.from(p)))!;
+    expect(block.separator).toBe(0x1e);
+    const messages = payloads.map((payload, i) => ({ payload, coords: { i } }));
+    const ex = new BatchExecutor(conn(), await compileModels(conn(), [model('k', 'SELECT incoming.id, incoming.name FROM incoming')]), 'default');
+    await ex.init();
+    const outcome = await ex.execute(await ex.prepare(messages, 0, block));
+    expect(outcome.failures.map((f) => [f.index, f.stage])).toEqual([[2, 'decode']]);
+    expect((await ex.readOutput('k')).rows).toEqual([
+      { id: 1, name: 'pretty' },
+      { id: 2, name: 'ünï' },
+      { id: 4, name: null },
+    ]);
+    // A payload holding the separator itself: no block, the batch goes the string way.
+    expect(blockOfBuffers([Buffer.from('{"a":"\x1e"}')])).toBeUndefined();
   });
 });
