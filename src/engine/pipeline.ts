@@ -286,11 +286,12 @@ export class Pipeline {
         continue;
       }
       if (!outcome.written.has(m.name)) await this.executor.copyOutput(m.name, p.tmp);
-      await this.wal.publishSegment(m.name, seq, first, last, p.tmp, p.final);
       touched.push(m.name);
       this.metrics.rowsOut.inc({ model: m.name }, n);
       this.summary.rows[m.name] = (this.summary.rows[m.name] ?? 0) + n;
     }
+    // Each segment's fsync waits on the disk: the models' segments are made durable together.
+    await Promise.all(touched.map((m) => this.wal.publishSegment(m, seq, first, last, paths.get(m)!.tmp, paths.get(m)!.final)));
     if (outcome.failures.length) {
       const time = new Date().toISOString();
       const records: DeadLetter[] = outcome.failures.map((f) => ({

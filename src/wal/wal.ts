@@ -142,7 +142,7 @@ export class Wal {
 
   /** Commits batch `seq`: after this returns, its segments and position survive a crash. */
   async commit(seq: number, position: unknown, dlq: unknown, structure: Structure | undefined, touched: string[]): Promise<void> {
-    for (const m of touched) await fsyncDir(this.modelDir(m));
+    await Promise.all(touched.map((m) => fsyncDir(this.modelDir(m))));
     this.state.seq = seq;
     this.state.position = position;
     this.state.dlq = dlq;
