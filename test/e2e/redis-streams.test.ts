@@ -137,6 +137,58 @@ describe('redis_streams source', () => {
     expect(rows).toEqual(ids.map((id, i) => ({ order_id: String(i + 1), _topic: s, _id: id, ms: id.split('-')[0], origin: 'test' })));
   });
 
+  it('payloads holding newlines or the batch separator byte (0x1E) keep their batch in step; field "*" hands over all fields', async () => {
+    const s = stream();
+    const pretty = JSON.stringify(JSON.parse(orders(1, 1)[0]), null, 2); // valid JSON across lines
+    const withSep = `${orders(2, 1)[0]}\x1e`; // not JSON: the 0x1E byte trails it
+    await add(s, [orders(0, 1)[0], pretty, withSep, orders(3, 1)[0]]);
+    const p = project(s, '', { 'models/meta.sql': 'SELECT incoming.order_id, incoming._id, incoming._headers[\'origin\'] AS origin FROM incoming\n' });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    await until(() => drained(s), 30_000);
+    await until(async () => fs.existsSync(path.join(p, 'output/meta')) && fs.existsSync(path.join(p, 'output/orders')), 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    const ids = ((await redis.xRange(s, '-', '+')) ?? []).map((e) => e.id);
+    const rows = await query(`SELECT order_id, _id, origin FROM read_parquet('${p}/output/meta/*.parquet') ORDER BY order_id`);
+    expect(rows).toEqual([0, 1, 3].map((i) => ({ order_id: String(i + 1), _id: ids[i], origin: 'test' })));
+    const dead = (await redis.xRange(`${s}:dlq`, '-', '+')) ?? [];
+    expect(dead.map((e) => e.message.payload)).toEqual([withSep]);
+    expect(JSON.parse(dead[0].message.sluice_source)).toEqual({ stream: s, id: ids[2] });
+
+    const t = stream();
+    await redis.xAdd(t, '*', { order_id: '7', note: 'line\none' });
+    await redis.xAdd(t, '*', { order_id: '8', note: 'sep\x1etwo' });
+    const q = project(t, '  field: "*"\n', { 'models/star.sql': 'SELECT incoming.order_id, incoming.note, incoming._headers IS NULL AS no_headers FROM incoming\n' });
+    fs.rmSync(path.join(q, 'models/orders.sql'));
+    fs.rmSync(path.join(q, 'models/purchases.sql'));
+    const star = sluiceBg(['run', '--project', q, '--port', '0']);
+    await until(() => drained(t), 30_000);
+    await until(() => fs.existsSync(path.join(q, 'output/star')), 30_000);
+    star.kill('SIGTERM');
+    expect((await waitExit(star)).code, star.err()).toBe(0);
+    expect(await query(`SELECT order_id, note, no_headers FROM read_parquet('${q}/output/star/*.parquet') ORDER BY order_id`)).toEqual([
+      { order_id: '7', note: 'line\none', no_headers: true },
+      { order_id: '8', note: 'sep\x1etwo', no_headers: true },
+    ]);
+  });
+
+  it('acknowledges pending entries deleted from the stream before it could read them again', async () => {
+    const s = stream();
+    await add(s, orders(0, 10));
+    await redis.xGroupCreate(s, 'sluice', '0');
+    // This worker's consumer read 10 entries and died; 3 of them were deleted since.
+    const r = await redis.xReadGroup('sluice', 'r2', { key: s, id: '>' }, { COUNT: 10 });
+    const ids = r![0].messages.map((m) => m!.id);
+    await redis.xDel(s, [ids[0], ids[4], ids[9]]);
+    const p = project(s);
+    const child = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'r2' } });
+    await until(() => drained(s), 30_000);
+    await until(async () => fs.existsSync(path.join(p, 'output/orders')) && (await orderIds(p)).n === 7, 30_000);
+    child.kill('SIGTERM');
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 7, d: 7 });
+  });
+
   it('takes over entries a dead consumer left pending', async () => {
     const s = stream();
     await add(s, orders(0, 100));

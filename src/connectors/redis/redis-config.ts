@@ -22,12 +22,6 @@ export const redisStreamsSourceSchema = z
   .strict();
 export type RedisStreamsSourceConfig = z.output<typeof redisStreamsSourceSchema>;
 
-/** The entry's message text, from its fields. */
-export function payloadOf(fields: Record<string, string>, field: string): string {
-  if (field === '*') return JSON.stringify(fields);
-  return fields[field] ?? '';
-}
-
 export function dlqStream(cfg: RedisStreamsSourceConfig): string {
   return cfg.dlq ?? `${cfg.stream}:dlq`;
 }
