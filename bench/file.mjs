@@ -5,7 +5,7 @@
 // measured the same way: wall time from spawn to exit, peak RSS from /proc/<pid>/status VmHWM
 // polled every 50 ms.
 //
-//   node bench/run.mjs [file] [--messages 500000] [--runs 3] [--batch-size 50000]
+//   node bench/run.mjs [file] [--messages 500000] [--runs 3] [--batch-size 50000] [--contract 1 | --data-tests 1]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -19,7 +19,7 @@ import { scaffold } from '../dist/cli/init.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SEED = 42;
-const FLAGS = ['messages', 'runs', 'batch-size'];
+const FLAGS = ['messages', 'runs', 'batch-size', 'contract', 'data-tests'];
 for (const a of process.argv.slice(2)) {
   if (a.startsWith('--') && !FLAGS.includes(a.slice(2).split('=')[0])) {
     console.error(`unknown flag ${a}; the file benchmark takes ${FLAGS.map((f) => `--${f} N`).join(', ')}`);
@@ -29,6 +29,14 @@ for (const a of process.argv.slice(2)) {
 const N = arg('messages', 500_000);
 const RUNS = arg('runs', 3);
 const BATCH = arg('batch-size', 50_000);
+// --contract 1: the orders model declares its columns with types under a freeze contract (every row checked and cast).
+const CONTRACT = arg('contract', 0) > 0;
+// --data-tests 1: seven data tests on the two models, all passing (on_failure warn): what testing every batch costs.
+const DATA_TESTS = arg('data-tests', 0) > 0;
+if (CONTRACT && DATA_TESTS) {
+  console.error('--contract and --data-tests each measure one thing: give one of them');
+  process.exit(2);
+}
 for (const [flag, v] of [['messages', N], ['runs', RUNS], ['batch-size', BATCH]]) {
   if (!Number.isInteger(v) || v < 1) {
     console.error(`--${flag} must be a whole number >= 1, got ${v}`);
@@ -42,6 +50,20 @@ const MAX_AGE_SECONDS = 3600;
 const TARGET = 0.5;
 
 const MiB = 2 ** 20;
+const ORDERS_CONTRACT = `overrides:\n  orders:\n    contract: { new_columns: freeze, type_changes: freeze }\n    columns:\n${[['order_id', 'BIGINT'], ['user_id', 'BIGINT'], ['user_name', 'VARCHAR'], ['item_count', 'BIGINT'], ['order_total', 'DOUBLE'], ['currency', 'VARCHAR'], ['placed_at', 'TIMESTAMP']].map(([n, t]) => `      - { name: ${n}, type: ${t} }\n`).join('')}`;
+const MODEL_TESTS = `overrides:
+  orders:
+    columns:
+      - { name: order_id, tests: [not_null, unique] }
+      - { name: currency, tests: [{ accepted_values: { values: [EUR, USD, GBP] } }] }
+      - { name: order_total, tests: [{ range: { min: 0 } }] }
+    tests:
+      - expression: item_count >= 0
+  purchases:
+    columns:
+      - { name: sku, tests: [not_null] }
+      - { name: quantity, tests: [{ range: { min: 1, max: 100 } }] }
+`;
 const fmtRate = (r) => Math.round(r).toLocaleString('en-US');
 const lit = (s) => `'${s.replace(/'/g, "''")}'`;
 
@@ -165,7 +187,7 @@ async function runSluice(meta) {
       path.join(dir, 'config/sinks.yml'),
       `sink:\n  type: parquet\n  path: ${JSON.stringify(path.join(dir, 'output'))}\n  compression: zstd\n`,
     );
-    fs.writeFileSync(path.join(dir, 'config/models.yml'), `max_file_bytes: ${MAX_FILE_BYTES}\nmax_age_seconds: ${MAX_AGE_SECONDS}\n`);
+    fs.writeFileSync(path.join(dir, 'config/models.yml'), `max_file_bytes: ${MAX_FILE_BYTES}\nmax_age_seconds: ${MAX_AGE_SECONDS}\n${CONTRACT ? ORDERS_CONTRACT : DATA_TESTS ? MODEL_TESTS : ''}`);
     const r = await timed('sluice run', [path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', '0', '--log-level', 'warn']);
     const counts = await countRows({
       orders: path.join(dir, 'output/orders/**/*.parquet'),

@@ -4,12 +4,15 @@
 //   npm run bench -- file --messages 50000 --runs 1
 //   npm run bench -- rabbitmq                       # needs a RabbitMQ broker (see bench/README.md)
 //   npm run bench -- kafka | nats | redis_streams   # need the broker (see bench/README.md)
+//   npm run bench -- service_sinks                  # http, redis, rabbitmq, nats sinks vs bare clients
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',
   kafka: './kafka.mjs',
   nats: './nats.mjs',
   redis_streams: './redis-streams.mjs',
+  postgres: './postgres.mjs',
+  service_sinks: './service-sinks.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {

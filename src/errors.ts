@@ -16,12 +16,18 @@ export type ErrorCode =
 export class SluiceError extends Error {
   readonly code: ErrorCode;
   readonly retryable: boolean;
+  /**
+   * A sink error that retrying cannot fix (rows the target rejects as they are): the sink's
+   * on_error applies at once instead of after retry.max_attempts.
+   */
+  readonly permanent: boolean;
 
-  constructor(code: ErrorCode, message: string, options: { cause?: unknown; retryable?: boolean } = {}) {
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; retryable?: boolean; permanent?: boolean } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'SluiceError';
     this.code = code;
     this.retryable = options.retryable ?? false;
+    this.permanent = options.permanent ?? false;
   }
 }
 

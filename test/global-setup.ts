@@ -1,20 +1,11 @@
+import fs from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
-import net from 'node:net';
 import { ensureRabbitTls } from './helpers/rabbit-tls.js';
 import { startNats } from './helpers/nats.js';
+import { listening, outageInProgress } from './helpers/pg-outage.js';
 
 // `npm test` starts the local services the tests talk to when they are down, so the README's
 // test command works on a machine where nothing was started by hand.
-
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.on('error', () => resolve(false));
-  });
-}
 
 async function ensure(name: string, port: number, start: () => void): Promise<void> {
   if (await listening(port)) return;
@@ -41,4 +32,20 @@ export default async function setup(): Promise<void> {
   await ensure('Redis', 6379, () => {
     spawnSync('redis-server', ['--daemonize', 'yes', '--bind', '127.0.0.1', '--port', '6379', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   });
+  // PostgreSQL and MariaDB: the postgres and mysql sink tests' databases (db `test` on both).
+  // Not while the postgres outage test keeps it stopped on purpose (it starts it again itself).
+  if (!outageInProgress()) {
+    await ensure('PostgreSQL', 5432, () => {
+      const version = fs.readdirSync('/etc/postgresql')[0];
+      spawnSync('pg_ctlcluster', ['--skip-systemctl-redirect', version, 'main', 'start'], { stdio: 'ignore' });
+    });
+  }
+  await ensure('MariaDB', 3306, () => {
+    spawnSync('start-stop-daemon', ['--start', '--oknodo', '--background', '--exec', '/usr/sbin/mariadbd'], { stdio: 'ignore' });
+  });
+  // kcat runs librdkafka's mock cluster, the Kafka broker of the kafka tests (they start it).
+  if (spawnSync('sh', ['-c', 'command -v kcat'], { stdio: 'ignore' }).status !== 0) {
+    console.log('installing kcat (the Kafka tests\' broker)');
+    spawnSync('sh', ['-c', 'apt-get install -y kcat || (apt-get update && apt-get install -y kcat)'], { stdio: 'ignore', timeout: 300_000 });
+  }
 }

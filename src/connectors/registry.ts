@@ -2,11 +2,17 @@ import type { z } from 'zod';
 import { fileSourceSchema } from './file/file-source.js';
 import { generatorSourceSchema } from './generator/generator-source.js';
 import { kafkaSinkSchema, kafkaSourceSchema } from './kafka/kafka-config.js';
-import { dlqSubject, natsSourceSchema } from './nats/nats-config.js';
-import { parquetSinkSchema } from './parquet/parquet-sink.js';
-import { rabbitmqSourceSchema } from './rabbitmq/rabbitmq-config.js';
-import { dlqStream, redisStreamsSourceSchema } from './redis/redis-config.js';
+import { dlqSubject, natsSinkSchema, natsSourceSchema } from './nats/nats-config.js';
+import { csvSinkSchema, fileSinkRequirements, jsonlSinkSchema, parquetSinkSchema, type FileSinkConfig } from './files/file-sink-config.js';
+import { httpSinkSchema } from './http/http-config.js';
+import { rabbitmqSinkSchema, rabbitmqSourceSchema } from './rabbitmq/rabbitmq-config.js';
+import { dlqStream, redisSinkSchema, redisStreamsSourceSchema } from './redis/redis-config.js';
+import { templateColumns } from './row-json.js';
 import type { ConnectorContext, DeadLetterQueue, Sink, Source } from './types.js';
+import type { InfraPlanner } from './infra.js';
+import { postgresSinkSchema } from './postgres/postgres-config.js';
+import { mysqlSinkSchema } from './mysql/mysql-config.js';
+import { tableRequiredColumns } from './sql-table/table-config.js';
 
 export interface SourceSpec<S extends z.ZodType = z.ZodType> {
   type: string;
@@ -18,6 +24,15 @@ export interface SourceSpec<S extends z.ZodType = z.ZodType> {
   workerScoped?: boolean;
   /** The source's dead-letter queue, when `dlq` is configured. */
   createDlq?(cfg: z.output<S>, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined>;
+  /** What the source needs to exist outside sluice (queues, streams, topics, its DLQ's), for `sluice plan` / `apply`. */
+  planner?(cfg: z.output<S>, ctx: ConnectorContext): Promise<InfraPlanner>;
+}
+
+export interface RequiredColumn {
+  key: (string | number)[];
+  column?: string;
+  /** A SQL expression over the model's columns (every column it references is required). */
+  expr?: string;
 }
 
 export interface SinkSpec<S extends z.ZodType = z.ZodType> {
@@ -25,9 +40,14 @@ export interface SinkSpec<S extends z.ZodType = z.ZodType> {
   kind: 'sink';
   schema: S;
   description: string;
-  /** Columns a model must produce for this sink (partition keys, ...). */
-  requiredColumns?(cfg: z.output<S>): string[];
+  /**
+   * Columns a model must produce for this sink (partition keys, ...): a column name, or the
+   * config key (path inside the sink block) with the column or SQL expression it names.
+   */
+  requiredColumns?(cfg: z.output<S>): (string | RequiredColumn)[];
   create(cfg: z.output<S>, ctx: ConnectorContext): Promise<Sink>;
+  /** What the sink needs to exist outside sluice (tables, queues, streams, topics), for `sluice plan` / `apply`. */
+  planner?(cfg: z.output<S>, ctx: ConnectorContext): Promise<InfraPlanner>;
 }
 
 async function fileDlq(dir: string | undefined, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined> {
@@ -80,6 +100,10 @@ export const sources: SourceSpec[] = [
       await q.open();
       return q;
     },
+    async planner(cfg, ctx) {
+      const { rabbitmqSourcePlanner } = await import('./rabbitmq/rabbitmq-infra.js');
+      return rabbitmqSourcePlanner(cfg as z.output<typeof rabbitmqSourceSchema>, ctx);
+    },
   },
   {
     type: 'redis_streams',
@@ -116,6 +140,10 @@ export const sources: SourceSpec[] = [
       await q.open();
       return q;
     },
+    async planner(cfg, ctx) {
+      const { natsSourcePlanner } = await import('./nats/nats-infra.js');
+      return natsSourcePlanner(cfg as z.output<typeof natsSourceSchema>, ctx);
+    },
   },
   {
     type: 'kafka',
@@ -133,24 +161,33 @@ export const sources: SourceSpec[] = [
       await q.open();
       return q;
     },
+    async planner(cfg, ctx) {
+      const { kafkaSourcePlanner } = await import('./kafka/kafka-infra.js');
+      return kafkaSourcePlanner(cfg as z.output<typeof kafkaSourceSchema>, ctx);
+    },
   },
 ];
 
 export const sinks: SinkSpec[] = [
-  {
-    type: 'parquet',
-    kind: 'sink',
-    schema: parquetSinkSchema,
-    description: 'Parquet files on local disk, atomic and idempotent',
-    requiredColumns: (cfg) => {
-      const c = cfg as z.output<typeof parquetSinkSchema>;
-      return [...c.partition_by, ...(c.dedupe_key ? [c.dedupe_key] : [])];
-    },
-    async create(cfg, ctx) {
-      const { ParquetSink } = await import('./parquet/parquet-sink.js');
-      return new ParquetSink(cfg as z.output<typeof parquetSinkSchema>, ctx);
-    },
-  },
+  ...(
+    [
+      ['parquet', parquetSinkSchema, 'Parquet files on local disk or S3, atomic and idempotent'],
+      ['jsonl', jsonlSinkSchema, 'JSON Lines files (optionally gzip) on local disk or S3, atomic and idempotent'],
+      ['csv', csvSinkSchema, 'CSV files (RFC 4180, optionally gzip) on local disk or S3, atomic and idempotent'],
+    ] as const
+  ).map(
+    ([type, schema, description]): SinkSpec => ({
+      type,
+      kind: 'sink',
+      schema,
+      description,
+      requiredColumns: (cfg) => fileSinkRequirements(cfg as FileSinkConfig),
+      async create(cfg, ctx) {
+        const { FileSink } = await import('./files/file-sink.js');
+        return FileSink.create(cfg as FileSinkConfig, ctx);
+      },
+    }),
+  ),
   {
     type: 'kafka',
     kind: 'sink',
@@ -163,6 +200,94 @@ export const sinks: SinkSpec[] = [
     async create(cfg, ctx) {
       const { KafkaSink } = await import('./kafka/kafka-sink.js');
       return new KafkaSink(cfg as z.output<typeof kafkaSinkSchema>, ctx);
+    },
+    async planner(cfg, ctx) {
+      const { kafkaSinkPlanner } = await import('./kafka/kafka-infra.js');
+      return kafkaSinkPlanner(cfg as z.output<typeof kafkaSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'postgres',
+    kind: 'sink',
+    schema: postgresSinkSchema,
+    description: 'a PostgreSQL table: append (COPY), merge (upsert) or scd2; effectively-once through a state table',
+    requiredColumns: (cfg) => tableRequiredColumns(cfg as z.output<typeof postgresSinkSchema>),
+    async create(cfg, ctx) {
+      const { PostgresSink } = await import('./postgres/postgres-sink.js');
+      return new PostgresSink(cfg as z.output<typeof postgresSinkSchema>, ctx);
+    },
+    async planner(cfg, ctx) {
+      const { postgresPlanner } = await import('./postgres/postgres-table.js');
+      return postgresPlanner(cfg as z.output<typeof postgresSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'mysql',
+    kind: 'sink',
+    schema: mysqlSinkSchema,
+    description: 'a MariaDB / MySQL table: append (LOAD DATA) or merge (upsert); effectively-once through a state table',
+    requiredColumns: (cfg) => tableRequiredColumns(cfg as z.output<typeof mysqlSinkSchema>),
+    async create(cfg, ctx) {
+      const { MysqlSink } = await import('./mysql/mysql-sink.js');
+      return new MysqlSink(cfg as z.output<typeof mysqlSinkSchema>, ctx);
+    },
+    async planner(cfg, ctx) {
+      const { mysqlPlanner } = await import('./mysql/mysql-table.js');
+      return mysqlPlanner(cfg as z.output<typeof mysqlSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'http',
+    kind: 'sink',
+    schema: httpSinkSchema,
+    description: 'rows as batched HTTP requests of JSON, retried with backoff, with an Idempotency-Key',
+    async create(cfg, ctx) {
+      const { HttpSink } = await import('./http/http-sink.js');
+      return new HttpSink(cfg as z.output<typeof httpSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'redis',
+    kind: 'sink',
+    schema: redisSinkSchema,
+    description: 'rows to Redis: SET per row (key template, optional TTL) or XADD to a stream',
+    requiredColumns: (cfg) => {
+      const c = cfg as z.output<typeof redisSinkSchema>;
+      return templateColumns(c.mode === 'set' ? c.key : c.stream);
+    },
+    async create(cfg, ctx) {
+      const { RedisSink } = await import('./redis/redis-sink.js');
+      return new RedisSink(cfg as z.output<typeof redisSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'rabbitmq',
+    kind: 'sink',
+    schema: rabbitmqSinkSchema,
+    description: 'rows as persistent JSON messages to a RabbitMQ exchange, publisher confirms awaited',
+    requiredColumns: (cfg) => templateColumns((cfg as z.output<typeof rabbitmqSinkSchema>).routing_key),
+    async create(cfg, ctx) {
+      const { RabbitmqSink } = await import('./rabbitmq/rabbitmq-sink.js');
+      return new RabbitmqSink(cfg as z.output<typeof rabbitmqSinkSchema>, ctx);
+    },
+    async planner(cfg, ctx) {
+      const { rabbitmqSinkPlanner } = await import('./rabbitmq/rabbitmq-infra.js');
+      return rabbitmqSinkPlanner(cfg as z.output<typeof rabbitmqSinkSchema>, ctx);
+    },
+  },
+  {
+    type: 'nats',
+    kind: 'sink',
+    schema: natsSinkSchema,
+    description: 'rows as JSON messages published to NATS JetStream, acks awaited, Nats-Msg-Id for dedupe',
+    requiredColumns: (cfg) => templateColumns((cfg as z.output<typeof natsSinkSchema>).subject),
+    async create(cfg, ctx) {
+      const { NatsSink } = await import('./nats/nats-sink.js');
+      return new NatsSink(cfg as z.output<typeof natsSinkSchema>, ctx);
+    },
+    async planner(cfg, ctx) {
+      const { natsSinkPlanner } = await import('./nats/nats-infra.js');
+      return natsSinkPlanner(cfg as z.output<typeof natsSinkSchema>, ctx);
     },
   },
 ];

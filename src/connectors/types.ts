@@ -140,12 +140,20 @@ export interface SinkWrite {
 }
 
 export interface Sink {
+  /**
+   * True when writing the same flush (`write.name`) again cannot duplicate rows (a replay
+   * rewrites or is skipped): the sink is effectively-once. False: at-least-once, a flush
+   * replayed after a crash between its write and the WAL's record of it is written again.
+   */
+  readonly idempotent: boolean;
   /** Prepares the sink (creates directories, connects); removes leftovers of crashed writes. */
   connect(): Promise<void>;
   /**
    * Writes a flush durably and atomically: readers see all of it or none of it. Idempotent by
-   * `write.name`: writing the same name again replaces rather than duplicates. Throws
-   * SluiceError('SINK') on failure; the caller keeps the WAL and retries.
+   * `write.name` when `idempotent`: writing the same name again replaces rather than
+   * duplicates. Throws SluiceError('SINK') on failure; the caller keeps the WAL and retries
+   * under the sink's policy (retry / circuit / on_error), or, when the error is marked
+   * `permanent` (the rows can never be written as they are), applies on_error at once.
    */
   write(write: SinkWrite, db: DuckDBConnection): Promise<void>;
   /** False while the last write failed. */

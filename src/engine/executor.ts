@@ -9,6 +9,7 @@ import type { ModelDef } from '../project/project-loader.js';
 import type { MessageMeta, PayloadBlock, RawMessage } from '../connectors/types.js';
 import { isObjectStructure, mergeStructure, type Structure } from './structure.js';
 import { conformance, nonConforming, type Conformance } from './conform.js';
+import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractKind, type ContractReport, type ModelContract } from './contracts.js';
 
 /** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
 const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql?: (x: string) => string }> = {
@@ -38,6 +39,8 @@ export interface CompiledModel {
   sql: string;
   stateful: string[];
   outputColumns: string[] | null;
+  /** Its schema contract, types resolved (see contracts.ts). */
+  contract?: ModelContract;
 }
 
 export interface MessageFailure {
@@ -45,6 +48,9 @@ export interface MessageFailure {
   stage: 'decode' | 'transform';
   error: string;
   model?: string;
+  /** A contract's refusal: the column and what it broke. */
+  column?: string;
+  kind?: ContractKind;
 }
 
 export interface BatchOutcome {
@@ -59,6 +65,8 @@ export interface BatchOutcome {
   written: Set<string>;
   /** The schema of `incoming` after this batch: what the WAL commit of this batch records. */
   structure: Structure | undefined;
+  /** Schema changes and contract violations of this batch. */
+  contract: ContractReport;
 }
 
 /** A batch loaded and decoded by prepare(), ready for execute(). */
@@ -88,7 +96,9 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     if (a.stateful.length) {
       throw new SluiceError('CONFIG', `${m.file}: model ${m.name} is stateful: ${a.stateful.join('; ')}`);
     }
-    out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns });
+    const typeIssues = await resolveContractTypes(conn, m.name, m.contract);
+    if (typeIssues.length) throw new SluiceError('CONFIG', typeIssues.map((i) => `${i.file}${i.line ? `:${i.line}` : ''}: ${i.key}: ${i.message}`).join('\n'));
+    out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns, contract: m.contract });
   }
   return out;
 }
@@ -222,6 +232,12 @@ export class BatchExecutor {
   private readonly metaColumns: string[];
   /** The batch execute() is working on (one at a time). */
   private current!: PreparedBatch;
+  /** The models' output schemas so far and their contracts (the WAL state keeps `schemas`). */
+  readonly schemas: SchemaTracker;
+  /** What the contracts did to the current batch. */
+  private report: ContractReport = emptyReport();
+  /** `current.structure` as a cache key for contract plans. */
+  private shape: { structure: Structure | undefined; key: string } = { structure: undefined, key: '' };
 
   /**
    * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
@@ -235,6 +251,7 @@ export class BatchExecutor {
   ) {
     this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed([m.sql])]));
     this.metaColumns = metaColumnsUsed(models.map((m) => m.sql));
+    this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
   }
 
   /**
@@ -387,15 +404,17 @@ export class BatchExecutor {
       for (const m of this.models) rows.set(m.name, 0);
       await this.clearOutputs();
       failures.sort((a, b) => a.index - b.index);
-      return { failures, rows, attempts: 0, timings, written, structure };
+      return { failures, rows, attempts: 0, timings, written, structure, contract: this.report };
     };
+    this.report = emptyReport();
     if (!p.batch) return nothingGood();
     this.current = p;
+    if (this.shape.structure !== p.structure) this.shape = { structure: p.structure, key: JSON.stringify(p.structure ?? null) };
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
     let attempts = 1;
     const direct = targets ? this.directTargets(targets) : undefined;
-    let res = await this.attempt(null, direct, rows);
+    let res = await this.attemptPruning(direct, rows);
     if (res.ok && direct) for (const m of direct.keys()) written.add(m);
     if (!res.ok && direct) for (const f of direct.values()) await fsp.rm(f, { force: true });
     if (!res.ok) {
@@ -406,7 +425,7 @@ export class BatchExecutor {
         for (const id of ids) failures.push({ index: id, stage: 'transform', error: res.error, model: res.model });
         await this.clearOutputs();
         for (const m of this.models) rows.set(m.name, 0);
-        return { failures, rows, attempts, timings, written, structure };
+        return { failures, rows, attempts, timings, written, structure, contract: this.report };
       }
       for (let round = 0; round < 3 && !res.ok; round++) {
         const ids = await this.batchIds();
@@ -421,7 +440,7 @@ export class BatchExecutor {
         }
         failures.push(...found);
         attempts++;
-        res = await this.attempt(null);
+        res = await this.attemptPruning();
       }
       if (!res.ok) throw new SluiceError('TRANSFORM', `batch keeps failing after isolating bad messages: ${res.error}`);
     }
@@ -432,7 +451,12 @@ export class BatchExecutor {
     }
     failures.sort((a, b) => a.index - b.index);
     lap('models');
-    return { failures, rows, attempts, timings, written, structure };
+    for (const m of this.models) {
+      const plan = this.schemas.cached(m.name, this.shape.key);
+      if (plan && (rows.get(m.name) ?? 0) > 0) this.schemas.establish(m.name, plan.columns);
+    }
+    this.report.changes = this.schemas.drainChanges();
+    return { failures, rows, attempts, timings, written, structure, contract: this.report };
   }
 
   /**
@@ -502,6 +526,11 @@ export class BatchExecutor {
     if (ids.length === 0) return 0;
     const res = await this.attempt(`${MSG_COL} BETWEEN ${ids[0]} AND ${ids[ids.length - 1]}`);
     if (res.ok) return 1;
+    if (res.refused) {
+      found.push(...(await this.refuse(res.refused)));
+      const gone = new Set(res.refused.map((f) => f.index));
+      return 1 + (await this.isolate(ids.filter((i) => !gone.has(i)), found));
+    }
     if (ids.length === 1) {
       found.push({ index: ids[0], stage: 'transform', error: res.error, model: res.model });
       await this.conn.run(`DELETE FROM ${this.current.batch} WHERE ${MSG_COL} = ${ids[0]}`);
@@ -509,6 +538,58 @@ export class BatchExecutor {
     }
     const mid = Math.floor(ids.length / 2);
     return 1 + (await this.isolate(ids.slice(0, mid), found)) + (await this.isolate(ids.slice(mid), found));
+  }
+
+  /**
+   * Runs every model over the whole batch; messages a `freeze` contract refuses go to the
+   * failures and leave the batch, which runs again without them.
+   */
+  private async attemptPruning(direct?: Map<string, string>, rows?: Map<string, number>): Promise<Awaited<ReturnType<BatchExecutor['attempt']>>> {
+    for (;;) {
+      // Only this run's discards count (refusals stay: their messages have left the batch).
+      this.report.violations = this.report.violations.filter((v) => v.policy === 'freeze');
+      const res = await this.attempt(null, direct, rows);
+      if (res.ok || !res.refused) return res;
+      this.current.failures.push(...(await this.refuse(res.refused)));
+    }
+  }
+
+  /** Removes refused messages from the batch; returns their failures (counted in the report). */
+  private async refuse(refused: MessageFailure[]): Promise<MessageFailure[]> {
+    await this.conn.run(`DELETE FROM ${this.current.batch} WHERE ${MSG_COL} IN (${refused.map((f) => f.index).join(',')})`);
+    for (const f of refused) {
+      const v = this.report.violations.find((x) => x.model === f.model && x.column === f.column && x.kind === f.kind && x.policy === 'freeze');
+      if (v) v.rows++;
+      else this.report.violations.push({ model: f.model!, column: f.column!, kind: f.kind!, policy: 'freeze', rows: 1 });
+    }
+    return refused;
+  }
+
+  /** Runs a model with its contract (or, when its plan is a passthrough, as it is). */
+  private async runModel(m: CompiledModel, target: string | undefined): Promise<{ rows?: number; refused?: MessageFailure[] }> {
+    const table = `${MODEL_SCHEMA}.${ident(m.name)}`;
+    for (;;) {
+      let plan = this.schemas.cached(m.name, this.shape.key);
+      if (!plan) {
+        const d = await this.conn.runAndReadAll(`DESCRIBE (${m.sql})`);
+        plan = await this.schemas.plan(m.name, this.shape.key, d.getRows().map((r) => ({ name: String(r[0]), type: String(r[1]) })));
+      }
+      if (plan.passthrough) {
+        if (!target) {
+          await this.conn.run(`CREATE OR REPLACE TABLE ${table} AS ${m.sql}`);
+          return {};
+        }
+        const r = await this.conn.run(`COPY (${m.sql}) TO ${lit(target)} (FORMAT parquet, COMPRESSION lz4_raw)`);
+        return { rows: Number(r.rowsChanged) };
+      }
+      const r = await applyContract(this.conn, m.name, m.sql, plan, { table, target }, this.report);
+      if ('evolve' in r) {
+        await this.schemas.evolve(m.name, r.evolve);
+        continue;
+      }
+      if ('failures' in r) return { refused: r.failures.map((f) => ({ index: f.index, stage: 'transform', error: f.error, model: m.name, column: f.column, kind: f.kind })) };
+      return target ? { rows: r.rows } : {};
+    }
   }
 
   /** Target files of the models no other model reads. */
@@ -527,7 +608,7 @@ export class BatchExecutor {
     filter: string | null,
     direct?: Map<string, string>,
     rows?: Map<string, number>,
-  ): Promise<{ ok: true } | { ok: false; error: string; model: string }> {
+  ): Promise<{ ok: true } | { ok: false; error: string; model: string; refused?: MessageFailure[] }> {
     const where = filter ? ` WHERE ${filter}` : '';
     let shown: string | undefined;
     for (const m of this.models) {
@@ -541,12 +622,9 @@ export class BatchExecutor {
       }
       try {
         const target = direct?.get(m.name);
-        if (target) {
-          const r = await this.conn.run(`COPY (${m.sql}) TO ${lit(target)} (FORMAT parquet, COMPRESSION lz4_raw)`);
-          rows?.set(m.name, Number(r.rowsChanged));
-        } else {
-          await this.conn.run(`CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(m.name)} AS ${m.sql}`);
-        }
+        const r = await this.runModel(m, target);
+        if (r.refused) return { ok: false, error: r.refused[0].error, model: m.name, refused: r.refused };
+        if (target) rows?.set(m.name, r.rows!);
       } catch (err) {
         return { ok: false, error: cleanError(err), model: m.name };
       }
@@ -569,7 +647,7 @@ export class BatchExecutor {
       `SELECT count(*) FROM duckdb_tables() WHERE schema_name = ${lit(MODEL_SCHEMA)} AND table_name = ${lit(model)}`,
     );
     if (Number(exists.getRows()[0][0]) === 0) return { columns: [], rows: [] };
-    const r = await this.conn.runAndReadAll(`SELECT * EXCLUDE (${MSG_COL}) FROM ${MODEL_SCHEMA}.${ident(model)} ORDER BY ${MSG_COL}`);
+    const r = await this.conn.runAndReadAll(`SELECT * EXCLUDE (${MSG_COL}) FROM ${MODEL_SCHEMA}.${ident(model)} ORDER BY ${MSG_COL}, rowid`);
     const names = r.columnNames();
     const types = r.columnTypes().map((t) => t.toString());
     return { columns: names.map((name, i) => ({ name, type: types[i] })), rows: r.getRowObjectsJS().map((row) => toPlain(row) as Record<string, unknown>) };

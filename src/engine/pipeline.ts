@@ -4,7 +4,7 @@ import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../errors.js';
-import type { ConnectorContext, DeadLetter, DeadLetterQueue, Sink, Source, SourceBatch } from '../connectors/types.js';
+import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source, SourceBatch, SinkWrite } from '../connectors/types.js';
 import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
 import { Metrics } from '../ops/metrics.js';
@@ -12,7 +12,11 @@ import { startServer } from '../ops/server.js';
 import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
+import { MSG_COL } from '../sql/analyze.js';
+import { SinkRunner } from './sink-runner.js';
 import { BatchExecutor, compileModels, type BatchOutcome, type PreparedBatch } from './executor.js';
+import { reportContracts } from './contracts.js';
+import { BatchTests, type TestSink } from '../tests/data-tests.js';
 
 export interface RunOptions {
   project: Project;
@@ -31,6 +35,21 @@ export interface RunOptions {
   print?: (text: string) => void;
   /** A DuckDB instance and connection to use (the run owns them: they are closed at the end). */
   duckdb?: { instance: DuckDBInstance; conn: DuckDBConnection };
+  /**
+   * The worker id the sinks and the DLQ see (default: the worker id). It names a file sink's
+   * staging directory and an S3 sink's local temp files, which a sink clears when it connects
+   * and closes, and a Kafka sink's transactional id, which fences the producer that had it
+   * before; it tags this worker's dead letters in a broker DLQ, of which the DLQ drops, on
+   * recovery, those after its committed mark. Pipelines of one worker sharing a sink or a DLQ
+   * each need their own. The source keeps the worker id (its consumer name and WAL directory).
+   */
+  scopedWorkerId?: string;
+  /**
+   * Awaited once the sinks are connected, before the first write (the WAL replay): pipelines
+   * sharing sinks start writing only when all have connected theirs, as connecting clears
+   * leftovers of interrupted writes.
+   */
+  beforeWrites?: () => Promise<void>;
 }
 
 export interface RunSummary {
@@ -75,6 +94,45 @@ export async function openDuckDB(settings: { threads?: number; memory_limit?: st
   return { instance, conn };
 }
 
+/** The threads and memory limit of one pipeline's DuckDB when `n` pipelines share a process. */
+export interface DuckDBShare {
+  threads: number;
+  memory_limit: string;
+  /** What was divided: the project's settings, or DuckDB's defaults where it has none. */
+  total: { threads: number; memory_limit: string };
+}
+
+/**
+ * Divides the project's duckdb.threads and duckdb.memory_limit (DuckDB's defaults where unset:
+ * one thread per core but one, 80% of the memory DuckDB sees) among `n` pipelines of one
+ * process, so that together they stay within what one pipeline alone would use. `conn` is a
+ * connection of an instance opened with `settings`: it tells DuckDB's default memory limit.
+ * Each pipeline gets at least one thread.
+ */
+export async function shareDuckDB(settings: { threads?: number; memory_limit?: string }, n: number, conn: DuckDBConnection): Promise<DuckDBShare> {
+  const threads = settings.threads ?? Math.max(1, os.availableParallelism() - 1);
+  let bytes = settings.memory_limit ? parseBytes(settings.memory_limit) : undefined;
+  let shown = settings.memory_limit;
+  if (bytes === undefined) {
+    const current = String((await conn.runAndReadAll("SELECT current_setting('memory_limit')")).getRows()[0][0]);
+    bytes = parseBytes(current);
+    shown = settings.memory_limit ?? `${current} (DuckDB's default)`;
+    if (bytes === undefined) throw new SluiceError('INTERNAL', `cannot read DuckDB's memory limit "${current}"`);
+  }
+  const each = bytes / n;
+  const memory_limit = each >= 2 ** 24 ? `${Math.floor(each / 2 ** 20)}MiB` : `${Math.max(1, Math.floor(each / 2 ** 10))}KiB`;
+  return { threads: Math.max(1, Math.floor(threads / n)), memory_limit, total: { threads, memory_limit: shown! } };
+}
+
+/** DuckDB's memory units (KB = 1000, KiB = 1024). */
+const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, byte: 1, bytes: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, pib: 2 ** 50 };
+/** Bytes of a memory amount as DuckDB takes or shows it ('2GB', '18.8 GiB'); undefined for anything else. */
+function parseBytes(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m && BYTE_UNITS[m[2].toLowerCase()];
+  return unit ? Number(m[1]) * unit : undefined;
+}
+
 /**
  * The run loop: poll -> decode -> models -> WAL (fsync) -> ack, and per model, when its size
  * or age threshold is reached, WAL -> sinks (atomic, idempotent) -> WAL truncate.
@@ -82,15 +140,21 @@ export async function openDuckDB(settings: { threads?: number; memory_limit?: st
 export class Pipeline {
   private readonly metrics = new Metrics();
   private wal!: Wal;
-  private sinks = new Map<string, Sink>();
+  private sinks = new Map<string, SinkRunner>();
+  /** Dead-lettering a flush (append, then the state with the DLQ's new mark) goes one at a time. */
+  private dlqTurn: Promise<void> = Promise.resolve();
+  private paused = false;
   private dlq: DeadLetterQueue | undefined;
   private executor!: BatchExecutor;
+  /** The models' data tests; undefined when none are declared (then batches pay nothing). */
+  private tests: BatchTests | undefined;
   private conn!: DuckDBConnection;
   private loadConn!: DuckDBConnection;
   private instance!: DuckDBInstance;
   private models: ModelDef[] = [];
   private replayed = false;
-  private flushFailures = new Map<string, { count: number; nextTry: number; error: string }>();
+  /** Models whose flush has a sink failing, with the last error (for /readyz and backpressure). */
+  private flushFailures = new Map<string, { error: string }>();
   private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0, redelivered: 0 };
   private workerId = '';
   private lastReadMs = 0;
@@ -98,14 +162,24 @@ export class Pipeline {
 
   constructor(private readonly opts: RunOptions) {}
 
+  /** This run's metrics (for an ops server shared by several pipelines). */
+  get registry(): Metrics['registry'] {
+    return this.metrics.registry;
+  }
+
   private get log(): Logger {
     return this.opts.log;
+  }
+
+  /** Where data test failures are logged and counted. */
+  private get testSink(): TestSink {
+    return { log: this.log, count: (model, test, n) => this.metrics.dataTestFailures.inc({ model, test }, n) };
   }
 
   async run(): Promise<RunSummary> {
     const { project, signal } = this.opts;
     if (!this.opts.sourceOverride && project.sources.length !== 1) {
-      throw new SluiceError('USAGE', `this project has ${project.sources.length} sources; running several sources in one process is not supported yet`);
+      throw new SluiceError('INTERNAL', `a pipeline reads one source and this project has ${project.sources.length}: scope it to one (scopeToSource) and run one pipeline per source (runPipelines)`);
     }
     const srcDef: NamedSource = project.sources.find((s) => s.name === this.opts.sourceOverride?.name) ?? project.sources[0];
     this.models = selectModels(project, this.opts.models);
@@ -118,16 +192,18 @@ export class Pipeline {
     this.loadConn = await this.instance.connect();
     this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn);
     await this.executor.init();
+    this.tests = await BatchTests.create(this.conn, project, this.models, this.log);
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
     this.source = source;
     if (this.opts.dryRun) return this.dryRun(source);
 
+    const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
     for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
       const def = project.sinks.find((s) => s.name === name)!;
-      const sink = await def.spec.create(def.cfg, ctx);
+      const sink = await def.spec.create(def.cfg, scopedCtx);
       await sink.connect();
-      this.sinks.set(name, sink);
+      this.sinks.set(name, new SinkRunner(name, sink, def.policy, this.metrics, this.log));
     }
 
     // Queue consumers scale out: each worker keeps its own WAL and names its own files.
@@ -141,13 +217,16 @@ export class Pipeline {
     }
     await this.checkSegments();
     this.executor.structure = this.wal.state.structure;
+    this.executor.schemas.load(this.wal.state.schemas);
 
-    this.dlq = await this.openDlq(srcDef, ctx);
+    this.dlq = await this.openDlq(srcDef, scopedCtx);
     await this.dlq?.recover(this.wal.state.dlq);
+    await this.opts.beforeWrites?.();
 
-    const server = this.opts.port > 0 ? await startServer(this.opts.port, this.metrics, { ready: () => this.ready() }) : undefined;
-    if (server) this.log.info({ port: server.port }, 'serving /healthz /readyz /metrics');
+    let server: Awaited<ReturnType<typeof startServer>> | undefined;
     try {
+      server = this.opts.port > 0 ? await startServer(this.opts.port, this.metrics.registry, { ready: () => this.ready() }) : undefined;
+      if (server) this.log.info({ port: server.port }, 'serving /healthz /readyz /metrics');
       // Surviving WAL goes to the sinks before anything new is read.
       const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
       if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
@@ -172,7 +251,7 @@ export class Pipeline {
       }
     } finally {
       await server?.close();
-      for (const s of this.sinks.values()) await s.close();
+      for (const s of this.sinks.values()) await s.sink.close();
       await this.dlq?.close();
       this.closeDuckDB();
     }
@@ -190,8 +269,13 @@ export class Pipeline {
     const reasons: string[] = [];
     if (!this.replayed) reasons.push('replaying WAL');
     if (this.source?.healthy && !this.source.healthy()) reasons.push('source disconnected');
-    for (const [name, s] of this.sinks) if (!s.healthy()) reasons.push(`sink ${name} unhealthy`);
+    for (const [name, s] of this.sinks) {
+      const circuit = s.notReady();
+      if (circuit) reasons.push(circuit);
+      else if (!s.sink.healthy()) reasons.push(`sink ${name} unhealthy`);
+    }
     for (const [model, f] of this.flushFailures) reasons.push(`flush of ${model} failing: ${f.error}`);
+    if (this.paused) reasons.push(`reading paused: the WAL holds ${this.wal.totalBytes()} bytes (wal.max_bytes ${this.opts.project.walMaxBytes}) while a sink fails`);
     return { ok: reasons.length === 0, reasons };
   }
 
@@ -237,6 +321,7 @@ export class Pipeline {
           if (!signal.aborted) this.log.info('end of input');
           break;
         }
+        if (this.flushFailures.size > 0) await this.backpressure();
         pending = signal.aborted ? Promise.resolve(null) : next();
         if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName);
         await this.flushDue();
@@ -266,7 +351,15 @@ export class Pipeline {
     const paths = new Map(this.models.map((m) => [m.name, this.wal.segmentPaths(m.name, seq, first, last)]));
     let outcome: BatchOutcome;
     try {
-      outcome = await this.executor.execute(prepared, new Map([...paths].map(([k, v]) => [k, v.tmp])));
+      const keep = this.tests?.keepInTables();
+      const targets = new Map([...paths].filter(([k]) => !keep?.has(k)).map(([k, v]) => [k, v.tmp]));
+      outcome = await this.executor.execute(prepared, targets);
+      if (this.tests) {
+        const testStart = performance.now();
+        await this.tests.enforce(outcome, this.testSink, targets);
+        outcome.timings.tests = Math.round(performance.now() - testStart);
+      }
+      reportContracts(outcome.contract, this.log, this.metrics.contractCounters());
     } catch (err) {
       this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
       throw err;
@@ -312,10 +405,16 @@ export class Pipeline {
       await this.dlq.append(records);
       this.summary.deadLettered += records.length;
     }
+    outcome.timings.stage = Math.round(performance.now() - stageStart);
     crashPoint('before-commit');
+    const commitStart = performance.now();
+    this.wal.state.schemas = this.executor.schemas.snapshot();
     await this.wal.commit(seq, batch.position, this.dlq?.mark(), outcome.structure, touched);
     crashPoint('after-commit');
+    outcome.timings.commit = Math.round(performance.now() - commitStart);
+    const ackStart = performance.now();
     await source.ack(batch);
+    outcome.timings.ack = Math.round(performance.now() - ackStart);
     this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
     outcome.timings.stage_and_commit = Math.round(performance.now() - stageStart);
     this.summary.messages += batch.messages.length;
@@ -330,10 +429,41 @@ export class Pipeline {
     this.metrics.ready.set(this.ready().ok ? 1 : 0);
   }
 
+  /** When the next write of a pending flush may be tried. */
   private nextRetry(): number {
     let t = Infinity;
-    for (const f of this.flushFailures.values()) t = Math.min(t, f.nextTry);
+    for (const m of this.models) {
+      if (this.wal.pending(m.name).length === 0) continue;
+      for (const s of m.sinks) t = Math.min(t, this.sinks.get(s)!.nextTry(m.name));
+    }
     return t === Infinity ? Date.now() + 1000 : t;
+  }
+
+  /** True when some sink of the model may be written now (not in backoff, circuit not open). */
+  private writable(m: ModelDef, now: number): boolean {
+    return m.sinks.some((s) => this.sinks.get(s)!.canWrite(m.name, now));
+  }
+
+  /**
+   * Backpressure while a sink fails: once the WAL holds wal.max_bytes, no new batch is read
+   * (unread messages stay in the source: memory stays bounded) until the flushes go through.
+   */
+  private async backpressure(): Promise<void> {
+    const { signal, project } = this.opts;
+    while (!signal.aborted && this.flushFailures.size > 0 && this.wal.totalBytes() >= project.walMaxBytes) {
+      if (!this.paused) {
+        this.paused = true;
+        this.updateGauges();
+        this.log.warn({ wal_bytes: this.wal.totalBytes(), max_bytes: project.walMaxBytes }, 'reading paused: the WAL is full while a sink fails; reading resumes once the sinks take the rows');
+      }
+      await sleepUntil(this.nextRetry(), signal);
+      await this.flushDue();
+    }
+    if (this.paused) {
+      this.paused = false;
+      this.updateGauges();
+      this.log.info('reading resumed');
+    }
   }
 
   /** Flushes models whose size or age threshold is reached (or whose flush is being retried). */
@@ -342,8 +472,7 @@ export class Pipeline {
     for (const m of this.models) {
       const segs = this.wal.pending(m.name);
       if (segs.length === 0) continue;
-      const failing = this.flushFailures.get(m.name);
-      if (failing && now < failing.nextTry) continue;
+      if (!this.writable(m, now)) continue;
       const due =
         this.wal.hasInflight(m.name) ||
         this.wal.pendingBytes(m.name) >= m.maxFileBytes ||
@@ -362,9 +491,9 @@ export class Pipeline {
     const now = Date.now();
     const todo: ModelDef[] = [];
     for (const m of this.models) {
-      const failing = this.flushFailures.get(m.name);
-      if (failing && now < failing.nextTry) ok = false;
-      else if (this.wal.pending(m.name).length > 0) todo.push(m);
+      if (this.wal.pending(m.name).length === 0) continue;
+      if (this.writable(m, now)) todo.push(m);
+      else ok = false;
     }
     todo.sort((a, b) => this.wal.pendingBytes(b.name) - this.wal.pendingBytes(a.name));
     const work = async (conn: DuckDBConnection): Promise<void> => {
@@ -381,38 +510,119 @@ export class Pipeline {
     return ok;
   }
 
+  /**
+   * Writes a model's flush to each of its sinks that does not have it yet; true once every sink
+   * has it (then the WAL is truncated). A sink that took the flush is recorded in the WAL state
+   * at once, so a retry or a restart never writes it there again. A failing sink follows its
+   * policy: retried with backoff behind its circuit breaker; once exhausted, on_error `retry`
+   * keeps trying, `dlq` sends the rows to the DLQ (the sink counts as done), `fail` throws.
+   */
   private async flushModel(m: ModelDef, conn = this.conn): Promise<boolean> {
     const flush = await this.wal.beginFlush(m.name);
     if (!flush) return true;
     const timer = this.metrics.flushDuration.startTimer({ model: m.name });
     const files = flush.segments.map((s) => s.file);
+    let write: SinkWrite | undefined;
+    let complete = true;
+    let failed = false;
+    let fatal: SluiceError | undefined;
     try {
-      const r = await conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
-      const rows = Number(r.getRows()[0][0]);
       for (const name of m.sinks) {
-        await this.sinks.get(name)!.write({ model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows }, conn);
-        this.metrics.rowsWritten.inc({ model: m.name, sink: name }, rows);
+        if (flush.done.includes(name)) continue;
+        const runner = this.sinks.get(name)!;
+        if (!runner.canWrite(m.name)) {
+          complete = false;
+          continue;
+        }
+        if (!write) {
+          const r = await conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
+          write = { model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows: Number(r.getRows()[0][0]) };
+          await this.tests?.checkFlush(m.name, files, conn, this.testSink);
+        }
+        const res = await runner.write(write, conn);
+        if (res.ok) {
+          crashPoint('after-sink-write');
+          await this.wal.markSinkDone(m.name, name);
+          continue;
+        }
+        if (res.blocked) {
+          complete = false;
+          continue;
+        }
+        failed = true;
+        const err = res.error;
+        const { on_error: onError, retry } = runner.policy;
+        this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
+        this.flushFailures.set(m.name, { error: `sink ${name}: ${errorMessage(err)}` });
+        if (!res.exhausted || onError === 'retry') {
+          complete = false;
+          this.log.error({ model: m.name, sink: name, err, attempt: res.attempts, retry_in_ms: res.retryInMs }, res.exhausted ? `sink still failing after ${res.attempts} attempts (on_error: retry); the WAL is kept and the write retried` : 'sink write failed; the WAL is kept and the write retried');
+          continue;
+        }
+        if (onError === 'fail') {
+          complete = false;
+          fatal = new SluiceError('SINK', `sink ${name} failed writing ${m.name}/${flush.name} (${res.attempts} attempt${res.attempts === 1 ? '' : 's'}, on_error: fail): ${errorMessage(err)}; the rows stay in the WAL and the next run delivers them`, { cause: err });
+          break;
+        }
+        await this.deadLetterFlush(m.name, name, write, err, conn);
+        runner.forget(m.name);
       }
-      crashPoint('after-sink-write');
-      await this.wal.endFlush(m.name);
-      this.flushFailures.delete(m.name);
-      this.metrics.flushes.inc({ model: m.name, result: 'ok' });
-      this.summary.flushes++;
-      this.log.info({ model: m.name, file: flush.name, rows, segments: files.length, ms: Math.round(timer() * 1000) }, 'flushed');
-      return true;
     } catch (err) {
-      const prev = this.flushFailures.get(m.name);
-      const count = (prev?.count ?? 0) + 1;
-      const delay = Math.min(30_000, 500 * 2 ** Math.min(count - 1, 6));
-      this.flushFailures.set(m.name, { count, nextTry: Date.now() + delay, error: errorMessage(err) });
-      timer();
-      this.metrics.flushes.inc({ model: m.name, result: 'error' });
+      complete = false;
+      failed = true;
+      this.flushFailures.set(m.name, { error: errorMessage(err) });
       this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
-      this.log.error({ model: m.name, err, retry_in_ms: delay }, 'flush failed; the WAL is kept and the flush retried');
-      return false;
-    } finally {
-      this.updateGauges();
+      this.log.error({ model: m.name, err }, 'flush failed; the WAL is kept and the flush retried');
     }
+    const ms = Math.round(timer() * 1000);
+    if (fatal) throw fatal;
+    if (!complete) {
+      if (failed) this.metrics.flushes.inc({ model: m.name, result: 'error' });
+      this.updateGauges();
+      return false;
+    }
+    await this.wal.endFlush(m.name);
+    this.flushFailures.delete(m.name);
+    this.metrics.flushes.inc({ model: m.name, result: 'ok' });
+    this.summary.flushes++;
+    this.log.info({ model: m.name, file: flush.name, rows: write?.rows, segments: files.length, sinks: m.sinks, ms }, 'flushed');
+    this.updateGauges();
+    return true;
+  }
+
+  /**
+   * on_error: dlq — the flush's rows go to the source's DLQ, one record per row (the row as JSON,
+   * stage `sink`, the model and the sink's error), then the sink counts as done for this flush;
+   * the DLQ's new mark is committed with that record, so a crash in between writes them again
+   * rather than twice.
+   */
+  private async deadLetterFlush(model: string, sink: string, w: SinkWrite, err: unknown, conn: DuckDBConnection): Promise<void> {
+    const turn = this.dlqTurn.then(async () => {
+      const dlq = this.dlq;
+      if (!dlq) throw new SluiceError('CONFIG', `sink ${sink} has on_error: dlq but the source has no dlq configured`);
+      const error = `sink ${sink}: ${errorMessage(err)}`;
+      const time = new Date().toISOString();
+      const result = await conn.stream(`SELECT to_json(t)::VARCHAR FROM (SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)) t`);
+      let row = 0;
+      let chunk: DeadLetter[] = [];
+      for await (const rows of result.yieldRows()) {
+        for (const r of rows) {
+          chunk.push({ payload: String(r[0]), error, stage: 'sink', source: { sink, flush: w.name, row: row++ }, model, time });
+          if (chunk.length >= 10_000) {
+            await dlq.append(chunk);
+            chunk = [];
+          }
+        }
+      }
+      if (chunk.length) await dlq.append(chunk);
+      await this.wal.markSinkDone(model, sink, { mark: dlq.mark() });
+      this.summary.deadLettered += row;
+      this.metrics.deadLettered.inc({ stage: 'sink' }, row);
+      this.metrics.sinkDeadLettered.inc({ model, sink }, row);
+      this.log.warn({ model, sink, flush: w.name, rows: row, error }, 'sink gave up on a flush (on_error: dlq): its rows were sent to the DLQ');
+    });
+    this.dlqTurn = turn.catch(() => {});
+    await turn;
   }
 
   private async dryRun(source: Source): Promise<RunSummary> {
@@ -436,6 +646,7 @@ export class Pipeline {
         print(`\n${m.name} (${out.rows.length} rows)\n${formatTable(out.columns, out.rows)}\n`);
       }
       for (const f of outcome.failures) print(`\nwould dead-letter message ${JSON.stringify(batch.messages[f.index].coords)} [${f.stage}]: ${f.error}\n`);
+      for (const line of (await this.tests?.preview(outcome)) ?? []) print(`\n${line}\n`);
       this.summary.messages = batch.messages.length;
     } finally {
       await source.close();

@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
+import { MASK, REDACT_PATHS, maskText } from '../util/secrets.js';
 
 export type { Logger };
 
@@ -41,6 +42,10 @@ export function createLogger(opts: { json?: boolean; level?: string } = {}): Log
   const base = {
     level,
     base: undefined,
+    // Secrets never reach a log line: secret-named keys are redacted, and every line has URL
+    // passwords and the known secret values (config and ${VAR}s with secret names) masked.
+    redact: { paths: REDACT_PATHS, censor: MASK },
+    hooks: { streamWrite: (s: string) => maskText(s) },
     serializers: {
       err: (e: unknown) => {
         const err = e as Error;

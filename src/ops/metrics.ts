@@ -24,5 +24,43 @@ export class Metrics {
     name: 'sluice_ack_latency_seconds', help: 'Time from publication (the message timestamp) to the source ack', registers: [this.registry],
     percentiles: [0.5, 0.9, 0.99], maxAgeSeconds: 60, ageBuckets: 6,
   });
+  readonly sinkErrors = new client.Counter({ name: 'sluice_sink_errors_total', help: 'Failed writes of a flush to a sink', labelNames: ['sink', 'error_type'], registers: [this.registry] });
+  readonly sinkRetries = new client.Counter({ name: 'sluice_sink_retries_total', help: 'Writes of a flush to a sink that repeat a failed one', labelNames: ['sink'], registers: [this.registry] });
+  readonly sinkDeadLettered = new client.Counter({ name: 'sluice_sink_dead_lettered_rows_total', help: 'Rows sent to the DLQ because a sink could not take them (on_error: dlq)', labelNames: ['model', 'sink'], registers: [this.registry] });
+  readonly sinkCircuit = new client.Gauge({ name: 'sluice_sink_circuit_state', help: "A sink's circuit breaker: 0 closed, 1 open, 2 half-open (one probe write)", labelNames: ['sink'], registers: [this.registry] });
+  readonly sinkWriteDuration = new client.Histogram({
+    name: 'sluice_sink_write_duration_seconds', help: 'Time of one write of a flush to a sink (failed ones too)', labelNames: ['sink', 'result'], registers: [this.registry],
+    buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  });
+  readonly dataTestFailures = new client.Counter({ name: 'sluice_data_test_failures_total', help: 'Rows failing a data test during run (whatever its on_failure)', labelNames: ['model', 'test'], registers: [this.registry] });
+  readonly schemaChanges = new client.Counter({ name: 'sluice_schema_changes_total', help: "Changes of a model's output schema: a new column or a widened type", labelNames: ['model', 'kind'], registers: [this.registry] });
+  readonly contractViolations = new client.Counter({ name: 'sluice_contract_violations_total', help: "Rows breaking a model's schema contract, by kind (new_column, type_change) and policy", labelNames: ['model', 'kind', 'policy'], registers: [this.registry] });
+  /** The counters reportContracts() needs. */
+  contractCounters(): { change: (model: string, kind: string) => void; violation: (model: string, kind: string, policy: string, rows: number) => void } {
+    return { change: (model, kind) => this.schemaChanges.inc({ model, kind }), violation: (model, kind, policy, rows) => this.contractViolations.inc({ model, kind, policy }, rows) };
+  }
   readonly ready = new client.Gauge({ name: 'sluice_ready', help: '1 when every sink is healthy and the WAL is replayed', registers: [this.registry] });
+}
+
+/**
+ * Several pipelines' registries as one Prometheus exposition: each family once (one HELP and
+ * TYPE line), every sample labelled with its pipeline's `source`, so the pipelines' samples
+ * never add up or collide.
+ */
+export function mergedExposition(parts: () => { source: string; registry: client.Registry }[]): { contentType: string; metrics(): Promise<string> } {
+  return {
+    contentType: client.Registry.PROMETHEUS_CONTENT_TYPE,
+    async metrics() {
+      const labelled = await Promise.all(
+        parts().map(async ({ source, registry }) =>
+          (await registry.getMetricsAsJSON()).map((family) => ({
+            ...family,
+            // Metrics with a `source` label of their own already carry this pipeline's name.
+            values: family.values.map((v) => ({ ...v, labels: { source, ...v.labels } })),
+          })),
+        ),
+      );
+      return client.AggregatorRegistry.aggregate(labelled).metrics();
+    },
+  };
 }

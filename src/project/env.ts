@@ -1,4 +1,5 @@
 import type { ConfigIssue } from '../errors.js';
+import { isSecretName, registerSecret } from '../util/secrets.js';
 
 const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 
@@ -18,6 +19,8 @@ export function interpolateEnv(
       if (line.trimStart().startsWith('#')) return line;
       return line.replace(VAR, (_m, name: string, def: string | undefined) => {
         const v = env[name];
+        // The value of a secret-looking variable is masked wherever sluice prints it.
+        if (v !== undefined && v !== '' && isSecretName(name)) registerSecret(v);
         if (v !== undefined && v !== '') return v;
         if (def !== undefined) return def;
         issues.push({

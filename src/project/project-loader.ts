@@ -3,15 +3,22 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { sinkSpec, sinks as sinkSpecs, sourceSpec, sources as sourceSpecs, type SinkSpec, type SourceSpec } from '../connectors/registry.js';
+import { SINK_POLICY_KEYS, sinkPolicySchema, type SinkPolicy } from '../connectors/shared-config.js';
 import { renderModel, type RenderedModel } from '../sql/template.js';
 import { topoSort } from './dag.js';
+import { applyTargetOverrides, remapTargetIssues, resolveTarget, targetEnv } from './targets.js';
+import { registerConfigSecrets } from '../util/secrets.js';
 import { checkSchema, readYaml, type YamlFile } from './yaml-file.js';
+import { columnTypeSchema, contractSchema, modelContract, type ModelContract } from '../engine/contracts.js';
+import { columnTestSchema, modelDataTests, modelTestSchema, referenceSchema, unitTestsOf, type DataTest, type ReferenceDef, type UnitTest } from '../tests/test-config.js';
 
 export interface ProjectOptions {
   project?: string;
   config?: string;
   models?: string;
   env?: NodeJS.ProcessEnv;
+  /** Target (environment) whose overrides apply; default: sluice.yml's `target:`. */
+  target?: string;
 }
 
 export interface NamedSource {
@@ -28,8 +35,12 @@ export interface NamedSink {
   type: string;
   spec: SinkSpec;
   cfg: Record<string, unknown>;
+  /** retry / on_error / circuit, shared by every sink type. */
+  policy: SinkPolicy;
   file: string;
   line?: number;
+  /** Line of a key inside this sink's block (`['partition_by', 1]`). */
+  lineOf?: (keyPath: (string | number)[]) => number | undefined;
 }
 
 export interface ModelDef {
@@ -43,26 +54,80 @@ export interface ModelDef {
   sinks: string[];
   maxFileBytes: number;
   maxAgeSeconds: number;
+  /** From `config(description=...)` in the SQL or overrides.<model>.description. */
+  description?: string;
+  /** Documented columns (overrides.<model>.columns). */
+  columns: ColumnDoc[];
+  /** Data tests (overrides.<model>.columns[].tests and overrides.<model>.tests), normalised. */
+  dataTests: DataTest[];
+  /** Its schema contract (overrides.<model>.contract and typed columns); undefined when none. */
+  contract?: ModelContract;
+  /** Model-level tests as declared (shown by `sluice docs`). */
+  tests?: unknown[];
 }
+
+export interface ColumnDoc {
+  name: string;
+  description?: string;
+  /** Data tests as declared (shown by `sluice docs`). */
+  tests?: unknown[];
+  /** Where it is documented (config/models.yml). */
+  file?: string;
+  line?: number;
+}
+
+const columnDocSchema = z
+  .object({
+    name: z.string().min(1).describe('the column as the model outputs it'),
+    description: z.string().optional().describe('what the column holds (shown by `sluice docs`)'),
+    type: columnTypeSchema.optional(),
+    tests: z.array(columnTestSchema).optional().describe('data tests: not_null, unique, accepted_values, range, regex, relationships'),
+  })
+  .strict();
+
+/** Keys `{{ config(...) }}` accepts at the top of a model's SQL; they win over config/models.yml. */
+const sqlConfigSchema = z
+  .object({
+    sink: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+    sinks: z.array(z.string().min(1)).min(1).optional(),
+    description: z.string().optional(),
+    max_file_bytes: z.number().int().positive().optional(),
+    max_age_seconds: z.number().positive().optional(),
+  })
+  .strict();
 
 export interface Project {
   dir: string;
   name: string;
+  /** The target (environment) in force, when sluice.yml declares targets. */
+  target?: string;
   configDir: string;
   modelsDir: string;
   walPath: string;
+  /** While a sink fails, reading pauses once the WAL holds this many bytes. */
+  walMaxBytes: number;
   port: number;
   duckdb: { threads?: number; memory_limit?: string };
   sources: NamedSource[];
   sinks: NamedSink[];
   /** In dependency order. */
   models: ModelDef[];
+  /** Reference tables for `relationships` tests (config/models.yml references:). */
+  references: ReferenceDef[];
+  /** Unit test cases (tests/*.yml). */
+  unitTests: UnitTest[];
 }
 
 const projectSchema = z
   .object({
     name: z.string().min(1).optional(),
-    wal: z.object({ path: z.string().min(1).optional() }).strict().optional(),
+    wal: z
+      .object({
+        path: z.string().min(1).optional(),
+        max_bytes: z.number().int().positive().optional().describe('while a sink fails, reading pauses once the WAL holds this many bytes (default 1 GiB)'),
+      })
+      .strict()
+      .optional(),
     server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
     duckdb: z
       .object({
@@ -86,16 +151,26 @@ const modelsSchema = z
       .record(
         z.string(),
         z
-          .object({ ...flushKeys, sink: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional() })
+          .object({
+            ...flushKeys,
+            sink: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional().describe('the sink (or sinks) of this model'),
+            sinks: z.array(z.string().min(1)).min(1).optional().describe('the sinks of this model; each gets every row'),
+            description: z.string().optional().describe('what the model produces (shown by `sluice docs`)'),
+            columns: z.array(columnDocSchema).optional().describe('documented columns: name and description'),
+            contract: contractSchema.optional().describe('what the model may output beyond its declared columns: new_columns and type_changes, each evolve | freeze | discard_row | discard_value'),
+            tests: z.array(modelTestSchema).optional().describe('model-level data tests: SQL expressions every row must satisfy'),
+          })
           .strict(),
       )
       .optional(),
+    references: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier'), referenceSchema).optional().describe('reference tables for relationships tests, loaded into DuckDB at start'),
   })
   .strict();
 
 export const DEFAULT_MAX_FILE_BYTES = 128 * 1024 * 1024;
 export const DEFAULT_MAX_AGE_SECONDS = 300;
 export const DEFAULT_PORT = 9400;
+export const DEFAULT_WAL_MAX_BYTES = 1024 * 1024 * 1024;
 
 /**
  * Loads a project directory: sluice.yml, config/{sources,sinks,models}.yml and models/*.sql.
@@ -120,12 +195,16 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   // sluice.yml
   const projFile = path.join(dir, 'sluice.yml');
   const projYaml = readYaml(projFile, env, issues, show(projFile));
-  const proj = projYaml?.value !== undefined ? checkSchema(projYaml, projectSchema, projYaml.value ?? {}, [], issues) : {};
+  const projVal = projYaml?.value && typeof projYaml.value === 'object' && !Array.isArray(projYaml.value) ? { ...(projYaml.value as Record<string, unknown>) } : (projYaml?.value ?? {});
+  const target = resolveTarget(projYaml, projVal as Record<string, unknown>, opts.target ?? (env.SLUICE_TARGET || undefined), issues);
+  const proj = projYaml?.value !== undefined ? checkSchema(projYaml, projectSchema, projVal, [], issues) : {};
+  const fileEnv = targetEnv(env, target);
 
   // sources.yml
   const sources: NamedSource[] = [];
   const srcFile = path.join(configDir, 'sources.yml');
-  const srcYaml = readYaml(srcFile, env, issues, show(srcFile));
+  const srcYaml = readYaml(srcFile, fileEnv, issues, show(srcFile));
+  applyTargetOverrides(srcYaml, 'source', 'sources', target, issues);
   if (!srcYaml) issues.push({ file: show(srcFile), message: 'missing: a project needs config/sources.yml with a `source:` or `sources:` block' });
   else if (srcYaml.value !== undefined) {
     for (const [name, raw, keyPath] of namedBlocks(srcYaml, 'source', 'sources', issues)) {
@@ -136,19 +215,25 @@ export function loadProject(opts: ProjectOptions = {}): Project {
 
   // sinks.yml
   const sinks: NamedSink[] = [];
+  /** Every sink named in sinks.yml, valid or not: a model naming one with a config error is not told it is unknown. */
+  const declaredSinks = new Set<string>();
   const sinkFile = path.join(configDir, 'sinks.yml');
-  const sinkYaml = readYaml(sinkFile, env, issues, show(sinkFile));
+  const sinkYaml = readYaml(sinkFile, fileEnv, issues, show(sinkFile));
+  applyTargetOverrides(sinkYaml, 'sink', 'sinks', target, issues);
   if (!sinkYaml) issues.push({ file: show(sinkFile), message: 'missing: a project needs config/sinks.yml with a `sink:` or `sinks:` block' });
   else if (sinkYaml.value !== undefined) {
     for (const [name, raw, keyPath] of namedBlocks(sinkYaml, 'sink', 'sinks', issues)) {
-      const c = connectorConfig(sinkYaml, raw, keyPath, sinkSpecs, sinkSpec, 'sink', issues);
-      if (c) sinks.push({ name, type: c.spec.type, spec: c.spec as SinkSpec, cfg: c.cfg, file: sinkYaml.file, line: sinkYaml.lineOf(keyPath) });
+      declaredSinks.add(name);
+      const { policy, rest } = splitSinkPolicy(raw);
+      const c = connectorConfig(sinkYaml, rest, keyPath, sinkSpecs, sinkSpec, 'sink', issues);
+      const pol = checkSchema(sinkYaml, sinkPolicySchema, policy, keyPath, issues);
+      if (c && pol) sinks.push({ name, type: c.spec.type, spec: c.spec as SinkSpec, cfg: c.cfg, policy: pol, file: sinkYaml.file, line: sinkYaml.lineOf(keyPath), lineOf: (k) => sinkYaml.lineOf([...keyPath, ...k]) });
     }
   }
 
   // models.yml
   const modFile = path.join(configDir, 'models.yml');
-  const modYaml = readYaml(modFile, env, issues, show(modFile));
+  const modYaml = readYaml(modFile, fileEnv, issues, show(modFile));
   const modCfg = modYaml?.value !== undefined && modYaml ? checkSchema(modYaml, modelsSchema, modYaml.value ?? {}, [], issues) : {};
 
   // models/*.sql
@@ -175,6 +260,8 @@ export function loadProject(opts: ProjectOptions = {}): Project {
         refs: rendered.refs.map((r) => r.name),
         source: '',
         sinks: [],
+        columns: [],
+        dataTests: [],
         maxFileBytes: DEFAULT_MAX_FILE_BYTES,
         maxAgeSeconds: DEFAULT_MAX_AGE_SECONDS,
       });
@@ -183,10 +270,15 @@ export function loadProject(opts: ProjectOptions = {}): Project {
 
   const modelNames = new Set(models.map((m) => m.name));
   const sourceNames = new Set(sources.map((s) => s.name));
-  const sinkNames = new Set(sinks.map((s) => s.name));
+  const sinkNames = declaredSinks;
 
   // Flush settings and sinks per model.
   const overrides = modCfg?.overrides ?? {};
+  const references: ReferenceDef[] = Object.entries(modCfg?.references ?? {}).map(([name, r]) => ({ name, ...r, file: modYaml?.file, line: modYaml?.lineOf(['references', name]) }));
+  for (const r of references) {
+    if (r.csv !== undefined && !fs.existsSync(path.resolve(dir, r.csv))) issues.push({ file: r.file!, line: modYaml?.lineOf(['references', r.name, 'csv']), key: `references.${r.name}.csv`, message: `${r.csv} does not exist (paths are relative to the project directory)` });
+  }
+  const referenceNames = new Set(references.map((r) => r.name));
   for (const [m] of Object.entries(overrides)) {
     if (!modelNames.has(m) && modYaml) {
       issues.push({ file: modYaml.file, line: modYaml.lineOf(['overrides', m]), key: `overrides.${m}`, message: `no model named "${m}" (models: ${[...modelNames].join(', ') || 'none'})` });
@@ -194,27 +286,40 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   }
   for (const m of models) {
     const o = overrides[m.name] ?? {};
-    m.maxFileBytes = o.max_file_bytes ?? modCfg?.max_file_bytes ?? DEFAULT_MAX_FILE_BYTES;
-    m.maxAgeSeconds = o.max_age_seconds ?? modCfg?.max_age_seconds ?? DEFAULT_MAX_AGE_SECONDS;
-    const fromSql = m.rendered.config.sink;
-    const chosen = o.sink ?? (typeof fromSql === 'string' || Array.isArray(fromSql) ? (fromSql as string | string[]) : undefined);
+    const sqlCfg = modelSqlConfig(m, issues);
+    m.maxFileBytes = sqlCfg.max_file_bytes ?? o.max_file_bytes ?? modCfg?.max_file_bytes ?? DEFAULT_MAX_FILE_BYTES;
+    m.maxAgeSeconds = sqlCfg.max_age_seconds ?? o.max_age_seconds ?? modCfg?.max_age_seconds ?? DEFAULT_MAX_AGE_SECONDS;
+    m.description = sqlCfg.description ?? o.description;
+    m.columns = (o.columns ?? []).map((c, i) => ({ ...c, file: modYaml?.file, line: modYaml?.lineOf(['overrides', m.name, 'columns', i]) }));
+    m.tests = o.tests;
+    m.dataTests = modelDataTests(m.name, o, referenceNames, modYaml, issues);
+    m.contract = modelContract(m.name, o, modYaml, issues);
+    if (o.sink !== undefined && o.sinks !== undefined && modYaml) {
+      issues.push({ file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'sinks']), key: `overrides.${m.name}.sinks`, message: 'use either `sink:` or `sinks:`, not both' });
+    }
+    const fromSql = sqlCfg.sinks ?? sqlCfg.sink;
+    const yamlKey = o.sinks !== undefined ? 'sinks' : 'sink';
+    const fromYaml = o.sinks ?? o.sink;
+    // config() in the model's SQL wins over config/models.yml, as in dbt.
+    const chosen = fromSql ?? fromYaml;
     if (chosen !== undefined) {
-      m.sinks = Array.isArray(chosen) ? chosen : [chosen];
-      for (const s of m.sinks) {
-        if (!sinkNames.has(s)) {
-          const where = o.sink !== undefined && modYaml
-            ? { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'sink']), key: `overrides.${m.name}.sink` }
-            : { file: m.file };
-          issues.push({ ...where, message: `unknown sink "${s}" (sinks: ${[...sinkNames].join(', ') || 'none'})` });
-        }
-      }
-    } else if (sinks.length === 1) {
-      m.sinks = [sinks[0].name];
-    } else if (sinks.length > 1) {
+      m.sinks = [...new Set(Array.isArray(chosen) ? chosen : [chosen])];
+      const list = Array.isArray(chosen) ? chosen : [chosen];
+      list.forEach((s, i) => {
+        if (sinkNames.has(s)) return;
+        const keyPath = ['overrides', m.name, yamlKey, ...(Array.isArray(chosen) ? [i] : [])];
+        const where = fromSql === undefined && modYaml
+          ? { file: modYaml.file, line: modYaml.lineOf(keyPath), key: keyPath.join('.') }
+          : { file: m.file, line: m.rendered.configLine };
+        issues.push({ ...where, message: `unknown sink "${s}" (sinks: ${[...sinkNames].join(', ') || 'none'})` });
+      });
+    } else if (sinkNames.size === 1) {
+      m.sinks = [...sinkNames];
+    } else if (sinkNames.size > 1) {
       issues.push({
         file: modYaml?.file ?? show(modFile),
         key: `overrides.${m.name}.sink`,
-        message: `model ${m.name}: several sinks are configured (${[...sinkNames].join(', ')}); choose one with overrides.${m.name}.sink`,
+        message: `model ${m.name}: several sinks are configured (${[...sinkNames].join(', ')}); choose with overrides.${m.name}.sink (one) or overrides.${m.name}.sinks (a list)`,
       });
     }
     for (const r of m.rendered.refs) {
@@ -256,20 +361,52 @@ export function loadProject(opts: ProjectOptions = {}): Project {
     }
   }
 
+  // tests/*.yml: unit test cases.
+  const testsDir = path.join(dir, 'tests');
+  const unitFiles = fs.existsSync(testsDir) ? fs.readdirSync(testsDir).filter((f) => /\.ya?ml$/.test(f)).sort() : [];
+  const unitTests = unitTestsOf(unitFiles.map((f) => readYaml(path.join(testsDir, f), fileEnv, issues, show(path.join(testsDir, f)))!), sources, ordered, issues);
+
+  remapTargetIssues(issues, target);
+  for (const c of [...sources, ...sinks]) registerConfigSecrets(c.cfg);
+  registerConfigSecrets(references);
   if (issues.length) throw new ConfigError(issues);
 
   return {
     dir,
     name: proj?.name ?? path.basename(dir),
+    target: target?.name,
     configDir,
     modelsDir,
     walPath: path.resolve(dir, proj?.wal?.path ?? '.sluice/wal'),
+    walMaxBytes: proj?.wal?.max_bytes ?? DEFAULT_WAL_MAX_BYTES,
     port: proj?.server?.port ?? DEFAULT_PORT,
     duckdb: proj?.duckdb ?? {},
     sources,
     sinks,
     models: ordered,
+    references,
+    unitTests,
   };
+}
+
+/** A sink block split into the shared policy keys and the sink type's own keys. */
+function splitSinkPolicy(raw: unknown): { policy: Record<string, unknown>; rest: unknown } {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return { policy: {}, rest: raw };
+  const policy: Record<string, unknown> = {};
+  const rest: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(raw)) ((SINK_POLICY_KEYS as string[]).includes(k) ? policy : rest)[k] = v;
+  return { policy, rest };
+}
+
+/** The `{{ config(...) }}` keys of a model, checked; issues point at the config() line. */
+function modelSqlConfig(m: ModelDef, issues: ConfigIssue[]): z.output<typeof sqlConfigSchema> {
+  const r = sqlConfigSchema.safeParse(m.rendered.config);
+  if (r.success) return r.data;
+  for (const i of r.error.issues) {
+    const what = i.code === 'unrecognized_keys' ? `unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')} (known: ${Object.keys(sqlConfigSchema.shape).join(', ')})` : `${i.path.join('.')}: ${i.message.replace(/^Invalid input: /, '')}`;
+    issues.push({ file: m.file, line: m.rendered.configLine, message: `config(...): ${what}` });
+  }
+  return {};
 }
 
 /** `single:` (one, named "default") or `plural:` (a map of named blocks). */

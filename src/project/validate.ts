@@ -1,25 +1,39 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import type { ConfigIssue } from '../errors.js';
-import { analyzeSql, type SqlAnalysis } from '../sql/analyze.js';
-import type { ModelDef, Project } from './project-loader.js';
+import { analyzeSql, expressionColumns, type SqlAnalysis } from '../sql/analyze.js';
+import type { ModelDef, NamedSink, Project } from './project-loader.js';
+import { resolveContractTypes } from '../engine/contracts.js';
 
 export interface ModelReport {
   model: ModelDef;
   analysis: SqlAnalysis;
 }
 
-/** Checks what needs DuckDB: each model parses, is stateless, and has what its sinks need. */
-export async function analyzeProject(project: Project, conn: DuckDBConnection): Promise<{ issues: ConfigIssue[]; reports: ModelReport[] }> {
+/**
+ * Checks what needs DuckDB: each model parses, is stateless (unless `allowStateful`: commands
+ * that only describe models show why instead), its documented columns exist, and it has what
+ * its sinks need.
+ */
+export async function analyzeProject(project: Project, conn: DuckDBConnection, opts: { allowStateful?: boolean } = {}): Promise<{ issues: ConfigIssue[]; reports: ModelReport[] }> {
   const issues: ConfigIssue[] = [];
   const reports: ModelReport[] = [];
   for (const m of project.models) {
     const analysis = await analyzeSql(conn, m.rendered.sql);
     reports.push({ model: m, analysis });
+    issues.push(...(await resolveContractTypes(conn, m.name, m.contract)));
     if (analysis.error) {
       issues.push({ file: m.file, line: analysis.error.line, message: analysis.error.message });
       continue;
     }
-    if (analysis.stateful.length) {
+    if (analysis.outputColumns) {
+      const have = new Set(analysis.outputColumns.map((c) => c.toLowerCase()));
+      for (const c of m.columns) {
+        if (!have.has(c.name.toLowerCase())) {
+          issues.push({ file: c.file ?? m.file, line: c.line, message: `model ${m.name} has no column "${c.name}" to document (its columns: ${analysis.outputColumns.join(', ')})` });
+        }
+      }
+    }
+    if (analysis.stateful.length && !opts.allowStateful) {
       issues.push({
         file: m.file,
         message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; aggregations across messages need windows, which are not supported yet`,
@@ -27,20 +41,37 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection): 
     }
     for (const sinkName of m.sinks) {
       const sink = project.sinks.find((s) => s.name === sinkName);
-      const required = sink?.spec.requiredColumns?.(sink.cfg) ?? [];
-      if (required.length === 0 || analysis.outputColumns === null) continue;
-      const have = new Set(analysis.outputColumns.map((c) => c.toLowerCase()));
-      for (const col of required) {
-        if (!have.has(col.toLowerCase())) {
-          issues.push({
-            file: sink!.file,
-            line: sink!.line,
-            key: `${sinkName === 'default' ? 'sink' : `sinks.${sinkName}`}.${((sink!.cfg.partition_by as string[] | undefined) ?? []).includes(col) ? 'partition_by' : 'dedupe_key'}`,
-            message: `model ${m.name} (${m.file}) has no column "${col}" (its columns: ${analysis.outputColumns.join(', ')})`,
-          });
-        }
-      }
+      if (sink) issues.push(...(await missingColumns(conn, m, sink, analysis.outputColumns)));
     }
   }
   return { issues, reports };
+}
+
+/** What a sink asks of a model's columns (partition keys, key columns, expressions) that the model lacks. */
+async function missingColumns(conn: DuckDBConnection, m: ModelDef, sink: NamedSink, outputColumns: string[] | null): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  const required = sink.spec.requiredColumns?.(sink.cfg) ?? [];
+  const have = new Set((outputColumns ?? []).map((c) => c.toLowerCase()));
+  const prefix = sink.name === 'default' ? ['sink'] : ['sinks', sink.name];
+  for (const r of required) {
+    // A bare column name: its key is the config key that holds it.
+    const req = typeof r === 'string' ? { key: Object.keys(sink.cfg).filter((k) => k !== 'type' && [sink.cfg[k]].flat().includes(r)).slice(0, 1), column: r } : r;
+    const at = { file: sink.file, line: sink.lineOf?.(req.key) ?? sink.line, key: [...prefix, ...req.key].join('.') };
+    let columns = req.column ? [req.column] : [];
+    if (req.expr) {
+      const e = await expressionColumns(conn, req.expr);
+      if ('error' in e) {
+        issues.push({ ...at, message: e.error });
+        continue;
+      }
+      columns = e.columns;
+    }
+    if (outputColumns === null) continue;
+    for (const col of columns) {
+      if (!have.has(col.toLowerCase())) {
+        issues.push({ ...at, message: `model ${m.name} (${m.file}) has no column "${col}" (its columns: ${outputColumns.join(', ')})` });
+      }
+    }
+  }
+  return issues;
 }

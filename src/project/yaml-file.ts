@@ -96,8 +96,10 @@ export function checkSchema<S extends z.ZodType>(
 function suggest(key: string, schema: z.ZodType, at: (string | number)[]): string {
   let s: unknown = schema;
   for (const seg of at) {
-    const shape = (s as { shape?: Record<string, unknown> }).shape;
-    s = shape?.[String(seg)];
+    // Objects by key; lists (element) and maps (valueType) by any index or name.
+    const node = s as { shape?: Record<string, unknown>; element?: unknown; valueType?: unknown } | undefined;
+    if (typeof seg === 'number' && !node?.element) continue; // the list was unwrapped already
+    s = node?.shape?.[String(seg)] ?? node?.element ?? node?.valueType;
     while (s && (s as { unwrap?: () => unknown }).unwrap) s = (s as { unwrap: () => unknown }).unwrap();
   }
   const keys = Object.keys((s as { shape?: Record<string, unknown> } | undefined)?.shape ?? {});

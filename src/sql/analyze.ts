@@ -251,3 +251,20 @@ function outputNames(node: Node): string[] | null {
   }
   return names;
 }
+
+/**
+ * The columns a SQL expression reads (the last part of each column reference), parsed by
+ * DuckDB; an error message when it is not one valid expression.
+ */
+export async function expressionColumns(conn: DuckDBConnection, expr: string): Promise<{ columns: string[] } | { error: string }> {
+  const ast = await serialize(conn, `SELECT ${expr}`);
+  const list = ast.error ? undefined : ((ast.statements as Node[])[0]?.node?.select_list as Node[] | undefined);
+  if (!list || list.length !== 1 || (ast.statements as Node[]).length !== 1 || (ast.statements as Node[])[0].node.from_table?.type !== 'EMPTY') {
+    return { error: `"${expr}" is not one SQL expression${ast.error ? `: ${String(ast.error_message ?? '').split('\n')[0]}` : ''}` };
+  }
+  const columns = new Set<string>();
+  walkExpr(list, (x) => {
+    if (x.class === 'COLUMN_REF') columns.add(String((x.column_names as string[]).at(-1)));
+  });
+  return { columns: [...columns] };
+}

@@ -16,6 +16,8 @@ export interface RenderedModel {
   /** Reads the project's single source through the bare name `incoming`. */
   usesIncoming: boolean;
   config: Record<string, unknown>;
+  /** Line of the first `{{ config(...) }}` (for errors about its keys). */
+  configLine?: number;
 }
 
 const BLOCK = /\{\{\s*([\s\S]*?)\s*\}\}/g;
@@ -29,6 +31,7 @@ export function renderModel(sqlText: string, file: string, issues: ConfigIssue[]
   const sources: TemplateRef[] = [];
   const refs: TemplateRef[] = [];
   const config: Record<string, unknown> = {};
+  let configLine: number | undefined;
   const sql = sqlText.replace(BLOCK, (whole, inner: string, offset: number) => {
     const line = sqlText.slice(0, offset).split('\n').length;
     const m = CALL.exec(inner.trim());
@@ -41,6 +44,7 @@ export function renderModel(sqlText: string, file: string, issues: ConfigIssue[]
       const parsed = parseKwargs(argText);
       if (typeof parsed === 'string') issues.push({ file, line, message: `config(...): ${parsed}` });
       else Object.assign(config, parsed);
+      configLine ??= line;
       return '';
     }
     const name = parseSingleString(argText);
@@ -56,7 +60,7 @@ export function renderModel(sqlText: string, file: string, issues: ConfigIssue[]
     return `${MODEL_SCHEMA}.${ident(name)}`;
   });
   const usesIncoming = /\bincoming\b/i.test(stripComments(sql));
-  return { sql, sources, refs, usesIncoming, config };
+  return { sql, sources, refs, usesIncoming, config, configLine };
 }
 
 function parseSingleString(text: string): string | undefined {

@@ -2,6 +2,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Structure } from '../engine/structure.js';
+import type { ColumnType } from '../engine/contracts.js';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, fsyncFile, isTempName, writeFileAtomic } from '../util/fs-durable.js';
 
@@ -9,7 +10,12 @@ export interface ModelWalState {
   /** Every segment with seq <= flushedSeq is in the sinks. */
   flushedSeq: number;
   /** A flush that was started: exactly these segments under this name, retried until done. */
-  inflight?: { name: string; lastSeq: number };
+  inflight?: {
+    name: string;
+    lastSeq: number;
+    /** Sinks that have this flush durably (or whose on_error: dlq took it): never written again. */
+    done?: string[];
+  };
 }
 
 export interface WalState {
@@ -22,6 +28,8 @@ export interface WalState {
   dlq: unknown;
   /** Schema of `incoming` established so far, so a restart decodes the same way. */
   structure?: Structure;
+  /** Each model's output schema so far (columns and types), so widened types stay widened. */
+  schemas?: Record<string, ColumnType[]>;
   models: Record<string, ModelWalState>;
 }
 
@@ -179,7 +187,7 @@ export class Wal {
   }
 
   /** Starts (or resumes) a flush of a model: the segments it covers and the output name. */
-  async beginFlush(model: string): Promise<{ name: string; segments: Segment[] } | undefined> {
+  async beginFlush(model: string): Promise<{ name: string; segments: Segment[]; done: string[] } | undefined> {
     const ms = (this.state.models[model] ??= { flushedSeq: 0 });
     const segs = this.pending(model);
     if (!ms.inflight) {
@@ -194,7 +202,20 @@ export class Wal {
       await this.writeState();
       return undefined;
     }
-    return { name: ms.inflight.name, segments: covered };
+    return { name: ms.inflight.name, segments: covered, done: ms.inflight.done ?? [] };
+  }
+
+  /**
+   * Records that `sink` has the model's inflight flush, so a retry of the flush (or a restart)
+   * writes only to the sinks still missing. `dlq`: the DLQ's new mark, when the flush's rows
+   * were dead-lettered instead, committed in the same state write.
+   */
+  async markSinkDone(model: string, sink: string, dlq?: { mark: unknown }): Promise<void> {
+    const inflight = this.state.models[model]?.inflight;
+    if (!inflight) return;
+    inflight.done = [...new Set([...(inflight.done ?? []), sink])];
+    if (dlq) this.state.dlq = dlq.mark;
+    await this.writeState();
   }
 
   /** Records a flush as delivered, then removes its segments. */

@@ -7,7 +7,7 @@ const dirs: string[] = [];
 function project(): string {
   const root = tempDir();
   dirs.push(root);
-  const r = sluice(['init', 'proj'], { cwd: root });
+  const r = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
   expect(r.code, r.stderr).toBe(0);
   return path.join(root, 'proj');
 }
@@ -48,6 +48,37 @@ describe('sluice CLI end to end', () => {
              list_sum([i.price * i.quantity FOR i IN incoming.items]) AS order_total
       FROM read_json('${p}/data/orders.ndjson', format = 'newline_delimited') incoming ORDER BY 1`);
     expect(orders).toEqual(expected);
+  });
+
+  it('init (showcase) scaffolds two sources, four models with ref(), docs and targets that validate, test and run as generated', async () => {
+    const root = tempDir();
+    dirs.push(root);
+    const init = sluice(['init', 'shop'], { cwd: root });
+    expect(init.code).toBe(0);
+    expect(init.stdout).toMatch(/^  sluice run +# every source, each with the models it feeds$/m);
+    const p = path.join(root, 'shop');
+    const v = sluice(['validate', '--project', p]);
+    expect(v.code, v.stderr).toBe(0);
+    expect(v.stdout).toMatch(/ok: project shop \(target dev\): 4 model\(s\) \[orders, large_orders, purchases, refunds\], source orders \(file\), refunds \(file\)/);
+    const t = sluice(['test', '--project', p]);
+    expect(t.code, t.stderr).toBe(0);
+    expect(t.stdout).toMatch(/orders \(3 rows\)/);
+    expect(t.stdout).toMatch(/refunds \(2 rows\)/);
+    expect(t.stdout).toMatch(/5 message\(s\), 5 ok, 0 failed/);
+    expect(t.stdout).toContain('7 data test(s): 7 passed, 0 failed; 1 unit test(s): 1 passed, 0 failed');
+    // One `sluice run` runs both sources, each as its own pipeline.
+    const run = sluice(['run', '--project', p, '--port', '0']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/done pipeline=orders messages=50 /);
+    expect(run.stderr).toMatch(/done pipeline=refunds messages=10 /);
+    const big = await query(`SELECT count(*) AS n FROM read_json('${p}/output/alerts/large_orders/*.jsonl')`);
+    const want = await query(`SELECT count(*) AS n FROM read_parquet('${p}/output/lake/orders/*.parquet') WHERE order_total > 100`);
+    expect(Number(big[0].n)).toBeGreaterThan(0);
+    expect(big).toEqual(want);
+    const refunds = await query(`SELECT count(*) AS n FROM read_parquet('${p}/output/lake/refunds/*.parquet')`);
+    expect(Number(refunds[0].n)).toBe(10);
+    expect(sluice(['docs', 'generate', '--project', p]).code).toBe(0);
+    expect(fs.existsSync(path.join(p, '.sluice/docs/index.html'))).toBe(true);
   });
 
   it('test --format json prints rows per model and exits 1 when a message fails', () => {
@@ -191,6 +222,6 @@ describe('sluice CLI end to end', () => {
     writeFiles(p, { 'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n  partition_by: [user_name]\n' });
     const r = sluice(['validate', '--project', p]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/sinks\.yml:1: sink\.partition_by: model purchases .* has no column "user_name"/);
+    expect(r.stderr).toMatch(/sinks\.yml:4: sink\.partition_by: model purchases .* has no column "user_name"/);
   });
 });

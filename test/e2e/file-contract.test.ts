@@ -25,7 +25,7 @@ afterEach(() => {
 function fileProject(): { p: string; src: SourceUnderTest } {
   const root = tempDir('sluice-file-contract-');
   dirs.push(root);
-  expect(sluice(['init', 'proj'], { cwd: root }).code).toBe(0);
+  expect(sluice(['init', 'proj', '--template', 'minimal'], { cwd: root }).code).toBe(0);
   const p = path.join(root, 'proj');
   fs.rmSync(path.join(p, 'data'), { recursive: true, force: true });
   const file = path.join(p, 'data/stream.ndjson');

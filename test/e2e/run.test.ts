@@ -12,7 +12,7 @@ afterEach(() => {
 function project(files: Record<string, string> = {}, messages = 50): string {
   const root = tempDir();
   dirs.push(root);
-  expect(sluice(['init', 'proj'], { cwd: root }).code).toBe(0);
+  expect(sluice(['init', 'proj', '--template', 'minimal'], { cwd: root }).code).toBe(0);
   const p = path.join(root, 'proj');
   const lines: string[] = [];
   for (let i = 0; i < messages; i++) lines.push(orderMessage(i, 3));

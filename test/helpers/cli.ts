@@ -36,6 +36,17 @@ export function sluiceBg(args: string[], opts: { cwd?: string; env?: NodeJS.Proc
   return Object.assign(child, { out: () => out, err: () => err });
 }
 
+/**
+ * Runs the CLI to its end without blocking the event loop: spawnSync would stall every other
+ * concurrent test of the file (their polling, their broker handshakes, which the broker then
+ * times out, and the reading of their workers' output). A process killed by a signal has code -1.
+ */
+export async function sluiceAsync(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {}): Promise<CliResult & { signal: NodeJS.Signals | null }> {
+  const child = sluiceBg(args, opts);
+  const exit = await waitExit(child, opts.timeout ?? 120_000);
+  return { code: exit.code ?? -1, signal: exit.signal, stdout: child.out(), stderr: child.err() };
+}
+
 export function waitExit(child: ChildProcess, timeoutMs = 60_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   return new Promise((resolve, reject) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve({ code: child.exitCode, signal: child.signalCode });
@@ -50,9 +61,10 @@ export function waitExit(child: ChildProcess, timeoutMs = 60_000): Promise<{ cod
 /**
  * Starts `sluice run` with `args` again and again, SIGKILLing each at a random moment 0.4 to
  * 1.6 s after its start, until it was killed `kills` times (a run that ends by itself does not
- * count). Returns the number of kills.
+ * count; `more`, when given, is called then to add input, so a fast machine that drains a finite
+ * source between kills still gets its kills). Returns the number of kills.
  */
-export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kills: number): Promise<number> {
+export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kills: number, more?: () => void): Promise<number> {
   let done = 0;
   for (let i = 0; done < kills && i < kills * 3; i++) {
     const child = sluiceBg(args, { env });
@@ -61,7 +73,8 @@ export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kil
       child.kill('SIGKILL');
       done++;
     }
-    await waitExit(child);
+    const exit = await waitExit(child);
+    if (exit.signal === null) more?.();
   }
   return done;
 }

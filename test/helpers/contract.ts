@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
@@ -21,8 +22,29 @@ export interface SourceUnderTest {
    * `sluice_redelivered_total`); false for a file, which is read again from the committed position.
    */
   redelivers: boolean;
-  /** Drops every client connection to the broker (or restarts it); resolves once it serves again. */
-  dropConnections?(): Promise<void>;
+  /**
+   * Drops the connections of the sluice process `pid` to the broker (see dropSocketsOf: only
+   * that process's, so test files running at the same time keep theirs).
+   */
+  dropConnections?(pid: number): Promise<void>;
+}
+
+/**
+ * Kills the TCP connections process `pid` holds to 127.0.0.1:`port` (`ss -K`, as a dropped
+ * network path or a broker closing them would): the client sees a reset and must reconnect.
+ * Returns how many were killed.
+ */
+export function dropSocketsOf(pid: number, port: number): number {
+  const out = spawnSync('ss', ['-tnpH', 'dst', `127.0.0.1:${port}`], { encoding: 'utf8' }).stdout ?? '';
+  let n = 0;
+  for (const line of out.split('\n')) {
+    if (!line.includes(`pid=${pid},`)) continue;
+    const sport = line.trim().split(/\s+/)[3]?.split(':').pop();
+    if (!sport) continue;
+    spawnSync('ss', ['-K', 'dst', `127.0.0.1:${port}`, 'sport', '=', `:${sport}`], { stdio: 'ignore' });
+    n++;
+  }
+  return n;
 }
 
 /** Orders 1..n as the generator makes them (order_id = i + 1). */
@@ -218,7 +240,7 @@ export async function expectReconnectAfterDrop(p: string, src: SourceUnderTest, 
     for (let r = 0; r < rounds; r++) {
       await src.put(contractOrders(Math.min(per, n - r * per), r * per));
       await new Promise((res) => setTimeout(res, 200));
-      await src.dropConnections();
+      await src.dropConnections(w.pid!);
     }
     await until(async () => (await src.drained()) && fs.existsSync(path.join(p, 'output/orders')) && new Set(await outputSequence(p)).size === n, 90_000, 200);
     await until(async () => (await readyz()) === 200, 30_000);

@@ -10,6 +10,12 @@ export interface MockKafka {
   kafka: Kafka;
   admin: Admin;
   producer: Producer;
+  /** Freezes every broker of the cluster (SIGSTOP): requests hang, connections stay open. */
+  freeze(): void;
+  /** Lets a frozen cluster go on (SIGCONT). */
+  thaw(): void;
+  /** Kills every TCP connection to the brokers (`ss -K`, root): clients see them drop. */
+  dropConnections(): void;
   stop(): Promise<void>;
 }
 
@@ -25,10 +31,10 @@ export function kcatAvailable(): boolean {
  */
 export async function startMockKafka(): Promise<MockKafka> {
   if (!kcatAvailable()) throw new Error('kcat is not installed (apt-get install -y kcat)');
-  const script = 'kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null 2>&2 & k=$!; cat >/dev/null; kill $k 2>/dev/null; wait $k 2>/dev/null';
+  const script = 'kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null 2>&2 & k=$!; echo "kcat-pid=$k" >&2; cat >/dev/null; kill $k 2>/dev/null; wait $k 2>/dev/null';
   const child: ChildProcess = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let err = '';
   const brokers = await new Promise<string>((resolve, reject) => {
-    let err = '';
     const timer = setTimeout(() => reject(new Error(`kcat printed no bootstrap servers: ${err.slice(-500)}`)), 15_000);
     child.stderr!.on('data', (d: Buffer) => {
       // Keep draining stderr for the life of the cluster; remember only what is needed.
@@ -41,7 +47,20 @@ export async function startMockKafka(): Promise<MockKafka> {
     });
     child.once('exit', (code) => reject(new Error(`kcat exited (${code}): ${err.slice(-500)}`)));
   });
-  const kafka = new Kafka({ brokers: brokers.split(','), clientId: 'sluice-test', logLevel: logLevel.NOTHING, retry: { retries: 10, initialRetryTime: 100 } });
+  const kcatPid = Number(/kcat-pid=(\d+)/.exec(err)?.[1]);
+  if (!kcatPid) throw new Error(`kcat's pid not found in: ${err.slice(-500)}`);
+  const ports = brokers.split(',').map((b) => b.split(':').pop()!);
+  // kafkajs' defaults (1 s to connect) fail the test's own client on a loaded machine, right
+  // after a test dropped every connection to the brokers: the same timeouts as sluice's.
+  const kafka = new Kafka({
+    brokers: brokers.split(','),
+    clientId: 'sluice-test',
+    logLevel: logLevel.NOTHING,
+    connectionTimeout: 10_000,
+    authenticationTimeout: 10_000,
+    requestTimeout: 30_000,
+    retry: { retries: 10, initialRetryTime: 100 },
+  });
   const admin = kafka.admin();
   await admin.connect();
   const producer = kafka.producer({ allowAutoTopicCreation: true });
@@ -51,7 +70,17 @@ export async function startMockKafka(): Promise<MockKafka> {
     kafka,
     admin,
     producer,
+    freeze: () => process.kill(kcatPid, 'SIGSTOP'),
+    thaw: () => process.kill(kcatPid, 'SIGCONT'),
+    dropConnections() {
+      for (const port of ports) spawnSync('ss', ['-K', 'dst', '127.0.0.1', 'dport', '=', `:${port}`], { stdio: 'ignore' });
+    },
     async stop() {
+      try {
+        process.kill(kcatPid, 'SIGCONT');
+      } catch {
+        // already gone
+      }
       await producer.disconnect().catch(() => {});
       await admin.disconnect().catch(() => {});
       child.stdin!.end();
@@ -106,29 +135,43 @@ export async function topicSize(admin: Admin, topic: string): Promise<number> {
 
 /** True when the group has committed every partition of the topic up to its end. */
 export async function groupCaughtUp(admin: Admin, group: string, topic: string): Promise<boolean> {
-  const ends = await admin.fetchTopicOffsets(topic);
+  // kafkajs throws while a topic's metadata is incomplete (just auto-created): not caught up yet.
+  const ends = await admin.fetchTopicOffsets(topic).catch(() => undefined);
+  if (!ends) return false;
   const committed = await admin.fetchOffsets({ groupId: group, topics: [topic] });
   const c = new Map(committed[0]?.partitions.map((p) => [p.partition, Number(p.offset)]) ?? []);
   return ends.every((p) => Number(p.high) === 0 || (c.get(p.partition) ?? -1) >= Number(p.high));
 }
 
-/** Every message of a topic (a throwaway group, nothing committed), values as text with headers. */
+/**
+ * Every message of a topic (a throwaway group, nothing committed), values as text with headers.
+ * Read until each partition's consumer position reaches its end offset: transaction markers
+ * take offsets but are no messages, so a topic written in transactions holds fewer messages
+ * than its offsets span. read_committed: an aborted transaction's messages are not returned.
+ */
 export async function readAll(kafka: Kafka, admin: Admin, topic: string, timeoutMs = 30_000): Promise<{ partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[]> {
-  const ends = new Map((await admin.fetchTopicOffsets(topic)).map((p) => [p.partition, Number(p.high)]));
-  const total = [...ends.values()].reduce((a, b) => a + b, 0);
+  const ends = new Map((await admin.fetchTopicOffsets(topic)).filter((p) => Number(p.high) > Number(p.low)).map((p) => [p.partition, Number(p.high)]));
   const out: { partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[] = [];
-  if (total === 0) return out;
+  if (ends.size === 0) return out;
   const consumer = kafka.consumer({ groupId: `sluice-test-read-${randomUUID()}`, sessionTimeout: 10_000, heartbeatInterval: 1000, maxWaitTimeInMs: 100 });
-  await consumer.connect();
-  await consumer.subscribe({ topics: [topic], fromBeginning: true });
+  const position = new Map<number, number>();
   let done!: () => void;
   const finished = new Promise<void>((r) => (done = r));
+  const check = () => {
+    if ([...ends].every(([p, high]) => (position.get(p) ?? -1) >= high - 1)) done();
+  };
+  consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+    if (payload.topic !== topic) return;
+    position.set(payload.partition, Math.max(position.get(payload.partition) ?? -1, Number(payload.lastOffset)));
+    check();
+  });
+  await consumer.connect();
+  await consumer.subscribe({ topics: [topic], fromBeginning: true });
   await consumer.run({
     eachMessage: async ({ partition, message }) => {
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(message.headers ?? {})) if (v !== undefined) headers[k] = v.toString();
       out.push({ partition, offset: Number(message.offset), key: message.key?.toString() ?? null, value: message.value?.toString() ?? '', headers });
-      if (out.length >= total) done();
     },
   });
   const t = setTimeout(done, timeoutMs);

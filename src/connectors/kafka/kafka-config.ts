@@ -24,7 +24,17 @@ export const kafkaConnectionKeys = {
   tls: tlsSchema.optional().describe('TLS to the brokers (the same block as every connector)'),
   sasl: saslSchema.optional().describe('SASL authentication (plain, scram-sha-256, scram-sha-512)'),
   connect_timeout_ms: z.number().int().positive().default(10_000).describe('timeout of one broker connection attempt'),
+  request_timeout_ms: z.number().int().positive().default(30_000).describe('a request the broker has not answered within this long fails (and is retried)'),
 };
+
+/** The partition count `sluice apply` gives the topics it creates, and raises existing ones to. */
+const topicPartitions = (what: string) =>
+  z
+    .number()
+    .int()
+    .positive()
+    .optional()
+    .describe(`partitions of ${what}, for \`sluice apply\`: it creates a missing topic with this many and adds partitions to one with fewer (unset: the broker's default, and the count is not checked)`);
 
 export const kafkaSourceSchema = z
   .object({
@@ -55,6 +65,7 @@ export const kafkaSourceSchema = z
       .default(32 * 1024 * 1024)
       .describe('fetched but unprocessed bytes above which every partition is paused; resumed below half of it'),
     dlq: z.string().min(1).optional().describe('topic for dead letters; default <topic>_dlq of the message\'s topic'),
+    partitions: topicPartitions('the topics'),
     ...batching,
   })
   .strict()
@@ -72,7 +83,7 @@ export const kafkaSourceSchema = z
     }
   });
 export type KafkaSourceConfig = z.output<typeof kafkaSourceSchema>;
-export type KafkaConnectionConfig = Pick<KafkaSourceConfig, 'brokers' | 'client_id' | 'tls' | 'sasl' | 'connect_timeout_ms'>;
+export type KafkaConnectionConfig = Pick<KafkaSourceConfig, 'brokers' | 'client_id' | 'tls' | 'sasl' | 'connect_timeout_ms' | 'request_timeout_ms'>;
 
 export const kafkaSinkSchema = z
   .object({
@@ -87,6 +98,7 @@ export const kafkaSinkSchema = z
     idempotent: z.boolean().default(true).describe('idempotent producer when transactional is false'),
     compression: z.enum(['none', 'gzip']).default('none').describe('message compression (the codecs kafkajs has built in)'),
     batch_messages: z.number().int().positive().default(5000).describe('messages per produce request'),
+    partitions: topicPartitions('the topic'),
   })
   .strict();
 export type KafkaSinkConfig = z.output<typeof kafkaSinkSchema>;
@@ -116,8 +128,11 @@ export function messageKey(safeTopic: string, partition: number, offset: string)
   return `${safeTopic}.p${String(partition).padStart(4, '0')}.o${offset.padStart(19, '0')}`;
 }
 
-/** The kafkajs client for a connector; kafkajs loads only here. */
-export async function kafkaClient(cfg: KafkaConnectionConfig, log: Logger, what: string): Promise<Kafka> {
+/**
+ * The kafkajs client for a connector; kafkajs loads only here. `onConnectionError` hears of
+ * every broker connection that fails or drops (kafkajs reconnects by itself).
+ */
+export async function kafkaClient(cfg: KafkaConnectionConfig, log: Logger, what: string, onConnectionError?: (broker: string, message: string) => void): Promise<Kafka> {
   process.env.KAFKAJS_NO_PARTITIONER_WARNING ??= '1';
   const { Kafka: KafkaCtor, logLevel } = await import('kafkajs');
   const ssl = cfg.tls?.enabled
@@ -134,7 +149,7 @@ export async function kafkaClient(cfg: KafkaConnectionConfig, log: Logger, what:
     brokers: cfg.brokers,
     clientId: cfg.client_id,
     connectionTimeout: cfg.connect_timeout_ms,
-    requestTimeout: 30_000,
+    requestTimeout: cfg.request_timeout_ms,
     ...(ssl ? { ssl } : {}),
     ...(sasl ? { sasl } : {}),
     retry: { initialRetryTime: 250, maxRetryTime: 5000, retries: 8 },
@@ -144,6 +159,7 @@ export async function kafkaClient(cfg: KafkaConnectionConfig, log: Logger, what:
       () =>
       ({ level, log: entry }) => {
         const { message, ...rest } = entry;
+        if (onConnectionError && level <= logLevel.ERROR && /^Connection (error|timeout)/.test(message)) onConnectionError(String(rest.broker ?? ''), message);
         if (level <= logLevel.ERROR) child.debug({ ...rest, level_kafkajs: 'error' }, `kafkajs: ${message}`);
         else child.debug(rest, `kafkajs: ${message}`);
       },

@@ -1,13 +1,13 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import type { Kafka, Message, Producer, Transaction } from 'kafkajs';
 import { SluiceError, errorMessage } from '../../errors.js';
-import { MSG_COL } from '../../sql/analyze.js';
-import { fileList, ident } from '../../sql/quote.js';
+import { ident } from '../../sql/quote.js';
+import { jsonRowChunks } from '../row-json.js';
 import type { ConnectorContext, Sink, SinkWrite } from '../types.js';
 import { kafkaClient, type KafkaSinkConfig } from './kafka-config.js';
 
 /**
- * Rows of a model as JSON messages (DuckDB's to_json: BIGINTs and decimals keep every digit)
+ * Rows of a model as JSON messages (row-json.ts: BIGINTs and decimals keep every digit)
  * to a topic, keyed by a column, acks=all. By default each flush is one Kafka transaction
  * (transactional id `sluice.<topic>.<worker id>`, so a restarted worker fences its zombie):
  * read_committed consumers see a flush whole or not at all. A flush replayed after a crash
@@ -17,8 +17,12 @@ import { kafkaClient, type KafkaSinkConfig } from './kafka-config.js';
  * can drop the copies.
  */
 export class KafkaSink implements Sink {
+  /** A flush replayed after a crash between its commit and the WAL's record of it is produced again. */
+  readonly idempotent = false;
   private kafka?: Kafka;
   private producer?: Producer;
+  private connecting?: Promise<Producer>;
+  private closed = false;
   private ok = true;
 
   constructor(
@@ -26,20 +30,56 @@ export class KafkaSink implements Sink {
     private readonly ctx: ConnectorContext,
   ) {}
 
+  /**
+   * Creates the client and tries the brokers for up to `connect_timeout_ms`. Brokers that do
+   * not answer by then (down, unreachable, frozen) do not stop the run: the sink is unhealthy
+   * (/readyz red), flushes wait in the WAL and each write tries to connect again, as after an
+   * outage in the middle of a run. Refused credentials stop the run at start.
+   */
   async connect(): Promise<void> {
     this.kafka = await kafkaClient(this.cfg, this.ctx.log, 'sink');
-    await this.ensureProducer().catch((err: unknown) => {
-      throw new SluiceError('CONNECT', `cannot reach Kafka at ${this.cfg.brokers.join(',')} for the sink: ${errorMessage(err)}`, { cause: err, retryable: true });
-    });
+    const first = this.ensureProducer();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), this.cfg.connect_timeout_ms)));
+    const outcome = await Promise.race([first.then(() => 'ok' as const, (err: unknown) => err), late]);
+    clearTimeout(timer);
+    if (outcome === 'ok') return;
+    if (outcome instanceof Error && outcome.name === 'KafkaJSSASLAuthenticationError') {
+      throw new SluiceError('CONNECT', `Kafka at ${this.cfg.brokers.join(',')} refused the sink's credentials: ${errorMessage(outcome)}`, { cause: outcome });
+    }
+    this.ok = false;
+    const why = outcome === 'late' ? `no answer within ${this.cfg.connect_timeout_ms} ms` : errorMessage(outcome);
+    this.ctx.log.warn({ brokers: this.cfg.brokers, topic: this.cfg.topic }, `kafka sink: cannot reach Kafka at start (${why}); rows wait in the WAL and each flush tries again`);
   }
 
-  private async ensureProducer(): Promise<Producer> {
-    if (this.producer) return this.producer;
+  /** The producer, connected; one connection attempt at a time (a failed one is forgotten). */
+  private ensureProducer(): Promise<Producer> {
+    if (!this.connecting) {
+      const attempt: Promise<Producer> = this.connectProducer().catch((err: unknown) => {
+        if (this.connecting === attempt) this.connecting = undefined;
+        throw err;
+      });
+      this.connecting = attempt;
+    }
+    return this.connecting;
+  }
+
+  private async connectProducer(): Promise<Producer> {
     const p = this.cfg.transactional
       ? this.kafka!.producer({ transactionalId: `sluice.${this.cfg.topic}.${this.ctx.workerId}`, maxInFlightRequests: 1, allowAutoTopicCreation: true })
       : this.kafka!.producer({ idempotent: this.cfg.idempotent, ...(this.cfg.idempotent ? { maxInFlightRequests: 1 } : {}), allowAutoTopicCreation: true });
-    await p.connect();
     this.producer = p;
+    try {
+      await p.connect();
+    } catch (err) {
+      if (this.producer === p) this.producer = undefined;
+      await p.disconnect().catch(() => {});
+      throw err;
+    }
+    if (this.closed) {
+      await p.disconnect().catch(() => {});
+      throw new Error('the sink is closed');
+    }
     return p;
   }
 
@@ -50,9 +90,7 @@ export class KafkaSink implements Sink {
     } catch (err) {
       this.ok = false;
       // A producer in an unknown state (fenced, aborted, disconnected) is replaced.
-      const p = this.producer;
-      this.producer = undefined;
-      await p?.disconnect().catch(() => {});
+      await this.dropProducer();
       throw new SluiceError('SINK', `kafka sink: producing ${w.model}/${w.name} to ${this.cfg.topic} failed: ${errorMessage(err)}`, { cause: err, retryable: true });
     }
   }
@@ -60,11 +98,6 @@ export class KafkaSink implements Sink {
   private async writeInner(w: SinkWrite, db: DuckDBConnection): Promise<void> {
     const producer = await this.ensureProducer();
     const key = this.cfg.key ? `CAST(t.${ident(this.cfg.key)} AS VARCHAR)` : 'NULL::VARCHAR';
-    // DuckDB keeps insertion order (files in the given order, rows in file order): a replayed
-    // flush numbers its rows the same way.
-    const sql = `SELECT to_json(t)::VARCHAR AS v, ${key} AS k
-      FROM (SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)) t`;
-    const result = await db.stream(sql);
     let tx: Transaction | undefined = this.cfg.transactional ? await producer.transaction() : undefined;
     const send = tx ?? producer;
     const compression = this.cfg.compression === 'gzip' ? 1 : 0;
@@ -76,11 +109,11 @@ export class KafkaSink implements Sink {
       pending = [];
     };
     try {
-      for await (const rows of result.yieldRows()) {
+      for await (const rows of jsonRowChunks(w, db, [key])) {
         for (const r of rows) {
           pending.push({
-            key: r[1] === null ? null : String(r[1]),
-            value: String(r[0]),
+            key: r[1],
+            value: r[0]!,
             headers: { 'sluice-flush': w.name, 'sluice-row': String(row++), 'sluice-model': w.model },
           });
           if (pending.length >= this.cfg.batch_messages) await flushPending();
@@ -103,9 +136,15 @@ export class KafkaSink implements Sink {
     return this.ok;
   }
 
-  async close(): Promise<void> {
+  private async dropProducer(): Promise<void> {
     const p = this.producer;
     this.producer = undefined;
+    this.connecting = undefined;
     await p?.disconnect().catch(() => {});
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.dropProducer();
   }
 }

@@ -2,6 +2,7 @@ import type { Admin, Consumer, EachBatchPayload, IHeaders, KafkaMessage } from '
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import { blockOfBuffers } from '../payload-block.js';
 import { fileSafeTopic, isDlqTopic, kafkaClient, messageKey, type KafkaSourceConfig } from './kafka-config.js';
 
 /** What a dead letter needs of the message it came from (`RawMessage.raw`). */
@@ -23,7 +24,7 @@ interface HeldFetch {
   poke: () => void;
 }
 
-/** Up to batch_size messages of one partition: one engine batch. */
+/** Up to batch_size messages of one partition; a batch is one or more whole chunks. */
 interface Chunk {
   topic: string;
   partition: number;
@@ -34,13 +35,61 @@ interface Chunk {
   held: HeldFetch;
   /** Read by the engine (so it will be acked); chunks not handed out can be dropped at any time. */
   handedOut: boolean;
-  /** Resolved once the chunk is acked and its offset commit attempted (or it was let go). */
-  done: Promise<void>;
-  finish: () => void;
+  /** Acked and its offset commit attempted, or let go (the holding handler is poked then). */
   finished: boolean;
 }
 
 const tpKey = (topic: string, partition: number) => `${topic}:${partition}`;
+
+const EMPTY = Buffer.alloc(0);
+
+/** What a fetched message counts for against max_buffer_bytes. */
+const messageBytes = (m: KafkaMessage) => (m.value?.length ?? 0) + (m.key?.length ?? 0) + 64;
+
+/**
+ * One message as kafkajs fetched it: the engine loads the batch's value bytes as one block,
+ * so strings (the payload, key, headers) are made only when asked for — the payload for a
+ * dead letter, `meta` when models read metadata.
+ */
+class KafkaEntry implements RawMessage {
+  constructor(
+    private readonly topic: string,
+    private readonly partition: number,
+    private readonly message: KafkaMessage,
+  ) {}
+
+  get payload(): string {
+    return this.message.value ? this.message.value.toString('utf8') : '';
+  }
+
+  get coords(): { topic: string; partition: number; offset: number } {
+    return { topic: this.topic, partition: this.partition, offset: Number(this.message.offset) };
+  }
+
+  get raw(): KafkaOrigin {
+    return { topic: this.topic, partition: this.partition, message: this.message };
+  }
+
+  get meta(): MessageMeta {
+    const m = this.message;
+    return {
+      topic: this.topic,
+      key: m.key ? m.key.toString('utf8') : undefined,
+      partition: this.partition,
+      offset: Number(m.offset),
+      timestamp: Number(m.timestamp),
+      headers: headerText(m.headers),
+    };
+  }
+}
+
+/**
+ * Bytes one fetch takes from a broker: a quarter of max_buffer_bytes (a few brokers' responses
+ * in memory stay about that), never less than one partition's max_bytes_per_partition.
+ */
+export function fetchMaxBytes(cfg: Pick<KafkaSourceConfig, 'max_buffer_bytes' | 'max_bytes_per_partition'>): number {
+  return Math.max(cfg.max_bytes_per_partition, Math.floor(cfg.max_buffer_bytes / 4));
+}
 
 /** The group is rebalancing (kafkajs keeps the protocol error's type, sometimes one cause deep). */
 function isRebalance(err: unknown): boolean {
@@ -66,9 +115,11 @@ export function headerText(headers: IHeaders | undefined): Record<string, string
 
 /**
  * Consumes topics in a consumer group. kafkajs fetches per broker and calls `eachBatch` for
- * each partition's fetched messages; the handler queues them as chunks of one partition
- * (one engine batch each) and waits until the engine has acked every chunk (rows fsynced in
- * the WAL) and the offset commit went out. So a partition's next fetch only starts after its
+ * each partition's fetched messages; the handler queues them as chunks of one partition (an
+ * engine batch takes chunks, of one or more partitions, up to batch_size, splitting the last
+ * one that does not fit: its rest, still in offset order, leads the next batch) and waits
+ * until the engine has acked every chunk (rows fsynced in the WAL) and the offset commit went
+ * out. So a partition's next fetch only starts after its
  * previous one is durable, and kafkajs, which lets running handlers finish before it rejoins
  * a rebalancing group, commits everything in flight before a partition changes hands
  * (bounded by revoke_timeout_ms). Past max_buffer_bytes queued, every partition is paused
@@ -94,14 +145,23 @@ export class KafkaSource implements Source {
   private held = new Set<HeldFetch>();
   private wakeReader: (() => void) | undefined;
   private backpressure = false;
+  /**
+   * Partitions were assigned while backpressure was on: they stay paused until the engine asks
+   * for a new batch (it is making progress again), however empty the dropped queue left things.
+   */
+  private holdPaused = false;
   /** A rebalance is under way: nothing more is handed out, held fetches let go once their batches in flight are done. */
   private rebalancing = false;
   private up = false;
+  /** A broker connection failed or dropped since the last fetch. */
+  private connLost = false;
   private closing = false;
   private timestampStart = new Map<string, number>();
   private pendingCommits = new Map<string, { topic: string; partition: number; offset: string }>();
   private commitWaiters: (() => void)[] = [];
   private committing: Promise<void> | undefined;
+  /** The catch-up of the last assignment, while it runs (close() waits for it before disconnecting). */
+  private catchingUp: Promise<void> | undefined;
   private readonly safeTopics = new Map<string, string>();
 
   constructor(
@@ -122,7 +182,12 @@ export class KafkaSource implements Source {
     if (position && typeof position === 'object') {
       for (const [k, v] of Object.entries(position as KafkaPosition)) if (typeof v === 'number') this.position.set(k, v);
     }
-    const kafka = await kafkaClient(cfg, this.log, 'source');
+    const kafka = await kafkaClient(cfg, this.log, 'source', (broker, message) => {
+      if (this.closing) return;
+      if (!this.connLost) this.log.warn({ broker, reason: message }, 'Kafka connection lost; reconnecting');
+      this.connLost = true;
+      this.up = false;
+    });
     this.admin = kafka.admin();
     try {
       await this.admin.connect();
@@ -140,15 +205,23 @@ export class KafkaSource implements Source {
       heartbeatInterval: cfg.heartbeat_interval_ms,
       maxWaitTimeInMs: cfg.max_wait_ms,
       maxBytesPerPartition: cfg.max_bytes_per_partition,
+      // kafkajs keeps a broker's whole fetch response (every batch of it, decoded) until each of
+      // its batches' handlers returned, and a handler here returns once its messages are
+      // committed: what a stalled run holds is a fetch per broker, not max_buffer_bytes, unless
+      // a fetch is kept small against it (kafkajs' default is 10 MB per broker).
+      maxBytes: fetchMaxBytes(cfg),
       allowAutoTopicCreation: false,
-      // Any crash is followed by a restart (a new join); the WAL position keeps it exact.
-      retry: { initialRetryTime: 250, maxRetryTime: 5000, retries: 8, restartOnFailure: async () => true },
+      // Any crash is followed by a restart (a new join); the WAL position keeps it exact. Not
+      // once closing: a restart kafkajs schedules after close() disconnected would connect
+      // again and keep the process alive after its run ended.
+      retry: { initialRetryTime: 250, maxRetryTime: 5000, retries: 8, restartOnFailure: async () => !this.closing },
     });
     this.consumer = consumer;
     const ev = consumer.events;
     consumer.on(ev.GROUP_JOIN, (e) => this.onAssign(e.payload.memberAssignment));
     consumer.on(ev.FETCH, () => {
-      if (!this.up && !this.closing) this.log.info('Kafka consumer fetching again');
+      if (!this.up && !this.closing) this.log.info(this.connLost ? 'reconnected to Kafka' : 'Kafka consumer fetching again');
+      this.connLost = false;
       this.up = true;
     });
     consumer.on(ev.CRASH, (e) => {
@@ -189,6 +262,8 @@ export class KafkaSource implements Source {
         await this.consumer!.connect();
         await this.consumer!.subscribe({ topics: this.topics, fromBeginning: this.cfg.start !== 'latest' });
         await this.run();
+        // close() came while this was connecting: its disconnect may have come first.
+        if (this.closing) await this.consumer!.disconnect().catch(() => {});
         return;
       } catch (err) {
         this.log.warn({ err: new Error(errorMessage(err)), retry_in_ms: delay }, 'Kafka consumer restart failed');
@@ -220,19 +295,34 @@ export class KafkaSource implements Source {
 
   /** A new generation of the group: what is still queued belongs to the old one and is dropped. */
   private onAssign(assignment: Record<string, number[]>): void {
+    // A join that completes while closing leads nowhere (and its catch-up would reconnect the admin client).
+    if (this.closing) return;
     this.epoch++;
     this.up = true;
     this.rebalancing = false;
-    this.dropQueue();
+    const pressed = this.backpressure;
+    this.dropQueue(pressed);
     const before = new Set(this.assigned.keys());
     this.assigned.clear();
     for (const [topic, parts] of Object.entries(assignment)) for (const partition of parts) this.assigned.set(tpKey(topic, partition), { topic, partition });
     const added = [...this.assigned.keys()].filter((k) => !before.has(k));
     const revoked = [...before].filter((k) => !this.assigned.has(k));
     this.log.info({ partitions: [...this.assigned.keys()], added, revoked }, 'Kafka partitions assigned');
-    if (this.backpressure && this.assigned.size > 0) this.consumer!.pause(this.byTopic([...this.assigned.values()]));
+    if (pressed && this.assigned.size > 0) {
+      this.holdPaused = true;
+      this.consumer!.pause(this.byTopic([...this.assigned.values()]));
+      this.log.info({ partitions: [...this.assigned.keys()] }, 'backpressure: partitions assigned while paused start paused');
+    } else if (this.assigned.size > 0) {
+      // kafkajs keeps a partition's pause across rebalances: one paused in an earlier generation
+      // (backpressure), revoked before it was resumed and given back now would never be fetched.
+      this.consumer!.resume(this.byTopic([...this.assigned.values()]));
+    }
     // Positions as of the assignment: what this worker's WAL holds, before anything new is read.
-    void this.catchUp([...this.assigned.values()].map((a) => ({ ...a, mine: this.position.get(tpKey(a.topic, a.partition)) })), this.epoch);
+    const catchUp = this.catchUp([...this.assigned.values()].map((a) => ({ ...a, mine: this.position.get(tpKey(a.topic, a.partition)) })), this.epoch);
+    this.catchingUp = catchUp;
+    void catchUp.finally(() => {
+      if (this.catchingUp === catchUp) this.catchingUp = undefined;
+    });
   }
 
   /**
@@ -283,7 +373,10 @@ export class KafkaSource implements Source {
     const k = tpKey(batch.topic, batch.partition);
     if (this.closing || !this.assigned.has(k)) return;
     const floor = Math.max(this.queuedUpTo.get(k) ?? -1, this.position.get(k) ?? -1);
-    const msgs = floor < 0 ? batch.messages : batch.messages.filter((m) => Number(m.offset) >= floor);
+    // Messages come in offset order: skip the ones below the floor (usually none).
+    let from = 0;
+    while (from < batch.messages.length && Number(batch.messages[from].offset) < floor) from++;
+    const msgs = from === 0 ? batch.messages : batch.messages.slice(from);
     if (msgs.length === 0) {
       p.resolveOffset(batch.lastOffset());
       return;
@@ -294,10 +387,8 @@ export class KafkaSource implements Source {
     for (let i = 0; i < msgs.length; i += size) {
       const part = msgs.slice(i, i + size);
       let bytes = 0;
-      for (const m of part) bytes += (m.value?.length ?? 0) + (m.key?.length ?? 0) + 64;
-      let finish!: () => void;
-      const done = new Promise<void>((r) => (finish = r));
-      const chunk: Chunk = { topic: batch.topic, partition: batch.partition, tp: k, messages: part, bytes, epoch, held, handedOut: false, done, finish, finished: false };
+      for (const m of part) bytes += messageBytes(m);
+      const chunk: Chunk = { topic: batch.topic, partition: batch.partition, tp: k, messages: part, bytes, epoch, held, handedOut: false, finished: false };
       held.chunks.push(chunk);
       this.queue.push(chunk);
       this.queuedBytes += bytes;
@@ -307,14 +398,17 @@ export class KafkaSource implements Source {
     this.wakeReader?.();
     this.checkBackpressure();
     try {
-      const all = Promise.all(held.chunks.map((c) => c.done));
-      const released = new Promise<void>((r) => (held.wake = r));
+      const released = new Promise<'released'>((r) => (held.wake = () => r('released')));
       let rebalancingSince = 0;
       let lastBeat = Date.now();
-      for (;;) {
-        const tick = new Promise<'tick'>((r) => setTimeout(() => r('tick'), this.cfg.heartbeat_interval_ms));
-        const poked = new Promise<'tick'>((r) => (held.poke = () => r('tick')));
-        if ((await Promise.race([all, released, tick, poked])) !== 'tick') break;
+      // Until every chunk is finished (read() may split one in two: held.chunks can grow).
+      while (!held.chunks.every((c) => c.finished)) {
+        let timer: NodeJS.Timeout | undefined;
+        const tick = new Promise<'tick'>((r) => (timer = setTimeout(() => r('tick'), this.cfg.heartbeat_interval_ms)));
+        const poked = new Promise<'poked'>((r) => (held.poke = () => r('poked')));
+        const why = await Promise.race([released, tick, poked]);
+        clearTimeout(timer);
+        if (why === 'released') break;
         if (this.rebalancing) {
           rebalancingSince ||= Date.now();
           // Only what the engine holds is waited for; the rest is fetched again by the new owner.
@@ -352,7 +446,7 @@ export class KafkaSource implements Source {
   }
 
   /** Lets a held fetch go without committing: its queued chunks are dropped and read again later. */
-  private release(held: HeldFetch): void {
+  private release(held: HeldFetch, keepPressure = false): void {
     if (held.released) return;
     held.released = true;
     for (const c of held.chunks) {
@@ -361,10 +455,7 @@ export class KafkaSource implements Source {
         this.queue.splice(i, 1);
         this.queuedBytes -= c.bytes;
       }
-      if (!c.finished) {
-        c.finished = true;
-        c.finish();
-      }
+      c.finished = true;
     }
     const k = held.chunks[0]?.tp;
     if (k !== undefined) {
@@ -373,16 +464,17 @@ export class KafkaSource implements Source {
       else this.queuedUpTo.set(k, pos);
     }
     held.wake();
-    this.checkBackpressure();
+    if (!keepPressure) this.checkBackpressure();
   }
 
-  private dropQueue(): void {
-    for (const h of [...this.held]) this.release(h);
+  /** Drops every fetched message not handed out; `keepPressure`: stay paused (a new assignment follows). */
+  private dropQueue(keepPressure = false): void {
+    for (const h of [...this.held]) this.release(h, keepPressure);
     this.queue = [];
     this.queuedBytes = 0;
     // Everything not handed to the engine is fetched again; nothing queued stands in the way.
     this.queuedUpTo = new Map(this.position);
-    this.checkBackpressure();
+    if (!keepPressure) this.checkBackpressure();
   }
 
   private checkBackpressure(): void {
@@ -391,7 +483,8 @@ export class KafkaSource implements Source {
       this.backpressure = true;
       if (this.assigned.size) this.consumer?.pause(this.byTopic([...this.assigned.values()]));
       this.log.info({ buffered_bytes: this.queuedBytes }, 'backpressure: Kafka partitions paused');
-    } else if (this.backpressure && this.queuedBytes <= high / 2) {
+    } else if (this.backpressure && !this.holdPaused && !this.rebalancing && this.queuedBytes <= high / 2) {
+      // (During a rebalance the next assignment decides: it starts paused while this is on.)
       this.backpressure = false;
       if (this.assigned.size) this.consumer?.resume(this.byTopic([...this.assigned.values()]));
       this.log.info({ buffered_bytes: this.queuedBytes }, 'backpressure released: Kafka partitions resumed');
@@ -404,6 +497,11 @@ export class KafkaSource implements Source {
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
     const deadline = Date.now() + this.cfg.batch_timeout_ms;
+    if (this.holdPaused) {
+      // The engine is ready for more: partitions held paused since an assignment may resume.
+      this.holdPaused = false;
+      this.checkBackpressure();
+    }
     for (;;) {
       while ((this.queue.length === 0 || this.rebalancing) && !signal.aborted && Date.now() < deadline && !this.closing) {
         await new Promise<void>((resolve) => {
@@ -418,63 +516,95 @@ export class KafkaSource implements Source {
           this.wakeReader = done;
         });
       }
-      const chunk = this.rebalancing ? undefined : this.queue.shift();
-      if (!chunk) return { messages: [], position: this.snapshot() };
-      this.queuedBytes -= chunk.bytes;
+      // Chunks (a partition's run of messages, in order) up to batch_size; the one that does not
+      // fit is split: its head fills the batch, its rest stays first in the queue.
+      const take: Chunk[] = [];
+      let count = 0;
+      const size = this.cfg.batch_size;
+      while (!this.rebalancing && this.queue.length > 0 && count < size) {
+        let chunk = this.queue[0];
+        if (chunk.epoch !== this.epoch || chunk.held.released) {
+          this.queue.shift();
+          this.queuedBytes -= chunk.bytes;
+          continue;
+        }
+        if (count + chunk.messages.length > size) chunk = this.splitHead(chunk, size - count);
+        else this.queue.shift();
+        this.queuedBytes -= chunk.bytes;
+        chunk.handedOut = true;
+        take.push(chunk);
+        count += chunk.messages.length;
+      }
       this.checkBackpressure();
-      if (chunk.epoch !== this.epoch || chunk.held.released) continue;
-      chunk.handedOut = true;
-      return this.toBatch(chunk);
+      if (take.length > 0) return this.toBatch(take);
+      if (this.queue.length === 0 || this.rebalancing) return { messages: [], position: this.snapshot() };
     }
   }
 
-  private toBatch(chunk: Chunk): SourceBatch {
-    const { topic, partition } = chunk;
-    const safe = this.safeTopic(topic);
-    const messages: RawMessage[] = chunk.messages.map((m) => ({
-      payload: m.value ? m.value.toString('utf8') : '',
-      coords: { topic, partition, offset: Number(m.offset) },
-      raw: { topic, partition, message: m } satisfies KafkaOrigin,
-      get meta(): MessageMeta {
-        return {
-          topic,
-          key: m.key ? m.key.toString('utf8') : undefined,
-          partition,
-          offset: Number(m.offset),
-          timestamp: Number(m.timestamp),
-          headers: headerText(m.headers),
-        };
-      },
-    }));
-    const firstOffset = chunk.messages[0].offset;
-    const lastOffset = chunk.messages[chunk.messages.length - 1].offset;
-    this.position.set(chunk.tp, Number(lastOffset) + 1);
-    return { messages, position: this.snapshot(), first: messageKey(safe, partition, firstOffset), last: messageKey(safe, partition, lastOffset), ackToken: chunk };
+  /** Cuts the first n messages off a queued chunk into a chunk of their own (of the same fetch). */
+  private splitHead(chunk: Chunk, n: number): Chunk {
+    const head: Chunk = { ...chunk, messages: chunk.messages.slice(0, n), bytes: 0, handedOut: false, finished: false };
+    for (const m of head.messages) head.bytes += messageBytes(m);
+    chunk.messages = chunk.messages.slice(n);
+    chunk.bytes -= head.bytes;
+    chunk.held.chunks.push(head);
+    return head;
+  }
+
+  private toBatch(chunks: Chunk[]): SourceBatch {
+    let n = 0;
+    for (const chunk of chunks) n += chunk.messages.length;
+    const messages: RawMessage[] = new Array(n);
+    const values: Buffer[] = new Array(n);
+    let i = 0;
+    for (const chunk of chunks) {
+      const { topic, partition } = chunk;
+      for (const m of chunk.messages) {
+        messages[i] = new KafkaEntry(topic, partition, m);
+        values[i++] = m.value ?? EMPTY;
+      }
+      this.position.set(chunk.tp, Number(chunk.messages[chunk.messages.length - 1].offset) + 1);
+    }
+    const a = chunks[0];
+    const z = chunks[chunks.length - 1];
+    // A worker's WAL holds every message once, so (first, last) names its batches uniquely; the
+    // worker id in front keeps two workers that read the same messages (a partition handed over
+    // before its commit) from writing files of the same name with different rows.
+    return {
+      messages,
+      block: blockOfBuffers(values),
+      position: this.snapshot(),
+      first: `${this.safeTopic(this.ctx.workerId)}.${messageKey(this.safeTopic(a.topic), a.partition, a.messages[0].offset)}`,
+      last: messageKey(this.safeTopic(z.topic), z.partition, z.messages[z.messages.length - 1].offset),
+      ackToken: chunks,
+    };
   }
 
   async ack(batch: SourceBatch): Promise<void> {
-    const chunk = batch.ackToken as Chunk | undefined;
-    if (!chunk || chunk.finished) return;
-    const last = chunk.messages[chunk.messages.length - 1];
-    const ts = Number(last.timestamp);
-    if (ts > 0) this.ctx.observeAckLatency?.(Math.max(0, Date.now() - ts) / 1000);
-    if (chunk.epoch !== this.epoch || !this.assigned.has(chunk.tp)) {
-      // The partition changed hands since it was read: the WAL has the rows, the new owner the offsets.
-      this.log.debug({ partition: chunk.tp }, 'not committing a batch of a revoked partition');
-      chunk.finished = true;
-      chunk.finish();
-      chunk.held.poke();
-      return;
+    const chunks = (batch.ackToken as Chunk[] | undefined) ?? [];
+    let committing = false;
+    for (const chunk of chunks) {
+      if (chunk.finished) continue;
+      const last = chunk.messages[chunk.messages.length - 1];
+      const ts = Number(last.timestamp);
+      if (ts > 0) this.ctx.observeAckLatency?.(Math.max(0, Date.now() - ts) / 1000);
+      if (chunk.epoch !== this.epoch || !this.assigned.has(chunk.tp)) {
+        // The partition changed hands since it was read: the WAL has the rows, the new owner the offsets.
+        this.log.debug({ partition: chunk.tp }, 'not committing a batch of a revoked partition');
+        chunk.finished = true;
+        chunk.held.poke();
+        continue;
+      }
+      this.pendingCommits.set(chunk.tp, { topic: chunk.topic, partition: chunk.partition, offset: String(Number(last.offset) + 1) });
+      // The engine goes on at once; the held fetch waits for the commit, so a rebalance cannot
+      // hand the partition over before it is committed.
+      this.commitWaiters.push(() => {
+        chunk.finished = true;
+        chunk.held.poke();
+      });
+      committing = true;
     }
-    this.pendingCommits.set(chunk.tp, { topic: chunk.topic, partition: chunk.partition, offset: String(Number(last.offset) + 1) });
-    // The engine goes on at once; the held fetch waits for the commit, so a rebalance cannot
-    // hand the partition over before it is committed.
-    this.commitWaiters.push(() => {
-      chunk.finished = true;
-      chunk.finish();
-      chunk.held.poke();
-    });
-    this.committing ??= this.commitLoop();
+    if (committing) this.committing ??= this.commitLoop();
   }
 
   /** Commits pending offsets, one request at a time, coalescing what arrives meanwhile. */
@@ -509,6 +639,14 @@ export class KafkaSource implements Source {
     while (this.committing) await this.committing;
     this.dropQueue();
     await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err: new Error(errorMessage(err)) }, 'Kafka consumer disconnect failed'));
+    // A catch-up still running would connect the admin client again after its disconnect
+    // (waited for at most request_timeout_ms: the disconnect below ends it then).
+    const deadline = Date.now() + this.cfg.request_timeout_ms;
+    while (this.catchingUp && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.catchingUp, new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
+      clearTimeout(timer);
+    }
     await this.admin?.disconnect().catch(() => {});
   }
 }

@@ -4,13 +4,13 @@ import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
 import { sleep } from '../file/file-source.js';
-import { deadLettered, maxAckPending, type NatsSourceConfig } from './nats-config.js';
+import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
 
 /**
  * Connects with reconnects that never give up (the engine waits; /readyz tells). `onState`
  * hears whether the connection is up.
  */
-export async function connectNats(cfg: NatsSourceConfig, log: Logger, what: string, onState?: (up: boolean) => void): Promise<NatsConnection> {
+export async function connectNats(cfg: NatsConnectionConfig, log: Logger, what: string, onState?: (up: boolean) => void): Promise<NatsConnection> {
   let nc: NatsConnection;
   try {
     nc = await connect({

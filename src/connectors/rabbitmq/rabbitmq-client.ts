@@ -25,6 +25,7 @@ export interface AmqpChannelLike {
   waitForConfirms?(): Promise<void>;
   close(): Promise<void>;
   on(event: string, listener: (...args: unknown[]) => void): unknown;
+  once(event: string, listener: (...args: unknown[]) => void): unknown;
 }
 export interface AmqpConnectionLike {
   createChannel(): Promise<AmqpChannelLike>;

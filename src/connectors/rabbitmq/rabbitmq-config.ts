@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { z } from 'zod';
 import { batching } from '../shared-config.js';
+import { idPrefixKey, templateString } from '../row-json.js';
 
 /** TLS settings shared by connectors that speak TLS. */
 export const tlsSchema = z
@@ -79,3 +80,28 @@ export function safeUrl(url: string): string {
   if (u.password) u.password = '***';
   return u.toString();
 }
+
+export const rabbitmqSinkSchema = z
+  .object({
+    type: z.literal('rabbitmq'),
+    ...connectionKeys,
+    exchange: z.string().default('').describe('exchange the rows are published to ("" = the default exchange, which routes to the queue named by the routing key)'),
+    routing_key: templateString('routing key: a constant, or a template such as orders.{region} ({column} = the column as text)').default(''),
+    declare: z
+      .object({
+        exchange: z.enum(['direct', 'topic', 'fanout', 'headers']).optional().describe('declare the exchange (durable) with this type if missing'),
+        queues: z
+          .array(z.object({ name: z.string().min(1), binding_key: z.string().default('#') }).strict())
+          .default([])
+          .describe('declare these queues (durable) and bind them to the exchange'),
+      })
+      .strict()
+      .default({ queues: [] }),
+    persistent: z.boolean().default(true).describe('delivery mode 2: messages survive a broker restart in durable queues'),
+    mandatory: z.boolean().default(true).describe('a message no queue takes fails the write instead of being dropped by the broker'),
+    batch_rows: z.number().int().positive().default(1000).describe('messages published before waiting for their confirms'),
+    confirm_timeout_ms: z.number().int().positive().default(30_000).describe('a batch not confirmed within this long fails (and is retried)'),
+    ...idPrefixKey,
+  })
+  .strict();
+export type RabbitmqSinkConfig = z.output<typeof rabbitmqSinkSchema>;

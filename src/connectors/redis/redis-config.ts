@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { batching } from '../shared-config.js';
+import { idPrefixKey, templateString } from '../row-json.js';
 
 export const redisStreamsSourceSchema = z
   .object({
@@ -25,3 +26,32 @@ export type RedisStreamsSourceConfig = z.output<typeof redisStreamsSourceSchema>
 export function dlqStream(cfg: RedisStreamsSourceConfig): string {
   return cfg.dlq ?? `${cfg.stream}:dlq`;
 }
+
+export const redisSinkSchema = z
+  .object({
+    type: z.literal('redis'),
+    url: z.string().default('redis://127.0.0.1:6379').describe('redis:// or rediss:// URL (user, password and database in it)'),
+    mode: z.enum(['set', 'xadd']).default('set').describe('set: one key per row (SET); xadd: one stream entry per row (XADD)'),
+    key: templateString('set: the key of a row, a template such as order:{order_id} ({column} = the column as text)').optional(),
+    ttl_seconds: z.number().int().positive().optional().describe('set: keys expire after this long (SET ... EX)'),
+    stream: templateString('xadd: the stream, a constant or a template such as orders:{region}').optional(),
+    maxlen: z.number().int().positive().optional().describe('xadd: trim the stream to about this many entries (MAXLEN ~)'),
+    field: z.string().min(1).default('payload').describe("xadd: the entry field holding the row's JSON"),
+    batch_rows: z.number().int().positive().default(1000).describe('commands sent together (one MULTI/EXEC for xadd, one pipeline for set)'),
+    timeout_ms: z.number().int().positive().default(30_000).describe('a write not answered within this long fails (and is retried)'),
+    dedupe_ttl_seconds: z
+      .number()
+      .int()
+      .positive()
+      .default(7 * 86_400)
+      .describe("xadd: how long a flush's progress marker is kept, i.e. how late a replay is still recognised"),
+    ...idPrefixKey,
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const need = c.mode === 'set' ? 'key' : 'stream';
+    if (c[need] === undefined) ctx.addIssue({ code: 'custom', path: [need], message: `mode ${c.mode} needs ${need}` });
+    const foreign = c.mode === 'set' ? (['stream', 'maxlen'] as const) : (['key', 'ttl_seconds'] as const);
+    for (const k of foreign) if (c[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: `${k} does not apply to mode ${c.mode}` });
+  });
+export type RedisSinkConfig = z.output<typeof redisSinkSchema>;

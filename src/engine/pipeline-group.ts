@@ -1,0 +1,146 @@
+import type { Logger } from 'pino';
+import { SluiceError, errorMessage } from '../errors.js';
+import { mergedExposition } from '../ops/metrics.js';
+import { startServer, type Readiness } from '../ops/server.js';
+import { Pipeline, type RunOptions, type RunSummary } from './pipeline.js';
+
+export interface GroupMember {
+  /** The source the pipeline reads: it names the pipeline in logs, /readyz, /metrics and errors. */
+  source: string;
+  options: Omit<RunOptions, 'signal' | 'port' | 'log' | 'beforeWrites'>;
+}
+
+export interface GroupOptions {
+  members: GroupMember[];
+  log: Logger;
+  /** HTTP port of the one ops server of the process; 0 = none. */
+  port: number;
+  /** Stops every pipeline gracefully (each finishes its batch in flight and flushes). */
+  signal: AbortSignal;
+  /** Called as each pipeline ends without an error, with its logger. */
+  onEnd?: (source: string, summary: RunSummary, log: Logger) => void;
+}
+
+type State = 'starting' | 'running' | 'ended' | 'failed';
+
+interface Member {
+  source: string;
+  pipeline: Pipeline;
+  log: Logger;
+  state: State;
+  error?: unknown;
+}
+
+/**
+ * Runs several pipelines in one process, one per source, each as it would run alone (its own
+ * WAL, DLQ, sinks and DuckDB). They share one ops server: /readyz is ready when every pipeline
+ * is, /metrics has each pipeline's samples labelled with its `source`. A stop signal stops them
+ * all; when one fails, the others are stopped gracefully and the failure is thrown, naming its
+ * source, once all have ended. Resolves when every pipeline has ended (finite sources end by
+ * themselves).
+ */
+export async function runPipelines(opts: GroupOptions): Promise<Map<string, RunSummary>> {
+  const stop = new AbortController();
+  const relay = () => stop.abort();
+  if (opts.signal.aborted) stop.abort();
+  else opts.signal.addEventListener('abort', relay, { once: true });
+
+  // Connecting a sink clears leftovers of interrupted writes in its scratch space and output:
+  // no pipeline writes until every pipeline has connected its sinks (or ended trying).
+  let connecting = opts.members.length;
+  let allConnected!: () => void;
+  const connected = new Promise<void>((resolve) => (allConnected = resolve));
+  const arrived = new Set<string>();
+  const arrive = (source: string) => {
+    if (arrived.has(source)) return;
+    arrived.add(source);
+    if (--connecting === 0) allConnected();
+  };
+
+  const members: Member[] = opts.members.map(({ source, options }) => {
+    const log = opts.log.child({ pipeline: source });
+    const m: Member = { source, log, state: 'starting', pipeline: undefined as unknown as Pipeline };
+    m.pipeline = new Pipeline({
+      ...options,
+      log,
+      port: 0,
+      signal: stop.signal,
+      beforeWrites: () => {
+        m.state = 'running';
+        arrive(source);
+        return connected;
+      },
+    });
+    return m;
+  });
+
+  const ready = (): Readiness => {
+    const reasons: string[] = [];
+    const sources: NonNullable<Readiness['sources']> = {};
+    for (const m of members) {
+      const r =
+        m.state === 'starting' ? { ok: false, reasons: ['starting: connecting the sinks'] }
+        : m.state === 'ended' ? { ok: true, reasons: [] }
+        : m.state === 'failed' ? { ok: false, reasons: [`failed: ${errorMessage(m.error)}`] }
+        : m.pipeline.ready();
+      sources[m.source] = { state: m.state, ready: r.ok, reasons: r.reasons };
+      reasons.push(...r.reasons.map((x) => `source ${m.source}: ${x}`));
+    }
+    return { ok: reasons.length === 0, reasons, sources };
+  };
+  const metrics = mergedExposition(() => members.map((m) => ({ source: m.source, registry: m.pipeline.registry })));
+
+  const summaries = new Map<string, RunSummary>();
+  const failed: Member[] = [];
+  /** The pipelines still going when a failure stopped them (not those that had already ended). */
+  const stoppedByFailure: Member[] = [];
+  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  let running = false;
+  try {
+    server = opts.port > 0 ? await startServer(opts.port, metrics, { ready }) : undefined;
+    if (server) opts.log.info({ port: server.port, sources: members.map((m) => m.source) }, 'serving /healthz /readyz /metrics');
+    running = true;
+    await Promise.all(
+      members.map(async (m) => {
+        try {
+          const summary = await m.pipeline.run();
+          m.state = 'ended';
+          summaries.set(m.source, summary);
+          opts.onEnd?.(m.source, summary, m.log);
+        } catch (err) {
+          m.state = 'failed';
+          m.error = err;
+          failed.push(m);
+          if (!stop.signal.aborted) {
+            stoppedByFailure.push(...members.filter((x) => x.state === 'starting' || x.state === 'running'));
+            m.log.error({ err }, stoppedByFailure.length ? `source ${m.source} failed; stopping the other sources` : `source ${m.source} failed`);
+          }
+          stop.abort();
+        } finally {
+          arrive(m.source);
+        }
+      }),
+    );
+  } finally {
+    opts.signal.removeEventListener('abort', relay);
+    await server?.close();
+    // A pipeline owns the DuckDB handed to it once it runs; one that never ran leaves it here.
+    if (!running) for (const { options } of opts.members) closeDuckDB(options.duckdb);
+  }
+
+  if (failed.length) {
+    const first = failed[0].error;
+    const code = first instanceof SluiceError ? first.code : 'INTERNAL';
+    const message = failed.map((m) => `source ${m.source} failed: ${errorMessage(m.error)}`).join('; ');
+    // Named only when the failure stopped them: a source that had already ended (or failed) was not.
+    const stopped = stoppedByFailure.filter((m) => m.state !== 'failed').map((m) => m.source);
+    const note = stopped.length === 0 ? '' : ` (${stopped.length === 1 ? `source ${stopped[0]} was` : `sources ${stopped.join(', ')} were`} stopped)`;
+    throw new SluiceError(code, message + note, { cause: first });
+  }
+  return summaries;
+}
+
+function closeDuckDB(db: RunOptions['duckdb']): void {
+  db?.conn.closeSync();
+  db?.instance.closeSync();
+}

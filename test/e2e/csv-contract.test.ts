@@ -1,0 +1,5 @@
+import { localFileSink } from '../helpers/file-sink-contract.js';
+import { sinkContract } from '../helpers/sink-contract.js';
+
+// The sink contract for the csv sink on local disk.
+sinkContract(localFileSink('csv'));
