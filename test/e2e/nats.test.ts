@@ -165,6 +165,33 @@ describe('nats source', () => {
     }
   }, 120_000);
 
+  it('messages trickling in across short batch deadlines arrive promptly, none waits for ack_wait', async () => {
+    // A batch deadline (50 ms) shorter than the server's one-second pull: a pull cut short by
+    // the client used to drop what the server was still delivering until ack_wait (60 s here).
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    const p = project(s, '  ack_wait_ms: 60000\n');
+    writeFiles(p, { 'config/sources.yml': fs.readFileSync(path.join(p, 'config/sources.yml'), 'utf8').replace('batch_timeout_ms: 300', 'batch_timeout_ms: 50') });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    try {
+      await until(async () => (await jsm.consumers.info(s, 'sluice').catch(() => undefined)) !== undefined, 30_000);
+      const N = 60;
+      for (let i = 0; i < N; i++) {
+        await publish(s, orders(i, 1));
+        await new Promise((r) => setTimeout(r, 5 + (i % 7) * 11));
+      }
+      const started = Date.now();
+      await until(async () => (await orderIds(p)).n === N, 20_000).catch(async (e: Error) => {
+        throw new Error(`${e.message}: ${JSON.stringify(await orderIds(p))} after ${Date.now() - started} ms`);
+      });
+      expect(await orderIds(p)).toEqual({ n: N, d: N });
+      expect(await drained(s)).toBe(true);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+  }, 90_000);
+
   it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
     const s = stream();
     await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });

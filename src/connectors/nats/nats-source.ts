@@ -6,6 +6,9 @@ import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } f
 import { sleep } from '../file/file-source.js';
 import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
 
+/** How long the server holds an empty pull open; the pump then asks again. */
+const PULL_EXPIRES_MS = 5_000;
+
 /**
  * Connects with reconnects that never give up (the engine waits; /readyz tells). `onState`
  * hears whether the connection is up.
@@ -51,6 +54,12 @@ export class NatsSource implements Source {
   private nc?: NatsConnection;
   private consumer?: Consumer;
   private connected = false;
+  /** Messages pulled ahead, not yet handed to the engine (at most one batch). */
+  private buffer: JsMsg[] = [];
+  private waiters: Array<() => void> = [];
+  private pump?: Promise<void>;
+  private fetching?: { stop(): void };
+  private closing = false;
 
   constructor(
     private readonly cfg: NatsSourceConfig,
@@ -100,20 +109,19 @@ export class NatsSource implements Source {
       this.log.info({ stream: cfg.stream, consumer: cfg.consumer }, 'created the durable consumer');
     }
     this.consumer = await jetstream(this.nc).consumers.get(cfg.stream, cfg.consumer);
+    this.pump = this.runPump();
   }
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
     const { batch_size, batch_timeout_ms } = this.cfg;
-    const got: JsMsg[] = [];
     const deadline = Date.now() + batch_timeout_ms;
-    while (!signal.aborted && got.length < batch_size && Date.now() < deadline) {
-      try {
-        await this.pull(batch_size - got.length, deadline, signal, got);
-      } catch (err) {
-        this.log.debug({ err: new Error(errorMessage(err)) }, 'pulling from JetStream failed');
-        await sleep(Math.min(250, Math.max(1, deadline - Date.now())), signal);
-      }
+    while (this.buffer.length < batch_size && !signal.aborted) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      await this.nextChange(left, signal);
     }
+    const got = this.buffer.splice(0, batch_size);
+    this.changed(); // room for the pump's next pull
     const stream = this.cfg.stream;
     const messages: RawMessage[] = got.map((m) => ({
       payload: m.string(),
@@ -137,19 +145,56 @@ export class NatsSource implements Source {
     return { messages, position: undefined, ackToken: got };
   }
 
-  /** One pull request: up to `max` messages, ended at `deadline` (or abort) with what came. */
-  private async pull(max: number, deadline: number, signal: AbortSignal, into: JsMsg[]): Promise<void> {
-    // The server holds a pull open for at least a second; stop it ourselves at the deadline.
-    const it = await this.consumer!.fetch({ max_messages: max, expires: Math.max(1000, deadline - Date.now()) });
-    const stop = () => it.stop();
-    const timer = setTimeout(stop, Math.max(1, deadline - Date.now()));
-    signal.addEventListener('abort', stop, { once: true });
-    try {
-      for await (const m of it) into.push(m);
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', stop);
+  /**
+   * Pulls ahead of the engine, at most one batch: a pull is never cut short by the client. (A
+   * pull stopped at the batch deadline dropped whatever the server was still delivering to it,
+   * and those messages came back only after ack_wait — 30 s of latency for no fault.)
+   */
+  private async runPump(): Promise<void> {
+    const { batch_size } = this.cfg;
+    while (!this.closing) {
+      const room = batch_size - this.buffer.length;
+      if (room <= 0) {
+        await this.nextChange();
+        continue;
+      }
+      try {
+        const it = await this.consumer!.fetch({ max_messages: room, expires: PULL_EXPIRES_MS });
+        this.fetching = it;
+        if (this.closing) it.stop();
+        for await (const m of it) {
+          this.buffer.push(m);
+          this.changed();
+        }
+      } catch (err) {
+        if (this.closing) break;
+        this.log.debug({ err: new Error(errorMessage(err)) }, 'pulling from JetStream failed');
+        await sleep(250);
+      } finally {
+        this.fetching = undefined;
+      }
     }
+  }
+
+  private changed(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Resolves at the buffer's next change, after `ms`, or on abort, whichever comes first. */
+  private nextChange(ms?: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        if (timer) clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      };
+      this.waiters.push(done);
+      if (ms !== undefined) timer = setTimeout(done, ms);
+      signal?.addEventListener('abort', done, { once: true });
+    });
   }
 
   async ack(batch: SourceBatch): Promise<void> {
@@ -172,6 +217,12 @@ export class NatsSource implements Source {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    this.fetching?.stop();
+    this.changed();
+    await this.pump;
+    // Pulled but never handed to the engine: back to the stream now, not after ack_wait.
+    for (const m of this.buffer.splice(0)) m.nak();
     const nc = this.nc;
     this.nc = undefined;
     await nc?.drain().catch(() => nc.close());
