@@ -23,20 +23,50 @@ const text = (v: unknown): string => String(v ?? '');
 const servers = (v: unknown): string[] =>
   (Array.isArray(v) ? v : text(v).split(','))
     .map((x) => text(x).trim().toLowerCase().replace(/^[a-z][a-z0-9+.-]*:\/\//, '').replace(/^[^@/]*@/, '').replace(/\/+$/, ''))
-    .filter(Boolean);
+    .filter(Boolean)
+    .map(loopback);
+
+/** `localhost` and 127.0.0.1 are one server. */
+function loopback(server: string): string {
+  return server.replace(/^localhost(?=:|$)/, '127.0.0.1');
+}
 
 /** A Redis URL's server and its database (a stream of database 1 is not one of database 0). */
 function redisServer(url: string): { server: string; db: string } {
   try {
     const u = new URL(url);
-    return { server: `${u.hostname.toLowerCase()}:${u.port || '6379'}`, db: u.pathname.replace(/^\/+/, '') || '0' };
+    return { server: loopback(`${u.hostname.toLowerCase()}:${u.port || '6379'}`), db: u.pathname.replace(/^\/+/, '') || '0' };
   } catch {
     return { server: url, db: '0' };
   }
 }
 
+/** A RabbitMQ source's broker (host:port) and virtual host, from `url` or its parts. */
+function rabbitServer(cfg: Cfg): { server: string; vhost: string } {
+  if (cfg.url) {
+    try {
+      const u = new URL(text(cfg.url));
+      const port = u.port || (u.protocol === 'amqps:' ? '5671' : '5672');
+      return { server: `${u.hostname.toLowerCase()}:${port}`, vhost: decodeURIComponent(u.pathname.replace(/^\//, '')) || '/' };
+    } catch {
+      return { server: text(cfg.url), vhost: '/' };
+    }
+  }
+  return { server: `${text(cfg.host).toLowerCase()}:${text(cfg.port)}`, vhost: text(cfg.vhost) || '/' };
+}
+
 /** Per source type, what a source consumes as; types without a shared consumer identity are absent. */
 const identities: Record<string, (cfg: Cfg) => Identity> = {
+  // A queue hands each message to one of its consumers, round robin.
+  rabbitmq: (cfg) => {
+    const { server, vhost } = rabbitServer(cfg);
+    return {
+      servers: [loopback(server)],
+      key: `${vhost}\0${text(cfg.queue)}`,
+      setting: 'queue',
+      problem: `consume queue "${text(cfg.queue)}" on the same broker: RabbitMQ hands each message of a queue to one of its consumers, so each would get only part of its messages (bind a queue of its own for each source to the exchange)`,
+    };
+  },
   // kafkajs: the group's leader assigns only the topics it subscribed to itself, so a member
   // subscribed to other topics gets no partitions (and on the same topics, they split them).
   kafka: (cfg) => ({
@@ -68,7 +98,7 @@ const identities: Record<string, (cfg: Cfg) => Identity> = {
 
 /**
  * Sources of the project that would share a consumer on their broker (Kafka group, NATS durable
- * consumer, Redis consumer group): one issue per shared identity, at the second source's line,
+ * consumer, Redis consumer group, RabbitMQ queue): one issue per shared identity, at the second source's line,
  * naming every source that shares it. Such a project is broken whether its sources run in one
  * process or one process each.
  */

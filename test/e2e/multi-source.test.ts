@@ -592,7 +592,7 @@ describe('sluice run with several sources', () => {
     }
   });
 
-  it('validate and run refuse sources that would share a consumer (Kafka group, NATS durable consumer, Redis group), naming both with file and line', () => {
+  it('validate and run refuse sources that would share a consumer (Kafka group, NATS durable consumer, Redis group, RabbitMQ queue), naming both with file and line', () => {
     const dir = tempDir('sluice-multi-');
     dirs.push(dir);
     const models = { 'models/a_rows.sql': "SELECT x.id FROM {{ source('a') }} AS x\n", 'models/b_rows.sql': "SELECT x.id FROM {{ source('b') }} AS x\n" };
@@ -644,6 +644,21 @@ describe('sluice run with several sources', () => {
     project(redis('redis://127.0.0.1:6379'), redis('redis://127.0.0.1:6379/1'));
     expect(validate().code).toBe(0);
     project(redis('redis://127.0.0.1:6379'), redis('redis://127.0.0.1:6379', '    group: other\n'));
+    expect(validate().code).toBe(0);
+
+    // RabbitMQ: one queue on one broker and virtual host, whether given by url or by its parts
+    // (localhost is 127.0.0.1); another queue or another vhost is fine.
+    const rabbit = (at: string, queue: string) => `    type: rabbitmq\n${at}    queue: ${queue}\n`;
+    project(rabbit('    url: amqp://guest:guest@localhost:1/\n', 'orders'), rabbit('    host: 127.0.0.1\n    port: 1\n', 'orders'));
+    const rq = validate();
+    expect(rq.code).toBe(2);
+    expect(rq.stderr).toContain(
+      'config/sources.yml:6: sources.b.queue: sources a (config/sources.yml:2) and b (config/sources.yml:6) consume queue "orders" on the same broker: ' +
+        'RabbitMQ hands each message of a queue to one of its consumers, so each would get only part of its messages (bind a queue of its own for each source to the exchange); give each source its own `queue:`',
+    );
+    project(rabbit('    url: amqp://localhost:1\n', 'orders'), rabbit('    url: amqp://localhost:1\n', 'refunds'));
+    expect(validate().code).toBe(0);
+    project(rabbit('    url: amqp://localhost:1/a\n', 'orders'), rabbit('    url: amqp://localhost:1/b\n', 'orders'));
     expect(validate().code).toBe(0);
   });
 
