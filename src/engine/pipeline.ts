@@ -187,6 +187,22 @@ export class Pipeline {
     this.workerId = ctx.workerId;
 
     ({ instance: this.instance, conn: this.conn } = this.opts.duckdb ?? (await openDuckDB(project.duckdb)));
+    // From here the pipeline owns DuckDB, and whatever it connects is closed however it ends,
+    // a failure while starting included (one source of several may fail to start while the
+    // others go on). A close that fails after another error does not hide that error.
+    let failed = false;
+    try {
+      return await this.runOpened(srcDef, ctx);
+    } catch (err) {
+      failed = true;
+      throw err;
+    } finally {
+      await this.release(failed);
+    }
+  }
+
+  private async runOpened(srcDef: NamedSource, ctx: ConnectorContext): Promise<RunSummary> {
+    const { project, signal } = this.opts;
     const compiled = await compileModels(this.conn, this.models);
     // A second connection loads and decodes the next batch while this one runs the models.
     this.loadConn = await this.instance.connect();
@@ -202,7 +218,12 @@ export class Pipeline {
     for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
       const def = project.sinks.find((s) => s.name === name)!;
       const sink = await def.spec.create(def.cfg, scopedCtx);
-      await sink.connect();
+      try {
+        await sink.connect();
+      } catch (err) {
+        await sink.close().catch(() => {});
+        throw err;
+      }
       this.sinks.set(name, new SinkRunner(name, sink, def.policy, this.metrics, this.log));
     }
 
@@ -251,15 +272,37 @@ export class Pipeline {
       }
     } finally {
       await server?.close();
-      for (const s of this.sinks.values()) await s.sink.close();
-      await this.dlq?.close();
-      this.closeDuckDB();
     }
     return this.summary;
   }
 
+  /** Closes the sinks, the DLQ and DuckDB (each once); after a failure, close errors are only logged. */
+  private async release(afterFailure: boolean): Promise<void> {
+    const closing: Array<[string, () => Promise<void>]> = [
+      ...[...this.sinks].map(([name, s]): [string, () => Promise<void>] => [`sink ${name}`, () => s.sink.close()]),
+      ['the DLQ', async () => this.dlq?.close()],
+    ];
+    this.sinks.clear();
+    this.dlq = undefined;
+    let first: unknown;
+    for (const [what, close] of closing) {
+      try {
+        await close();
+      } catch (err) {
+        if (afterFailure) this.log.warn({ err: new Error(errorMessage(err)) }, `closing ${what} failed`);
+        else first ??= err;
+      }
+    }
+    this.closeDuckDB();
+    if (first !== undefined) throw first;
+  }
+
+  private duckdbClosed = false;
+
   private closeDuckDB(): void {
-    this.loadConn.closeSync();
+    if (this.duckdbClosed) return;
+    this.duckdbClosed = true;
+    this.loadConn?.closeSync();
     this.conn.closeSync();
     this.instance.closeSync();
   }

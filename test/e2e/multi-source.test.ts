@@ -456,6 +456,29 @@ describe('sluice run with several sources', () => {
     expect(r.stderr).toMatch(/done pipeline=orders/);
   });
 
+  it('a source that fails while starting, after its PostgreSQL sink connected, closes it: the process exits 1 instead of hanging', async () => {
+    const release = await lockPostgres();
+    const schema = `multi_${process.pid}_${randomUUID().slice(0, 6)}`;
+    try {
+      await pgQuery(`CREATE SCHEMA ${schema}`);
+      const s = shop({ orders: 20, refunds: 5, follow: true, sinks: `sinks:\n  db:\n    type: postgres\n    database: test\n    schema: ${schema}\n    auto_migrate: true\n` });
+      // The refunds pipeline's WAL directory is a file: it fails opening its WAL, once its sink
+      // holds connections to PostgreSQL (which, left open, kept the process alive for ever).
+      fs.mkdirSync(path.join(s.dir, '.sluice/wal'), { recursive: true });
+      fs.writeFileSync(path.join(s.dir, '.sluice/wal/refunds'), '');
+      const child = sluiceBg(['run', '--project', s.dir, '--port', '0']);
+      try {
+        expect(await waitExit(child, 30_000).catch((e: Error) => e.message), child.err()).toEqual({ code: 1, signal: null });
+      } finally {
+        child.kill('SIGKILL');
+      }
+      expect(child.err()).toMatch(/error: source refunds failed: ENOTDIR: .*\.sluice\/wal\/refunds.* \(source orders was stopped\)$/m);
+    } finally {
+      await pgQuery(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => {});
+      release();
+    }
+  });
+
   it('two sources write to one PostgreSQL sink: one state table, each model its table, every row once across a crash', async () => {
     const release = await lockPostgres();
     const schema = `multi_${process.pid}_${randomUUID().slice(0, 6)}`;
