@@ -278,9 +278,10 @@ export class Pipeline {
 
   /** Closes the sinks, the DLQ and DuckDB (each once); after a failure, close errors are only logged. */
   private async release(afterFailure: boolean): Promise<void> {
+    const dlq = this.dlq;
     const closing: Array<[string, () => Promise<void>]> = [
       ...[...this.sinks].map(([name, s]): [string, () => Promise<void>] => [`sink ${name}`, () => s.sink.close()]),
-      ['the DLQ', async () => this.dlq?.close()],
+      ['the DLQ', async () => dlq?.close()],
     ];
     this.sinks.clear();
     this.dlq = undefined;
