@@ -28,6 +28,8 @@ describe('sluice docs', () => {
     expect(html).toMatch(/<code>item_count<\/code><\/td><td><code>BIGINT<\/code>/);
     expect(html).toContain('list_sum([i.price * i.quantity FOR i IN incoming.items])');
     expect(html).toContain('fixture <code>tests/sample.json</code>');
+    // The flush thresholds as the user would write them (max_file_bytes 134217728 is 128 MiB).
+    expect(html).toContain('<tr><th>flush</th><td>every 300 s or 128 MiB</td></tr>');
     const lineage = JSON.parse(fs.readFileSync(path.join(out, 'lineage.json'), 'utf8')) as { edges: unknown[] };
     expect(lineage.edges).toContainEqual({ from: 'model.orders', to: 'sink.default' });
   });

@@ -99,7 +99,7 @@ ${stateful.length ? `<ul class="reasons">${stateful.map((s) => `<li>${esc(s)}</l
 <tr><th>reads</th><td>${links(up)}</td></tr>
 <tr><th>read by</th><td>${links(down)}</td></tr>
 <tr><th>sinks</th><td>${links(m.sinks.map((s) => nodeId('sink', s)))}</td></tr>
-<tr><th>flush</th><td>every ${esc(m.maxAgeSeconds)} s or ${esc(m.maxFileBytes)} bytes</td></tr>
+<tr><th>flush</th><td>every ${esc(m.maxAgeSeconds)} s or ${esc(sizeText(m.maxFileBytes))}</td></tr>
 ${contract}</table>
 <h3>Columns</h3>
 ${cols.length ? `<table class="columns"><thead><tr><th>column</th><th>type${typed ? '' : ' (no fixture)'}</th><th>description</th><th>tests</th></tr></thead><tbody>${colRows}</tbody></table>` : '<p class="none">Columns are known once the model runs on a fixture (tests/&lt;source&gt;.json).</p>'}
@@ -252,4 +252,12 @@ export async function writeSite(input: DocsInput, outDir: string): Promise<strin
   await fsp.rename(tmp, page);
   await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project), null, 2) + '\n');
   return page;
+}
+
+/** 134217728 -> "128 MiB"; sizes that are not a whole number of KiB or MiB stay in bytes. */
+function sizeText(bytes: number): string {
+  for (const [unit, n] of [['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
+    if (bytes >= n && bytes % n === 0) return `${bytes / n} ${unit}`;
+  }
+  return `${bytes} bytes`;
 }
