@@ -148,6 +148,9 @@ export async function expectSourceOrder(p: string, n: number, drained: () => Pro
  */
 export async function expectGracefulStopLosesNothing(p: string, n: number, drained: () => Promise<boolean>): Promise<void> {
   useOrdersProject(p);
+  // Small flushes, so the first comes early and the stop lands mid-stream even when the source
+  // is fast (at 100 kB, a quick Kafka worker read a whole 6000-message topic before its first).
+  writeFiles(p, { 'config/models.yml': 'max_file_bytes: 5000\nmax_age_seconds: 0.3\n' });
   const w = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'c1' } });
   await until(() => w.err().includes('"msg":"flushed"'), 60_000, 20);
   w.kill('SIGTERM');
