@@ -160,13 +160,15 @@ describe('http sink', () => {
   it('a request that times out is retried (same key); one refused connection after another exhausts the retries and fails the flush', async () => {
     const t = target();
     const p = `/late/${t.id}`;
-    await rx.on(p, [{ status: 200, delay_ms: 3000 }]);
+    // The first answer comes far past the timeout, the retry's at once: a 2 s timeout leaves a
+    // loaded machine room to answer the retry in time.
+    await rx.on(p, [{ status: 200, delay_ms: 8000 }]);
     await contractProject(httpSut, t);
-    writeSinks(t, { type: 'http', url: rx.url(p), timeout_ms: 500, request_retry: { max_attempts: 3, backoff_ms: 50, max_backoff_ms: 100 } });
+    writeSinks(t, { type: 'http', url: rx.url(p), timeout_ms: 2000, request_retry: { max_attempts: 3, backoff_ms: 50, max_backoff_ms: 100 } });
     addInput(t, 'a.ndjson', plainRows(3));
     const r = runOnce(t);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toContain('no answer within 500 ms');
+    expect(r.stderr).toContain('no answer within 2000 ms');
     const all = await rx.requests(p);
     expect(all).toHaveLength(2);
     expect(all[0].headers['idempotency-key']).toBe(all[1].headers['idempotency-key']);

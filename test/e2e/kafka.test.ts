@@ -200,7 +200,7 @@ async function heldReceiver() {
 describe.concurrent('kafka source', () => {
   it.concurrent('exactly once WITHOUT dedupe_key across 10 SIGKILLs (random, between the WAL and Kafka commits, between sink write and WAL truncate)', async () => {
     const topic = uniqueTopic();
-    const N = 15_000;
+    let N = 15_000;
     await produce(mk.producer, topic, orders(0, N));
     // Small batches, and every kill bounded in work: after the WAL commit of the 2nd to 9th
     // batch (before the Kafka commit); then between the sink write and the WAL truncation of
@@ -217,6 +217,11 @@ describe.concurrent('kafka source', () => {
     const t0 = Date.now();
     const timing = { reading: 0, assigned: 0 };
     for (let i = 0; kills < 10 && i < 30; i++) {
+      // A fast machine may have read the topic between kills: more work, so every kill has some.
+      if (await caughtUp(topic)()) {
+        await produce(mk.producer, topic, orders(N, 5000));
+        N += 5000;
+      }
       const point = i % 3 === 0 ? 'after-commit' : i % 3 === 1 ? 'after-sink-write' : undefined;
       const after = point === 'after-commit' ? 2 + rand(8) : 1;
       const env: NodeJS.ProcessEnv = { SLUICE_WORKER_ID: 'x1', ...(point ? { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: String(after) } : {}) };
@@ -225,7 +230,7 @@ describe.concurrent('kafka source', () => {
       void until(() => w.err().includes('reading from the source') || w.exitCode !== null, 60_000, 20).then(() => (timing.reading += Date.now() - ts), () => {});
       void until(() => w.err().includes('Kafka partitions assigned') || w.exitCode !== null, 60_000, 20).then(() => (timing.assigned += Date.now() - ts), () => {});
       if (point) {
-        // The crash point kills the worker by itself (it always has work: N is far from read).
+        // The crash point kills the worker by itself (it always has work, see above).
         await waitExit(w, 60_000).catch(() => {});
       } else {
         await until(() => w.err().includes('"msg":"flushed"') || w.exitCode !== null, 60_000, 20);
@@ -542,8 +547,10 @@ describe.concurrent('kafka source', () => {
     // Batches in flight are committed before a partition is let go. The mock cluster, unlike
     // Kafka, refuses commits once a rebalance is pending: a batch whose commit was refused can
     // be read again by the partition's next owner. Every duplicate must be explained by one.
-    const refused = workers.reduce((n, w) => n + (w.err().match(/"msg":"Kafka offset commit failed/g)?.length ?? 0), 0);
-    console.log(`kafka rebalance: ${ids.n - ids.d} duplicate rows of 18000; ${refused} commits refused during rebalances (batch_size 200)`);
+    // A batch let go uncommitted because the rebalance outlasted revoke_timeout_ms (a slow
+    // machine) is read again too.
+    const refused = workers.reduce((n, w) => n + (w.err().match(/a rebalance waited too long|"msg":"Kafka offset commit failed/g)?.length ?? 0), 0);
+    console.log(`kafka rebalance: ${ids.n - ids.d} duplicate rows of 18000; ${refused} commits refused or batches let go during rebalances (batch_size 200)`);
     expect(ids.n - ids.d).toBeLessThanOrEqual(refused * 200);
     // Every worker wrote output of its own.
     for (const id of ['w1', 'w2', 'w3']) expect(fs.readdirSync(path.join(p, '.sluice/wal', id)).length).toBeGreaterThan(0);

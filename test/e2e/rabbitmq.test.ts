@@ -4,7 +4,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { freePort, httpGet, killRepeatedly, query, sluice, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import { deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
+import amqp from 'amqplib';
+import { AMQP_URL, deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
 import { machineLock } from '../helpers/machine-lock.js';
 import {
@@ -172,8 +173,7 @@ describe('rabbitmq source', () => {
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
     try {
       await until(() => child.err().includes('reading from the source'), 30_000);
-      const amqp = (await import('amqplib')).default;
-      const conn = await amqp.connect('amqp://guest:guest@127.0.0.1:5672');
+      const conn = await amqp.connect(AMQP_URL);
       const ch = await conn.createConfirmChannel();
       for (let i = 0; i < 10; i++) ch.publish(exchange, i % 2 ? 'orders.eu' : 'audit.eu', Buffer.from(orderMessage(i, 5)), { persistent: true });
       await ch.waitForConfirms();
@@ -244,9 +244,12 @@ describe('rabbitmq source', () => {
     expect(fs.existsSync(path.join(p, 'output/orders'))).toBe(false);
     const walSegments = fs.readdirSync(path.join(p, '.sluice/wal/w1/models/orders'));
     expect(walSegments.length).toBe(3);
+    // The restart replays the WAL at start whatever the flush age; flushing often from then on
+    // lets the test wait for every order in the output before it stops the worker (a graceful
+    // stop hands back what was prefetched but not yet read).
+    writeFiles(p, { 'config/models.yml': 'max_age_seconds: 0.3\n' });
     const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
-    await until(async () => (await queueDepth(queue)) === 0, 30_000);
-    await new Promise((r) => setTimeout(r, 500));
+    await until(async () => (await queueDepth(queue)) === 0 && (await distinctOrders(p)) === 1000, 60_000);
     child.kill('SIGTERM');
     expect((await waitExit(child)).code).toBe(0);
     const got = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
@@ -268,9 +271,12 @@ describe('rabbitmq source', () => {
     });
     const crashed = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: { SLUICE_CRASH_AT: 'after-commit', SLUICE_CRASH_AFTER: '3', SLUICE_WORKER_ID: 'w1' } });
     expect(crashed.code).toBe(-1);
+    // The restart replays the WAL at start whatever the flush age; flushing often from then on
+    // lets the test wait for every order in the output before it stops the worker (a graceful
+    // stop hands back what was prefetched but not yet read).
+    writeFiles(p, { 'config/models.yml': 'max_age_seconds: 0.3\n' });
     const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
-    await until(async () => (await queueDepth(queue)) === 0, 30_000);
-    await new Promise((r) => setTimeout(r, 500));
+    await until(async () => (await queueDepth(queue)) === 0 && (await distinctOrders(p)) === 1000, 60_000);
     child.kill('SIGTERM');
     expect((await waitExit(child)).code).toBe(0);
     const done = child.err().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.msg === 'done');
@@ -295,26 +301,34 @@ describe('rabbitmq source', () => {
   it.concurrent('an interrupted dlq replay loses nothing', async () => {
     const queue = q();
     const p = project(queue);
-    const bad = Array.from({ length: 3000 }, (_, i) => `bad message ${i}`);
+    const N = 6000;
+    const bad = Array.from({ length: N }, (_, i) => `bad message ${i}`);
     await publish(queue, bad);
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
-    await until(async () => (await queueDepth(`${queue}.dlq`)) === 3000, 60_000);
+    await until(async () => (await queueDepth(`${queue}.dlq`)) === N, 90_000);
     child.kill('SIGTERM');
     expect((await waitExit(child)).code).toBe(0);
     const target = q();
     await publish(target, []);
-    const replay = sluiceBg(['dlq', 'replay', '--project', p, '--target', target]);
-    await until(async () => (await queueDepth(target)) >= 500, 30_000, 5);
-    replay.kill('SIGKILL');
-    await waitExit(replay);
+    // Watched on one open channel (a connection per look is slower than the replay's chunks).
+    const conn = await amqp.connect(AMQP_URL);
+    try {
+      const ch = await conn.createChannel();
+      const replay = sluiceBg(['dlq', 'replay', '--project', p, '--target', target]);
+      await until(async () => (await ch.checkQueue(target)).messageCount >= 500, 30_000, 2);
+      replay.kill('SIGKILL');
+      await waitExit(replay);
+    } finally {
+      await conn.close();
+    }
     // Every message is in the DLQ or the target (at most one chunk of 500 in both: published, not yet acked).
     const inDlq = await drain(`${queue}.dlq`);
     const moved = await drain(target);
     expect(moved.length).toBeGreaterThan(0);
     expect(inDlq.length).toBeGreaterThan(0);
     const seen = new Set([...inDlq, ...moved].map((m) => m.body));
-    expect(seen.size).toBe(3000);
-    expect(inDlq.length + moved.length - 3000).toBeLessThanOrEqual(500);
+    expect(seen.size).toBe(N);
+    expect(inDlq.length + moved.length - N).toBeLessThanOrEqual(500);
   });
 
   it.concurrent('a Parquet write failure keeps the WAL, turns /readyz red, then green once fixed; messages stay acked', async () => {

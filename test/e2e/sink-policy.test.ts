@@ -91,8 +91,15 @@ describe('per-sink error policy', () => {
     const port = await freePort();
     const child = sluiceBg(['run', '--project', p, '--port', String(port), '--log-json']);
     try {
-      await until(async () => metric(await scrape(port).catch(() => ''), 'sluice_sink_retries_total', { sink: 'a' }) >= 4, 30_000);
+      // Five failed attempts, each counted and timed and its retry logged (a retry is counted
+      // when its attempt starts, so the retry counter alone runs ahead of the errors).
+      await until(async () => {
+        const t = await scrape(port).catch(() => '');
+        const retryLogs = jsonLogs(child.err()).filter((l) => l.sink === 'a' && typeof l.retry_in_ms === 'number').length;
+        return metric(t, 'sluice_sink_errors_total', { sink: 'a' }) >= 5 && metric(t, 'sluice_sink_write_duration_seconds_count', { sink: 'a', result: 'error' }) >= 5 && retryLogs >= 5;
+      }, 30_000);
       const text = await scrape(port);
+      expect(metric(text, 'sluice_sink_retries_total', { sink: 'a' })).toBeGreaterThanOrEqual(4);
       expect(metric(text, 'sluice_sink_errors_total', { sink: 'a' })).toBeGreaterThanOrEqual(5);
       expect(metric(text, 'sluice_sink_write_duration_seconds_count', { sink: 'a', result: 'error' })).toBeGreaterThanOrEqual(5);
       expect(metric(text, 'sluice_sink_rows_written_total', { sink: 'a' })).toBe(0);
@@ -113,7 +120,7 @@ describe('per-sink error policy', () => {
   });
 
   it('opens the circuit after N consecutive failures (readyz red, no write during the cooldown), probes once, and closes on success', async () => {
-    const p = project({ follow: true, sinks: { a: { retry: { max_attempts: 1000, backoff_ms: 50, max_backoff_ms: 50 }, circuit: { failures: 3, cooldown_ms: 2500 } } } });
+    const p = project({ follow: true, sinks: { a: { retry: { max_attempts: 1000, backoff_ms: 50, max_backoff_ms: 50 }, circuit: { failures: 3, cooldown_ms: 5000 } } } });
     const rows = plainRows(80);
     addInput({ id: '', dir: p }, 'a.ndjson', rows);
     breakSink(p, 'a');
@@ -130,7 +137,7 @@ describe('per-sink error policy', () => {
       await new Promise((r) => setTimeout(r, 1200));
       expect(metric(await scrape(port), 'sluice_sink_errors_total', { sink: 'a' })).toBe(3);
       // After it, exactly one probe: it fails and the circuit opens again.
-      await until(async () => metric(await scrape(port), 'sluice_sink_errors_total', { sink: 'a' }) === 4, 10_000, 50);
+      await until(async () => metric(await scrape(port), 'sluice_sink_errors_total', { sink: 'a' }) === 4, 15_000, 50);
       expect(metric(await scrape(port), 'sluice_sink_circuit_state', { sink: 'a' })).toBe(1);
       await new Promise((r) => setTimeout(r, 800));
       expect(metric(await scrape(port), 'sluice_sink_errors_total', { sink: 'a' })).toBe(4);

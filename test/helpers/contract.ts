@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { freePort, httpGet, killRepeatedly, query, sluice, sluiceBg, until, waitExit, writeFiles } from './cli.js';
+import { freePort, httpGet, killRepeatedly, query, sluiceAsync, sluiceBg, until, waitExit, writeFiles } from './cli.js';
 
 // The contract every source must pass, whatever the broker (issue 4): order within a partition,
 // graceful stop, no loss across SIGKILLs, redelivery of unacked work, DLQ routing, reconnect.
@@ -186,7 +186,8 @@ export async function expectDlqRouting(p: string, src: SourceUnderTest, good = 3
   await runUntilDrained(p, () => src.drained(), good);
   expect(ascending(await outputSequence(p))).toEqual(oneToN(good));
 
-  const inspect = sluice(['dlq', 'inspect', '--project', p, '--format', 'json', '--limit', '100']);
+  // Async: the callers' it.concurrent neighbours keep their event loop (a blocked one delays their kills and stops).
+  const inspect = await sluiceAsync(['dlq', 'inspect', '--project', p, '--format', 'json', '--limit', '100']);
   expect(inspect.code, inspect.stderr).toBe(0);
   const dead = JSON.parse(inspect.stdout) as { payload: string; stage: string; error: string; model?: string; source: Record<string, unknown> }[];
   const byPayload = new Map(dead.map((d) => [d.payload, d]));
@@ -207,7 +208,7 @@ export async function expectDlqRouting(p: string, src: SourceUnderTest, good = 3
 export async function expectRedeliveryOfUnacked(p: string, src: SourceUnderTest, n = 2000): Promise<void> {
   useOrdersProject(p);
   await src.put(contractOrders(n));
-  const crashed = sluice(['run', '--project', p, '--port', '0', '--log-json'], {
+  const crashed = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-json'], {
     env: { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '3', SLUICE_WORKER_ID: 'c1' },
   });
   expect(crashed.code, `expected the kill before the third commit: ${crashed.stderr.slice(-2000)}`).toBe(-1);

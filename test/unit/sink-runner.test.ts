@@ -40,32 +40,32 @@ describe('SinkRunner', () => {
   });
 
   it('backs off per model: a write in backoff is not tried', async () => {
-    const { r, metrics } = runner({ retry: { backoff_ms: 200, max_backoff_ms: 400 }, circuit: { failures: 100 } }, [transient(), transient()]);
+    const { r, metrics } = runner({ retry: { backoff_ms: 1000, max_backoff_ms: 2000 }, circuit: { failures: 100 } }, [transient(), transient()]);
     const first = await r.write(w('a'), undefined as never);
-    expect(first).toMatchObject({ ok: false, retryInMs: 200 });
+    expect(first).toMatchObject({ ok: false, retryInMs: 1000 });
     expect(await r.write(w('a'), undefined as never)).toEqual({ ok: false, blocked: true });
     // Another model's flush is not held back by a's backoff.
-    expect(await r.write(w('b'), undefined as never)).toMatchObject({ ok: false, retryInMs: 200 });
-    await sleep(220);
+    expect(await r.write(w('b'), undefined as never)).toMatchObject({ ok: false, retryInMs: 1000 });
+    await sleep(1050);
     expect(await r.write(w('a'), undefined as never)).toEqual({ ok: true });
     expect((await metrics.registry.getSingleMetric('sluice_sink_retries_total')!.get()).values[0].value).toBe(1);
   });
 
   it('circuit: opens after N consecutive failures, allows one probe after the cooldown, re-opens on failure, closes on success', async () => {
-    const { r, metrics } = runner({ retry: { backoff_ms: 1, max_backoff_ms: 1 }, circuit: { failures: 2, cooldown_ms: 100 } }, [transient(), transient(), transient()]);
+    const { r, metrics } = runner({ retry: { backoff_ms: 1, max_backoff_ms: 1 }, circuit: { failures: 2, cooldown_ms: 1000 } }, [transient(), transient(), transient()]);
     const gauge = async () => (await metrics.registry.getSingleMetric('sluice_sink_circuit_state')!.get()).values[0].value;
     await r.write(w('a'), undefined as never);
     expect(r.notReady()).toBeUndefined();
     await r.write(w('b'), undefined as never);
     expect(await gauge()).toBe(1);
     expect(r.notReady()).toMatch(/circuit open after 2 consecutive failures: timeout/);
-    await sleep(10);
+    // A cooldown of a second: a loaded machine's pauses do not end it early for the test.
     expect(await r.write(w('a'), undefined as never)).toEqual({ ok: false, blocked: true });
-    await sleep(100);
+    await sleep(1050);
     expect(await r.write(w('a'), undefined as never)).toMatchObject({ ok: false, blocked: false }); // the probe fails
     expect(await gauge()).toBe(1);
     expect(await r.write(w('b'), undefined as never)).toEqual({ ok: false, blocked: true });
-    await sleep(110);
+    await sleep(1050);
     expect(await r.write(w('b'), undefined as never)).toEqual({ ok: true });
     expect(await gauge()).toBe(0);
     expect(r.notReady()).toBeUndefined();
