@@ -622,6 +622,13 @@ describe('sluice run with several sources', () => {
     const project = (a: string, b: string) =>
       writeFiles(dir, { 'config/sources.yml': `sources:\n  a:\n${a}  b:\n${b}`, 'config/sinks.yml': 'sinks:\n  lake:\n    type: parquet\n    path: output/lake\n', ...models });
     const validate = () => sluice(['validate'], { cwd: dir });
+    /** `validate` refuses sources a and b, saying `problem`. */
+    const expectRefused = (a: string, b: string, problem: string) => {
+      project(a, b);
+      const r = validate();
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toContain(problem);
+    };
     // No broker listens on port 1: validation refuses before anything connects.
     const kafka = (extra: string) => `    type: kafka\n    brokers: 127.0.0.1:1\n${extra}`;
     project(kafka('    topics: [orders]\n'), kafka('    topics: [refunds]\n'));
@@ -645,10 +652,9 @@ describe('sluice run with several sources', () => {
 
     // NATS: one stream through the default durable consumer (a filter_subject each does not make two consumers).
     const nats = (filter: string, extra = '') => `    type: nats\n    servers: nats://127.0.0.1:4222\n    stream: EVENTS\n    filter_subject: ${filter}\n${extra}`;
-    project(nats('events.a'), nats('events.b').replace('nats://', ''));
-    const n = validate();
-    expect(n.code).toBe(2);
-    expect(n.stderr).toContain(
+    expectRefused(
+      nats('events.a'),
+      nats('events.b').replace('nats://', ''),
       'config/sources.yml:7: sources.b.consumer: sources a (config/sources.yml:2) and b (config/sources.yml:7) read stream EVENTS through the same durable consumer "sluice": ' +
         'it hands each message to one of them, with the filter_subject of the source that created it, so each would get only part of its messages; give each source its own `consumer:`',
     );
@@ -657,10 +663,9 @@ describe('sluice run with several sources', () => {
 
     // Redis: one stream in one group, whatever the consumer names; another database is another stream.
     const redis = (url: string, extra = '') => `    type: redis_streams\n    url: ${url}\n    stream: events\n${extra}`;
-    project(redis('redis://127.0.0.1:6379', '    consumer: one\n'), redis('redis://user:secret@127.0.0.1:6379/0', '    consumer: two\n'));
-    const rd = validate();
-    expect(rd.code).toBe(2);
-    expect(rd.stderr).toContain(
+    expectRefused(
+      redis('redis://127.0.0.1:6379', '    consumer: one\n'),
+      redis('redis://user:secret@127.0.0.1:6379/0', '    consumer: two\n'),
       'config/sources.yml:7: sources.b.group: sources a (config/sources.yml:2) and b (config/sources.yml:7) read stream events in the same consumer group "sluice": ' +
         'the group hands each entry to one consumer (and a consumer takes over entries another left pending), so each would see only part of the stream; give each source its own `group:`',
     );
@@ -672,10 +677,9 @@ describe('sluice run with several sources', () => {
     // RabbitMQ: one queue on one broker and virtual host, whether given by url or by its parts
     // (localhost is 127.0.0.1); another queue or another vhost is fine.
     const rabbit = (at: string, queue: string) => `    type: rabbitmq\n${at}    queue: ${queue}\n`;
-    project(rabbit('    url: amqp://guest:guest@localhost:1/\n', 'orders'), rabbit('    host: 127.0.0.1\n    port: 1\n', 'orders'));
-    const rq = validate();
-    expect(rq.code).toBe(2);
-    expect(rq.stderr).toContain(
+    expectRefused(
+      rabbit('    url: amqp://guest:guest@localhost:1/\n', 'orders'),
+      rabbit('    host: 127.0.0.1\n    port: 1\n', 'orders'),
       'config/sources.yml:6: sources.b.queue: sources a (config/sources.yml:2) and b (config/sources.yml:6) consume queue "orders" on the same broker: ' +
         'RabbitMQ hands each message of a queue to one of its consumers, so each would get only part of its messages (bind a queue of its own for each source to the exchange); give each source its own `queue:`',
     );
