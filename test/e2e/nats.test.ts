@@ -192,6 +192,38 @@ describe('nats source', () => {
     expect((await waitExit(child)).code, child.err()).toBe(0);
   }, 90_000);
 
+  it('messages held ahead while a failing sink pauses reading are kept in progress: none is delivered again and read twice', async () => {
+    // ack_wait 1.5 s; reading pauses after the first batch (wal.max_bytes 1) for 6 s while the
+    // orders sink fails. The 70 messages the source pulled ahead meanwhile would be delivered
+    // again every 1.5 s into its open pull, and read twice, without their working() acks.
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    const p = project(s, '  ack_wait_ms: 1500\n');
+    writeFiles(p, {
+      'sluice.yml': 'name: held\nwal:\n  max_bytes: 1\n',
+      'config/sources.yml': fs.readFileSync(path.join(p, 'config/sources.yml'), 'utf8').replace('batch_size: 200', 'batch_size: 100'),
+      'models/purchases.sql': '',
+    });
+    fs.rmSync(path.join(p, 'models/purchases.sql'));
+    fs.mkdirSync(path.join(p, 'output'), { recursive: true });
+    fs.writeFileSync(path.join(p, 'output/orders'), 'not a directory\n');
+    await publish(s, orders(0, 50));
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
+    try {
+      await until(() => child.err().includes('reading paused'), 30_000);
+      await publish(s, orders(50, 70));
+      await new Promise((r) => setTimeout(r, 6000));
+      fs.rmSync(path.join(p, 'output/orders'));
+      await until(async () => (await drained(s)) && (await orderIds(p)).d === 120, 30_000);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect((await waitExit(child)).code, child.err().slice(-2000)).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 120, d: 120 });
+    const done = child.err().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).find((l) => l.msg === 'done');
+    expect(done?.redelivered).toBe(0);
+  }, 90_000);
+
   it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
     const s = stream();
     await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });

@@ -56,6 +56,12 @@ export class NatsSource implements Source {
   private connected = false;
   /** Messages pulled ahead, not yet handed to the engine (at most one batch). */
   private buffer: JsMsg[] = [];
+  /** When each buffered message arrived (same order as `buffer`). */
+  private arrivals: number[] = [];
+  /** Tells the server that messages held ahead are still wanted (see keepHeld). */
+  private holdTimer?: NodeJS.Timeout;
+  /** The consumer's ack_wait (an existing consumer keeps its own), in ms. */
+  private ackWaitMs = 30_000;
   private waiters: Array<() => void> = [];
   private pump?: Promise<void>;
   private fetching?: { stop(): void };
@@ -110,6 +116,9 @@ export class NatsSource implements Source {
     }
     this.consumer = await jetstream(this.nc).consumers.get(cfg.stream, cfg.consumer);
     this.pump = this.runPump();
+    this.ackWaitMs = existing?.config.ack_wait ? existing.config.ack_wait / 1e6 : cfg.ack_wait_ms;
+    this.holdTimer = setInterval(() => this.keepHeld(), Math.max(100, Math.floor(this.ackWaitMs / 3)));
+    this.holdTimer.unref();
   }
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
@@ -121,6 +130,7 @@ export class NatsSource implements Source {
       await this.nextChange(left, signal);
     }
     const got = this.buffer.splice(0, batch_size);
+    this.arrivals.splice(0, got.length);
     this.changed(); // room for the pump's next pull
     const stream = this.cfg.stream;
     const messages: RawMessage[] = got.map((m) => ({
@@ -164,6 +174,7 @@ export class NatsSource implements Source {
         if (this.closing) it.stop();
         for await (const m of it) {
           this.buffer.push(m);
+          this.arrivals.push(Date.now());
           this.changed();
         }
       } catch (err) {
@@ -173,6 +184,19 @@ export class NatsSource implements Source {
       } finally {
         this.fetching = undefined;
       }
+    }
+  }
+
+  /**
+   * Messages held ahead while the engine does not read (a sink failing long enough to pause
+   * reading) would be delivered again after ack_wait and then read twice: each one held for a
+   * third of ack_wait gets a working() ("in progress"), which restarts its ack_wait.
+   */
+  private keepHeld(): void {
+    const before = Date.now() - this.ackWaitMs / 3;
+    for (let i = 0; i < this.buffer.length && this.arrivals[i] <= before; i++) {
+      this.buffer[i].working();
+      this.arrivals[i] = Date.now();
     }
   }
 
@@ -222,7 +246,9 @@ export class NatsSource implements Source {
     this.changed();
     await this.pump;
     // Pulled but never handed to the engine: back to the stream now, not after ack_wait.
+    clearInterval(this.holdTimer);
     for (const m of this.buffer.splice(0)) m.nak();
+    this.arrivals = [];
     const nc = this.nc;
     this.nc = undefined;
     await nc?.drain().catch(() => nc.close());
