@@ -258,12 +258,15 @@ export class Pipeline {
       this.replayed = true;
       this.updateGauges();
 
-      await source.open(this.wal.state.position);
-      this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
+      let opened = false;
       try {
+        await source.open(this.wal.state.position);
+        opened = true;
+        this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
         await this.loop(source, srcDef.name);
       } finally {
-        await source.close();
+        // Also when open() failed half-way (a connection made, then a missing stream).
+        await closeSource(source, opened, this.log);
       }
       // End of input or shutdown: deliver everything staged.
       while (!(await this.flushAll())) {
@@ -550,7 +553,10 @@ export class Pipeline {
         }
       }
     };
-    await Promise.all(conns.map(work));
+    // Both lanes settle before a failure goes up: the caller then closes what they write with.
+    const lanes = await Promise.allSettled(conns.map(work));
+    const failed = lanes.find((l): l is PromiseRejectedResult => l.status === 'rejected');
+    if (failed) throw failed.reason;
     return ok;
   }
 
@@ -671,8 +677,10 @@ export class Pipeline {
 
   private async dryRun(source: Source): Promise<RunSummary> {
     const print = this.opts.print ?? ((s: string) => process.stdout.write(s));
-    await source.open(undefined);
+    let opened = false;
     try {
+      await source.open(undefined);
+      opened = true;
       let batch: SourceBatch | null = null;
       while (!this.opts.signal.aborted) {
         batch = await source.read(this.opts.signal);
@@ -693,7 +701,7 @@ export class Pipeline {
       for (const line of (await this.tests?.preview(outcome)) ?? []) print(`\n${line}\n`);
       this.summary.messages = batch.messages.length;
     } finally {
-      await source.close();
+      await closeSource(source, opened, this.log);
       this.closeDuckDB();
     }
     return this.summary;
@@ -721,4 +729,17 @@ function sleepUntil(t: number, signal: AbortSignal): Promise<void> {
     }
     signal.addEventListener('abort', done, { once: true });
   });
+}
+
+/**
+ * Closes a source. One that failed to open may hold half of what it opened (a connection): it
+ * is closed too, and an error closing it then is only logged, under the error of the open.
+ */
+async function closeSource(source: Source, opened: boolean, log: Logger): Promise<void> {
+  try {
+    await source.close();
+  } catch (err) {
+    if (opened) throw err;
+    log.debug({ err: new Error(errorMessage(err)) }, 'closing a source that did not open failed');
+  }
 }

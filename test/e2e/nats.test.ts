@@ -193,9 +193,10 @@ describe('nats source', () => {
   }, 90_000);
 
   it('messages held ahead while a failing sink pauses reading are kept in progress: none is delivered again and read twice', async () => {
-    // ack_wait 1.5 s; reading pauses after the first batch (wal.max_bytes 1) for 6 s while the
-    // orders sink fails. The 70 messages the source pulled ahead meanwhile would be delivered
-    // again every 1.5 s into its open pull, and read twice, without their working() acks.
+    // ack_wait 1.5 s; reading pauses once the first flush fails (wal.max_bytes 1), for 6 s while
+    // the orders sink fails. The messages the engine and the source hold meanwhile would be
+    // delivered again every 1.5 s into the source's open pull, and read twice, without their
+    // working() acks.
     const s = stream();
     await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
     const p = project(s, '  ack_wait_ms: 1500\n');
@@ -210,8 +211,14 @@ describe('nats source', () => {
     await publish(s, orders(0, 50));
     const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
     try {
+      // Trickled in from the start: when reading pauses, the engine holds a batch it read and
+      // has not acked, and the source holds more.
+      await until(() => child.err().includes('reading from the source'), 30_000);
+      for (let i = 0; i < 14; i++) {
+        await publish(s, orders(50 + i * 5, 5));
+        await new Promise((r) => setTimeout(r, 60));
+      }
       await until(() => child.err().includes('reading paused'), 30_000);
-      await publish(s, orders(50, 70));
       await new Promise((r) => setTimeout(r, 6000));
       fs.rmSync(path.join(p, 'output/orders'));
       await until(async () => (await drained(s)) && (await orderIds(p)).d === 120, 30_000);
@@ -223,6 +230,20 @@ describe('nats source', () => {
     const done = child.err().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).find((l) => l.msg === 'done');
     expect(done?.redelivered).toBe(0);
   }, 90_000);
+
+  it('a missing stream without subjects: one clear error, and the process exits (its connection closed)', async () => {
+    const s = stream();
+    const p = project(s);
+    writeFiles(p, { 'config/sources.yml': fs.readFileSync(path.join(p, 'config/sources.yml'), 'utf8').replace(/ {2}subjects: .*\n/, '') });
+    const child = sluiceBg(['run', '--project', p, '--port', '0']);
+    try {
+      expect(await waitExit(child, 30_000).catch((e: Error) => e.message), child.err()).toEqual({ code: 1, signal: null });
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(child.err()).toMatch(new RegExp(`error: JetStream stream ${s} not found .*set subjects: to create it`));
+    expect(child.err()).not.toMatch(/\n\s+at /);
+  });
 
   it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
     const s = stream();

@@ -8,6 +8,8 @@ import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSource
 
 /** How long the server holds an empty pull open; the pump then asks again. */
 const PULL_EXPIRES_MS = 5_000;
+/** Pulls failing in a row before the source says it is unhealthy (and warns). */
+const PULL_FAILURES_UNHEALTHY = 3;
 
 /**
  * Connects with reconnects that never give up (the engine waits; /readyz tells). `onState`
@@ -54,12 +56,16 @@ export class NatsSource implements Source {
   private nc?: NatsConnection;
   private consumer?: Consumer;
   private connected = false;
-  /** Messages pulled ahead, not yet handed to the engine (at most one batch). */
+  /** Messages pulled ahead, not yet handed to the engine (about one batch at most). */
   private buffer: JsMsg[] = [];
   /** When each buffered message arrived (same order as `buffer`). */
   private arrivals: number[] = [];
   /** Tells the server that messages held ahead are still wanted (see keepHeld). */
   private holdTimer?: NodeJS.Timeout;
+  /** Batches handed to the engine and not acked yet, with when they last got a working(). */
+  private handedOut = new Map<JsMsg[], number>();
+  /** Pulls that failed in a row (a deleted consumer, a server without JetStream...). */
+  private pullFailures = 0;
   /** The consumer's ack_wait (an existing consumer keeps its own), in ms. */
   private ackWaitMs = 30_000;
   private waiters: Array<() => void> = [];
@@ -131,6 +137,7 @@ export class NatsSource implements Source {
     }
     const got = this.buffer.splice(0, batch_size);
     this.arrivals.splice(0, got.length);
+    if (got.length) this.handedOut.set(got, Date.now());
     this.changed(); // room for the pump's next pull
     const stream = this.cfg.stream;
     const messages: RawMessage[] = got.map((m) => ({
@@ -173,13 +180,17 @@ export class NatsSource implements Source {
         this.fetching = it;
         if (this.closing) it.stop();
         for await (const m of it) {
+          this.pullWorked();
           this.buffer.push(m);
           this.arrivals.push(Date.now());
           this.changed();
         }
+        this.pullWorked();
       } catch (err) {
         if (this.closing) break;
-        this.log.debug({ err: new Error(errorMessage(err)) }, 'pulling from JetStream failed');
+        const e = new Error(errorMessage(err));
+        if (++this.pullFailures === PULL_FAILURES_UNHEALTHY) this.log.warn({ err: e, stream: this.cfg.stream, consumer: this.cfg.consumer }, 'pulling from JetStream keeps failing; /readyz is red until a pull works');
+        else this.log.debug({ err: e }, 'pulling from JetStream failed');
         await sleep(250);
       } finally {
         this.fetching = undefined;
@@ -187,16 +198,27 @@ export class NatsSource implements Source {
     }
   }
 
+  private pullWorked(): void {
+    if (this.pullFailures >= PULL_FAILURES_UNHEALTHY) this.log.info({ stream: this.cfg.stream, consumer: this.cfg.consumer }, 'pulling from JetStream works again');
+    this.pullFailures = 0;
+  }
+
   /**
-   * Messages held ahead while the engine does not read (a sink failing long enough to pause
-   * reading) would be delivered again after ack_wait and then read twice: each one held for a
-   * third of ack_wait gets a working() ("in progress"), which restarts its ack_wait.
+   * Messages held ahead, and batches the engine holds without acking them (reading paused while
+   * a sink fails), would be delivered again after ack_wait and then read twice: each one held
+   * for a third of ack_wait gets a working() ("in progress"), which restarts its ack_wait.
    */
   private keepHeld(): void {
-    const before = Date.now() - this.ackWaitMs / 3;
+    const now = Date.now();
+    const before = now - this.ackWaitMs / 3;
     for (let i = 0; i < this.buffer.length && this.arrivals[i] <= before; i++) {
       this.buffer[i].working();
-      this.arrivals[i] = Date.now();
+      this.arrivals[i] = now;
+    }
+    for (const [msgs, at] of this.handedOut) {
+      if (at > before) continue;
+      for (const m of msgs) m.working();
+      this.handedOut.set(msgs, now);
     }
   }
 
@@ -223,6 +245,7 @@ export class NatsSource implements Source {
 
   async ack(batch: SourceBatch): Promise<void> {
     const msgs = (batch.ackToken as JsMsg[] | undefined) ?? [];
+    this.handedOut.delete(msgs);
     if (msgs.length === 0) return;
     for (const m of msgs) {
       if (deadLettered.has(m)) m.term();
@@ -237,7 +260,7 @@ export class NatsSource implements Source {
   }
 
   healthy(): boolean {
-    return this.connected;
+    return this.connected && this.pullFailures < PULL_FAILURES_UNHEALTHY;
   }
 
   async close(): Promise<void> {
@@ -245,8 +268,10 @@ export class NatsSource implements Source {
     this.fetching?.stop();
     this.changed();
     await this.pump;
-    // Pulled but never handed to the engine: back to the stream now, not after ack_wait.
+    // Pulled but never handed to the engine: back to the stream now, not after ack_wait (those
+    // the server was still sending to the stopped pull come back after ack_wait).
     clearInterval(this.holdTimer);
+    this.handedOut.clear();
     for (const m of this.buffer.splice(0)) m.nak();
     this.arrivals = [];
     const nc = this.nc;
