@@ -258,15 +258,15 @@ export class Pipeline {
       this.replayed = true;
       this.updateGauges();
 
-      let opened = false;
+      let clean = false;
       try {
         await source.open(this.wal.state.position);
-        opened = true;
         this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
         await this.loop(source, srcDef.name);
+        clean = true;
       } finally {
         // Also when open() failed half-way (a connection made, then a missing stream).
-        await closeSource(source, opened, this.log);
+        await closeSource(source, clean, this.log);
       }
       // End of input or shutdown: deliver everything staged.
       while (!(await this.flushAll())) {
@@ -677,10 +677,9 @@ export class Pipeline {
 
   private async dryRun(source: Source): Promise<RunSummary> {
     const print = this.opts.print ?? ((s: string) => process.stdout.write(s));
-    let opened = false;
+    let clean = false;
     try {
       await source.open(undefined);
-      opened = true;
       let batch: SourceBatch | null = null;
       while (!this.opts.signal.aborted) {
         batch = await source.read(this.opts.signal);
@@ -688,6 +687,7 @@ export class Pipeline {
       }
       if (!batch || batch.messages.length === 0) {
         print('no messages\n');
+        clean = true;
         return this.summary;
       }
       const outcome = await this.executor.process(batch.messages);
@@ -700,8 +700,9 @@ export class Pipeline {
       for (const f of outcome.failures) print(`\nwould dead-letter message ${JSON.stringify(batch.messages[f.index].coords)} [${f.stage}]: ${f.error}\n`);
       for (const line of (await this.tests?.preview(outcome)) ?? []) print(`\n${line}\n`);
       this.summary.messages = batch.messages.length;
+      clean = true;
     } finally {
-      await closeSource(source, opened, this.log);
+      await closeSource(source, clean, this.log);
       this.closeDuckDB();
     }
     return this.summary;
@@ -732,14 +733,15 @@ function sleepUntil(t: number, signal: AbortSignal): Promise<void> {
 }
 
 /**
- * Closes a source. One that failed to open may hold half of what it opened (a connection): it
- * is closed too, and an error closing it then is only logged, under the error of the open.
+ * Closes a source, also one that failed to open (it may hold half of what it opened, such as a
+ * connection). After a failure (`clean` false) an error closing it is only logged, so that it
+ * does not hide the failure.
  */
-async function closeSource(source: Source, opened: boolean, log: Logger): Promise<void> {
+async function closeSource(source: Source, clean: boolean, log: Logger): Promise<void> {
   try {
     await source.close();
   } catch (err) {
-    if (opened) throw err;
-    log.debug({ err: new Error(errorMessage(err)) }, 'closing a source that did not open failed');
+    if (clean) throw err;
+    log.debug({ err: new Error(errorMessage(err)) }, 'closing the source after a failure failed too');
   }
 }

@@ -163,7 +163,7 @@ export class NatsSource implements Source {
   }
 
   /**
-   * Pulls ahead of the engine, at most one batch: a pull is never cut short by the client. (A
+   * Pulls ahead of the engine, about one batch: a pull is never cut short by the client. (A
    * pull stopped at the batch deadline dropped whatever the server was still delivering to it,
    * and those messages came back only after ack_wait — 30 s of latency for no fault.)
    */
