@@ -1,26 +1,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sluice, tempDir, writeFiles } from '../helpers/cli.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { sluice } from '../helpers/cli.js';
+import { showcase } from '../helpers/showcase.js';
 
-// One showcase project (sluice init): sources orders, refunds; models orders, purchases,
-// large_orders (ref orders, config(sink='alerts')), refunds; sinks lake, alerts.
-let root: string;
+// The showcase project (sluice init), made once for this file.
+const shop = showcase();
+const variant = shop.variant;
 let p: string;
 beforeAll(() => {
-  root = tempDir();
-  expect(sluice(['init', 'shop'], { cwd: root }).code).toBe(0);
-  p = path.join(root, 'shop');
+  p = shop.dir();
 });
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
-
-/** A copy of the showcase with some files replaced. */
-function variant(files: Record<string, string>): string {
-  const d = tempDir();
-  fs.cpSync(p, d, { recursive: true });
-  writeFiles(d, files);
-  return d;
-}
 
 describe('sluice lineage', () => {
   it('ascii: a tree from each source down to the sinks', () => {

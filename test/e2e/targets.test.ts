@@ -1,23 +1,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parquetFiles, sluice, tempDir, writeFiles } from '../helpers/cli.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parquetFiles, sluice } from '../helpers/cli.js';
+import { showcase } from '../helpers/showcase.js';
 
-let root: string;
+// The showcase project (sluice init), made once for this file.
+const shop = showcase();
+const variant = shop.variant;
 let p: string;
 beforeAll(() => {
-  root = tempDir();
-  expect(sluice(['init', 'shop'], { cwd: root }).code).toBe(0);
-  p = path.join(root, 'shop');
+  p = shop.dir();
 });
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
-
-function variant(files: Record<string, string>): string {
-  const d = tempDir();
-  fs.cpSync(p, d, { recursive: true });
-  writeFiles(d, files);
-  return d;
-}
 
 const SECRET = 'Sup3r-s3cret-pw';
 

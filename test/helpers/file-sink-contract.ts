@@ -4,11 +4,11 @@ import { query } from './cli.js';
 import type { SinkTarget, SinkUnderTest } from './sink-contract.js';
 
 /**
- * The sink contract's adapter for a file sink on local disk (jsonl, csv): files read back with
+ * The sink contract's adapter for a file sink on local disk (parquet, jsonl, csv): files read back with
  * DuckDB as a reader would. Breaking it for real: the model's output directory is replaced by
  * a regular file, so the sink's mkdir and rename fail (chmod would not stop root).
  */
-export function localFileSink(type: 'jsonl' | 'csv', extra: { compression?: 'gzip' } = {}): SinkUnderTest {
+export function localFileSink(type: 'parquet' | 'jsonl' | 'csv', extra: { compression?: 'gzip' } = {}): SinkUnderTest {
   const out = (t: SinkTarget) => path.join(t.dir, 'out');
   return {
     name: extra.compression ? `${type}-${extra.compression}` : type,
