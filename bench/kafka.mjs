@@ -21,18 +21,20 @@ const MAX_BYTES_PER_PARTITION = 8 * 1024 * 1024;
 
 /** The mock cluster under `sh`, killed when this process's stdin pipe to it closes. */
 async function startMock() {
-  const script = 'kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; cat >/dev/null; kill $k 2>/dev/null';
+  const script = 'command -v kcat >/dev/null || exit 127; kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; echo "kcat pid $k" >&2; cat >/dev/null; kill $k 2>/dev/null';
   const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let pid = 0;
   const brokers = await new Promise((resolve, reject) => {
     let err = '';
     child.stderr.on('data', (d) => {
       if (err.length < 20_000) err += d;
+      pid ||= Number(/kcat pid (\d+)/.exec(err)?.[1] ?? 0);
       const m = /(?:replaced with|bootstrap\.servers=)\s*(\S+)/.exec(err);
       if (m) resolve(m[1]);
     });
     child.once('exit', (code) => reject(new Error(`kcat exited ${code}: ${err} (is kcat installed? apt-get install -y kcat)`)));
   });
-  return { brokers, stop: () => child.stdin.end() };
+  return { brokers, pid, stop: () => child.stdin.end() };
 }
 
 const mock = process.env.SLUICE_BENCH_KAFKA ? undefined : await startMock();
@@ -114,6 +116,7 @@ try {
     flags,
     fill,
     bare,
+    brokerPids: () => (mock ? [mock.pid] : []),
     sourceYaml: `source:\n  type: kafka\n  brokers: ${BROKERS}\n  topic_pattern: "^\${SLUICE_BENCH_TOPIC}-t"\n  group_id: "${SLUICE_GROUP}-\${SLUICE_BENCH_TOPIC}"\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n  max_bytes_per_partition: ${MAX_BYTES_PER_PARTITION}\n  max_buffer_bytes: 134217728\n`,
     itemsIn,
   });

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +24,32 @@ export function trackPeakRss(child, everyMs = 50) {
   child.on('exit', () => clearInterval(poll));
   return () => peak;
 }
+
+/** CPU seconds (user + system, all threads) process `pid` has used so far; 0 once it is gone. */
+export function cpuSeconds(pid) {
+  try {
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return 0;
+  }
+}
+/** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */
+const CLOCK_TICKS = 100;
+
+/** Pids of the processes named exactly `name` on this machine (a local broker), [] if none. */
+export function pidsNamed(name) {
+  try {
+    return execFileSync('pgrep', ['-x', name], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** CPU seconds of several processes together (see cpuSeconds). */
+const cpuOf = (pids) => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
 
 /** A numeric flag: `--name N` or `--name=N`; a missing or non-numeric value is an error. */
 export function arg(name, def) {
@@ -94,7 +120,9 @@ export async function benchProject(dir, sourceYaml, threads = 0) {
 
 /** `sluice run` of a project as a child process, JSON logs on stderr (kept), peak RSS tracked. */
 export function startSluice(dir, port, logLevel = 'info') {
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', String(port), '--log-json', '--log-level', logLevel], {
+  // SLUICE_BENCH_NODE_ARGS: options for sluice's node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+  const nodeArgs = (process.env.SLUICE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', String(port), '--log-json', '--log-level', logLevel], {
     env: { ...process.env, SLUICE_WORKER_ID: 'bench' }, stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
@@ -155,7 +183,7 @@ function stageTimings(lines) {
  * source" to sluice_messages_acked_total = n (rows durable in the WAL), then SIGTERM (flush,
  * exit 0) and a check that the Parquet output holds n orders and `items` purchases.
  */
-export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', threads = 0, logLevel = 'info', items } = {}) {
+export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', threads = 0, logLevel = 'info', items, brokerPids = () => [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   try {
     await benchProject(dir, sourceYaml, threads);
@@ -163,11 +191,13 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     const s = startSluice(dir, port, logLevel);
     await untilReading(s);
     const t0 = performance.now();
+    const cpu0 = { sluice: cpuSeconds(s.child.pid), broker: cpuOf(brokerPids()) };
     while ((await metric(port, 'sluice_messages_acked_total')) < n) {
       if (s.child.exitCode !== null) throw new Error(`sluice exited ${s.child.exitCode}: ${s.err().slice(-2000)}`);
       await sleep(10);
     }
     const secs = (performance.now() - t0) / 1000;
+    const cpu = { consumer: cpuSeconds(s.child.pid) - cpu0.sluice, broker: cpuOf(brokerPids()) - cpu0.broker };
     s.child.kill('SIGTERM');
     const code = await s.exited;
     if (code !== 0) throw new Error(`sluice exited ${code}: ${s.err().slice(-2000)}`);
@@ -178,7 +208,7 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     if (rows.orders !== n || (items !== undefined && rows.purchases !== items)) {
       throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'})`);
     }
-    return { rate: n / secs, secs, peak: s.peak(), rows, timings: stageTimings(lines) };
+    return { rate: n / secs, secs, cpu, peak: s.peak(), rows, timings: stageTimings(lines) };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -218,7 +248,7 @@ export function drainFlags(bench, extra = {}) {
  * bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages (the
  * backlog of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns msg/s.
  */
-export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, itemsIn, extra = async () => ({}) }) {
+export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, itemsIn, brokerPids = () => [], extra = async () => ({}) }) {
   const TARGET = 0.8;
   const n = flags.messages;
   console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s)`);
@@ -226,15 +256,28 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
   const s = [];
   const peaks = [];
   const timings = [];
+  // CPU microseconds per message of each side and of the broker while it served that side.
+  const cpu = { bare: [], bareBroker: [], sluice: [], sluiceBroker: [] };
+  const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
   for (let r = 0; r < flags.runs; r++) {
     await fill(n);
+    // The bare consumer runs in this process: its CPU is this process's (connecting and joining
+    // the group included, which counts against the baseline).
+    const own0 = process.cpuUsage();
+    const broker0 = cpuOf(brokerPids());
     b.push(await bare(n));
+    const own = process.cpuUsage(own0);
+    cpu.bare.push(perMessage((own.user + own.system) / 1e6));
+    cpu.bareBroker.push(perMessage(cpuOf(brokerPids()) - broker0));
     await fill(n);
-    const got = await sluiceDrain(sourceYaml, n, { prefix: `sluice-bench-${name}-`, threads: flags.threads, logLevel: flags.debug ? 'debug' : 'info', items: itemsIn(n) });
+    const got = await sluiceDrain(sourceYaml, n, { prefix: `sluice-bench-${name}-`, threads: flags.threads, logLevel: flags.debug ? 'debug' : 'info', items: itemsIn(n), brokerPids });
+    cpu.sluice.push(perMessage(got.cpu.consumer));
+    cpu.sluiceBroker.push(perMessage(got.cpu.broker));
     s.push(got.rate);
     peaks.push(got.peak);
     if (got.timings) timings.push(got.timings);
     console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
+    console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}`);
     if (got.timings) console.log(`       sluice ms per batch (mean): ${Object.entries(got.timings).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   }
   const ratios = s.map((x, i) => Number((x / b[i]).toFixed(2)));
@@ -252,11 +295,14 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
     bare_runs: b.map(Math.round),
     sluice_runs: s.map(Math.round),
     sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
+    cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
     ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
     ...(await extra()),
     machine: machine(),
   };
   console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`);
+  const c = summary.cpu_us_per_message;
+  console.log(`CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}`);
   console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
   fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
   fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');

@@ -5,7 +5,7 @@
 //   node bench/run.mjs nats [--messages 200000] [--runs 5] [--batch-size 10000] [--threads T] [--debug 1]
 import { connect } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { drainBench, drainFlags, orderBodies } from './lib.mjs';
+import { drainBench, drainFlags, orderBodies, pidsNamed } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 
 const flags = drainFlags('nats');
@@ -65,6 +65,7 @@ await drainBench({
   flags,
   fill,
   bare,
+  brokerPids: () => (process.env.SLUICE_BENCH_NATS ? [] : pidsNamed('nats-server')),
   sourceYaml: `source:\n  type: nats\n  servers: ${SERVERS}\n  stream: ${STREAM}\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n`,
   itemsIn,
 });

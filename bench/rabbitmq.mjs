@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import amqp from 'amqplib';
-import { benchProject, drainBench, drainFlags, orderBodies, sleep, startSluice, untilReading } from './lib.mjs';
+import { benchProject, drainBench, drainFlags, orderBodies, pidsNamed, sleep, startSluice, untilReading } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 
 const URL = process.env.SLUICE_BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -86,6 +86,7 @@ await drainBench({
   flags,
   fill: (n) => fill(queue, n),
   bare: (n) => bareConsumer(queue, n),
+  brokerPids: () => (process.env.SLUICE_BENCH_AMQP_URL ? [] : pidsNamed('beam.smp')),
   sourceYaml: sourceYaml(queue, BATCH, 1000),
   itemsIn,
   // Then publish-to-ack latency at a steady rate, in the summary too.

@@ -4,7 +4,7 @@
 //
 //   node bench/run.mjs redis_streams [--messages 200000] [--runs 5] [--batch-size 10000] [--threads T] [--debug 1]
 import { createClient } from 'redis';
-import { drainBench, drainFlags, orderBodies } from './lib.mjs';
+import { drainBench, drainFlags, orderBodies, pidsNamed } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 
 const flags = drainFlags('redis_streams');
@@ -46,6 +46,7 @@ await drainBench({
   flags,
   fill,
   bare,
+  brokerPids: () => (process.env.SLUICE_BENCH_REDIS_URL ? [] : pidsNamed('redis-server')),
   sourceYaml: `source:\n  type: redis_streams\n  url: ${URL}\n  stream: ${STREAM}\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n`,
   itemsIn,
 });

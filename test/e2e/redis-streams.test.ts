@@ -90,6 +90,13 @@ async function orderIds(p: string): Promise<{ n: number; d: number }> {
   return { n: Number(r[0].n), d: Number(r[0].d) };
 }
 
+/** Orders in the output of two workers together. */
+async function unionIds(a: string, b: string): Promise<{ n: number; d: number }> {
+  const files = [a, b].filter((p) => fs.existsSync(path.join(p, 'output/orders'))).map((p) => `'${p}/output/orders/*.parquet'`);
+  const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet([${files.join(', ')}])`);
+  return { n: Number(r[0].n), d: Number(r[0].d) };
+}
+
 describe('redis_streams source', () => {
   it('good entries become rows and are XACKed; bad ones go to the DLQ stream with the reason; inspect and replay', async () => {
     const s = stream();
@@ -207,6 +214,53 @@ describe('redis_streams source', () => {
     expect(await orderIds(p)).toEqual({ n: 100, d: 100 });
     expect(child.err()).toMatch(/took over entries another consumer left pending/);
   });
+
+  it('entries a worker holds while a failing sink pauses its reading stay its own: another consumer does not take them over and read them twice', async () => {
+    // Two workers in one group, claim_idle_ms 1 s. Worker c1's orders sink fails (its output
+    // path is a file) and, with wal.max_bytes 1, reading pauses while c1 holds a batch it read
+    // and has not acked. Worker c2 claims entries idle for 1 s: without c1 keeping its held
+    // entries fresh, c2 takes them over and both write them.
+    const s = stream();
+    const extra = '  claim_idle_ms: 1000\n';
+    const files = { 'sluice.yml': 'name: held\nwal:\n  max_bytes: 1\n' };
+    const a = project(s, extra, files);
+    const b = project(s, extra);
+    writeFiles(a, { 'config/sources.yml': fs.readFileSync(path.join(a, 'config/sources.yml'), 'utf8').replace('batch_timeout_ms: 200', 'batch_timeout_ms: 1000') });
+    for (const p of [a, b]) fs.rmSync(path.join(p, 'models/purchases.sql'), { force: true });
+    fs.mkdirSync(path.join(a, 'output'), { recursive: true });
+    fs.writeFileSync(path.join(a, 'output/orders'), 'not a directory\n');
+    await add(s, orders(0, 50));
+    const c1 = sluiceBg(['run', '--project', a, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'c1' } });
+    let c2: ReturnType<typeof sluiceBg> | undefined;
+    let n = 50;
+    try {
+      await until(() => c1.err().includes('reading from the source'), 30_000);
+      // Trickled in until reading pauses, so that the batch c1 holds then is not empty.
+      for (let i = 0; i < 300 && !c1.err().includes('reading paused'); i++) {
+        await add(s, orders(n, 5));
+        n += 5;
+        await new Promise((r) => setTimeout(r, 60));
+      }
+      await until(() => c1.err().includes('reading paused'), 30_000);
+      const heldBy = async (consumer: string) => (await redis.xPendingRange(s, 'sluice', '-', '+', 10_000, { consumer })).length;
+      const held = await heldBy('c1');
+      expect(held).toBeGreaterThan(0);
+      c2 = sluiceBg(['run', '--project', b, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'c2' } });
+      await until(() => c2!.err().includes('reading from the source'), 30_000);
+      await new Promise((r) => setTimeout(r, 4000)); // c2 looks for idle entries every second
+      expect(await heldBy('c1')).toBe(held);
+      fs.rmSync(path.join(a, 'output/orders'));
+      await until(async () => (await drained(s)) && fs.existsSync(path.join(a, 'output/orders')), 30_000);
+      await until(async () => (await unionIds(a, b)).n === n, 30_000);
+    } finally {
+      c1.kill('SIGTERM');
+      c2?.kill('SIGTERM');
+    }
+    expect((await waitExit(c1)).code, c1.err().slice(-2000)).toBe(0);
+    expect((await waitExit(c2!)).code, c2!.err().slice(-2000)).toBe(0);
+    expect(await unionIds(a, b)).toEqual({ n, d: n });
+    expect(c2!.err()).not.toMatch(/took over entries/);
+  }, 90_000);
 
   it('contract: poison entries go to the DLQ stream with stage and error, good ones reach the output', async () => {
     const { s, src } = redisSource();

@@ -192,6 +192,10 @@ export class RedisStreamsSource implements Source {
   private nextClaim = 0;
   private unacked: string[] = [];
   private readonly fieldName: Buffer;
+  /** Ids of the batches handed to the engine and not acked yet (their ackTokens). */
+  private readonly held = new Set<string[]>();
+  private keepFresh?: NodeJS.Timeout;
+  private freshening = false;
 
   constructor(
     private readonly cfg: RedisStreamsSourceConfig,
@@ -213,6 +217,38 @@ export class RedisStreamsSource implements Source {
       this.log.info({ stream: this.cfg.stream, group: this.cfg.group, start: this.cfg.start }, 'created the consumer group');
     } catch (err) {
       if (!/BUSYGROUP/.test(errorMessage(err))) throw new SluiceError('CONNECT', `cannot create consumer group ${this.cfg.group} on ${this.cfg.stream}: ${errorMessage(err)}`);
+    }
+    if (this.cfg.claim_idle_ms > 0) {
+      this.keepFresh = setInterval(() => void this.freshen(), Math.max(50, Math.floor(this.cfg.claim_idle_ms / 3)));
+      this.keepFresh.unref();
+    }
+  }
+
+  /**
+   * Keeps the entries this worker holds (handed to the engine, not acked yet) from looking
+   * abandoned: while reading is paused for a failing sink, or a batch takes long, their idle time
+   * would pass claim_idle_ms and another consumer would take them over and process them too.
+   * Every third of claim_idle_ms, those still pending for this consumer are claimed again by it
+   * (XCLAIM ... JUSTID: idle time reset, delivery count unchanged). The minimum idle time keeps
+   * it from taking back an entry another consumer claimed meanwhile.
+   */
+  private async freshen(): Promise<void> {
+    if (this.freshening || !this.client?.isReady) return;
+    const mine = new Set<string>(this.unacked);
+    for (const ids of this.held) for (const id of ids) mine.add(id);
+    if (mine.size === 0) return;
+    this.freshening = true;
+    try {
+      const { stream, group, claim_idle_ms } = this.cfg;
+      const pending = await this.client.xPendingRange(stream, group, '-', '+', mine.size + 1000, { consumer: this.consumer });
+      const ids = pending.map((p) => p.id).filter((id) => mine.has(id));
+      for (let i = 0; i < ids.length; i += ACK_CHUNK) {
+        await this.client.sendCommand(['XCLAIM', stream, group, this.consumer, String(Math.floor(claim_idle_ms / 6)), ...ids.slice(i, i + ACK_CHUNK), 'JUSTID']);
+      }
+    } catch (err) {
+      this.log.debug({ err: new Error(errorMessage(err)) }, 'keeping held entries fresh failed; trying again');
+    } finally {
+      this.freshening = false;
     }
   }
 
@@ -243,6 +279,7 @@ export class RedisStreamsSource implements Source {
     const payloads = this.payloads(entries);
     const messages: RawMessage[] = new Array(entries.length);
     for (let i = 0; i < messages.length; i++) messages[i] = new RedisEntry(this.cfg, entries.ids[i], entries.fields[i], payloads[i], entries.again[i]);
+    if (ids.length) this.held.add(ids);
     return { messages, block: messages.length ? blockOfBuffers(payloads) : undefined, position: undefined, ackToken: ids };
   }
 
@@ -312,6 +349,7 @@ export class RedisStreamsSource implements Source {
 
   async ack(batch: SourceBatch): Promise<void> {
     const own = (batch.ackToken as string[] | undefined) ?? [];
+    this.held.delete(own);
     const ids = this.unacked.length ? [...this.unacked, ...own] : own;
     if (ids.length === 0) return;
     try {
@@ -333,6 +371,7 @@ export class RedisStreamsSource implements Source {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.keepFresh);
     if (this.unacked.length && this.client?.isReady) await this.ack({ messages: [], position: undefined });
     for (const c of [this.reader, this.client]) c?.destroy();
     this.reader = undefined;
