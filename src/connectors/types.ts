@@ -65,6 +65,13 @@ export interface SourceBatch {
   ackToken?: unknown;
 }
 
+/** A source's backlog: `topic` is the Kafka topic, the stream or the queue. */
+export interface SourceLag {
+  topic: string;
+  partition?: number;
+  messages: number;
+}
+
 export interface Source {
   /**
    * Opens the source at `position` (as stored by a previous run's commit; undefined = start).
@@ -87,6 +94,13 @@ export interface Source {
   ack(batch: SourceBatch): Promise<void>;
   /** False while the source has lost its connection (optional: sources without one omit it). */
   healthy?(): boolean;
+  /**
+   * Messages waiting in the source that this worker has not handed to the engine yet, asked
+   * for on each /metrics scrape (sluice_source_lag_messages). Kafka: per assigned partition;
+   * a shared queue or group: its backlog (the same for every worker) plus what this worker
+   * holds unread. Throws when the broker cannot tell now. Optional.
+   */
+  lag?(): Promise<SourceLag[]>;
   close(): Promise<void>;
 }
 

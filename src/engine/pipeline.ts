@@ -262,9 +262,11 @@ export class Pipeline {
       try {
         await source.open(this.wal.state.position);
         this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
+        if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
         await this.loop(source, srcDef.name);
         clean = true;
       } finally {
+        this.metrics.watchLag(srcDef.name, undefined);
         // Also when open() failed half-way (a connection made, then a missing stream).
         await closeSource(source, clean, this.log);
       }

@@ -1,4 +1,8 @@
 import client from 'prom-client';
+import type { SourceLag } from '../connectors/types.js';
+
+/** How long a scrape waits for the source's backlog before leaving it out. */
+const LAG_TIMEOUT_MS = 2000;
 
 /** The metric families every pipeline reports. One registry per pipeline run. */
 export class Metrics {
@@ -38,6 +42,44 @@ export class Metrics {
   /** The counters reportContracts() needs. */
   contractCounters(): { change: (model: string, kind: string) => void; violation: (model: string, kind: string, policy: string, rows: number) => void } {
     return { change: (model, kind) => this.schemaChanges.inc({ model, kind }), violation: (model, kind, policy, rows) => this.contractViolations.inc({ model, kind, policy }, rows) };
+  }
+  /** The running source's backlog, asked for on each scrape (see Source.lag). */
+  private lagOf?: { source: string; lag: () => Promise<SourceLag[]> };
+  readonly sourceLag = new client.Gauge({
+    name: 'sluice_source_lag_messages',
+    help: 'Messages in the source not yet handed to the engine: per assigned partition for Kafka; for a shared stream, consumer or queue its backlog (the same on every worker: take the max, not the sum)',
+    labelNames: ['source', 'topic', 'partition'],
+    registers: [this.registry],
+    collect: () => this.collectLag(),
+  });
+
+  /** Reports `lag` (source `source`'s Source.lag) as sluice_source_lag_messages from now on; undefined stops. */
+  watchLag(source: string, lag: (() => Promise<SourceLag[]>) | undefined): void {
+    this.lagOf = lag && { source, lag };
+    this.sourceLag.reset();
+  }
+
+  private async collectLag(): Promise<void> {
+    const lagOf = this.lagOf;
+    if (!lagOf) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const samples = await Promise.race([
+        lagOf.lag(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${LAG_TIMEOUT_MS} ms`)), LAG_TIMEOUT_MS);
+        }),
+      ]);
+      this.sourceLag.reset();
+      const source = lagOf.source;
+      for (const s of samples) this.sourceLag.set(s.partition === undefined ? { source, topic: s.topic } : { source, topic: s.topic, partition: s.partition }, s.messages);
+    } catch {
+      // The broker cannot tell now (its connection is down; the source says so in the log):
+      // no figure rather than a stale one.
+      this.sourceLag.reset();
+    } finally {
+      clearTimeout(timer);
+    }
   }
   readonly ready = new client.Gauge({ name: 'sluice_ready', help: '1 when every sink is healthy and the WAL is replayed', registers: [this.registry] });
 }

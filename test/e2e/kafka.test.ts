@@ -7,6 +7,7 @@ import { query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } fr
 import {
   dropSocketsOf,
   expectDlqRouting,
+  expectLagReported,
   expectGracefulStopLosesNothing,
   expectNoLossNoDuplicateAcrossKills,
   expectReconnectAfterDrop,
@@ -609,6 +610,11 @@ describe.concurrent('kafka source', () => {
     console.log(`kafka batch sizes (batch_size 5000, 4 partitions of 3000): ${sizes.join(', ')}`);
     expect(sizes, sizes.join(', ')).toContain(5000);
     expect(await orderIds(p)).toEqual({ n: 12_000, d: 12_000 });
+  }, 120_000);
+
+  it.concurrent('contract: sluice_source_lag_messages reports each assigned partition\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+    const { topic, src } = kafkaSource();
+    await expectLagReported(await project(topic), src, 4);
   }, 120_000);
 
   it.concurrent('contract: poison messages go to <topic>_dlq with stage and error, good ones reach the output', async () => {

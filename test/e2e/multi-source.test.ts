@@ -312,6 +312,8 @@ describe('sluice run with several sources', () => {
       const rows = (src: string, model: string) => families.get('sluice_rows_total')!.samples.find((x) => x.labels.source === src && x.labels.model === model)?.value;
       expect([rows('orders', 'orders'), rows('refunds', 'refunds'), rows('clicks', 'clicks')]).toEqual([55, 20, 45]);
       expect(families.get('sluice_ready')!.samples.map((x) => x.value)).toEqual([1, 1, 1]);
+      // The Redis source reports its group's backlog (all read); files have none to report.
+      expect(families.get('sluice_source_lag_messages')!.samples.map((x) => [x.labels, x.value])).toEqual([[{ source: 'clicks', topic: s.stream }, 0]]);
       // Nothing was flushed yet (max_age_seconds: 3600).
       for (const model of ['orders', 'purchases', 'refunds', 'clicks']) expect(fs.existsSync(path.join(s.dir, 'output/lake', model)), model).toBe(false);
 

@@ -11,6 +11,7 @@ import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '.
 import {
   dropSocketsOf,
   expectDlqRouting,
+  expectLagReported,
   expectGracefulStopLosesNothing,
   expectNoLossNoDuplicateAcrossKills,
   expectReconnectAfterDrop,
@@ -252,6 +253,11 @@ describe('nats source', () => {
     await publish(s, orders(0, N));
     await expectNoLossNoDuplicateAcrossKills(project(s, '  ack_wait_ms: 2000\n'), N, () => drained(s));
   }, 240_000);
+
+  it('contract: sluice_source_lag_messages reports the consumer\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+    const { s, src } = await natsSource();
+    await expectLagReported(project(s), src);
+  }, 120_000);
 
   it('contract: poison messages are terminated and dead-lettered with stage and error, good ones reach the output', async () => {
     const { s, src } = await natsSource();

@@ -11,6 +11,7 @@ import { machineLock } from '../helpers/machine-lock.js';
 import {
   dropSocketsOf,
   expectDlqRouting,
+  expectLagReported,
   expectGracefulStopLosesNothing,
   expectReconnectAfterDrop,
   expectRedeliveryOfUnacked,
@@ -287,6 +288,11 @@ describe('rabbitmq source', () => {
     const pr = await query(`SELECT count(*) AS n FROM read_parquet('${p}/output/purchases/*.parquet')`);
     expect(Number(pr[0].n)).toBe(items);
   });
+
+  it.concurrent('contract: sluice_source_lag_messages reports the queue\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+    const { queue, src } = rabbitSource();
+    await expectLagReported(project(queue), src);
+  }, 120_000);
 
   it.concurrent('contract: poison messages go to the DLQ queue with stage and error, good ones reach the output', async () => {
     const { queue, src } = rabbitSource();

@@ -8,6 +8,7 @@ import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '.
 import {
   dropSocketsOf,
   expectDlqRouting,
+  expectLagReported,
   expectGracefulStopLosesNothing,
   expectNoLossNoDuplicateAcrossKills,
   expectReconnectAfterDrop,
@@ -261,6 +262,11 @@ describe('redis_streams source', () => {
     expect(await unionIds(a, b)).toEqual({ n, d: n });
     expect(c2!.err()).not.toMatch(/took over entries/);
   }, 90_000);
+
+  it('contract: sluice_source_lag_messages reports the group\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+    const { s, src } = redisSource();
+    await expectLagReported(project(s), src);
+  }, 120_000);
 
   it('contract: poison entries go to the DLQ stream with stage and error, good ones reach the output', async () => {
     const { s, src } = redisSource();

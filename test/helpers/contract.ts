@@ -257,3 +257,63 @@ export async function expectReconnectAfterDrop(p: string, src: SourceUnderTest, 
   expect(ids.length).toBe(n);
   expect(ascending(ids)).toEqual(oneToN(n));
 }
+
+/** The sluice_source_lag_messages samples of a /metrics text: labels (source, topic, partition) and value. */
+export function lagSamples(metrics: string): { labels: Record<string, string>; value: number }[] {
+  const out: { labels: Record<string, string>; value: number }[] = [];
+  for (const m of metrics.matchAll(/^sluice_source_lag_messages\{([^}]*)\} (\S+)$/gm)) {
+    const labels = Object.fromEntries([...m[1].matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
+    out.push({ labels, value: Number(m[2]) });
+  }
+  return out;
+}
+
+/**
+ * sluice_source_lag_messages: with reading paused (wal.max_bytes 1, and an orders sink that
+ * fails: its output path is a file), `more` messages put meanwhile raise the reported backlog
+ * by exactly their number; once the sink works again the worker drains and it falls to 0.
+ * `partitions`: how many partition samples the worker reports (Kafka), else one sample without.
+ */
+export async function expectLagReported(p: string, src: SourceUnderTest, partitions?: number): Promise<void> {
+  const more = 37;
+  useOrdersProject(p);
+  const yml = path.join(p, 'sluice.yml');
+  const conf = fs.existsSync(yml) ? fs.readFileSync(yml, 'utf8') : '';
+  fs.writeFileSync(yml, /^wal:[ \t]*$/m.test(conf) ? conf.replace(/^wal:[ \t]*$/m, 'wal:\n  max_bytes: 1') : `${conf}\nwal:\n  max_bytes: 1\n`);
+  fs.mkdirSync(path.join(p, 'output'), { recursive: true });
+  fs.writeFileSync(path.join(p, 'output/orders'), 'not a directory\n');
+  await src.put(contractOrders(40));
+  const port = await freePort();
+  const w = sluiceBg(['run', '--project', p, '--port', String(port), '--log-json'], { env: { SLUICE_WORKER_ID: 'c1' } });
+  const lag = async () => {
+    const samples = lagSamples((await httpGet(`http://127.0.0.1:${port}/metrics`).catch(() => ({ body: '' }))).body);
+    return { samples, total: samples.reduce((n, s) => n + s.value, 0) };
+  };
+  try {
+    await until(() => w.err().includes('reading paused'), 60_000);
+    const before = await until(async () => {
+      const l = await lag();
+      return l.samples.length > 0 ? l : undefined;
+    }, 20_000);
+    if (partitions === undefined) {
+      expect(before.samples).toHaveLength(1);
+      expect(before.samples[0].labels.partition).toBeUndefined();
+    } else {
+      expect(before.samples).toHaveLength(partitions);
+      expect(new Set(before.samples.map((s) => s.labels.partition)).size).toBe(partitions);
+    }
+    for (const s of before.samples) expect(s.labels.topic).toBeTruthy();
+    for (const s of before.samples) expect(s.labels.source).toBe('default');
+
+    await src.put(contractOrders(more, 40));
+    await until(async () => (await lag()).total === before.total + more || undefined, 20_000).catch(async () => {
+      throw new Error(`lag went from ${before.total} to ${(await lag()).total}, not +${more}`);
+    });
+    fs.rmSync(path.join(p, 'output/orders'));
+    await until(async () => (await src.drained()) && (await lag()).total === 0 && (await lag()).samples.length > 0, 60_000, 200);
+  } finally {
+    w.kill('SIGTERM');
+  }
+  expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+  expect(ascending(await outputSequence(p))).toEqual(oneToN(40 + more));
+}

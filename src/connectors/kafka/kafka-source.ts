@@ -1,7 +1,7 @@
 import type { Admin, Consumer, EachBatchPayload, IHeaders, KafkaMessage } from 'kafkajs';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
 import { fileSafeTopic, isDlqTopic, kafkaClient, messageKey, type KafkaSourceConfig } from './kafka-config.js';
 
@@ -549,6 +549,37 @@ export class KafkaSource implements Source {
     chunk.bytes -= head.bytes;
     chunk.held.chunks.push(head);
     return head;
+  }
+
+  /**
+   * Per assigned partition, the messages after the last one handed to the engine: the high
+   * watermark minus where reading stands (what this worker handed out, else the group's
+   * committed offset, else the start position). Topics' offsets are asked of the cluster.
+   */
+  async lag(): Promise<SourceLag[]> {
+    const admin = this.admin;
+    if (!admin) throw new Error('not connected');
+    const parts = [...this.assigned.values()];
+    const ends = new Map<string, { high: number; low: number }>();
+    for (const topic of new Set(parts.map((p) => p.topic))) {
+      for (const o of await admin.fetchTopicOffsets(topic)) ends.set(tpKey(topic, o.partition), { high: Number(o.high), low: Number(o.low) });
+    }
+    const unread = parts.filter((p) => !this.position.has(tpKey(p.topic, p.partition)));
+    const committed = new Map<string, number>();
+    if (unread.length) {
+      for (const { topic, partitions } of await admin.fetchOffsets({ groupId: this.cfg.group_id, topics: [...new Set(unread.map((p) => p.topic))] })) {
+        for (const { partition, offset } of partitions) if (Number(offset) >= 0) committed.set(tpKey(topic, partition), Number(offset));
+      }
+    }
+    const out: SourceLag[] = [];
+    for (const { topic, partition } of parts) {
+      const k = tpKey(topic, partition);
+      const end = ends.get(k);
+      if (!end) continue;
+      const at = this.position.get(k) ?? committed.get(k) ?? this.timestampStart.get(k) ?? (this.cfg.start === 'latest' ? end.high : end.low);
+      out.push({ topic, partition, messages: Math.max(0, end.high - Math.max(at, end.low)) });
+    }
+    return out;
   }
 
   private toBatch(chunks: Chunk[]): SourceBatch {

@@ -1,8 +1,8 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, type ConsumerInfo, type JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, type ConsumerInfo, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { sleep } from '../file/file-source.js';
 import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
 
@@ -54,6 +54,7 @@ export async function connectNats(cfg: NatsConnectionConfig, log: Logger, what: 
  */
 export class NatsSource implements Source {
   private nc?: NatsConnection;
+  private jsm?: JetStreamManager;
   private consumer?: Consumer;
   private connected = false;
   /** Messages pulled ahead, not yet handed to the engine (about one batch at most). */
@@ -87,6 +88,7 @@ export class NatsSource implements Source {
     this.nc = await connectNats(cfg, this.log, 'source', (up) => (this.connected = up));
     this.connected = true;
     const jsm = await jetstreamManager(this.nc);
+    this.jsm = jsm;
     try {
       await jsm.streams.info(cfg.stream);
     } catch (err) {
@@ -125,6 +127,12 @@ export class NatsSource implements Source {
     this.ackWaitMs = existing?.config.ack_wait ? existing.config.ack_wait / 1e6 : cfg.ack_wait_ms;
     this.holdTimer = setInterval(() => this.keepHeld(), Math.max(100, Math.floor(this.ackWaitMs / 3)));
     this.holdTimer.unref();
+  }
+
+  /** The consumer's messages not delivered yet (shared by every worker) and those this worker pulled and holds. */
+  async lag(): Promise<SourceLag[]> {
+    const info = await this.jsm!.consumers.info(this.cfg.stream, this.cfg.consumer);
+    return [{ topic: this.cfg.stream, messages: info.num_pending + this.buffer.length }];
   }
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { sleep } from '../file/file-source.js';
 import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
@@ -213,6 +213,13 @@ export class RabbitmqSource implements Source {
       const ms = ts < 1e11 ? ts * 1000 : ts;
       observe(Math.max(0, now - ms) / 1000);
     }
+  }
+
+  /** The queue's ready messages (shared by every consumer) and those delivered to this worker that it holds. */
+  async lag(): Promise<SourceLag[]> {
+    if (!this.ch) throw new Error('not connected');
+    const q = await this.ch.checkQueue(this.cfg.queue);
+    return [{ topic: this.cfg.queue, messages: q.messageCount + this.buffer.length }];
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,7 @@
 import { createClient, RESP_TYPES } from 'redis';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
 import { sleep } from '../file/file-source.js';
 import type { RedisStreamsSourceConfig } from './redis-config.js';
@@ -364,6 +364,15 @@ export class RedisStreamsSource implements Source {
       this.unacked = ids;
       this.log.warn({ entries: ids.length, err: new Error(errorMessage(err)) }, 'XACK failed; retrying with the next batch');
     }
+  }
+
+  /** The group's lag (entries not delivered to any of its consumers yet; Redis 7 or later). */
+  async lag(): Promise<SourceLag[]> {
+    const groups = (await this.client!.xInfoGroups(this.cfg.stream)) as unknown as { name: unknown; lag?: unknown }[];
+    const lag = groups.find((g) => String(g.name) === this.cfg.group)?.lag;
+    // null after entries were deleted from the middle of the stream; absent before Redis 7.
+    if (lag === null || lag === undefined) throw new Error('Redis does not know the group\'s lag');
+    return [{ topic: this.cfg.stream, messages: Number(lag) }];
   }
 
   healthy(): boolean {
