@@ -240,7 +240,9 @@ export class RedisStreamsSource implements Source {
     this.freshening = true;
     try {
       const { stream, group, claim_idle_ms } = this.cfg;
-      const pending = await this.client.xPendingRange(stream, group, '-', '+', mine.size + 1000, { consumer: this.consumer });
+      // This consumer's pending entries, oldest first: the held ones (its own from a previous
+      // run are read again, and so held, before any other's are claimed) and room for more.
+      const pending = await this.client.xPendingRange(stream, group, '-', '+', mine.size + 10_000, { consumer: this.consumer });
       const ids = pending.map((p) => p.id).filter((id) => mine.has(id));
       for (let i = 0; i < ids.length; i += ACK_CHUNK) {
         await this.client.sendCommand(['XCLAIM', stream, group, this.consumer, String(Math.floor(claim_idle_ms / 6)), ...ids.slice(i, i + ACK_CHUNK), 'JUSTID']);
