@@ -47,7 +47,7 @@ export class Metrics {
   private lagOf?: { source: string; lag: () => Promise<SourceLag[]> };
   readonly sourceLag = new client.Gauge({
     name: 'sluice_source_lag_messages',
-    help: 'Messages in the source not yet handed to the engine: per assigned partition for Kafka; for a shared stream, consumer or queue its backlog (the same on every worker: take the max, not the sum)',
+    help: "Messages in the source not yet handed to the engine: Kafka, per partition assigned to this worker (sum them across workers); a Redis group, NATS consumer or RabbitMQ queue, its shared backlog as this worker sees it (every worker reports it: take the max)",
     labelNames: ['source', 'topic', 'partition'],
     registers: [this.registry],
     collect: () => this.collectLag(),
@@ -61,7 +61,10 @@ export class Metrics {
 
   private async collectLag(): Promise<void> {
     const lagOf = this.lagOf;
-    if (!lagOf) return;
+    if (!lagOf) {
+      this.sourceLag.reset();
+      return;
+    }
     let timer: NodeJS.Timeout | undefined;
     try {
       const samples = await Promise.race([
@@ -70,6 +73,7 @@ export class Metrics {
           timer = setTimeout(() => reject(new Error(`no answer within ${LAG_TIMEOUT_MS} ms`)), LAG_TIMEOUT_MS);
         }),
       ]);
+      if (this.lagOf !== lagOf) return; // the source stopped meanwhile
       this.sourceLag.reset();
       const source = lagOf.source;
       for (const s of samples) this.sourceLag.set(s.partition === undefined ? { source, topic: s.topic } : { source, topic: s.topic, partition: s.partition }, s.messages);

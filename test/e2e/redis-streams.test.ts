@@ -199,6 +199,24 @@ describe('redis_streams source', () => {
     expect(await orderIds(p)).toEqual({ n: 7, d: 7 });
   });
 
+  it('acknowledges its pending entries when every one of them was deleted and nothing new comes', async () => {
+    const s = stream();
+    await add(s, orders(0, 10));
+    await redis.xGroupCreate(s, 'sluice', '0');
+    const r = await redis.xReadGroup('sluice', 'r3', { key: s, id: '>' }, { COUNT: 10 });
+    await redis.xDel(s, r![0].messages.map((m) => m!.id));
+    // The batch they make holds no message: the engine acks none such, the source does.
+    const child = sluiceBg(['run', '--project', project(s), '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'r3' } });
+    try {
+      await until(() => child.err().includes('reading from the source'), 30_000);
+      // Read within the first batch window (200 ms); left pending for good without the source's ack.
+      await until(() => drained(s), 10_000);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect((await waitExit(child)).code, child.err()).toBe(0);
+  });
+
   it('takes over entries a dead consumer left pending', async () => {
     const s = stream();
     await add(s, orders(0, 100));
@@ -217,15 +235,16 @@ describe('redis_streams source', () => {
   });
 
   it('entries a worker holds while a failing sink pauses its reading stay its own: another consumer does not take them over and read them twice', async () => {
-    // Two workers in one group, claim_idle_ms 1 s. Worker c1's orders sink fails (its output
+    // Two workers in one group, claim_idle_ms 2 s. Worker c1's orders sink fails (its output
     // path is a file) and, with wal.max_bytes 1, reading pauses while c1 holds a batch it read
-    // and has not acked. Worker c2 claims entries idle for 1 s: without c1 keeping its held
-    // entries fresh, c2 takes them over and both write them.
+    // and has not acked. Worker c2 looks every second for entries idle for 2 s: without c1
+    // keeping its held entries fresh, c2 takes them over and both write them. (Retries every
+    // half second and no circuit breaker: c1 writes as soon as its sink works again.)
     const s = stream();
-    const extra = '  claim_idle_ms: 1000\n';
-    const files = { 'sluice.yml': 'name: held\nwal:\n  max_bytes: 1\n' };
-    const a = project(s, extra, files);
-    const b = project(s, extra);
+    const extra = '  claim_idle_ms: 2000\n';
+    const sink = { 'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n  retry:\n    backoff_ms: 200\n    max_backoff_ms: 500\n  circuit:\n    failures: 100000\n' };
+    const a = project(s, extra, { 'sluice.yml': 'name: held\nwal:\n  max_bytes: 1\n', ...sink });
+    const b = project(s, extra, sink);
     writeFiles(a, { 'config/sources.yml': fs.readFileSync(path.join(a, 'config/sources.yml'), 'utf8').replace('batch_timeout_ms: 200', 'batch_timeout_ms: 1000') });
     for (const p of [a, b]) fs.rmSync(path.join(p, 'models/purchases.sql'), { force: true });
     fs.mkdirSync(path.join(a, 'output'), { recursive: true });
@@ -248,7 +267,7 @@ describe('redis_streams source', () => {
       expect(held).toBeGreaterThan(0);
       c2 = sluiceBg(['run', '--project', b, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'c2' } });
       await until(() => c2!.err().includes('reading from the source'), 30_000);
-      await new Promise((r) => setTimeout(r, 4000)); // c2 looks for idle entries every second
+      await new Promise((r) => setTimeout(r, 6000)); // three times claim_idle_ms
       expect(await heldBy('c1')).toBe(held);
       fs.rmSync(path.join(a, 'output/orders'));
       await until(async () => (await drained(s)) && fs.existsSync(path.join(a, 'output/orders')), 30_000);

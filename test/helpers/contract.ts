@@ -277,6 +277,8 @@ export function lagSamples(metrics: string): { labels: Record<string, string>; v
 export async function expectLagReported(p: string, src: SourceUnderTest, partitions?: number): Promise<void> {
   const more = 37;
   useOrdersProject(p);
+  // Retries every half second and no circuit breaker: the worker writes as soon as the sink works.
+  writeFiles(p, { 'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n  retry:\n    backoff_ms: 200\n    max_backoff_ms: 500\n  circuit:\n    failures: 100000\n' });
   const yml = path.join(p, 'sluice.yml');
   const conf = fs.existsSync(yml) ? fs.readFileSync(yml, 'utf8') : '';
   fs.writeFileSync(yml, /^wal:[ \t]*$/m.test(conf) ? conf.replace(/^wal:[ \t]*$/m, 'wal:\n  max_bytes: 1') : `${conf}\nwal:\n  max_bytes: 1\n`);
@@ -310,7 +312,11 @@ export async function expectLagReported(p: string, src: SourceUnderTest, partiti
       throw new Error(`lag went from ${before.total} to ${(await lag()).total}, not +${more}`);
     });
     fs.rmSync(path.join(p, 'output/orders'));
-    await until(async () => (await src.drained()) && (await lag()).total === 0 && (await lag()).samples.length > 0, 60_000, 200);
+    await until(async () => {
+      if (!(await src.drained())) return false;
+      const l = await lag();
+      return l.samples.length > 0 && l.total === 0;
+    }, 60_000, 200);
   } finally {
     w.kill('SIGTERM');
   }

@@ -162,6 +162,8 @@ export class KafkaSource implements Source {
   private committing: Promise<void> | undefined;
   /** The catch-up of the last assignment, while it runs (close() waits for it before disconnecting). */
   private catchingUp: Promise<void> | undefined;
+  /** The lag query of a /metrics scrape, while it runs. */
+  private lagging: Promise<void> | undefined;
   private readonly safeTopics = new Map<string, string>();
 
   constructor(
@@ -553,30 +555,42 @@ export class KafkaSource implements Source {
 
   /**
    * Per assigned partition, the messages after the last one handed to the engine: the high
-   * watermark minus where reading stands (what this worker handed out, else the group's
-   * committed offset, else the start position). Topics' offsets are asked of the cluster.
+   * watermark minus where reading stands, the further of what this worker handed out and the
+   * group's committed offset (a partition that was away and came back may have moved on
+   * elsewhere), else the start position. The offsets are asked of the cluster.
    */
   async lag(): Promise<SourceLag[]> {
-    const admin = this.admin;
-    if (!admin) throw new Error('not connected');
+    if (this.closing || !this.admin) throw new Error('not connected');
+    const run = this.lagNow(this.admin);
+    // close() waits for it: kafkajs' admin client would connect again after its disconnect.
+    this.lagging = run.catch(() => undefined).then(() => undefined);
+    return run;
+  }
+
+  private async lagNow(admin: Admin): Promise<SourceLag[]> {
     const parts = [...this.assigned.values()];
+    const topics = [...new Set(parts.map((p) => p.topic))];
+    if (topics.length === 0) return [];
+    const [offsets, groupOffsets] = await Promise.all([
+      Promise.all(topics.map(async (topic) => ({ topic, offsets: await admin.fetchTopicOffsets(topic) }))),
+      admin.fetchOffsets({ groupId: this.cfg.group_id, topics }),
+    ]);
     const ends = new Map<string, { high: number; low: number }>();
-    for (const topic of new Set(parts.map((p) => p.topic))) {
-      for (const o of await admin.fetchTopicOffsets(topic)) ends.set(tpKey(topic, o.partition), { high: Number(o.high), low: Number(o.low) });
-    }
-    const unread = parts.filter((p) => !this.position.has(tpKey(p.topic, p.partition)));
+    for (const { topic, offsets: os } of offsets) for (const o of os) ends.set(tpKey(topic, o.partition), { high: Number(o.high), low: Number(o.low) });
     const committed = new Map<string, number>();
-    if (unread.length) {
-      for (const { topic, partitions } of await admin.fetchOffsets({ groupId: this.cfg.group_id, topics: [...new Set(unread.map((p) => p.topic))] })) {
-        for (const { partition, offset } of partitions) if (Number(offset) >= 0) committed.set(tpKey(topic, partition), Number(offset));
-      }
+    for (const { topic, partitions } of groupOffsets) {
+      for (const { partition, offset } of partitions) if (Number(offset) >= 0) committed.set(tpKey(topic, partition), Number(offset));
     }
     const out: SourceLag[] = [];
     for (const { topic, partition } of parts) {
       const k = tpKey(topic, partition);
       const end = ends.get(k);
       if (!end) continue;
-      const at = this.position.get(k) ?? committed.get(k) ?? this.timestampStart.get(k) ?? (this.cfg.start === 'latest' ? end.high : end.low);
+      const mine = this.position.get(k);
+      const group = committed.get(k);
+      const at = mine !== undefined || group !== undefined
+        ? Math.max(mine ?? -1, group ?? -1)
+        : (this.timestampStart.get(k) ?? (this.cfg.start === 'latest' ? end.high : end.low));
       out.push({ topic, partition, messages: Math.max(0, end.high - Math.max(at, end.low)) });
     }
     return out;
@@ -676,6 +690,12 @@ export class KafkaSource implements Source {
     while (this.catchingUp && Date.now() < deadline) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([this.catchingUp, new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
+      clearTimeout(timer);
+    }
+    // Likewise a lag query of a scrape in flight (bounded by the scrape's own 2 s timeout).
+    if (this.lagging) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.lagging, new Promise((r) => (timer = setTimeout(r, 2_000)))]);
       clearTimeout(timer);
     }
     await this.admin?.disconnect().catch(() => {});

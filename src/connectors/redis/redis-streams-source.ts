@@ -233,7 +233,8 @@ export class RedisStreamsSource implements Source {
    * it from taking back an entry another consumer claimed meanwhile.
    */
   private async freshen(): Promise<void> {
-    if (this.freshening || !this.client?.isReady) return;
+    const client = this.client;
+    if (this.freshening || !client?.isReady) return;
     const mine = new Set<string>(this.unacked);
     for (const ids of this.held) for (const id of ids) mine.add(id);
     if (mine.size === 0) return;
@@ -242,10 +243,10 @@ export class RedisStreamsSource implements Source {
       const { stream, group, claim_idle_ms } = this.cfg;
       // This consumer's pending entries, oldest first: the held ones (its own from a previous
       // run are read again, and so held, before any other's are claimed) and room for more.
-      const pending = await this.client.xPendingRange(stream, group, '-', '+', mine.size + 10_000, { consumer: this.consumer });
+      const pending = await client.xPendingRange(stream, group, '-', '+', mine.size + 10_000, { consumer: this.consumer });
       const ids = pending.map((p) => p.id).filter((id) => mine.has(id));
       for (let i = 0; i < ids.length; i += ACK_CHUNK) {
-        await this.client.sendCommand(['XCLAIM', stream, group, this.consumer, String(Math.floor(claim_idle_ms / 6)), ...ids.slice(i, i + ACK_CHUNK), 'JUSTID']);
+        await client.sendCommand(['XCLAIM', stream, group, this.consumer, String(Math.floor(claim_idle_ms / 6)), ...ids.slice(i, i + ACK_CHUNK), 'JUSTID']);
       }
     } catch (err) {
       this.log.debug({ err: new Error(errorMessage(err)) }, 'keeping held entries fresh failed; trying again');
@@ -276,7 +277,12 @@ export class RedisStreamsSource implements Source {
       }
       if (before === 0 && entries.length > 0) firstAt = Date.now();
     }
-    // Pending entries deleted from the stream: nothing to process; acked with this batch.
+    // Pending entries deleted from the stream: nothing to process; acked with this batch, or
+    // now when nothing else came (the engine acks only batches with messages).
+    if (entries.length === 0 && entries.gone.length) {
+      await this.ack({ messages: [], position: undefined, ackToken: entries.gone });
+      entries.gone.length = 0;
+    }
     const ids: string[] = entries.gone.length ? entries.gone.concat(entries.ids) : entries.ids;
     const payloads = this.payloads(entries);
     const messages: RawMessage[] = new Array(entries.length);
@@ -370,7 +376,9 @@ export class RedisStreamsSource implements Source {
 
   /** The group's lag (entries not delivered to any of its consumers yet; Redis 7 or later). */
   async lag(): Promise<SourceLag[]> {
-    const groups = (await this.client!.xInfoGroups(this.cfg.stream)) as unknown as { name: unknown; lag?: unknown }[];
+    // Not queued behind a reconnect: a scrape gets no figure rather than a late one.
+    if (!this.client?.isReady) throw new Error('not connected');
+    const groups = (await this.client.xInfoGroups(this.cfg.stream)) as unknown as { name: unknown; lag?: unknown }[];
     const lag = groups.find((g) => String(g.name) === this.cfg.group)?.lag;
     // null after entries were deleted from the middle of the stream; absent before Redis 7.
     if (lag === null || lag === undefined) throw new Error('Redis does not know the group\'s lag');
