@@ -1,5 +1,6 @@
 import client from 'prom-client';
 import type { SourceLag } from '../connectors/types.js';
+import { withTimeout } from '../util/with-timeout.js';
 
 /** How long a scrape waits for the source's backlog before leaving it out. */
 const LAG_TIMEOUT_MS = 2000;
@@ -61,18 +62,9 @@ export class Metrics {
 
   private async collectLag(): Promise<void> {
     const lagOf = this.lagOf;
-    if (!lagOf) {
-      this.sourceLag.reset();
-      return;
-    }
-    let timer: NodeJS.Timeout | undefined;
+    if (!lagOf) return; // watchLag(undefined) cleared the samples
     try {
-      const samples = await Promise.race([
-        lagOf.lag(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${LAG_TIMEOUT_MS} ms`)), LAG_TIMEOUT_MS);
-        }),
-      ]);
+      const samples = await withTimeout(lagOf.lag(), LAG_TIMEOUT_MS, `no answer within ${LAG_TIMEOUT_MS} ms`);
       if (this.lagOf !== lagOf) return; // the source stopped meanwhile
       this.sourceLag.reset();
       const source = lagOf.source;
@@ -81,8 +73,6 @@ export class Metrics {
       // The broker cannot tell now (its connection is down; the source says so in the log):
       // no figure rather than a stale one.
       this.sourceLag.reset();
-    } finally {
-      clearTimeout(timer);
     }
   }
   readonly ready = new client.Gauge({ name: 'sluice_ready', help: '1 when every sink is healthy and the WAL is replayed', registers: [this.registry] });

@@ -3,11 +3,12 @@ import http from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import {
   dropSocketsOf,
   expectDlqRouting,
   expectLagReported,
+  lagSamples,
   expectGracefulStopLosesNothing,
   expectNoLossNoDuplicateAcrossKills,
   expectReconnectAfterDrop,
@@ -616,6 +617,41 @@ describe.concurrent('kafka source', () => {
     const { topic, src } = kafkaSource();
     await expectLagReported(await project(topic), src, 4);
   }, 120_000);
+
+  it.concurrent('a worker back on partitions another worker moved on reports the lag from the group\'s committed offsets, not its own older WAL position', async () => {
+    const topic = uniqueTopic();
+    const p = await project(topic, {}, ordersOnly());
+    fs.rmSync(path.join(p, 'models/purchases.sql'));
+    const drain = async (worker: string, n: number) => {
+      const w = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: worker } });
+      try {
+        await until(caughtUp(topic), 60_000, 200);
+        await until(async () => (await orderIds(p)).d === n, 30_000, 200);
+      } finally {
+        w.kill('SIGTERM');
+      }
+      expect((await waitExit(w, 60_000)).code, w.err().slice(-2000)).toBe(0);
+    };
+    await produce(mk.producer, topic, orders(0, 40));
+    await drain('w1', 40); // w1's WAL keeps its positions: 40 messages in
+    await produce(mk.producer, topic, orders(40, 30));
+    await drain('w2', 70); // the group commits 70
+    const port = await freePort();
+    const w1 = sluiceBg(['run', '--project', p, '--port', String(port), '--log-json'], { env: { SLUICE_WORKER_ID: 'w1' } });
+    try {
+      await until(() => w1.err().includes('Kafka partitions assigned'), 60_000);
+      const samples = await until(async () => {
+        const s = lagSamples((await httpGet(`http://127.0.0.1:${port}/metrics`).catch(() => ({ body: '' }))).body);
+        return s.length === 4 ? s : undefined;
+      }, 30_000);
+      // From w1's WAL alone, the 30 messages w2 took would count as lag.
+      expect(samples.reduce((n, x) => n + x.value, 0)).toBe(0);
+    } finally {
+      w1.kill('SIGTERM');
+    }
+    expect((await waitExit(w1, 60_000)).code, w1.err().slice(-2000)).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 70, d: 70 });
+  }, 180_000);
 
   it.concurrent('contract: poison messages go to <topic>_dlq with stage and error, good ones reach the output', async () => {
     const { topic, src } = kafkaSource();

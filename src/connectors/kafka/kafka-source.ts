@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
+import { withTimeout } from '../../util/with-timeout.js';
 import { fileSafeTopic, isDlqTopic, kafkaClient, messageKey, type KafkaSourceConfig } from './kafka-config.js';
 
 /** What a dead letter needs of the message it came from (`RawMessage.raw`). */
@@ -693,11 +694,7 @@ export class KafkaSource implements Source {
       clearTimeout(timer);
     }
     // Likewise a lag query of a scrape in flight (bounded by the scrape's own 2 s timeout).
-    if (this.lagging) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.lagging, new Promise((r) => (timer = setTimeout(r, 2_000)))]);
-      clearTimeout(timer);
-    }
+    if (this.lagging) await withTimeout(this.lagging, 2_000, 'lag query still running').catch(() => {});
     await this.admin?.disconnect().catch(() => {});
   }
 }

@@ -4,6 +4,7 @@ import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
 import { sleep } from '../file/file-source.js';
+import { withTimeout } from '../../util/with-timeout.js';
 import type { RedisStreamsSourceConfig } from './redis-config.js';
 
 /**
@@ -46,19 +47,11 @@ export async function connectRedis(url: string, log: Logger, what: string): Prom
 }
 
 async function connectWithin(client: { connect(): Promise<unknown>; destroy(): void }, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([
-      client.connect(),
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no connection within ${ms / 1000} s`)), ms);
-      }),
-    ]);
+    await withTimeout(client.connect(), ms, `no connection within ${ms / 1000} s`);
   } catch (err) {
     client.destroy();
     throw err;
-  } finally {
-    clearTimeout(timer);
   }
 }
 
