@@ -11,6 +11,8 @@ export type ErrorCode =
   | 'TRANSFORM'
   | 'SINK'
   | 'WAL'
+  /** The surroundings failed (disk full, IO error, permissions, memory): pause and retry, never dead-letter. */
+  | 'INFRA'
   | 'INTERNAL';
 
 export class SluiceError extends Error {

@@ -12,6 +12,41 @@ export const dlqKey = {
 };
 
 /**
+ * What the engine enforces on every source's messages, whatever the source type: limits checked
+ * at decode (a message over one is dead-lettered, the limit named in the error) and the contract
+ * of `incoming`'s schema. Taken out of a source's block by the project loader before the source
+ * type's own schema checks the rest, as the sink policy is.
+ */
+export const sourcePolicySchema = z
+  .object({
+    limits: z
+      .object({
+        max_message_bytes: z.number().int().positive().default(16 * 2 ** 20).describe('a larger message is dead-lettered at decode (default 16 MiB)'),
+        max_depth: z.number().int().positive().max(10_000).default(128).describe('objects and lists nested deeper are dead-lettered at decode (default 128)'),
+        max_fields: z.number().int().positive().default(100_000).describe('a message with more object keys, at every depth together, is dead-lettered at decode (default 100,000)'),
+        max_columns: z.number().int().positive().default(1000).describe("fields of incoming's schema, nested ones included; a message that would add one more is dead-lettered (default 1,000)"),
+        map_threshold: z.number().int().positive().default(200).describe('a nested object with more distinct keys than this becomes one JSON column instead of a struct (default 200)'),
+      })
+      .strict()
+      .default({ max_message_bytes: 16 * 2 ** 20, max_depth: 128, max_fields: 100_000, max_columns: 1000, map_threshold: 200 }),
+    contract: z
+      .object({
+        new_columns: z
+          .enum(['evolve', 'freeze', 'discard_row', 'discard_value'])
+          .default('evolve')
+          .describe("what a message with a field incoming's schema does not have yet does: evolve (add it, up to limits.max_columns), freeze (dead-letter the message), discard_row (drop the message, counted), discard_value (drop the new field, keep the rest)"),
+      })
+      .strict()
+      .default({ new_columns: 'evolve' }),
+  })
+  .strict();
+
+export type SourcePolicy = z.output<typeof sourcePolicySchema>;
+
+/** The engine's keys, taken out of a source's block before its own schema checks the rest. */
+export const SOURCE_POLICY_KEYS = Object.keys(sourcePolicySchema.shape) as (keyof SourcePolicy)[];
+
+/**
  * Error policy shared by every sink (config/sinks.yml), checked by the project loader beside the
  * sink's own schema, so every sink type has it without declaring it.
  */

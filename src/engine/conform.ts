@@ -1,5 +1,6 @@
 import type { PayloadBlock } from '../connectors/types.js';
 import type { Structure } from './structure.js';
+import { DEFAULT_MESSAGE_LIMITS } from './limits.js';
 
 /**
  * The decode fast path: does merging this message's json_structure() into the schema change
@@ -10,12 +11,14 @@ import type { Structure } from './structure.js';
  * elements conforming to its element structure (the grammar around them checked, the
  * contents of strings not: see string()). Numbers are typed from their text as DuckDB
  * types them: an integer without sign is UBIGINT, with a minus BIGINT, with a fraction or an
- * exponent DOUBLE.
+ * exponent DOUBLE. A schema node of type JSON takes any value, skipped without recursion (see
+ * skipAny()). A message conforms only within limits.max_depth and limits.max_fields (see
+ * overLimits in limits.ts, which counts alike), so whatever the fast path accepts is within them.
  *
  * The answer "no" is always safe: such a message is decoded exactly by DuckDB (see
  * BatchExecutor.prepare), which also has the last word on what is valid JSON. So anything
  * unusual says "no": escapes in keys, an empty object (DuckDB's structure is JSON), integers
- * too long to be sure of their type, a schema node of type JSON.
+ * too long to be sure of their type, a message over the limits.
  */
 export type Conformance = (data: Uint8Array, start: number, end: number) => boolean;
 
@@ -29,7 +32,8 @@ const DBL = 32;
 type Node =
   | { kind: 'scalar'; allowed: number }
   | { kind: 'object'; names: Uint8Array[]; keys: Map<string, number>; children: Node[]; seen: Int32Array }
-  | { kind: 'list'; element: Node };
+  | { kind: 'list'; element: Node }
+  | { kind: 'any' };
 
 const ALLOWED: Record<string, number> = {
   VARCHAR: NUL | STR,
@@ -40,7 +44,9 @@ const ALLOWED: Record<string, number> = {
   DOUBLE: NUL | UINT | INT | DBL,
 };
 
+/** Recursive to the depth of the schema, which only messages within limits.max_depth built. */
 function compile(s: Structure): Node {
+  if (s === 'JSON') return { kind: 'any' };
   if (Array.isArray(s)) return { kind: 'list', element: compile(s[0]) };
   if (typeof s === 'object') {
     const entries = Object.entries(s);
@@ -52,7 +58,7 @@ function compile(s: Structure): Node {
       seen: new Int32Array(entries.length),
     };
   }
-  // NULL (only nulls seen so far), JSON and anything else: only null changes nothing.
+  // NULL (only nulls seen so far) and anything else: only null changes nothing.
   return { kind: 'scalar', allowed: ALLOWED[s] ?? NUL };
 }
 
@@ -63,6 +69,11 @@ let d: Uint8Array = new Uint8Array(0);
 let pos = 0;
 let lim = 0;
 let generation = 0;
+/** Containers open around `pos` and keys seen so far in this message, and their limits. */
+let depth = 0;
+let fields = 0;
+let maxDepth = 0;
+let maxFields = 0;
 const utf8 = new TextDecoder();
 
 function ws(): void {
@@ -122,7 +133,7 @@ function number(): number {
     neg = true;
     pos++;
   }
-  const first = d[pos];
+  const first = pos < lim ? d[pos] : 0;
   const intDigits = digits();
   if (intDigits === 0 || (first === 48 && intDigits > 1)) return 0;
   let type = neg ? INT : UINT;
@@ -152,6 +163,7 @@ function value(n: Node): boolean {
   if (c === 110) return literal(NULL_BYTES);
   if (n.kind === 'object') return c === 123 && object(n);
   if (n.kind === 'list') return c === 91 && list(n);
+  if (n.kind === 'any') return skipAny(c);
   const allowed = n.allowed;
   if (c === 34) return (allowed & STR) !== 0 && string();
   if (c === 116) return (allowed & BOOL) !== 0 && literal(TRUE_BYTES);
@@ -168,7 +180,45 @@ function keyIs(name: Uint8Array, start: number): boolean {
   return true;
 }
 
+/**
+ * Skips any JSON value at `pos` (its first byte `c`), for a schema node of type JSON: a literal
+ * or a number as value() reads them, a string, or an object or list as a run of bytes up to
+ * its closing bracket, counting brackets and colons outside strings (not recursing, whatever
+ * the depth) and failing past maxDepth or maxFields. The grammar inside is not checked (DuckDB
+ * has the last word, see string()); the scan stops right after the value and never past `lim`.
+ */
+function skipAny(c: number): boolean {
+  if (c === 34) return string();
+  if (c === 116) return literal(TRUE_BYTES);
+  if (c === 102) return literal(FALSE_BYTES);
+  if (c === 45 || (c >= 48 && c <= 57)) return number() !== 0;
+  if (c !== 123 && c !== 91) return false;
+  let level = 0;
+  for (let p = pos; p < lim; p++) {
+    const x = d[p];
+    if (x === 34) {
+      for (p++; p < lim; p++) {
+        const y = d[p];
+        if (y === 34) break;
+        if (y === 92) p++;
+      }
+      if (p >= lim) return false;
+    } else if (x === 123 || x === 91) {
+      if (depth + ++level > maxDepth) return false;
+    } else if (x === 125 || x === 93) {
+      if (--level === 0) {
+        pos = p + 1;
+        return true;
+      }
+    } else if (x === 58) {
+      if (++fields > maxFields) return false;
+    }
+  }
+  return false;
+}
+
 function object(n: Extract<Node, { kind: 'object' }>): boolean {
+  if (++depth > maxDepth) return false;
   const gen = (generation = (generation + 1) | 0);
   let next = 0;
   pos++;
@@ -194,7 +244,7 @@ function object(n: Extract<Node, { kind: 'object' }>): boolean {
       idx = n.keys.get(utf8.decode(d.subarray(start, end)));
       pos = end + 1;
     }
-    if (idx === undefined || n.seen[idx] === gen) return false;
+    if (idx === undefined || n.seen[idx] === gen || ++fields > maxFields) return false;
     next = idx + 1;
     n.seen[idx] = gen;
     ws();
@@ -204,17 +254,22 @@ function object(n: Extract<Node, { kind: 'object' }>): boolean {
     ws();
     if (pos >= lim) return false;
     const c = d[pos++];
-    if (c === 125) return true;
+    if (c === 125) {
+      depth--;
+      return true;
+    }
     if (c !== 44) return false;
     ws();
   }
 }
 
 function list(n: Extract<Node, { kind: 'list' }>): boolean {
+  if (++depth > maxDepth) return false;
   pos++;
   ws();
   if (pos < lim && d[pos] === 93) {
     pos++;
+    depth--;
     return true;
   }
   for (;;) {
@@ -222,19 +277,31 @@ function list(n: Extract<Node, { kind: 'list' }>): boolean {
     ws();
     if (pos >= lim) return false;
     const c = d[pos++];
-    if (c === 93) return true;
+    if (c === 93) {
+      depth--;
+      return true;
+    }
     if (c !== 44) return false;
   }
 }
 
-/** The conformance test of a message (a JSON object) against the structure of `incoming`. */
-export function conformance(s: Structure | undefined): Conformance {
+/**
+ * The conformance test of a message (a JSON object) against the structure of `incoming`: also
+ * "no" for a message nesting deeper than `limits.maxDepth` or with more than `limits.maxFields`
+ * keys (see overLimits).
+ */
+export function conformance(s: Structure | undefined, limits: { maxDepth: number; maxFields: number } = DEFAULT_MESSAGE_LIMITS): Conformance {
   if (s === undefined || typeof s !== 'object' || Array.isArray(s)) return () => false;
   const root = compile(s) as Extract<Node, { kind: 'object' }>;
+  const { maxDepth: depthLimit, maxFields: fieldLimit } = limits;
   return (data, start, end) => {
     d = data;
     pos = start;
     lim = end;
+    depth = 0;
+    fields = 0;
+    maxDepth = depthLimit;
+    maxFields = fieldLimit;
     ws();
     if (pos >= lim || d[pos] !== 123 || !object(root)) return false;
     ws();

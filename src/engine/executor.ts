@@ -7,8 +7,11 @@ import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { ModelDef } from '../project/project-loader.js';
 import type { MessageMeta, PayloadBlock, RawMessage } from '../connectors/types.js';
-import { isObjectStructure, mergeStructure, type Structure } from './structure.js';
+import type { SourcePolicy } from '../connectors/shared-config.js';
+import { countFields, isObjectStructure, mergeStructure, type Structure } from './structure.js';
+import { DEFAULT_MESSAGE_LIMITS, overLimits, type MessageLimits } from './limits.js';
 import { conformance, nonConforming, type Conformance } from './conform.js';
+import { asInfraError } from './infra-errors.js';
 import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractKind, type ContractReport, type ModelContract } from './contracts.js';
 
 /** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
@@ -25,6 +28,35 @@ const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql
 /** The metadata columns a model's SQL mentions: only those are added to `incoming`. */
 export function metaColumnsUsed(sqls: string[]): string[] {
   return Object.keys(META_COLUMNS).filter((c) => sqls.some((sql) => new RegExp(`(^|[^A-Za-z0-9_])${c}($|[^A-Za-z0-9_])`, 'i').test(sql)));
+}
+
+/**
+ * What the engine enforces on a source's messages as it decodes them (a source's `limits` and
+ * `contract` keys): per-message limits, checked in one linear pass before DuckDB parses a
+ * message, and the rules by which `incoming`'s schema may grow.
+ */
+export interface DecodeRules {
+  limits: MessageLimits;
+  /** Fields of `incoming`'s schema, nested ones included, beyond which no message adds one. */
+  maxColumns: number;
+  /** A nested object with more keys becomes one JSON column (see MergeOptions.mapThreshold). */
+  mapThreshold: number;
+  /** What a message with a field the schema does not have yet does (contract.new_columns). */
+  newColumns: 'evolve' | 'freeze' | 'discard_row' | 'discard_value';
+}
+
+export const DEFAULT_DECODE_RULES: DecodeRules = { limits: DEFAULT_MESSAGE_LIMITS, maxColumns: 1000, mapThreshold: 200, newColumns: 'evolve' };
+
+/** A source's `limits` and `contract` keys as the executor applies them. */
+export function decodeRules(policy: SourcePolicy | undefined): DecodeRules {
+  if (!policy) return DEFAULT_DECODE_RULES;
+  const l = policy.limits;
+  return {
+    limits: { maxBytes: l.max_message_bytes, maxDepth: l.max_depth, maxFields: l.max_fields },
+    maxColumns: l.max_columns,
+    mapThreshold: l.map_threshold,
+    newColumns: policy.contract.new_columns,
+  };
 }
 
 /** Messages decoded exactly by DuckDB per round (see prepare()). */
@@ -71,6 +103,8 @@ export interface BatchOutcome {
 
 /** A batch loaded and decoded by prepare(), ready for execute(). */
 export interface PreparedBatch {
+  /** Which of the two lanes' tables it uses (a batch decoded again keeps its lane). */
+  lane: number;
   /** The lane table holding the payloads. */
   raw: string;
   /** The lane table holding the messages' metadata, when a model uses any. */
@@ -85,6 +119,8 @@ export interface PreparedBatch {
   failures: MessageFailure[];
   structure: Structure | undefined;
   timings: Record<string, number>;
+  /** What decoding did to `incoming`'s schema: fields turned into JSON, messages or values dropped by its contract. */
+  incoming: Pick<ContractReport, 'changes' | 'violations'>;
 }
 
 /** Compiles models for execution: template rendering was done at load; this analyses and rewrites. */
@@ -248,6 +284,7 @@ export class BatchExecutor {
     private readonly models: CompiledModel[],
     private readonly sourceName: string,
     private readonly loadConn: DuckDBConnection = conn,
+    private readonly rules: DecodeRules = DEFAULT_DECODE_RULES,
   ) {
     this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed([m.sql])]));
     this.metaColumns = metaColumnsUsed(models.map((m) => m.sql));
@@ -274,7 +311,7 @@ export class BatchExecutor {
 
   /** The conformance test for `structure`, compiled once per schema. */
   private conformance(structure: Structure | undefined): Conformance {
-    if (!this.compiled || this.compiled.structure !== structure) this.compiled = { structure, check: conformance(structure) };
+    if (!this.compiled || this.compiled.structure !== structure) this.compiled = { structure, check: conformance(structure, this.rules.limits) };
     return this.compiled.check;
   }
 
@@ -313,6 +350,13 @@ export class BatchExecutor {
         failures.push({ index: i, stage: 'decode', error: 'invalid JSON: the message is not valid UTF-8' });
       }
     }
+    const maxBytes = this.rules.limits.maxBytes;
+    for (let i = 0; i < messages.length; i++) {
+      const size = block.ends[i] - block.starts[i];
+      if (size <= maxBytes || bad.has(i)) continue;
+      bad.add(i);
+      failures.push({ index: i, stage: 'decode', error: `message is ${size} bytes, over limits.max_message_bytes (${maxBytes})` });
+    }
     // A source's block separates messages by its separator (a newline unless it says); a block
     // built here, by SEPARATOR, which a payload from a broker may hold: those batches go
     // through the appender.
@@ -323,6 +367,19 @@ export class BatchExecutor {
         : await startLoad(conn, raw, block, SEPARATOR.charCodeAt(0), bad);
     let slow = await nonConforming(block, this.conformance(this.structure));
     if (bad.size) slow = slow.filter((i) => !bad.has(i));
+    // Only messages the fast path refused can be over a limit (it refuses those): one linear
+    // pass each, before DuckDB parses them, so that no message is ever taken apart deeper or
+    // wider than the limits allow.
+    const within: number[] = [];
+    for (const i of slow) {
+      const over = overLimits(block.data, block.starts[i], block.ends[i], this.rules.limits);
+      if (over === undefined) within.push(i);
+      else {
+        bad.add(i);
+        failures.push({ index: i, stage: 'decode', error: over });
+      }
+    }
+    slow = within;
     lap('check');
     const loaded = await loading;
     if (loaded !== messages.length) {
@@ -336,17 +393,18 @@ export class BatchExecutor {
     lap('load');
 
     let merged = this.structure;
+    const incoming: PreparedBatch['incoming'] = { changes: [], violations: [] };
     while (slow.length > 0) {
       const sample = slow.slice(0, DECODE_SAMPLE);
       const before = merged;
-      merged = await this.decodeExactly(conn, raw, sample, messages, merged, bad, failures);
+      merged = await this.decodeExactly(conn, raw, sample, messages, merged, bad, failures, incoming);
       slow = slow.slice(DECODE_SAMPLE);
       // The schema grew: more of the rest may conform now.
       if (merged !== before && slow.length > 0) slow = await nonConforming(block, this.conformance(merged), slow);
     }
     if (bad.size < messages.length) this.structure = merged;
     lap('decode');
-    const p: PreparedBatch = { raw, meta, count: messages.length, bad, failures, structure: this.structure, timings, addedMeta: [] };
+    const p: PreparedBatch = { lane, raw, meta, count: messages.length, bad, failures, structure: this.structure, timings, addedMeta: [], incoming };
     await this.convert(p, `__batch${lane}`);
     lap('convert');
     return p;
@@ -371,6 +429,8 @@ export class BatchExecutor {
     try {
       await convert();
     } catch (err) {
+      const infra = asInfraError(err, 'converting a batch');
+      if (infra) throw infra;
       // Only when JavaScript accepted a message DuckDB cannot read (their JSON parsers differ
       // at the edges): dead-letter exactly those and convert the rest.
       if (!cols) throw err;
@@ -407,6 +467,8 @@ export class BatchExecutor {
       return { failures, rows, attempts: 0, timings, written, structure, contract: this.report };
     };
     this.report = emptyReport();
+    this.report.changes.push(...p.incoming.changes);
+    this.report.violations.push(...p.incoming.violations);
     if (!p.batch) return nothingGood();
     this.current = p;
     if (this.shape.structure !== p.structure) this.shape = { structure: p.structure, key: JSON.stringify(p.structure ?? null) };
@@ -462,7 +524,10 @@ export class BatchExecutor {
   /**
    * Decodes messages `ids` with DuckDB's json_structure(): unparseable ones and those whose
    * structure conflicts with the schema are added to `bad` and `failures`; the others' structures
-   * are merged into the schema, most common first. Returns the merged schema.
+   * are merged into the schema, most common first, under the source's rules (see DecodeRules):
+   * a nested object past map_threshold keys becomes JSON; a new field is added (evolve) up to
+   * max_columns, else the message is dead-lettered; freeze dead-letters it, discard_row drops
+   * it, discard_value drops its new fields. Returns the merged schema.
    */
   private async decodeExactly(
     conn: DuckDBConnection,
@@ -472,12 +537,20 @@ export class BatchExecutor {
     structure: Structure | undefined,
     bad: Set<number>,
     failures: MessageFailure[],
+    incoming: PreparedBatch['incoming'],
   ): Promise<Structure | undefined> {
     const groups = await conn.runAndReadAll(
       `SELECT TRY(json_structure(payload)) AS s, list(id ORDER BY id) AS ids FROM ${raw} ${ids.length === messages.length ? '' : `WHERE id IN (${ids.join(',')})`} ` +
         `GROUP BY s ORDER BY count(*) DESC, s`,
     );
+    const { maxColumns, mapThreshold, newColumns } = this.rules;
+    const violation = (column: string, policy: 'freeze' | 'discard_row' | 'discard_value', rows: number) => {
+      const v = incoming.violations.find((x) => x.column === column && x.policy === policy);
+      if (v) v.rows += rows;
+      else incoming.violations.push({ model: 'incoming', column, kind: 'new_column', policy, rows });
+    };
     let merged = structure;
+    let fields = countFields(merged);
     for (const [sv, idList] of groups.getRows()) {
       const members = (idList as { items: unknown[] }).items.map(Number);
       let reason: string | undefined;
@@ -492,9 +565,30 @@ export class BatchExecutor {
       if (!isObjectStructure(st)) {
         reason = `message is ${Array.isArray(st) ? 'a JSON array' : 'a JSON scalar'}, not an object`;
       } else {
-        const r = mergeStructure(merged, st);
+        // The first messages establish the schema whatever the contract: it governs what comes after.
+        const policy = merged === undefined ? 'evolve' : newColumns;
+        // At the cap nothing can be added: merging without adding is cheaper (no copy of the schema).
+        const full = policy === 'evolve' && fields >= maxColumns;
+        const r = mergeStructure(merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold });
         if (r.conflict) reason = `type conflict: ${r.conflict}`;
-        else merged = r.merged;
+        else if (full && r.skipped.length) {
+          reason = `the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+        }
+        else if (r.skipped.length && policy === 'freeze') {
+          reason = `new field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''}: incoming's schema is frozen (contract.new_columns: freeze)`;
+          violation(r.skipped[0], 'freeze', members.length);
+        } else if (r.skipped.length && policy === 'discard_row') {
+          for (const i of members) bad.add(i);
+          violation(r.skipped[0], 'discard_row', members.length);
+          continue;
+        } else if (r.added.length && countFields(r.merged) > maxColumns) {
+          reason = `the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+        } else {
+          if (r.skipped.length) violation(r.skipped[0], 'discard_value', members.length);
+          for (const c of r.collapsed) incoming.changes.push({ model: 'incoming', column: c, kind: 'type_change', from: 'STRUCT', to: 'JSON' });
+          if (r.merged !== merged && (r.added.length || r.collapsed.length)) fields = countFields(r.merged);
+          merged = r.merged;
+        }
       }
       if (reason) {
         for (const i of members) {
@@ -546,8 +640,9 @@ export class BatchExecutor {
    */
   private async attemptPruning(direct?: Map<string, string>, rows?: Map<string, number>): Promise<Awaited<ReturnType<BatchExecutor['attempt']>>> {
     for (;;) {
-      // Only this run's discards count (refusals stay: their messages have left the batch).
-      this.report.violations = this.report.violations.filter((v) => v.policy === 'freeze');
+      // Only this run's discards count (refusals stay: their messages have left the batch, and
+      // so do those of incoming's contract, applied once at decode).
+      this.report.violations = this.report.violations.filter((v) => v.policy === 'freeze' || v.model === 'incoming');
       const res = await this.attempt(null, direct, rows);
       if (res.ok || !res.refused) return res;
       this.current.failures.push(...(await this.refuse(res.refused)));
@@ -626,6 +721,9 @@ export class BatchExecutor {
         if (r.refused) return { ok: false, error: r.refused[0].error, model: m.name, refused: r.refused };
         if (target) rows?.set(m.name, r.rows!);
       } catch (err) {
+        // A full disk or a failing allocation would fail every message alike: never theirs.
+        const infra = asInfraError(err, direct?.has(m.name) ? `writing the WAL segment of model ${m.name}` : `running model ${m.name}`);
+        if (infra) throw infra;
         return { ok: false, error: cleanError(err), model: m.name };
       }
     }

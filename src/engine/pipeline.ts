@@ -14,9 +14,10 @@ import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
 import { MSG_COL } from '../sql/analyze.js';
 import { SinkRunner } from './sink-runner.js';
-import { BatchExecutor, compileModels, type BatchOutcome, type PreparedBatch } from './executor.js';
+import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type PreparedBatch } from './executor.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from '../tests/data-tests.js';
+import { asInfraError, infraKind, type InfraError } from './infra-errors.js';
 
 export interface RunOptions {
   project: Project;
@@ -159,6 +160,10 @@ export class Pipeline {
   private workerId = '';
   private lastReadMs = 0;
   private source?: Source;
+  /** The infrastructure failure being waited out (see untilItWorks), for /readyz. */
+  private stall: { error: InfraError; since: number } | undefined;
+  /** The read (and decode) of the next batch, in flight while the current one is handled. */
+  private reading: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: RunOptions) {}
 
@@ -206,7 +211,7 @@ export class Pipeline {
     const compiled = await compileModels(this.conn, this.models);
     // A second connection loads and decodes the next batch while this one runs the models.
     this.loadConn = await this.instance.connect();
-    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn);
+    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy));
     await this.executor.init();
     this.tests = await BatchTests.create(this.conn, project, this.models, this.log);
 
@@ -324,6 +329,7 @@ export class Pipeline {
       else if (!s.sink.healthy()) reasons.push(`sink ${name} unhealthy`);
     }
     for (const [model, f] of this.flushFailures) reasons.push(`flush of ${model} failing: ${f.error}`);
+    if (this.stall) reasons.push(`paused since ${new Date(this.stall.since).toISOString()}: ${this.stall.error.message}`);
     if (this.paused) reasons.push(`reading paused: the WAL holds ${this.wal.totalBytes()} bytes (wal.max_bytes ${this.opts.project.walMaxBytes}) while a sink fails`);
     return { ok: reasons.length === 0, reasons };
   }
@@ -360,6 +366,7 @@ export class Pipeline {
       const p = this.readAndPrepare(source, lane);
       lane ^= 1;
       p.catch(() => {}); // awaited by the loop; only keeps a failure from counting as unhandled meanwhile
+      this.reading = p;
       return p;
     };
     let pending = next();
@@ -387,12 +394,121 @@ export class Pipeline {
     this.lastReadMs = Math.round(performance.now() - readStart);
     if (batch === null) return null;
     if (batch.messages.length === 0) return { batch };
-    return { batch, prepared: await this.executor.prepare(batch.messages, lane, batch.block) };
+    const prepared = await this.untilItWorks('decoding a batch', () => this.executor.prepare(batch.messages, lane, batch.block), async () => {});
+    return { batch, prepared };
   }
 
-  private async handleBatch(batch: SourceBatch, prepared: PreparedBatch, source: Source, sourceName: string): Promise<void> {
+  /**
+   * Runs `step` until it works. An infrastructure failure (see infra-errors.ts: a full or
+   * failing disk, permissions, memory) is nobody's message's fault: nothing is dead-lettered or
+   * acked for it. The pipeline pauses (reading stops: the loop waits here), /readyz turns red,
+   * the failure is counted and logged once, `undo` puts things back as they were before the
+   * step, and the step is tried again with backoff until it works — or until
+   * infra_errors.give_up_after_seconds, or a stop, ends the run with everything unacked left
+   * for the next start. Any other error goes up at once.
+   */
+  private async untilItWorks<T>(where: string, step: () => Promise<T>, undo: () => Promise<void>): Promise<T> {
+    const { signal, project } = this.opts;
+    const { maxBackoffMs, giveUpAfterSeconds } = project.infraErrors ?? { maxBackoffMs: 30_000, giveUpAfterSeconds: 0 };
+    let wait = Math.min(250, maxBackoffMs);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const r = await step();
+        if (attempt > 1 && this.stall) {
+          this.log.info({ after_ms: Date.now() - this.stall.since, attempts: attempt }, `resumed: ${where} works again`);
+          this.stall = undefined;
+          this.metrics.stalled.set(0);
+          this.updateGauges();
+        }
+        return r;
+      } catch (err) {
+        const infra = asInfraError(err, where);
+        if (!infra) throw err;
+        try {
+          await undo();
+        } catch (undoErr) {
+          this.log.debug({ err: undoErr }, 'undoing the failed step failed too; the next start sweeps what is left');
+        }
+        this.metrics.infraErrors.inc({ kind: infra.kind });
+        this.metrics.errors.inc({ stage: 'infra', error_type: infra.kind.replace(/ /g, '_') });
+        const changed = this.stall?.error.message !== infra.message;
+        this.stall = { error: infra, since: this.stall?.since ?? Date.now() };
+        this.metrics.stalled.set(1);
+        this.updateGauges();
+        const lasted = Date.now() - this.stall.since;
+        if (giveUpAfterSeconds > 0 && lasted >= giveUpAfterSeconds * 1000) {
+          throw new SluiceError('INFRA', `gave up after ${Math.round(lasted / 1000)} s (infra_errors.give_up_after_seconds ${giveUpAfterSeconds}): ${infra.message}; nothing of the unacked batch was lost: it is read again on the next start`, { cause: err });
+        }
+        if (signal.aborted) throw new SluiceError('INFRA', `stopped while paused: ${infra.message}; the batch was not acked and is read again on the next start`, { cause: err });
+        if (changed) this.log.error({ kind: infra.kind, retry_max_ms: maxBackoffMs }, `paused: ${infra.message}; nothing was dead-lettered or acked for it, and the batch is retried until it works`);
+        else this.log.debug({ kind: infra.kind, attempt, retry_in_ms: wait }, 'still failing');
+        await sleepUntil(Date.now() + wait, signal);
+        wait = Math.min(wait * 2, maxBackoffMs);
+      }
+    }
+  }
+
+  /**
+   * A batch through the models to the WAL commit, then the ack. An infrastructure failure on
+   * the way (the WAL's or the DLQ's disk full, say) undoes what was staged and tries the batch
+   * again (untilItWorks): the messages were not acked, and none is blamed for it.
+   */
+  private async handleBatch(batch: SourceBatch, first: PreparedBatch, source: Source, sourceName: string): Promise<void> {
     const timer = this.metrics.batchDuration.startTimer();
     this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
+    const dlqBefore = this.dlq?.mark();
+    let prepared: PreparedBatch | undefined = first;
+    let dlqTouched = false;
+    const staged = await this.untilItWorks(
+      'writing a batch to the WAL',
+      async () => {
+        // After a failure the batch is decoded again: isolating bad messages changes its tables.
+        prepared ??= await this.executor.prepare(batch.messages, first.lane, batch.block);
+        const p = prepared;
+        prepared = undefined;
+        return this.stageBatch(batch, p, () => (dlqTouched = true));
+      },
+      async () => {
+        await this.wal.abandon();
+        if (dlqTouched && this.dlq) await this.dlq.recover(dlqBefore);
+        dlqTouched = false;
+        // The retry decodes on the loading connection: wait for the next batch's decoding there.
+        await this.reading.catch(() => {});
+      },
+    );
+    const { outcome, rows, records } = staged;
+    for (const r of records) {
+      this.metrics.deadLettered.inc({ stage: r.stage });
+      this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
+      this.log.warn({ stage: r.stage, source: r.source, model: r.model, error: r.error }, 'message sent to the DLQ');
+    }
+    this.summary.deadLettered += records.length;
+    for (const [model, n] of rows) {
+      this.metrics.rowsOut.inc({ model }, n);
+      this.summary.rows[model] = (this.summary.rows[model] ?? 0) + n;
+    }
+    const redelivered = batch.messages.reduce((n, m) => n + (m.redelivered ? 1 : 0), 0);
+    if (redelivered) {
+      this.metrics.redelivered.inc({ source: sourceName }, redelivered);
+      this.summary.redelivered += redelivered;
+    }
+    const ackStart = performance.now();
+    await source.ack(batch);
+    outcome.timings.ack = Math.round(performance.now() - ackStart);
+    this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
+    this.summary.messages += batch.messages.length;
+    this.summary.batches++;
+    timer();
+    this.updateGauges();
+    this.log.debug({ seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { read: this.lastReadMs, ...outcome.timings } }, 'batch committed');
+  }
+
+  /**
+   * Runs the models over a prepared batch, stages each model's rows as a WAL segment, appends
+   * the dead letters and commits the batch (segments, DLQ mark, source position) in the WAL.
+   * Nothing is counted here: a failure is undone and the batch staged again.
+   */
+  private async stageBatch(batch: SourceBatch, prepared: PreparedBatch, dlqTouched: () => void): Promise<{ outcome: BatchOutcome; rows: Map<string, number>; records: DeadLetter[] }> {
     // Segment names need the batch's sequence number and keys before the models run.
     const seq = this.wal.nextSeq();
     const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
@@ -408,18 +524,13 @@ export class Pipeline {
         await this.tests.enforce(outcome, this.testSink, targets);
         outcome.timings.tests = Math.round(performance.now() - testStart);
       }
-      reportContracts(outcome.contract, this.log, this.metrics.contractCounters());
     } catch (err) {
-      this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
+      if (!asInfraError(err, '')) this.metrics.errors.inc({ stage: 'transform', error_type: 'batch' });
       throw err;
     }
     const stageStart = performance.now();
-    const redelivered = batch.messages.reduce((n, m) => n + (m.redelivered ? 1 : 0), 0);
-    if (redelivered) {
-      this.metrics.redelivered.inc({ source: sourceName }, redelivered);
-      this.summary.redelivered += redelivered;
-    }
     const touched: string[] = [];
+    const rows = new Map<string, number>();
     for (const m of this.models) {
       const n = outcome.rows.get(m.name) ?? 0;
       const p = paths.get(m.name)!;
@@ -427,50 +538,52 @@ export class Pipeline {
         if (outcome.written.has(m.name)) await fsp.rm(p.tmp, { force: true });
         continue;
       }
-      if (!outcome.written.has(m.name)) await this.executor.copyOutput(m.name, p.tmp);
+      if (!outcome.written.has(m.name)) {
+        try {
+          await this.executor.copyOutput(m.name, p.tmp);
+        } catch (err) {
+          throw asInfraError(err, `writing the WAL segment of model ${m.name}`) ?? err;
+        }
+      }
       touched.push(m.name);
-      this.metrics.rowsOut.inc({ model: m.name }, n);
-      this.summary.rows[m.name] = (this.summary.rows[m.name] ?? 0) + n;
+      rows.set(m.name, n);
     }
     // Each segment's fsync waits on the disk: the models' segments are made durable together.
     await Promise.all(touched.map((m) => this.wal.publishSegment(m, seq, first, last, paths.get(m)!.tmp, paths.get(m)!.final)));
-    if (outcome.failures.length) {
-      const time = new Date().toISOString();
-      const records: DeadLetter[] = outcome.failures.map((f) => ({
-        payload: batch.messages[f.index].payload,
-        error: f.error,
-        stage: f.stage,
-        source: batch.messages[f.index].coords,
-        ...(f.model ? { model: f.model } : {}),
-        time,
-        original: batch.messages[f.index].raw,
-      }));
-      for (const r of records) {
-        this.metrics.deadLettered.inc({ stage: r.stage });
-        this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
-        this.log.warn({ stage: r.stage, source: r.source, model: r.model, error: r.error }, 'message sent to the DLQ');
+    const time = new Date().toISOString();
+    const records: DeadLetter[] = outcome.failures.map((f) => ({
+      payload: batch.messages[f.index].payload,
+      error: f.error,
+      stage: f.stage,
+      source: batch.messages[f.index].coords,
+      ...(f.model ? { model: f.model } : {}),
+      time,
+      original: batch.messages[f.index].raw,
+    }));
+    if (records.length) {
+      if (!this.dlq) throw new SluiceError('CONFIG', `a message failed (${records[0].stage}: ${records[0].error}) and the source has no dlq configured`);
+      dlqTouched();
+      try {
+        await this.dlq.append(records);
+      } catch (err) {
+        throw asInfraError(err, 'appending to the DLQ') ?? err;
       }
-      if (!this.dlq) throw new SluiceError('CONFIG', 'a message failed and the source has no dlq configured');
-      await this.dlq.append(records);
-      this.summary.deadLettered += records.length;
     }
     outcome.timings.stage = Math.round(performance.now() - stageStart);
     crashPoint('before-commit');
     const commitStart = performance.now();
     this.wal.state.schemas = this.executor.schemas.snapshot();
-    await this.wal.commit(seq, batch.position, this.dlq?.mark(), outcome.structure, touched);
+    try {
+      await this.wal.commit(seq, batch.position, this.dlq?.mark(), outcome.structure, touched);
+    } catch (err) {
+      throw asInfraError(err, 'committing the WAL') ?? err;
+    }
     crashPoint('after-commit');
+    // Reported once the batch is committed: a batch tried again is not reported twice.
+    reportContracts(outcome.contract, this.log, this.metrics.contractCounters());
     outcome.timings.commit = Math.round(performance.now() - commitStart);
-    const ackStart = performance.now();
-    await source.ack(batch);
-    outcome.timings.ack = Math.round(performance.now() - ackStart);
-    this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
     outcome.timings.stage_and_commit = Math.round(performance.now() - stageStart);
-    this.summary.messages += batch.messages.length;
-    this.summary.batches++;
-    timer();
-    this.updateGauges();
-    this.log.debug({ seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { read: this.lastReadMs, ...outcome.timings } }, 'batch committed');
+    return { outcome, rows, records };
   }
 
   private updateGauges(): void {
@@ -606,9 +719,13 @@ export class Pipeline {
         const { on_error: onError, retry } = runner.policy;
         this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
         this.flushFailures.set(m.name, { error: `sink ${name}: ${errorMessage(err)}` });
-        if (!res.exhausted || onError === 'retry') {
+        // A full disk or a failing allocation is not the rows' fault: such a flush is only ever
+        // retried, whatever on_error says (it would dead-letter good rows, or stop for nothing).
+        const infra = infraKind(err);
+        if (!res.exhausted || onError === 'retry' || infra) {
           complete = false;
-          this.log.error({ model: m.name, sink: name, err, attempt: res.attempts, retry_in_ms: res.retryInMs }, res.exhausted ? `sink still failing after ${res.attempts} attempts (on_error: retry); the WAL is kept and the write retried` : 'sink write failed; the WAL is kept and the write retried');
+          const why = onError === 'retry' ? 'on_error: retry' : `${infra}: on_error: ${onError} is only for errors of the rows`;
+          this.log.error({ model: m.name, sink: name, err, attempt: res.attempts, retry_in_ms: res.retryInMs }, res.exhausted ? `sink still failing after ${res.attempts} attempts (${why}); the WAL is kept and the write retried` : 'sink write failed; the WAL is kept and the write retried');
           continue;
         }
         if (onError === 'fail') {
@@ -633,7 +750,16 @@ export class Pipeline {
       this.updateGauges();
       return false;
     }
-    await this.wal.endFlush(m.name);
+    try {
+      await this.wal.endFlush(m.name);
+    } catch (err) {
+      // Every sink has the flush; recording that failed (the WAL's disk is full, say): the
+      // flush stays in flight and its record is tried again (the sinks are not written again).
+      this.flushFailures.set(m.name, { error: `recording the flush of ${m.name}: ${errorMessage(err)}` });
+      this.log.error({ model: m.name, err: new Error(errorMessage(err)) }, 'recording a finished flush failed; it is tried again');
+      this.updateGauges();
+      return false;
+    }
     this.flushFailures.delete(m.name);
     this.metrics.flushes.inc({ model: m.name, result: 'ok' });
     this.summary.flushes++;

@@ -14,6 +14,8 @@ export class Metrics {
   readonly rowsOut = new client.Counter({ name: 'sluice_rows_total', help: 'Rows produced per model and staged in the WAL', labelNames: ['model'], registers: [this.registry] });
   readonly rowsWritten = new client.Counter({ name: 'sluice_sink_rows_written_total', help: 'Rows delivered to a sink', labelNames: ['model', 'sink'], registers: [this.registry] });
   readonly deadLettered = new client.Counter({ name: 'sluice_dead_lettered_total', help: 'Messages sent to the DLQ', labelNames: ['stage'], registers: [this.registry] });
+  readonly infraErrors = new client.Counter({ name: 'sluice_infra_errors_total', help: 'Failures of the surroundings (full disk, IO error, permissions, memory) that paused the pipeline; nothing was dead-lettered or acked for them', labelNames: ['kind'], registers: [this.registry] });
+  readonly stalled = new client.Gauge({ name: 'sluice_stalled', help: '1 while the pipeline waits out an infrastructure failure', registers: [this.registry] });
   readonly errors = new client.Counter({ name: 'sluice_errors_total', help: 'Errors by stage and type', labelNames: ['stage', 'error_type'], registers: [this.registry] });
   readonly batchDuration = new client.Histogram({
     name: 'sluice_batch_duration_seconds', help: 'Time to decode, transform and stage one batch', registers: [this.registry],

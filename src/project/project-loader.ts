@@ -3,7 +3,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { sinkSpec, sinks as sinkSpecs, sourceSpec, sources as sourceSpecs, type SinkSpec, type SourceSpec } from '../connectors/registry.js';
-import { SINK_POLICY_KEYS, sinkPolicySchema, type SinkPolicy } from '../connectors/shared-config.js';
+import { SINK_POLICY_KEYS, SOURCE_POLICY_KEYS, sinkPolicySchema, sourcePolicySchema, type SinkPolicy, type SourcePolicy } from '../connectors/shared-config.js';
 import { renderModel, type RenderedModel } from '../sql/template.js';
 import { topoSort } from './dag.js';
 import { applyTargetOverrides, remapTargetIssues, resolveTarget, targetEnv } from './targets.js';
@@ -26,6 +26,8 @@ export interface NamedSource {
   type: string;
   spec: SourceSpec;
   cfg: Record<string, unknown> & { batch_size: number; batch_timeout_ms: number; dlq?: string };
+  /** limits / contract, enforced by the engine for every source type. */
+  policy: SourcePolicy;
   file: string;
   line?: number;
 }
@@ -108,6 +110,8 @@ export interface Project {
   walMaxBytes: number;
   port: number;
   duckdb: { threads?: number; memory_limit?: string };
+  /** How long an infrastructure failure (full disk, IO error) is waited out, and how often it is retried. */
+  infraErrors: { maxBackoffMs: number; giveUpAfterSeconds: number };
   sources: NamedSource[];
   sinks: NamedSink[];
   /** In dependency order. */
@@ -129,6 +133,13 @@ const projectSchema = z
       .strict()
       .optional(),
     server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
+    infra_errors: z
+      .object({
+        max_backoff_ms: z.number().int().positive().optional().describe('while a disk is full or failing, the same batch is retried with backoff up to this wait (default 30000)'),
+        give_up_after_seconds: z.number().nonnegative().optional().describe('exit non-zero once an infrastructure failure has lasted this long, leaving everything unacked for the next start (default 0: wait until it is fixed)'),
+      })
+      .strict()
+      .optional(),
     duckdb: z
       .object({
         threads: z.number().int().positive().optional().describe('DuckDB threads (default: one per core but one)'),
@@ -208,8 +219,10 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   if (!srcYaml) issues.push({ file: show(srcFile), message: 'missing: a project needs config/sources.yml with a `source:` or `sources:` block' });
   else if (srcYaml.value !== undefined) {
     for (const [name, raw, keyPath] of namedBlocks(srcYaml, 'source', 'sources', issues)) {
-      const c = connectorConfig(srcYaml, raw, keyPath, sourceSpecs, sourceSpec, 'source', issues);
-      if (c) sources.push({ name, type: c.spec.type, spec: c.spec as SourceSpec, cfg: c.cfg as NamedSource['cfg'], file: srcYaml.file, line: srcYaml.lineOf(keyPath) });
+      const { policy, rest } = splitPolicy(raw, SOURCE_POLICY_KEYS);
+      const c = connectorConfig(srcYaml, rest, keyPath, sourceSpecs, sourceSpec, 'source', issues);
+      const pol = checkSchema(srcYaml, sourcePolicySchema, policy, keyPath, issues);
+      if (c && pol) sources.push({ name, type: c.spec.type, spec: c.spec as SourceSpec, cfg: c.cfg as NamedSource['cfg'], policy: pol, file: srcYaml.file, line: srcYaml.lineOf(keyPath) });
     }
   }
 
@@ -224,7 +237,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   else if (sinkYaml.value !== undefined) {
     for (const [name, raw, keyPath] of namedBlocks(sinkYaml, 'sink', 'sinks', issues)) {
       declaredSinks.add(name);
-      const { policy, rest } = splitSinkPolicy(raw);
+      const { policy, rest } = splitPolicy(raw, SINK_POLICY_KEYS);
       const c = connectorConfig(sinkYaml, rest, keyPath, sinkSpecs, sinkSpec, 'sink', issues);
       const pol = checkSchema(sinkYaml, sinkPolicySchema, policy, keyPath, issues);
       if (c && pol) sinks.push({ name, type: c.spec.type, spec: c.spec as SinkSpec, cfg: c.cfg, policy: pol, file: sinkYaml.file, line: sinkYaml.lineOf(keyPath), lineOf: (k) => sinkYaml.lineOf([...keyPath, ...k]) });
@@ -381,6 +394,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
     walMaxBytes: proj?.wal?.max_bytes ?? DEFAULT_WAL_MAX_BYTES,
     port: proj?.server?.port ?? DEFAULT_PORT,
     duckdb: proj?.duckdb ?? {},
+    infraErrors: { maxBackoffMs: proj?.infra_errors?.max_backoff_ms ?? 30_000, giveUpAfterSeconds: proj?.infra_errors?.give_up_after_seconds ?? 0 },
     sources,
     sinks,
     models: ordered,
@@ -389,12 +403,12 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   };
 }
 
-/** A sink block split into the shared policy keys and the sink type's own keys. */
-function splitSinkPolicy(raw: unknown): { policy: Record<string, unknown>; rest: unknown } {
+/** A source or sink block split into the engine's policy keys and the connector type's own keys. */
+function splitPolicy(raw: unknown, keys: readonly string[]): { policy: Record<string, unknown>; rest: unknown } {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return { policy: {}, rest: raw };
   const policy: Record<string, unknown> = {};
   const rest: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(raw)) ((SINK_POLICY_KEYS as string[]).includes(k) ? policy : rest)[k] = v;
+  for (const [k, v] of Object.entries(raw)) (keys.includes(k) ? policy : rest)[k] = v;
   return { policy, rest };
 }
 

@@ -151,11 +151,42 @@ export class Wal {
   /** Commits batch `seq`: after this returns, its segments and position survive a crash. */
   async commit(seq: number, position: unknown, dlq: unknown, structure: Structure | undefined, touched: string[]): Promise<void> {
     await Promise.all(touched.map((m) => fsyncDir(this.modelDir(m))));
+    const before = { seq: this.state.seq, position: this.state.position, dlq: this.state.dlq, structure: this.state.structure };
     this.state.seq = seq;
     this.state.position = position;
     this.state.dlq = dlq;
     this.state.structure = structure;
-    await this.writeState();
+    try {
+      await this.writeState();
+    } catch (err) {
+      // Not committed (a full disk, say): the state stays what is on disk, so that the batch
+      // can be tried again with the same sequence number.
+      Object.assign(this.state, before);
+      throw err;
+    }
+  }
+
+  /**
+   * Forgets a batch that did not commit: removes its staged and published segments (those
+   * after the committed seq) from disk and from the pending lists, so that the batch can be
+   * staged again. What could not be removed is swept at the next open().
+   */
+  async abandon(): Promise<void> {
+    const committed = this.state.seq;
+    for (const [model, list] of this.segments) {
+      const gone = list.filter((s) => s.seq > committed);
+      if (gone.length === 0) continue;
+      this.segments.set(model, list.filter((s) => s.seq <= committed));
+      for (const s of gone) await fsp.rm(s.file, { force: true }).catch(() => {});
+    }
+    for (const model of this.segments.keys()) {
+      const dir = this.modelDir(model);
+      const names = await fsp.readdir(dir).catch(() => [] as string[]);
+      for (const name of names) {
+        const seq = Number(/^\.?(\d{12})_/.exec(name)?.[1] ?? 0);
+        if (seq > committed) await fsp.rm(path.join(dir, name), { force: true }).catch(() => {});
+      }
+    }
   }
 
   /**
@@ -223,9 +254,17 @@ export class Wal {
     const ms = this.state.models[model];
     if (!ms?.inflight) return;
     const last = ms.inflight.lastSeq;
+    const { flushedSeq, inflight } = ms;
     ms.flushedSeq = last;
     ms.inflight = undefined;
-    await this.writeState();
+    try {
+      await this.writeState();
+    } catch (err) {
+      // Not recorded: the flush stays in flight (its sinks marked done), to be ended again.
+      ms.flushedSeq = flushedSeq;
+      ms.inflight = inflight;
+      throw err;
+    }
     const segs = this.pending(model);
     let n = 0;
     for (const s of segs) {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { addInput, normalise, plainRows, type ContractRow } from '../helpers/sink-contract.js';
+import { metric, scrape } from '../helpers/metrics.js';
 
 // The per-sink error policy (issue 5, item 7) and several sinks per model (item 6), driven
 // through the CLI. The failing sink is a real parquet sink whose model directory is replaced by
@@ -56,23 +57,6 @@ async function rowsOf(p: string, sink: string): Promise<(string | null)[][]> {
   return normalise(await query(`SELECT * FROM read_parquet('${dir}/*.parquet', union_by_name = true)`), COLUMNS);
 }
 const expected = (rows: ContractRow[]) => normalise(rows as unknown as Record<string, unknown>[], COLUMNS);
-
-/** The value of one sample in Prometheus text, e.g. metric(text, 'sluice_sink_errors_total', { sink: 'a' }); summed over other labels. */
-function metric(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const m = /^([a-z_]+)(\{([^}]*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[3] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[4]);
-  }
-  return sum;
-}
-
-async function scrape(port: number): Promise<string> {
-  return (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
-}
 
 function jsonLogs(stderr: string): Record<string, unknown>[] {
   return stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);

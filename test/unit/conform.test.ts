@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { useDuckDB } from '../helpers/duckdb.js';
 import { conformance, nonConforming } from '../../src/engine/conform.js';
 import { mergeStructure, type Structure } from '../../src/engine/structure.js';
+import { DEFAULT_MESSAGE_LIMITS, overLimits } from '../../src/engine/limits.js';
 
 // The decode fast path may only say "conforms" when DuckDB agrees: json_structure() of the
 // message merged into the schema changes nothing. Each case is checked against DuckDB itself.
@@ -38,6 +39,15 @@ const CONFORMING = [
   '{"ok":false,"id":0}',
   '{"id":123456789012345678}',
   '{"name":"1e5","price":1E+2}',
+  // A JSON node takes any value (DuckDB keeps it as JSON text).
+  '{"raw":{"a":1}}',
+  '{"raw":1}',
+  '{"raw":"s","id":1}',
+  '{"raw":[1,"a",{"b":[null,true]}],"id":1}',
+  '{"raw":{"s":"]}\\"{[","t":[[],{}]},"name":"x"}',
+  '{"raw":{},"id":2}',
+  '{"raw":false}',
+  '{"raw":-0.5e3}',
 ];
 
 const NOT_CONFORMING = [
@@ -49,8 +59,12 @@ const NOT_CONFORMING = [
   '{"name":1}',
   '{"ok":1}',
   '{"nothing":1}',
-  '{"raw":{"a":1}}',
-  '{"raw":1}',
+  '{"raw":{"a":1}',
+  '{"raw":[1,2}',
+  '{"raw":{"a":"}',
+  '{"raw":tru}',
+  '{"raw":1e400}',
+  '{"raw":nul}',
   '{"extra":1}',
   '{"ID":1}',
   '{"id":1,"id":2}',
@@ -148,5 +162,86 @@ describe('conformance scanner', () => {
       if (scanner) agreed++;
     }
     expect(agreed).toBeGreaterThan(20); // the generator does produce conforming messages
+  });
+});
+
+describe('conformance within limits', () => {
+  const SCHEMA2: Structure = { id: 'UBIGINT', raw: 'JSON', after: 'VARCHAR', xs: ['JSON'], deep: { a: { b: 'JSON' } } };
+  const scanWith = (limits?: { maxDepth: number; maxFields: number }) => {
+    const scan = conformance(SCHEMA2, limits);
+    return (p: string): boolean => {
+      const b = Buffer.from(p);
+      return scan(b, 0, b.length);
+    };
+  };
+  const check = scanWith();
+  const nest = (n: number) => '{"a":'.repeat(n) + '1' + '}'.repeat(n);
+
+  it('skips any value of a JSON node and goes on with the next key', () => {
+    const value = '{"s":"]}\\\\","q":"\\"{[\\"","l":[[1,{"x":[]}],"}"],"n":null,"e":{}}';
+    expect(JSON.parse(value)).toBeTruthy(); // valid JSON, brackets and escaped quotes in strings
+    expect(check(`{"raw":${value},"after":"x","id":3}`)).toBe(true);
+    expect(check(`{"raw":${value} , "after":1}`)).toBe(false); // the scan resumed at "after": a number is not a string
+    expect(check(`{"xs":[${value},1,"a",[]],"id":1}`)).toBe(true);
+    expect(check(`{"deep":{"a":{"b":${value}}},"after":"y"}`)).toBe(true);
+    expect(check('{"raw":"a\\"}","after":"z"}')).toBe(true);
+    expect(check('{"raw":123,"after":"z"}')).toBe(true);
+    expect(check('{"raw":{"a":1}}}')).toBe(false); // stops right after the value: the extra brace is seen
+    expect(check('{"raw":[1]]}')).toBe(false);
+  });
+
+  it('does not conform when the message ends inside a value', () => {
+    for (const p of ['{"raw":{"a":[1,2]', '{"raw":{"a":"x}', '{"raw":"abc', '{"raw":"abc\\', '{"raw":[', '{"raw":', '{"raw":tr', '{"raw":{"a":{"b":{}}}'])
+      expect({ p, conforms: check(p) }).toEqual({ p, conforms: false });
+    // Nor when the value goes on in the bytes after the message.
+    const block = Buffer.from('{"raw":{"a":[1]}}{"id":1}');
+    expect(conformance(SCHEMA2)(block, 0, 12)).toBe(false);
+    expect(conformance(SCHEMA2)(block, 0, 17)).toBe(true);
+  });
+
+  it('does not conform past limits.max_depth, counted as overLimits counts it', () => {
+    const at = (n: number) => `{"raw":${nest(n - 1)}}`; // the message nests n deep
+    expect(check(at(128))).toBe(true);
+    expect(check(at(129))).toBe(false);
+    expect(check(`{"raw":${nest(5000)}}`)).toBe(false);
+    expect(check(`{"raw":${'['.repeat(1_000_000)}}`)).toBe(false);
+    const small = scanWith({ maxDepth: 4, maxFields: 100 });
+    expect(small('{"deep":{"a":{"b":[1]}}}')).toBe(true);
+    expect(small('{"deep":{"a":{"b":[[1]]}}}')).toBe(false);
+    expect(small('{"deep":{"a":{"b":{"c":1}}}}')).toBe(true);
+    expect(small('{"xs":[[[[]]]]}')).toBe(false);
+    // The schema's own nesting counts too.
+    expect(scanWith({ maxDepth: 2, maxFields: 100 })('{"deep":{"a":null}}')).toBe(true);
+    expect(scanWith({ maxDepth: 2, maxFields: 100 })('{"deep":{"a":{"b":1}}}')).toBe(false);
+    for (const [p, lim] of [[at(128), DEFAULT_MESSAGE_LIMITS], [at(129), DEFAULT_MESSAGE_LIMITS]] as const) {
+      const b = Buffer.from(p);
+      expect(conformance(SCHEMA2, lim)(b, 0, b.length)).toBe(overLimits(b, 0, b.length, lim) === undefined);
+    }
+  });
+
+  it('does not conform past limits.max_fields, keys of JSON values included', () => {
+    const lim = { maxDepth: 128, maxFields: 5 };
+    const small = scanWith(lim);
+    expect(small('{"id":1,"raw":{"a":1,"b":2},"after":"x"}')).toBe(true); // 5
+    expect(small('{"id":1,"raw":{"a":1,"b":2,"c":3},"after":"x"}')).toBe(false); // 6
+    expect(small('{"deep":{"a":{"b":{"x":1}}},"id":1}')).toBe(true); // 5
+    expect(small('{"deep":{"a":{"b":{"x":1,"y":2}}},"id":1}')).toBe(false); // 6
+    // Same counts as overLimits: under tight limits, a message conforms exactly when it
+    // conforms without limits and overLimits lets it through.
+    const free = scanWith({ maxDepth: Infinity, maxFields: Infinity });
+    const values = ['1', '"[{:"', '{"a":{"b":[1,{"c":"}"}]}}', '[[[[]]]]', '{"x":1,"y":{"z":"\\\\"}}', 'null', '[{"q":[{"r":1}]}]'];
+    for (const v1 of values)
+      for (const v2 of values) {
+        const p = `{"id":1,"raw":${v1},"xs":[${v2},${v1}],"deep":{"a":{"b":${v2}}}}`;
+        expect(free(p)).toBe(true);
+        for (const tight of [{ maxDepth: 5, maxFields: 8 }, { maxDepth: 7, maxFields: 12 }, { maxDepth: 3, maxFields: 100 }]) {
+          const b = Buffer.from(p);
+          const within = overLimits(b, 0, b.length, { maxBytes: 1e9, ...tight }) === undefined;
+          expect({ p, tight, conforms: scanWith(tight)(p) }).toEqual({ p, tight, conforms: within });
+        }
+      }
+    const many = `{"raw":{${Array.from({ length: 100_001 }, (_, i) => `"k${i}":1`).join(',')}}}`;
+    expect(check(many)).toBe(false);
+    expect(check(`{"raw":{${Array.from({ length: 99_999 }, (_, i) => `"k${i}":1`).join(',')}}}`)).toBe(true);
   });
 });

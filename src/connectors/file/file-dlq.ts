@@ -34,7 +34,9 @@ export class FileDeadLetterQueue implements DeadLetterQueue {
     const existed = fs.existsSync(this.file);
     const fh = await fsp.open(this.file, 'a');
     try {
-      await fh.write(data);
+      // writeFile writes it all or throws: a single write() may take only part of it (a disk
+      // that fills up), and that part must not count as appended.
+      await fh.writeFile(data);
       await fh.sync();
     } finally {
       await fh.close();

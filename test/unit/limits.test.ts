@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_MESSAGE_LIMITS, overLimits, type MessageLimits } from '../../src/engine/limits.js';
+
+const over = (p: string | Uint8Array, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS): string | undefined => {
+  const b = typeof p === 'string' ? Buffer.from(p) : p;
+  return overLimits(b, 0, b.length, limits);
+};
+const nested = (n: number, leaf = '1') => '{"a":'.repeat(n - 1) + `{"a":${leaf}}` + '}'.repeat(n - 1);
+const DEEP = 'message nests deeper than limits.max_depth (128)';
+
+describe('message limits', () => {
+  it('has the documented defaults', () => {
+    expect(DEFAULT_MESSAGE_LIMITS).toEqual({ maxBytes: 16 * 2 ** 20, maxDepth: 128, maxFields: 100_000 });
+  });
+
+  it('accepts ordinary messages', () => {
+    expect(over('{"id":1,"user":{"name":"x","tags":["a","b"]},"items":[{"q":1},{"q":2}]}')).toBeUndefined();
+    expect(over('')).toBeUndefined();
+    expect(over('not json at all')).toBeUndefined(); // DuckDB's to reject, not the limits'
+  });
+
+  it('counts depth exactly: 128 levels are fine, 129 are over', () => {
+    expect(over(nested(128))).toBeUndefined();
+    expect(over(nested(129))).toBe(DEEP);
+    expect(over('['.repeat(128) + ']'.repeat(128))).toBeUndefined();
+    expect(over('['.repeat(129) + ']'.repeat(129))).toBe(DEEP);
+    // Mixed objects and lists; siblings do not add up.
+    expect(over('{"a":[' + '{"b":[]},'.repeat(1000) + '{}]}', { ...DEFAULT_MESSAGE_LIMITS, maxDepth: 4 })).toBeUndefined();
+    expect(over('{"a":[{"b":[]}]}', { ...DEFAULT_MESSAGE_LIMITS, maxDepth: 3 })).toBe('message nests deeper than limits.max_depth (3)');
+  });
+
+  it('answers at once for hostile nesting, without recursion', () => {
+    const deep = Buffer.from(nested(5000));
+    const b = Buffer.alloc(1_000_000, '[');
+    const t0 = performance.now();
+    expect(over(deep)).toBe(DEEP);
+    expect(over(b)).toBe(DEEP); // stops at the 129th byte
+    expect(performance.now() - t0).toBeLessThan(20);
+    // Unlimited depth: the whole megabyte is scanned, still linear and without recursion.
+    expect(over(b, { ...DEFAULT_MESSAGE_LIMITS, maxDepth: Infinity })).toBeUndefined();
+    expect(over(Buffer.concat([b, Buffer.alloc(1_000_000, ']')]), { ...DEFAULT_MESSAGE_LIMITS, maxDepth: 1_000_000 })).toBeUndefined();
+    expect(performance.now() - t0).toBeLessThan(500);
+  });
+
+  it('does not count brackets, colons or quotes inside strings', () => {
+    const s = `{"a":"${'[{'.repeat(500)}:::\\"[[[","b\\"{":"\\\\","c":"]]]}}"}`;
+    expect(over(s, { maxBytes: 10_000, maxDepth: 1, maxFields: 3 })).toBeUndefined();
+    expect(over(s, { maxBytes: 10_000, maxDepth: 1, maxFields: 2 })).toBe('message has more than limits.max_fields (2) fields');
+    // An escaped backslash ends before the quote: the `[` after it is outside the string.
+    expect(over('{"a":"\\\\",[[]]}', { maxBytes: 100, maxDepth: 2, maxFields: 10 })).toBe('message nests deeper than limits.max_depth (2)');
+    // An unterminated string runs to the end: nothing after it counts.
+    expect(over('{"a":"[[[[[[', { maxBytes: 100, maxDepth: 1, maxFields: 10 })).toBeUndefined();
+  });
+
+  it('counts fields at every depth, exactly', () => {
+    const keys = (n: number) => `{${Array.from({ length: n }, (_, i) => `"k${i}":{"x":1}`).join(',')}}`;
+    const lim = { maxBytes: 1e9, maxDepth: 128, maxFields: 100 };
+    expect(over(keys(50), lim)).toBeUndefined(); // 50 keys + 50 nested = 100
+    expect(over(keys(51), lim)).toBe('message has more than limits.max_fields (100) fields');
+    expect(over('{' + Array.from({ length: 100_001 }, (_, i) => `"k${i}":1`).join(',') + '}')).toBe(
+      'message has more than limits.max_fields (100000) fields',
+    );
+    expect(over('{' + Array.from({ length: 100_000 }, (_, i) => `"k${i}":1`).join(',') + '}')).toBeUndefined();
+  });
+
+  it('checks the size first, and only the message between start and end', () => {
+    const big = Buffer.alloc(20_000_000, 32);
+    expect(over(big)).toBe('message is 20000000 bytes, over limits.max_message_bytes (16777216)');
+    expect(over('{"a":1}', { maxBytes: 7, maxDepth: 1, maxFields: 1 })).toBeUndefined();
+    expect(over('{"a":1}', { maxBytes: 6, maxDepth: 1, maxFields: 1 })).toBe('message is 7 bytes, over limits.max_message_bytes (6)');
+    const block = Buffer.from('[[[[{"a":1}]]]]');
+    expect(overLimits(block, 4, 11, { maxBytes: 100, maxDepth: 1, maxFields: 1 })).toBeUndefined();
+    expect(overLimits(block, 3, 11, { maxBytes: 100, maxDepth: 1, maxFields: 1 })).toBe('message nests deeper than limits.max_depth (1)');
+  });
+});
