@@ -517,7 +517,7 @@ export class BatchExecutor {
       const plan = this.schemas.cached(m.name, this.shape.key);
       if (plan && (rows.get(m.name) ?? 0) > 0) this.schemas.establish(m.name, plan.columns);
     }
-    this.report.changes = this.schemas.drainChanges();
+    this.report.changes.push(...this.schemas.drainChanges());
     return { failures, rows, attempts, timings, written, structure, contract: this.report };
   }
 

@@ -89,10 +89,20 @@ export async function openDuckDB(settings: { threads?: number; memory_limit?: st
   // Per-batch queries work on one batch (one row group): each runs on the thread that issues
   // it, and two connections run at once. Leave a core to JavaScript (source client, scanner).
   config.threads = String(settings.threads ?? Math.max(1, os.availableParallelism() - 1));
-  if (settings.memory_limit) config.memory_limit = settings.memory_limit;
+  config.memory_limit = settings.memory_limit ?? defaultMemoryLimit();
   const instance = await DuckDBInstance.create(':memory:', config);
   const conn = await instance.connect();
   return { instance, conn };
+}
+
+/**
+ * DuckDB's memory limit when duckdb.memory_limit is not set: a quarter of the machine's memory,
+ * at most 2 GiB. DuckDB's own default (80% of the memory) leaves nothing to the rest of the
+ * process and the machine; a pipeline's queries work on one batch or one flush at a time and
+ * spill to disk beyond the limit.
+ */
+export function defaultMemoryLimit(): string {
+  return `${Math.max(64, Math.min(2048, Math.floor(os.totalmem() / 4 / 2 ** 20)))}MiB`;
 }
 
 /** The threads and memory limit of one pipeline's DuckDB when `n` pipelines share a process. */
@@ -117,7 +127,7 @@ export async function shareDuckDB(settings: { threads?: number; memory_limit?: s
   if (bytes === undefined) {
     const current = String((await conn.runAndReadAll("SELECT current_setting('memory_limit')")).getRows()[0][0]);
     bytes = parseBytes(current);
-    shown = settings.memory_limit ?? `${current} (DuckDB's default)`;
+    shown = settings.memory_limit ?? `${current} (sluice's default)`;
     if (bytes === undefined) throw new SluiceError('INTERNAL', `cannot read DuckDB's memory limit "${current}"`);
   }
   const each = bytes / n;
