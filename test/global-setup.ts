@@ -44,8 +44,14 @@ export default async function setup(): Promise<void> {
     spawnSync('start-stop-daemon', ['--start', '--oknodo', '--background', '--exec', '/usr/sbin/mariadbd'], { stdio: 'ignore' });
   });
   // kcat runs librdkafka's mock cluster, the Kafka broker of the kafka tests (they start it).
-  if (spawnSync('sh', ['-c', 'command -v kcat'], { stdio: 'ignore' }).status !== 0) {
-    console.log('installing kcat (the Kafka tests\' broker)');
-    spawnSync('sh', ['-c', 'apt-get install -y kcat || (apt-get update && apt-get install -y kcat)'], { stdio: 'ignore', timeout: 300_000 });
-  }
+  aptInstall('kcat', "the Kafka tests' broker");
+  // The docs test renders the generated site in Debian's Chromium (playwright-core).
+  aptInstall('chromium', 'the browser of the docs test');
+}
+
+/** Installs a Debian package whose command is missing (the tests run as root, as CI does). */
+function aptInstall(pkg: string, why: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${pkg}`], { stdio: 'ignore' }).status === 0) return;
+  console.log(`installing ${pkg} (${why})`);
+  spawnSync('sh', ['-c', `apt-get install -y ${pkg} || (apt-get update && apt-get install -y ${pkg})`], { stdio: 'ignore', timeout: 600_000 });
 }

@@ -2,8 +2,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError } from '../errors.js';
-import { BatchExecutor, compileModels, type MessageFailure } from '../engine/executor.js';
+import { BatchExecutor, compileModels, decodeRules, type MessageFailure } from '../engine/executor.js';
 import type { RawMessage } from '../connectors/types.js';
+import type { SourcePolicy } from '../connectors/shared-config.js';
 import { openDuckDB, selectModels } from '../engine/pipeline.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import { readFixture } from './fixtures.js';
@@ -65,10 +66,10 @@ export function fixturesFor(project: Project, given: string[], needed: string[])
 export type InspectOutputs = (conn: DuckDBConnection, source: string, outputs: FixtureRun['outputs']) => Promise<void>;
 
 /** Runs one source's `models` over `messages` in a private DuckDB, without connecting to anything. */
-export async function runMessages(source: string, messages: RawMessage[], models: ModelDef[], inspect?: InspectOutputs): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
+export async function runMessages(source: string, messages: RawMessage[], models: ModelDef[], inspect?: InspectOutputs, policy?: SourcePolicy): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
   const { conn, instance } = await openDuckDB();
   try {
-    const ex = new BatchExecutor(conn, await compileModels(conn, models), source);
+    const ex = new BatchExecutor(conn, await compileModels(conn, models), source, conn, decodeRules(policy));
     await ex.init();
     const outcome = await ex.process(messages);
     const outputs: FixtureRun['outputs'] = new Map();
@@ -93,7 +94,7 @@ export async function runFixtures(project: Project, fixtures: Map<string, string
     if (!file || mine.length === 0) continue;
     const messages = readFixture(file);
     run.messages += messages.length;
-    const { outputs, failures, missing } = await runMessages(src.name, messages, mine, inspect);
+    const { outputs, failures, missing } = await runMessages(src.name, messages, mine, inspect, src.policy);
     run.missing.push(...missing);
     for (const [k, v] of outputs) run.outputs.set(k, v);
     for (const f of failures) {

@@ -1,12 +1,15 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, SluiceError, errorMessage, formatIssue } from '../errors.js';
 import { loadProject, type Project, type ProjectOptions } from '../project/project-loader.js';
 import { analyzeProject } from '../project/validate.js';
+import { readYaml } from '../project/yaml-file.js';
 import { consumerConflicts } from '../project/consumer-conflicts.js';
-import { Pipeline, defaultDlqDir, openDuckDB, shareDuckDB, workerId, type RunSummary } from '../engine/pipeline.js';
+import { Pipeline, defaultDlqDir, defaultMemoryLimit, openDuckDB, shareDuckDB, workerId, type RunSummary } from '../engine/pipeline.js';
+import { needsHeap, runWithHeap } from './heap.js';
 import { runPipelines } from '../engine/pipeline-group.js';
 import type { DeadLetter, DeadLetterQueue } from '../connectors/types.js';
 import { createLogger, silentLogger, type Logger } from '../ops/logger.js';
@@ -68,7 +71,7 @@ async function loadAndCheck(o: CommonOpts, check: Checks = {}): Promise<{ projec
 /** loadAndCheck(), keeping the DuckDB instance it checked with (opened with the project's settings) for the caller. */
 async function loadAndCheckKeep(o: CommonOpts, check: Checks = {}): Promise<{ project: Project; reports: Awaited<ReturnType<typeof analyzeProject>>['reports']; duckdb: Awaited<ReturnType<typeof openDuckDB>> }> {
   const project = loadProject(projectOpts(o));
-  const duckdb = await openDuckDB(project.duckdb);
+  const duckdb = await openProjectDuckDB(project);
   try {
     const { issues, reports } = await analyzeProject(project, duckdb.conn, check);
     if (check.consumers) issues.push(...consumerConflicts(project.sources));
@@ -78,6 +81,30 @@ async function loadAndCheckKeep(o: CommonOpts, check: Checks = {}): Promise<{ pr
     duckdb.conn.closeSync();
     duckdb.instance.closeSync();
     throw err;
+  }
+}
+
+/**
+ * DuckDB opened with the project's `duckdb:` settings. Settings DuckDB refuses (memory_limit:
+ * lots) are a config error at their line of sluice.yml (DuckDB itself only says "Failed to set config").
+ */
+async function openProjectDuckDB(project: Project): Promise<Awaited<ReturnType<typeof openDuckDB>>> {
+  try {
+    return await openDuckDB(project.duckdb);
+  } catch (e) {
+    const settings = Object.entries(project.duckdb).filter(([, v]) => v !== undefined);
+    if (settings.length === 0) throw e;
+    const file = path.join(project.dir, 'sluice.yml');
+    const rel = path.relative(process.cwd(), file);
+    const y = readYaml(file, {}, [], rel && !rel.startsWith('..') ? rel : file);
+    const targets = (y?.value as { targets?: Record<string, { duckdb?: unknown }> } | undefined)?.targets;
+    const keyPath = project.target && targets?.[project.target]?.duckdb !== undefined ? ['targets', project.target, 'duckdb'] : ['duckdb'];
+    throw new ConfigError([{
+      file: y?.file ?? file,
+      line: y?.lineOf(keyPath),
+      key: keyPath.join('.'),
+      message: `DuckDB refuses ${settings.map(([k, v]) => `${k}: ${v}`).join(', ')} (${errorMessage(e)}): memory_limit is a size such as 2GB or 512MiB, threads a number from 1`,
+    }]);
   }
 }
 
@@ -217,6 +244,14 @@ export function buildProgram(setCode: (n: number) => void): Command {
       if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new SluiceError('USAGE', `--port must be 0..65535, got ${o.port}`);
       const checked = await loadAndCheckKeep(o, { consumers: true });
       const { duckdb } = checked;
+      if (needsHeap(checked.project.nodeMaxHeapMb)) {
+        duckdb.conn.closeSync();
+        duckdb.instance.closeSync();
+        log.debug({ max_heap_mb: checked.project.nodeMaxHeapMb }, 'starting again with the heap limit of sluice.yml (node.max_heap_mb)');
+        setCode(await runWithHeap(checked.project.nodeMaxHeapMb));
+        return;
+      }
+      log.debug({ heap_limit_mb: Math.round(v8.getHeapStatistics().heap_size_limit / 2 ** 20), duckdb_memory_limit: checked.project.duckdb.memory_limit ?? defaultMemoryLimit() }, 'memory limits');
       let runs: ScopedRun[];
       try {
         runs = scopeRun(checked.project, o.source, o.model);

@@ -484,6 +484,8 @@ export class Pipeline {
         dlqTouched = false;
         // The retry decodes on the loading connection: wait for the next batch's decoding there.
         await this.reading.catch(() => {});
+        // A due flush empties the WAL: it may be what frees the disk.
+        await this.flushDue();
       },
     );
     const { outcome, rows, records } = staged;

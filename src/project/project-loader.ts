@@ -8,7 +8,7 @@ import { renderModel, type RenderedModel } from '../sql/template.js';
 import { topoSort } from './dag.js';
 import { applyTargetOverrides, remapTargetIssues, resolveTarget, targetEnv } from './targets.js';
 import { registerConfigSecrets } from '../util/secrets.js';
-import { checkSchema, readYaml, type YamlFile } from './yaml-file.js';
+import { checkSchema, readConfigText, readYaml, type YamlFile } from './yaml-file.js';
 import { columnTypeSchema, contractSchema, modelContract, type ModelContract } from '../engine/contracts.js';
 import { columnTestSchema, modelDataTests, modelTestSchema, referenceSchema, unitTestsOf, type DataTest, type ReferenceDef, type UnitTest } from '../tests/test-config.js';
 
@@ -110,6 +110,8 @@ export interface Project {
   walMaxBytes: number;
   port: number;
   duckdb: { threads?: number; memory_limit?: string };
+  /** node.max_heap_mb: the heap limit `sluice run` gives itself (see src/cli/heap.ts). */
+  nodeMaxHeapMb?: number;
   /** How long an infrastructure failure (full disk, IO error) is waited out, and how often it is retried. */
   infraErrors: { maxBackoffMs: number; giveUpAfterSeconds: number };
   sources: NamedSource[];
@@ -137,6 +139,12 @@ const projectSchema = z
       .object({
         max_backoff_ms: z.number().int().positive().optional().describe('while a disk is full or failing, the same batch is retried with backoff up to this wait (default 30000)'),
         give_up_after_seconds: z.number().nonnegative().optional().describe('exit non-zero once an infrastructure failure has lasted this long, leaving everything unacked for the next start (default 0: wait until it is fixed)'),
+      })
+      .strict()
+      .optional(),
+    node: z
+      .object({
+        max_heap_mb: z.number().int().min(64).optional().describe("the Node.js heap limit of `sluice run` in MiB (default: Node's own, about 4 GiB); sluice runs itself as a child with it"),
       })
       .strict()
       .optional(),
@@ -253,13 +261,16 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   const models: ModelDef[] = [];
   if (!fs.existsSync(modelsDir)) {
     issues.push({ file: show(modelsDir), message: 'missing: the models directory holds one SELECT per .sql file' });
+  } else if (!fs.statSync(modelsDir).isDirectory()) {
+    issues.push({ file: show(modelsDir), message: 'is a file, not the models directory (one SELECT per .sql file)' });
   } else {
     const files = fs.readdirSync(modelsDir).filter((f) => f.endsWith('.sql')).sort();
     if (files.length === 0) issues.push({ file: show(modelsDir), message: 'no models: add a .sql file with a SELECT' });
     for (const f of files) {
       const file = path.join(modelsDir, f);
       const name = f.slice(0, -4);
-      const sqlText = fs.readFileSync(file, 'utf8');
+      const sqlText = readConfigText(file, show(file), issues);
+      if (sqlText === undefined) continue;
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
         issues.push({ file: show(file), message: `model name "${name}" must be a plain identifier (letters, digits, _)` });
         continue;
@@ -376,7 +387,9 @@ export function loadProject(opts: ProjectOptions = {}): Project {
 
   // tests/*.yml: unit test cases.
   const testsDir = path.join(dir, 'tests');
-  const unitFiles = fs.existsSync(testsDir) ? fs.readdirSync(testsDir).filter((f) => /\.ya?ml$/.test(f)).sort() : [];
+  const testsIsDir = fs.existsSync(testsDir) && fs.statSync(testsDir).isDirectory();
+  if (fs.existsSync(testsDir) && !testsIsDir) issues.push({ file: show(testsDir), message: 'is a file, not the tests directory (fixtures and tests/*.yml)' });
+  const unitFiles = testsIsDir ? fs.readdirSync(testsDir).filter((f) => /\.ya?ml$/.test(f)).sort() : [];
   const unitTests = unitTestsOf(unitFiles.map((f) => readYaml(path.join(testsDir, f), fileEnv, issues, show(path.join(testsDir, f)))!), sources, ordered, issues);
 
   remapTargetIssues(issues, target);
@@ -394,6 +407,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
     walMaxBytes: proj?.wal?.max_bytes ?? DEFAULT_WAL_MAX_BYTES,
     port: proj?.server?.port ?? DEFAULT_PORT,
     duckdb: proj?.duckdb ?? {},
+    nodeMaxHeapMb: proj?.node?.max_heap_mb,
     infraErrors: { maxBackoffMs: proj?.infra_errors?.max_backoff_ms ?? 30_000, giveUpAfterSeconds: proj?.infra_errors?.give_up_after_seconds ?? 0 },
     sources,
     sinks,
