@@ -18,6 +18,7 @@ import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type Prep
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from '../tests/data-tests.js';
 import { asInfraError, infraKind, type InfraError } from './infra-errors.js';
+import { asCheckpoint, type Checkpoint } from './checkpoint.js';
 
 export interface RunOptions {
   project: Project;
@@ -252,11 +253,12 @@ export class Pipeline {
       }
     }
     await this.checkSegments();
-    this.executor.structure = this.wal.state.structure;
-    this.executor.schemas.load(this.wal.state.schemas);
+    const start = asCheckpoint(this.wal.state.checkpoint);
+    this.executor.structure = start.structure;
+    this.executor.schemas.load(start.schemas);
 
     this.dlq = await this.openDlq(srcDef, scopedCtx);
-    await this.dlq?.recover(this.wal.state.dlq);
+    await this.dlq?.recover(start.dlq);
     await this.opts.beforeWrites?.();
 
     let server: Awaited<ReturnType<typeof startServer>> | undefined;
@@ -275,7 +277,7 @@ export class Pipeline {
 
       let clean = false;
       try {
-        await source.open(this.wal.state.position);
+        await source.open(start.position);
         this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
         if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
         await this.loop(source, srcDef.name);
@@ -584,9 +586,9 @@ export class Pipeline {
     outcome.timings.stage = Math.round(performance.now() - stageStart);
     crashPoint('before-commit');
     const commitStart = performance.now();
-    this.wal.state.schemas = this.executor.schemas.snapshot();
+    const checkpoint: Checkpoint = { position: batch.position, dlq: this.dlq?.mark(), structure: outcome.structure, schemas: this.executor.schemas.snapshot() };
     try {
-      await this.wal.commit(seq, batch.position, this.dlq?.mark(), outcome.structure, touched);
+      await this.wal.commit(seq, checkpoint, touched);
     } catch (err) {
       throw asInfraError(err, 'committing the WAL') ?? err;
     }
@@ -805,7 +807,7 @@ export class Pipeline {
         }
       }
       if (chunk.length) await dlq.append(chunk);
-      await this.wal.markSinkDone(model, sink, { mark: dlq.mark() });
+      await this.wal.markSinkDone(model, sink, { checkpoint: { ...asCheckpoint(this.wal.state.checkpoint), dlq: dlq.mark() } satisfies Checkpoint });
       this.summary.deadLettered += row;
       this.metrics.deadLettered.inc({ stage: 'sink' }, row);
       this.metrics.sinkDeadLettered.inc({ model, sink }, row);

@@ -1,8 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { Structure } from '../engine/structure.js';
-import type { ColumnType } from '../engine/contracts.js';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, fsyncFile, isTempName, writeFileAtomic } from '../util/fs-durable.js';
 
@@ -19,17 +17,26 @@ export interface ModelWalState {
 }
 
 export interface WalState {
-  version: 1;
+  version: 2;
   /** Sequence number of the last committed batch. */
   seq: number;
-  /** Source position after the last committed batch. */
-  position: unknown;
-  /** What of the DLQ is committed (its own token). */
-  dlq: unknown;
-  /** Schema of `incoming` established so far, so a restart decodes the same way. */
-  structure?: Structure;
-  /** Each model's output schema so far (columns and types), so widened types stay widened. */
-  schemas?: Record<string, ColumnType[]>;
+  /**
+   * What the engine committed with the last batch, as it gave it (the source position, the DLQ
+   * mark, the decode schema, a stateful operator's state, ...). The WAL stores it atomically with
+   * the batch's segments and hands it back at open; it never looks inside.
+   */
+  checkpoint: unknown;
+  models: Record<string, ModelWalState>;
+}
+
+/** state.json as sluice before checkpoints wrote it: the engine's fields at the top level. */
+interface WalStateV1 {
+  version: 1;
+  seq: number;
+  position?: unknown;
+  dlq?: unknown;
+  structure?: unknown;
+  schemas?: unknown;
   models: Record<string, ModelWalState>;
 }
 
@@ -53,7 +60,7 @@ const SEG = /^(\d{12})_([^_]+)_([^_]+)\.parquet$/;
  * A segment is committed once state.seq >= its seq; anything newer is a torn batch.
  */
 export class Wal {
-  state: WalState = { version: 1, seq: 0, position: undefined, dlq: undefined, models: {} };
+  state: WalState = { version: 2, seq: 0, checkpoint: undefined, models: {} };
   private segments = new Map<string, Segment[]>();
   /** The state write in progress: writes go one at a time (models may flush concurrently). */
   private writing: Promise<void> = Promise.resolve();
@@ -76,7 +83,12 @@ export class Wal {
     await fsp.mkdir(path.join(this.dir, 'models'), { recursive: true });
     try {
       const text = await fsp.readFile(this.stateFile, 'utf8');
-      this.state = JSON.parse(text) as WalState;
+      const read = JSON.parse(text) as WalState | WalStateV1;
+      if (read.version === 1) {
+        // Written before checkpoints: its engine fields become the checkpoint, as the engine had them.
+        const { position, dlq, structure, schemas } = read;
+        this.state = { version: 2, seq: read.seq, checkpoint: { position, dlq, structure, schemas }, models: read.models };
+      } else this.state = read;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         throw new Error(`WAL state ${this.stateFile} is unreadable (${(err as Error).message}); move it away to start over`);
@@ -148,14 +160,15 @@ export class Wal {
     });
   }
 
-  /** Commits batch `seq`: after this returns, its segments and position survive a crash. */
-  async commit(seq: number, position: unknown, dlq: unknown, structure: Structure | undefined, touched: string[]): Promise<void> {
+  /**
+   * Commits batch `seq` with the engine's `checkpoint`: after this returns, its segments and the
+   * checkpoint survive a crash, together.
+   */
+  async commit(seq: number, checkpoint: unknown, touched: string[]): Promise<void> {
     await Promise.all(touched.map((m) => fsyncDir(this.modelDir(m))));
-    const before = { seq: this.state.seq, position: this.state.position, dlq: this.state.dlq, structure: this.state.structure };
+    const before = { seq: this.state.seq, checkpoint: this.state.checkpoint };
     this.state.seq = seq;
-    this.state.position = position;
-    this.state.dlq = dlq;
-    this.state.structure = structure;
+    this.state.checkpoint = checkpoint;
     try {
       await this.writeState();
     } catch (err) {
@@ -238,14 +251,14 @@ export class Wal {
 
   /**
    * Records that `sink` has the model's inflight flush, so a retry of the flush (or a restart)
-   * writes only to the sinks still missing. `dlq`: the DLQ's new mark, when the flush's rows
-   * were dead-lettered instead, committed in the same state write.
+   * writes only to the sinks still missing. `checkpoint`: the engine's new checkpoint, when the
+   * flush changed it (its rows were dead-lettered instead), committed in the same state write.
    */
-  async markSinkDone(model: string, sink: string, dlq?: { mark: unknown }): Promise<void> {
+  async markSinkDone(model: string, sink: string, checkpoint?: { checkpoint: unknown }): Promise<void> {
     const inflight = this.state.models[model]?.inflight;
     if (!inflight) return;
     inflight.done = [...new Set([...(inflight.done ?? []), sink])];
-    if (dlq) this.state.dlq = dlq.mark;
+    if (checkpoint) this.state.checkpoint = checkpoint.checkpoint;
     await this.writeState();
   }
 

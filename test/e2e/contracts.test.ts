@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, parquetFiles, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { readWalState } from '../helpers/wal.js';
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -161,7 +162,7 @@ describe('schema contracts: type changes', () => {
     expect(log).toMatch(/schema change: model orders column at TIMESTAMP -> VARCHAR/);
     expect(log).toMatch(/schema change: model orders column qty BIGINT -> DOUBLE/);
     // The widened types are kept in the WAL state: a later run writes them again, without a new change.
-    const state = JSON.parse(fs.readFileSync(path.join(dir, '.sluice/wal/state.json'), 'utf8'));
+    const state = readWalState(path.join(dir, '.sluice/wal'));
     expect(state.schemas.orders).toEqual([{ name: 'id', type: 'BIGINT' }, { name: 'at', type: 'VARCHAR' }, { name: 'qty', type: 'DOUBLE' }]);
     fs.rmSync(path.join(dir, 'output'), { recursive: true });
     fs.writeFileSync(path.join(dir, 'data/more.ndjson'), JSON.stringify({ id: 5, at: '2024-01-05 10:00:00', qty: 5 }) + '\n');

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { sluice, tempDir, writeFiles } from '../helpers/cli.js';
+import { readWalState } from '../helpers/wal.js';
 import {
   contractOrders,
   expectDlqRouting,
@@ -43,7 +44,7 @@ function fileProject(): { p: string; src: SourceUnderTest } {
     // Drained: the position committed with the WAL covers every line put.
     async drained() {
       try {
-        const state = JSON.parse(fs.readFileSync(path.join(p, '.sluice/wal/state.json'), 'utf8')) as { position?: { ordinal?: number } };
+        const state = readWalState(path.join(p, '.sluice/wal'));
         return (state.position?.ordinal ?? 0) >= lines;
       } catch {
         return false;

@@ -17,6 +17,7 @@ import {
   type SourceUnderTest,
 } from '../helpers/contract.js';
 import { ensureTopic, groupCaughtUp, produce, readAll, startMockKafka, topicSize, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
+import { readWalState, type WalStateView } from '../helpers/wal.js';
 
 // The kafka source, DLQ and sink against librdkafka's Kafka-protocol mock cluster (kcat), started
 // here: 3 brokers, topics auto-created with 4 partitions. Rebalances take session timeout - 1 s,
@@ -424,7 +425,7 @@ describe.concurrent('kafka source', () => {
     for (const [point, after] of [['before-commit', 4], ['after-commit', 8]] as const) {
       const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: String(after), SLUICE_WORKER_ID: 'f1' } });
       expect(r.signal, `expected the kill at ${point}: ${r.stderr.slice(-2000)}`).toBe('SIGKILL');
-      const state = JSON.parse(fs.readFileSync(path.join(wal, 'state.json'), 'utf8')) as { seq: number; position: Record<string, number> };
+      const state = readWalState(wal) as WalStateView & { position: Record<string, number> };
       const committed = await committedOffsets(mk, `g-${topic}`, topic);
       // Every partition's committed offset is at or below the WAL's (fsynced) position...
       for (const [tp, off] of committed) expect(off, `${tp} committed ${off}, WAL position ${state.position[tp]}`).toBeLessThanOrEqual(state.position[tp] ?? 0);

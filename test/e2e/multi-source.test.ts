@@ -12,6 +12,7 @@ import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, w
 import { lockPostgres, pgQuery } from '../helpers/sql-db.js';
 import { machineLock } from '../helpers/machine-lock.js';
 import { startS3 } from '../helpers/s3.js';
+import { readWalState, type WalStateView } from '../helpers/wal.js';
 
 // `sluice run` on a project with several sources: one pipeline per source in one process, with
 // the WAL layout of `--source`, one ops server, and stops and failures that reach every pipeline.
@@ -133,8 +134,8 @@ function parseMetrics(text: string): Map<string, Family> {
   return families;
 }
 
-function walState(dir: string, ...rel: string[]): { position?: unknown } {
-  return JSON.parse(fs.readFileSync(path.join(dir, '.sluice/wal', ...rel, 'state.json'), 'utf8'));
+function walState(dir: string, ...rel: string[]): WalStateView {
+  return readWalState(path.join(dir, '.sluice/wal', ...rel));
 }
 
 /** Segment files still staged in a pipeline's WAL (none once everything is flushed). */

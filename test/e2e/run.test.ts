@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { freePort, httpGet, parquetFiles, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { tryWalState } from '../helpers/wal.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -65,7 +66,7 @@ describe('sluice run', () => {
     // Lines written after the last flush are still delivered on shutdown.
     fs.appendFileSync(path.join(p, 'data/orders.ndjson'), orderMessage(45, 3) + '\n');
     await until(() => {
-      const s = fs.existsSync(path.join(p, '.sluice/wal/state.json')) ? JSON.parse(fs.readFileSync(path.join(p, '.sluice/wal/state.json'), 'utf8')) : undefined;
+      const s = tryWalState(path.join(p, '.sluice/wal'));
       return s?.position?.ordinal === 46;
     });
     child.kill('SIGTERM');

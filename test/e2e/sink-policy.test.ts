@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { addInput, normalise, plainRows, type ContractRow } from '../helpers/sink-contract.js';
 import { metric, scrape } from '../helpers/metrics.js';
+import { readWalState, type WalStateView } from '../helpers/wal.js';
 
 // The per-sink error policy (issue 5, item 7) and several sinks per model (item 6), driven
 // through the CLI. The failing sink is a real parquet sink whose model directory is replaced by
@@ -62,8 +63,8 @@ function jsonLogs(stderr: string): Record<string, unknown>[] {
   return stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
-function walState(p: string): { position: unknown; models: Record<string, { inflight?: { name: string; done?: string[] } }> } {
-  return JSON.parse(fs.readFileSync(path.join(p, '.sluice/wal/state.json'), 'utf8'));
+function walState(p: string): WalStateView {
+  return readWalState(path.join(p, '.sluice/wal'));
 }
 
 describe('per-sink error policy', () => {
