@@ -4,6 +4,12 @@ import { z } from 'zod';
 export const batching = {
   batch_size: z.number().int().positive().default(1000).describe('messages per batch'),
   batch_timeout_ms: z.number().int().positive().default(1000).describe('flush a partial batch after this long'),
+  batch_max_bytes: z
+    .number()
+    .int()
+    .positive()
+    .default(32 * 2 ** 20)
+    .describe('a batch stops taking messages once their payloads hold this many bytes (a batch always takes at least one message)'),
 };
 
 /** Dead-letter destination shared by every source; for files and generators a directory. */

@@ -48,9 +48,27 @@ class BlockBuilder {
   count = 0;
   /** False once a payload holds a newline (a .json file that is not JSON): no block then. */
   splittable = true;
+  /** Bytes of the payloads added (newlines and carriage returns not counted). */
+  payloadBytes = 0;
+  /** True once a message was left out for batch_max_bytes: the batch takes nothing more. */
+  full = false;
 
-  constructor(data: Buffer, maxMessages: number) {
+  constructor(
+    data: Buffer,
+    maxMessages: number,
+    /** batch_max_bytes: the payload bytes a batch holds at most, bar its first message. */
+    private readonly maxBytes: number,
+  ) {
     this.block = { data, starts: new Uint32Array(maxMessages), ends: new Uint32Array(maxMessages) };
+  }
+
+  /**
+   * Whether a payload of `bytes` may join the batch: the first always does, a later one while
+   * the batch stays within batch_max_bytes. When it may not, the batch is full from then on.
+   */
+  fits(bytes: number): boolean {
+    if (this.count > 0 && this.payloadBytes + bytes > this.maxBytes) this.full = true;
+    return !this.full;
   }
 
   reserve(bytes: number): void {
@@ -64,6 +82,7 @@ class BlockBuilder {
   add(start: number, end: number): number {
     this.block.starts[this.count] = start;
     this.block.ends[this.count] = end;
+    this.payloadBytes += end - start;
     return this.count++;
   }
 
@@ -184,20 +203,21 @@ export class FileSource implements Source {
     const messages: RawMessage[] = [];
     const want = Math.ceil(this.lastBatchBytes * 1.25) + READ_CHUNK;
     const reused = this.spare.pop();
-    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max);
+    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max, this.cfg.batch_max_bytes);
     const startOrdinal = this.pos.ordinal;
     const deadline = Date.now() + this.cfg.batch_timeout_ms;
     for (;;) {
       const files = await this.listFiles();
       let progressed = false;
       for (const file of files) {
-        if (messages.length >= max) break;
+        // A full batch (by count or bytes) reads no further file: files are read in name order.
+        if (messages.length >= max || bytes.full) break;
         const got = file.toLowerCase().endsWith('.json')
           ? await this.readJsonFile(file, max - messages.length, messages, bytes)
           : await this.readNdjson(file, max - messages.length, messages, bytes);
         if (got > 0) progressed = true;
       }
-      if (messages.length >= max || signal.aborted) break;
+      if (messages.length >= max || bytes.full || signal.aborted) break;
       if (!this.cfg.follow) {
         if (!progressed && messages.length === 0) return null;
         if (!progressed) break;
@@ -243,7 +263,7 @@ export class FileSource implements Source {
     let start = bytes.len;
     try {
       let readAt = fp.offset;
-      while (got < want && readAt < st.size) {
+      while (got < want && !bytes.full && readAt < st.size) {
         const len = Math.min(READ_CHUNK, st.size - readAt);
         bytes.reserve(len);
         const { bytesRead } = await fh.read(bytes.block.data, bytes.len, len, readAt);
@@ -257,13 +277,21 @@ export class FileSource implements Source {
           let end: number;
           if (nl === -1) {
             // An unterminated last line is a message once the file is complete (not followed).
-            if (!(atEof && !this.cfg.follow)) break;
+            if (!(atEof && !this.cfg.follow)) {
+              // A line already too long for what the batch has room for (one carriage return
+              // aside) is left for the next batch without reading the rest of it.
+              bytes.fits(buf.length - start - 1);
+              break;
+            }
             nl = buf.length;
             end = buf.length;
           } else end = nl;
           if (end > start && buf[end - 1] === 13) end--;
+          const message = end > start && !isBlank(buf, start, end);
+          // Not taken: the position stays before the line, the next batch starts with it.
+          if (message && !bytes.fits(end - start)) break;
           fp.line++;
-          if (end > start && !isBlank(buf, start, end)) {
+          if (message) {
             out.push(new FileMessage(bytes.block, bytes.add(start, end), key, fp.line, fp.offset));
             this.pos.ordinal++;
             got++;
@@ -299,6 +327,7 @@ export class FileSource implements Source {
     }
     let got = 0;
     while (got < want && fp.offset < items.length) {
+      if (!bytes.fits(Buffer.byteLength(items[fp.offset]))) break;
       out.push(new FileMessage(bytes.block, bytes.addText(items[fp.offset]), key, fp.offset, undefined));
       fp.offset++;
       fp.line = fp.offset;

@@ -94,13 +94,19 @@ export class GeneratorSource implements Source {
       }
     }
     const first = this.next;
-    const messages: RawMessage[] = new Array(n);
+    const messages: RawMessage[] = [];
+    // Up to batch_max_bytes of payloads (the first message always): one left out is made again
+    // for the next batch (messages are deterministic by ordinal).
+    let bytes = 0;
     for (let i = 0; i < n; i++) {
       const ord = first + i;
       const bad = this.cfg.invalid_every > 0 && (ord + 1) % this.cfg.invalid_every === 0;
-      messages[i] = { payload: bad ? `{"order_id": ${ord + 1}, "user": ` : orderMessage(ord, this.cfg.seed), coords: { ordinal: ord } };
+      const payload = bad ? `{"order_id": ${ord + 1}, "user": ` : orderMessage(ord, this.cfg.seed);
+      bytes += Buffer.byteLength(payload);
+      if (i > 0 && bytes > this.cfg.batch_max_bytes) break;
+      messages.push({ payload, coords: { ordinal: ord } });
     }
-    this.next += n;
+    this.next += messages.length;
     return { messages, position: { ordinal: this.next }, first: ordinalKey(first), last: ordinalKey(this.next - 1) };
   }
 

@@ -519,19 +519,35 @@ export class KafkaSource implements Source {
           this.wakeReader = done;
         });
       }
-      // Chunks (a partition's run of messages, in order) up to batch_size; the one that does not
-      // fit is split: its head fills the batch, its rest stays first in the queue.
+      // Chunks (a partition's run of messages, in order) up to batch_size messages and
+      // batch_max_bytes of values (the first message always); the one that does not fit is
+      // split: its head fills the batch, its rest stays first in the queue.
       const take: Chunk[] = [];
       let count = 0;
+      let bytes = 0;
+      let full = false;
       const size = this.cfg.batch_size;
-      while (!this.rebalancing && this.queue.length > 0 && count < size) {
+      const maxBytes = this.cfg.batch_max_bytes;
+      while (!this.rebalancing && this.queue.length > 0 && count < size && !full) {
         let chunk = this.queue[0];
         if (chunk.epoch !== this.epoch || chunk.held.released) {
           this.queue.shift();
           this.queuedBytes -= chunk.bytes;
           continue;
         }
-        if (count + chunk.messages.length > size) chunk = this.splitHead(chunk, size - count);
+        const limit = Math.min(chunk.messages.length, size - count);
+        let n = 0;
+        while (n < limit) {
+          const len = chunk.messages[n].value?.length ?? 0;
+          if (count + n > 0 && bytes + len > maxBytes) {
+            full = true;
+            break;
+          }
+          bytes += len;
+          n++;
+        }
+        if (n === 0) break;
+        if (n < chunk.messages.length) chunk = this.splitHead(chunk, n);
         else this.queue.shift();
         this.queuedBytes -= chunk.bytes;
         chunk.handedOut = true;

@@ -59,6 +59,10 @@ export class NatsSource implements Source {
   private connected = false;
   /** Messages pulled ahead, not yet handed to the engine (about one batch at most). */
   private buffer: JsMsg[] = [];
+  /** Payload bytes in `buffer`. */
+  private bufferBytes = 0;
+  /** Average payload bytes of the messages of the last pull: sizes the next one. */
+  private msgBytes = 0;
   /** When each buffered message arrived (same order as `buffer`). */
   private arrivals: number[] = [];
   /** Tells the server that messages held ahead are still wanted (see keepHeld). */
@@ -136,14 +140,25 @@ export class NatsSource implements Source {
   }
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { batch_size, batch_timeout_ms } = this.cfg;
+    const { batch_size, batch_timeout_ms, batch_max_bytes } = this.cfg;
     const deadline = Date.now() + batch_timeout_ms;
-    while (this.buffer.length < batch_size && !signal.aborted) {
+    while (this.buffer.length < batch_size && this.bufferBytes < batch_max_bytes && !signal.aborted) {
       const left = deadline - Date.now();
       if (left <= 0) break;
       await this.nextChange(left, signal);
     }
-    const got = this.buffer.splice(0, batch_size);
+    // Up to batch_size messages and batch_max_bytes of payloads (the first always): the rest
+    // stay pulled ahead, first in the next batch (each message is acked on its own).
+    let n = 0;
+    let bytes = 0;
+    while (n < this.buffer.length && n < batch_size) {
+      const len = this.buffer[n].data.length;
+      if (n > 0 && bytes + len > batch_max_bytes) break;
+      bytes += len;
+      n++;
+    }
+    const got = this.buffer.splice(0, n);
+    this.bufferBytes -= bytes;
     this.arrivals.splice(0, got.length);
     if (got.length) this.handedOut.set(got, Date.now());
     this.changed(); // room for the pump's next pull
@@ -176,9 +191,13 @@ export class NatsSource implements Source {
    * and those messages came back only after ack_wait — 30 s of latency for no fault.)
    */
   private async runPump(): Promise<void> {
-    const { batch_size } = this.cfg;
+    const { batch_size, batch_max_bytes } = this.cfg;
     while (!this.closing) {
-      const room = batch_size - this.buffer.length;
+      let room = batch_size - this.buffer.length;
+      // About a batch's bytes ahead too: once payload sizes are known, a pull asks for what
+      // batch_max_bytes leaves room for (at least one message).
+      if (this.bufferBytes >= batch_max_bytes) room = 0;
+      else if (this.msgBytes > 0) room = Math.min(room, Math.max(1, Math.ceil((batch_max_bytes - this.bufferBytes) / this.msgBytes)));
       if (room <= 0) {
         await this.nextChange();
         continue;
@@ -187,12 +206,18 @@ export class NatsSource implements Source {
         const it = await this.consumer!.fetch({ max_messages: room, expires: PULL_EXPIRES_MS });
         this.fetching = it;
         if (this.closing) it.stop();
+        let pulled = 0;
+        let pulledBytes = 0;
         for await (const m of it) {
           this.pullWorked();
           this.buffer.push(m);
+          this.bufferBytes += m.data.length;
           this.arrivals.push(Date.now());
+          pulled++;
+          pulledBytes += m.data.length;
           this.changed();
         }
+        if (pulled) this.msgBytes = pulledBytes / pulled;
         this.pullWorked();
       } catch (err) {
         if (this.closing) break;
@@ -281,6 +306,7 @@ export class NatsSource implements Source {
     clearInterval(this.holdTimer);
     this.handedOut.clear();
     for (const m of this.buffer.splice(0)) m.nak();
+    this.bufferBytes = 0;
     this.arrivals = [];
     const nc = this.nc;
     this.nc = undefined;

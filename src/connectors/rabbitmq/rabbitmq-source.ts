@@ -62,7 +62,10 @@ export class RabbitmqSource implements Source {
   private conn?: AmqpConnectionLike;
   private ch?: AmqpChannelLike;
   private generation = 0;
+  /** Deliveries not handed to the engine yet, in delivery order (up to prefetch). */
   private buffer: AmqpMessage[] = [];
+  /** Payload bytes in `buffer`. */
+  private bufferBytes = 0;
   private firstArrival = 0;
   private wake?: () => void;
   private closing = false;
@@ -87,6 +90,7 @@ export class RabbitmqSource implements Source {
     const conn = await connectWithRetry(this.cfg, this.log, { deadline, signal });
     const gen = ++this.generation;
     this.buffer = [];
+    this.bufferBytes = 0;
     const lost = (why: string) => (err?: unknown) => {
       if (gen !== this.generation || this.closing) return;
       this.log.warn({ reason: why, err: err instanceof Error ? err : undefined }, 'RabbitMQ connection lost; reconnecting');
@@ -113,7 +117,8 @@ export class RabbitmqSource implements Source {
         if (gen !== this.generation) return;
         if (this.buffer.length === 0) this.firstArrival = Date.now();
         this.buffer.push(msg);
-        if (this.buffer.length >= c.batch_size) this.wake?.();
+        this.bufferBytes += msg.content.length;
+        if (this.buffer.length >= c.batch_size || this.bufferBytes >= c.batch_max_bytes) this.wake?.();
       },
       { noAck: false },
     );
@@ -125,6 +130,7 @@ export class RabbitmqSource implements Source {
   private dropConnection(): void {
     this.generation++;
     this.buffer = [];
+    this.bufferBytes = 0;
     const conn = this.conn;
     this.conn = undefined;
     this.ch = undefined;
@@ -143,7 +149,7 @@ export class RabbitmqSource implements Source {
   }
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { batch_size, batch_timeout_ms } = this.cfg;
+    const { batch_size, batch_timeout_ms, batch_max_bytes } = this.cfg;
     const idleDeadline = Date.now() + batch_timeout_ms;
     for (;;) {
       if (signal.aborted) break;
@@ -156,7 +162,7 @@ export class RabbitmqSource implements Source {
         if (!this.ch) await sleep(this.cfg.reconnect.initial_ms, signal);
         continue;
       }
-      if (this.buffer.length >= batch_size) break;
+      if (this.buffer.length >= batch_size || this.bufferBytes >= batch_max_bytes) break;
       const now = Date.now();
       if (this.buffer.length > 0 && now - this.firstArrival >= batch_timeout_ms) break;
       if (this.buffer.length === 0 && now >= idleDeadline) break;
@@ -174,7 +180,19 @@ export class RabbitmqSource implements Source {
       });
       this.wake = undefined;
     }
-    const taken = this.buffer.splice(0, batch_size);
+    // Up to batch_size deliveries and batch_max_bytes of payloads (the first always): the rest
+    // stay buffered, first in the next batch. They came after these, so their delivery tags are
+    // higher and the multiple-ack of this batch's last one leaves them unacked.
+    let n = 0;
+    let bytes = 0;
+    while (n < this.buffer.length && n < batch_size) {
+      const len = this.buffer[n].content.length;
+      if (n > 0 && bytes + len > batch_max_bytes) break;
+      bytes += len;
+      n++;
+    }
+    const taken = this.buffer.splice(0, n);
+    this.bufferBytes -= bytes;
     if (this.buffer.length > 0) this.firstArrival = Date.now();
     const messages: RawMessage[] = taken.map((m) => new AmqpRawMessage(m, this.cfg.queue));
     const token: AckToken | undefined = taken.length ? { generation: this.generation, last: taken[taken.length - 1] } : undefined;
@@ -230,6 +248,7 @@ export class RabbitmqSource implements Source {
     this.conn = undefined;
     this.ch = undefined;
     this.buffer = [];
+    this.bufferBytes = 0;
     // Acks carry no reply. One round trip on the channel first: when it returns, the broker has
     // processed every ack sent before it, and closing cannot race them (a graceful stop would
     // otherwise redeliver its last batch).

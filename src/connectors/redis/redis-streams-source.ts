@@ -123,6 +123,10 @@ class Entries {
   readonly ids: string[] = [];
   readonly fields: Buffer[][] = [];
   readonly again: boolean[] = [];
+  /** Each entry's message bytes (see RedisStreamsSource.measure), for the first `payloads.length` entries. */
+  readonly payloads: Uint8Array[] = [];
+  /** Bytes of `payloads`. */
+  bytes = 0;
   /** Entries whose id was in the pending list but whose data is gone (deleted from the stream). */
   readonly gone: string[] = [];
   /** The id of the last entry seen by the last add(), deleted ones included. */
@@ -130,6 +134,25 @@ class Entries {
 
   get length(): number {
     return this.ids.length;
+  }
+
+  /**
+   * Cuts the entries from `n` on (all measured) off into an Entries of their own, in order;
+   * the deleted ones seen stay here.
+   */
+  splitAt(n: number): Entries {
+    const rest = new Entries();
+    // One at a time: a spread of a large batch's entries would pass the engine's argument limit.
+    for (let i = n; i < this.ids.length; i++) {
+      rest.ids.push(this.ids[i]);
+      rest.fields.push(this.fields[i]);
+      rest.again.push(this.again[i]);
+      rest.payloads.push(this.payloads[i]);
+      rest.bytes += this.payloads[i].byteLength;
+    }
+    this.ids.length = this.fields.length = this.again.length = this.payloads.length = n;
+    this.bytes -= rest.bytes;
+    return rest;
   }
 
   /**
@@ -189,6 +212,13 @@ export class RedisStreamsSource implements Source {
   private readonly held = new Set<string[]>();
   private keepFresh?: NodeJS.Timeout;
   private freshening = false;
+  /**
+   * Entries read (so pending for this consumer) that did not fit in the last batch
+   * (batch_max_bytes): the next batch starts with them.
+   */
+  private carry: Entries | undefined;
+  /** Average message bytes of the entries last read: sizes the next read's COUNT. */
+  private entryBytes = 0;
 
   constructor(
     private readonly cfg: RedisStreamsSourceConfig,
@@ -230,6 +260,7 @@ export class RedisStreamsSource implements Source {
     if (this.freshening || !client?.isReady) return;
     const mine = new Set<string>(this.unacked);
     for (const ids of this.held) for (const id of ids) mine.add(id);
+    if (this.carry) for (const id of this.carry.ids) mine.add(id);
     if (mine.size === 0) return;
     this.freshening = true;
     try {
@@ -249,17 +280,20 @@ export class RedisStreamsSource implements Source {
   }
 
   async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { batch_size, batch_timeout_ms } = this.cfg;
-    const entries = new Entries();
+    const { batch_size, batch_timeout_ms, batch_max_bytes } = this.cfg;
+    // Entries left over from the last batch come first (they count as arrived now).
+    const entries = this.carry ?? new Entries();
+    this.carry = undefined;
     const idleDeadline = Date.now() + batch_timeout_ms;
-    let firstAt = 0;
-    while (!signal.aborted && entries.length < batch_size) {
+    let firstAt = entries.length ? Date.now() : 0;
+    while (!signal.aborted && entries.length < batch_size && entries.bytes < batch_max_bytes) {
       const now = Date.now();
       if (entries.length > 0 && now - firstAt >= batch_timeout_ms) break;
       if (entries.length === 0 && now >= idleDeadline) break;
       const before = entries.length;
       try {
-        await this.fetch(batch_size - entries.length, entries.length ? firstAt + batch_timeout_ms : idleDeadline, entries);
+        await this.fetch(this.fetchCount(entries), entries.length ? firstAt + batch_timeout_ms : idleDeadline, entries);
+        this.measure(entries);
       } catch (err) {
         // Redis is away: the client reconnects by itself; hand back what we have (or an empty
         // batch) so the engine keeps flushing by age.
@@ -276,29 +310,57 @@ export class RedisStreamsSource implements Source {
       await this.ack({ messages: [], position: undefined, ackToken: entries.gone });
       entries.gone.length = 0;
     }
+    this.measure(entries);
+    // Up to batch_size entries and batch_max_bytes of messages (the first always); the rest,
+    // pending for this consumer already, are kept for the next batch.
+    let n = 0;
+    let bytes = 0;
+    while (n < entries.length && n < batch_size) {
+      const len = entries.payloads[n].byteLength;
+      if (n > 0 && bytes + len > batch_max_bytes) break;
+      bytes += len;
+      n++;
+    }
+    if (n < entries.length) this.carry = entries.splitAt(n);
     const ids: string[] = entries.gone.length ? entries.gone.concat(entries.ids) : entries.ids;
-    const payloads = this.payloads(entries);
+    const payloads = entries.payloads;
     const messages: RawMessage[] = new Array(entries.length);
     for (let i = 0; i < messages.length; i++) messages[i] = new RedisEntry(this.cfg, entries.ids[i], entries.fields[i], payloads[i], entries.again[i]);
     if (ids.length) this.held.add(ids);
     return { messages, block: messages.length ? blockOfBuffers(payloads) : undefined, position: undefined, ackToken: ids };
   }
 
-  /** Each entry's message bytes: its `field` value (empty when it has none), or all fields as JSON for '*'. */
-  private payloads(entries: Entries): Uint8Array[] {
-    const out: Uint8Array[] = new Array(entries.length);
-    if (this.cfg.field === '*') {
-      for (let i = 0; i < out.length; i++) out[i] = Buffer.from(JSON.stringify(fieldsOf(entries.fields[i])));
-      return out;
-    }
+  /**
+   * Sets the message bytes of the entries added since the last call: each one's `field` value
+   * (empty when it has none), or all fields as JSON for '*'.
+   */
+  private measure(entries: Entries): void {
+    const from = entries.payloads.length;
+    if (from >= entries.length) return;
+    const out = entries.payloads;
+    const all = this.cfg.field === '*';
     const name = this.fieldName;
-    for (let i = 0; i < out.length; i++) {
+    let added = 0;
+    for (let i = from; i < entries.length; i++) {
       const f = entries.fields[i];
-      let value: Buffer = EMPTY;
-      for (let k = 0; k + 1 < f.length; k += 2) if (sameBytes(f[k], name)) value = f[k + 1];
-      out[i] = value;
+      let value: Uint8Array = EMPTY;
+      if (all) value = Buffer.from(JSON.stringify(fieldsOf(f)));
+      else for (let k = 0; k + 1 < f.length; k += 2) if (sameBytes(f[k], name)) value = f[k + 1];
+      out.push(value);
+      added += value.byteLength;
     }
-    return out;
+    entries.bytes += added;
+    this.entryBytes = added / (entries.length - from);
+  }
+
+  /**
+   * Entries to ask for: room left by batch_size, and (once entry sizes are known) about what
+   * batch_max_bytes leaves room for, so that large entries are not read far ahead of their batch.
+   */
+  private fetchCount(entries: Entries): number {
+    const room = this.cfg.batch_size - entries.length;
+    if (!(this.entryBytes > 0)) return room;
+    return Math.max(1, Math.min(room, Math.ceil((this.cfg.batch_max_bytes - entries.bytes) / this.entryBytes)));
   }
 
   /** Adds up to `max` entries: own pending first, then claimed, then new (blocking until `until`). */
@@ -375,7 +437,7 @@ export class RedisStreamsSource implements Source {
     const lag = groups.find((g) => String(g.name) === this.cfg.group)?.lag;
     // null after entries were deleted from the middle of the stream; absent before Redis 7.
     if (lag === null || lag === undefined) throw new Error('Redis does not know the group\'s lag');
-    return [{ topic: this.cfg.stream, messages: Number(lag) }];
+    return [{ topic: this.cfg.stream, messages: Number(lag) + (this.carry?.length ?? 0) }];
   }
 
   healthy(): boolean {
