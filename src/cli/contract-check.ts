@@ -1,7 +1,7 @@
 import { ConfigError } from '../errors.js';
 import { contractIssues } from '../engine/contracts.js';
 import type { Project } from '../project/project-loader.js';
-import { fixturesFor, runFixtures } from './fixture-run.js';
+import { fixturesFor, runFixtures } from '../engine/offline-runner.js';
 
 /**
  * `validate`'s contract check: when a model declares a contract and its source has a fixture,

@@ -5,12 +5,13 @@ import v8 from 'node:v8';
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, SluiceError, errorMessage, formatIssue } from '../errors.js';
 import { loadProject, type Project, type ProjectOptions } from '../project/project-loader.js';
-import { analyzeProject } from '../project/validate.js';
+import { analyzeProject } from '../engine/validate.js';
 import { readYaml } from '../project/yaml-file.js';
 import { consumerConflicts } from '../project/consumer-conflicts.js';
 import { Pipeline, defaultDlqDir, defaultMemoryLimit, openDuckDB, shareDuckDB, workerId, type RunSummary } from '../engine/pipeline.js';
 import { needsHeap, runWithHeap } from './heap.js';
-import { runPipelines } from '../engine/pipeline-group.js';
+import { renderDryRun } from './dry-run.js';
+import { runPipeline, runPipelines } from '../runtime/pipeline-group.js';
 import type { DeadLetter, DeadLetterQueue } from '../connectors/types.js';
 import { createLogger, silentLogger, type Logger } from '../ops/logger.js';
 import { formatTable } from './format.js';
@@ -21,12 +22,13 @@ import { onStopSignal, releaseStopSignals } from './stop-signals.js';
 import { planCommands } from './plan.js';
 import { maskConfig, maskText } from '../util/secrets.js';
 import { renderLineage } from './lineage.js';
-import { fixturesFor, modelsAndSources, runFixtures } from './fixture-run.js';
+import { fixturesFor, modelsAndSources, runFixtures } from '../engine/offline-runner.js';
 import { checkContracts } from './contract-check.js';
 import { writeSite } from './docs/site.js';
 import { serveDocs } from './docs/serve.js';
 import { scopeRun, type ScopedRun } from './source-scope.js';
-import { fixtureDataTests, formatTestReport, runUnitTests } from '../tests/test-command.js';
+import { fixtureDataTests, runUnitTests } from '../engine/unit-tests.js';
+import { formatTestReport } from './test-report.js';
 
 interface CommonOpts {
   project?: string;
@@ -276,21 +278,22 @@ export function buildProgram(setCode: (n: number) => void): Command {
       const print = (s: string) => process.stdout.write(s);
       if (runs.length === 1) {
         const [r] = runs;
-        done(await new Pipeline({ project: r.project, log, port: port ?? r.project.port, models: r.models, scopedWorkerId: r.scopedWorkerId, dryRun: o.dryRun, signal: ac.signal, print, duckdb }).run(), log);
+        const summary = await runPipeline({ project: r.project, log, models: r.models, scopedWorkerId: r.scopedWorkerId, dryRun: o.dryRun, signal: ac.signal, duckdb }, o.dryRun ? 0 : (port ?? r.project.port));
+        if (o.dryRun) print(renderDryRun(summary.dryRun));
+        done(summary, log);
         return;
       }
       // Each source's dry run is printed whole, under its name, as soon as it has its batch.
-      const printed = new Map(runs.map((r) => [r.source, [] as string[]]));
       await runPipelines({
         members: runs.map((r, i) => ({
           source: r.source,
-          options: { project: r.project, models: r.models, scopedWorkerId: r.scopedWorkerId, dryRun: o.dryRun, duckdb: i === 0 ? duckdb : undefined, print: (s) => printed.get(r.source)!.push(s) },
+          options: { project: r.project, models: r.models, scopedWorkerId: r.scopedWorkerId, dryRun: o.dryRun, duckdb: i === 0 ? duckdb : undefined },
         })),
         log,
         port: o.dryRun ? 0 : (port ?? checked.project.port),
         signal: ac.signal,
         onEnd: (source, summary, l) => {
-          if (o.dryRun) print(`== source ${source} ==\n${printed.get(source)!.join('')}\n`);
+          if (o.dryRun) print(`== source ${source} ==\n${renderDryRun(summary.dryRun)}\n`);
           done(summary, l);
         },
       });
@@ -461,7 +464,7 @@ export function buildProgram(setCode: (n: number) => void): Command {
       const src = new DlqReplaySource(file, project.sources[0].cfg.batch_size);
       const walDir = path.join(path.dirname(project.walPath), 'replay-wal', ...(scope.scopedWorkerId ? [scope.source] : []), path.basename(file, '.ndjson'));
       const summary = await new Pipeline({
-        project, log, port: 0, signal, walDir, scopedWorkerId: scope.scopedWorkerId,
+        project, log, signal, walDir, scopedWorkerId: scope.scopedWorkerId,
         sourceOverride: { source: src, name: project.sources[0].name },
       }).run();
       if (signal.aborted) {
@@ -486,6 +489,9 @@ function statefulness(reasons: string[]): string {
   return reasons.length ? `stateful: ${reasons.join('; ')}` : 'stateless';
 }
 
+/** Config problems printed at most; the count says how many there are. */
+const MAX_SHOWN_ISSUES = 200;
+
 /** Runs the CLI; resolves to the process exit code (0 ok, 1 failure, 2 usage or config error). */
 export async function main(argv: string[]): Promise<number> {
   let code = 0;
@@ -506,7 +512,9 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (e instanceof ConfigError) {
       err(`error: invalid project (${e.issues.length} problem${e.issues.length === 1 ? '' : 's'}):`);
-      for (const i of e.issues) err(`  ${formatIssue(i)}`);
+      // A generated or pasted file can hold thousands of problems: the first ones say what is wrong.
+      for (const i of e.issues.slice(0, MAX_SHOWN_ISSUES)) err(`  ${formatIssue(i)}`);
+      if (e.issues.length > MAX_SHOWN_ISSUES) err(`  ... and ${e.issues.length - MAX_SHOWN_ISSUES} more`);
       return 2;
     }
     if (e instanceof SluiceError) {

@@ -5,7 +5,7 @@ import type { InfraChange, InfraClaim, InfraNote, InfraPlanner, ModelShape } fro
 import type { Project } from '../project/project-loader.js';
 import { silentLogger } from '../ops/logger.js';
 import { workerId } from '../engine/pipeline.js';
-import { fixturesFor, runFixtures } from './fixture-run.js';
+import { fixturesFor, runFixtures } from '../engine/offline-runner.js';
 
 /** The changes one connector (a source or a sink) needs, with the planner that makes them. */
 export interface PlannedTarget {

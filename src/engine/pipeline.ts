@@ -8,7 +8,6 @@ import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source, SourceBatch
 import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
 import { Metrics } from '../ops/metrics.js';
-import { startServer } from '../ops/server.js';
 import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -16,15 +15,13 @@ import { MSG_COL } from '../sql/analyze.js';
 import { SinkRunner } from './sink-runner.js';
 import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type PreparedBatch } from './executor.js';
 import { reportContracts } from './contracts.js';
-import { BatchTests, type TestSink } from '../tests/data-tests.js';
+import { BatchTests, type TestSink } from './data-tests.js';
 import { asInfraError, infraKind, type InfraError } from './infra-errors.js';
 import { asCheckpoint, type Checkpoint } from './checkpoint.js';
 
 export interface RunOptions {
   project: Project;
   log: Logger;
-  /** HTTP port for /healthz, /readyz, /metrics; 0 = no server. */
-  port: number;
   /** Model names (or paths to their .sql) to run; their upstream models run too. */
   models?: string[];
   dryRun?: boolean;
@@ -33,8 +30,6 @@ export interface RunOptions {
   /** Where the WAL lives (defaults to the project's wal.path). */
   walDir?: string;
   signal: AbortSignal;
-  /** Output for --dry-run. */
-  print?: (text: string) => void;
   /** A DuckDB instance and connection to use (the run owns them: they are closed at the end). */
   duckdb?: { instance: DuckDBInstance; conn: DuckDBConnection };
   /**
@@ -62,6 +57,17 @@ export interface RunSummary {
   flushes: number;
   /** Messages the broker marked as delivered before: the bound on duplicates without dedupe. */
   redelivered: number;
+  /** With dryRun: what the one batch made (the CLI renders it). */
+  dryRun?: DryRunResult;
+}
+
+/** A dry run's batch: each model's rows, the messages that would be dead-lettered, data test findings. */
+export interface DryRunResult {
+  /** Messages in the batch (0: the source had none). */
+  messages: number;
+  outputs: { model: string; columns: { name: string; type: string }[]; rows: Record<string, unknown>[] }[];
+  failures: { coords: unknown; stage: string; error: string }[];
+  tests: string[];
 }
 
 /** A batch as read from the source and, unless empty, loaded and decoded. */
@@ -261,10 +267,7 @@ export class Pipeline {
     await this.dlq?.recover(start.dlq);
     await this.opts.beforeWrites?.();
 
-    let server: Awaited<ReturnType<typeof startServer>> | undefined;
-    try {
-      server = this.opts.port > 0 ? await startServer(this.opts.port, this.metrics.registry, { ready: () => this.ready() }) : undefined;
-      if (server) this.log.info({ port: server.port }, 'serving /healthz /readyz /metrics');
+    {
       // Surviving WAL goes to the sinks before anything new is read.
       const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
       if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
@@ -292,8 +295,6 @@ export class Pipeline {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
         await sleepUntil(this.nextRetry(), signal);
       }
-    } finally {
-      await server?.close();
     }
     return this.summary;
   }
@@ -817,8 +818,8 @@ export class Pipeline {
     await turn;
   }
 
+  /** One batch through the models, nothing written or acknowledged: the result goes in the summary. */
   private async dryRun(source: Source): Promise<RunSummary> {
-    const print = this.opts.print ?? ((s: string) => process.stdout.write(s));
     let clean = false;
     try {
       await source.open(undefined);
@@ -827,20 +828,17 @@ export class Pipeline {
         batch = await source.read(this.opts.signal);
         if (batch === null || batch.messages.length > 0) break;
       }
+      const result: DryRunResult = { messages: 0, outputs: [], failures: [], tests: [] };
+      this.summary.dryRun = result;
       if (!batch || batch.messages.length === 0) {
-        print('no messages\n');
         clean = true;
         return this.summary;
       }
       const outcome = await this.executor.process(batch.messages);
-      const { formatTable } = await import('../cli/format.js');
-      print(`dry run: ${batch.messages.length} messages, nothing written or acknowledged\n`);
-      for (const m of this.models) {
-        const out = await this.executor.readOutput(m.name);
-        print(`\n${m.name} (${out.rows.length} rows)\n${formatTable(out.columns, out.rows)}\n`);
-      }
-      for (const f of outcome.failures) print(`\nwould dead-letter message ${JSON.stringify(batch.messages[f.index].coords)} [${f.stage}]: ${f.error}\n`);
-      for (const line of (await this.tests?.preview(outcome)) ?? []) print(`\n${line}\n`);
+      result.messages = batch.messages.length;
+      for (const m of this.models) result.outputs.push({ model: m.name, ...(await this.executor.readOutput(m.name)) });
+      for (const f of outcome.failures) result.failures.push({ coords: batch.messages[f.index].coords, stage: f.stage, error: f.error });
+      result.tests = (await this.tests?.preview(outcome)) ?? [];
       this.summary.messages = batch.messages.length;
       clean = true;
     } finally {

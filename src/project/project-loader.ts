@@ -9,8 +9,8 @@ import { topoSort } from './dag.js';
 import { applyTargetOverrides, remapTargetIssues, resolveTarget, targetEnv } from './targets.js';
 import { registerConfigSecrets } from '../util/secrets.js';
 import { checkSchema, readConfigText, readYaml, type YamlFile } from './yaml-file.js';
-import { columnTypeSchema, contractSchema, modelContract, type ModelContract } from '../engine/contracts.js';
-import { columnTestSchema, modelDataTests, modelTestSchema, referenceSchema, unitTestsOf, type DataTest, type ReferenceDef, type UnitTest } from '../tests/test-config.js';
+import { columnTypeSchema, contractSchema, modelContract, type ModelContract } from './contract-config.js';
+import { columnTestSchema, modelDataTests, modelTestSchema, referenceSchema, unitTestsOf, type DataTest, type ReferenceDef, type UnitTest } from './data-test-config.js';
 
 export interface ProjectOptions {
   project?: string;
@@ -124,7 +124,7 @@ export interface Project {
   unitTests: UnitTest[];
 }
 
-const projectSchema = z
+export const projectSchema = z
   .object({
     name: z.string().min(1).optional(),
     wal: z
@@ -163,7 +163,7 @@ const flushKeys = {
   max_age_seconds: z.number().positive().optional().describe('flush a model once its oldest WAL row is this old'),
 };
 
-const modelsSchema = z
+export const modelsSchema = z
   .object({
     ...flushKeys,
     overrides: z

@@ -7,7 +7,6 @@ import {
   duckSupertype,
   emptyReport,
   mergeSchema,
-  modelContract,
   planContract,
   resolveContractTypes,
   schemaChanges,
@@ -16,6 +15,7 @@ import {
   type ContractPolicy,
   type ModelContract,
 } from '../../src/engine/contracts.js';
+import { modelContract } from '../../src/project/contract-config.js';
 import type { ConfigIssue } from '../../src/errors.js';
 
 const contract = (newColumns: ContractPolicy, typeChanges: ContractPolicy, columns = [{ name: 'id', type: 'BIGINT' }, { name: 'amount', type: 'BIGINT' }]): ModelContract => ({ columns, newColumns, typeChanges });

@@ -7,9 +7,9 @@ import { ConfigError, formatIssue } from '../../src/errors.js';
 import { loadProject } from '../../src/project/project-loader.js';
 import { scaffold } from '../../src/cli/init.js';
 import { MSG_COL } from '../../src/sql/analyze.js';
-import { runTests } from '../../src/tests/data-tests.js';
-import { canon, compareRows } from '../../src/tests/test-command.js';
-import type { DataTest } from '../../src/tests/test-config.js';
+import { runTests } from '../../src/engine/data-tests.js';
+import { canon, compareRows } from '../../src/engine/unit-tests.js';
+import type { DataTest } from '../../src/project/data-test-config.js';
 
 const tmp: string[] = [];
 afterEach(() => {

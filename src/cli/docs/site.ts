@@ -1,13 +1,13 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Project } from '../../project/project-loader.js';
-import type { ModelReport } from '../../project/validate.js';
+import type { ModelReport } from '../../engine/validate.js';
 import { maskConfig, maskText } from '../../util/secrets.js';
 import { buildLineage, nodeId, type Lineage } from '../lineage.js';
-import type { FixtureRun } from '../fixture-run.js';
+import type { FixtureRun } from '../../engine/offline-runner.js';
 import { esc } from './html.js';
 import { lineageSvg } from './svg.js';
-import { describeTest } from '../../tests/test-config.js';
+import { describeTest } from '../../project/data-test-config.js';
 
 export interface DocsInput {
   project: Project;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { ConfigIssue } from '../errors.js';
-import { checkSchema, type YamlFile } from '../project/yaml-file.js';
+import { checkSchema, type YamlFile } from './yaml-file.js';
 
 /** What happens during `run` when a data test finds failing rows. */
 export type OnFailure = 'warn' | 'dlq' | 'fail';

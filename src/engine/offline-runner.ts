@@ -2,13 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError } from '../errors.js';
-import { BatchExecutor, compileModels, decodeRules, type MessageFailure } from '../engine/executor.js';
+import { BatchExecutor, compileModels, decodeRules, type MessageFailure } from './executor.js';
 import type { RawMessage } from '../connectors/types.js';
 import type { SourcePolicy } from '../connectors/shared-config.js';
-import { openDuckDB, selectModels } from '../engine/pipeline.js';
+import { openDuckDB, selectModels } from './pipeline.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
-import { readFixture } from './fixtures.js';
-import type { ContractKind } from '../engine/contracts.js';
+import { readFixture } from '../project/fixtures.js';
+import type { ContractKind } from './contracts.js';
 
 const FIXTURE_EXT = ['.json', '.ndjson', '.jsonl'];
 

@@ -1,8 +1,8 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import type { ConfigIssue } from '../errors.js';
 import { analyzeSql, expressionColumns, type SqlAnalysis } from '../sql/analyze.js';
-import type { ModelDef, NamedSink, Project } from './project-loader.js';
-import { resolveContractTypes } from '../engine/contracts.js';
+import type { ModelDef, NamedSink, Project } from '../project/project-loader.js';
+import { resolveContractTypes } from './contracts.js';
 
 export interface ModelReport {
   model: ModelDef;

@@ -2,12 +2,12 @@ import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../errors.js';
 import { mergedExposition } from '../ops/metrics.js';
 import { startServer, type Readiness } from '../ops/server.js';
-import { Pipeline, type RunOptions, type RunSummary } from './pipeline.js';
+import { Pipeline, type RunOptions, type RunSummary } from '../engine/pipeline.js';
 
 export interface GroupMember {
   /** The source the pipeline reads: it names the pipeline in logs, /readyz, /metrics and errors. */
   source: string;
-  options: Omit<RunOptions, 'signal' | 'port' | 'log' | 'beforeWrites'>;
+  options: Omit<RunOptions, 'signal' | 'log' | 'beforeWrites'>;
 }
 
 export interface GroupOptions {
@@ -63,7 +63,6 @@ export async function runPipelines(opts: GroupOptions): Promise<Map<string, RunS
     m.pipeline = new Pipeline({
       ...options,
       log,
-      port: 0,
       signal: stop.signal,
       beforeWrites: () => {
         m.state = 'running';
@@ -138,6 +137,27 @@ export async function runPipelines(opts: GroupOptions): Promise<Map<string, RunS
     throw new SluiceError(code, message + note, { cause: first });
   }
   return summaries;
+}
+
+/**
+ * Runs one pipeline, with the ops server on `port` (0: none) answering from it: /readyz is its
+ * readiness (not ready while it starts and replays its WAL), /metrics its registry.
+ */
+export async function runPipeline(options: RunOptions, port: number): Promise<RunSummary> {
+  const pipeline = new Pipeline(options);
+  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  try {
+    server = port > 0 ? await startServer(port, pipeline.registry, { ready: () => pipeline.ready() }) : undefined;
+  } catch (err) {
+    closeDuckDB(options.duckdb);
+    throw err;
+  }
+  if (server) options.log.info({ port: server.port }, 'serving /healthz /readyz /metrics');
+  try {
+    return await pipeline.run();
+  } finally {
+    await server?.close();
+  }
 }
 
 function closeDuckDB(db: RunOptions['duckdb']): void {

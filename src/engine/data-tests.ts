@@ -7,10 +7,10 @@ import { SluiceError, errorMessage } from '../errors.js';
 import { MSG_COL } from '../sql/analyze.js';
 import { fileList, ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
-import { cleanError, type BatchOutcome, type MessageFailure } from '../engine/executor.js';
+import { cleanError, type BatchOutcome, type MessageFailure } from './executor.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import { maskText } from '../util/secrets.js';
-import type { DataTest, ReferenceDef } from './test-config.js';
+import type { DataTest, ReferenceDef } from '../project/data-test-config.js';
 
 /** Where reference tables live in DuckDB. */
 export const REF_SCHEMA = 'sluice_ref';
