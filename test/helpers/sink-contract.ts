@@ -34,7 +34,7 @@ import { freePort, httpGet, sluice, sluiceBg, tempDir, until, waitExit, writeFil
  *   - idempotent rewrite: the process is SIGKILLed right after the sink wrote a flush and before
  *     the WAL recorded it (SLUICE_CRASH_AT=after-sink-write); the next run writes the same flush
  *     (same `name`) again. Idempotent sinks hold every row once; other sinks at least once and
- *     at most twice (at-least-once, documented in the README's sink table).
+ *     at most twice (at-least-once, documented in docs/sinks.md, Delivery guarantees).
  *   - schema growth: a second run's model has one more column; old rows read back with it NULL.
  *   - empty batch: input whose messages all fail to decode (they go to the DLQ) and a model that
  *     selects no row: the run exits 0 and the sink holds no row (readRows returns [] also when
