@@ -8,7 +8,8 @@ import { loadProject, type Project, type ProjectOptions } from '../project/proje
 import { analyzeProject } from '../engine/validate.js';
 import { readYaml } from '../project/yaml-file.js';
 import { consumerConflicts } from '../project/consumer-conflicts.js';
-import { Pipeline, defaultDlqDir, defaultMemoryLimit, openDuckDB, shareDuckDB, workerId, type RunSummary } from '../engine/pipeline.js';
+import { Pipeline, defaultDlqDir, workerId, type RunSummary } from '../engine/pipeline.js';
+import { defaultMemoryLimit, openDuckDB, shareDuckDB } from '../engine/duckdb.js';
 import { needsHeap, runWithHeap } from './heap.js';
 import { renderDryRun } from './dry-run.js';
 import { runPipeline, runPipelines } from '../runtime/pipeline-group.js';

@@ -4,20 +4,23 @@ import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../errors.js';
-import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source, SourceBatch, SinkWrite } from '../connectors/types.js';
+import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source, SourceBatch } from '../connectors/types.js';
 import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
 import { Metrics } from '../ops/metrics.js';
 import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
-import { MSG_COL } from '../sql/analyze.js';
 import { SinkRunner } from './sink-runner.js';
 import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type PreparedBatch } from './executor.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
-import { asInfraError, infraKind, type InfraError } from './infra-errors.js';
+import { asInfraError } from './infra-errors.js';
 import { asCheckpoint, type Checkpoint } from './checkpoint.js';
+import { openDuckDB } from './duckdb.js';
+import { Flusher } from './flusher.js';
+import { sleepUntil } from './sleep.js';
+import { StallGuard } from './stall.js';
 
 export interface RunOptions {
   project: Project;
@@ -91,66 +94,6 @@ export function selectModels(project: Project, wanted: string[] | undefined): Mo
   return project.models.filter((m) => names.has(m.name));
 }
 
-export async function openDuckDB(settings: { threads?: number; memory_limit?: string } = {}): Promise<{ instance: DuckDBInstance; conn: DuckDBConnection }> {
-  const config: Record<string, string> = {};
-  // Per-batch queries work on one batch (one row group): each runs on the thread that issues
-  // it, and two connections run at once. Leave a core to JavaScript (source client, scanner).
-  config.threads = String(settings.threads ?? Math.max(1, os.availableParallelism() - 1));
-  config.memory_limit = settings.memory_limit ?? defaultMemoryLimit();
-  const instance = await DuckDBInstance.create(':memory:', config);
-  const conn = await instance.connect();
-  return { instance, conn };
-}
-
-/**
- * DuckDB's memory limit when duckdb.memory_limit is not set: a quarter of the machine's memory,
- * at most 2 GiB. DuckDB's own default (80% of the memory) leaves nothing to the rest of the
- * process and the machine; a pipeline's queries work on one batch or one flush at a time and
- * spill to disk beyond the limit.
- */
-export function defaultMemoryLimit(): string {
-  return `${Math.max(64, Math.min(2048, Math.floor(os.totalmem() / 4 / 2 ** 20)))}MiB`;
-}
-
-/** The threads and memory limit of one pipeline's DuckDB when `n` pipelines share a process. */
-export interface DuckDBShare {
-  threads: number;
-  memory_limit: string;
-  /** What was divided: the project's settings, or DuckDB's defaults where it has none. */
-  total: { threads: number; memory_limit: string };
-}
-
-/**
- * Divides the project's duckdb.threads and duckdb.memory_limit (DuckDB's defaults where unset:
- * one thread per core but one, 80% of the memory DuckDB sees) among `n` pipelines of one
- * process, so that together they stay within what one pipeline alone would use. `conn` is a
- * connection of an instance opened with `settings`: it tells DuckDB's default memory limit.
- * Each pipeline gets at least one thread.
- */
-export async function shareDuckDB(settings: { threads?: number; memory_limit?: string }, n: number, conn: DuckDBConnection): Promise<DuckDBShare> {
-  const threads = settings.threads ?? Math.max(1, os.availableParallelism() - 1);
-  let bytes = settings.memory_limit ? parseBytes(settings.memory_limit) : undefined;
-  let shown = settings.memory_limit;
-  if (bytes === undefined) {
-    const current = String((await conn.runAndReadAll("SELECT current_setting('memory_limit')")).getRows()[0][0]);
-    bytes = parseBytes(current);
-    shown = settings.memory_limit ?? `${current} (sluice's default)`;
-    if (bytes === undefined) throw new SluiceError('INTERNAL', `cannot read DuckDB's memory limit "${current}"`);
-  }
-  const each = bytes / n;
-  const memory_limit = each >= 2 ** 24 ? `${Math.floor(each / 2 ** 20)}MiB` : `${Math.max(1, Math.floor(each / 2 ** 10))}KiB`;
-  return { threads: Math.max(1, Math.floor(threads / n)), memory_limit, total: { threads, memory_limit: shown! } };
-}
-
-/** DuckDB's memory units (KB = 1000, KiB = 1024). */
-const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, byte: 1, bytes: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, pib: 2 ** 50 };
-/** Bytes of a memory amount as DuckDB takes or shows it ('2GB', '18.8 GiB'); undefined for anything else. */
-function parseBytes(text: string): number | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);
-  const unit = m && BYTE_UNITS[m[2].toLowerCase()];
-  return unit ? Number(m[1]) * unit : undefined;
-}
-
 /**
  * The run loop: poll -> decode -> models -> WAL (fsync) -> ack, and per model, when its size
  * or age threshold is reached, WAL -> sinks (atomic, idempotent) -> WAL truncate.
@@ -159,8 +102,6 @@ export class Pipeline {
   private readonly metrics = new Metrics();
   private wal!: Wal;
   private sinks = new Map<string, SinkRunner>();
-  /** Dead-lettering a flush (append, then the state with the DLQ's new mark) goes one at a time. */
-  private dlqTurn: Promise<void> = Promise.resolve();
   private paused = false;
   private dlq: DeadLetterQueue | undefined;
   private executor!: BatchExecutor;
@@ -171,18 +112,21 @@ export class Pipeline {
   private instance!: DuckDBInstance;
   private models: ModelDef[] = [];
   private replayed = false;
-  /** Models whose flush has a sink failing, with the last error (for /readyz and backpressure). */
-  private flushFailures = new Map<string, { error: string }>();
+  /** WAL -> sinks; made once the WAL, the sinks and DuckDB are open. */
+  private flusher!: Flusher;
   private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0, redelivered: 0 };
   private workerId = '';
   private lastReadMs = 0;
   private source?: Source;
-  /** The infrastructure failure being waited out (see untilItWorks), for /readyz. */
-  private stall: { error: InfraError; since: number } | undefined;
+  /** Waits out a full disk or an IO error: the batch is retried, nothing dead-lettered or acked. */
+  private readonly stallGuard: StallGuard;
   /** The read (and decode) of the next batch, in flight while the current one is handled. */
   private reading: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly opts: RunOptions) {}
+  constructor(private readonly opts: RunOptions) {
+    const { maxBackoffMs, giveUpAfterSeconds } = opts.project.infraErrors ?? { maxBackoffMs: 30_000, giveUpAfterSeconds: 0 };
+    this.stallGuard = new StallGuard({ signal: opts.signal, maxBackoffMs, giveUpAfterSeconds, metrics: this.metrics, log: opts.log, updateGauges: () => this.updateGauges() });
+  }
 
   /** This run's metrics (for an ops server shared by several pipelines). */
   get registry(): Metrics['registry'] {
@@ -199,7 +143,7 @@ export class Pipeline {
   }
 
   async run(): Promise<RunSummary> {
-    const { project, signal } = this.opts;
+    const { project } = this.opts;
     if (!this.opts.sourceOverride && project.sources.length !== 1) {
       throw new SluiceError('INTERNAL', `a pipeline reads one source and this project has ${project.sources.length}: scope it to one (scopeToSource) and run one pipeline per source (runPipelines)`);
     }
@@ -253,6 +197,10 @@ export class Pipeline {
     const walDir = this.opts.walDir ?? (srcDef.spec.workerScoped ? path.join(project.walPath, this.workerId) : project.walPath);
     this.wal = new Wal(walDir, this.log);
     await this.wal.open(this.models.map((m) => m.name));
+    this.flusher = new Flusher({
+      wal: this.wal, sinks: this.sinks, models: this.models, metrics: this.metrics, log: this.log, tests: this.tests, testSink: this.testSink,
+      dlq: () => this.dlq, summary: this.summary, conn: this.conn, loadConn: this.loadConn, updateGauges: () => this.updateGauges(),
+    });
     for (const m of this.wal.modelsWithRows()) {
       if (!this.models.some((x) => x.name === m)) {
         this.log.warn({ model: m, bytes: this.wal.pendingBytes(m) }, 'the WAL holds rows of a model that is not being run; they are kept until it runs again');
@@ -271,9 +219,9 @@ export class Pipeline {
       // Surviving WAL goes to the sinks before anything new is read.
       const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
       if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
-      while (!(await this.flushAll())) {
+      while (!(await this.flusher.flushAll())) {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped before the WAL could be replayed; it is kept for the next start');
-        await sleepUntil(this.nextRetry(), signal);
+        await sleepUntil(this.flusher.nextRetry(), signal);
       }
       this.replayed = true;
       this.updateGauges();
@@ -291,9 +239,9 @@ export class Pipeline {
         await closeSource(source, clean, this.log);
       }
       // End of input or shutdown: deliver everything staged.
-      while (!(await this.flushAll())) {
+      while (!(await this.flusher.flushAll())) {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
-        await sleepUntil(this.nextRetry(), signal);
+        await sleepUntil(this.flusher.nextRetry(), signal);
       }
     }
     return this.summary;
@@ -341,8 +289,9 @@ export class Pipeline {
       if (circuit) reasons.push(circuit);
       else if (!s.sink.healthy()) reasons.push(`sink ${name} unhealthy`);
     }
-    for (const [model, f] of this.flushFailures) reasons.push(`flush of ${model} failing: ${f.error}`);
-    if (this.stall) reasons.push(`paused since ${new Date(this.stall.since).toISOString()}: ${this.stall.error.message}`);
+    for (const [model, f] of this.flusher?.failures ?? []) reasons.push(`flush of ${model} failing: ${f.error}`);
+    const stall = this.stallGuard.current;
+    if (stall) reasons.push(`paused since ${new Date(stall.since).toISOString()}: ${stall.error.message}`);
     if (this.paused) reasons.push(`reading paused: the WAL holds ${this.wal.totalBytes()} bytes (wal.max_bytes ${this.opts.project.walMaxBytes}) while a sink fails`);
     return { ok: reasons.length === 0, reasons };
   }
@@ -390,10 +339,10 @@ export class Pipeline {
           if (!signal.aborted) this.log.info('end of input');
           break;
         }
-        if (this.flushFailures.size > 0) await this.backpressure();
+        if (this.flusher.failures.size > 0) await this.backpressure();
         pending = signal.aborted ? Promise.resolve(null) : next();
         if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName);
-        await this.flushDue();
+        await this.flusher.flushDue();
       }
     } finally {
       // On an error, let the read in flight settle before its connection is closed.
@@ -407,58 +356,8 @@ export class Pipeline {
     this.lastReadMs = Math.round(performance.now() - readStart);
     if (batch === null) return null;
     if (batch.messages.length === 0) return { batch };
-    const prepared = await this.untilItWorks('decoding a batch', () => this.executor.prepare(batch.messages, lane, batch.block), async () => {});
+    const prepared = await this.stallGuard.run('decoding a batch', () => this.executor.prepare(batch.messages, lane, batch.block), async () => {});
     return { batch, prepared };
-  }
-
-  /**
-   * Runs `step` until it works. An infrastructure failure (see infra-errors.ts: a full or
-   * failing disk, permissions, memory) is nobody's message's fault: nothing is dead-lettered or
-   * acked for it. The pipeline pauses (reading stops: the loop waits here), /readyz turns red,
-   * the failure is counted and logged once, `undo` puts things back as they were before the
-   * step, and the step is tried again with backoff until it works — or until
-   * infra_errors.give_up_after_seconds, or a stop, ends the run with everything unacked left
-   * for the next start. Any other error goes up at once.
-   */
-  private async untilItWorks<T>(where: string, step: () => Promise<T>, undo: () => Promise<void>): Promise<T> {
-    const { signal, project } = this.opts;
-    const { maxBackoffMs, giveUpAfterSeconds } = project.infraErrors ?? { maxBackoffMs: 30_000, giveUpAfterSeconds: 0 };
-    let wait = Math.min(250, maxBackoffMs);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const r = await step();
-        if (attempt > 1 && this.stall) {
-          this.log.info({ after_ms: Date.now() - this.stall.since, attempts: attempt }, `resumed: ${where} works again`);
-          this.stall = undefined;
-          this.metrics.stalled.set(0);
-          this.updateGauges();
-        }
-        return r;
-      } catch (err) {
-        const infra = asInfraError(err, where);
-        if (!infra) throw err;
-        try {
-          await undo();
-        } catch (undoErr) {
-          this.log.debug({ err: undoErr }, 'undoing the failed step failed too; the next start sweeps what is left');
-        }
-        this.metrics.infraErrors.inc({ kind: infra.kind });
-        this.metrics.errors.inc({ stage: 'infra', error_type: infra.kind.replace(/ /g, '_') });
-        const changed = this.stall?.error.message !== infra.message;
-        this.stall = { error: infra, since: this.stall?.since ?? Date.now() };
-        this.metrics.stalled.set(1);
-        this.updateGauges();
-        const lasted = Date.now() - this.stall.since;
-        if (giveUpAfterSeconds > 0 && lasted >= giveUpAfterSeconds * 1000) {
-          throw new SluiceError('INFRA', `gave up after ${Math.round(lasted / 1000)} s (infra_errors.give_up_after_seconds ${giveUpAfterSeconds}): ${infra.message}; nothing of the unacked batch was lost: it is read again on the next start`, { cause: err });
-        }
-        if (signal.aborted) throw new SluiceError('INFRA', `stopped while paused: ${infra.message}; the batch was not acked and is read again on the next start`, { cause: err });
-        if (changed) this.log.error({ kind: infra.kind, retry_max_ms: maxBackoffMs }, `paused: ${infra.message}; nothing was dead-lettered or acked for it, and the batch is retried until it works`);
-        else this.log.debug({ kind: infra.kind, attempt, retry_in_ms: wait }, 'still failing');
-        await sleepUntil(Date.now() + wait, signal);
-        wait = Math.min(wait * 2, maxBackoffMs);
-      }
-    }
   }
 
   /**
@@ -472,7 +371,7 @@ export class Pipeline {
     const dlqBefore = this.dlq?.mark();
     let prepared: PreparedBatch | undefined = first;
     let dlqTouched = false;
-    const staged = await this.untilItWorks(
+    const staged = await this.stallGuard.run(
       'writing a batch to the WAL',
       async () => {
         // After a failure the batch is decoded again: isolating bad messages changes its tables.
@@ -488,7 +387,7 @@ export class Pipeline {
         // The retry decodes on the loading connection: wait for the next batch's decoding there.
         await this.reading.catch(() => {});
         // A due flush empties the WAL: it may be what frees the disk.
-        await this.flushDue();
+        await this.flusher.flushDue();
       },
     );
     const { outcome, rows, records } = staged;
@@ -606,216 +505,26 @@ export class Pipeline {
     this.metrics.ready.set(this.ready().ok ? 1 : 0);
   }
 
-  /** When the next write of a pending flush may be tried. */
-  private nextRetry(): number {
-    let t = Infinity;
-    for (const m of this.models) {
-      if (this.wal.pending(m.name).length === 0) continue;
-      for (const s of m.sinks) t = Math.min(t, this.sinks.get(s)!.nextTry(m.name));
-    }
-    return t === Infinity ? Date.now() + 1000 : t;
-  }
-
-  /** True when some sink of the model may be written now (not in backoff, circuit not open). */
-  private writable(m: ModelDef, now: number): boolean {
-    return m.sinks.some((s) => this.sinks.get(s)!.canWrite(m.name, now));
-  }
-
   /**
    * Backpressure while a sink fails: once the WAL holds wal.max_bytes, no new batch is read
    * (unread messages stay in the source: memory stays bounded) until the flushes go through.
    */
   private async backpressure(): Promise<void> {
     const { signal, project } = this.opts;
-    while (!signal.aborted && this.flushFailures.size > 0 && this.wal.totalBytes() >= project.walMaxBytes) {
+    while (!signal.aborted && this.flusher.failures.size > 0 && this.wal.totalBytes() >= project.walMaxBytes) {
       if (!this.paused) {
         this.paused = true;
         this.updateGauges();
         this.log.warn({ wal_bytes: this.wal.totalBytes(), max_bytes: project.walMaxBytes }, 'reading paused: the WAL is full while a sink fails; reading resumes once the sinks take the rows');
       }
-      await sleepUntil(this.nextRetry(), signal);
-      await this.flushDue();
+      await sleepUntil(this.flusher.nextRetry(), signal);
+      await this.flusher.flushDue();
     }
     if (this.paused) {
       this.paused = false;
       this.updateGauges();
       this.log.info('reading resumed');
     }
-  }
-
-  /** Flushes models whose size or age threshold is reached (or whose flush is being retried). */
-  private async flushDue(): Promise<void> {
-    const now = Date.now();
-    for (const m of this.models) {
-      const segs = this.wal.pending(m.name);
-      if (segs.length === 0) continue;
-      if (!this.writable(m, now)) continue;
-      const due =
-        this.wal.hasInflight(m.name) ||
-        this.wal.pendingBytes(m.name) >= m.maxFileBytes ||
-        now - segs[0].time >= m.maxAgeSeconds * 1000;
-      if (due) await this.flushModel(m);
-    }
-  }
-
-  /**
-   * Flushes every model not in retry backoff; true when nothing is left in the WAL. At start-up
-   * and at the end, when no batch is being loaded, models flush two at a time, one on each
-   * connection: a flush rewrites all of a model's rows and would leave a core idle otherwise.
-   */
-  private async flushAll(conns: DuckDBConnection[] = [this.conn, this.loadConn]): Promise<boolean> {
-    let ok = true;
-    const now = Date.now();
-    const todo: ModelDef[] = [];
-    for (const m of this.models) {
-      if (this.wal.pending(m.name).length === 0) continue;
-      if (this.writable(m, now)) todo.push(m);
-      else ok = false;
-    }
-    todo.sort((a, b) => this.wal.pendingBytes(b.name) - this.wal.pendingBytes(a.name));
-    const work = async (conn: DuckDBConnection): Promise<void> => {
-      for (let m = todo.shift(); m; m = todo.shift()) {
-        while (this.wal.pending(m.name).length > 0) {
-          if (!(await this.flushModel(m, conn))) {
-            ok = false;
-            break;
-          }
-        }
-      }
-    };
-    // Both lanes settle before a failure goes up: the caller then closes what they write with.
-    const lanes = await Promise.allSettled(conns.map(work));
-    const failed = lanes.find((l): l is PromiseRejectedResult => l.status === 'rejected');
-    if (failed) throw failed.reason;
-    return ok;
-  }
-
-  /**
-   * Writes a model's flush to each of its sinks that does not have it yet; true once every sink
-   * has it (then the WAL is truncated). A sink that took the flush is recorded in the WAL state
-   * at once, so a retry or a restart never writes it there again. A failing sink follows its
-   * policy: retried with backoff behind its circuit breaker; once exhausted, on_error `retry`
-   * keeps trying, `dlq` sends the rows to the DLQ (the sink counts as done), `fail` throws.
-   */
-  private async flushModel(m: ModelDef, conn = this.conn): Promise<boolean> {
-    const flush = await this.wal.beginFlush(m.name);
-    if (!flush) return true;
-    const timer = this.metrics.flushDuration.startTimer({ model: m.name });
-    const files = flush.segments.map((s) => s.file);
-    let write: SinkWrite | undefined;
-    let complete = true;
-    let failed = false;
-    let fatal: SluiceError | undefined;
-    try {
-      for (const name of m.sinks) {
-        if (flush.done.includes(name)) continue;
-        const runner = this.sinks.get(name)!;
-        if (!runner.canWrite(m.name)) {
-          complete = false;
-          continue;
-        }
-        if (!write) {
-          const r = await conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
-          write = { model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows: Number(r.getRows()[0][0]) };
-          await this.tests?.checkFlush(m.name, files, conn, this.testSink);
-        }
-        const res = await runner.write(write, conn);
-        if (res.ok) {
-          crashPoint('after-sink-write');
-          await this.wal.markSinkDone(m.name, name);
-          continue;
-        }
-        if (res.blocked) {
-          complete = false;
-          continue;
-        }
-        failed = true;
-        const err = res.error;
-        const { on_error: onError, retry } = runner.policy;
-        this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
-        this.flushFailures.set(m.name, { error: `sink ${name}: ${errorMessage(err)}` });
-        // A full disk or a failing allocation is not the rows' fault: such a flush is only ever
-        // retried, whatever on_error says (it would dead-letter good rows, or stop for nothing).
-        const infra = infraKind(err);
-        if (!res.exhausted || onError === 'retry' || infra) {
-          complete = false;
-          const why = onError === 'retry' ? 'on_error: retry' : `${infra}: on_error: ${onError} is only for errors of the rows`;
-          this.log.error({ model: m.name, sink: name, err, attempt: res.attempts, retry_in_ms: res.retryInMs }, res.exhausted ? `sink still failing after ${res.attempts} attempts (${why}); the WAL is kept and the write retried` : 'sink write failed; the WAL is kept and the write retried');
-          continue;
-        }
-        if (onError === 'fail') {
-          complete = false;
-          fatal = new SluiceError('SINK', `sink ${name} failed writing ${m.name}/${flush.name} (${res.attempts} attempt${res.attempts === 1 ? '' : 's'}, on_error: fail): ${errorMessage(err)}; the rows stay in the WAL and the next run delivers them`, { cause: err });
-          break;
-        }
-        await this.deadLetterFlush(m.name, name, write, err, conn);
-        runner.forget(m.name);
-      }
-    } catch (err) {
-      complete = false;
-      failed = true;
-      this.flushFailures.set(m.name, { error: errorMessage(err) });
-      this.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
-      this.log.error({ model: m.name, err }, 'flush failed; the WAL is kept and the flush retried');
-    }
-    const ms = Math.round(timer() * 1000);
-    if (fatal) throw fatal;
-    if (!complete) {
-      if (failed) this.metrics.flushes.inc({ model: m.name, result: 'error' });
-      this.updateGauges();
-      return false;
-    }
-    try {
-      await this.wal.endFlush(m.name);
-    } catch (err) {
-      // Every sink has the flush; recording that failed (the WAL's disk is full, say): the
-      // flush stays in flight and its record is tried again (the sinks are not written again).
-      this.flushFailures.set(m.name, { error: `recording the flush of ${m.name}: ${errorMessage(err)}` });
-      this.log.error({ model: m.name, err: new Error(errorMessage(err)) }, 'recording a finished flush failed; it is tried again');
-      this.updateGauges();
-      return false;
-    }
-    this.flushFailures.delete(m.name);
-    this.metrics.flushes.inc({ model: m.name, result: 'ok' });
-    this.summary.flushes++;
-    this.log.info({ model: m.name, file: flush.name, rows: write?.rows, segments: files.length, sinks: m.sinks, ms }, 'flushed');
-    this.updateGauges();
-    return true;
-  }
-
-  /**
-   * on_error: dlq — the flush's rows go to the source's DLQ, one record per row (the row as JSON,
-   * stage `sink`, the model and the sink's error), then the sink counts as done for this flush;
-   * the DLQ's new mark is committed with that record, so a crash in between writes them again
-   * rather than twice.
-   */
-  private async deadLetterFlush(model: string, sink: string, w: SinkWrite, err: unknown, conn: DuckDBConnection): Promise<void> {
-    const turn = this.dlqTurn.then(async () => {
-      const dlq = this.dlq;
-      if (!dlq) throw new SluiceError('CONFIG', `sink ${sink} has on_error: dlq but the source has no dlq configured`);
-      const error = `sink ${sink}: ${errorMessage(err)}`;
-      const time = new Date().toISOString();
-      const result = await conn.stream(`SELECT to_json(t)::VARCHAR FROM (SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)) t`);
-      let row = 0;
-      let chunk: DeadLetter[] = [];
-      for await (const rows of result.yieldRows()) {
-        for (const r of rows) {
-          chunk.push({ payload: String(r[0]), error, stage: 'sink', source: { sink, flush: w.name, row: row++ }, model, time });
-          if (chunk.length >= 10_000) {
-            await dlq.append(chunk);
-            chunk = [];
-          }
-        }
-      }
-      if (chunk.length) await dlq.append(chunk);
-      await this.wal.markSinkDone(model, sink, { checkpoint: { ...asCheckpoint(this.wal.state.checkpoint), dlq: dlq.mark() } satisfies Checkpoint });
-      this.summary.deadLettered += row;
-      this.metrics.deadLettered.inc({ stage: 'sink' }, row);
-      this.metrics.sinkDeadLettered.inc({ model, sink }, row);
-      this.log.warn({ model, sink, flush: w.name, rows: row, error }, 'sink gave up on a flush (on_error: dlq): its rows were sent to the DLQ');
-    });
-    this.dlqTurn = turn.catch(() => {});
-    await turn;
   }
 
   /** One batch through the models, nothing written or acknowledged: the result goes in the summary. */
@@ -857,19 +566,6 @@ export function workerId(): string {
 /** Where a file or generator source's dead letters go when `dlq` is not set: beside the WAL. */
 export function defaultDlqDir(project: Project): string {
   return path.join(path.dirname(project.walPath), 'dlq');
-}
-
-function sleepUntil(t: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const ms = Math.max(10, t - Date.now());
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /**

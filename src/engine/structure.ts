@@ -186,6 +186,11 @@ function mergeObject(a: Record<string, Structure>, b: Record<string, Structure>,
       c.skipped.push(path);
       continue;
     }
+    if (k === '') {
+      // A struct field needs a name: DuckDB can make no row of such an object.
+      c.conflict = `${where} has an empty key (""), which cannot name a column`;
+      return a;
+    }
     lower.set(lk, k);
     c.added.push(path);
     put((out ??= { ...a }), k, adopt(v, path, c));
