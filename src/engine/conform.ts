@@ -71,6 +71,11 @@ let lim = 0;
 let generation = 0;
 /** Containers open around `pos` and keys seen so far in this message, and their limits. */
 let depth = 0;
+/**
+ * The top-level key the last refused message stopped at because the schema lacks it (no other
+ * reason was found before it), else undefined: a message refused for nothing else adds a column.
+ */
+let unknownTopKey: string | undefined;
 let fields = 0;
 let maxDepth = 0;
 let maxFields = 0;
@@ -244,7 +249,11 @@ function object(n: Extract<Node, { kind: 'object' }>): boolean {
       idx = n.keys.get(utf8.decode(d.subarray(start, end)));
       pos = end + 1;
     }
-    if (idx === undefined || n.seen[idx] === gen || ++fields > maxFields) return false;
+    if (idx === undefined) {
+      if (depth === 1) unknownTopKey = utf8.decode(d.subarray(start, pos - 1));
+      return false;
+    }
+    if (n.seen[idx] === gen || ++fields > maxFields) return false;
     next = idx + 1;
     n.seen[idx] = gen;
     ws();
@@ -300,6 +309,7 @@ export function conformance(s: Structure | undefined, limits: { maxDepth: number
     lim = end;
     depth = 0;
     fields = 0;
+    unknownTopKey = undefined;
     maxDepth = depthLimit;
     maxFields = fieldLimit;
     ws();
@@ -314,9 +324,11 @@ const SLICE = 4096;
 
 /**
  * Indexes of the block's messages that do not conform (or are not valid JSON). Yields to the
- * event loop every SLICE messages: the other batch's DuckDB queries continue meanwhile.
+ * event loop every SLICE messages: the other batch's DuckDB queries continue meanwhile. With
+ * `newTopKeys`, records for each refused message the top-level key the schema lacks that the
+ * scan stopped at, when that was the first thing found wrong (see unknownTopKey).
  */
-export async function nonConforming(block: PayloadBlock, check: Conformance, among?: number[]): Promise<number[]> {
+export async function nonConforming(block: PayloadBlock, check: Conformance, among?: number[], newTopKeys?: Map<number, string>): Promise<number[]> {
   const out: number[] = [];
   const { data, starts, ends } = block;
   const ids = among ?? starts.length;
@@ -326,7 +338,9 @@ export async function nonConforming(block: PayloadBlock, check: Conformance, amo
     const to = Math.min(n, from + SLICE);
     for (let k = from; k < to; k++) {
       const i = typeof ids === 'number' ? k : ids[k];
-      if (!check(data, starts[i], ends[i])) out.push(i);
+      if (check(data, starts[i], ends[i])) continue;
+      out.push(i);
+      if (newTopKeys && unknownTopKey !== undefined) newTopKeys.set(i, unknownTopKey);
     }
   }
   return out;

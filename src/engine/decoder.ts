@@ -186,8 +186,23 @@ export class BatchDecoder {
       : payloads!.some((p) => p.includes(SEPARATOR))
         ? { done: loadPayloads(conn, raw, payloads!) }
         : await startLoad(conn, raw, block, SEPARATOR.charCodeAt(0), bad);
-    let slow = await nonConforming(block, this.conformance(this.structure));
+    // With incoming's schema full, a message whose first fault is a new top-level key would be
+    // refused at the cap after DuckDB decoded it: refuse it now (a stream that adds a key per
+    // message then goes at the pace of the fast path).
+    const { newColumns, maxColumns } = this.rules;
+    const full = newColumns === 'evolve' && this.structure !== undefined && countFields(this.structure) >= maxColumns;
+    const newTopKeys = full ? new Map<number, string>() : undefined;
+    let slow = await nonConforming(block, this.conformance(this.structure), undefined, newTopKeys);
     if (bad.size) slow = slow.filter((i) => !bad.has(i));
+    if (newTopKeys?.size) {
+      slow = slow.filter((i) => {
+        const key = newTopKeys.get(i);
+        if (key === undefined) return true;
+        bad.add(i);
+        failures.push({ index: i, stage: 'decode', error: `the message adds field $.${key} but incoming's schema has reached limits.max_columns (${maxColumns} fields)` });
+        return false;
+      });
+    }
     // Only messages the fast path refused can be over a limit (it refuses those): one linear
     // pass each, before DuckDB parses them, so that no message is ever taken apart deeper or
     // wider than the limits allow.

@@ -160,8 +160,9 @@ describe('config hostility: each case through the loader and the CLI', () => {
     }
   }, 120_000);
 
-  for (const c of CASES) {
-    it.skipIf(c.cliOnly)(`loadProject: ${c.name}`, () => {
+  // A case only the CLI can catch (DuckDB refusing a setting) has no loader test: the CLI one covers it.
+  for (const c of CASES.filter((x) => !x.cliOnly)) {
+    it(`loadProject: ${c.name}`, () => {
       const r = load(dirs.get(c.name)!);
       if (r.other) throw new Error(`loadProject threw ${(r.other as Error)?.constructor?.name}, not a ConfigError: ${(r.other as Error)?.stack ?? String(r.other)}`);
       expect(r.ms, 'loading took too long').toBeLessThan(LOAD_MS);
