@@ -23,13 +23,19 @@ export class SluiceError extends Error {
    * on_error applies at once instead of after retry.max_attempts.
    */
   readonly permanent: boolean;
+  /**
+   * How long the target asked to be left alone before the next attempt (an HTTP Retry-After),
+   * in ms: a hint the retry policy waits at least this long for.
+   */
+  readonly retryAfterMs?: number;
 
-  constructor(code: ErrorCode, message: string, options: { cause?: unknown; retryable?: boolean; permanent?: boolean } = {}) {
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; retryable?: boolean; permanent?: boolean; retryAfterMs?: number } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'SluiceError';
     this.code = code;
     this.retryable = options.retryable ?? false;
     this.permanent = options.permanent ?? false;
+    if (options.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
   }
 }
 

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { SluiceError } from '../errors.js';
+import { dlqDefaultsBesideWal } from '../connectors/registry.js';
 import { defaultDlqDir, selectModels, workerId } from '../engine/pipeline.js';
 import type { Project } from '../project/project-loader.js';
 
@@ -29,7 +30,7 @@ export function scopeToSource(project: Project, name: string): Project {
   const models = project.models.filter((m) => m.source === name);
   const sinks = new Set(models.flatMap((m) => m.sinks));
   const cfg = { ...src.cfg };
-  if (!cfg.dlq && (src.type === 'file' || src.type === 'generator')) cfg.dlq = path.join(defaultDlqDir(project), name);
+  if (!cfg.dlq && dlqDefaultsBesideWal(src.spec)) cfg.dlq = path.join(defaultDlqDir(project), name);
   return {
     ...project,
     sources: [{ ...src, cfg }],

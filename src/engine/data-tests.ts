@@ -11,6 +11,7 @@ import { cleanError, type BatchOutcome, type MessageFailure } from './executor.j
 import type { ModelDef, Project } from '../project/project-loader.js';
 import { maskText } from '../util/secrets.js';
 import type { DataTest, ReferenceDef } from '../project/data-test-config.js';
+import { backoff, sleep } from '../util/retry.js';
 
 /** Where reference tables live in DuckDB. */
 export const REF_SCHEMA = 'sluice_ref';
@@ -192,7 +193,7 @@ async function loadPostgres(conn: DuckDBConnection, r: ReferenceDef, table: stri
       await client.end().catch(() => {});
       if (Date.now() > deadline) throw new SluiceError('CONNECT', `reference ${r.name}: cannot connect to PostgreSQL after ${attempt} attempts: ${maskText(errorMessage(err))}`, { cause: err });
       log?.warn({ reference: r.name, attempt, err: maskText(errorMessage(err)) }, 'PostgreSQL for a reference table is not reachable; retrying');
-      await new Promise((res) => setTimeout(res, Math.min(5000, 500 * attempt)));
+      await sleep(backoff({ initialMs: 500, maxMs: 5000 })(attempt));
       continue;
     }
     try {

@@ -16,6 +16,7 @@ import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type Prep
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
 import { asInfraError } from './infra-errors.js';
+import { dlqDefaultsBesideWal } from '../connectors/registry.js';
 import { asCheckpoint, type Checkpoint } from './checkpoint.js';
 import { openDuckDB } from './duckdb.js';
 import { Flusher } from './flusher.js';
@@ -298,7 +299,7 @@ export class Pipeline {
 
   private async openDlq(src: NamedSource, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined> {
     const cfg = { ...src.cfg };
-    if (!cfg.dlq && (src.type === 'file' || src.type === 'generator')) cfg.dlq = defaultDlqDir(this.opts.project);
+    if (!cfg.dlq && dlqDefaultsBesideWal(src.spec)) cfg.dlq = defaultDlqDir(this.opts.project);
     return src.spec.createDlq?.(cfg, ctx);
   }
 

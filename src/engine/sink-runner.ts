@@ -4,6 +4,7 @@ import { SluiceError, errorMessage } from '../errors.js';
 import type { SinkPolicy } from '../connectors/shared-config.js';
 import type { Sink, SinkWrite } from '../connectors/types.js';
 import type { Metrics } from '../ops/metrics.js';
+import { backoff as backoffDelay } from '../util/retry.js';
 
 export type CircuitState = 'closed' | 'open' | 'half-open';
 const CIRCUIT_GAUGE: Record<CircuitState, number> = { closed: 0, open: 1, 'half-open': 2 };
@@ -89,7 +90,8 @@ export class SinkRunner {
       const { retry, circuit } = this.policy;
       const attempts = (prev?.count ?? 0) + 1;
       const permanent = err instanceof SluiceError && err.permanent;
-      const retryInMs = Math.min(retry.max_backoff_ms, retry.backoff_ms * 2 ** Math.min(attempts - 1, 30));
+      // The target's own Retry-After (an HTTP 429 or 503) is a floor for the wait.
+      const retryInMs = Math.max(backoffDelay({ initialMs: retry.backoff_ms, maxMs: retry.max_backoff_ms })(attempts), err instanceof SluiceError ? (err.retryAfterMs ?? 0) : 0);
       this.backoff.set(w.model, { count: attempts, nextTry: Date.now() + retryInMs });
       this.lastError = errorMessage(err);
       this.consecutiveFailures++;

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { SluiceError } from '../errors.js';
 import type { Metrics } from '../ops/metrics.js';
 import { asInfraError, type InfraError } from './infra-errors.js';
-import { sleepUntil } from './sleep.js';
+import { backoff, sleep } from '../util/retry.js';
 
 export interface StallOptions {
   signal: AbortSignal;
@@ -32,7 +32,7 @@ export class StallGuard {
    */
   async run<T>(where: string, step: () => Promise<T>, undo: () => Promise<void>): Promise<T> {
     const { signal, maxBackoffMs, giveUpAfterSeconds } = this.opts;
-    let wait = Math.min(250, maxBackoffMs);
+    const delay = backoff({ initialMs: Math.min(250, maxBackoffMs), maxMs: maxBackoffMs });
     for (let attempt = 1; ; attempt++) {
       try {
         const r = await step();
@@ -63,9 +63,8 @@ export class StallGuard {
         }
         if (signal.aborted) throw new SluiceError('INFRA', `stopped while paused: ${infra.message}; the batch was not acked and is read again on the next start`, { cause: err });
         if (changed) this.opts.log.error({ kind: infra.kind, retry_max_ms: maxBackoffMs }, `paused: ${infra.message}; nothing was dead-lettered or acked for it, and the batch is retried until it works`);
-        else this.opts.log.debug({ kind: infra.kind, attempt, retry_in_ms: wait }, 'still failing');
-        await sleepUntil(Date.now() + wait, signal);
-        wait = Math.min(wait * 2, maxBackoffMs);
+        else this.opts.log.debug({ kind: infra.kind, attempt, retry_in_ms: delay(attempt) }, 'still failing');
+        await sleep(delay(attempt), signal);
       }
     }
   }

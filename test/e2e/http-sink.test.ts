@@ -5,7 +5,7 @@ import { dlqRecords, scenarioTargets, writeSinks } from '../helpers/service-sink
 import { addInput, contractProject, plainRows, runOnce, sinkContract, type SinkTarget, type SinkUnderTest } from '../helpers/sink-contract.js';
 
 // The http sink against a real HTTP server started here (node:http on 127.0.0.1): the contract
-// suite, then retries (5xx, 429 with Retry-After), a permanent 400, auth and headers from the
+// suite, then retries by the sink policy (5xx, 429 with Retry-After), a permanent 400, auth and headers from the
 // environment, ndjson, and the Idempotency-Key a receiver can dedupe by. Breaking it for real:
 // the server answers 503 on the scenario's path. The server runs in its own process (the
 // contract runs the CLI synchronously, which blocks this one).
@@ -20,7 +20,7 @@ const httpSut: SinkUnderTest = {
   name: 'http',
   idempotent: false,
   largeRows: 50_000,
-  config: (t) => ({ type: 'http', url: rx.url(pathOf(t)), batch_rows: 2000, request_retry: { max_attempts: 2, backoff_ms: 50, max_backoff_ms: 200 } }),
+  config: (t) => ({ type: 'http', url: rx.url(pathOf(t)), batch_rows: 2000 }),
   readRows: (t) => rx.rows(pathOf(t)),
   breakIt: (t) => rx.on(pathOf(t), [], { status: 503, body: 'down for maintenance' }),
   fixIt: (t) => rx.on(pathOf(t), []),
@@ -31,18 +31,19 @@ sinkContract(httpSut);
 const target = scenarioTargets('http');
 
 describe('http sink', () => {
-  it('5xx answers are retried with backoff; the retried request keeps its Idempotency-Key; every row arrives once', async () => {
+  it('5xx answers fail the flush, which the sink policy retries; the retried request keeps its Idempotency-Key; every row arrives once', async () => {
     const t = target();
     const p = `/retry/${t.id}`;
     await rx.on(p, [{ status: 500, body: 'try again' }, { status: 502 }]);
     await contractProject(httpSut, t);
-    writeSinks(t, { type: 'http', url: rx.url(p), batch_rows: 100, request_retry: { max_attempts: 4, backoff_ms: 50, max_backoff_ms: 200 } });
+    writeSinks(t, { type: 'http', url: rx.url(p), batch_rows: 100, retry: { max_attempts: 4, backoff_ms: 50, max_backoff_ms: 200 } });
     addInput(t, 'a.ndjson', plainRows(250));
     const r = runOnce(t);
     expect(r.code, r.stderr).toBe(0);
     const all = await rx.requests(p);
     expect(all.map((q) => q.status)).toEqual([500, 502, 200, 200, 200]);
-    // The first request was sent three times with the same key; the keys name the rows.
+    // The first request was sent three times with the same key (each retry skips no accepted
+    // request: there was none); the keys name the rows.
     expect(new Set(all.slice(0, 3).map((q) => q.headers['idempotency-key'])).size).toBe(1);
     expect(all.slice(2).map((q) => String(q.headers['idempotency-key']).replace(/^.*\/(\d+-\d+)$/, '$1'))).toEqual(['0-99', '100-199', '200-249']);
     const ids = (await rx.rows(p)).map((row) => row.id);
@@ -69,12 +70,12 @@ describe('http sink', () => {
     expect([...byKey.values()].flatMap((q) => parseBody(q)).map((x) => x.id)).toEqual(plainRows(130).map((x) => x.id));
   }, 60_000);
 
-  it('429 with Retry-After is honoured before the next attempt', async () => {
+  it('429 with Retry-After: the sink policy waits at least that long before the next attempt', async () => {
     const t = target();
     const p = `/slow/${t.id}`;
     await rx.on(p, [{ status: 429, headers: { 'retry-after': '2' }, body: 'slow down' }]);
     await contractProject(httpSut, t);
-    writeSinks(t, { type: 'http', url: rx.url(p), request_retry: { max_attempts: 3, backoff_ms: 10, max_backoff_ms: 20 } });
+    writeSinks(t, { type: 'http', url: rx.url(p), retry: { max_attempts: 3, backoff_ms: 10, max_backoff_ms: 20 } });
     addInput(t, 'a.ndjson', plainRows(10));
     const r = runOnce(t);
     expect(r.code, r.stderr).toBe(0);
@@ -90,7 +91,7 @@ describe('http sink', () => {
     const p = `/reject/${t.id}`;
     await rx.on(p, [], { status: 400, body: '{"error":"field amount must be an integer"}' });
     await contractProject(httpSut, t);
-    writeSinks(t, { type: 'http', url: rx.url(p), on_error: 'dlq', request_retry: { max_attempts: 5, backoff_ms: 10, max_backoff_ms: 20 } });
+    writeSinks(t, { type: 'http', url: rx.url(p), on_error: 'dlq', retry: { max_attempts: 5, backoff_ms: 10, max_backoff_ms: 20 } });
     addInput(t, 'a.ndjson', plainRows(7));
     const r = runOnce(t);
     expect(r.code, r.stderr).toBe(0);
@@ -164,7 +165,7 @@ describe('http sink', () => {
     // loaded machine room to answer the retry in time.
     await rx.on(p, [{ status: 200, delay_ms: 8000 }]);
     await contractProject(httpSut, t);
-    writeSinks(t, { type: 'http', url: rx.url(p), timeout_ms: 2000, request_retry: { max_attempts: 3, backoff_ms: 50, max_backoff_ms: 100 } });
+    writeSinks(t, { type: 'http', url: rx.url(p), timeout_ms: 2000, retry: { max_attempts: 3, backoff_ms: 50, max_backoff_ms: 100 } });
     addInput(t, 'a.ndjson', plainRows(3));
     const r = runOnce(t);
     expect(r.code, r.stderr).toBe(0);
@@ -178,11 +179,11 @@ describe('http sink', () => {
     const u = target();
     const port = await freePort();
     await contractProject(httpSut, u);
-    writeSinks(u, { type: 'http', url: `http://127.0.0.1:${port}/x`, on_error: 'fail', retry: { max_attempts: 1 }, request_retry: { max_attempts: 3, backoff_ms: 20, max_backoff_ms: 40 } });
+    writeSinks(u, { type: 'http', url: `http://127.0.0.1:${port}/x`, on_error: 'fail', retry: { max_attempts: 3, backoff_ms: 20, max_backoff_ms: 40 } });
     addInput(u, 'a.ndjson', plainRows(2));
     const refused = runOnce(u);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/ECONNREFUSED\) \(after 3 attempts\)/);
+    expect(refused.stderr).toMatch(/\(3 attempts, on_error: fail\): http sink: .*ECONNREFUSED/);
   }, 60_000);
 
   it('credentials in the URL travel as Basic authentication and are masked in errors', async () => {
@@ -190,14 +191,14 @@ describe('http sink', () => {
     const p = `/basic/${t.id}`;
     await rx.on(p, [{ status: 503 }]);
     await contractProject(httpSut, t);
-    writeSinks(t, { type: 'http', url: rx.url(p).replace('://', '://loader:p%40ss-w0rd@'), request_retry: { max_attempts: 2, backoff_ms: 10, max_backoff_ms: 20 } });
+    writeSinks(t, { type: 'http', url: rx.url(p).replace('://', '://loader:p%40ss-w0rd@'), retry: { backoff_ms: 10, max_backoff_ms: 20 } });
     addInput(t, 'a.ndjson', plainRows(2));
     const r = runOnce(t);
     expect(r.code, r.stderr).toBe(0);
     const all = await rx.requests(p);
     expect(all.map((q) => q.status)).toEqual([503, 200]);
     for (const q of all) expect(q.headers.authorization).toBe(`Basic ${Buffer.from('loader:p@ss-w0rd').toString('base64')}`);
-    // The retry's warning names the URL without the password.
+    // The failed write's log line names the URL without the password.
     expect(r.stderr).toContain('answered 503');
     expect(r.stderr).not.toContain('p%40ss-w0rd');
   }, 60_000);

@@ -90,6 +90,9 @@ function useOrdersProject(p: string): void {
 
 /** Order ids of the output in file-name order, rows in file order. */
 async function outputSequence(p: string): Promise<number[]> {
+  // The model's directory exists a moment before its first file is renamed into it.
+  const dir = path.join(p, 'output/orders');
+  if (!fs.existsSync(dir) || !fs.readdirSync(dir).some((f) => f.endsWith('.parquet'))) return [];
   const rows = await query(
     `SELECT order_id FROM read_parquet('${p}/output/orders/*.parquet', filename = true, file_row_number = true) ORDER BY filename, file_row_number`,
   );

@@ -92,3 +92,11 @@ export async function readDeadLetters(file: string): Promise<DeadLetter[]> {
   }
   return out;
 }
+
+/** The dead-letter directory `dir` (relative to the project directory), opened; undefined when no directory is set. */
+export async function openDirectoryDlq(dir: string | undefined, projectDir: string): Promise<FileDeadLetterQueue | undefined> {
+  if (!dir) return undefined;
+  const q = new FileDeadLetterQueue(path.resolve(projectDir, dir));
+  await q.open();
+  return q;
+}

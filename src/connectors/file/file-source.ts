@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
 import { SluiceError } from '../../errors.js';
-import { batching, dlqKey } from '../shared-config.js';
+import { sleep } from '../../util/retry.js';
+import type { FileSourceConfig } from './file-config.js';
 import type { ConnectorContext, MessageMeta, PayloadBlock, RawMessage, Source, SourceBatch } from '../types.js';
 
 
@@ -106,17 +106,7 @@ class BlockBuilder {
   }
 }
 
-export const fileSourceSchema = z
-  .object({
-    type: z.literal('file'),
-    path: z.string().min(1).describe('an NDJSON file, a directory of them, or a glob; .json files hold one message or an array'),
-    follow: z.boolean().default(false).describe('keep tailing the files for new lines instead of stopping at the end'),
-    poll_interval_ms: z.number().int().positive().default(250).describe('how often to look for new data when following'),
-    ...batching,
-    ...dlqKey,
-  })
-  .strict();
-export type FileSourceConfig = z.output<typeof fileSourceSchema>;
+export { fileSourceSchema, type FileSourceConfig } from './file-config.js';
 
 interface FilePos {
   offset: number;
@@ -353,17 +343,4 @@ function isBlank(buf: Buffer, start: number, end: number): boolean {
     if (c !== 32 && c !== 9 && c !== 13) return false;
   }
   return true;
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }

@@ -24,15 +24,6 @@ export const httpSinkSchema = z
     auth_header: z.string().min(1).default('Authorization').describe('header carrying the token'),
     auth_scheme: z.string().default('Bearer').describe('word before the token ("" sends the token alone)'),
     timeout_ms: z.number().int().positive().default(30_000).describe('time limit of one request, answer included'),
-    request_retry: z
-      .object({
-        max_attempts: z.number().int().positive().default(5).describe('attempts per request (1 = no retry)'),
-        backoff_ms: z.number().int().positive().default(200).describe('delay before the second attempt; doubles each time, with jitter'),
-        max_backoff_ms: z.number().int().positive().default(10_000).describe('longest delay between attempts (a longer Retry-After is honoured up to 5 minutes)'),
-      })
-      .strict()
-      .default({ max_attempts: 5, backoff_ms: 200, max_backoff_ms: 10_000 })
-      .describe('retries of one request on network errors, timeouts, 408, 429 and 5xx answers'),
     ...idPrefixKey,
   })
   .strict();

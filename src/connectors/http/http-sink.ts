@@ -1,7 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../../errors.js';
 import { maskText, registerSecret } from '../../util/secrets.js';
-import { sleep } from '../file/file-source.js';
 import { idPrefix, jsonRowBatches, rowId } from '../row-json.js';
 import type { ConnectorContext, Sink, SinkWrite } from '../types.js';
 import type { HttpSinkConfig } from './http-config.js';
@@ -26,8 +25,9 @@ class RequestFailure extends Error {
  * Rows as batched HTTP requests of JSON (Node's built-in fetch). A flush goes out in requests of
  * `batch_rows` rows, in order, one at a time; each carries `Idempotency-Key:
  * <prefix>/<model>/<flush name>/<first row>-<last row>`, the same when the flush is replayed, so
- * a receiver can drop copies. Network errors, timeouts, 408, 429 and 5xx are retried with
- * exponential backoff and jitter (Retry-After honoured); other 4xx answers are permanent.
+ * a receiver can drop copies. Each request is sent once: its failure fails the write, which the
+ * sink policy (retry, circuit, on_error) retries. Network errors, timeouts, 408, 429 and 5xx are
+ * retryable (with the answer's Retry-After as the least wait); other 4xx answers are permanent.
  * At-least-once: requests of a flush that succeeded before a failure or crash are sent again
  * when the flush is retried by another process (within this process they are skipped).
  */
@@ -92,7 +92,7 @@ export class HttpSink implements Sink {
         const rows = batch.rows.map((r) => r[0]!);
         const body = this.cfg.format === 'ndjson' ? `${rows.join('\n')}\n` : `[${rows.join(',')}]`;
         const id = headerSafe(`${rowId(this.prefix, w, batch.first)}-${end - 1}`);
-        await this.send(body, { ...headers, 'idempotency-key': id }, `rows ${batch.first}-${end - 1} of ${key}`);
+        await this.request(body, { ...headers, 'idempotency-key': id }, `rows ${batch.first}-${end - 1} of ${key}`);
         done = end;
       }
       this.progress = undefined;
@@ -100,34 +100,12 @@ export class HttpSink implements Sink {
     } catch (err) {
       this.ok = false;
       this.progress = { key, rows: done };
-      if (err instanceof SluiceError) throw err;
-      const retryable = !(err instanceof RequestFailure) || err.retryable;
-      throw new SluiceError('SINK', `http sink: ${errorMessage(err)}`, { cause: err, retryable, permanent: !retryable });
+      throw classify(err);
     }
   }
 
-  /** Sends one request, retrying transient failures; throws RequestFailure when it gives up. */
-  private async send(body: string, headers: Record<string, string>, what: string): Promise<void> {
-    const { max_attempts, backoff_ms, max_backoff_ms } = this.cfg.request_retry;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.attempt(body, headers, what);
-        return;
-      } catch (err) {
-        const failure = err instanceof RequestFailure ? err : new RequestFailure(`${this.cfg.method} ${this.shownUrl} (${what}) failed: ${errorMessage(err)}`, true);
-        if (!failure.retryable || attempt >= max_attempts || this.closing.signal.aborted) {
-          throw new RequestFailure(attempt > 1 ? `${failure.message} (after ${attempt} attempts)` : failure.message, failure.retryable);
-        }
-        // Exponential backoff with "equal jitter": half the delay fixed, half random.
-        const base = Math.min(max_backoff_ms, backoff_ms * 2 ** (attempt - 1));
-        const delay = Math.max(base / 2 + Math.random() * (base / 2), failure.retryAfterMs ?? 0);
-        this.ctx.log.warn({ url: this.shownUrl, attempt, retry_in_ms: Math.round(delay), reason: failure.message }, 'http sink request failed; retrying');
-        await sleep(delay, this.closing.signal);
-      }
-    }
-  }
-
-  private async attempt(body: string, headers: Record<string, string>, what: string): Promise<void> {
+  /** Sends one request; throws RequestFailure when it fails. */
+  private async request(body: string, headers: Record<string, string>, what: string): Promise<void> {
     const signal = AbortSignal.any([AbortSignal.timeout(this.cfg.timeout_ms), this.closing.signal]);
     let res: Response;
     try {
@@ -155,6 +133,18 @@ export class HttpSink implements Sink {
   async close(): Promise<void> {
     this.closing.abort();
   }
+}
+
+/**
+ * The one place the sink decides what is retryable: everything (a failed request, reading the
+ * rows) except an answer refusing the rows as they are (a 4xx other than 408 and 429), which is
+ * permanent. The answer's Retry-After travels with the error as the least wait.
+ */
+function classify(err: unknown): SluiceError {
+  if (err instanceof SluiceError) return err;
+  const retryable = !(err instanceof RequestFailure) || err.retryable;
+  const retryAfter = err instanceof RequestFailure ? err.retryAfterMs : undefined;
+  return new SluiceError('SINK', `http sink: ${errorMessage(err)}`, { cause: err, retryable, permanent: !retryable, retryAfterMs: retryAfter });
 }
 
 /** Retry-After as milliseconds: delta-seconds or an HTTP date; undefined when absent or unreadable. */

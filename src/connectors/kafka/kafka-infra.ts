@@ -3,6 +3,7 @@ import { SluiceError, errorMessage } from '../../errors.js';
 import { BrokerPlanner, type InfraChange, type InfraClaim, type InfraNote, type InfraPlanner } from '../infra.js';
 import type { ConnectorContext } from '../types.js';
 import { dlqTopicFor, isDlqTopic, kafkaClient, type KafkaConnectionConfig, type KafkaSinkConfig, type KafkaSourceConfig } from './kafka-config.js';
+import { sleep } from '../../util/retry.js';
 
 /**
  * `sluice plan` / `apply` for the kafka source and sink: the source's topics and dead-letter
@@ -103,7 +104,7 @@ export async function topicGone(admin: Pick<Admin, 'listTopics'>, topic: string,
     if (Date.now() >= deadline) {
       throw new SluiceError('CONNECT', `kafka: timed out: topic ${topic} was deleted, but the cluster still lists it ${timeoutMs / 1000} s later (it may still be removing it). Once it is gone, ${recreate}`);
     }
-    await new Promise((r) => setTimeout(r, Math.min(500, Math.max(1, deadline - Date.now()))));
+    await sleep(Math.min(500, Math.max(1, deadline - Date.now())));
   }
 }
 

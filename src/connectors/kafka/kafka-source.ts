@@ -4,6 +4,7 @@ import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
 import { withTimeout } from '../../util/with-timeout.js';
+import { backoff, retry, sleep } from '../../util/retry.js';
 import { fileSafeTopic, isDlqTopic, kafkaClient, messageKey, type KafkaSourceConfig } from './kafka-config.js';
 
 /** What a dead letter needs of the message it came from (`RawMessage.raw`). */
@@ -157,6 +158,8 @@ export class KafkaSource implements Source {
   /** A broker connection failed or dropped since the last fetch. */
   private connLost = false;
   private closing = false;
+  /** Aborted by close(): ends the waits of a restart. */
+  private readonly closed = new AbortController();
   private timestampStart = new Map<string, number>();
   private pendingCommits = new Map<string, { topic: string; partition: number; offset: string }>();
   private commitWaiters: (() => void)[] = [];
@@ -257,21 +260,24 @@ export class KafkaSource implements Source {
 
   /** A crash kafkajs does not restart itself from: start over after a pause, until closed. */
   private async restart(): Promise<void> {
-    for (let delay = 500; !this.closing; delay = Math.min(delay * 2, 10_000)) {
-      await new Promise((r) => setTimeout(r, delay));
-      if (this.closing) return;
-      try {
+    const pause = backoff({ initialMs: 500, maxMs: 10_000 });
+    await sleep(pause(1), this.closed.signal);
+    await retry(
+      async () => {
+        if (this.closing) return;
         await this.consumer!.disconnect().catch(() => {});
         await this.consumer!.connect();
         await this.consumer!.subscribe({ topics: this.topics, fromBeginning: this.cfg.start !== 'latest' });
         await this.run();
         // close() came while this was connecting: its disconnect may have come first.
         if (this.closing) await this.consumer!.disconnect().catch(() => {});
-        return;
-      } catch (err) {
-        this.log.warn({ err: new Error(errorMessage(err)), retry_in_ms: delay }, 'Kafka consumer restart failed');
-      }
-    }
+      },
+      {
+        backoff: (attempt) => pause(attempt + 1),
+        signal: this.closed.signal,
+        onRetry: ({ error, delayMs }) => this.log.warn({ err: new Error(errorMessage(error)), retry_in_ms: delayMs }, 'Kafka consumer restart failed'),
+      },
+    ).catch(() => {}); // only once closed
   }
 
   private async resolveTopics(): Promise<string[]> {
@@ -697,6 +703,7 @@ export class KafkaSource implements Source {
 
   async close(): Promise<void> {
     this.closing = true;
+    this.closed.abort();
     this.wakeReader?.();
     while (this.committing) await this.committing;
     this.dropQueue();

@@ -3,7 +3,7 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, t
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
-import { sleep } from '../file/file-source.js';
+import { sleep } from '../../util/retry.js';
 import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
 
 /** How long the server holds an empty pull open; the pump then asks again. */

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import { connectionArgs, safeUrl, type RabbitmqConnectionConfig } from './rabbitmq-config.js';
-import { sleep } from '../file/file-source.js';
+import { backoff, retry } from '../../util/retry.js';
 
 // The few parts of amqplib sluice uses, so the driver stays swappable and the seams testable.
 export interface AmqpMessage {
@@ -34,27 +34,29 @@ export interface AmqpConnectionLike {
   on(event: string, listener: (...args: unknown[]) => void): unknown;
 }
 
-/** Connects with exponential backoff until `deadline` (ms since epoch) or `signal`. */
+/**
+ * Connects, retrying with exponential backoff (`reconnect`) until `deadline` (ms since the
+ * epoch) or `signal`; with `once`, makes a single attempt (for a caller that retries itself).
+ */
 export async function connectWithRetry(
   cfg: RabbitmqConnectionConfig,
   log: Logger,
-  opts: { deadline?: number; signal?: AbortSignal } = {},
+  opts: { deadline?: number; signal?: AbortSignal; once?: boolean } = {},
 ): Promise<AmqpConnectionLike> {
   const amqp = await import('amqplib');
   const { url, socket } = connectionArgs(cfg);
-  let delay = cfg.reconnect.initial_ms;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return (await amqp.connect(url, socket)) as unknown as AmqpConnectionLike;
-    } catch (err) {
-      const giveUp = opts.signal?.aborted || (opts.deadline !== undefined && Date.now() + delay > opts.deadline);
-      if (giveUp) {
-        throw new SluiceError('CONNECT', `cannot connect to RabbitMQ at ${safeUrl(url)}: ${errorMessage(err)}`, { cause: err, retryable: true });
-      }
-      if (attempt === 1 || attempt % 10 === 0) log.warn({ url: safeUrl(url), attempt, retry_in_ms: delay, err }, 'RabbitMQ not reachable; retrying');
-      await sleep(delay, opts.signal);
-      delay = Math.min(cfg.reconnect.max_ms, delay * 2);
-    }
+  try {
+    return await retry(async () => (await amqp.connect(url, socket)) as unknown as AmqpConnectionLike, {
+      attempts: opts.once ? 1 : undefined,
+      backoff: backoff({ initialMs: cfg.reconnect.initial_ms, maxMs: cfg.reconnect.max_ms }),
+      deadline: opts.deadline,
+      signal: opts.signal,
+      onRetry: ({ attempt, delayMs, error }) => {
+        if (attempt === 1 || attempt % 10 === 0) log.warn({ url: safeUrl(url), attempt, retry_in_ms: delayMs, err: error }, 'RabbitMQ not reachable; retrying');
+      },
+    });
+  } catch (err) {
+    throw new SluiceError('CONNECT', `cannot connect to RabbitMQ at ${safeUrl(url)}: ${errorMessage(err)}`, { cause: err, retryable: true });
   }
 }
 

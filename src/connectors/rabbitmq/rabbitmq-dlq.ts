@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { DeadLetter, DeadLetterQueue } from '../types.js';
-import { sleep } from '../file/file-source.js';
+import { backoff, retry } from '../../util/retry.js';
 import { connectWithRetry, headerString, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
 
@@ -32,9 +32,10 @@ export class RabbitDeadLetterQueue implements DeadLetterQueue {
     private readonly log: Logger,
   ) {}
 
-  private async channel(): Promise<AmqpChannelLike> {
+  /** The confirm channel; connecting retries for up to 30 s, or makes one attempt with `once`. */
+  private async channel(once = false): Promise<AmqpChannelLike> {
     if (this.ch) return this.ch;
-    const conn = await connectWithRetry(this.cfg, this.log, { deadline: Date.now() + 30_000 });
+    const conn = await connectWithRetry(this.cfg, this.log, once ? { once } : { deadline: Date.now() + 30_000 });
     conn.on('error', () => {});
     conn.on('close', () => {
       if (this.conn === conn) {
@@ -59,36 +60,41 @@ export class RabbitDeadLetterQueue implements DeadLetterQueue {
 
   async append(records: DeadLetter[]): Promise<void> {
     if (records.length === 0) return;
-    // The batch cannot commit without its dead letters: retry through broker restarts.
-    let delay = this.cfg.reconnect.initial_ms;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const ch = await this.channel();
-        for (const r of records) {
-          const orig = r.original as AmqpMessage | undefined;
-          const props: Record<string, unknown> = {};
-          for (const k of KEEP) if (orig?.properties[k] !== undefined) props[k] = orig.properties[k];
-          const headers: Record<string, unknown> = {
-            ...(orig?.properties.headers ?? {}),
-            [H.error]: r.error,
-            [H.stage]: r.stage,
-            [H.queue]: String(r.source.queue ?? this.cfg.queue),
-            [H.routingKey]: String(r.source.routing_key ?? ''),
-            [H.time]: r.time,
-          };
-          if (r.model) headers[H.model] = r.model;
-          ch.sendToQueue(this.queue, orig?.content ?? Buffer.from(r.payload), { ...props, headers, persistent: true });
+    // The batch cannot commit without its dead letters: retry through broker restarts (each
+    // attempt connects once: the retries are these).
+    await retry(
+      async () => {
+        try {
+          const ch = await this.channel(true);
+          for (const r of records) {
+            const orig = r.original as AmqpMessage | undefined;
+            const props: Record<string, unknown> = {};
+            for (const k of KEEP) if (orig?.properties[k] !== undefined) props[k] = orig.properties[k];
+            const headers: Record<string, unknown> = {
+              ...(orig?.properties.headers ?? {}),
+              [H.error]: r.error,
+              [H.stage]: r.stage,
+              [H.queue]: String(r.source.queue ?? this.cfg.queue),
+              [H.routingKey]: String(r.source.routing_key ?? ''),
+              [H.time]: r.time,
+            };
+            if (r.model) headers[H.model] = r.model;
+            ch.sendToQueue(this.queue, orig?.content ?? Buffer.from(r.payload), { ...props, headers, persistent: true });
+          }
+          await ch.waitForConfirms!();
+        } catch (err) {
+          this.ch = undefined;
+          throw err;
         }
-        await ch.waitForConfirms!();
-        return;
-      } catch (err) {
-        this.ch = undefined;
-        if (attempt >= 50) throw new SluiceError('CONNECT', `cannot publish dead letters to ${this.queue}: ${errorMessage(err)}`, { cause: err, retryable: true });
-        this.log.warn({ err: new Error(errorMessage(err)), retry_in_ms: delay }, 'publishing dead letters failed; retrying');
-        await sleep(delay);
-        delay = Math.min(this.cfg.reconnect.max_ms, delay * 2);
-      }
-    }
+      },
+      {
+        attempts: 50,
+        backoff: backoff({ initialMs: this.cfg.reconnect.initial_ms, maxMs: this.cfg.reconnect.max_ms }),
+        onRetry: ({ error, delayMs }) => this.log.warn({ err: new Error(errorMessage(error)), retry_in_ms: delayMs }, 'publishing dead letters failed; retrying'),
+      },
+    ).catch((err: unknown) => {
+      throw new SluiceError('CONNECT', `cannot publish dead letters to ${this.queue}: ${errorMessage(err)}`, { cause: err, retryable: true });
+    });
   }
 
   mark(): unknown {

@@ -32,12 +32,16 @@ export class RabbitmqSink implements Sink {
   }
 
   async connect(): Promise<void> {
-    await this.channel(30_000);
+    await this.channel({ deadline: Date.now() + 30_000 });
   }
 
-  private async channel(waitMs: number): Promise<AmqpChannelLike> {
+  /**
+   * The confirm channel. At start, connecting retries for a while; in a write it is tried once,
+   * since the sink policy retries the write.
+   */
+  private async channel(connect: { deadline?: number; once?: boolean }): Promise<AmqpChannelLike> {
     if (this.ch) return this.ch;
-    const conn = await connectWithRetry(this.cfg, this.ctx.log, { deadline: Date.now() + waitMs });
+    const conn = await connectWithRetry(this.cfg, this.ctx.log, connect);
     conn.on('error', () => {});
     conn.on('close', () => {
       if (this.conn === conn) {
@@ -90,7 +94,7 @@ export class RabbitmqSink implements Sink {
   }
 
   private async writeInner(w: SinkWrite, db: DuckDBConnection): Promise<void> {
-    const ch = await this.channel(10_000);
+    const ch = await this.channel({ once: true });
     const template = this.cfg.routing_key;
     const base = {
       persistent: this.cfg.persistent,

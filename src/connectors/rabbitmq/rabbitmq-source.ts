@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
-import { sleep } from '../file/file-source.js';
+import { sleep } from '../../util/retry.js';
 import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
 

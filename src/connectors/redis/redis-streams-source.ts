@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
-import { sleep } from '../file/file-source.js';
+import { backoff, sleep } from '../../util/retry.js';
 import { withTimeout } from '../../util/with-timeout.js';
 import type { RedisStreamsSourceConfig } from './redis-config.js';
 
@@ -21,9 +21,11 @@ const BLOCK_SLICE_MS = 250;
 /** Ids per XACK command. */
 const ACK_CHUNK = 1000;
 
+const RECONNECT = backoff({ initialMs: 100, maxMs: 3_000 });
+
 /** Opens a node-redis client that reconnects by itself with capped backoff. */
 function newClient(url: string) {
-  return createClient({ url, socket: { reconnectStrategy: (retries) => Math.min(100 * 2 ** Math.min(retries, 5), 3_000) } });
+  return createClient({ url, socket: { reconnectStrategy: (retries) => RECONNECT(retries + 1) } });
 }
 type Client = ReturnType<typeof newClient>;
 

@@ -9,6 +9,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import { MSG_COL } from '../../sql/analyze.js';
 import { fileList, ident, lit } from '../../sql/quote.js';
 import type { ColumnInfo, SinkWrite } from '../types.js';
+import { sleep } from '../../util/retry.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -182,7 +183,7 @@ async function releaseReader(fifo: string, done: () => boolean): Promise<void> {
     } catch (err) {
       // ENXIO: no reader has opened it yet; it may be about to.
       if ((err as NodeJS.ErrnoException).code !== 'ENXIO') return;
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
   }
 }
