@@ -12,3 +12,8 @@ export function formatTable(columns: { name: string; type?: string }[], rows: Re
   const sep = widths.map((w) => '-'.repeat(w)).join('-+-');
   return [line(header), sep, ...body.map(line)].join('\n');
 }
+
+/** "stateless", or "stateful: why". */
+export function statefulness(reasons: string[]): string {
+  return reasons.length ? `stateful: ${reasons.join('; ')}` : 'stateless';
+}

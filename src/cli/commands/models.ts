@@ -1,0 +1,20 @@
+import type { Command } from 'commander';
+import { formatTable, statefulness } from '../format.js';
+import type { CliContext, CommonOpts } from './context.js';
+
+/** `sluice models` and its subcommands. */
+export function registerModels(program: Command, { withProject, loadAndCheck, out }: CliContext): void {
+  const models = program.command('models').description('inspect models');
+  withProject(models.command('list').description('list the models: source, sinks, dependencies, and stateless or stateful (with the reason)')).action(async (o: CommonOpts) => {
+    const { reports } = await loadAndCheck(o, { allowStateful: true });
+    const rows = reports.map(({ model, analysis }) => ({
+      model: model.name,
+      file: model.file,
+      source: model.source,
+      sink: model.sinks.join(', '),
+      refs: model.refs.join(', '),
+      kind: statefulness(analysis.stateful),
+    }));
+    out(formatTable([{ name: 'model' }, { name: 'file' }, { name: 'source' }, { name: 'sink' }, { name: 'refs' }, { name: 'kind' }], rows, 200));
+  });
+}
