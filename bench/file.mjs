@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance, version as duckdbVersion } from '@duckdb/node-api';
-import { arg, median, trackPeakRss } from './lib.mjs';
+import { arg, cleanupOnInterrupt, median, trackPeakRss } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { scaffold } from '../dist/cli/init.js';
 
@@ -117,13 +117,7 @@ function generate() {
 // Child processes: timed from spawn to exit, peak RSS by VmHWM.
 
 /** The child and temp dir in flight, so an interrupt can stop and remove them. */
-let inFlight = { child: undefined, dir: undefined };
-process.on('SIGINT', () => {
-  if (inFlight.child && inFlight.child.exitCode === null) inFlight.child.kill('SIGKILL');
-  if (inFlight.dir) fs.rmSync(inFlight.dir, { recursive: true, force: true });
-  console.error('\ninterrupted');
-  process.exit(130);
-});
+const inFlight = cleanupOnInterrupt();
 
 function timed(label, args) {
   return new Promise((resolve, reject) => {

@@ -25,7 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { arg, checkFlags, cpuSeconds, machine, median, trackPeakRss } from './lib.mjs';
+import { arg, checkFlags, cleanupOnInterrupt, cpuSeconds, machine, median, trackPeakRss } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { ORDERS_SQL, PURCHASES_SQL } from '../dist/cli/init.js';
 
@@ -173,13 +173,7 @@ const badMeta = generate(badFile, `hostile:${JSON.stringify(MIX)}:${DEPTH}:${WID
 // ---------------------------------------------------------------------------------------------
 // One `sluice run` of a fresh project: good alone, or good + bad reading `badInput`.
 
-let inFlight = { child: undefined, dir: undefined };
-process.on('SIGINT', () => {
-  if (inFlight.child && inFlight.child.exitCode === null) inFlight.child.kill('SIGKILL');
-  if (inFlight.dir) fs.rmSync(inFlight.dir, { recursive: true, force: true });
-  console.error('\ninterrupted');
-  process.exit(130);
-});
+const inFlight = cleanupOnInterrupt();
 
 // The scaffold's models, reading source good (as `o`: `incoming` is refused with two sources).
 const fromGood = (sql) => sql.replace(/FROM incoming\b/, "FROM {{ source('good') }} AS o").replace(/\bincoming\./g, 'o.');

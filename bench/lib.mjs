@@ -308,3 +308,18 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
   fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
   return summary;
 }
+
+/**
+ * The child process and temp dir a benchmark has in flight: an interrupt (Ctrl-C) stops the one
+ * and removes the other. Call once; set `child` and `dir` as they come and go.
+ */
+export function cleanupOnInterrupt() {
+  const inFlight = { child: undefined, dir: undefined };
+  process.on('SIGINT', () => {
+    if (inFlight.child && inFlight.child.exitCode === null) inFlight.child.kill('SIGKILL');
+    if (inFlight.dir) fs.rmSync(inFlight.dir, { recursive: true, force: true });
+    console.error('\ninterrupted');
+    process.exit(130);
+  });
+  return inFlight;
+}
