@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import path from 'node:path';
 import { isUtf8 } from 'node:buffer';
 import { LineCounter, parseDocument, isMap, isSeq, isPair, isScalar, visit, type Node, type Document, type Pair, type YAMLMap } from 'yaml';
 import type { z } from 'zod';

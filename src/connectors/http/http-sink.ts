@@ -46,7 +46,7 @@ export class HttpSink implements Sink {
 
   constructor(
     private readonly cfg: HttpSinkConfig,
-    private readonly ctx: ConnectorContext,
+    ctx: ConnectorContext,
   ) {
     this.prefix = idPrefix(cfg.id_prefix, ctx.projectDir);
     this.shownUrl = maskText(cfg.url);

@@ -3,7 +3,7 @@ import { jetstream, jetstreamManager, type JetStreamManager, type JsMsg } from '
 import type { Logger } from 'pino';
 import type { DeadLetter, DeadLetterQueue } from '../types.js';
 import { connectNats } from './nats-source.js';
-import { deadLettered, dlqSubject, type NatsSourceConfig } from './nats-config.js';
+import { deadLettered, type NatsSourceConfig } from './nats-config.js';
 
 const H = {
   error: 'Sluice-Error',

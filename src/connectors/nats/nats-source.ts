@@ -5,6 +5,7 @@ import { SluiceError, errorMessage } from '../../errors.js';
 import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
 import { sleep } from '../../util/retry.js';
 import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
+import { batchCut } from '../batch-cut.js';
 
 /** How long the server holds an empty pull open; the pump then asks again. */
 const PULL_EXPIRES_MS = 5_000;
@@ -149,14 +150,7 @@ export class NatsSource implements Source {
     }
     // Up to batch_size messages and batch_max_bytes of payloads (the first always): the rest
     // stay pulled ahead, first in the next batch (each message is acked on its own).
-    let n = 0;
-    let bytes = 0;
-    while (n < this.buffer.length && n < batch_size) {
-      const len = this.buffer[n].data.length;
-      if (n > 0 && bytes + len > batch_max_bytes) break;
-      bytes += len;
-      n++;
-    }
+    const { n, bytes } = batchCut(this.buffer.length, (i) => this.buffer[i].data.length, batch_size, batch_max_bytes);
     const got = this.buffer.splice(0, n);
     this.bufferBytes -= bytes;
     this.arrivals.splice(0, got.length);

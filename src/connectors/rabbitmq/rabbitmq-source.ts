@@ -4,6 +4,7 @@ import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, So
 import { sleep } from '../../util/retry.js';
 import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
+import { batchCut } from '../batch-cut.js';
 
 /** A delivery as the engine sees it; its coordinates (for the DLQ and logs) are built only when asked for. */
 class AmqpRawMessage implements RawMessage {
@@ -183,14 +184,7 @@ export class RabbitmqSource implements Source {
     // Up to batch_size deliveries and batch_max_bytes of payloads (the first always): the rest
     // stay buffered, first in the next batch. They came after these, so their delivery tags are
     // higher and the multiple-ack of this batch's last one leaves them unacked.
-    let n = 0;
-    let bytes = 0;
-    while (n < this.buffer.length && n < batch_size) {
-      const len = this.buffer[n].content.length;
-      if (n > 0 && bytes + len > batch_max_bytes) break;
-      bytes += len;
-      n++;
-    }
+    const { n, bytes } = batchCut(this.buffer.length, (i) => this.buffer[i].content.length, this.cfg.batch_size, this.cfg.batch_max_bytes);
     const taken = this.buffer.splice(0, n);
     this.bufferBytes -= bytes;
     if (this.buffer.length > 0) this.firstArrival = Date.now();

@@ -6,6 +6,7 @@ import { blockOfBuffers } from '../payload-block.js';
 import { backoff, sleep } from '../../util/retry.js';
 import { withTimeout } from '../../util/with-timeout.js';
 import type { RedisStreamsSourceConfig } from './redis-config.js';
+import { batchCut } from '../batch-cut.js';
 
 /**
  * Stream replies as they come off the wire: every bulk string a Buffer (a view of the socket's
@@ -315,14 +316,7 @@ export class RedisStreamsSource implements Source {
     this.measure(entries);
     // Up to batch_size entries and batch_max_bytes of messages (the first always); the rest,
     // pending for this consumer already, are kept for the next batch.
-    let n = 0;
-    let bytes = 0;
-    while (n < entries.length && n < batch_size) {
-      const len = entries.payloads[n].byteLength;
-      if (n > 0 && bytes + len > batch_max_bytes) break;
-      bytes += len;
-      n++;
-    }
+    const { n } = batchCut(entries.length, (i) => entries.payloads[i].byteLength, batch_size, batch_max_bytes);
     if (n < entries.length) this.carry = entries.splitAt(n);
     const ids: string[] = entries.gone.length ? entries.gone.concat(entries.ids) : entries.ids;
     const payloads = entries.payloads;
