@@ -47,12 +47,17 @@ export interface PayloadBlock {
   separator?: number;
 }
 
-/** A batch read from a source, with everything needed to acknowledge it later. */
-export interface SourceBatch {
+/**
+ * Messages a source hands over in one poll, with everything needed to acknowledge them later.
+ * The engine joins one or more chunks into a batch (engine/batcher.ts) and acks each of them.
+ */
+export interface SourceChunk {
   messages: RawMessage[];
   /** The same payloads as one block of bytes (optional; the engine builds one otherwise). */
   block?: PayloadBlock;
-  /** The source position after this batch; JSON-serialisable, stored in the WAL state at commit. */
+  /** Payload bytes of `messages` (optional: the engine counts them otherwise). */
+  bytes?: number;
+  /** The source position after this chunk; JSON-serialisable, stored in the WAL state at commit. */
   position: unknown;
   /**
    * Sortable keys of the first and last message, used to name output files deterministically.
@@ -61,8 +66,19 @@ export interface SourceBatch {
    */
   first?: string;
   last?: string;
-  /** Whatever the source needs to acknowledge this batch later. */
+  /** Whatever the source needs to acknowledge this chunk later. */
   ackToken?: unknown;
+}
+
+/** What one poll may hand over at most: the room left in the batch the engine is forming. */
+export interface PollLimits {
+  /** Messages. */
+  maxMessages: number;
+  /**
+   * Payload bytes. A chunk stops before the message that would pass it, but always holds its
+   * first message, however large (the engine dead-letters one over limits.max_message_bytes).
+   */
+  maxBytes: number;
 }
 
 /** A source's backlog: `topic` is the Kafka topic, the stream or the queue. */
@@ -79,19 +95,19 @@ export interface Source {
    */
   open(position: unknown): Promise<void>;
   /**
-   * Returns the next batch: up to batch_size messages, or fewer once batch_timeout_ms has
-   * passed since the first one arrived. Returns a batch with no messages when idle, so the
-   * caller can flush by age, and null once a finite source is exhausted. Messages come in
-   * source order. Resolves early (with what it has) when `signal` aborts. The engine reads
-   * one batch ahead: the next read() may come before the previous batch is acked (never two
-   * reads at once), so a batch's `position` must be a snapshot.
+   * Hands over, in source order, the messages the source holds or can read at once, up to
+   * `limits`. With none at hand it waits until one arrives, then returns what it has then (it
+   * never waits to fill the limits: the engine sizes and times batches). Returns an empty chunk
+   * when `signal` aborts first, and null once a finite source is exhausted. Each chunk's
+   * `position` is a snapshot: the engine polls again before acking what it has (never two polls
+   * at once). A reply that comes after the abort is kept for the next poll, never dropped.
    */
-  read(signal: AbortSignal): Promise<SourceBatch | null>;
+  poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk | null>;
   /**
-   * Acknowledges a batch. Called only after every row the batch produced and every DLQ record
-   * of its failed messages is durable; batches are acked in the order they were read.
+   * Acknowledges a chunk. Called only after every row its messages produced and every DLQ
+   * record of its failed messages is durable; chunks are acked in the order they were polled.
    */
-  ack(batch: SourceBatch): Promise<void>;
+  ack(chunk: SourceChunk): Promise<void>;
   /** False while the source has lost its connection (optional: sources without one omit it). */
   healthy?(): boolean;
   /**

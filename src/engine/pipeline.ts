@@ -4,7 +4,7 @@ import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../errors.js';
-import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source, SourceBatch } from '../connectors/types.js';
+import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source } from '../connectors/types.js';
 import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
 import { Metrics } from '../ops/metrics.js';
@@ -22,6 +22,7 @@ import { openDuckDB } from './duckdb.js';
 import { Flusher } from './flusher.js';
 import { sleepUntil } from './sleep.js';
 import { StallGuard } from './stall.js';
+import { Batcher, batchingOf, type SourceBatch } from './batcher.js';
 
 export interface RunOptions {
   project: Project;
@@ -179,7 +180,8 @@ export class Pipeline {
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
     this.source = source;
-    if (this.opts.dryRun) return this.dryRun(source);
+    const batcher = new Batcher(source, batchingOf(srcDef.cfg));
+    if (this.opts.dryRun) return this.dryRun(source, batcher);
 
     const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
     for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
@@ -232,7 +234,7 @@ export class Pipeline {
         await source.open(start.position);
         this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
         if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
-        await this.loop(source, srcDef.name);
+        await this.loop(source, batcher, srcDef.name);
         clean = true;
       } finally {
         this.metrics.watchLag(srcDef.name, undefined);
@@ -322,11 +324,11 @@ export class Pipeline {
    * a batch read but not yet committed is simply read again after a crash. On shutdown the
    * batch already read is finished too.
    */
-  private async loop(source: Source, sourceName: string): Promise<void> {
+  private async loop(source: Source, batcher: Batcher, sourceName: string): Promise<void> {
     const { signal } = this.opts;
     let lane = 0;
     const next = (): Promise<ReadBatch | null> => {
-      const p = this.readAndPrepare(source, lane);
+      const p = this.readAndPrepare(batcher, lane);
       lane ^= 1;
       p.catch(() => {}); // awaited by the loop; only keeps a failure from counting as unhandled meanwhile
       this.reading = p;
@@ -335,6 +337,8 @@ export class Pipeline {
     let pending = next();
     try {
       for (;;) {
+        // Waiting now: the batch being formed is handed over as soon as it holds a message.
+        batcher.demand();
         const cur = await pending;
         if (cur === null) {
           if (!signal.aborted) this.log.info('end of input');
@@ -351,9 +355,9 @@ export class Pipeline {
     }
   }
 
-  private async readAndPrepare(source: Source, lane: number): Promise<ReadBatch | null> {
+  private async readAndPrepare(batcher: Batcher, lane: number): Promise<ReadBatch | null> {
     const readStart = performance.now();
-    const batch = await source.read(this.opts.signal);
+    const batch = await batcher.next(this.opts.signal);
     this.lastReadMs = Math.round(performance.now() - readStart);
     if (batch === null) return null;
     if (batch.messages.length === 0) return { batch };
@@ -408,7 +412,7 @@ export class Pipeline {
       this.summary.redelivered += redelivered;
     }
     const ackStart = performance.now();
-    await source.ack(batch);
+    for (const chunk of batch.chunks) await source.ack(chunk);
     outcome.timings.ack = Math.round(performance.now() - ackStart);
     this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
     this.summary.messages += batch.messages.length;
@@ -529,13 +533,13 @@ export class Pipeline {
   }
 
   /** One batch through the models, nothing written or acknowledged: the result goes in the summary. */
-  private async dryRun(source: Source): Promise<RunSummary> {
+  private async dryRun(source: Source, batcher: Batcher): Promise<RunSummary> {
     let clean = false;
     try {
       await source.open(undefined);
       let batch: SourceBatch | null = null;
       while (!this.opts.signal.aborted) {
-        batch = await source.read(this.opts.signal);
+        batch = await batcher.next(this.opts.signal);
         if (batch === null || batch.messages.length > 0) break;
       }
       const result: DryRunResult = { messages: 0, outputs: [], failures: [], tests: [] };

@@ -25,7 +25,7 @@ export interface NamedSource {
   name: string;
   type: string;
   spec: SourceSpec;
-  cfg: Record<string, unknown> & { batch_size: number; batch_timeout_ms: number; dlq?: string };
+  cfg: Record<string, unknown> & { batch_size: number; batch_timeout_ms: number; batch_max_bytes: number; dlq?: string };
   /** limits / contract, enforced by the engine for every source type. */
   policy: SourcePolicy;
   file: string;

@@ -139,7 +139,7 @@ async function replayFileDlq(scope: ScopedRun, log: Logger, signal: AbortSignal,
   let total = 0;
   let failed = 0;
   for (const file of files) {
-    const src = new DlqReplaySource(file, project.sources[0].cfg.batch_size);
+    const src = new DlqReplaySource(file);
     const walDir = path.join(path.dirname(project.walPath), 'replay-wal', ...(scope.scopedWorkerId ? [scope.source] : []), path.basename(file, '.ndjson'));
     const summary = await new Pipeline({
       project, log, signal, walDir, scopedWorkerId: scope.scopedWorkerId,

@@ -1,7 +1,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { RawMessage, Source, SourceBatch } from '../types.js';
+import type { PollLimits, RawMessage, Source, SourceChunk } from '../types.js';
 import { readDeadLetters } from './file-dlq.js';
+import { batchCut } from '../batch-cut.js';
 
 /**
  * Reads the payloads of a set-aside DLQ file back into the pipeline. Keys carry the file's
@@ -12,10 +13,7 @@ export class DlqReplaySource implements Source {
   private next = 0;
   private readonly stamp: string;
 
-  constructor(
-    readonly file: string,
-    private readonly batchSize: number,
-  ) {
+  constructor(readonly file: string) {
     this.stamp = path.basename(file).replace(/^replay-/, '').replace(/\.ndjson$/, '').replace(/[^A-Za-z0-9]/g, '');
   }
 
@@ -29,10 +27,11 @@ export class DlqReplaySource implements Source {
     return `dlq${this.stamp}x${String(n).padStart(9, '0')}`;
   }
 
-  async read(): Promise<SourceBatch | null> {
+  async poll(limits: PollLimits): Promise<SourceChunk | null> {
     if (this.next >= this.records.length) return null;
     const first = this.next;
-    const end = Math.min(this.records.length, first + this.batchSize);
+    const { n } = batchCut(this.records.length - first, (i) => Buffer.byteLength(this.records[first + i].payload), limits.maxMessages, limits.maxBytes);
+    const end = first + n;
     const messages: RawMessage[] = [];
     for (let i = first; i < end; i++) {
       messages.push({ payload: this.records[i].payload, coords: { dlq_file: path.basename(this.file), record: i, original: this.records[i].source } });

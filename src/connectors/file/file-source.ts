@@ -4,7 +4,7 @@ import path from 'node:path';
 import { SluiceError } from '../../errors.js';
 import { sleep } from '../../util/retry.js';
 import type { FileSourceConfig } from './file-config.js';
-import type { ConnectorContext, MessageMeta, PayloadBlock, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, MessageMeta, PayloadBlock, PollLimits, RawMessage, Source, SourceChunk } from '../types.js';
 
 
 /**
@@ -188,35 +188,24 @@ export class FileSource implements Source {
     return path.relative(this.ctx.projectDir, file) || file;
   }
 
-  async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const max = this.cfg.batch_size;
+  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk | null> {
+    const max = limits.maxMessages;
     const messages: RawMessage[] = [];
-    const want = Math.ceil(this.lastBatchBytes * 1.25) + READ_CHUNK;
+    const want = Math.ceil(Math.min(this.lastBatchBytes, limits.maxBytes) * 1.25) + READ_CHUNK;
     const reused = this.spare.pop();
-    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max, this.cfg.batch_max_bytes);
+    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max, limits.maxBytes);
     const startOrdinal = this.pos.ordinal;
-    const deadline = Date.now() + this.cfg.batch_timeout_ms;
     for (;;) {
-      const files = await this.listFiles();
-      let progressed = false;
-      for (const file of files) {
-        // A full batch (by count or bytes) reads no further file: files are read in name order.
+      for (const file of await this.listFiles()) {
+        // A full chunk (by count or bytes) reads no further file: files are read in name order.
         if (messages.length >= max || bytes.full) break;
-        const got = file.toLowerCase().endsWith('.json')
-          ? await this.readJsonFile(file, max - messages.length, messages, bytes)
-          : await this.readNdjson(file, max - messages.length, messages, bytes);
-        if (got > 0) progressed = true;
+        if (file.toLowerCase().endsWith('.json')) await this.readJsonFile(file, max - messages.length, messages, bytes);
+        else await this.readNdjson(file, max - messages.length, messages, bytes);
       }
-      if (messages.length >= max || bytes.full || signal.aborted) break;
-      if (!this.cfg.follow) {
-        if (!progressed && messages.length === 0) return null;
-        if (!progressed) break;
-        continue;
-      }
-      if (progressed) continue;
-      if (messages.length > 0 && Date.now() >= deadline) break;
-      if (messages.length === 0 && Date.now() >= deadline) break;
-      await sleep(Math.min(this.cfg.poll_interval_ms, Math.max(1, deadline - Date.now())), signal);
+      if (messages.length > 0 || signal.aborted) break;
+      if (!this.cfg.follow) return null;
+      // Following: nothing new yet, look again after poll_interval_ms.
+      await sleep(this.cfg.poll_interval_ms, signal);
       if (signal.aborted) break;
     }
     const block = bytes.finish();
@@ -224,10 +213,11 @@ export class FileSource implements Source {
     return {
       messages,
       ...(block ? { block } : {}),
+      bytes: bytes.payloadBytes,
       position: structuredClone(this.pos),
       first: ordinalKey(startOrdinal),
       last: ordinalKey(this.pos.ordinal - 1),
-      // The buffer goes back to the spares once the batch is acked: nothing reads it after.
+      // The buffer goes back to the spares once the chunk is acked: nothing reads it after.
       ackToken: bytes.block.data.buffer,
     };
   }
@@ -327,9 +317,9 @@ export class FileSource implements Source {
     return got;
   }
 
-  async ack(batch: SourceBatch): Promise<void> {
+  async ack(chunk: SourceChunk): Promise<void> {
     // The position is committed with the WAL state; nothing to tell the files.
-    if (batch.ackToken instanceof ArrayBuffer && this.spare.length < 2) this.spare.push(Buffer.from(batch.ackToken));
+    if (chunk.ackToken instanceof ArrayBuffer && this.spare.length < 2) this.spare.push(Buffer.from(chunk.ackToken));
   }
 
   async close(): Promise<void> {

@@ -1,4 +1,4 @@
-import type { ConnectorContext, RawMessage, Source, SourceBatch } from '../types.js';
+import type { ConnectorContext, PollLimits, RawMessage, Source, SourceChunk } from '../types.js';
 import { ordinalKey } from '../file/file-source.js';
 import { sleep } from '../../util/retry.js';
 import type { GeneratorSourceConfig } from './generator-config.js';
@@ -65,41 +65,41 @@ export class GeneratorSource implements Source {
     this.startOrdinal = this.next;
   }
 
-  async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { count, rate, batch_size } = this.cfg;
+  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk | null> {
+    const { count, rate } = this.cfg;
     if (count > 0 && this.next >= count) return null;
-    let n = batch_size;
+    let n = limits.maxMessages;
     if (count > 0) n = Math.min(n, count - this.next);
     if (rate > 0) {
-      // Pace against the wall clock: emit what is due, wait up to batch_timeout_ms for more.
-      const deadline = Date.now() + this.cfg.batch_timeout_ms;
+      // Paced against the wall clock: what is due now, or wait for the next one.
       for (;;) {
         const due = Math.floor(((Date.now() - this.started) / 1000) * rate) - (this.next - this.startOrdinal);
-        if (due >= n || Date.now() >= deadline || signal.aborted) {
+        if (due > 0 || signal.aborted) {
           n = Math.max(0, Math.min(n, due));
           break;
         }
-        await sleep(Math.min(50, Math.max(1, deadline - Date.now())), signal);
+        await sleep(Math.max(1, Math.ceil(1000 / rate)), signal);
       }
     }
     const first = this.next;
     const messages: RawMessage[] = [];
-    // Up to batch_max_bytes of payloads (the first message always): one left out is made again
-    // for the next batch (messages are deterministic by ordinal).
+    // Up to limits.maxBytes of payloads (the first message always): one left out is made again
+    // for the next chunk (messages are deterministic by ordinal).
     let bytes = 0;
     for (let i = 0; i < n; i++) {
       const ord = first + i;
       const bad = this.cfg.invalid_every > 0 && (ord + 1) % this.cfg.invalid_every === 0;
       const payload = bad ? `{"order_id": ${ord + 1}, "user": ` : orderMessage(ord, this.cfg.seed);
-      bytes += Buffer.byteLength(payload);
-      if (i > 0 && bytes > this.cfg.batch_max_bytes) break;
+      const len = Buffer.byteLength(payload);
+      if (i > 0 && bytes + len > limits.maxBytes) break;
+      bytes += len;
       messages.push({ payload, coords: { ordinal: ord } });
     }
     this.next += messages.length;
-    return { messages, position: { ordinal: this.next }, first: ordinalKey(first), last: ordinalKey(this.next - 1) };
+    return { messages, bytes, position: { ordinal: this.next }, first: ordinalKey(first), last: ordinalKey(this.next - 1) };
   }
 
-  async ack(_batch: SourceBatch): Promise<void> {}
+  async ack(_chunk: SourceChunk): Promise<void> {}
 
   async close(): Promise<void> {}
 }
