@@ -1,9 +1,13 @@
 import { z } from 'zod';
 
-/** Batching keys shared by every source (otter's names). */
+/**
+ * Batching keys shared by every source (otter's names), applied by the engine (engine/batcher.ts):
+ * ceilings, not targets. Batches are as large as the backlog: small under light traffic (handed
+ * over as soon as the engine is free), up to these under a backlog.
+ */
 export const batching = {
-  batch_size: z.number().int().positive().default(1000).describe('messages per batch'),
-  batch_timeout_ms: z.number().int().positive().default(1000).describe('flush a partial batch after this long'),
+  batch_size: z.number().int().positive().default(100_000).describe('the most messages a batch takes (a ceiling: batches follow the backlog)'),
+  batch_timeout_ms: z.number().int().positive().default(1000).describe('the longest a batch stays open after its first message while the engine is busy'),
   batch_max_bytes: z
     .number()
     .int()
@@ -11,6 +15,15 @@ export const batching = {
     .default(32 * 2 ** 20)
     .describe('a batch stops taking messages once their payloads hold this many bytes (a batch always takes at least one message)'),
 };
+
+/**
+ * Unacked messages a broker source lets its broker send ahead by default (RabbitMQ's prefetch,
+ * JetStream's max_ack_pending): room for the batch being committed, the one being read and a
+ * third arriving, bounded so that a large batch_size does not hold a backlog in memory.
+ */
+export function heldAheadDefault(batchSize: number): number {
+  return Math.min(4 * batchSize, 40_000);
+}
 
 /** Dead-letter destination shared by every source; for files and generators a directory. */
 export const dlqKey = {

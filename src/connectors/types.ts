@@ -68,6 +68,8 @@ export interface SourceChunk {
   last?: string;
   /** Whatever the source needs to acknowledge this chunk later. */
   ackToken?: unknown;
+  /** True when the source held more than the limits let it hand over: the batch is full. */
+  full?: boolean;
 }
 
 /** What one poll may hand over at most: the room left in the batch the engine is forming. */
@@ -75,10 +77,16 @@ export interface PollLimits {
   /** Messages. */
   maxMessages: number;
   /**
-   * Payload bytes. A chunk stops before the message that would pass it, but always holds its
-   * first message, however large (the engine dead-letters one over limits.max_message_bytes).
+   * Payload bytes. A chunk stops before the message that would pass it, but holds its first
+   * message however large (the engine dead-letters one over limits.max_message_bytes) unless
+   * `strict`.
    */
   maxBytes: number;
+  /**
+   * True when the batch already holds messages: then `maxBytes` holds for the first message
+   * too, and a chunk may come back empty with `full` set.
+   */
+  strict: boolean;
 }
 
 /** A source's backlog: `topic` is the Kafka topic, the stream or the queue. */

@@ -87,13 +87,14 @@ export class Batcher {
     let deadline = this.clock.now() + timeoutMs;
     while (!signal.aborted && count < maxMessages && bytes < maxBytes) {
       if (count > 0 && (this.demanded || this.clock.now() >= deadline)) break;
-      const chunk = await this.poll({ maxMessages: maxMessages - count, maxBytes: count > 0 ? maxBytes - bytes : maxBytes }, deadline, count > 0, signal);
+      const chunk = await this.poll({ maxMessages: maxMessages - count, maxBytes: maxBytes - bytes, strict: count > 0 }, deadline, count > 0, signal);
       if (chunk === null) {
         this.ended = true;
         if (count === 0) return null;
         break;
       }
       const n = chunk.messages.length;
+      if (n === 0 && chunk.full) break;
       if (n === 0) {
         if (count === 0 && this.clock.now() >= deadline) break;
         continue;
@@ -102,7 +103,7 @@ export class Batcher {
       chunks.push(chunk);
       count += n;
       bytes += chunk.bytes ?? payloadBytes(chunk);
-      if (this.demanded) break;
+      if (this.demanded || chunk.full) break;
     }
     return join(chunks, bytes);
   }

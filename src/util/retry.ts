@@ -22,6 +22,14 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** Resolves once `signal` aborts (at once when it already has). */
+export function abortion(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}
+
 export interface BackoffOptions {
   /** The delay after the first failure. */
   initialMs: number;

@@ -11,7 +11,9 @@ import { RabbitmqSource } from '../../src/connectors/rabbitmq/rabbitmq-source.js
 import { rabbitmqSourceSchema } from '../../src/connectors/rabbitmq/rabbitmq-config.js';
 import { RedisStreamsSource } from '../../src/connectors/redis/redis-streams-source.js';
 import { redisStreamsSourceSchema } from '../../src/connectors/redis/redis-config.js';
-import type { Source, SourceBatch } from '../../src/connectors/types.js';
+import type { Source } from '../../src/connectors/types.js';
+import type { SourceBatch } from '../../src/engine/batcher.js';
+import { ackBatch, batcherOf, type BatchKeys } from '../helpers/batches.js';
 import { silentLogger } from '../../src/ops/logger.js';
 import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
 import { machineLock } from '../helpers/machine-lock.js';
@@ -47,18 +49,19 @@ const ctx = () => ({ projectDir: '/tmp', log: silentLogger(), workerId: `w-${ran
  * one was read (the engine reads one batch ahead); then reads on for `quietMs` to see that
  * nothing comes again, and closes it.
  */
-async function drain(src: Source, expected: number, quietMs = 1500, timeoutMs = 90_000): Promise<Got[]> {
+async function drain(src: Source, cfg: BatchKeys, expected: number, quietMs = 1500, timeoutMs = 90_000): Promise<Got[]> {
   const out: Got[] = [];
   const signal = new AbortController().signal;
   await src.open(undefined);
+  const batcher = batcherOf(src, cfg);
   try {
     let prev: SourceBatch | undefined;
     let n = 0;
     const end = Date.now() + timeoutMs;
     while (n < expected && Date.now() < end) {
-      const b = await src.read(signal);
+      const b = await batcher.next(signal);
       if (!b) break;
-      if (prev) await src.ack(prev);
+      if (prev) await ackBatch(src, prev);
       prev = undefined;
       if (b.messages.length === 0) continue;
       out.push({
@@ -69,10 +72,10 @@ async function drain(src: Source, expected: number, quietMs = 1500, timeoutMs = 
       n += b.messages.length;
       prev = b;
     }
-    if (prev) await src.ack(prev);
+    if (prev) await ackBatch(src, prev);
     const quietEnd = Date.now() + quietMs;
     while (Date.now() < quietEnd) {
-      const b = await src.read(signal);
+      const b = await batcher.next(signal);
       if (!b) break;
       expect(b.messages.length, 'a message came twice').toBe(0);
     }
@@ -110,7 +113,7 @@ describe('batch_max_bytes on broker sources', () => {
     try {
       await publishAmqp(queue, messages);
       const cfg = rabbitmqSourceSchema.parse({ type: 'rabbitmq', host: '127.0.0.1', queue, batch_size: 1000, batch_timeout_ms: 2000, batch_max_bytes: CAP });
-      const got = await drain(new RabbitmqSource(cfg, ctx()), COUNT);
+      const got = await drain(new RabbitmqSource(cfg, ctx()), cfg, COUNT);
       expectCapped(got);
       expectFull(got);
       // Closed after the last ack: anything unacked would be back in the queue.
@@ -135,7 +138,7 @@ describe('batch_max_bytes on broker sources', () => {
       for (const p of messages) multi.xAdd(stream, '*', { payload: p });
       await multi.exec();
       const cfg = redisStreamsSourceSchema.parse({ type: 'redis_streams', stream, batch_size: 1000, batch_timeout_ms: 2000, batch_max_bytes: CAP });
-      const got = await drain(new RedisStreamsSource(cfg, ctx()), COUNT);
+      const got = await drain(new RedisStreamsSource(cfg, ctx()), cfg, COUNT);
       expectCapped(got);
       expectFull(got);
       const ids = ((await redis.xRange(stream, '-', '+')) ?? []).map((e) => e?.id);
@@ -170,7 +173,7 @@ describe('batch_max_bytes on broker sources', () => {
       const js = jetstream(nc);
       for (const p of messages) await js.publish(subject, p);
       const cfg = natsSourceSchema.parse({ type: 'nats', stream, batch_size: 1000, batch_timeout_ms: 2000, batch_max_bytes: CAP });
-      const got = await drain(new NatsSource(cfg, ctx()), COUNT);
+      const got = await drain(new NatsSource(cfg, ctx()), cfg, COUNT);
       expectCapped(got);
       expectFull(got);
       expect(got.flatMap((g) => g.coords.map((c) => c.seq))).toEqual(Array.from({ length: COUNT }, (_, i) => i + 1));
@@ -208,7 +211,7 @@ describe('batch_max_bytes on broker sources', () => {
         batch_timeout_ms: 500,
         batch_max_bytes: CAP,
       });
-      const got = await drain(new KafkaSource(cfg, ctx()), COUNT, 2000);
+      const got = await drain(new KafkaSource(cfg, ctx()), cfg, COUNT, 2000);
       expectCapped(got);
       // A fetch of a partition holds more than a batch's bytes: some batch is cut in the middle of it.
       expect(got.some((g) => g.ids.length === 4)).toBe(true);

@@ -4,7 +4,9 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileSource, fileSourceSchema, ordinalKey, type FilePosition } from '../../src/connectors/file/file-source.js';
 import { GeneratorSource, generatorSourceSchema, orderMessage } from '../../src/connectors/generator/generator-source.js';
-import type { Source, SourceBatch } from '../../src/connectors/types.js';
+import type { Source } from '../../src/connectors/types.js';
+import type { SourceBatch } from '../../src/engine/batcher.js';
+import { ackBatch, batcherOf, type BatchKeys } from '../helpers/batches.js';
 import { silentLogger } from '../../src/ops/logger.js';
 
 // batch_max_bytes: a batch stops taking messages once their payloads would pass it (its first
@@ -14,8 +16,15 @@ const root = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-batch-bytes-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 const ctx = { projectDir: root, log: silentLogger(), workerId: 'w' };
 
-function fileSource(dir: string, batchMaxBytes: number, batchSize = 1000): FileSource {
-  return new FileSource(fileSourceSchema.parse({ type: 'file', path: dir, batch_size: batchSize, batch_timeout_ms: 10, batch_max_bytes: batchMaxBytes }), ctx);
+/** A source with its batching keys, read as the engine batches it. */
+interface Fed {
+  src: Source;
+  cfg: BatchKeys;
+}
+
+function fileSource(dir: string, batchMaxBytes: number, batchSize = 1000): Fed {
+  const cfg = fileSourceSchema.parse({ type: 'file', path: dir, batch_size: batchSize, batch_timeout_ms: 10, batch_max_bytes: batchMaxBytes });
+  return { src: new FileSource(cfg, ctx), cfg };
 }
 
 /**
@@ -23,17 +32,18 @@ function fileSource(dir: string, batchMaxBytes: number, batchSize = 1000): FileS
  * one ahead). The batches come back with their messages copied: the file source reuses an
  * acked batch's buffer, and its messages' payloads are views of it.
  */
-async function readAll(src: Source, position?: unknown): Promise<SourceBatch[]> {
+async function readAll({ src, cfg }: Fed, position?: unknown): Promise<SourceBatch[]> {
   const out: SourceBatch[] = [];
   await src.open(position);
   const signal = new AbortController().signal;
+  const batcher = batcherOf(src, cfg);
   let prev: SourceBatch | undefined;
-  for (let b = await src.read(signal); b; b = await src.read(signal)) {
-    if (prev) await src.ack(prev);
+  for (let b = await batcher.next(signal); b; b = await batcher.next(signal)) {
+    if (prev) await ackBatch(src, prev);
     if (b.messages.length) out.push({ ...b, messages: b.messages.map((m) => ({ payload: m.payload, coords: m.coords })) });
     prev = b;
   }
-  if (prev) await src.ack(prev);
+  if (prev) await ackBatch(src, prev);
   await src.close();
   return out;
 }
@@ -120,8 +130,8 @@ describe('batch_max_bytes', () => {
   });
 
   it('generator: batches stop at the cap and ordinals chain', async () => {
-    const src = new GeneratorSource(generatorSourceSchema.parse({ type: 'generator', count: 50, batch_max_bytes: 1000 }), ctx);
-    const batches = await readAll(src);
+    const cfg = generatorSourceSchema.parse({ type: 'generator', count: 50, batch_max_bytes: 1000 });
+    const batches = await readAll({ src: new GeneratorSource(cfg, ctx), cfg });
     const payloads = batches.flatMap((b) => b.messages.map((m) => m.payload));
     expect(payloads).toEqual(Array.from({ length: 50 }, (_, i) => orderMessage(i, 42)));
     for (const b of batches) expect(b.messages.length === 1 || bytesOf(b) <= 1000).toBe(true);

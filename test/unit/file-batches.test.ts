@@ -4,7 +4,8 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileSource, fileSourceSchema } from '../../src/connectors/file/file-source.js';
 import { blockOfBuffers } from '../../src/connectors/payload-block.js';
-import type { SourceBatch } from '../../src/connectors/types.js';
+import type { SourceBatch } from '../../src/engine/batcher.js';
+import { ackBatch, batcherOf } from '../helpers/batches.js';
 import { BatchExecutor, compileModels } from '../../src/engine/executor.js';
 import { silentLogger } from '../../src/ops/logger.js';
 import type { ModelDef } from '../../src/project/project-loader.js';
@@ -17,20 +18,21 @@ import { useDuckDB } from '../helpers/duckdb.js';
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-file-batches-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
-function source(dir: string, batchSize: number): FileSource {
+/**
+ * Reads `dir` to the end in batches of up to `batchSize`, as the engine batches it, handing each
+ * batch to `use` before acking it (the source reuses an acked batch's buffer).
+ */
+async function readAll(dir: string, batchSize: number, use: (b: SourceBatch) => Promise<void> = async () => {}): Promise<SourceBatch[]> {
   const cfg = fileSourceSchema.parse({ type: 'file', path: dir, batch_size: batchSize, batch_timeout_ms: 10 });
-  return new FileSource(cfg, { projectDir: root, log: silentLogger(), workerId: 'w' });
-}
-
-/** Reads to the end, handing each batch to `use` before acking it (the source reuses an acked batch's buffer). */
-async function readAll(src: FileSource, use: (b: SourceBatch) => Promise<void> = async () => {}): Promise<SourceBatch[]> {
+  const src = new FileSource(cfg, { projectDir: root, log: silentLogger(), workerId: 'w' });
   const out: SourceBatch[] = [];
   await src.open(undefined);
   const signal = new AbortController().signal;
-  for (let b = await src.read(signal); b; b = await src.read(signal)) {
+  const batcher = batcherOf(src, cfg);
+  for (let b = await batcher.next(signal); b; b = await batcher.next(signal)) {
     out.push(b);
     await use(b);
-    await src.ack(b);
+    await ackBatch(src, b);
   }
   return out;
 }
@@ -52,7 +54,7 @@ describe('file batches as bytes', () => {
       Buffer.from('{"id":4,"name":"last"}'),
     ];
     fs.writeFileSync(path.join(dir, 'a.ndjson'), Buffer.concat(lines));
-    const batches = await readAll(source(dir, 100));
+    const batches = await readAll(dir, 100);
     expect(batches).toHaveLength(1);
     const b = batches[0];
     expect(b.block).toBeDefined();
@@ -89,7 +91,7 @@ describe('file batches as bytes', () => {
     const ex = new BatchExecutor(conn(), await compileModels(conn(), [model('ids', 'SELECT incoming.id FROM incoming')]), 'default');
     await ex.init();
     const seen: number[] = [];
-    const batches = await readAll(source(dir, 1500), async (b) => {
+    const batches = await readAll(dir, 1500, async (b) => {
       expect(b.block).toBeDefined();
       const outcome = await ex.execute(await ex.prepare(b.messages, seen.length % 2, b.block));
       expect(outcome.failures).toEqual([]);
@@ -104,7 +106,7 @@ describe('file batches as bytes', () => {
     fs.mkdirSync(dir);
     fs.writeFileSync(path.join(dir, 'a.json'), '[{"id":1},{"id":2}]');
     fs.writeFileSync(path.join(dir, 'b.json'), '{"id": 3,\n oops');
-    const batches = await readAll(source(dir, 10));
+    const batches = await readAll(dir, 10);
     expect(batches).toHaveLength(1);
     const b = batches[0];
     expect(b.block).toBeUndefined(); // a payload holds a newline: the engine builds its own block

@@ -30,14 +30,14 @@ export class DlqReplaySource implements Source {
   async poll(limits: PollLimits): Promise<SourceChunk | null> {
     if (this.next >= this.records.length) return null;
     const first = this.next;
-    const { n } = batchCut(this.records.length - first, (i) => Buffer.byteLength(this.records[first + i].payload), limits.maxMessages, limits.maxBytes);
+    const { n, full } = batchCut(this.records.length - first, (i) => Buffer.byteLength(this.records[first + i].payload), limits);
     const end = first + n;
     const messages: RawMessage[] = [];
     for (let i = first; i < end; i++) {
       messages.push({ payload: this.records[i].payload, coords: { dlq_file: path.basename(this.file), record: i, original: this.records[i].source } });
     }
     this.next = end;
-    return { messages, position: { next: end }, first: this.key(first), last: this.key(end - 1) };
+    return { messages, full, position: { next: end }, first: this.key(first), last: this.key(end - 1) };
   }
 
   async ack(): Promise<void> {}

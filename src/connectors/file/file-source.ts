@@ -56,18 +56,19 @@ class BlockBuilder {
   constructor(
     data: Buffer,
     maxMessages: number,
-    /** batch_max_bytes: the payload bytes a batch holds at most, bar its first message. */
+    /** The payload bytes the chunk holds at most, bar its first message unless `strict`. */
     private readonly maxBytes: number,
+    private readonly strict: boolean,
   ) {
     this.block = { data, starts: new Uint32Array(maxMessages), ends: new Uint32Array(maxMessages) };
   }
 
   /**
-   * Whether a payload of `bytes` may join the batch: the first always does, a later one while
-   * the batch stays within batch_max_bytes. When it may not, the batch is full from then on.
+   * Whether a payload of `bytes` may join the chunk: the first always does (unless `strict`), a
+   * later one while the chunk stays within maxBytes. When it may not, the chunk is full from then on.
    */
   fits(bytes: number): boolean {
-    if (this.count > 0 && this.payloadBytes + bytes > this.maxBytes) this.full = true;
+    if ((this.count > 0 || this.strict) && this.payloadBytes + bytes > this.maxBytes) this.full = true;
     return !this.full;
   }
 
@@ -193,7 +194,7 @@ export class FileSource implements Source {
     const messages: RawMessage[] = [];
     const want = Math.ceil(Math.min(this.lastBatchBytes, limits.maxBytes) * 1.25) + READ_CHUNK;
     const reused = this.spare.pop();
-    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max, limits.maxBytes);
+    const bytes = new BlockBuilder(reused && reused.length >= want ? reused : Buffer.allocUnsafe(want), max, limits.maxBytes, limits.strict);
     const startOrdinal = this.pos.ordinal;
     for (;;) {
       for (const file of await this.listFiles()) {
@@ -202,11 +203,11 @@ export class FileSource implements Source {
         if (file.toLowerCase().endsWith('.json')) await this.readJsonFile(file, max - messages.length, messages, bytes);
         else await this.readNdjson(file, max - messages.length, messages, bytes);
       }
-      if (messages.length > 0 || signal.aborted) break;
+      if (messages.length > 0 || bytes.full) break;
       if (!this.cfg.follow) return null;
+      if (signal.aborted) break;
       // Following: nothing new yet, look again after poll_interval_ms.
       await sleep(this.cfg.poll_interval_ms, signal);
-      if (signal.aborted) break;
     }
     const block = bytes.finish();
     this.lastBatchBytes = Math.max(READ_CHUNK, bytes.len);
@@ -214,6 +215,7 @@ export class FileSource implements Source {
       messages,
       ...(block ? { block } : {}),
       bytes: bytes.payloadBytes,
+      full: bytes.full,
       position: structuredClone(this.pos),
       first: ordinalKey(startOrdinal),
       last: ordinalKey(this.pos.ordinal - 1),

@@ -86,17 +86,21 @@ export class GeneratorSource implements Source {
     // Up to limits.maxBytes of payloads (the first message always): one left out is made again
     // for the next chunk (messages are deterministic by ordinal).
     let bytes = 0;
+    let full = false;
     for (let i = 0; i < n; i++) {
       const ord = first + i;
       const bad = this.cfg.invalid_every > 0 && (ord + 1) % this.cfg.invalid_every === 0;
       const payload = bad ? `{"order_id": ${ord + 1}, "user": ` : orderMessage(ord, this.cfg.seed);
       const len = Buffer.byteLength(payload);
-      if (i > 0 && bytes + len > limits.maxBytes) break;
+      if ((i > 0 || limits.strict) && bytes + len > limits.maxBytes) {
+        full = true;
+        break;
+      }
       bytes += len;
       messages.push({ payload, coords: { ordinal: ord } });
     }
     this.next += messages.length;
-    return { messages, bytes, position: { ordinal: this.next }, first: ordinalKey(first), last: ordinalKey(this.next - 1) };
+    return { messages, bytes, full, position: { ordinal: this.next }, first: ordinalKey(first), last: ordinalKey(this.next - 1) };
   }
 
   async ack(_chunk: SourceChunk): Promise<void> {}

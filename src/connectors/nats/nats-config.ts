@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { batching } from '../shared-config.js';
+import { batching, heldAheadDefault } from '../shared-config.js';
 import { idPrefixKey, templateString } from '../row-json.js';
 
 /** Connection keys of every NATS connector (source, DLQ, sink). */
@@ -25,7 +25,7 @@ export const natsSourceSchema = z
       .int()
       .positive()
       .optional()
-      .describe("the consumer's bound on messages delivered and not yet acked, over all workers; default 4 x batch_size"),
+      .describe("the consumer's bound on messages delivered and not yet acked, over all workers; default 4 x batch_size, at most 40,000"),
     dlq: z.string().min(1).optional().describe('subject for dead letters; default sluice.dlq.<stream>, captured by stream <stream>_DLQ'),
     ...batching,
   })
@@ -35,7 +35,7 @@ export type NatsConnectionConfig = Pick<NatsSourceConfig, 'servers' | 'user' | '
 
 /** The consumer's max_ack_pending: room for the batch being committed and the one being read, per worker. */
 export function maxAckPending(cfg: NatsSourceConfig): number {
-  return cfg.max_ack_pending ?? 4 * cfg.batch_size;
+  return cfg.max_ack_pending ?? heldAheadDefault(cfg.batch_size);
 }
 
 export function dlqSubject(cfg: NatsSourceConfig): string {

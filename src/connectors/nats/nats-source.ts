@@ -2,7 +2,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type Consumer, type ConsumerInfo, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
+import type { ConnectorContext, MessageMeta, PollLimits, RawMessage, Source, SourceChunk, SourceLag } from '../types.js';
 import { sleep } from '../../util/retry.js';
 import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
 import { batchCut } from '../batch-cut.js';
@@ -58,7 +58,7 @@ export class NatsSource implements Source {
   private jsm?: JetStreamManager;
   private consumer?: Consumer;
   private connected = false;
-  /** Messages pulled ahead, not yet handed to the engine (about one batch at most). */
+  /** Messages pulled ahead, not yet handed to the engine (about batch_size at most). */
   private buffer: JsMsg[] = [];
   /** Payload bytes in `buffer`. */
   private bufferBytes = 0;
@@ -140,17 +140,11 @@ export class NatsSource implements Source {
     return [{ topic: this.cfg.stream, messages: info.num_pending + this.buffer.length }];
   }
 
-  async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { batch_size, batch_timeout_ms, batch_max_bytes } = this.cfg;
-    const deadline = Date.now() + batch_timeout_ms;
-    while (this.buffer.length < batch_size && this.bufferBytes < batch_max_bytes && !signal.aborted) {
-      const left = deadline - Date.now();
-      if (left <= 0) break;
-      await this.nextChange(left, signal);
-    }
-    // Up to batch_size messages and batch_max_bytes of payloads (the first always): the rest
-    // stay pulled ahead, first in the next batch (each message is acked on its own).
-    const { n, bytes } = batchCut(this.buffer.length, (i) => this.buffer[i].data.length, batch_size, batch_max_bytes);
+  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk> {
+    while (this.buffer.length === 0 && !signal.aborted) await this.nextChange(undefined, signal);
+    // Up to the limits (the first always): the rest stay pulled ahead, first in the next chunk
+    // (each message is acked on its own).
+    const { n, bytes, full } = batchCut(this.buffer.length, (i) => this.buffer[i].data.length, limits);
     const got = this.buffer.splice(0, n);
     this.bufferBytes -= bytes;
     this.arrivals.splice(0, got.length);
@@ -176,7 +170,7 @@ export class NatsSource implements Source {
         };
       },
     }));
-    return { messages, position: undefined, ackToken: got };
+    return { messages, bytes, full, position: undefined, ackToken: got };
   }
 
   /**
@@ -185,9 +179,11 @@ export class NatsSource implements Source {
    * and those messages came back only after ack_wait — 30 s of latency for no fault.)
    */
   private async runPump(): Promise<void> {
-    const { batch_size, batch_max_bytes } = this.cfg;
+    const { batch_max_bytes } = this.cfg;
+    // About a batch ahead, within what the consumer lets this worker hold unacked.
+    const ahead = Math.min(this.cfg.batch_size, Math.floor(maxAckPending(this.cfg) / 2));
     while (!this.closing) {
-      let room = batch_size - this.buffer.length;
+      let room = ahead - this.buffer.length;
       // About a batch's bytes ahead too: once payload sizes are known, a pull asks for what
       // batch_max_bytes leaves room for (at least one message).
       if (this.bufferBytes >= batch_max_bytes) room = 0;
@@ -270,8 +266,8 @@ export class NatsSource implements Source {
     });
   }
 
-  async ack(batch: SourceBatch): Promise<void> {
-    const msgs = (batch.ackToken as JsMsg[] | undefined) ?? [];
+  async ack(chunk: SourceChunk): Promise<void> {
+    const msgs = (chunk.ackToken as JsMsg[] | undefined) ?? [];
     this.handedOut.delete(msgs);
     if (msgs.length === 0) return;
     for (const m of msgs) {

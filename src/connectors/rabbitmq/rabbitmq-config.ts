@@ -39,7 +39,7 @@ export const rabbitmqSourceSchema = z
     ...connectionKeys,
     queue: z.string().min(1).describe('queue to consume'),
     dlq: z.string().min(1).optional().describe('queue for dead letters (published with confirms before the original is acked)'),
-    prefetch: z.number().int().positive().optional().describe('unacked messages the broker may send ahead; default 4 x batch_size'),
+    prefetch: z.number().int().positive().optional().describe('unacked messages the broker may send ahead; default 4 x batch_size, at most 40,000'),
     declare: z
       .object({
         queue: z.boolean().default(true).describe('declare the queue (and the dlq) as durable if missing'),

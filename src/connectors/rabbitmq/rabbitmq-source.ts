@@ -1,10 +1,11 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
-import { sleep } from '../../util/retry.js';
+import type { ConnectorContext, MessageMeta, PollLimits, RawMessage, Source, SourceChunk, SourceLag } from '../types.js';
+import { abortion, sleep } from '../../util/retry.js';
 import { connectWithRetry, type AmqpChannelLike, type AmqpConnectionLike, type AmqpMessage } from './rabbitmq-client.js';
 import type { RabbitmqSourceConfig } from './rabbitmq-config.js';
 import { batchCut } from '../batch-cut.js';
+import { heldAheadDefault } from '../shared-config.js';
 
 /** A delivery as the engine sees it; its coordinates (for the DLQ and logs) are built only when asked for. */
 class AmqpRawMessage implements RawMessage {
@@ -67,7 +68,6 @@ export class RabbitmqSource implements Source {
   private buffer: AmqpMessage[] = [];
   /** Payload bytes in `buffer`. */
   private bufferBytes = 0;
-  private firstArrival = 0;
   private wake?: () => void;
   private closing = false;
   private reconnecting?: Promise<void>;
@@ -107,7 +107,7 @@ export class RabbitmqSource implements Source {
     else await ch.checkQueue(c.queue);
     if (c.declare.exchange) await ch.assertExchange(c.declare.exchange.name, c.declare.exchange.type, { durable: true });
     for (const b of c.declare.bindings) await ch.bindQueue(c.queue, b.exchange, b.routing_key);
-    await ch.prefetch(c.prefetch ?? c.batch_size * 4);
+    await ch.prefetch(c.prefetch ?? heldAheadDefault(c.batch_size));
     await ch.consume(
       c.queue,
       (msg) => {
@@ -116,10 +116,9 @@ export class RabbitmqSource implements Source {
           return;
         }
         if (gen !== this.generation) return;
-        if (this.buffer.length === 0) this.firstArrival = Date.now();
         this.buffer.push(msg);
         this.bufferBytes += msg.content.length;
-        if (this.buffer.length >= c.batch_size || this.bufferBytes >= c.batch_max_bytes) this.wake?.();
+        this.wake?.();
       },
       { noAck: false },
     );
@@ -149,62 +148,48 @@ export class RabbitmqSource implements Source {
     return this.reconnecting;
   }
 
-  async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { batch_size, batch_timeout_ms, batch_max_bytes } = this.cfg;
-    const idleDeadline = Date.now() + batch_timeout_ms;
-    for (;;) {
-      if (signal.aborted) break;
+  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk> {
+    while (!signal.aborted && this.buffer.length === 0) {
       if (!this.ch) {
-        // Reconnect in the background; hand back an empty batch now and then so the engine
-        // keeps flushing the WAL by age while the broker is away.
-        const reconnect = this.ensureConnected(signal);
-        await Promise.race([reconnect, sleep(Math.max(1, idleDeadline - Date.now()), signal)]);
-        if (!this.ch && Date.now() >= idleDeadline) break;
+        // Reconnect in the background; wait for it (or the abort: the engine flushes the WAL by
+        // age while the broker is away), then a pause before the next attempt.
+        await Promise.race([this.ensureConnected(signal), abortion(signal)]);
         if (!this.ch) await sleep(this.cfg.reconnect.initial_ms, signal);
         continue;
       }
-      if (this.buffer.length >= batch_size || this.bufferBytes >= batch_max_bytes) break;
-      const now = Date.now();
-      if (this.buffer.length > 0 && now - this.firstArrival >= batch_timeout_ms) break;
-      if (this.buffer.length === 0 && now >= idleDeadline) break;
-      const until = this.buffer.length > 0 ? this.firstArrival + batch_timeout_ms : idleDeadline;
       await new Promise<void>((resolve) => {
-        const t = setTimeout(done, Math.max(1, until - Date.now()));
-        const onAbort = () => done();
-        signal.addEventListener('abort', onAbort, { once: true });
-        this.wake = done;
-        function done() {
-          clearTimeout(t);
-          signal.removeEventListener('abort', onAbort);
+        const done = () => {
+          signal.removeEventListener('abort', done);
+          this.wake = undefined;
           resolve();
-        }
+        };
+        signal.addEventListener('abort', done, { once: true });
+        this.wake = done;
       });
-      this.wake = undefined;
     }
-    // Up to batch_size deliveries and batch_max_bytes of payloads (the first always): the rest
-    // stay buffered, first in the next batch. They came after these, so their delivery tags are
-    // higher and the multiple-ack of this batch's last one leaves them unacked.
-    const { n, bytes } = batchCut(this.buffer.length, (i) => this.buffer[i].content.length, this.cfg.batch_size, this.cfg.batch_max_bytes);
+    // Up to the limits (the first always): the rest stay buffered, first in the next chunk. They
+    // came after these, so their delivery tags are higher and the multiple-ack of this chunk's
+    // last one leaves them unacked.
+    const { n, bytes, full } = batchCut(this.buffer.length, (i) => this.buffer[i].content.length, limits);
     const taken = this.buffer.splice(0, n);
     this.bufferBytes -= bytes;
-    if (this.buffer.length > 0) this.firstArrival = Date.now();
     const messages: RawMessage[] = taken.map((m) => new AmqpRawMessage(m, this.cfg.queue));
     const token: AckToken | undefined = taken.length ? { generation: this.generation, last: taken[taken.length - 1] } : undefined;
-    return { messages, position: undefined, ackToken: token };
+    return { messages, bytes, full, position: undefined, ackToken: token };
   }
 
-  async ack(batch: SourceBatch): Promise<void> {
-    const t = batch.ackToken as AckToken | undefined;
+  async ack(chunk: SourceChunk): Promise<void> {
+    const t = chunk.ackToken as AckToken | undefined;
     if (!t) return;
     if (t.generation !== this.generation || !this.ch) {
       // Never ack on a dead channel: the broker requeued these and will deliver them again.
-      this.lostAcks += batch.messages.length;
-      this.log.warn({ messages: batch.messages.length }, 'batch is durable but its channel is gone; the broker will redeliver it');
+      this.lostAcks += chunk.messages.length;
+      this.log.warn({ messages: chunk.messages.length }, 'batch is durable but its channel is gone; the broker will redeliver it');
       return;
     }
     try {
       this.ch.ack(t.last, true);
-      this.observeLatency(batch);
+      this.observeLatency(chunk);
     } catch (err) {
       this.log.warn({ err: new Error(errorMessage(err)) }, 'ack failed; the broker will redeliver the batch');
     }
@@ -215,11 +200,11 @@ export class RabbitmqSource implements Source {
   }
 
   /** Publish-to-ack time from the AMQP timestamp property (milliseconds, or seconds if small). */
-  private observeLatency(batch: SourceBatch): void {
+  private observeLatency(chunk: SourceChunk): void {
     const observe = this.ctx.observeAckLatency;
     if (!observe) return;
     const now = Date.now();
-    for (const m of batch.messages) {
+    for (const m of chunk.messages) {
       const ts = Number((m.raw as AmqpMessage).properties.timestamp);
       if (!Number.isFinite(ts) || ts <= 0) continue;
       const ms = ts < 1e11 ? ts * 1000 : ts;

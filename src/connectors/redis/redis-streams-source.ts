@@ -1,9 +1,9 @@
 import { createClient, RESP_TYPES } from 'redis';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
+import type { ConnectorContext, MessageMeta, PollLimits, RawMessage, Source, SourceChunk, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
-import { backoff, sleep } from '../../util/retry.js';
+import { abortion, backoff, sleep } from '../../util/retry.js';
 import { withTimeout } from '../../util/with-timeout.js';
 import type { RedisStreamsSourceConfig } from './redis-config.js';
 import { batchCut } from '../batch-cut.js';
@@ -19,6 +19,7 @@ const EMPTY = Buffer.alloc(0);
 
 /** The longest a blocking read waits before looking at the abort signal and the clock again. */
 const BLOCK_SLICE_MS = 250;
+const EMPTY_CHUNK: SourceChunk = { messages: [], bytes: 0, position: undefined };
 /** Ids per XACK command. */
 const ACK_CHUNK = 1000;
 
@@ -216,10 +217,12 @@ export class RedisStreamsSource implements Source {
   private keepFresh?: NodeJS.Timeout;
   private freshening = false;
   /**
-   * Entries read (so pending for this consumer) that did not fit in the last batch
-   * (batch_max_bytes): the next batch starts with them.
+   * Entries read (so pending for this consumer) and not handed over yet (past the last poll's
+   * limits, or read after it was aborted): the next poll starts with them.
    */
   private carry: Entries | undefined;
+  /** The stream read in flight, adding to `carry`. */
+  private reading: Promise<void> | undefined;
   /** Average message bytes of the entries last read: sizes the next read's COUNT. */
   private entryBytes = 0;
 
@@ -282,48 +285,47 @@ export class RedisStreamsSource implements Source {
     }
   }
 
-  async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const { batch_size, batch_timeout_ms, batch_max_bytes } = this.cfg;
-    // Entries left over from the last batch come first (they count as arrived now).
-    const entries = this.carry ?? new Entries();
-    this.carry = undefined;
-    const idleDeadline = Date.now() + batch_timeout_ms;
-    let firstAt = entries.length ? Date.now() : 0;
-    while (!signal.aborted && entries.length < batch_size && entries.bytes < batch_max_bytes) {
-      const now = Date.now();
-      if (entries.length > 0 && now - firstAt >= batch_timeout_ms) break;
-      if (entries.length === 0 && now >= idleDeadline) break;
-      const before = entries.length;
-      try {
-        await this.fetch(this.fetchCount(entries), entries.length ? firstAt + batch_timeout_ms : idleDeadline, entries);
-        this.measure(entries);
-      } catch (err) {
-        // Redis is away: the client reconnects by itself; hand back what we have (or an empty
-        // batch) so the engine keeps flushing by age.
-        this.log.debug({ err: new Error(errorMessage(err)) }, 'reading the stream failed');
-        await sleep(Math.min(500, Math.max(1, idleDeadline - Date.now())), signal);
-        if (entries.length === 0 && Date.now() >= idleDeadline) break;
-        continue;
+  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk> {
+    for (;;) {
+      // A read still in flight (an abort ended the last poll before it came back) lands in
+      // `carry` first: its entries are pending for this consumer and must not be dropped.
+      if (this.reading) {
+        const landed = await Promise.race([this.reading.then(() => true), abortion(signal).then(() => false)]);
+        if (!landed) return EMPTY_CHUNK;
       }
-      if (before === 0 && entries.length > 0) firstAt = Date.now();
+      const entries = this.carry;
+      // Pending entries deleted from the stream: nothing to process; acked now.
+      if (entries && entries.length === 0 && entries.gone.length) {
+        await this.ack({ messages: [], position: undefined, ackToken: entries.gone.splice(0) });
+      }
+      if (entries && entries.length > 0) return this.handOver(entries, limits);
+      if (signal.aborted) return EMPTY_CHUNK;
+      const into = (this.carry ??= new Entries());
+      this.reading = this.fetch(this.fetchCount(into, limits), into)
+        .then(() => this.measure(into))
+        .catch(async (err) => {
+          // Redis is away: the client reconnects by itself; the engine keeps flushing by age.
+          this.log.debug({ err: new Error(errorMessage(err)) }, 'reading the stream failed');
+          await sleep(500);
+        })
+        .finally(() => {
+          this.reading = undefined;
+        });
     }
-    // Pending entries deleted from the stream: nothing to process; acked with this batch, or
-    // now when nothing else came (the engine acks only batches with messages).
-    if (entries.length === 0 && entries.gone.length) {
-      await this.ack({ messages: [], position: undefined, ackToken: entries.gone });
-      entries.gone.length = 0;
-    }
+  }
+
+  /** Up to the limits of `entries` (the first always); the rest, pending for this consumer already, stay for the next poll. */
+  private handOver(entries: Entries, limits: PollLimits): SourceChunk {
     this.measure(entries);
-    // Up to batch_size entries and batch_max_bytes of messages (the first always); the rest,
-    // pending for this consumer already, are kept for the next batch.
-    const { n } = batchCut(entries.length, (i) => entries.payloads[i].byteLength, batch_size, batch_max_bytes);
-    if (n < entries.length) this.carry = entries.splitAt(n);
+    const { n, bytes, full } = batchCut(entries.length, (i) => entries.payloads[i].byteLength, limits);
+    if (n === 0) return { ...EMPTY_CHUNK, full };
+    this.carry = n < entries.length ? entries.splitAt(n) : undefined;
     const ids: string[] = entries.gone.length ? entries.gone.concat(entries.ids) : entries.ids;
     const payloads = entries.payloads;
     const messages: RawMessage[] = new Array(entries.length);
     for (let i = 0; i < messages.length; i++) messages[i] = new RedisEntry(this.cfg, entries.ids[i], entries.fields[i], payloads[i], entries.again[i]);
-    if (ids.length) this.held.add(ids);
-    return { messages, block: messages.length ? blockOfBuffers(payloads) : undefined, position: undefined, ackToken: ids };
+    this.held.add(ids);
+    return { messages, block: blockOfBuffers(payloads), bytes, full, position: undefined, ackToken: ids };
   }
 
   /**
@@ -350,17 +352,17 @@ export class RedisStreamsSource implements Source {
   }
 
   /**
-   * Entries to ask for: room left by batch_size, and (once entry sizes are known) about what
-   * batch_max_bytes leaves room for, so that large entries are not read far ahead of their batch.
+   * Entries to ask for: room left by the poll's limits, and (once entry sizes are known) about
+   * what its bytes leave room for, so that large entries are not read far ahead of their batch.
    */
-  private fetchCount(entries: Entries): number {
-    const room = this.cfg.batch_size - entries.length;
+  private fetchCount(entries: Entries, limits: PollLimits): number {
+    const room = Math.max(1, limits.maxMessages - entries.length);
     if (!(this.entryBytes > 0)) return room;
-    return Math.max(1, Math.min(room, Math.ceil((this.cfg.batch_max_bytes - entries.bytes) / this.entryBytes)));
+    return Math.max(1, Math.min(room, Math.ceil((limits.maxBytes - entries.bytes) / this.entryBytes)));
   }
 
-  /** Adds up to `max` entries: own pending first, then claimed, then new (blocking until `until`). */
-  private async fetch(max: number, until: number, entries: Entries): Promise<void> {
+  /** Adds up to `max` entries: own pending first, then claimed, then new (blocking a slice at most). */
+  private async fetch(max: number, entries: Entries): Promise<void> {
     const { stream, group } = this.cfg;
     const count = String(max);
     if (this.ownPending !== undefined) {
@@ -378,8 +380,7 @@ export class RedisStreamsSource implements Source {
       this.nextClaim = Date.now() + Math.max(1000, this.cfg.claim_idle_ms / 2);
       if ((await this.claim(max, entries)) > 0) return;
     }
-    const block = String(Math.max(1, Math.min(BLOCK_SLICE_MS, until - Date.now())));
-    entries.addStreams(await this.reader!.sendCommand(['XREADGROUP', 'GROUP', group, this.consumer, 'COUNT', count, 'BLOCK', block, 'STREAMS', stream, '>'], RAW_REPLY), false);
+    entries.addStreams(await this.reader!.sendCommand(['XREADGROUP', 'GROUP', group, this.consumer, 'COUNT', count, 'BLOCK', String(BLOCK_SLICE_MS), 'STREAMS', stream, '>'], RAW_REPLY), false);
   }
 
   /** Takes over entries other consumers left pending longer than claim_idle_ms; returns how many. */
@@ -406,8 +407,8 @@ export class RedisStreamsSource implements Source {
     return n;
   }
 
-  async ack(batch: SourceBatch): Promise<void> {
-    const own = (batch.ackToken as string[] | undefined) ?? [];
+  async ack(chunk: SourceChunk): Promise<void> {
+    const own = (chunk.ackToken as string[] | undefined) ?? [];
     this.held.delete(own);
     const ids = this.unacked.length ? [...this.unacked, ...own] : own;
     if (ids.length === 0) return;
