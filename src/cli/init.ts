@@ -127,8 +127,6 @@ sources:
   orders:
     type: file
     path: data/orders.ndjson
-    batch_size: 1000
-    batch_timeout_ms: 1000
     dlq: .sluice/dlq/orders   # dead letters: NDJSON records with the payload and the error
   refunds:
     type: file
@@ -256,7 +254,7 @@ async function writeProject(dir: string, files: Record<string, string>): Promise
 export async function scaffold(dir: string, name: string, opts: { messages?: number } = {}): Promise<void> {
   const files: Record<string, string> = {
     'sluice.yml': `name: ${name}\n\nwal:\n  path: .sluice/wal     # durable staging; put it on a persistent volume in production\n\nserver:\n  port: 9400           # /healthz, /readyz, /metrics during \`sluice run\` (0 = off)\n`,
-    'config/sources.yml': `source:\n  type: file\n  path: data/*.ndjson        # a file, a directory or a glob of NDJSON\n  follow: false             # true: keep tailing for new lines\n  batch_size: 1000\n  batch_timeout_ms: 1000\n  dlq: .sluice/dlq          # dead letters: NDJSON records with the payload and the error\n`,
+    'config/sources.yml': `source:\n  type: file\n  path: data/*.ndjson        # a file, a directory or a glob of NDJSON\n  follow: false             # true: keep tailing for new lines\n  dlq: .sluice/dlq          # dead letters: NDJSON records with the payload and the error\n`,
     'config/sinks.yml': `sink:\n  type: parquet\n  path: \${OUTPUT_DIR:-./output}\n  compression: zstd\n`,
     'config/models.yml': `# Flush a model's WAL to the sink when either threshold is reached (and at end of input).\nmax_file_bytes: 134217728   # 128 MiB\nmax_age_seconds: 300\n\noverrides:\n  purchases:\n    max_age_seconds: 60\n`,
     'models/orders.sql': ORDERS_SQL,
