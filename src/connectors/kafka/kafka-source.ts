@@ -1,11 +1,15 @@
 import type { Admin, Consumer, EachBatchPayload, IHeaders, KafkaMessage } from 'kafkajs';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../../errors.js';
-import type { ConnectorContext, MessageMeta, RawMessage, Source, SourceBatch, SourceLag } from '../types.js';
+import type { ConnectorContext, MessageMeta, PollLimits, RawMessage, Source, SourceChunk, SourceLag } from '../types.js';
 import { blockOfBuffers } from '../payload-block.js';
 import { withTimeout } from '../../util/with-timeout.js';
 import { backoff, retry, sleep } from '../../util/retry.js';
 import { fileSafeTopic, isDlqTopic, kafkaClient, messageKey, type KafkaSourceConfig } from './kafka-config.js';
+import { KafkaFetchQueue, tpKey, type Fetch, type KafkaPosition, type Slice } from './kafka-fetch-queue.js';
+import { KafkaOffsetCommitter, type OffsetCommit, type Ticket } from './kafka-offset-committer.js';
+
+export type { KafkaPosition } from './kafka-fetch-queue.js';
 
 /** What a dead letter needs of the message it came from (`RawMessage.raw`). */
 export interface KafkaOrigin {
@@ -14,39 +18,10 @@ export interface KafkaOrigin {
   message: KafkaMessage;
 }
 
-/** Next offset to read per partition, keyed `topic:partition`; stored in the WAL at each commit. */
-export type KafkaPosition = Record<string, number>;
-
-/** One eachBatch call of kafkajs, held until every chunk of it is committed (or let go). */
-interface HeldFetch {
-  chunks: Chunk[];
-  released: boolean;
-  wake: () => void;
-  /** Makes the holding handler look at its chunks again (an ack, a rebalance). */
-  poke: () => void;
-}
-
-/** Up to batch_size messages of one partition; a batch is one or more whole chunks. */
-interface Chunk {
-  topic: string;
-  partition: number;
-  tp: string;
-  messages: KafkaMessage[];
-  bytes: number;
-  epoch: number;
-  held: HeldFetch;
-  /** Read by the engine (so it will be acked); chunks not handed out can be dropped at any time. */
-  handedOut: boolean;
-  /** Acked and its offset commit attempted, or let go (the holding handler is poked then). */
-  finished: boolean;
-}
-
-const tpKey = (topic: string, partition: number) => `${topic}:${partition}`;
+/** A chunk's slices (one partition's run of one fetch each) with their commit tickets. */
+type AckToken = { slice: Slice<KafkaMessage>; ticket: Ticket }[];
 
 const EMPTY = Buffer.alloc(0);
-
-/** What a fetched message counts for against max_buffer_bytes. */
-const messageBytes = (m: KafkaMessage) => (m.value?.length ?? 0) + (m.key?.length ?? 0) + 64;
 
 /**
  * One message as kafkajs fetched it: the engine loads the batch's value bytes as one block,
@@ -117,43 +92,26 @@ export function headerText(headers: IHeaders | undefined): Record<string, string
 
 /**
  * Consumes topics in a consumer group. kafkajs fetches per broker and calls `eachBatch` for
- * each partition's fetched messages; the handler queues them as chunks of one partition (an
- * engine batch takes chunks, of one or more partitions, up to batch_size, splitting the last
- * one that does not fit: its rest, still in offset order, leads the next batch) and waits
- * until the engine has acked every chunk (rows fsynced in the WAL) and the offset commit went
- * out. So a partition's next fetch only starts after its
- * previous one is durable, and kafkajs, which lets running handlers finish before it rejoins
- * a rebalancing group, commits everything in flight before a partition changes hands
+ * each partition's fetched messages; the handler queues them (KafkaFetchQueue), from which each
+ * poll takes what is there, in order, up to the engine's limits, and holds on until every one
+ * of them is acked (rows fsynced in the WAL) and its offset commit went out
+ * (KafkaOffsetCommitter), or the fetch is let go. So a partition's next fetch only starts after
+ * its previous one is durable, and kafkajs, which lets running handlers finish before it
+ * rejoins a rebalancing group, commits everything in flight before a partition changes hands
  * (bounded by revoke_timeout_ms). Past max_buffer_bytes queued, every partition is paused
  * until half of it is left; partitions assigned meanwhile start paused.
  *
  * Offsets: the WAL stores each partition's next offset with the rows, and messages below it
  * are skipped (after seeking there when the group's committed offset is behind), so a crash
- * between the WAL commit and the Kafka commit reads nothing twice. Commits are the highest
- * acked offset + 1 per partition (batches are acked in order, so that is contiguous).
+ * between the WAL commit and the Kafka commit reads nothing twice. Commits are the next offset
+ * after the acked messages of a partition, in order.
  */
 export class KafkaSource implements Source {
   private consumer?: Consumer;
   private admin?: Admin;
   private topics: string[] = [];
-  /** Next offset handed to the engine, per partition (the WAL position). */
-  private position = new Map<string, number>();
-  /** Next offset queued; fetched messages below it are skipped. */
-  private queuedUpTo = new Map<string, number>();
-  private assigned = new Map<string, { topic: string; partition: number }>();
-  private epoch = 0;
-  private queue: Chunk[] = [];
-  private queuedBytes = 0;
-  private held = new Set<HeldFetch>();
-  private wakeReader: (() => void) | undefined;
-  private backpressure = false;
-  /**
-   * Partitions were assigned while backpressure was on: they stay paused until the engine asks
-   * for a new batch (it is making progress again), however empty the dropped queue left things.
-   */
-  private holdPaused = false;
-  /** A rebalance is under way: nothing more is handed out, held fetches let go once their batches in flight are done. */
-  private rebalancing = false;
+  private readonly queue: KafkaFetchQueue<KafkaMessage>;
+  private readonly committer: KafkaOffsetCommitter;
   private up = false;
   /** A broker connection failed or dropped since the last fetch. */
   private connLost = false;
@@ -161,11 +119,10 @@ export class KafkaSource implements Source {
   /** Aborted by close(): ends the waits of a restart. */
   private readonly closed = new AbortController();
   private timestampStart = new Map<string, number>();
-  private pendingCommits = new Map<string, { topic: string; partition: number; offset: string }>();
-  private commitWaiters: (() => void)[] = [];
-  private committing: Promise<void> | undefined;
   /** The catch-up of the last assignment, while it runs (close() waits for it before disconnecting). */
   private catchingUp: Promise<void> | undefined;
+  /** Bumped at each assignment: a catch-up of an older one does nothing. */
+  private generation = 0;
   /** The lag query of a /metrics scrape, while it runs. */
   private lagging: Promise<void> | undefined;
   private readonly safeTopics = new Map<string, string>();
@@ -173,7 +130,20 @@ export class KafkaSource implements Source {
   constructor(
     private readonly cfg: KafkaSourceConfig,
     private readonly ctx: ConnectorContext,
-  ) {}
+  ) {
+    this.queue = new KafkaFetchQueue<KafkaMessage>({
+      maxBufferBytes: cfg.max_buffer_bytes,
+      control: {
+        pause: (topics) => this.consumer?.pause(topics),
+        resume: (topics) => this.consumer?.resume(topics),
+      },
+      log: ctx.log,
+    });
+    this.committer = new KafkaOffsetCommitter(
+      (offsets) => this.consumer!.commitOffsets(offsets),
+      (err, offsets) => this.commitFailed(err, offsets),
+    );
+  }
 
   private get log(): Logger {
     return this.ctx.log;
@@ -186,7 +156,8 @@ export class KafkaSource implements Source {
   async open(position: unknown): Promise<void> {
     const cfg = this.cfg;
     if (position && typeof position === 'object') {
-      for (const [k, v] of Object.entries(position as KafkaPosition)) if (typeof v === 'number') this.position.set(k, v);
+      this.queue.restore(position as KafkaPosition);
+      this.committer.restore(position as KafkaPosition);
     }
     const kafka = await kafkaClient(cfg, this.log, 'source', (broker, message) => {
       if (this.closing) return;
@@ -234,7 +205,7 @@ export class KafkaSource implements Source {
       this.up = false;
       if (this.closing) return;
       this.log.warn({ err: new Error(errorMessage(e.payload.error)), restart: e.payload.restart }, 'Kafka consumer crashed; reconnecting');
-      this.dropQueue();
+      this.queue.dropAll();
       if (!e.payload.restart) void this.restart();
     });
     try {
@@ -301,33 +272,27 @@ export class KafkaSource implements Source {
     if (s === undefined) this.safeTopics.set(topic, (s = fileSafeTopic(topic)));
     return s;
   }
-
   /** A new generation of the group: what is still queued belongs to the old one and is dropped. */
   private onAssign(assignment: Record<string, number[]>): void {
     // A join that completes while closing leads nowhere (and its catch-up would reconnect the admin client).
     if (this.closing) return;
-    this.epoch++;
+    this.generation++;
     this.up = true;
-    this.rebalancing = false;
-    const pressed = this.backpressure;
-    this.dropQueue(pressed);
-    const before = new Set(this.assigned.keys());
-    this.assigned.clear();
-    for (const [topic, parts] of Object.entries(assignment)) for (const partition of parts) this.assigned.set(tpKey(topic, partition), { topic, partition });
-    const added = [...this.assigned.keys()].filter((k) => !before.has(k));
-    const revoked = [...before].filter((k) => !this.assigned.has(k));
-    this.log.info({ partitions: [...this.assigned.keys()], added, revoked }, 'Kafka partitions assigned');
-    if (pressed && this.assigned.size > 0) {
-      this.holdPaused = true;
-      this.consumer!.pause(this.byTopic([...this.assigned.values()]));
-      this.log.info({ partitions: [...this.assigned.keys()] }, 'backpressure: partitions assigned while paused start paused');
-    } else if (this.assigned.size > 0) {
-      // kafkajs keeps a partition's pause across rebalances: one paused in an earlier generation
-      // (backpressure), revoked before it was resumed and given back now would never be fetched.
-      this.consumer!.resume(this.byTopic([...this.assigned.values()]));
-    }
-    // Positions as of the assignment: what this worker's WAL holds, before anything new is read.
-    const catchUp = this.catchUp([...this.assigned.values()].map((a) => ({ ...a, mine: this.position.get(tpKey(a.topic, a.partition)) })), this.epoch);
+    const parts = Object.entries(assignment).flatMap(([topic, ps]) => ps.map((partition) => ({ topic, partition })));
+    const before = new Set(this.queue.assignment().map((p) => tpKey(p.topic, p.partition)));
+    const now = new Set(parts.map((p) => tpKey(p.topic, p.partition)));
+    const added = [...now].filter((k) => !before.has(k));
+    const revoked = [...before].filter((k) => !now.has(k));
+    this.log.info({ partitions: [...now], added, revoked }, 'Kafka partitions assigned');
+    this.committer.assign(parts);
+    this.queue.assign(parts);
+    // Positions as of the assignment, before anything new is read: what the WAL holds (to
+    // commit where the group is behind) and what was handed out (to seek to).
+    const durable = this.committer.durable();
+    const catchUp = this.catchUp(
+      parts.map((p) => ({ ...p, durable: durable[tpKey(p.topic, p.partition)], handed: this.queue.handedUpTo(p.topic, p.partition) })),
+      this.generation,
+    );
     this.catchingUp = catchUp;
     void catchUp.finally(() => {
       if (this.catchingUp === catchUp) this.catchingUp = undefined;
@@ -337,9 +302,9 @@ export class KafkaSource implements Source {
   /**
    * Where the WAL is ahead of the group's committed offset (a crash after the WAL commit, before
    * the Kafka commit), seek there and commit it; where nothing is committed and start is a
-   * timestamp, seek to its offset. Messages below the WAL position are skipped regardless.
+   * timestamp, seek to its offset. Messages below the handed-out position are skipped regardless.
    */
-  private async catchUp(parts: { topic: string; partition: number; mine: number | undefined }[], epoch: number): Promise<void> {
+  private async catchUp(parts: { topic: string; partition: number; durable: number | undefined; handed: number | undefined }[], generation: number): Promise<void> {
     if (parts.length === 0) return;
     try {
       const topics = [...new Set(parts.map((p) => p.topic))];
@@ -347,233 +312,133 @@ export class KafkaSource implements Source {
       for (const t of await this.admin!.fetchOffsets({ groupId: this.cfg.group_id, topics })) {
         for (const p of t.partitions) committed.set(tpKey(t.topic, p.partition), Number(p.offset));
       }
-      if (epoch !== this.epoch) return;
-      const commits: { topic: string; partition: number; offset: string }[] = [];
-      for (const { topic, partition, mine } of parts) {
+      if (generation !== this.generation) return;
+      const commits: OffsetCommit[] = [];
+      for (const { topic, partition, durable, handed } of parts) {
         const k = tpKey(topic, partition);
         const theirs = committed.get(k) ?? -1;
-        if (mine !== undefined && mine > theirs) {
-          this.consumer!.seek({ topic, partition, offset: String(mine) });
-          commits.push({ topic, partition, offset: String(mine) });
-        } else if (mine === undefined && theirs < 0 && this.timestampStart.has(k)) {
+        // The engine may hold messages past the WAL (read ahead): seek past them, commit only the WAL's.
+        const mine = handed ?? durable;
+        if (mine !== undefined && mine > theirs) this.consumer!.seek({ topic, partition, offset: String(mine) });
+        if (durable !== undefined && durable > theirs) commits.push({ topic, partition, offset: String(durable) });
+        if (mine === undefined && theirs < 0 && this.timestampStart.has(k)) {
           const at = this.timestampStart.get(k)!;
           this.consumer!.seek({ topic, partition, offset: String(at) });
-          this.queuedUpTo.set(k, Math.max(this.queuedUpTo.get(k) ?? 0, at));
+          this.queue.skipBelow(topic, partition, at);
         }
       }
       if (commits.length) {
-        await this.consumer!.commitOffsets(commits);
-        this.log.info({ partitions: commits.map((c) => `${c.topic}:${c.partition}@${c.offset}`) }, 'committed offsets the WAL already had (a crash or a failed commit came between the two)');
+        // Through the committer: never back past a commit of this generation's acks meanwhile.
+        const done = await this.committer.commitAhead(commits);
+        if (done.outcome === 'committed') {
+          this.log.info({ partitions: done.offsets.map((c) => `${c.topic}:${c.partition}@${c.offset}`) }, 'committed offsets the WAL already had (a crash or a failed commit came between the two)');
+        }
       }
     } catch (err) {
       this.log.warn({ err: new Error(errorMessage(err)) }, 'could not compare the WAL position with the committed offsets; messages below the WAL position are skipped anyway');
     }
   }
 
-  private byTopic(parts: { topic: string; partition: number }[]): { topic: string; partitions: number[] }[] {
-    const m = new Map<string, number[]>();
-    for (const { topic, partition } of parts) (m.get(topic) ?? m.set(topic, []).get(topic)!).push(partition);
-    return [...m].map(([topic, partitions]) => ({ topic, partitions }));
-  }
-
-  /** kafkajs' eachBatch: queue the partition's new messages and hold until they are committed. */
+  /** kafkajs' eachBatch: queue the partition's new messages and hold on until they are committed. */
   private async onFetch(p: EachBatchPayload): Promise<void> {
     const { batch } = p;
-    const k = tpKey(batch.topic, batch.partition);
-    if (this.closing || !this.assigned.has(k)) return;
-    const floor = Math.max(this.queuedUpTo.get(k) ?? -1, this.position.get(k) ?? -1);
-    // Messages come in offset order: skip the ones below the floor (usually none).
-    let from = 0;
-    while (from < batch.messages.length && Number(batch.messages[from].offset) < floor) from++;
-    const msgs = from === 0 ? batch.messages : batch.messages.slice(from);
-    if (msgs.length === 0) {
+    if (this.closing || !this.queue.isAssigned(batch.topic, batch.partition)) return;
+    const fetch = this.queue.add(batch.topic, batch.partition, batch.messages);
+    if (!fetch) {
+      // Nothing past what was queued or handed out already (usually a fetch again after a seek).
       p.resolveOffset(batch.lastOffset());
       return;
     }
-    const epoch = this.epoch;
-    const held: HeldFetch = { chunks: [], released: false, wake: () => {}, poke: () => {} };
-    const size = this.cfg.batch_size;
-    for (let i = 0; i < msgs.length; i += size) {
-      const part = msgs.slice(i, i + size);
-      let bytes = 0;
-      for (const m of part) bytes += messageBytes(m);
-      const chunk: Chunk = { topic: batch.topic, partition: batch.partition, tp: k, messages: part, bytes, epoch, held, handedOut: false, finished: false };
-      held.chunks.push(chunk);
-      this.queue.push(chunk);
-      this.queuedBytes += bytes;
-    }
-    this.queuedUpTo.set(k, Number(msgs[msgs.length - 1].offset) + 1);
-    this.held.add(held);
-    this.wakeReader?.();
-    this.checkBackpressure();
-    try {
-      const released = new Promise<'released'>((r) => (held.wake = () => r('released')));
-      let rebalancingSince = 0;
-      let lastBeat = Date.now();
-      // Until every chunk is finished (read() may split one in two: held.chunks can grow).
-      while (!held.chunks.every((c) => c.finished)) {
-        let timer: NodeJS.Timeout | undefined;
-        const tick = new Promise<'tick'>((r) => (timer = setTimeout(() => r('tick'), this.cfg.heartbeat_interval_ms)));
-        const poked = new Promise<'poked'>((r) => (held.poke = () => r('poked')));
-        const why = await Promise.race([released, tick, poked]);
-        clearTimeout(timer);
-        if (why === 'released') break;
-        if (this.rebalancing) {
-          rebalancingSince ||= Date.now();
-          // Only what the engine holds is waited for; the rest is fetched again by the new owner.
-          if (held.chunks.every((c) => c.finished || !c.handedOut)) {
-            this.release(held);
-            break;
-          }
-          if (Date.now() - rebalancingSince > this.revokeTimeout) {
-            this.log.warn({ partition: k, revoke_timeout_ms: this.revokeTimeout }, 'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)');
-            this.release(held);
-            break;
-          }
-          continue;
+    await this.hold(fetch, p);
+    if (!fetch.released) p.resolveOffset(batch.lastOffset());
+  }
+
+  /**
+   * Until the fetch is settled: heartbeats (kafkajs' own stop while a handler runs), and during
+   * a rebalance, waits for what the engine holds of it for at most revoke_timeout_ms.
+   */
+  private async hold(fetch: Fetch<KafkaMessage>, p: EachBatchPayload): Promise<void> {
+    let rebalancingSince = 0;
+    let lastBeat = Date.now();
+    while (!fetch.settled) {
+      await fetch.changed(this.cfg.heartbeat_interval_ms);
+      if (fetch.settled) break;
+      if (this.queue.rebalancing) {
+        rebalancingSince ||= Date.now();
+        if (Date.now() - rebalancingSince > this.revokeTimeout) {
+          this.log.warn({ partition: fetch.tp, revoke_timeout_ms: this.revokeTimeout }, 'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)');
+          this.queue.release(fetch);
+          break;
         }
-        if (Date.now() - lastBeat < this.cfg.heartbeat_interval_ms) continue;
-        lastBeat = Date.now();
-        try {
-          await p.heartbeat();
-        } catch (err) {
-          // A rebalance: finish what the engine holds (within revoke_timeout_ms), hand out nothing more.
-          this.log.info({ partition: k, reason: errorMessage(err) }, 'rebalance while batches are in flight; finishing them first');
-          this.startRebalance();
-        }
+        continue;
       }
-    } finally {
-      this.held.delete(held);
-    }
-    if (!held.released) p.resolveOffset(batch.lastOffset());
-  }
-
-  private startRebalance(): void {
-    if (this.rebalancing) return;
-    this.rebalancing = true;
-    for (const h of this.held) h.poke();
-  }
-
-  /** Lets a held fetch go without committing: its queued chunks are dropped and read again later. */
-  private release(held: HeldFetch, keepPressure = false): void {
-    if (held.released) return;
-    held.released = true;
-    for (const c of held.chunks) {
-      const i = this.queue.indexOf(c);
-      if (i >= 0) {
-        this.queue.splice(i, 1);
-        this.queuedBytes -= c.bytes;
+      if (Date.now() - lastBeat < this.cfg.heartbeat_interval_ms) continue;
+      lastBeat = Date.now();
+      try {
+        await p.heartbeat();
+      } catch (err) {
+        // A rebalance: finish what the engine holds (within revoke_timeout_ms), hand out nothing more.
+        this.log.info({ partition: fetch.tp, reason: errorMessage(err) }, 'rebalance while batches are in flight; finishing them first');
+        this.queue.startRebalance();
       }
-      c.finished = true;
-    }
-    const k = held.chunks[0]?.tp;
-    if (k !== undefined) {
-      const pos = this.position.get(k);
-      if (pos === undefined) this.queuedUpTo.delete(k);
-      else this.queuedUpTo.set(k, pos);
-    }
-    held.wake();
-    if (!keepPressure) this.checkBackpressure();
-  }
-
-  /** Drops every fetched message not handed out; `keepPressure`: stay paused (a new assignment follows). */
-  private dropQueue(keepPressure = false): void {
-    for (const h of [...this.held]) this.release(h, keepPressure);
-    this.queue = [];
-    this.queuedBytes = 0;
-    // Everything not handed to the engine is fetched again; nothing queued stands in the way.
-    this.queuedUpTo = new Map(this.position);
-    if (!keepPressure) this.checkBackpressure();
-  }
-
-  private checkBackpressure(): void {
-    const high = this.cfg.max_buffer_bytes;
-    if (!this.backpressure && this.queuedBytes > high) {
-      this.backpressure = true;
-      if (this.assigned.size) this.consumer?.pause(this.byTopic([...this.assigned.values()]));
-      this.log.info({ buffered_bytes: this.queuedBytes }, 'backpressure: Kafka partitions paused');
-    } else if (this.backpressure && !this.holdPaused && !this.rebalancing && this.queuedBytes <= high / 2) {
-      // (During a rebalance the next assignment decides: it starts paused while this is on.)
-      this.backpressure = false;
-      if (this.assigned.size) this.consumer?.resume(this.byTopic([...this.assigned.values()]));
-      this.log.info({ buffered_bytes: this.queuedBytes }, 'backpressure released: Kafka partitions resumed');
     }
   }
 
-  private snapshot(): KafkaPosition {
-    return Object.fromEntries(this.position);
+  private commitFailed(err: unknown, offsets: OffsetCommit[]): void {
+    // The WAL has the position: a restart of this worker skips these; another worker may read them again.
+    const rebalance = isRebalance(err);
+    if (rebalance) this.queue.startRebalance();
+    this.log[rebalance ? 'info' : 'warn']({ err: new Error(errorMessage(err)), partitions: offsets.map((o) => `${o.topic}:${o.partition}@${o.offset}`) }, 'Kafka offset commit failed; the WAL keeps the position');
   }
 
-  async read(signal: AbortSignal): Promise<SourceBatch | null> {
-    const deadline = Date.now() + this.cfg.batch_timeout_ms;
-    if (this.holdPaused) {
-      // The engine is ready for more: partitions held paused since an assignment may resume.
-      this.holdPaused = false;
-      this.checkBackpressure();
-    }
+  /**
+   * What the queue holds now, in order, up to `limits`; with nothing there (or a rebalance under
+   * way), waits for a fetch, the abort of `signal`, or close().
+   */
+  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk | null> {
+    // The engine is ready for more: partitions held paused since an assignment may resume.
+    this.queue.ready();
     for (;;) {
-      while ((this.queue.length === 0 || this.rebalancing) && !signal.aborted && Date.now() < deadline && !this.closing) {
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            clearTimeout(t);
-            signal.removeEventListener('abort', done);
-            this.wakeReader = undefined;
-            resolve();
-          };
-          const t = setTimeout(done, Math.max(1, deadline - Date.now()));
-          signal.addEventListener('abort', done, { once: true });
-          this.wakeReader = done;
-        });
-      }
-      // Chunks (a partition's run of messages, in order) up to batch_size messages and
-      // batch_max_bytes of values (the first message always); the one that does not fit is
-      // split: its head fills the batch, its rest stays first in the queue.
-      const take: Chunk[] = [];
-      let count = 0;
-      let bytes = 0;
-      let full = false;
-      const size = this.cfg.batch_size;
-      const maxBytes = this.cfg.batch_max_bytes;
-      while (!this.rebalancing && this.queue.length > 0 && count < size && !full) {
-        let chunk = this.queue[0];
-        if (chunk.epoch !== this.epoch || chunk.held.released) {
-          this.queue.shift();
-          this.queuedBytes -= chunk.bytes;
-          continue;
-        }
-        const limit = Math.min(chunk.messages.length, size - count);
-        let n = 0;
-        while (n < limit) {
-          const len = chunk.messages[n].value?.length ?? 0;
-          if (count + n > 0 && bytes + len > maxBytes) {
-            full = true;
-            break;
-          }
-          bytes += len;
-          n++;
-        }
-        if (n === 0) break;
-        if (n < chunk.messages.length) chunk = this.splitHead(chunk, n);
-        else this.queue.shift();
-        this.queuedBytes -= chunk.bytes;
-        chunk.handedOut = true;
-        take.push(chunk);
-        count += chunk.messages.length;
-      }
-      this.checkBackpressure();
-      if (take.length > 0) return this.toBatch(take);
-      if (this.queue.length === 0 || this.rebalancing) return { messages: [], position: this.snapshot() };
+      const slices = this.queue.take(limits);
+      if (slices.length > 0) return this.toChunk(slices);
+      if (signal.aborted || this.closing) return { messages: [], position: this.queue.position() };
+      await this.queue.available(signal);
     }
   }
 
-  /** Cuts the first n messages off a queued chunk into a chunk of their own (of the same fetch). */
-  private splitHead(chunk: Chunk, n: number): Chunk {
-    const head: Chunk = { ...chunk, messages: chunk.messages.slice(0, n), bytes: 0, handedOut: false, finished: false };
-    for (const m of head.messages) head.bytes += messageBytes(m);
-    chunk.messages = chunk.messages.slice(n);
-    chunk.bytes -= head.bytes;
-    chunk.held.chunks.push(head);
-    return head;
+  private toChunk(slices: Slice<KafkaMessage>[]): SourceChunk {
+    let n = 0;
+    let bytes = 0;
+    for (const s of slices) {
+      n += s.messages.length;
+      bytes += s.bytes;
+    }
+    const messages: RawMessage[] = new Array(n);
+    const values: Buffer[] = new Array(n);
+    const token: AckToken = [];
+    let i = 0;
+    for (const slice of slices) {
+      const { topic, partition } = slice.fetch;
+      for (const m of slice.messages) {
+        messages[i] = new KafkaEntry(topic, partition, m);
+        values[i++] = m.value ?? EMPTY;
+      }
+      token.push({ slice, ticket: this.committer.handOut(topic, partition, slice.first, slice.last) });
+    }
+    const a = slices[0];
+    const z = slices[slices.length - 1];
+    // A worker's WAL holds every message once, so (first, last) names its batches uniquely; the
+    // worker id in front keeps two workers that read the same messages (a partition handed over
+    // before its commit) from writing files of the same name with different rows.
+    return {
+      messages,
+      block: blockOfBuffers(values),
+      bytes,
+      position: this.queue.position(),
+      first: `${this.safeTopic(this.ctx.workerId)}.${messageKey(this.safeTopic(a.fetch.topic), a.fetch.partition, a.messages[0].offset)}`,
+      last: messageKey(this.safeTopic(z.fetch.topic), z.fetch.partition, z.messages[z.messages.length - 1].offset),
+      ackToken: token,
+    };
   }
 
   /**
@@ -591,7 +456,7 @@ export class KafkaSource implements Source {
   }
 
   private async lagNow(admin: Admin): Promise<SourceLag[]> {
-    const parts = [...this.assigned.values()];
+    const parts = this.queue.assignment();
     const topics = [...new Set(parts.map((p) => p.topic))];
     if (topics.length === 0) return [];
     const [offsets, groupOffsets] = await Promise.all([
@@ -609,7 +474,7 @@ export class KafkaSource implements Source {
       const k = tpKey(topic, partition);
       const end = ends.get(k);
       if (!end) continue;
-      const mine = this.position.get(k);
+      const mine = this.queue.handedUpTo(topic, partition);
       const group = committed.get(k);
       const at = mine !== undefined || group !== undefined
         ? Math.max(mine ?? -1, group ?? -1)
@@ -618,82 +483,18 @@ export class KafkaSource implements Source {
     }
     return out;
   }
-
-  private toBatch(chunks: Chunk[]): SourceBatch {
-    let n = 0;
-    for (const chunk of chunks) n += chunk.messages.length;
-    const messages: RawMessage[] = new Array(n);
-    const values: Buffer[] = new Array(n);
-    let i = 0;
-    for (const chunk of chunks) {
-      const { topic, partition } = chunk;
-      for (const m of chunk.messages) {
-        messages[i] = new KafkaEntry(topic, partition, m);
-        values[i++] = m.value ?? EMPTY;
-      }
-      this.position.set(chunk.tp, Number(chunk.messages[chunk.messages.length - 1].offset) + 1);
-    }
-    const a = chunks[0];
-    const z = chunks[chunks.length - 1];
-    // A worker's WAL holds every message once, so (first, last) names its batches uniquely; the
-    // worker id in front keeps two workers that read the same messages (a partition handed over
-    // before its commit) from writing files of the same name with different rows.
-    return {
-      messages,
-      block: blockOfBuffers(values),
-      position: this.snapshot(),
-      first: `${this.safeTopic(this.ctx.workerId)}.${messageKey(this.safeTopic(a.topic), a.partition, a.messages[0].offset)}`,
-      last: messageKey(this.safeTopic(z.topic), z.partition, z.messages[z.messages.length - 1].offset),
-      ackToken: chunks,
-    };
-  }
-
-  async ack(batch: SourceBatch): Promise<void> {
-    const chunks = (batch.ackToken as Chunk[] | undefined) ?? [];
-    let committing = false;
-    for (const chunk of chunks) {
-      if (chunk.finished) continue;
-      const last = chunk.messages[chunk.messages.length - 1];
-      const ts = Number(last.timestamp);
+  async ack(chunk: SourceChunk): Promise<void> {
+    for (const { slice, ticket } of (chunk.ackToken as AckToken | undefined) ?? []) {
+      if (slice.finished) continue;
+      const ts = Number(slice.messages[slice.messages.length - 1].timestamp);
       if (ts > 0) this.ctx.observeAckLatency?.(Math.max(0, Date.now() - ts) / 1000);
-      if (chunk.epoch !== this.epoch || !this.assigned.has(chunk.tp)) {
-        // The partition changed hands since it was read: the WAL has the rows, the new owner the offsets.
-        this.log.debug({ partition: chunk.tp }, 'not committing a batch of a revoked partition');
-        chunk.finished = true;
-        chunk.held.poke();
-        continue;
-      }
-      this.pendingCommits.set(chunk.tp, { topic: chunk.topic, partition: chunk.partition, offset: String(Number(last.offset) + 1) });
-      // The engine goes on at once; the held fetch waits for the commit, so a rebalance cannot
-      // hand the partition over before it is committed.
-      this.commitWaiters.push(() => {
-        chunk.finished = true;
-        chunk.held.poke();
+      // The engine goes on at once; the fetch's handler waits for the commit, so a rebalance
+      // cannot hand the partition over before it is committed. A fetch let go is not committed:
+      // its handler is gone, and a new generation follows.
+      void this.committer.ack(ticket, !slice.fetch.released).then((outcome) => {
+        if (outcome === 'skipped') this.log.debug({ partition: slice.fetch.tp }, 'not committing a batch of a revoked partition');
+        this.queue.finish(slice);
       });
-      committing = true;
-    }
-    if (committing) this.committing ??= this.commitLoop();
-  }
-
-  /** Commits pending offsets, one request at a time, coalescing what arrives meanwhile. */
-  private async commitLoop(): Promise<void> {
-    try {
-      while (this.pendingCommits.size > 0) {
-        const offsets = [...this.pendingCommits.values()];
-        this.pendingCommits.clear();
-        const waiters = this.commitWaiters.splice(0);
-        try {
-          await this.consumer!.commitOffsets(offsets);
-        } catch (err) {
-          // The WAL has the position: a restart of this worker skips these; another worker may read them again.
-          const rebalance = isRebalance(err);
-          if (rebalance) this.startRebalance();
-          this.log[rebalance ? 'info' : 'warn']({ err: new Error(errorMessage(err)), partitions: offsets.map((o) => `${o.topic}:${o.partition}@${o.offset}`) }, 'Kafka offset commit failed; the WAL keeps the position');
-        }
-        for (const w of waiters) w();
-      }
-    } finally {
-      this.committing = undefined;
     }
   }
 
@@ -704,9 +505,9 @@ export class KafkaSource implements Source {
   async close(): Promise<void> {
     this.closing = true;
     this.closed.abort();
-    this.wakeReader?.();
-    while (this.committing) await this.committing;
-    this.dropQueue();
+    this.queue.close();
+    await this.committer.idle();
+    this.queue.dropAll();
     await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err: new Error(errorMessage(err)) }, 'Kafka consumer disconnect failed'));
     // A catch-up still running would connect the admin client again after its disconnect
     // (waited for at most request_timeout_ms: the disconnect below ends it then).
