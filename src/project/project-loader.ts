@@ -37,8 +37,9 @@ export function loadProject(opts: ProjectOptions = {}): Project {
 
   // Files are read in this order, which is also the order their issues are reported in.
   const { proj, target, fileEnv } = readProjectFile(dir, env, opts.target, issues, show);
-  const sources = loadSources(configDir, { env: fileEnv, target, issues, show });
-  const { sinks, declared: sinkNames } = loadSinks(configDir, { env: fileEnv, target, issues, show });
+  const connectorFiles = { env: fileEnv, target, issues, show };
+  const sources = loadSources(configDir, connectorFiles);
+  const { sinks, declared: sinkNames } = loadSinks(configDir, connectorFiles);
   const modelsFile = readModelsFile(configDir, fileEnv, issues, show);
   const models = readModelFiles(modelsDir, issues, show);
 
