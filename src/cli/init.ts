@@ -91,14 +91,8 @@ SELECT
 FROM {{ source('refunds') }} AS r
 `;
 
-/**
- * Writes the project `sluice init` creates: two sources (orders, refunds), models reading them
- * with source() and ref(), two sinks, descriptions for `sluice docs`, fixtures for `sluice test`,
- * and dev/prod targets.
- */
-export async function scaffoldShowcase(dir: string, name: string): Promise<void> {
-  const files: Record<string, string> = {
-    'sluice.yml': `name: ${name}
+/** sluice.yml of the showcase: dev and prod targets. */
+const showcaseSluiceYml = (name: string) => `name: ${name}
 
 # Environments: --target NAME (or $SLUICE_TARGET) picks one; \`target:\` is the default.
 # A target overrides sources and sinks key by key and sets vars for \${VAR} in config files
@@ -120,8 +114,9 @@ wal:
 
 server:
   port: 9400           # /healthz, /readyz, /metrics during \`sluice run\` (0 = off)
-`,
-    'config/sources.yml': `# Named sources; a model reads one with {{ source('name') }}.
+`;
+
+const SHOWCASE_SOURCES_YML = `# Named sources; a model reads one with {{ source('name') }}.
 # \`sluice run\` runs every source, each with the models it feeds; --source orders runs one.
 sources:
   orders:
@@ -132,8 +127,9 @@ sources:
     type: file
     path: data/refunds.ndjson
     dlq: .sluice/dlq/refunds
-`,
-    'config/sinks.yml': `# Named sinks; a model picks its sink(s) in config/models.yml or with {{ config(sink='...') }}.
+`;
+
+const SHOWCASE_SINKS_YML = `# Named sinks; a model picks its sink(s) in config/models.yml or with {{ config(sink='...') }}.
 sinks:
   lake:
     type: parquet
@@ -141,8 +137,9 @@ sinks:
   alerts:
     type: jsonl
     path: \${OUTPUT_DIR}/alerts
-`,
-    'config/models.yml': `# Flush a model's WAL to its sinks when either threshold is reached (and at end of input).
+`;
+
+const SHOWCASE_MODELS_YML = `# Flush a model's WAL to its sinks when either threshold is reached (and at end of input).
 max_file_bytes: 134217728   # 128 MiB
 max_age_seconds: 300
 
@@ -184,19 +181,10 @@ overrides:
       - name: reason
         tests:
           - accepted_values: { values: [damaged, late, wrong item, changed mind] }
-`,
-    'models/orders.sql': SHOWCASE_ORDERS_SQL,
-    'models/purchases.sql': SHOWCASE_PURCHASES_SQL,
-    'models/large_orders.sql': SHOWCASE_LARGE_ORDERS_SQL,
-    'models/refunds.sql': SHOWCASE_REFUNDS_SQL,
-    // tests/<source>.json: what `sluice test` (and `sluice docs`, for column types) feeds each source.
-    'tests/orders.json': JSON.stringify(
-      [JSON.parse(orderMessage(0, 7)), JSON.parse(orderMessage(1, 7)), { order_id: 3, user: { id: 9, name: 'Ken' }, items: [], currency: 'USD', placed_at: '2024-01-01T00:00:03Z' }],
-      null,
-      2,
-    ) + '\n',
-    // tests/*.yml: unit tests — messages given inline and the exact rows each model must output.
-    'tests/orders.yml': `unit_tests:
+`;
+
+/** tests/orders.yml: unit tests — messages given inline and the exact rows each model must output. */
+const SHOWCASE_UNIT_TESTS_YML = `unit_tests:
   - name: large_orders_are_over_100
     description: an order of 2 kettles (118.0) is large; one of filters (6.5) is not
     messages:
@@ -208,7 +196,30 @@ overrides:
         - { order_id: 11, item_count: 1, order_total: 6.5 }
       large_orders:
         - { order_id: 10, user_name: Ada, order_total: 118.0 }
-`,
+`;
+
+/**
+ * Writes the project `sluice init` creates: two sources (orders, refunds), models reading them
+ * with source() and ref(), two sinks, descriptions for `sluice docs`, fixtures for `sluice test`,
+ * and dev/prod targets.
+ */
+export async function scaffoldShowcase(dir: string, name: string): Promise<void> {
+  const files: Record<string, string> = {
+    'sluice.yml': showcaseSluiceYml(name),
+    'config/sources.yml': SHOWCASE_SOURCES_YML,
+    'config/sinks.yml': SHOWCASE_SINKS_YML,
+    'config/models.yml': SHOWCASE_MODELS_YML,
+    'models/orders.sql': SHOWCASE_ORDERS_SQL,
+    'models/purchases.sql': SHOWCASE_PURCHASES_SQL,
+    'models/large_orders.sql': SHOWCASE_LARGE_ORDERS_SQL,
+    'models/refunds.sql': SHOWCASE_REFUNDS_SQL,
+    // tests/<source>.json: what `sluice test` (and `sluice docs`, for column types) feeds each source.
+    'tests/orders.json': JSON.stringify(
+      [JSON.parse(orderMessage(0, 7)), JSON.parse(orderMessage(1, 7)), { order_id: 3, user: { id: 9, name: 'Ken' }, items: [], currency: 'USD', placed_at: '2024-01-01T00:00:03Z' }],
+      null,
+      2,
+    ) + '\n',
+    'tests/orders.yml': SHOWCASE_UNIT_TESTS_YML,
     'tests/refunds.json': JSON.stringify(sampleRefunds(2).trim().split('\n').map((l) => JSON.parse(l) as unknown), null, 2) + '\n',
     'data/orders.ndjson': sampleOrders(50, false),
     'data/refunds.ndjson': sampleRefunds(10),

@@ -103,6 +103,19 @@ export function cleanError(err: unknown): string {
   return cut.replace(/\s+/g, ' ').trim();
 }
 
+/** The schema of `incoming` as exact decoding grows it, with its field count (kept, not recounted). */
+interface SchemaSoFar {
+  merged: Structure | undefined;
+  fields: number;
+}
+
+/** Counts `rows` messages (or values) that incoming's contract refused for a new column. */
+function addViolation(incoming: PreparedBatch['incoming'], column: string, policy: 'freeze' | 'discard_row' | 'discard_value', rows: number): void {
+  const v = incoming.violations.find((x) => x.column === column && x.policy === policy);
+  if (v) v.rows += rows;
+  else incoming.violations.push({ model: 'incoming', column, kind: 'new_column', policy, rows });
+}
+
 /**
  * The first half of a batch: loads the payloads into DuckDB and decodes them into the typed
  * rows of `incoming`, under the source's rules (see DecodeRules); what cannot be decoded is
@@ -164,20 +177,7 @@ export class BatchDecoder {
     const failures: MessageFailure[] = [];
     const payloads = given ? undefined : messages.map((m) => m.payload);
     const block = given ?? blockOf(payloads!);
-    if (!isUtf8(block.data)) {
-      for (let i = 0; i < messages.length; i++) {
-        if (isUtf8(block.data.subarray(block.starts[i], block.ends[i]))) continue;
-        bad.add(i);
-        failures.push({ index: i, stage: 'decode', error: 'invalid JSON: the message is not valid UTF-8' });
-      }
-    }
-    const maxBytes = this.rules.limits.maxBytes;
-    for (let i = 0; i < messages.length; i++) {
-      const size = block.ends[i] - block.starts[i];
-      if (size <= maxBytes || bad.has(i)) continue;
-      bad.add(i);
-      failures.push({ index: i, stage: 'decode', error: `message is ${size} bytes, over limits.max_message_bytes (${maxBytes})` });
-    }
+    this.refuseUnreadable(block, messages.length, bad, failures);
     // A source's block separates messages by its separator (a newline unless it says); a block
     // built here, by SEPARATOR, which a payload from a broker may hold: those batches go
     // through the appender.
@@ -186,6 +186,53 @@ export class BatchDecoder {
       : payloads!.some((p) => p.includes(SEPARATOR))
         ? { done: loadPayloads(conn, raw, payloads!) }
         : await startLoad(conn, raw, block, SEPARATOR.charCodeAt(0), bad);
+    const slow = await this.needingExactDecode(block, bad, failures);
+    lap('check');
+    const loaded = await loading;
+    if (loaded !== messages.length) {
+      throw new SluiceError('INTERNAL', `loading a batch of ${messages.length} messages gave ${loaded} rows (a payload holds the separator)`);
+    }
+    let meta: string | undefined;
+    if (this.metaColumns.length) {
+      meta = `__meta${lane}`;
+      await loadPayloads(conn, meta, messages.map((m) => metaJson(m.meta)));
+    }
+    lap('load');
+
+    const incoming: PreparedBatch['incoming'] = { changes: [], violations: [] };
+    const merged = await this.decodeInSamples(slow, block, raw, messages, bad, failures, incoming);
+    if (bad.size < messages.length) this.structure = merged;
+    lap('decode');
+    const p: PreparedBatch = { lane, raw, meta, count: messages.length, bad, failures, structure: this.structure, timings, addedMeta: [], incoming };
+    await this.convert(p, `__batch${lane}`);
+    lap('convert');
+    return p;
+  }
+
+  /** Refuses, before anything is loaded, the messages that are not UTF-8 or are over limits.max_message_bytes. */
+  private refuseUnreadable(block: PayloadBlock, count: number, bad: Set<number>, failures: MessageFailure[]): void {
+    if (!isUtf8(block.data)) {
+      for (let i = 0; i < count; i++) {
+        if (isUtf8(block.data.subarray(block.starts[i], block.ends[i]))) continue;
+        bad.add(i);
+        failures.push({ index: i, stage: 'decode', error: 'invalid JSON: the message is not valid UTF-8' });
+      }
+    }
+    const maxBytes = this.rules.limits.maxBytes;
+    for (let i = 0; i < count; i++) {
+      const size = block.ends[i] - block.starts[i];
+      if (size <= maxBytes || bad.has(i)) continue;
+      bad.add(i);
+      failures.push({ index: i, stage: 'decode', error: `message is ${size} bytes, over limits.max_message_bytes (${maxBytes})` });
+    }
+  }
+
+  /**
+   * The fast path: the messages (not refused yet) whose raw text does not conform to the
+   * established schema, so that DuckDB must decode them exactly. Refuses, among them, those
+   * that are over a limit or add a key to a schema already at max_columns.
+   */
+  private async needingExactDecode(block: PayloadBlock, bad: Set<number>, failures: MessageFailure[]): Promise<number[]> {
     // With incoming's schema full, a message whose first fault is a new top-level key would be
     // refused at the cap after DuckDB decoded it: refuse it now (a stream that adds a key per
     // message then goes at the pace of the fast path).
@@ -215,35 +262,33 @@ export class BatchDecoder {
         failures.push({ index: i, stage: 'decode', error: over });
       }
     }
-    slow = within;
-    lap('check');
-    const loaded = await loading;
-    if (loaded !== messages.length) {
-      throw new SluiceError('INTERNAL', `loading a batch of ${messages.length} messages gave ${loaded} rows (a payload holds the separator)`);
-    }
-    let meta: string | undefined;
-    if (this.metaColumns.length) {
-      meta = `__meta${lane}`;
-      await loadPayloads(conn, meta, messages.map((m) => metaJson(m.meta)));
-    }
-    lap('load');
+    return within;
+  }
 
+  /**
+   * Decodes messages `slow` exactly, DECODE_SAMPLE at a time, starting from the established
+   * schema; after a sample that widened it, the rest are checked against it again (more may
+   * conform now). Returns the merged schema.
+   */
+  private async decodeInSamples(
+    slow: number[],
+    block: PayloadBlock,
+    raw: string,
+    messages: RawMessage[],
+    bad: Set<number>,
+    failures: MessageFailure[],
+    incoming: PreparedBatch['incoming'],
+  ): Promise<Structure | undefined> {
     let merged = this.structure;
-    const incoming: PreparedBatch['incoming'] = { changes: [], violations: [] };
     while (slow.length > 0) {
       const sample = slow.slice(0, DECODE_SAMPLE);
       const before = merged;
-      merged = await this.decodeExactly(conn, raw, sample, messages, merged, bad, failures, incoming);
+      merged = await this.decodeExactly(this.loadConn, raw, sample, messages, merged, bad, failures, incoming);
       slow = slow.slice(DECODE_SAMPLE);
       // The schema grew: more of the rest may conform now.
       if (merged !== before && slow.length > 0) slow = await nonConforming(block, this.conformance(merged), slow);
     }
-    if (bad.size < messages.length) this.structure = merged;
-    lap('decode');
-    const p: PreparedBatch = { lane, raw, meta, count: messages.length, bad, failures, structure: this.structure, timings, addedMeta: [], incoming };
-    await this.convert(p, `__batch${lane}`);
-    lap('convert');
-    return p;
+    return merged;
   }
 
   /**
@@ -287,10 +332,8 @@ export class BatchDecoder {
   /**
    * Decodes messages `ids` with DuckDB's json_structure(): unparseable ones and those whose
    * structure conflicts with the schema are added to `bad` and `failures`; the others' structures
-   * are merged into the schema, most common first, under the source's rules (see DecodeRules):
-   * a nested object past map_threshold keys becomes JSON; a new field is added (evolve) up to
-   * max_columns, else the message is dead-lettered; freeze dead-letters it, discard_row drops
-   * it, discard_value drops its new fields. Returns the merged schema.
+   * are merged into the schema, most common first, under the source's rules (see mergeGroup).
+   * Returns the merged schema.
    */
   private async decodeExactly(
     conn: DuckDBConnection,
@@ -306,14 +349,7 @@ export class BatchDecoder {
       `SELECT TRY(json_structure(payload)) AS s, list(id ORDER BY id) AS ids FROM ${raw} ${ids.length === messages.length ? '' : `WHERE id IN (${ids.join(',')})`} ` +
         `GROUP BY s ORDER BY count(*) DESC, s`,
     );
-    const { maxColumns, mapThreshold, newColumns } = this.rules;
-    const violation = (column: string, policy: 'freeze' | 'discard_row' | 'discard_value', rows: number) => {
-      const v = incoming.violations.find((x) => x.column === column && x.policy === policy);
-      if (v) v.rows += rows;
-      else incoming.violations.push({ model: 'incoming', column, kind: 'new_column', policy, rows });
-    };
-    let merged = structure;
-    let fields = countFields(merged);
+    const schema: SchemaSoFar = { merged: structure, fields: countFields(structure) };
     let slice = performance.now();
     for (const [sv, idList] of groups.getRows()) {
       // Messages of many shapes (each adding keys, say) cost JavaScript time each: the other
@@ -323,7 +359,6 @@ export class BatchDecoder {
         slice = performance.now();
       }
       const members = (idList as { items: unknown[] }).items.map(Number);
-      let reason: string | undefined;
       if (sv === null) {
         for (const i of members) {
           bad.add(i);
@@ -331,39 +366,7 @@ export class BatchDecoder {
         }
         continue;
       }
-      const st = JSON.parse(String(sv)) as Structure;
-      if (!isObjectStructure(st)) {
-        // json_structure('{}') is JSON, as for any value it cannot type.
-        const empty = st === 'JSON' && members.every((i) => /^\s*\{/.test(messages[i].payload));
-        reason = empty ? 'message is an empty object: no field to make a row of' : `message is ${Array.isArray(st) ? 'a JSON array' : 'a JSON scalar'}, not an object`;
-      } else {
-        // The first messages establish the schema whatever the contract: it governs what comes after.
-        const policy = merged === undefined ? 'evolve' : newColumns;
-        // At the cap nothing can be added: merging without adding is cheaper (no copy of the schema).
-        const full = policy === 'evolve' && fields >= maxColumns;
-        const r = mergeStructure(merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold });
-        const reserved = r.added.find((x) => x.toLowerCase() === `$.${MSG_COL}`.toLowerCase());
-        if (r.conflict) reason = r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`;
-        else if (reserved) reason = `field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`;
-        else if (full && r.skipped.length) {
-          reason = `the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
-        }
-        else if (r.skipped.length && policy === 'freeze') {
-          reason = `new field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''}: incoming's schema is frozen (contract.new_columns: freeze)`;
-          violation(r.skipped[0], 'freeze', members.length);
-        } else if (r.skipped.length && policy === 'discard_row') {
-          for (const i of members) bad.add(i);
-          violation(r.skipped[0], 'discard_row', members.length);
-          continue;
-        } else if (r.added.length && countFields(r.merged) > maxColumns) {
-          reason = `the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
-        } else {
-          if (r.skipped.length) violation(r.skipped[0], 'discard_value', members.length);
-          for (const c of r.collapsed) incoming.changes.push({ model: 'incoming', column: c, kind: 'type_change', from: 'STRUCT', to: 'JSON' });
-          if (r.merged !== merged && (r.added.length || r.collapsed.length)) fields = countFields(r.merged);
-          merged = r.merged;
-        }
-      }
+      const reason = this.mergeGroup(JSON.parse(String(sv)) as Structure, members, messages, schema, bad, incoming);
       if (reason) {
         for (const i of members) {
           bad.add(i);
@@ -371,7 +374,51 @@ export class BatchDecoder {
         }
       }
     }
-    return merged;
+    return schema.merged;
+  }
+
+  /**
+   * Merges `st`, the structure shared by messages `members`, into the schema under the source's
+   * rules (see DecodeRules): a nested object past map_threshold keys becomes JSON; a new field
+   * is added (evolve) up to max_columns, else the messages are refused; freeze refuses them,
+   * discard_row drops them (into `bad`, with no failure), discard_value drops their new fields.
+   * Returns why they are refused, or undefined when they are not.
+   */
+  private mergeGroup(st: Structure, members: number[], messages: RawMessage[], schema: SchemaSoFar, bad: Set<number>, incoming: PreparedBatch['incoming']): string | undefined {
+    const { maxColumns, mapThreshold, newColumns } = this.rules;
+    if (!isObjectStructure(st)) {
+      // json_structure('{}') is JSON, as for any value it cannot type.
+      const empty = st === 'JSON' && members.every((i) => /^\s*\{/.test(messages[i].payload));
+      return empty ? 'message is an empty object: no field to make a row of' : `message is ${Array.isArray(st) ? 'a JSON array' : 'a JSON scalar'}, not an object`;
+    }
+    // The first messages establish the schema whatever the contract: it governs what comes after.
+    const policy = schema.merged === undefined ? 'evolve' : newColumns;
+    // At the cap nothing can be added: merging without adding is cheaper (no copy of the schema).
+    const full = policy === 'evolve' && schema.fields >= maxColumns;
+    const r = mergeStructure(schema.merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold });
+    const reserved = r.added.find((x) => x.toLowerCase() === `$.${MSG_COL}`.toLowerCase());
+    if (r.conflict) return r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`;
+    if (reserved) return `field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`;
+    if (full && r.skipped.length) {
+      return `the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+    }
+    if (r.skipped.length && policy === 'freeze') {
+      addViolation(incoming, r.skipped[0], 'freeze', members.length);
+      return `new field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''}: incoming's schema is frozen (contract.new_columns: freeze)`;
+    }
+    if (r.skipped.length && policy === 'discard_row') {
+      for (const i of members) bad.add(i);
+      addViolation(incoming, r.skipped[0], 'discard_row', members.length);
+      return undefined;
+    }
+    if (r.added.length && countFields(r.merged) > maxColumns) {
+      return `the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+    }
+    if (r.skipped.length) addViolation(incoming, r.skipped[0], 'discard_value', members.length);
+    for (const c of r.collapsed) incoming.changes.push({ model: 'incoming', column: c, kind: 'type_change', from: 'STRUCT', to: 'JSON' });
+    if (r.merged !== schema.merged && (r.added.length || r.collapsed.length)) schema.fields = countFields(r.merged);
+    schema.merged = r.merged;
+    return undefined;
   }
 
   private async jsonError(conn: DuckDBConnection, payload: string): Promise<string> {

@@ -1,6 +1,6 @@
 import type { ConfigIssue } from '../errors.js';
 import type { ConsumerIdentity } from '../connectors/registry.js';
-import type { NamedSource } from './project-loader.js';
+import type { NamedSource } from './project-types.js';
 
 /**
  * Sources of the project that would share a consumer on their broker (Kafka group, NATS durable

@@ -1,0 +1,51 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ConfigIssue } from '../errors.js';
+import { renderModel } from '../sql/template.js';
+import { DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_FILE_BYTES } from './project-schema.js';
+import type { ModelDef } from './project-types.js';
+import { readConfigText } from './yaml-file.js';
+
+/**
+ * The models of models/*.sql (one SELECT per file, named by the file), templated, in file-name
+ * order, with default settings: config/models.yml and the DAG fill in the rest. A missing or
+ * empty directory, an unreadable file or a name that is not an identifier is an issue.
+ */
+export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (file: string) => string): ModelDef[] {
+  const models: ModelDef[] = [];
+  if (!fs.existsSync(modelsDir)) {
+    issues.push({ file: show(modelsDir), message: 'missing: the models directory holds one SELECT per .sql file' });
+    return models;
+  }
+  if (!fs.statSync(modelsDir).isDirectory()) {
+    issues.push({ file: show(modelsDir), message: 'is a file, not the models directory (one SELECT per .sql file)' });
+    return models;
+  }
+  const files = fs.readdirSync(modelsDir).filter((f) => f.endsWith('.sql')).sort();
+  if (files.length === 0) issues.push({ file: show(modelsDir), message: 'no models: add a .sql file with a SELECT' });
+  for (const f of files) {
+    const file = path.join(modelsDir, f);
+    const name = f.slice(0, -4);
+    const sqlText = readConfigText(file, show(file), issues);
+    if (sqlText === undefined) continue;
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      issues.push({ file: show(file), message: `model name "${name}" must be a plain identifier (letters, digits, _)` });
+      continue;
+    }
+    const rendered = renderModel(sqlText, show(file), issues);
+    models.push({
+      name,
+      file: show(file),
+      sqlText,
+      rendered,
+      refs: rendered.refs.map((r) => r.name),
+      source: '',
+      sinks: [],
+      columns: [],
+      dataTests: [],
+      maxFileBytes: DEFAULT_MAX_FILE_BYTES,
+      maxAgeSeconds: DEFAULT_MAX_AGE_SECONDS,
+    });
+  }
+  return models;
+}

@@ -1,0 +1,84 @@
+import { z } from 'zod';
+import { columnTypeSchema, contractSchema } from './contract-config.js';
+import { columnTestSchema, modelTestSchema, referenceSchema } from './data-test-config.js';
+
+// The schemas of sluice.yml and config/models.yml, and the defaults of what they leave out.
+
+const columnDocSchema = z
+  .object({
+    name: z.string().min(1).describe('the column as the model outputs it'),
+    description: z.string().optional().describe('what the column holds (shown by `sluice docs`)'),
+    type: columnTypeSchema.optional(),
+    tests: z.array(columnTestSchema).optional().describe('data tests: not_null, unique, accepted_values, range, regex, relationships'),
+  })
+  .strict();
+
+export const projectSchema = z
+  .object({
+    name: z.string().min(1).optional(),
+    wal: z
+      .object({
+        path: z.string().min(1).optional(),
+        max_bytes: z.number().int().positive().optional().describe('while a sink fails, reading pauses once the WAL holds this many bytes (default 1 GiB)'),
+      })
+      .strict()
+      .optional(),
+    server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
+    infra_errors: z
+      .object({
+        max_backoff_ms: z.number().int().positive().optional().describe('while a disk is full or failing, the same batch is retried with backoff up to this wait (default 30000)'),
+        give_up_after_seconds: z.number().nonnegative().optional().describe('exit non-zero once an infrastructure failure has lasted this long, leaving everything unacked for the next start (default 0: wait until it is fixed)'),
+      })
+      .strict()
+      .optional(),
+    node: z
+      .object({
+        max_heap_mb: z.number().int().min(64).optional().describe("the Node.js heap limit of `sluice run` in MiB (default: Node's own, about 4 GiB); sluice runs itself as a child with it"),
+      })
+      .strict()
+      .optional(),
+    duckdb: z
+      .object({
+        threads: z.number().int().positive().optional().describe('DuckDB threads (default: one per core but one)'),
+        memory_limit: z.string().min(1).optional().describe("DuckDB memory limit, e.g. '2GB'"),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+const flushKeys = {
+  max_file_bytes: z.number().int().positive().optional().describe('flush a model once its WAL holds this many bytes'),
+  max_age_seconds: z.number().positive().optional().describe('flush a model once its oldest WAL row is this old'),
+};
+
+export const modelsSchema = z
+  .object({
+    ...flushKeys,
+    overrides: z
+      .record(
+        z.string(),
+        z
+          .object({
+            ...flushKeys,
+            sink: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional().describe('the sink (or sinks) of this model'),
+            sinks: z.array(z.string().min(1)).min(1).optional().describe('the sinks of this model; each gets every row'),
+            description: z.string().optional().describe('what the model produces (shown by `sluice docs`)'),
+            columns: z.array(columnDocSchema).optional().describe('documented columns: name and description'),
+            contract: contractSchema.optional().describe('what the model may output beyond its declared columns: new_columns and type_changes, each evolve | freeze | discard_row | discard_value'),
+            tests: z.array(modelTestSchema).optional().describe('model-level data tests: SQL expressions every row must satisfy'),
+          })
+          .strict(),
+      )
+      .optional(),
+    references: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier'), referenceSchema).optional().describe('reference tables for relationships tests, loaded into DuckDB at start'),
+  })
+  .strict();
+
+export const DEFAULT_MAX_FILE_BYTES = 128 * 1024 * 1024;
+export const DEFAULT_MAX_AGE_SECONDS = 300;
+export const DEFAULT_PORT = 9400;
+export const DEFAULT_WAL_MAX_BYTES = 1024 * 1024 * 1024;
+
+export type ProjectConfig = z.output<typeof projectSchema>;
+export type ModelsConfig = z.output<typeof modelsSchema>;

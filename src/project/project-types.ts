@@ -1,0 +1,99 @@
+import type { SinkSpec, SourceSpec } from '../connectors/registry.js';
+import type { SinkPolicy, SourcePolicy } from '../connectors/shared-config.js';
+import type { RenderedModel } from '../sql/template.js';
+import type { ModelContract } from './contract-config.js';
+import type { DataTest, ReferenceDef, UnitTest } from './data-test-config.js';
+
+// What loading a project yields (src/project/project-loader.ts) and what the layers above read.
+
+export interface ProjectOptions {
+  project?: string;
+  config?: string;
+  models?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Target (environment) whose overrides apply; default: sluice.yml's `target:`. */
+  target?: string;
+}
+
+export interface NamedSource {
+  name: string;
+  type: string;
+  spec: SourceSpec;
+  cfg: Record<string, unknown> & { batch_size: number; batch_timeout_ms: number; batch_max_bytes: number; dlq?: string };
+  /** limits / contract, enforced by the engine for every source type. */
+  policy: SourcePolicy;
+  file: string;
+  line?: number;
+}
+
+export interface NamedSink {
+  name: string;
+  type: string;
+  spec: SinkSpec;
+  cfg: Record<string, unknown>;
+  /** retry / on_error / circuit, shared by every sink type. */
+  policy: SinkPolicy;
+  file: string;
+  line?: number;
+  /** Line of a key inside this sink's block (`['partition_by', 1]`). */
+  lineOf?: (keyPath: (string | number)[]) => number | undefined;
+}
+
+export interface ModelDef {
+  name: string;
+  file: string;
+  sqlText: string;
+  rendered: RenderedModel;
+  refs: string[];
+  /** The source whose batches feed this model (directly or through refs). */
+  source: string;
+  sinks: string[];
+  maxFileBytes: number;
+  maxAgeSeconds: number;
+  /** From `config(description=...)` in the SQL or overrides.<model>.description. */
+  description?: string;
+  /** Documented columns (overrides.<model>.columns). */
+  columns: ColumnDoc[];
+  /** Data tests (overrides.<model>.columns[].tests and overrides.<model>.tests), normalised. */
+  dataTests: DataTest[];
+  /** Its schema contract (overrides.<model>.contract and typed columns); undefined when none. */
+  contract?: ModelContract;
+  /** Model-level tests as declared (shown by `sluice docs`). */
+  tests?: unknown[];
+}
+
+export interface ColumnDoc {
+  name: string;
+  description?: string;
+  /** Data tests as declared (shown by `sluice docs`). */
+  tests?: unknown[];
+  /** Where it is documented (config/models.yml). */
+  file?: string;
+  line?: number;
+}
+
+export interface Project {
+  dir: string;
+  name: string;
+  /** The target (environment) in force, when sluice.yml declares targets. */
+  target?: string;
+  configDir: string;
+  modelsDir: string;
+  walPath: string;
+  /** While a sink fails, reading pauses once the WAL holds this many bytes. */
+  walMaxBytes: number;
+  port: number;
+  duckdb: { threads?: number; memory_limit?: string };
+  /** node.max_heap_mb: the heap limit `sluice run` gives itself (see src/cli/heap.ts). */
+  nodeMaxHeapMb?: number;
+  /** How long an infrastructure failure (full disk, IO error) is waited out, and how often it is retried. */
+  infraErrors: { maxBackoffMs: number; giveUpAfterSeconds: number };
+  sources: NamedSource[];
+  sinks: NamedSink[];
+  /** In dependency order. */
+  models: ModelDef[];
+  /** Reference tables for `relationships` tests (config/models.yml references:). */
+  references: ReferenceDef[];
+  /** Unit test cases (tests/*.yml). */
+  unitTests: UnitTest[];
+}
