@@ -65,9 +65,13 @@ export class KafkaSink implements Sink {
   }
 
   private async connectProducer(): Promise<Producer> {
+    // A failed flush is retried by the SinkRunner (the sink's retry policy): kafkajs does not
+    // retry on its own inside it. An idempotent or transactional producer keeps the one retry
+    // kafkajs requires of it (a resend with the same sequence number, part of the protocol).
+    const retry = { retries: this.cfg.transactional || this.cfg.idempotent ? 1 : 0 };
     const p = this.cfg.transactional
-      ? this.kafka!.producer({ transactionalId: `sluice.${this.cfg.topic}.${this.ctx.workerId}`, maxInFlightRequests: 1, allowAutoTopicCreation: true })
-      : this.kafka!.producer({ idempotent: this.cfg.idempotent, ...(this.cfg.idempotent ? { maxInFlightRequests: 1 } : {}), allowAutoTopicCreation: true });
+      ? this.kafka!.producer({ transactionalId: `sluice.${this.cfg.topic}.${this.ctx.workerId}`, maxInFlightRequests: 1, allowAutoTopicCreation: true, retry })
+      : this.kafka!.producer({ idempotent: this.cfg.idempotent, ...(this.cfg.idempotent ? { maxInFlightRequests: 1 } : {}), allowAutoTopicCreation: true, retry });
     this.producer = p;
     try {
       await p.connect();
