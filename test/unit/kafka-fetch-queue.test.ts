@@ -66,15 +66,19 @@ describe('KafkaFetchQueue: order and limits', () => {
   it('stops before the message that would pass maxBytes, but always takes the first, however large', () => {
     const { queue } = setup();
     queue.add('a', 0, sized(0, [40, 40, 40, 300, 10]));
-    const lim = { maxMessages: 100, maxBytes: 100 };
+    const lim = { maxMessages: 100, maxBytes: 100, strict: false };
     const a = queue.take(lim);
     expect(offsetsOf(a)).toEqual(['a:0@0', 'a:0@1']);
     expect(a[0].bytes).toBe(80);
+    expect(queue.full).toBe(true);
     expect(offsetsOf(queue.take(lim))).toEqual(['a:0@2']); // 40 + 300 would pass 100
     const big = queue.take(lim);
     expect(offsetsOf(big)).toEqual(['a:0@3']);
     expect(big[0].bytes).toBe(300);
-    expect(offsetsOf(queue.take({ maxMessages: 100, maxBytes: 1 }))).toEqual(['a:0@4']);
+    expect(offsetsOf(queue.take({ maxMessages: 100, maxBytes: 1, strict: true }))).toEqual([]);
+    expect(queue.full).toBe(true);
+    expect(offsetsOf(queue.take({ maxMessages: 100, maxBytes: 1, strict: false }))).toEqual(['a:0@4']);
+    expect(queue.full).toBe(false);
   });
 
   it('counts messages and bytes across fetches of several partitions', () => {

@@ -234,12 +234,16 @@ export class KafkaFetchQueue<M extends FetchedMessage = FetchedMessage> {
     return fetch;
   }
 
+  /** True when the last take() left queued messages out for its limits. */
+  full = false;
+
   /**
    * Hands out queued messages in order, up to `limits` (the first message always, however
-   * large). Nothing while a rebalance is under way.
+   * large, unless `limits.strict`). Nothing while a rebalance is under way.
    */
   take(limits: PollLimits): Slice<M>[] {
     const out: Slice<M>[] = [];
+    this.full = false;
     if (this.rebalancingNow || this.closed) return out;
     let count = 0;
     let bytes = 0;
@@ -253,7 +257,7 @@ export class KafkaFetchQueue<M extends FetchedMessage = FetchedMessage> {
       while (n < avail && count + n < limits.maxMessages) {
         const m = f.messages[f.next + n];
         const len = m.value?.length ?? 0;
-        if (count + n > 0 && bytes + len > limits.maxBytes) {
+        if ((count + n > 0 || limits.strict) && bytes + len > limits.maxBytes) {
           full = true;
           break;
         }
@@ -274,6 +278,7 @@ export class KafkaFetchQueue<M extends FetchedMessage = FetchedMessage> {
       if (f.next === f.messages.length) this.fifo.shift();
     }
     if (out.length > 0) this.checkPressure();
+    this.full = full || (count >= limits.maxMessages && this.fifo.length > 0);
     return out;
   }
 

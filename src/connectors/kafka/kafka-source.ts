@@ -400,7 +400,8 @@ export class KafkaSource implements Source {
     this.queue.ready();
     for (;;) {
       const slices = this.queue.take(limits);
-      if (slices.length > 0) return this.toChunk(slices);
+      if (slices.length > 0) return { ...this.toChunk(slices), full: this.queue.full };
+      if (this.queue.full) return { messages: [], position: this.queue.position(), full: true };
       if (signal.aborted || this.closing) return { messages: [], position: this.queue.position() };
       await this.queue.available(signal);
     }
