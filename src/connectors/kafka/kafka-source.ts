@@ -365,6 +365,11 @@ export class KafkaSource implements Source {
       if (fetch.settled) break;
       if (this.queue.rebalancing) {
         rebalancingSince ||= Date.now();
+        // Fetched after the rebalance began: the engine holds none of it, the new owner reads it.
+        if (fetch.inFlight === 0) {
+          this.queue.release(fetch);
+          break;
+        }
         if (Date.now() - rebalancingSince > this.revokeTimeout) {
           this.log.warn({ partition: fetch.tp, revoke_timeout_ms: this.revokeTimeout }, 'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)');
           this.queue.release(fetch);
