@@ -1,8 +1,7 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { z } from 'zod';
 import { SluiceError } from '../errors.js';
-import { MSG_COL } from '../sql/analyze.js';
-import { fileList, ident, lit } from '../sql/quote.js';
+import { ident, lit } from '../sql/quote.js';
 import type { SinkWrite } from './types.js';
 
 /**
@@ -42,17 +41,6 @@ function columnExpr(name: string, type: string): string {
     default:
       return c;
   }
-}
-
-/** The rows of a flush with the model's columns (without the engine's own), as a FROM item. */
-export function flushRowsSql(w: Pick<SinkWrite, 'segments'>): string {
-  return `(SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true))`;
-}
-
-/** The model's columns and their DuckDB types in this flush. */
-export async function flushColumns(w: Pick<SinkWrite, 'segments'>, db: DuckDBConnection): Promise<{ name: string; type: string }[]> {
-  const r = await db.runAndReadAll(`DESCRIBE SELECT * FROM ${flushRowsSql(w)}`);
-  return r.getRows().map((row) => ({ name: String(row[0]), type: String(row[1]) }));
 }
 
 /**
@@ -112,21 +100,20 @@ function parseTemplate(template: string): { text: string; column?: string }[] {
 }
 
 /**
- * Streams a flush's rows in the order they were staged (files in order, rows in file order,
- * so a replayed flush numbers its rows the same way), in chunks as DuckDB produces them. Each
- * row is `[json, ...extras]`: `extras` are SQL expressions over the rows (alias `t`), such as
- * templateSql(). `json` is the row as one JSON object (see the encoding above).
+ * Streams a flush's rows in the order they were staged (a plain scan of its relation, so a
+ * replayed flush numbers its rows the same way), in chunks as DuckDB produces them. Each row
+ * is `[json, ...extras]`: `extras` are SQL expressions over the rows (alias `t`), such as
+ * templateSql(). `json` is the row as one JSON object of the model's columns (see the
+ * encoding above).
  */
 export async function* jsonRowChunks(
-  w: Pick<SinkWrite, 'segments'>,
+  w: Pick<SinkWrite, 'relation' | 'columns'>,
   db: DuckDBConnection,
   extras: string[] = [],
 ): AsyncGenerator<(string | null)[][]> {
-  if (w.segments.length === 0) return;
-  const cols = await flushColumns(w, db);
-  const struct = `{${cols.map((c) => `${lit(c.name)}: ${columnExpr(c.name, c.type)}`).join(', ')}}`;
+  const struct = `{${w.columns.map((c) => `${lit(c.name)}: ${columnExpr(c.name, c.type)}`).join(', ')}}`;
   const extraSql = extras.map((e, i) => `, ${e} AS x${i}`).join('');
-  const sql = `SELECT to_json(${struct})::VARCHAR AS v${extraSql} FROM ${flushRowsSql(w)} t`;
+  const sql = `SELECT to_json(${struct})::VARCHAR AS v${extraSql} FROM ${w.relation} t`;
   const result = await db.stream(sql);
   for await (const rows of result.yieldRows()) {
     yield rows.map((r) => r.map((v) => (v === null ? null : String(v))));
@@ -135,7 +122,7 @@ export async function* jsonRowChunks(
 
 /**
  * The message id of row `row` of a flush: `<prefix>/<model>/<flush name>/<row>`. The same on a
- * replay of the flush (same segments, same name, same order), different for every other row
+ * replay of the flush (same rows, same name, same order), different for every other row
  * sluice wrote from the same WAL, so a receiver can drop a replay's copies by it.
  */
 export function rowId(prefix: string, w: Pick<SinkWrite, 'model' | 'name'>, row: number): string {
@@ -164,7 +151,7 @@ export function nullTemplateError(sink: string, w: Pick<SinkWrite, 'model' | 'na
  * The next batch is read from DuckDB while the caller sends the current one.
  */
 export function jsonRowBatches(
-  w: Pick<SinkWrite, 'segments'>,
+  w: Pick<SinkWrite, 'relation' | 'columns'>,
   db: DuckDBConnection,
   extras: string[],
   size: number,
@@ -190,7 +177,7 @@ async function* readAhead<T>(gen: AsyncGenerator<T>): AsyncGenerator<T> {
 }
 
 async function* regroup(
-  w: Pick<SinkWrite, 'segments'>,
+  w: Pick<SinkWrite, 'relation' | 'columns'>,
   db: DuckDBConnection,
   extras: string[],
   size: number,

@@ -162,19 +162,36 @@ export interface ColumnInfo {
   type: string;
 }
 
-/** One flush of one model: the staged WAL segments to deliver as one unit. */
+/**
+ * One flush of one model: its rows, prepared by the engine as one relation in the DuckDB
+ * connection the sink's `write` is given. The sink reads the rows from there and knows nothing
+ * of where the engine keeps them.
+ */
 export interface SinkWrite {
   model: string;
-  /**
-   * Parquet files of the model's WAL, in order; all rows of this flush. Besides the model's
-   * columns they hold MSG_COL (the message's index in its batch); `seqs[i]` is the batch
-   * sequence number of `segments[i]`, so (seq, index) identifies the message.
-   */
-  segments: string[];
-  seqs: number[];
   /** Deterministic name derived from the source positions the rows came from. */
   name: string;
   rows: number;
+  /**
+   * The rows, as a relation to SELECT from (a name, ready to follow FROM), valid only until
+   * `write` returns. It has the model's `columns` and the engine's columns named in `order`.
+   * A plain scan (no join, window or ORDER BY) yields the rows in the order they were staged,
+   * the same order on every replay of the flush.
+   */
+  relation: string;
+  /**
+   * The model's columns in this flush, in the model's order, with their DuckDB types: the
+   * union of the columns of every batch the flush holds (NULL in rows of batches without one).
+   * The engine's columns are not among them.
+   */
+  columns: ColumnInfo[];
+  /**
+   * The names of the engine's columns of `relation` (BIGINT, never NULL), the same values on a
+   * replay of the flush: `row` numbers the rows in the order they were staged (increasing,
+   * not contiguous); `message` identifies the source message a row came from (the rows of one
+   * message share it), increasing in the order messages were read.
+   */
+  order: { row: string; message: string };
 }
 
 export interface Sink {
@@ -187,9 +204,10 @@ export interface Sink {
   /** Prepares the sink (creates directories, connects); removes leftovers of crashed writes. */
   connect(): Promise<void>;
   /**
-   * Writes a flush durably and atomically: readers see all of it or none of it. Idempotent by
-   * `write.name` when `idempotent`: writing the same name again replaces rather than
-   * duplicates. Throws SluiceError('SINK') on failure; the caller keeps the WAL and retries
+   * Writes a flush, whose rows it reads from `write.relation` on `db` (the connection the
+   * engine prepared them on), durably and atomically: readers see all of it or none of it.
+   * Idempotent by `write.name` when `idempotent`: writing the same name again replaces rather
+   * than duplicates. Throws SluiceError('SINK') on failure; the caller keeps the WAL and retries
    * under the sink's policy (retry / circuit / on_error), or, when the error is marked
    * `permanent` (the rows can never be written as they are), applies on_error at once.
    */

@@ -4,12 +4,12 @@ import { SluiceError, errorMessage } from '../errors.js';
 import type { DeadLetter, DeadLetterQueue, SinkWrite } from '../connectors/types.js';
 import type { ModelDef } from '../project/project-loader.js';
 import type { Metrics } from '../ops/metrics.js';
-import { fileList } from '../sql/quote.js';
-import { MSG_COL } from '../sql/analyze.js';
+import { ident } from '../sql/quote.js';
 import type { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
 import { asCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { BatchTests, TestSink } from './data-tests.js';
+import { prepareFlush, type PreparedFlush } from './flush-relation.js';
 import { infraKind } from './infra-errors.js';
 import type { SinkRunner } from './sink-runner.js';
 
@@ -119,6 +119,7 @@ export class Flusher {
     if (!flush) return true;
     const timer = this.ctx.metrics.flushDuration.startTimer({ model: m.name });
     const files = flush.segments.map((s) => s.file);
+    let prepared: PreparedFlush | undefined;
     let write: SinkWrite | undefined;
     let complete = true;
     let failed = false;
@@ -132,8 +133,8 @@ export class Flusher {
           continue;
         }
         if (!write) {
-          const r = await conn.runAndReadAll(`SELECT count(*) FROM read_parquet(${fileList(files)})`);
-          write = { model: m.name, segments: files, seqs: flush.segments.map((x) => x.seq), name: flush.name, rows: Number(r.getRows()[0][0]) };
+          prepared = await prepareFlush(conn, { model: m.name, name: flush.name, files });
+          write = prepared.write;
           await this.ctx.tests?.checkFlush(m.name, files, conn, this.ctx.testSink);
         }
         const res = await runner.write(write, conn);
@@ -174,6 +175,9 @@ export class Flusher {
       this.failures.set(m.name, { error: errorMessage(err) });
       this.ctx.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
       this.ctx.log.error({ model: m.name, err }, 'flush failed; the WAL is kept and the flush retried');
+    } finally {
+      // A view left behind (the connection failed) is harmless: it is the connection's own and tiny.
+      await prepared?.release().catch(() => {});
     }
     const ms = Math.round(timer() * 1000);
     if (fatal) throw fatal;
@@ -212,7 +216,7 @@ export class Flusher {
       if (!dlq) throw new SluiceError('CONFIG', `sink ${sink} has on_error: dlq but the source has no dlq configured`);
       const error = `sink ${sink}: ${errorMessage(err)}`;
       const time = new Date().toISOString();
-      const result = await conn.stream(`SELECT to_json(t)::VARCHAR FROM (SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)) t`);
+      const result = await conn.stream(`SELECT to_json(t)::VARCHAR FROM (SELECT ${w.columns.map((c) => ident(c.name)).join(', ')} FROM ${w.relation}) t`);
       let row = 0;
       let chunk: DeadLetter[] = [];
       for await (const rows of result.yieldRows()) {

@@ -8,6 +8,7 @@ import { scaffold } from '../../src/cli/init.js';
 import { loadProject } from '../../src/project/project-loader.js';
 import { jsonRowBatches, jsonRowChunks, templateColumns, templateProblem, templateSql } from '../../src/connectors/row-json.js';
 import { retryAfterMs } from '../../src/connectors/http/http-sink.js';
+import { prepareFlush } from '../../src/engine/flush-relation.js';
 
 // The row->JSON encoding the service sinks share, routing templates, Retry-After parsing and
 // the sinks' config errors (file, line, key).
@@ -35,7 +36,9 @@ describe('rows as JSON', () => {
       NULL::INTEGER AS nl, [1, 2] AS l, {'a': 1, 'b': 'x'} AS st, true AS bo
       UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL) TO '${file}'`);
     const rows: (string | null)[][] = [];
-    for await (const chunk of jsonRowChunks({ segments: [file] }, conn())) rows.push(...chunk);
+    const flush = await prepareFlush(conn(), { model: 'm', name: 'f', files: [file] });
+    for await (const chunk of jsonRowChunks(flush.write, conn())) rows.push(...chunk);
+    await flush.release();
     await conn().run(`RESET TimeZone`);
     expect(rows[0][0]).toBe(
       '{"b":9007199254740993,"ub":18446744073709551615,"d":12345678901234567.891,"ts":"2024-01-02T03:04:05.123456","tz":"2024-01-02T01:04:05.000000Z",' +
@@ -53,9 +56,11 @@ describe('rows as JSON', () => {
         FROM range(1000)) TO '${segs[i]}'`);
     }
     const batches: { first: number; ids: number[]; keys: (string | null)[] }[] = [];
-    for await (const b of jsonRowBatches({ segments: segs }, conn(), [templateSql('o:{region}:{id}')], 700)) {
+    const flush = await prepareFlush(conn(), { model: 'm', name: 'f', files: segs });
+    for await (const b of jsonRowBatches(flush.write, conn(), [templateSql('o:{region}:{id}')], 700)) {
       batches.push({ first: b.first, ids: b.rows.map((r) => (JSON.parse(r[0]!) as { id: number }).id), keys: b.rows.map((r) => r[1]) });
     }
+    await flush.release();
     expect(batches.map((b) => [b.first, b.ids.length])).toEqual([
       [0, 700],
       [700, 700],

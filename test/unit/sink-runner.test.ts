@@ -22,7 +22,7 @@ function runner(policy: unknown, failWith: Error[]) {
   const metrics = new Metrics();
   return { r: new SinkRunner('s', sink, sinkPolicySchema.parse(policy), metrics, silentLogger()), metrics };
 }
-const w = (model = 'm'): SinkWrite => ({ model, segments: [], seqs: [], name: 'part-1-1', rows: 3 });
+const w = (model = 'm'): SinkWrite => ({ model, name: 'part-1-1', rows: 3, relation: 'unused', columns: [], order: { row: 'r', message: 'm' } });
 const transient = () => new SluiceError('SINK', 'timeout', { retryable: true });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

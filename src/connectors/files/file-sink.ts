@@ -3,7 +3,6 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../../errors.js';
-import { MSG_COL } from '../../sql/analyze.js';
 import { fileList, ident, lit } from '../../sql/quote.js';
 import { crashPoint } from '../../util/crash-point.js';
 import type { ColumnInfo, ConnectorContext, Sink, SinkWrite } from '../types.js';
@@ -98,7 +97,8 @@ export class FileSink implements Sink {
   }
 
   private async writeInner(w: SinkWrite, db: DuckDBConnection): Promise<void> {
-    let rows = `SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)`;
+    const cols = w.columns;
+    let rows = `SELECT ${cols.map((c) => ident(c.name)).join(', ')} FROM ${w.relation}`;
     // With dedupe_key the kept rows depend on key files other workers may add meanwhile:
     // computed once, so the files and the remembered keys agree.
     const table = this.cfg.dedupe_key ? `__sluice_flush_${randomUUID().replaceAll('-', '')}` : undefined;
@@ -107,7 +107,6 @@ export class FileSink implements Sink {
       rows = `SELECT * FROM ${table}`;
     }
     try {
-      const cols = await describe(db, rows);
       const keys = this.dirKeys(cols, w);
       const select = this.project(rows, cols, keys);
       if (keys.length === 0) {
@@ -203,13 +202,11 @@ export class FileSink implements Sink {
    * from another message. Rows with a NULL key are always kept.
    */
   private async dedupeSelect(w: SinkWrite, key: string): Promise<string> {
-    const parts = w.segments.map((f, i) => `SELECT *, ${w.seqs[i]}::BIGINT AS __sluice_seq FROM read_parquet(${lit(f)})`);
-    const all = parts.join(' UNION ALL BY NAME ');
     const seen = await this.seenKeyFiles(w.model, w.name);
     const k = ident(key);
     const notSeen = seen.length ? `WHERE ${k} IS NULL OR ${k} NOT IN (SELECT ${k} FROM read_parquet(${fileList(seen)}) WHERE ${k} IS NOT NULL)` : '';
-    return `SELECT * EXCLUDE (${MSG_COL}, __sluice_seq) FROM (${all}) ${notSeen}
-      QUALIFY ${k} IS NULL OR dense_rank() OVER (PARTITION BY ${k} ORDER BY __sluice_seq, ${MSG_COL}) = 1`;
+    return `SELECT ${w.columns.map((c) => ident(c.name)).join(', ')} FROM ${w.relation} ${notSeen}
+      QUALIFY ${k} IS NULL OR dense_rank() OVER (PARTITION BY ${k} ORDER BY ${ident(w.order.message)}) = 1`;
   }
 
   /** Key files of earlier flushes within the window (not this flush's own, when replayed). */
@@ -241,11 +238,6 @@ export class FileSink implements Sink {
   async close(): Promise<void> {
     await this.storage.close();
   }
-}
-
-async function describe(db: DuckDBConnection, select: string): Promise<ColumnInfo[]> {
-  const r = await db.runAndReadAll(`DESCRIBE (${select})`);
-  return r.getRows().map((row) => ({ name: String(row[0]), type: String(row[1]) }));
 }
 
 function isNested(type: string): boolean {

@@ -4,7 +4,7 @@ import { SluiceError } from '../../errors.js';
 import { ident, lit } from '../../sql/quote.js';
 import { crashPoint } from '../../util/crash-point.js';
 import type { ColumnInfo, ConnectorContext, SinkWrite } from '../types.js';
-import { flushColumns, flushFingerprint, flushSelect, isNested, keyStats, pipeCsv } from '../sql-table/table-sql.js';
+import { flushFingerprint, flushSelect, isNested, keyStats, pipeCsv } from '../sql-table/table-sql.js';
 import { ensureTable } from '../sql-table/table-store.js';
 import { TableSink, type TableConnection } from '../sql-table/table-sink.js';
 import { endpoint } from '../sql-table/connection.js';
@@ -61,8 +61,8 @@ export class MysqlSink extends TableSink<Connection> {
     const [got] = await db.query('SELECT GET_LOCK(?, 60) AS l', [lock]);
     if (Number((got as { l: unknown }[])[0].l) !== 1) throw new Error(`timed out waiting for the lock ${lock} (another writer of the table)`);
     try {
-      const cols = await flushColumns(duck, w.segments);
-      const fingerprint = await flushFingerprint(duck, w, cols);
+      const cols = w.columns;
+      const fingerprint = await flushFingerprint(duck, w);
       const [done] = await db.query(`SELECT fingerprint FROM ${store.state.sql} WHERE target = ? AND model = ? AND name = ?`, [table.display, w.model, w.name]);
       const prior = (done as { fingerprint: string }[])[0];
       if (prior?.fingerprint === fingerprint) {

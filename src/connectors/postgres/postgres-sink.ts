@@ -6,7 +6,7 @@ import { SluiceError } from '../../errors.js';
 import { ident } from '../../sql/quote.js';
 import { crashPoint } from '../../util/crash-point.js';
 import type { ColumnInfo, ConnectorContext, SinkWrite } from '../types.js';
-import { SCD2_COLUMNS, flushColumns, flushFingerprint, flushSelect, isNested, keyStats, pipeCsv } from '../sql-table/table-sql.js';
+import { SCD2_COLUMNS, flushFingerprint, flushSelect, isNested, keyStats, pipeCsv } from '../sql-table/table-sql.js';
 import { ensureTable } from '../sql-table/table-store.js';
 import { TableSink, type TableConnection } from '../sql-table/table-sink.js';
 import { endpoint } from '../sql-table/connection.js';
@@ -61,8 +61,8 @@ export class PostgresSink extends TableSink<Client> {
     try {
       // Writers of one table take turns: merges of the same keys never deadlock.
       await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`sluice:${table.sql}`]);
-      const cols = await flushColumns(db, w.segments);
-      const fingerprint = await flushFingerprint(db, w, cols);
+      const cols = w.columns;
+      const fingerprint = await flushFingerprint(db, w);
       const done = await client.query<{ fingerprint: string }>(`SELECT fingerprint FROM ${store.state.sql} WHERE target = $1 AND model = $2 AND name = $3`, [table.display, w.model, w.name]);
       if (done.rows[0]?.fingerprint === fingerprint) {
         await client.query('ROLLBACK');

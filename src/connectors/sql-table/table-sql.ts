@@ -6,8 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { MSG_COL } from '../../sql/analyze.js';
-import { fileList, ident, lit } from '../../sql/quote.js';
+import { ident, lit } from '../../sql/quote.js';
 import type { ColumnInfo, SinkWrite } from '../types.js';
 import { sleep } from '../../util/retry.js';
 
@@ -92,19 +91,10 @@ export function diffTable(
   return out;
 }
 
-/** Columns of a flush's rows (the model's columns, without sluice's message index). */
-export async function flushColumns(db: DuckDBConnection, files: string[]): Promise<ColumnInfo[]> {
-  const r = await db.runAndReadAll(`DESCRIBE SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(files)}, union_by_name = true)`);
-  return r.getRowObjectsJson().map((row) => ({ name: String(row.column_name), type: String(row.column_type) }));
-}
-
 /** Lists, structs, maps and unions: sent as JSON text. */
 export function isNested(duckType: string): boolean {
   return /\]$/.test(duckType) || /^(STRUCT|MAP|UNION)\(/.test(duckType);
 }
-
-/** Keeps the order rows arrived in: segment position, then row within the segment. */
-const ORD = (files: string[]) => `((list_position(${fileList(files)}, __sluice_file)::BIGINT << 40) + file_row_number)`;
 
 /**
  * The SELECT giving a flush's rows for a database: `exprs` per column (as `exportExpr` makes
@@ -112,20 +102,20 @@ const ORD = (files: string[]) => `((list_position(${fileList(files)}, __sluice_f
  * messages win). With `ord`, an `_sluice_ord` column numbering the rows in arrival order.
  */
 export function flushSelect(w: SinkWrite, exprs: string[], opts: { lastPerKey?: string[]; ord?: boolean } = {}): string {
-  const src = `read_parquet(${fileList(w.segments)}, union_by_name = true, filename = '__sluice_file', file_row_number = true)`;
-  const cols = [...exprs, ...(opts.ord ? [`${ORD(w.segments)} AS _sluice_ord`] : [])].join(', ');
-  if (!opts.lastPerKey?.length) return `SELECT ${cols} FROM ${src}`;
+  const ord = ident(w.order.row);
+  const cols = [...exprs, ...(opts.ord ? [`${ord} AS _sluice_ord`] : [])].join(', ');
+  if (!opts.lastPerKey?.length) return `SELECT ${cols} FROM ${w.relation}`;
   const part = opts.lastPerKey.map(ident).join(', ');
-  return `SELECT ${cols} FROM ${src} QUALIFY row_number() OVER (PARTITION BY ${part} ORDER BY ${ORD(w.segments)} DESC) = 1`;
+  return `SELECT ${cols} FROM ${w.relation} QUALIFY row_number() OVER (PARTITION BY ${part} ORDER BY ${ord} DESC) = 1`;
 }
 
 /**
- * What a flush holds, exactly enough to tell a replay (the same WAL segments again) from other
- * rows under the same name (a new WAL over the same source positions): the row count and the
- * sum of the rows' hashes.
+ * What a flush holds, exactly enough to tell a replay (the same rows again) from other rows
+ * under the same name (a new WAL over the same source positions): the row count and the sum
+ * of the hashes of the rows' model columns.
  */
-export async function flushFingerprint(db: DuckDBConnection, w: SinkWrite, cols: ColumnInfo[]): Promise<string> {
-  const r = await db.runAndReadAll(`SELECT count(*), sum(hash(${cols.map((c) => ident(c.name)).join(', ')})::HUGEINT) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)`);
+export async function flushFingerprint(db: DuckDBConnection, w: SinkWrite): Promise<string> {
+  const r = await db.runAndReadAll(`SELECT count(*), sum(hash(${w.columns.map((c) => ident(c.name)).join(', ')})::HUGEINT) FROM ${w.relation}`);
   const [n, sum] = r.getRows()[0];
   return `${String(n)}:${String(sum ?? 0)}`;
 }
@@ -134,7 +124,7 @@ export async function flushFingerprint(db: DuckDBConnection, w: SinkWrite, cols:
 export async function keyStats(db: DuckDBConnection, w: SinkWrite, key: string[]): Promise<{ nullKeys: number; duplicates: boolean }> {
   const isNull = key.map((k) => `${ident(k)} IS NULL`).join(' OR ');
   const tuple = `{${key.map((k, i) => `'k${i}': ${ident(k)}`).join(', ')}}`;
-  const r = await db.runAndReadAll(`SELECT count(*) FILTER (WHERE ${isNull}), count(*) > count(DISTINCT ${tuple}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)`);
+  const r = await db.runAndReadAll(`SELECT count(*) FILTER (WHERE ${isNull}), count(*) > count(DISTINCT ${tuple}) FROM ${w.relation}`);
   const [nulls, dup] = r.getRows()[0];
   return { nullKeys: Number(nulls), duplicates: Boolean(dup) };
 }
