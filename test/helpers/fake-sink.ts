@@ -59,7 +59,7 @@ export class FakeSink implements Sink {
       this.attempts.push({ model: w.model, name: w.name, rows: w.rows, at, ok: false });
       throw failure;
     }
-    const r = await db.runAndReadAll(`SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(w.segments)}, union_by_name = true)`);
+    const r = await db.runAndReadAll(rowsQuery(w));
     const rows = r.getRowObjectsJson() as Row[];
     this.attempts.push({ model: w.model, name: w.name, rows: rows.length, at, ok: true });
     this.flushes.set(`${w.model}/${w.name}`, { model: w.model, rows });
@@ -83,4 +83,14 @@ export class FakeSink implements Sink {
   get failures(): number {
     return this.attempts.filter((a) => !a.ok).length;
   }
+}
+
+/**
+ * The query of a flush's rows, the model's columns only. A SinkWrite names its WAL segments, or
+ * (once sinks read from a relation the engine prepares) a relation with the engine's order columns.
+ */
+function rowsQuery(w: SinkWrite): string {
+  const v = w as SinkWrite & { relation?: string; order?: { row: string; message: string }; segments?: string[] };
+  if (v.relation && v.order) return `SELECT * EXCLUDE (${v.order.row}, ${v.order.message}) FROM ${v.relation}`;
+  return `SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(v.segments ?? [])}, union_by_name = true)`;
 }
