@@ -128,7 +128,7 @@ export function runInProcess(opts: RunInProcessOptions): RunningPipeline {
       if (!family) throw new Error(`no metric named ${name}`);
       const { values } = await family.get();
       return values
-        .filter((v) => (v.metricName ?? name) === name && Object.entries(labels).every(([k, x]) => String((v.labels as Record<string, unknown>)[k]) === x))
+        .filter((v) => ((v as { metricName?: string }).metricName ?? name) === name && Object.entries(labels).every(([k, x]) => String((v.labels as Record<string, unknown>)[k]) === x))
         .reduce((n, v) => n + v.value, 0);
     },
     event(msg, { where, timeoutMs } = {}) {

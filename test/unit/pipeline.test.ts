@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SourceChunk } from '../../src/connectors/types.js';
 import { fileList } from '../../src/sql/quote.js';
 import { ManualClock } from '../helpers/clock.js';
+import { projectDeadLetters } from '../helpers/dlq.js';
 import { FakeSink } from '../helpers/fake-sink.js';
 import { FakeSource } from '../helpers/fake-source.js';
 import { msg, row, runInProcess, sourceYaml, testProject, type RunningPipeline } from '../helpers/pipeline.js';
@@ -170,7 +171,7 @@ describe('pipeline: delivery', () => {
     expect(summary).toMatchObject({ messages: 4, deadLettered: 2, rows: { events: 2 } });
     expect(sink.rows('events')).toEqual([{ id: '1', code: 10 }, { id: '4', code: 40 }]);
     expect(source.ackedPayloads).toHaveLength(4);
-    const dead = fs.readFileSync(path.join(dir, '.sluice/dlq/dead-letters.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const dead = projectDeadLetters(dir);
     expect(dead.map((d) => [d.stage, d.source, d.model ?? null, d.payload])).toEqual([
       ['decode', { ordinal: 2 }, null, '{"id": 2, "code": '],
       ['transform', { ordinal: 3 }, 'events', coded(3, 'x3')],
