@@ -52,23 +52,18 @@ export const row = (n: number): { id: string; v: string } => ({ id: String(n), v
 
 const dirs: string[] = [];
 const running = new Set<RunningPipeline>();
-let registered = false;
 
-/** Stops runs a failed test left running, and removes the file's project dirs at its end. */
-function registerCleanup(): void {
-  if (registered) return;
-  registered = true;
-  afterEach(async () => {
-    for (const r of [...running]) await r.stop().catch(() => {});
-  });
-  afterAll(() => {
-    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-  });
-}
+// Registered in the importing test file: runs a failed test left running are stopped after it,
+// and the file's project dirs removed at its end.
+afterEach(async () => {
+  for (const r of [...running]) await r.stop().catch(() => {});
+});
+afterAll(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
 
 /** Writes a project (DEFAULT_FILES overridden by `files`) into a new temp dir and loads it. */
 export function testProject(files: Record<string, string> = {}): { dir: string; project: Project } {
-  registerCleanup();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-inproc-'));
   dirs.push(dir);
   writeFiles(dir, { ...DEFAULT_FILES, ...files });
@@ -101,7 +96,6 @@ export interface RunningPipeline {
 
 /** Starts a Pipeline with the test's source, sinks and clock on `project`. */
 export function runInProcess(opts: RunInProcessOptions): RunningPipeline {
-  registerCleanup();
   const events: LogEvent[] = [];
   const stopper = new AbortController();
   const pipeline = new Pipeline({
