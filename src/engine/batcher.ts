@@ -1,4 +1,8 @@
 import type { PayloadBlock, PollLimits, Source, SourceChunk } from '../connectors/types.js';
+import { systemClock, type Clock } from '../util/clock.js';
+
+/** Time as the batcher sees it (tests inject their own): defined in util/clock.ts, shared by the engine. */
+export { systemClock, type Clock };
 
 /** A batch as the engine runs it: one or more chunks of one source, joined. */
 export interface SourceBatch {
@@ -29,21 +33,6 @@ export interface BatchingConfig {
 export function batchingOf(cfg: { batch_size: number; batch_max_bytes: number; batch_timeout_ms: number }): BatchingConfig {
   return { maxMessages: cfg.batch_size, maxBytes: cfg.batch_max_bytes, timeoutMs: cfg.batch_timeout_ms };
 }
-
-/** Time as the batcher sees it; tests inject their own. */
-export interface Clock {
-  now(): number;
-  /** Calls `fn` after `ms`; the returned function cancels it. */
-  after(ms: number, fn: () => void): () => void;
-}
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  after(ms, fn) {
-    const t = setTimeout(fn, Math.max(0, ms));
-    return () => clearTimeout(t);
-  },
-};
 
 /**
  * Forms batches from what a source hands over, by count, bytes and time, sized by the backlog:

@@ -12,6 +12,7 @@ import type { BatchTests, TestSink } from './data-tests.js';
 import { prepareFlush, type PreparedFlush } from './flush-relation.js';
 import { infraKind } from './infra-errors.js';
 import type { SinkRunner } from './sink-runner.js';
+import type { Clock } from '../util/clock.js';
 
 /** What the flusher works with: the pipeline's WAL, sinks, models and counters. */
 export interface FlushContext {
@@ -30,6 +31,8 @@ export interface FlushContext {
   conn: DuckDBConnection;
   loadConn: DuckDBConnection;
   updateGauges: () => void;
+  /** Times flush age and retries (the pipeline's clock). */
+  clock: Clock;
 }
 
 /**
@@ -52,7 +55,7 @@ export class Flusher {
       if (this.ctx.wal.pending(m.name).length === 0) continue;
       for (const s of m.sinks) t = Math.min(t, this.ctx.sinks.get(s)!.nextTry(m.name));
     }
-    return t === Infinity ? Date.now() + 1000 : t;
+    return t === Infinity ? this.ctx.clock.now() + 1000 : t;
   }
 
   /** True when some sink of the model may be written now (not in backoff, circuit not open). */
@@ -62,7 +65,7 @@ export class Flusher {
 
   /** Flushes models whose size or age threshold is reached (or whose flush is being retried). */
   async flushDue(): Promise<void> {
-    const now = Date.now();
+    const now = this.ctx.clock.now();
     for (const m of this.ctx.models) {
       const segs = this.ctx.wal.pending(m.name);
       if (segs.length === 0) continue;
@@ -82,7 +85,7 @@ export class Flusher {
    */
   async flushAll(conns: DuckDBConnection[] = [this.ctx.conn, this.ctx.loadConn]): Promise<boolean> {
     let ok = true;
-    const now = Date.now();
+    const now = this.ctx.clock.now();
     const todo: ModelDef[] = [];
     for (const m of this.ctx.models) {
       if (this.ctx.wal.pending(m.name).length === 0) continue;

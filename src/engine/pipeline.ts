@@ -4,7 +4,7 @@ import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../errors.js';
-import type { ConnectorContext, DeadLetter, DeadLetterQueue, Source } from '../connectors/types.js';
+import type { ConnectorContext, DeadLetter, DeadLetterQueue, Sink, Source } from '../connectors/types.js';
 import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
 import { Metrics } from '../ops/metrics.js';
@@ -22,7 +22,7 @@ import { openDuckDB } from './duckdb.js';
 import { Flusher } from './flusher.js';
 import { sleepUntil } from './sleep.js';
 import { StallGuard } from './stall.js';
-import { Batcher, batchingOf, type SourceBatch } from './batcher.js';
+import { Batcher, batchingOf, systemClock, type Clock, type SourceBatch } from './batcher.js';
 
 export interface RunOptions {
   project: Project;
@@ -32,6 +32,13 @@ export interface RunOptions {
   dryRun?: boolean;
   /** Replaces the configured source (dlq replay). */
   sourceOverride?: { source: Source; name: string };
+  /**
+   * Sinks to use instead of creating the configured ones, by sink name (in-process tests); each
+   * keeps its configured policy (retry, circuit, on_error) and is connected and closed by the run.
+   */
+  sinkOverrides?: ReadonlyMap<string, Sink>;
+  /** Times batching, flush age, sink backoff and circuits, and flush retries (default: the system's). */
+  clock?: Clock;
   /** Where the WAL lives (defaults to the project's wal.path). */
   walDir?: string;
   signal: AbortSignal;
@@ -124,8 +131,10 @@ export class Pipeline {
   private readonly stallGuard: StallGuard;
   /** The read (and decode) of the next batch, in flight while the current one is handled. */
   private reading: Promise<unknown> = Promise.resolve();
+  private readonly clock: Clock;
 
   constructor(private readonly opts: RunOptions) {
+    this.clock = opts.clock ?? systemClock;
     const { maxBackoffMs, giveUpAfterSeconds } = opts.project.infraErrors ?? { maxBackoffMs: 30_000, giveUpAfterSeconds: 0 };
     this.stallGuard = new StallGuard({ signal: opts.signal, maxBackoffMs, giveUpAfterSeconds, metrics: this.metrics, log: opts.log, updateGauges: () => this.updateGauges() });
   }
@@ -180,29 +189,29 @@ export class Pipeline {
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
     this.source = source;
-    const batcher = new Batcher(source, batchingOf(srcDef.cfg));
+    const batcher = new Batcher(source, batchingOf(srcDef.cfg), this.clock);
     if (this.opts.dryRun) return this.dryRun(source, batcher);
 
     const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
     for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
       const def = project.sinks.find((s) => s.name === name)!;
-      const sink = await def.spec.create(def.cfg, scopedCtx);
+      const sink = this.opts.sinkOverrides?.get(name) ?? (await def.spec.create(def.cfg, scopedCtx));
       try {
         await sink.connect();
       } catch (err) {
         await sink.close().catch(() => {});
         throw err;
       }
-      this.sinks.set(name, new SinkRunner(name, sink, def.policy, this.metrics, this.log));
+      this.sinks.set(name, new SinkRunner(name, sink, def.policy, this.metrics, this.log, this.clock));
     }
 
     // Queue consumers scale out: each worker keeps its own WAL and names its own files.
     const walDir = this.opts.walDir ?? (srcDef.spec.workerScoped ? path.join(project.walPath, this.workerId) : project.walPath);
-    this.wal = new Wal(walDir, this.log);
+    this.wal = new Wal(walDir, this.log, this.clock);
     await this.wal.open(this.models.map((m) => m.name));
     this.flusher = new Flusher({
       wal: this.wal, sinks: this.sinks, models: this.models, metrics: this.metrics, log: this.log, tests: this.tests, testSink: this.testSink,
-      dlq: () => this.dlq, summary: this.summary, conn: this.conn, loadConn: this.loadConn, updateGauges: () => this.updateGauges(),
+      dlq: () => this.dlq, summary: this.summary, conn: this.conn, loadConn: this.loadConn, updateGauges: () => this.updateGauges(), clock: this.clock,
     });
     for (const m of this.wal.modelsWithRows()) {
       if (!this.models.some((x) => x.name === m)) {
@@ -224,7 +233,7 @@ export class Pipeline {
       if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
       while (!(await this.flusher.flushAll())) {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped before the WAL could be replayed; it is kept for the next start');
-        await sleepUntil(this.flusher.nextRetry(), signal);
+        await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
       }
       this.replayed = true;
       this.updateGauges();
@@ -244,7 +253,7 @@ export class Pipeline {
       // End of input or shutdown: deliver everything staged.
       while (!(await this.flusher.flushAll())) {
         if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
-        await sleepUntil(this.flusher.nextRetry(), signal);
+        await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
       }
     }
     return this.summary;
@@ -522,7 +531,7 @@ export class Pipeline {
         this.updateGauges();
         this.log.warn({ wal_bytes: this.wal.totalBytes(), max_bytes: project.walMaxBytes }, 'reading paused: the WAL is full while a sink fails; reading resumes once the sinks take the rows');
       }
-      await sleepUntil(this.flusher.nextRetry(), signal);
+      await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
       await this.flusher.flushDue();
     }
     if (this.paused) {

@@ -5,6 +5,7 @@ import type { SinkPolicy } from '../connectors/shared-config.js';
 import type { Sink, SinkWrite } from '../connectors/types.js';
 import type { Metrics } from '../ops/metrics.js';
 import { backoff as backoffDelay } from '../util/retry.js';
+import { systemClock, type Clock } from '../util/clock.js';
 
 export type CircuitState = 'closed' | 'open' | 'half-open';
 const CIRCUIT_GAUGE: Record<CircuitState, number> = { closed: 0, open: 1, 'half-open': 2 };
@@ -40,6 +41,8 @@ export class SinkRunner {
     readonly policy: SinkPolicy,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    /** Times backoff and the circuit's cooldown. */
+    private readonly clock: Clock = systemClock,
   ) {
     this.metrics.sinkCircuit.set({ sink: name }, 0);
   }
@@ -48,11 +51,11 @@ export class SinkRunner {
   nextTry(model: string): number {
     let t = this.backoff.get(model)?.nextTry ?? 0;
     if (this.state === 'open') t = Math.max(t, this.openUntil);
-    if (this.probing) t = Math.max(t, Date.now() + 50);
+    if (this.probing) t = Math.max(t, this.clock.now() + 50);
     return t;
   }
 
-  canWrite(model: string, now = Date.now()): boolean {
+  canWrite(model: string, now = this.clock.now()): boolean {
     return this.nextTry(model) <= now;
   }
 
@@ -64,7 +67,7 @@ export class SinkRunner {
 
   /** Writes one flush under the policy; never throws for a failed write (see WriteResult). */
   async write(w: SinkWrite, db: DuckDBConnection): Promise<WriteResult> {
-    const now = Date.now();
+    const now = this.clock.now();
     if (!this.canWrite(w.model, now)) return { ok: false, blocked: true };
     if (this.state === 'open') {
       this.setState('half-open');
@@ -92,12 +95,12 @@ export class SinkRunner {
       const permanent = err instanceof SluiceError && err.permanent;
       // The target's own Retry-After (an HTTP 429 or 503) is a floor for the wait.
       const retryInMs = Math.max(backoffDelay({ initialMs: retry.backoff_ms, maxMs: retry.max_backoff_ms })(attempts), err instanceof SluiceError ? (err.retryAfterMs ?? 0) : 0);
-      this.backoff.set(w.model, { count: attempts, nextTry: Date.now() + retryInMs });
+      this.backoff.set(w.model, { count: attempts, nextTry: this.clock.now() + retryInMs });
       this.lastError = errorMessage(err);
       this.consecutiveFailures++;
       this.metrics.sinkErrors.inc({ sink: this.name, error_type: permanent ? 'permanent' : 'transient' });
       if (this.state === 'half-open' || (this.state === 'closed' && this.consecutiveFailures >= circuit.failures)) {
-        this.openUntil = Date.now() + circuit.cooldown_ms;
+        this.openUntil = this.clock.now() + circuit.cooldown_ms;
         this.setState('open');
         this.log.warn({ sink: this.name, failures: this.consecutiveFailures, cooldown_ms: circuit.cooldown_ms }, 'sink circuit open: no write until the cooldown ends');
       }

@@ -5,16 +5,18 @@
  * outer one promises).
  */
 
+import { systemClock, type Clock } from './clock.js';
+
 /**
- * Resolves after `ms`, or at once when `signal` aborts (already aborted: on the next tick).
- * Never rejects: a caller that must stop on abort checks `signal.aborted` afterwards.
+ * Resolves after `ms` on `clock`, or at once when `signal` aborts (already aborted: on the next
+ * tick). Never rejects: a caller that must stop on abort checks `signal.aborted` afterwards.
  */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted) return resolve();
-    const timer = setTimeout(done, Math.max(0, ms));
+    const cancel = clock.after(Math.max(0, ms), done);
     function done() {
-      clearTimeout(timer);
+      cancel();
       signal?.removeEventListener('abort', done);
       resolve();
     }

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, fsyncFile, isTempName, writeFileAtomic } from '../util/fs-durable.js';
+import { systemClock, type Clock } from '../util/clock.js';
 
 export interface ModelWalState {
   /** Every segment with seq <= flushedSeq is in the sinks. */
@@ -68,6 +69,8 @@ export class Wal {
   constructor(
     readonly dir: string,
     private readonly log: Logger,
+    /** Stamps segments with their commit time (flush age); segments found at open() keep their files' mtime. */
+    private readonly clock: Clock = systemClock,
   ) {}
 
   private get stateFile(): string {
@@ -156,7 +159,7 @@ export class Wal {
     await fsp.rename(tmp, final);
     const st = await fsp.stat(final);
     (this.segments.get(model) ?? this.segments.set(model, []).get(model)!).push({
-      model, seq, first, last, file: final, bytes: st.size, time: Date.now(),
+      model, seq, first, last, file: final, bytes: st.size, time: this.clock.now(),
     });
   }
 

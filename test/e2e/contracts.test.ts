@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, parquetFiles, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { projectDeadLetters } from '../helpers/dlq.js';
 import { readWalState } from '../helpers/wal.js';
 
 const dirs: string[] = [];
@@ -42,12 +43,6 @@ async function output(dir: string): Promise<{ columns: string[]; rows: Record<st
   return { columns: cols.map((c) => `${c.column_name} ${c.column_type}`), rows: await query(`SELECT * FROM read_parquet('${f}') ORDER BY id`) };
 }
 
-function deadLetters(dir: string): { payload: string; error: string; stage: string; model?: string }[] {
-  const f = path.join(dir, '.sluice/dlq/dead-letters.ndjson');
-  if (!fs.existsSync(f)) return [];
-  return fs.readFileSync(f, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
-}
-
 const declared = (contract: string) =>
   `overrides:\n  orders:\n    columns:\n      - name: id\n        type: BIGINT\n      - name: amount\n        type: BIGINT\n        description: in cents\n    contract:\n${contract}`;
 
@@ -65,7 +60,7 @@ describe('schema contracts: new columns', () => {
     const out = await output(dir);
     expect(out.columns).toEqual(['id BIGINT', 'amount BIGINT']);
     expect(out.rows).toEqual([{ id: '1', amount: '10' }, { id: '3', amount: '30' }]);
-    const dl = deadLetters(dir);
+    const dl = projectDeadLetters(dir);
     expect(dl).toHaveLength(1);
     expect(JSON.parse(dl[0].payload)).toEqual({ id: 2, amount: 20, coupon: 'X' });
     expect(dl[0].stage).toBe('transform');
@@ -77,7 +72,7 @@ describe('schema contracts: new columns', () => {
     const dir = project(declared('      new_columns: discard_row\n'), withCoupon);
     const log = run(dir);
     expect((await output(dir)).rows).toEqual([{ id: '1', amount: '10' }, { id: '3', amount: '30' }]);
-    expect(deadLetters(dir)).toEqual([]);
+    expect(projectDeadLetters(dir)).toEqual([]);
     expect(log).toMatch(/1 row\(s\) of orders dropped \(new_column coupon\)/);
   });
 
@@ -87,7 +82,7 @@ describe('schema contracts: new columns', () => {
     const out = await output(dir);
     expect(out.columns).toEqual(['id BIGINT', 'amount BIGINT']);
     expect(out.rows).toEqual([{ id: '1', amount: '10' }, { id: '2', amount: '20' }, { id: '3', amount: '30' }]);
-    expect(deadLetters(dir)).toEqual([]);
+    expect(projectDeadLetters(dir)).toEqual([]);
   });
 
   it('evolve (the default): the column joins the schema; the change is logged; one flush across the change has one schema', async () => {
@@ -121,7 +116,7 @@ describe('schema contracts: type changes', () => {
       { id: '1', at: '2024-01-01 10:00:00', qty: '1' },
       { id: '4', at: '2024-01-03 10:00:00', qty: '4' },
     ]);
-    const dl = deadLetters(dir);
+    const dl = projectDeadLetters(dir);
     expect(dl.map((d) => [JSON.parse(d.payload).id, d.stage, d.error])).toEqual([
       [2, 'transform', 'contract of model orders: column "at" holds not a time (VARCHAR), which does not cast to its declared type TIMESTAMP (type_changes: freeze)'],
       [3, 'transform', 'contract of model orders: column "qty" holds 2.5 (DOUBLE), which does not cast to its declared type BIGINT (type_changes: freeze)'],
@@ -132,7 +127,7 @@ describe('schema contracts: type changes', () => {
     const dir = project(typed('      type_changes: discard_row\n'), badTypes);
     run(dir);
     expect((await output(dir)).rows.map((r) => r.id)).toEqual(['1', '4']);
-    expect(deadLetters(dir)).toEqual([]);
+    expect(projectDeadLetters(dir)).toEqual([]);
   });
 
   it('discard_value: the value becomes NULL, the row is kept', async () => {

@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { sluice, sluiceBg, tempDir, waitExit, writeFiles } from '../helpers/cli.js';
+import { projectDeadLetters } from '../helpers/dlq.js';
 
 // Crash test: SIGKILL `sluice run` at random moments, restart it each time, and prove that
 // every message's rows end up in the output exactly once and that readers never see a
@@ -136,9 +137,8 @@ describe('crash safety', () => {
         const conn = await db.connect();
         await verifyExactlyOnce(conn, p, FILES * 1500, partitioned);
         // Each bad message is dead-lettered exactly once, however often its batch was replayed.
-        const dlq = fs.readFileSync(path.join(p, '.sluice/dlq/dead-letters.ndjson'), 'utf8').trim().split('\n');
         const bad = ['0-500', '0-1497', '1-500', '1-1497'].map((x) => `{"order_id": "broken ${x}`);
-        expect(dlq.map((l) => JSON.parse(l).payload).sort()).toEqual(bad.sort());
+        expect(projectDeadLetters(p).map((d) => d.payload).sort()).toEqual(bad.sort());
         conn.closeSync();
         db.closeSync();
       }, 120_000);

@@ -3,6 +3,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, parquetFiles, query, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { projectDeadLetters } from '../helpers/dlq.js';
 
 const dirs: string[] = [];
 // Tests run concurrently: temp projects go when the whole file is done.
@@ -71,12 +72,6 @@ const columnTests = (onFailure: { status?: string; total?: string; customer?: st
 async function rows(glob: string, sql = 'SELECT order_id FROM t ORDER BY order_id'): Promise<number[]> {
   const r = await query(`WITH t AS (SELECT * FROM read_parquet('${glob}')) ${sql}`);
   return r.map((x) => Number(Object.values(x)[0]));
-}
-
-function deadLetters(p: string): { payload: string; error: string; stage: string; model?: string }[] {
-  const f = path.join(p, '.sluice/dlq/dead-letters.ndjson');
-  if (!fs.existsSync(f)) return [];
-  return fs.readFileSync(f, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { payload: string; error: string; stage: string; model?: string });
 }
 
 describe.concurrent('sluice test: data tests and unit tests', () => {
@@ -197,7 +192,7 @@ describe.concurrent('sluice run: data tests on every batch', () => {
     expect(await rows(`${p}/out/big_orders/*.parquet`)).toEqual(kept);
     // warn keeps the rows.
     expect(await rows(`${p}/out/orders/*.parquet`, "SELECT order_id FROM t WHERE status = 'lost' ORDER BY 1")).toEqual([30, 60, 150]);
-    const dl = deadLetters(p);
+    const dl = projectDeadLetters(p);
     expect(dl.map((d) => (JSON.parse(d.payload) as Order).order_id).sort((a, b) => a - b)).toEqual(dlqIds);
     for (const d of dl) {
       const o = JSON.parse(d.payload) as Order;
@@ -226,7 +221,7 @@ describe.concurrent('sluice run: data tests on every batch', () => {
     const again = await cli(['run', '--project', p, '--port', '0']);
     expect(again.code, again.stderr).toBe(0);
     expect(await rows(`${p}/out/orders/*.parquet`)).toEqual(data.map((o) => o.order_id));
-    expect(deadLetters(p)).toEqual([]);
+    expect(projectDeadLetters(p)).toEqual([]);
   });
 });
 
@@ -242,7 +237,7 @@ describe.concurrent('unique across the batches of a flush', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/WARN  data test unique_orders_order_id failed across the batches of a flush: 2 value\(s\) of order_id in more than one batch \(reported only: those batches are acknowledged\) .*failing_rows=4 examples=\["17","5"\]/);
     // The batch-level check dead-lettered both messages of order 70; the repeats across batches were delivered.
-    expect(deadLetters(p).map((d) => [(JSON.parse(d.payload) as Order).order_id, d.error])).toEqual([
+    expect(projectDeadLetters(p).map((d) => [(JSON.parse(d.payload) as Order).order_id, d.error])).toEqual([
       [70, 'data test unique_orders_order_id failed: order_id is not unique within the batch'],
       [70, 'data test unique_orders_order_id failed: order_id is not unique within the batch'],
     ]);
@@ -257,7 +252,7 @@ describe.concurrent('sluice run --dry-run', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('data test accepted_values_orders_status would fail (on_failure: warn): 1 row(s) of orders where status is not one of [placed, paid], e.g. {"order_id":1,"status":"lost","total":11,"customer_id":2}');
     expect(r.stdout).toContain('data test range_orders_total would fail (on_failure: dlq): 1 row(s) of orders where total is outside 0..1000, e.g. {"order_id":2,"status":"placed","total":-3,"customer_id":3}');
-    expect(deadLetters(p)).toEqual([]);
+    expect(projectDeadLetters(p)).toEqual([]);
     expect(parquetFiles(path.join(p, 'out'))).toEqual([]);
   });
 });
@@ -272,13 +267,13 @@ describe.concurrent('data tests and crashes', () => {
       // The third batch (orders 41..60) holds two of the bad orders.
       const crashed = await cli(['run', '--project', p, '--port', '0', '--log-level', 'error'], { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: '3' });
       expect(crashed.code, crashed.stderr).toBe(-1); // killed by the signal
-      expect(deadLetters(p).length).toBeGreaterThanOrEqual(1);
+      expect(projectDeadLetters(p).length).toBeGreaterThanOrEqual(1);
       const again = await cli(['run', '--project', p, '--port', '0']);
       expect(again.code, again.stderr).toBe(0);
       const good = data.map((o) => o.order_id).filter((i) => !bad.includes(i));
       expect(await rows(`${p}/out/orders/*.parquet`)).toEqual(good);
       expect(await rows(`${p}/out/big_orders/*.parquet`)).toEqual(good);
-      expect(deadLetters(p).map((d) => (JSON.parse(d.payload) as Order).order_id)).toEqual(bad);
+      expect(projectDeadLetters(p).map((d) => (JSON.parse(d.payload) as Order).order_id)).toEqual(bad);
     });
   }
 });
@@ -321,7 +316,7 @@ describe.concurrent('relationships to a PostgreSQL reference table', () => {
       expect(r.code, r.stderr).toBe(0);
       expect(r.stderr).toMatch(/reference table loaded reference=every_customer rows=3 from=postgres/);
       expect(await rows(`${p}/out/orders/*.parquet`)).toEqual([1, 2]);
-      expect(deadLetters(p).map((d) => d.error)).toEqual(['data test relationships_orders_customer_id failed: customer_id has no match in every_customer.id']);
+      expect(projectDeadLetters(p).map((d) => d.error)).toEqual(['data test relationships_orders_customer_id failed: customer_id has no match in every_customer.id']);
     } finally {
       await pgQuery(`DROP TABLE IF EXISTS ${table}`);
     }

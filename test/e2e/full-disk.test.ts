@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { DLQ_FILE } from '../../src/connectors/file/file-dlq.js';
 import { freePort, query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { deadLetters } from '../helpers/dlq.js';
 import { metric, scrape } from '../helpers/metrics.js';
 
 // A real full file system: a small tmpfs mounted by the test (the tests run as root, in CI
@@ -62,12 +62,6 @@ function project(name: string, where: Where, opts: { bad?: number; maxAge?: numb
 async function outputIds(out: string): Promise<{ n: number; distinct: number; min: number; max: number }> {
   const [r] = await query(`SELECT count(*)::INT AS n, count(DISTINCT order_id)::INT AS distinct, min(order_id)::INT AS min, max(order_id)::INT AS max FROM read_parquet('${out}/orders/*.parquet')`);
   return r as { n: number; distinct: number; min: number; max: number };
-}
-
-function deadLetters(dlqDir: string): { stage: string; error: string; payload: string }[] {
-  const f = path.join(dlqDir, DLQ_FILE);
-  if (!fs.existsSync(f)) return [];
-  return fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }
 
 /** Runs until sluice reports an infrastructure stall on /metrics; returns the child. */

@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { DLQ_FILE } from '../../src/connectors/file/file-dlq.js';
 import { query, sluiceBg, tempDir, waitExit, writeFiles } from '../helpers/cli.js';
+import { projectDeadLetters } from '../helpers/dlq.js';
 
 // Hostile input through the CLI, with default settings: a schema explosion (every message adds
 // a new top-level key) and a soak of deep, wide, huge and broken messages among good orders.
@@ -34,11 +34,6 @@ async function measuredRun(dir: string): Promise<{ code: number | null; stderr: 
   return { code: exit.code, stderr: child.err(), seconds: (performance.now() - t) / 1000, rss };
 }
 
-function deadLetters(dir: string): { error: string; stage: string }[] {
-  const f = path.join(dir, '.sluice/dlq', DLQ_FILE);
-  return fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
-}
-
 const GiB = 2 ** 30;
 
 describe('hostile input with default settings', () => {
@@ -54,7 +49,7 @@ describe('hostile input with default settings', () => {
     const r = await measuredRun(dir);
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     const [out] = await query(`SELECT count(*)::INT AS n, count(DISTINCT a)::INT AS d FROM read_parquet('${dir}/output/m/*.parquet')`);
-    const letters = deadLetters(dir);
+    const letters = projectDeadLetters(dir);
     expect(Number(out.n) + letters.length).toBe(20_000);
     expect(out.n).toBe(out.d);
     expect(letters.every((l) => /limits\.max_columns \(1000 fields\)/.test(l.error))).toBe(true);
@@ -92,7 +87,7 @@ describe('hostile input with default settings', () => {
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     const [out] = await query(`SELECT count(*)::INT AS n, count(DISTINCT order_id)::INT AS d, min(order_id)::INT AS lo, max(order_id)::INT AS hi FROM read_parquet('${dir}/output/orders/*.parquet')`);
     expect(out).toEqual({ n: 30_000, d: 30_000, lo: 1, hi: 30_000 });
-    const letters = deadLetters(dir);
+    const letters = projectDeadLetters(dir);
     expect(letters.length).toBe(hostile);
     const reasons = new Set(letters.map((l) => l.error.replace(/\d+/g, "N")));
     expect([...reasons].some((x) => x.includes('max_depth'))).toBe(true);

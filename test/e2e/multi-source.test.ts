@@ -8,7 +8,7 @@ import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, untilEvent, waitExit, writeFiles } from '../helpers/cli.js';
 import { lockPostgres, pgQuery } from '../helpers/sql-db.js';
 import { machineLock } from '../helpers/machine-lock.js';
 import { startS3 } from '../helpers/s3.js';
@@ -186,9 +186,9 @@ async function deadLettersSurviveRestart(broker: { source: (name: string) => str
     if (!stopped) child.kill('SIGKILL');
   }
   // The restart recovers each source's DLQ from its mark: neither drops the other's dead letters.
-  const again = sluiceBg(args, { env });
+  const again = sluiceBg([...args, '--log-json'], { env });
   try {
-    await until(() => /reading from the source pipeline=a/.test(again.err()) && /reading from the source pipeline=b/.test(again.err()), 30_000);
+    for (const pipeline of ['a', 'b']) await untilEvent(again, { msg: 'reading from the source', pipeline });
   } finally {
     again.kill('SIGTERM');
     expect(await waitExit(again, 60_000), again.err()).toEqual({ code: 0, signal: null });
@@ -520,10 +520,10 @@ describe('sluice run with several sources', () => {
       // orders follows its file; refunds ends after its five lines, closing its S3 sink (and its temp files).
       const sources = fs.readFileSync(path.join(s.dir, 'config/sources.yml'), 'utf8');
       fs.writeFileSync(path.join(s.dir, 'config/sources.yml'), sources.replace('    batch_timeout_ms: 100\n', '    batch_timeout_ms: 100\n    follow: true\n    poll_interval_ms: 50\n'));
-      const child = sluiceBg(['run', '--project', s.dir, '--port', '0'], { env: s3.env });
+      const child = sluiceBg(['run', '--project', s.dir, '--port', '0', '--log-json'], { env: s3.env });
       let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
       try {
-        await until(() => /done pipeline=refunds messages=5/.test(child.err()), 30_000);
+        await untilEvent(child, { msg: 'done', pipeline: 'refunds', messages: 5 });
         await until(async () => (await s3.keys('shared', 'lake/orders/')).length > 0, 20_000);
         const before = (await s3.keys('shared', 'lake/orders/')).length;
         // Written after refunds closed its sink: orders' flushes still go through.
@@ -727,10 +727,10 @@ describe('sluice run with several sources', () => {
     // orders reads its file to the end; refunds follows its directory.
     const sources = fs.readFileSync(path.join(s.dir, 'config/sources.yml'), 'utf8');
     fs.writeFileSync(path.join(s.dir, 'config/sources.yml'), sources.replace(/(refunds:[\s\S]*batch_timeout_ms: 100\n)/, '$1    follow: true\n    poll_interval_ms: 50\n'));
-    const child = sluiceBg(['run', '--project', s.dir, '--port', '0']);
+    const child = sluiceBg(['run', '--project', s.dir, '--port', '0', '--log-json']);
     let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
     try {
-      await until(() => /done pipeline=orders messages=20/.test(child.err()), 30_000);
+      await untilEvent(child, { msg: 'done', pipeline: 'orders', messages: 20 });
       fs.mkdirSync(path.join(s.dir, 'output/brittle'), { recursive: true });
       fs.writeFileSync(path.join(s.dir, 'output/brittle/refunds'), 'in the way');
       fs.writeFileSync(path.join(s.dir, 'data/refunds/a.ndjson'), refundLines(0, 5));

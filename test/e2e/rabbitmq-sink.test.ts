@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { machineLock } from '../helpers/machine-lock.js';
 import { scenarioTargets, writeSinks } from '../helpers/service-sink.js';
 import { AMQP_URL } from '../helpers/rabbit.js';
+import { waitFor } from '../helpers/wait.js';
 import { addInput, contractProject, plainRows, runOnce, sinkContract, type SinkTarget, type SinkUnderTest } from '../helpers/sink-contract.js';
 
 // The rabbitmq sink against the machine's RabbitMQ: the contract suite, then routing keys from
@@ -47,25 +48,20 @@ async function readQueue(queue: string): Promise<Got[]> {
   taken.set(queue, got);
   await withChannel(async (ch) => {
     ch.on('error', () => {});
-    const exists = await ch.checkQueue(queue).then(
-      () => true,
-      () => false,
+    // No queue (checkQueue fails) or an empty one: nothing to read.
+    const ready = await ch.checkQueue(queue).then(
+      (q) => q.messageCount,
+      () => 0,
     );
-    if (!exists) return;
+    if (ready === 0) return;
     await ch.prefetch(5000);
-    let last = Date.now();
+    const want = got.length + ready;
     const { consumerTag } = await ch.consume(queue, (m) => {
       if (!m) return;
       got.push({ body: JSON.parse(m.content.toString()) as Record<string, unknown>, routingKey: m.fields.routingKey, properties: m.properties as Got['properties'] });
       ch.ack(m);
-      last = Date.now();
     });
-    // Done once the queue is empty and nothing arrived for a moment.
-    for (;;) {
-      await new Promise((r) => setTimeout(r, 100));
-      const q = await ch.checkQueue(queue);
-      if (q.messageCount === 0 && Date.now() - last > 300) break;
-    }
+    await waitFor(`the ${ready} message(s) queue ${queue} held`, () => got.length >= want, { timeoutMs: 60_000, describe: () => `${got.length - want + ready} received` });
     await ch.cancel(consumerTag);
   });
   return got;

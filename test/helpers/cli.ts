@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
+import { waitFor } from './wait.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'sluice.js');
@@ -50,7 +51,11 @@ export async function sluiceAsync(args: string[], opts: { cwd?: string; env?: No
 export function waitExit(child: ChildProcess, timeoutMs = 60_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   return new Promise((resolve, reject) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve({ code: child.exitCode, signal: child.signalCode });
-    const t = setTimeout(() => reject(new Error('process did not exit in time')), timeoutMs);
+    const timedOut = () => {
+      const err = 'err' in child && typeof child.err === 'function' ? `; its stderr ends:\n${String(child.err()).slice(-2000)}` : '';
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for process ${child.pid} (${child.spawnargs.slice(1).join(' ')}) to exit${err}`));
+    };
+    const t = setTimeout(timedOut, timeoutMs);
     child.once('exit', (code, signal) => {
       clearTimeout(t);
       resolve({ code, signal });
@@ -124,14 +129,28 @@ export async function httpGet(url: string): Promise<{ status: number; body: stri
   return { status: r.status, body: await r.text() };
 }
 
-export async function until<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000, stepMs = 100): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error('condition not reached in time');
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
+/**
+ * Polls `fn` every `stepMs` until it returns a truthy value, and returns that. On timeout the
+ * error says what was waited for: `what`, or else the condition's own source text.
+ */
+export async function until<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000, stepMs = 100, what?: string): Promise<T> {
+  return waitFor(what ?? `the condition ${fn.toString().replace(/\s+/g, ' ').slice(0, 300)}`, fn, { timeoutMs, stepMs });
+}
+
+/** The JSON lines of a `--log-json` run's stderr (its structured log events), in order; a line still being written is left out. */
+export function jsonLogs(stderr: string): Record<string, unknown>[] {
+  const lines = stderr.split('\n');
+  lines.pop();
+  return lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/**
+ * Waits until a `--log-json` run logs an event with these fields (`msg` and any others, compared
+ * by value) and returns it; on timeout the error names the event and shows the run's last lines.
+ */
+export async function untilEvent(child: { err: () => string }, fields: Record<string, unknown>, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+  const matches = (e: Record<string, unknown>) => Object.entries(fields).every(([k, v]) => JSON.stringify(e[k]) === JSON.stringify(v));
+  return waitFor(`the log event ${JSON.stringify(fields)}`, () => jsonLogs(child.err()).find(matches), { timeoutMs, stepMs: 50, describe: () => child.err().slice(-2000) });
 }
 
 /** A TCP port free on 127.0.0.1 right now. */

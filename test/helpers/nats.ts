@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
+import { waitFor } from './wait.js';
 
 /** Starts the machine's NATS server with JetStream (the command DEVELOPERS.md gives). */
 export function startNats(): void {
@@ -39,15 +40,8 @@ function natsPid(): number | undefined {
 export async function restartNats(): Promise<void> {
   const pid = natsPid();
   if (pid) process.kill(pid, 'SIGTERM');
-  const until = async (cond: () => Promise<boolean>, ms: number) => {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error('NATS restart: condition not reached in time');
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
   // start-stop-daemon would see a server still shutting down as running: wait for it to exit.
-  await until(async () => !(pid && alive(pid)) && !(await natsListening()), 20_000);
+  await waitFor(`the NATS server (pid ${pid}) to exit and port 4222 to close`, async () => !(pid && alive(pid)) && !(await natsListening()), { timeoutMs: 20_000, stepMs: 100 });
   startNats();
-  await until(natsListening, 30_000);
+  await waitFor('the restarted NATS server to listen on 4222', natsListening, { timeoutMs: 30_000, stepMs: 100 });
 }

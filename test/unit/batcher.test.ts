@@ -1,85 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import type { PollLimits, RawMessage, Source, SourceChunk } from '../../src/connectors/types.js';
-import { Batcher, type Clock } from '../../src/engine/batcher.js';
+import type { RawMessage, Source, SourceChunk } from '../../src/connectors/types.js';
+import { Batcher } from '../../src/engine/batcher.js';
+import { ManualClock } from '../helpers/clock.js';
+import { FakeSource } from '../helpers/fake-source.js';
+import { settle } from '../helpers/wait.js';
 
 // The engine's batching (engine/batcher.ts) against a fake source that hands over what a test
 // pushed into it, on a clock the test moves by hand: no broker and no sleeps.
-
-/** A clock that moves only when the test says so. */
-class ManualClock implements Clock {
-  private t = 1_000_000;
-  private timers: { at: number; fn: () => void }[] = [];
-  now(): number {
-    return this.t;
-  }
-  after(ms: number, fn: () => void): () => void {
-    const timer = { at: this.t + Math.max(0, ms), fn };
-    this.timers.push(timer);
-    return () => {
-      this.timers = this.timers.filter((x) => x !== timer);
-    };
-  }
-  /** Moves time on, firing the timers that come due. */
-  advance(ms: number): void {
-    this.t += ms;
-    const due = this.timers.filter((x) => x.at <= this.t);
-    this.timers = this.timers.filter((x) => x.at > this.t);
-    for (const x of due) x.fn();
-  }
-}
-
-/**
- * Holds pushed payloads and hands them over as the Source contract says: what it holds up to the
- * limits, waiting only when it holds nothing. Records every poll's limits and every ack.
- */
-class FakeSource implements Source {
-  private held: string[] = [];
-  private wake?: () => void;
-  private ended = false;
-  readonly polls: PollLimits[] = [];
-  readonly acked: string[][] = [];
-  private seq = 0;
-
-  push(...payloads: string[]): void {
-    this.held.push(...payloads);
-    this.wake?.();
-  }
-  end(): void {
-    this.ended = true;
-    this.wake?.();
-  }
-  async open(): Promise<void> {}
-  async poll(limits: PollLimits, signal: AbortSignal): Promise<SourceChunk | null> {
-    this.polls.push(limits);
-    while (this.held.length === 0 && !this.ended && !signal.aborted) {
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-      this.wake = undefined;
-    }
-    if (this.held.length === 0 && this.ended) return null;
-    let n = 0;
-    let bytes = 0;
-    while (n < this.held.length && n < limits.maxMessages) {
-      const len = Buffer.byteLength(this.held[n]);
-      if ((n > 0 || limits.strict) && bytes + len > limits.maxBytes) break;
-      bytes += len;
-      n++;
-    }
-    const taken = this.held.splice(0, n);
-    const messages: RawMessage[] = taken.map((payload) => ({ payload, coords: {} }));
-    const id = ++this.seq;
-    return { messages, bytes, full: this.held.length > 0 && n < limits.maxMessages, position: { chunk: id }, first: taken.length ? `k${taken[0]}` : undefined, last: taken.length ? `k${taken[n - 1]}` : undefined, ackToken: taken };
-  }
-  async ack(chunk: SourceChunk): Promise<void> {
-    this.acked.push(chunk.ackToken as string[]);
-  }
-  async close(): Promise<void> {}
-}
-
-/** Lets pending promise callbacks run (the fake source and the batcher resolve on microtasks). */
-const settle = () => new Promise<void>((r) => setImmediate(r));
 
 const payloads = (b: { messages: RawMessage[] }) => b.messages.map((m) => m.payload);
 const never = new AbortController().signal;
