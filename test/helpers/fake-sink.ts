@@ -1,9 +1,8 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError } from '../../src/errors.js';
 import type { Sink, SinkWrite } from '../../src/connectors/types.js';
-import { MSG_COL } from '../../src/sql/analyze.js';
 import { systemClock, type Clock } from '../../src/util/clock.js';
-import { fileList } from '../../src/sql/quote.js';
+import { ident } from '../../src/sql/quote.js';
 
 export type Row = Record<string, unknown>;
 
@@ -18,8 +17,8 @@ export interface SinkAttempt {
 }
 
 /**
- * A Sink that keeps what it is given in memory: each flush's rows, read from its WAL segments
- * with the engine's DuckDB connection, under the flush's name. Idempotent by name (as the
+ * A Sink that keeps what it is given in memory: each flush's rows, read from the relation the engine
+ * prepared, with the engine's DuckDB connection, under the flush's name. Idempotent by name (as the
  * contract asks of an idempotent sink): writing a name again replaces its rows. While broken
  * (for every model or for some), writes throw a retryable sink error. Records every attempt
  * with the clock's time.
@@ -85,12 +84,7 @@ export class FakeSink implements Sink {
   }
 }
 
-/**
- * The query of a flush's rows, the model's columns only. A SinkWrite names its WAL segments, or
- * (once sinks read from a relation the engine prepares) a relation with the engine's order columns.
- */
+/** The query of a flush's rows, the model's columns only, from the relation the engine prepared. */
 function rowsQuery(w: SinkWrite): string {
-  const v = w as SinkWrite & { relation?: string; order?: { row: string; message: string }; segments?: string[] };
-  if (v.relation && v.order) return `SELECT * EXCLUDE (${v.order.row}, ${v.order.message}) FROM ${v.relation}`;
-  return `SELECT * EXCLUDE (${MSG_COL}) FROM read_parquet(${fileList(v.segments ?? [])}, union_by_name = true)`;
+  return `SELECT * EXCLUDE (${ident(w.order.row)}, ${ident(w.order.message)}) FROM ${w.relation}`;
 }
