@@ -165,7 +165,7 @@ export async function outputRows(dir) {
   }
 }
 
-/** Mean seconds per batch of each debug-logged stage timing (`--log-level debug`), if any. */
+/** Mean milliseconds per batch of each debug-logged stage timing (`--log-level debug`), if any. */
 function stageTimings(lines) {
   const sums = {};
   let batches = 0;
@@ -177,6 +177,139 @@ function stageTimings(lines) {
   if (!batches) return undefined;
   return Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, Math.round(v / batches)]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where a drain's time goes: the engine's `batch committed` debug lines summed over the batches.
+//
+// The engine reads and prepares batch N+1 (read, then check, load, decode, convert on the loading
+// lane) while its main loop runs batch N through the models, stages its WAL segments, commits and
+// acks. So only the main loop's stages add up to the drain's time: `wait` (the loop waiting for
+// the next batch to be read and prepared, plus its bookkeeping) + models + tests + stage + commit
+// + ack = the span from "reading from the source" to the last commit. `wait` is not logged: it is
+// each batch's gap between log timestamps (the previous commit, or the start, to this commit)
+// less the stages the loop ran for it. read/check/load/decode/convert are durations of work that
+// overlapped the previous batch: they matter only through `wait`. (`read` on a line is the read
+// that finished last, which may be the next batch's: only its sum means something.)
+
+/** Main-loop stages, in order: together they make up the span. */
+export const LOOP_STAGES = ['wait', 'models', 'tests', 'stage', 'commit', 'ack'];
+/** Stages that overlap the previous batch (the source's read and the loading lane). */
+export const OVERLAPPED_STAGES = ['read', 'check', 'load', 'decode', 'convert'];
+const STAGE_LABEL = {
+  wait: 'waiting for the next batch',
+  models: 'models',
+  tests: 'data tests',
+  stage: 'stage (WAL segments, fsync)',
+  commit: 'commit (WAL state)',
+  ack: 'ack to the source',
+  span: 'span: start to last commit',
+  read: 'read (source)',
+  check: 'check (JSON scan, JS thread)',
+  load: 'load (into DuckDB)',
+  decode: 'decode (exact, slow path)',
+  convert: 'convert (json_transform)',
+};
+
+/**
+ * Milliseconds per stage summed over a drain's batches, from sluice's JSON log lines at debug
+ * level; undefined if there is no `batch committed` line with timings.
+ */
+export function stageSums(lines) {
+  const start = lines.find((l) => l.msg === 'reading from the source')?.time;
+  const batches = lines.filter((l) => l.msg === 'batch committed' && l.ms && typeof l.time === 'number');
+  if (start === undefined || !batches.length) return undefined;
+  const sums = Object.fromEntries([...LOOP_STAGES, ...OVERLAPPED_STAGES].map((k) => [k, 0]));
+  let prev = start;
+  for (const l of batches) {
+    const ms = l.ms;
+    const stage = ms.stage ?? 0;
+    const commit = ms.commit ?? 0;
+    const loop = (ms.models ?? 0) + (ms.tests ?? 0) + (ms.stage_and_commit ?? stage + commit) + (ms.ack ?? 0);
+    sums.wait += l.time - prev - loop;
+    prev = l.time;
+    for (const k of ['models', 'tests', 'ack', ...OVERLAPPED_STAGES]) sums[k] += ms[k] ?? 0;
+    sums.stage += stage;
+    // stage_and_commit also covers what lies between the two (the checkpoint, contract reports).
+    sums.commit += (ms.stage_and_commit ?? stage + commit) - stage;
+  }
+  sums.span = prev - start;
+  sums.batches = batches.length;
+  return sums;
+}
+
+/** Per stage, the median over runs of stageSums() results. */
+export function medianStages(runs) {
+  const keys = [...LOOP_STAGES, 'span', ...OVERLAPPED_STAGES, 'batches'];
+  return Object.fromEntries(keys.map((k) => [k, Math.round(median(runs.map((r) => r[k] ?? 0)))]));
+}
+
+/**
+ * Which main-loop stage takes the broker drain's extra time over the file drain (stage sums of
+ * each, e.g. medians over runs): { stage, extra, total, share }, and for `wait`, whether the
+ * source's read or the preparation of the batch grew more (`cause`).
+ */
+export function extraTime(broker, file) {
+  const total = broker.span - file.span;
+  const deltas = LOOP_STAGES.map((k) => [k, (broker[k] ?? 0) - (file[k] ?? 0)]).sort((a, b) => b[1] - a[1]);
+  const [stage, extra] = deltas[0];
+  let cause;
+  if (stage === 'wait') {
+    const read = broker.read - file.read;
+    const prepare = ['check', 'load', 'decode', 'convert'].reduce((sum, k) => sum + (broker[k] - file[k]), 0);
+    cause = { read, prepare, by: read >= prepare ? 'read' : 'prepare' };
+  }
+  return { stage, extra, total, share: total > 0 ? extra / total : 0, deltas: Object.fromEntries(deltas), cause };
+}
+
+const signed = (ms) => `${ms >= 0 ? '+' : ''}${ms}`;
+
+/** Lines of a table of stage sums: on the broker, on the file, the difference. */
+export function stageTable(broker, file, label) {
+  const row = (k) => `    ${STAGE_LABEL[k].padEnd(30)} ${String(broker[k]).padStart(10)} ${String(file[k]).padStart(10)} ${signed(broker[k] - file[k]).padStart(10)}`;
+  return [
+    `  sluice ms summed over the batches (${broker.batches} on ${label}, ${file.batches} on file)`,
+    `    ${''.padEnd(30)} ${'on broker'.padStart(10)} ${'on file'.padStart(10)} ${'extra'.padStart(10)}`,
+    '  main loop (adds up to the span):',
+    ...LOOP_STAGES.filter((k) => k !== 'tests' || broker.tests || file.tests).map(row),
+    row('span'),
+    '  overlapped with the previous batch (count only through "waiting"):',
+    ...OVERLAPPED_STAGES.map(row),
+  ];
+}
+
+/** One sentence: where the broker drain's extra time goes. */
+export function extraTimeVerdict(x, label) {
+  if (x.total <= 0) return `sluice on ${label} took no longer than on the file (span ${signed(x.total)} ms)`;
+  const more = (ms) => (ms >= 0 ? `${ms} ms more` : `${-ms} ms less`);
+  let s = `sluice on ${label} takes ${x.total} ms longer than on the file; the largest part, ${x.extra} ms, is ${STAGE_LABEL[x.stage]}`;
+  if (x.cause) {
+    s += x.cause.by === 'read'
+      ? ` (the source's reads took ${more(x.cause.read)}, check/load/decode/convert ${more(x.cause.prepare)})`
+      : ` (check/load/decode/convert took ${more(x.cause.prepare)}, the source's reads ${more(x.cause.read)})`;
+  }
+  const others = Object.entries(x.deltas).filter(([k, v]) => k !== x.stage && v !== 0).map(([k, v]) => `${k} ${signed(v)}`);
+  return `${s}${others.length ? `; other main-loop stages ${others.join(', ')} ms` : ''}`;
+}
+
+/** An NDJSON file of the first n messages of a backlog cycling through `bodies` (Buffers). */
+export function backlogFile(file, bodies, n) {
+  const fd = fs.openSync(file, 'w');
+  try {
+    const NL = Buffer.from('\n');
+    for (let i = 0; i < n; i += 10_000) {
+      const chunk = [];
+      for (let j = i; j < Math.min(n, i + 10_000); j++) chunk.push(bodies[j % bodies.length], NL);
+      fs.writeSync(fd, Buffer.concat(chunk));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return file;
+}
+
+/** The file source a drain's backlog is read from by sluice-on-file: same batch size and timeout as the brokers'. */
+export const fileSourceYaml = (file, batch) =>
+  `source:\n  type: file\n  path: ${JSON.stringify(file)}\n  follow: true\n  poll_interval_ms: 20\n  batch_size: ${batch}\n  batch_timeout_ms: 1000\n`;
 
 /**
  * Drains a backlog of n messages with `sluice run` on `sourceYaml`: timed from "reading from the
@@ -208,7 +341,7 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     if (rows.orders !== n || (items !== undefined && rows.purchases !== items)) {
       throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'})`);
     }
-    return { rate: n / secs, secs, cpu, peak: s.peak(), rows, timings: stageTimings(lines) };
+    return { rate: n / secs, secs, cpu, peak: s.peak(), rows, timings: stageTimings(lines), stages: stageSums(lines) };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -226,8 +359,8 @@ export function machine() {
 
 /**
  * The flags every drain benchmark takes (plus `extra`: { name: default }): --messages (200,000),
- * --runs (5), --batch-size (10,000), --threads (sluice's default), --debug (1: sluice logs at debug
- * level and the per-batch stage timings are printed). Unknown flags exit 2.
+ * --runs (5), --batch-size (10,000), --threads (sluice's default), --debug (1: each run's mean
+ * per-batch stage timings are printed too). Unknown flags exit 2.
  */
 export function drainFlags(bench, extra = {}) {
   checkFlags(bench, ['messages', 'runs', 'batch-size', 'threads', 'debug', ...Object.keys(extra)]);
@@ -243,70 +376,108 @@ export function drainFlags(bench, extra = {}) {
 }
 
 /**
- * Runs `flags.runs` alternating pairs — fill, bare consumer drain, fill, sluice drain of
- * `sourceYaml` — prints each run and the medians, and returns the summary (also written to
- * bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages (the
- * backlog of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns msg/s.
+ * Runs `flags.runs` rounds — fill, bare consumer drain, fill, sluice drain of `sourceYaml`, then
+ * sluice draining the same backlog from an NDJSON file (`bodies` cycled, same batch size) — prints
+ * each run, the medians and where sluice on the broker spends its time beyond sluice on the file
+ * (both at debug log level: stageSums), and returns the summary (also written to
+ * bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages (the backlog
+ * of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns msg/s.
  */
-export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, itemsIn, brokerPids = () => [], extra = async () => ({}) }) {
+export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, bodies, itemsIn, label = name, brokerPids = () => [], extra = async () => ({}) }) {
   const TARGET = 0.8;
   const n = flags.messages;
-  console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s)`);
-  const b = [];
-  const s = [];
-  const peaks = [];
-  const timings = [];
-  // CPU microseconds per message of each side and of the broker while it served that side.
-  const cpu = { bare: [], bareBroker: [], sluice: [], sluiceBroker: [] };
-  const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
-  for (let r = 0; r < flags.runs; r++) {
-    await fill(n);
-    // The bare consumer runs in this process: its CPU is this process's (connecting and joining
-    // the group included, which counts against the baseline).
-    const own0 = process.cpuUsage();
-    const broker0 = cpuOf(brokerPids());
-    b.push(await bare(n));
-    const own = process.cpuUsage(own0);
-    cpu.bare.push(perMessage((own.user + own.system) / 1e6));
-    cpu.bareBroker.push(perMessage(cpuOf(brokerPids()) - broker0));
-    await fill(n);
-    const got = await sluiceDrain(sourceYaml, n, { prefix: `sluice-bench-${name}-`, threads: flags.threads, logLevel: flags.debug ? 'debug' : 'info', items: itemsIn(n), brokerPids });
-    cpu.sluice.push(perMessage(got.cpu.consumer));
-    cpu.sluiceBroker.push(perMessage(got.cpu.broker));
-    s.push(got.rate);
-    peaks.push(got.peak);
-    if (got.timings) timings.push(got.timings);
-    console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
-    console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}`);
-    if (got.timings) console.log(`       sluice ms per batch (mean): ${Object.entries(got.timings).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s); sluice also drains the same messages from an NDJSON file`);
+  const file = backlogFile(path.join(os.tmpdir(), `sluice-bench-${name}-${process.pid}.ndjson`), bodies, n);
+  try {
+    const b = [];
+    const s = [];
+    const f = [];
+    const peaks = [];
+    const timings = [];
+    const stages = { broker: [], file: [] };
+    // CPU microseconds per message of each side and of the broker while it served that side.
+    const cpu = { bare: [], bareBroker: [], sluice: [], sluiceBroker: [], sluiceFile: [] };
+    const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
+    const drainOpts = { threads: flags.threads, logLevel: 'debug', items: itemsIn(n) };
+    for (let r = 0; r < flags.runs; r++) {
+      await fill(n);
+      // The bare consumer runs in this process: its CPU is this process's (connecting and joining
+      // the group included, which counts against the baseline).
+      const own0 = process.cpuUsage();
+      const broker0 = cpuOf(brokerPids());
+      b.push(await bare(n));
+      const own = process.cpuUsage(own0);
+      cpu.bare.push(perMessage((own.user + own.system) / 1e6));
+      cpu.bareBroker.push(perMessage(cpuOf(brokerPids()) - broker0));
+      await fill(n);
+      const got = await sluiceDrain(sourceYaml, n, { ...drainOpts, prefix: `sluice-bench-${name}-`, brokerPids });
+      cpu.sluice.push(perMessage(got.cpu.consumer));
+      cpu.sluiceBroker.push(perMessage(got.cpu.broker));
+      s.push(got.rate);
+      peaks.push(got.peak);
+      if (got.timings) timings.push(got.timings);
+      // The same messages and models from a file, right after: the source's own overhead.
+      const onFile = await sluiceDrain(fileSourceYaml(file, flags.batch), n, { ...drainOpts, prefix: `sluice-bench-${name}-file-` });
+      cpu.sluiceFile.push(perMessage(onFile.cpu.consumer));
+      f.push(onFile.rate);
+      if (got.stages && onFile.stages) {
+        stages.broker.push(got.stages);
+        stages.file.push(onFile.stages);
+      }
+      console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice on file ${Math.round(onFile.rate)} msg/s (sluice-on-${label} / sluice-on-file ${(got.rate / onFile.rate).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
+      console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}; sluice on file ${cpu.sluiceFile[r]}`);
+      if (got.stages && onFile.stages) {
+        const row = (st) => LOOP_STAGES.filter((k) => k !== 'tests' || st.tests).map((k) => `${k} ${st[k]}`).join(', ');
+        console.log(`       ms summed over the batches, on ${label}: ${row(got.stages)} (span ${got.stages.span}); on file: ${row(onFile.stages)} (span ${onFile.stages.span})`);
+      }
+      if (flags.debug && got.timings) console.log(`       sluice ms per batch (mean): ${Object.entries(got.timings).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    }
+    const ratios = s.map((x, i) => Number((x / b[i]).toFixed(2)));
+    const fileRatios = s.map((x, i) => Number((x / f[i]).toFixed(2)));
+    const st = stages.broker.length ? { broker: medianStages(stages.broker), file: medianStages(stages.file) } : undefined;
+    const x = st ? extraTime(st.broker, st.file) : undefined;
+    const summary = {
+      benchmark: name,
+      date: new Date().toISOString(),
+      messages: n,
+      batch_size: flags.batch,
+      runs: flags.runs,
+      baseline,
+      bare_msgs_per_s: Math.round(median(b)),
+      sluice_msgs_per_s: Math.round(median(s)),
+      sluice_on_file_msgs_per_s: Math.round(median(f)),
+      ratio: Number((median(s) / median(b)).toFixed(2)),
+      median_run_ratio: Number(median(ratios).toFixed(2)),
+      run_ratios: ratios,
+      file_ratio: Number((median(s) / median(f)).toFixed(2)),
+      median_run_file_ratio: Number(median(fileRatios).toFixed(2)),
+      run_file_ratios: fileRatios,
+      bare_runs: b.map(Math.round),
+      sluice_runs: s.map(Math.round),
+      sluice_on_file_runs: f.map(Math.round),
+      sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
+      cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), sluice_on_file: median(cpu.sluiceFile), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
+      ...(st ? { stage_ms_summed: { median: st, extra_time: x, runs: stages } } : {}),
+      ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
+      ...(await extra()),
+      machine: machine(),
+    };
+    console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`);
+    console.log(`median: sluice-on-${label} ${summary.sluice_msgs_per_s} msg/s vs sluice-on-file ${summary.sluice_on_file_msgs_per_s} msg/s -> ratio ${summary.file_ratio} (target >= ${TARGET}); per-run ratios ${fileRatios.join(', ')}, median ${summary.median_run_file_ratio}`);
+    const c = summary.cpu_us_per_message;
+    console.log(`CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}, sluice on file ${c.sluice_on_file}`);
+    if (st) {
+      console.log(`\nwhere the time goes (medians over the runs):`);
+      for (const line of stageTable(st.broker, st.file, label)) console.log(line);
+      console.log(`${summary.median_run_file_ratio < TARGET ? `below ${TARGET}: ` : ''}${extraTimeVerdict(x, label)}`);
+    }
+    console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
+    fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
+    fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
+    return summary;
+  } finally {
+    fs.rmSync(file, { force: true });
   }
-  const ratios = s.map((x, i) => Number((x / b[i]).toFixed(2)));
-  const summary = {
-    benchmark: name,
-    messages: n,
-    batch_size: flags.batch,
-    runs: flags.runs,
-    baseline,
-    bare_msgs_per_s: Math.round(median(b)),
-    sluice_msgs_per_s: Math.round(median(s)),
-    ratio: Number((median(s) / median(b)).toFixed(2)),
-    median_run_ratio: Number(median(ratios).toFixed(2)),
-    run_ratios: ratios,
-    bare_runs: b.map(Math.round),
-    sluice_runs: s.map(Math.round),
-    sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
-    cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
-    ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
-    ...(await extra()),
-    machine: machine(),
-  };
-  console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`);
-  const c = summary.cpu_us_per_message;
-  console.log(`CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}`);
-  console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
-  fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
-  fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
-  return summary;
 }
 
 /**
