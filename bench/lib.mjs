@@ -36,6 +36,26 @@ export function cpuSeconds(pid) {
     return 0;
   }
 }
+/**
+ * Seconds the threads of process `pid` have spent waiting on a run queue for a CPU so far (the
+ * second field of each /proc/<pid>/task/<tid>/schedstat); 0 once it is gone. On a shared machine
+ * this says how much of a drain was spent runnable but not running.
+ */
+export function runQueueSeconds(pid) {
+  let ns = 0;
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    return 0;
+  }
+  return ns / 1e9;
+}
 /** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */
 const CLOCK_TICKS = 100;
 
@@ -261,6 +281,7 @@ export function extraTime(broker, file) {
   return { stage, extra, total, share: total > 0 ? extra / total : 0, deltas: Object.fromEntries(deltas), cause };
 }
 
+const pct = (x) => `${Math.round(x * 100)} %`;
 const signed = (ms) => `${ms >= 0 ? '+' : ''}${ms}`;
 
 /** Lines of a table of stage sums: on the broker, on the file, the difference. */
@@ -324,13 +345,15 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     const s = startSluice(dir, port, logLevel);
     await untilReading(s);
     const t0 = performance.now();
-    const cpu0 = { sluice: cpuSeconds(s.child.pid), broker: cpuOf(brokerPids()) };
+    // The main thread's CPU too: JavaScript (the source's client library, the JSON check) runs there.
+    const mainThread = `${s.child.pid}/task/${s.child.pid}`;
+    const cpu0 = { sluice: cpuSeconds(s.child.pid), js: cpuSeconds(mainThread), queued: runQueueSeconds(s.child.pid), broker: cpuOf(brokerPids()) };
     while ((await metric(port, 'sluice_messages_acked_total')) < n) {
       if (s.child.exitCode !== null) throw new Error(`sluice exited ${s.child.exitCode}: ${s.err().slice(-2000)}`);
       await sleep(10);
     }
     const secs = (performance.now() - t0) / 1000;
-    const cpu = { consumer: cpuSeconds(s.child.pid) - cpu0.sluice, broker: cpuOf(brokerPids()) - cpu0.broker };
+    const cpu = { consumer: cpuSeconds(s.child.pid) - cpu0.sluice, js: cpuSeconds(mainThread) - cpu0.js, queued: runQueueSeconds(s.child.pid) - cpu0.queued, broker: cpuOf(brokerPids()) - cpu0.broker };
     s.child.kill('SIGTERM');
     const code = await s.exited;
     if (code !== 0) throw new Error(`sluice exited ${code}: ${s.err().slice(-2000)}`);
@@ -341,7 +364,7 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     if (rows.orders !== n || (items !== undefined && rows.purchases !== items)) {
       throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'})`);
     }
-    return { rate: n / secs, secs, cpu, peak: s.peak(), rows, timings: stageTimings(lines), stages: stageSums(lines) };
+    return { rate: n / secs, secs, cpu, jsBusy: cpu.js / secs, peak: s.peak(), rows, timings: stageTimings(lines), stages: stageSums(lines) };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -397,6 +420,10 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
     const stages = { broker: [], file: [] };
     // CPU microseconds per message of each side and of the broker while it served that side.
     const cpu = { bare: [], bareBroker: [], sluice: [], sluiceBroker: [], sluiceFile: [] };
+    // How busy sluice's main (JavaScript) thread was during each drain: CPU seconds / seconds.
+    const js = { broker: [], file: [] };
+    // Seconds sluice's threads were runnable but waited for a CPU (summed over threads), each drain.
+    const queued = { broker: [], file: [] };
     const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
     const drainOpts = { threads: flags.threads, logLevel: 'debug', items: itemsIn(n) };
     for (let r = 0; r < flags.runs; r++) {
@@ -419,13 +446,17 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
       // The same messages and models from a file, right after: the source's own overhead.
       const onFile = await sluiceDrain(fileSourceYaml(file, flags.batch), n, { ...drainOpts, prefix: `sluice-bench-${name}-file-` });
       cpu.sluiceFile.push(perMessage(onFile.cpu.consumer));
+      js.broker.push(got.jsBusy);
+      js.file.push(onFile.jsBusy);
+      queued.broker.push(got.cpu.queued);
+      queued.file.push(onFile.cpu.queued);
       f.push(onFile.rate);
       if (got.stages && onFile.stages) {
         stages.broker.push(got.stages);
         stages.file.push(onFile.stages);
       }
       console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice on file ${Math.round(onFile.rate)} msg/s (sluice-on-${label} / sluice-on-file ${(got.rate / onFile.rate).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
-      console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}; sluice on file ${cpu.sluiceFile[r]}`);
+      console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}; sluice on file ${cpu.sluiceFile[r]}; sluice's JS thread busy ${pct(got.jsBusy)} on ${label}, ${pct(onFile.jsBusy)} on file; its threads waited for a CPU ${got.cpu.queued.toFixed(1)} s on ${label}, ${onFile.cpu.queued.toFixed(1)} s on file`);
       if (got.stages && onFile.stages) {
         const row = (st) => LOOP_STAGES.filter((k) => k !== 'tests' || st.tests).map((k) => `${k} ${st[k]}`).join(', ');
         console.log(`       ms summed over the batches, on ${label}: ${row(got.stages)} (span ${got.stages.span}); on file: ${row(onFile.stages)} (span ${onFile.stages.span})`);
@@ -456,6 +487,8 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
       sluice_runs: s.map(Math.round),
       sluice_on_file_runs: f.map(Math.round),
       sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
+      sluice_run_queue_seconds: { broker: Number(median(queued.broker).toFixed(2)), file: Number(median(queued.file).toFixed(2)) },
+      sluice_js_thread_busy: { broker: Number(median(js.broker).toFixed(2)), file: Number(median(js.file).toFixed(2)) },
       cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), sluice_on_file: median(cpu.sluiceFile), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
       ...(st ? { stage_ms_summed: { median: st, extra_time: x, runs: stages } } : {}),
       ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
@@ -470,6 +503,9 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
       console.log(`\nwhere the time goes (medians over the runs):`);
       for (const line of stageTable(st.broker, st.file, label)) console.log(line);
       console.log(`${summary.median_run_file_ratio < TARGET ? `below ${TARGET}: ` : ''}${extraTimeVerdict(x, label)}`);
+      // Stage times are wall times: the client library's work on the JavaScript thread lands in
+      // whichever stage waits for that thread (the check, or models waiting for their callbacks).
+      console.log(`sluice's process: ${Math.round((c.sluice - c.sluice_on_file) * 100) / 100} µs of CPU a message more on ${label} than on the file (${c.sluice} vs ${c.sluice_on_file}); its JavaScript thread busy ${pct(summary.sluice_js_thread_busy.broker)} of the drain on ${label}, ${pct(summary.sluice_js_thread_busy.file)} on the file; its threads waited ${summary.sluice_run_queue_seconds.broker} s for a CPU on ${label}, ${summary.sluice_run_queue_seconds.file} s on the file (summed over threads)`);
     }
     console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
     fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
