@@ -96,8 +96,8 @@ export const median = (xs) => {
 
 // ---------------------------------------------------------------------------------------------
 // Broker drains: sluice against a bare consumer of the same client library and against sluice on
-// a file of the same messages, alternating in one
-// run. Used by rabbitmq.mjs, nats.mjs, redis-streams.mjs and kafka.mjs.
+// a file of the same messages, alternating in one run. Used by rabbitmq.mjs, nats.mjs,
+// redis-streams.mjs and kafka.mjs.
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
