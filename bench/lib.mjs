@@ -276,8 +276,9 @@ export function extraTime(broker, file) {
   let cause;
   if (stage === 'wait') {
     const read = broker.read - file.read;
-    const prepare = ['check', 'load', 'decode', 'convert'].reduce((sum, k) => sum + (broker[k] - file[k]), 0);
-    cause = { read, prepare, by: read >= prepare ? 'read' : 'prepare' };
+    const each = Object.fromEntries(['check', 'load', 'decode', 'convert'].map((k) => [k, broker[k] - file[k]]));
+    const prepare = Object.values(each).reduce((sum, v) => sum + v, 0);
+    cause = { read, prepare, each, by: read >= prepare ? 'read' : 'prepare' };
   }
   return { stage, extra, total, share: total > 0 ? extra / total : 0, deltas: Object.fromEntries(deltas), cause };
 }
@@ -305,9 +306,10 @@ export function extraTimeVerdict(x, label) {
   const more = (ms) => (ms >= 0 ? `${ms} ms more` : `${-ms} ms less`);
   let s = `sluice on ${label} takes ${x.total} ms longer than on the file; the largest part, ${x.extra} ms, is ${STAGE_LABEL[x.stage]}`;
   if (x.cause) {
+    const each = Object.entries(x.cause.each).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${signed(v)}`).join(', ');
     s += x.cause.by === 'read'
-      ? ` (the source's reads took ${more(x.cause.read)}, check/load/decode/convert ${more(x.cause.prepare)})`
-      : ` (check/load/decode/convert took ${more(x.cause.prepare)}, the source's reads ${more(x.cause.read)})`;
+      ? ` (the source's reads took ${more(x.cause.read)}; check/load/decode/convert ${more(x.cause.prepare)}: ${each})`
+      : ` (check/load/decode/convert took ${more(x.cause.prepare)}: ${each}; the source's reads ${more(x.cause.read)})`;
   }
   const others = Object.entries(x.deltas).filter(([k, v]) => k !== x.stage && v !== 0).map(([k, v]) => `${k} ${signed(v)}`);
   return `${s}${others.length ? `; other main-loop stages ${others.join(', ')} ms` : ''}`;
