@@ -387,7 +387,8 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     if (!done || done.messages < n) throw new Error(`sluice processed ${done?.messages} of ${n}`);
     const rows = await outputRows(dir);
     if (rows.orders !== n || (items !== undefined && rows.purchases !== items)) {
-      throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'})`);
+      const warned = [...new Set(lines.filter((l) => l.level === 40).map((l) => l.msg))].slice(0, 5);
+      throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'}); sluice's summary: ${done.messages} messages, ${done.redelivered} redelivered, ${done.dead_lettered} dead-lettered, ${lines.filter((l) => l.msg === 'batch committed').length} batches; warnings: ${warned.join(' | ') || 'none'}`);
     }
     return { rate: n / secs, secs, cpu, jsBusy: cpu.js / secs, peak: s.peak(), rows, timings: stageTimings(lines), stages: stageSums(lines) };
   } finally {
