@@ -118,6 +118,7 @@ try {
     bare,
     brokerPids: () => (mock ? [mock.pid] : []),
     sourceYaml: `source:\n  type: kafka\n  brokers: ${BROKERS}\n  topic_pattern: "^\${SLUICE_BENCH_TOPIC}-t"\n  group_id: "${SLUICE_GROUP}-\${SLUICE_BENCH_TOPIC}"\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n  max_bytes_per_partition: ${MAX_BYTES_PER_PARTITION}\n  max_buffer_bytes: 134217728\n`,
+    bodies,
     itemsIn,
   });
 } finally {

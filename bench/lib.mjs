@@ -36,6 +36,26 @@ export function cpuSeconds(pid) {
     return 0;
   }
 }
+/**
+ * Seconds the threads of process `pid` have spent waiting on a run queue for a CPU so far (the
+ * second field of each /proc/<pid>/task/<tid>/schedstat); 0 once it is gone. On a shared machine
+ * this says how much of a drain was spent runnable but not running.
+ */
+export function runQueueSeconds(pid) {
+  let ns = 0;
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    return 0;
+  }
+  return ns / 1e9;
+}
 /** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */
 const CLOCK_TICKS = 100;
 
@@ -75,8 +95,9 @@ export const median = (xs) => {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Broker drains: sluice against a bare consumer of the same client library, alternating in one
-// run. Used by rabbitmq.mjs, nats.mjs and redis-streams.mjs.
+// Broker drains: sluice against a bare consumer of the same client library and against sluice on
+// a file of the same messages, alternating in one run. Used by rabbitmq.mjs, nats.mjs,
+// redis-streams.mjs and kafka.mjs.
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -141,13 +162,38 @@ export async function untilReading(s) {
   }
 }
 
-/** A metric's value from sluice's /metrics (0 while unreachable). */
-export async function metric(port, name) {
-  try {
-    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'm').exec(text)?.[1] ?? 0);
-  } catch {
-    return 0;
+/** The log time (ms) of sluice's first line with message `msg` (JSON logs), once it has come. */
+async function logTime(s, msg) {
+  for (;;) {
+    const line = s.lines().find((l) => l.msg === msg);
+    if (line) return line.time;
+    if (s.child.exitCode !== null) throw new Error(`sluice exited ${s.child.exitCode}: ${s.err().slice(-2000)}`);
+    await sleep(5);
+  }
+}
+
+/**
+ * Waits until sluice's `batch committed` lines (debug level: each after its batch was acked) add
+ * up to n messages; returns the log time (ms) of the line that got there. Reads sluice's stderr
+ * only: polling its /metrics instead cost it ~2.5 ms of CPU a request, on its JavaScript thread.
+ */
+async function untilCommitted(s, n) {
+  let seen = 0;
+  let acked = 0;
+  for (;;) {
+    const text = s.err();
+    const end = text.lastIndexOf('\n');
+    if (end > seen) {
+      for (const line of text.slice(seen, end).split('\n')) {
+        if (!line.includes('"batch committed"')) continue;
+        const l = JSON.parse(line);
+        acked += l.messages;
+        if (acked >= n) return l.time;
+      }
+      seen = end + 1;
+    }
+    if (s.child.exitCode !== null) throw new Error(`sluice exited ${s.child.exitCode} after ${acked} of ${n} messages: ${s.err().slice(-2000)}`);
+    await sleep(5);
   }
 }
 
@@ -165,7 +211,7 @@ export async function outputRows(dir) {
   }
 }
 
-/** Mean seconds per batch of each debug-logged stage timing (`--log-level debug`), if any. */
+/** Mean milliseconds per batch of each debug-logged stage timing (`--log-level debug`), if any. */
 function stageTimings(lines) {
   const sums = {};
   let batches = 0;
@@ -178,26 +224,161 @@ function stageTimings(lines) {
   return Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, Math.round(v / batches)]));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Where a drain's time goes: the engine's `batch committed` debug lines summed over the batches.
+//
+// The engine reads and prepares batch N+1 (read, then check, load, decode, convert on the loading
+// lane) while its main loop runs batch N through the models, stages its WAL segments, commits and
+// acks. So only the main loop's stages add up to the drain's time: `wait` (the loop waiting for
+// the next batch to be read and prepared, plus its bookkeeping) + models + tests + stage + commit
+// + ack = the span from "reading from the source" to the last commit. `wait` is not logged: it is
+// each batch's gap between log timestamps (the previous commit, or the start, to this commit)
+// less the stages the loop ran for it. read/check/load/decode/convert are durations of work that
+// overlapped the previous batch: they matter only through `wait`. (`read` on a line is the read
+// that finished last, which may be the next batch's: only its sum means something.)
+
+/** Main-loop stages, in order: together they make up the span. */
+export const LOOP_STAGES = ['wait', 'models', 'tests', 'stage', 'commit', 'ack'];
+/** Stages that overlap the previous batch (the source's read and the loading lane). */
+export const OVERLAPPED_STAGES = ['read', 'check', 'load', 'decode', 'convert'];
+const STAGE_LABEL = {
+  wait: 'waiting for the next batch',
+  models: 'models',
+  tests: 'data tests',
+  stage: 'stage (WAL segments, fsync)',
+  commit: 'commit (WAL state)',
+  ack: 'ack to the source',
+  span: 'span: start to last commit',
+  read: 'read (source)',
+  check: 'check (JSON scan, JS thread)',
+  load: 'load (into DuckDB)',
+  decode: 'decode (exact, slow path)',
+  convert: 'convert (json_transform)',
+};
+
 /**
- * Drains a backlog of n messages with `sluice run` on `sourceYaml`: timed from "reading from the
- * source" to sluice_messages_acked_total = n (rows durable in the WAL), then SIGTERM (flush,
- * exit 0) and a check that the Parquet output holds n orders and `items` purchases.
+ * Milliseconds per stage summed over a drain's batches, from sluice's JSON log lines at debug
+ * level; undefined if there is no `batch committed` line with timings.
  */
-export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', threads = 0, logLevel = 'info', items, brokerPids = () => [] } = {}) {
+export function stageSums(lines) {
+  const start = lines.find((l) => l.msg === 'reading from the source')?.time;
+  const batches = lines.filter((l) => l.msg === 'batch committed' && l.ms && typeof l.time === 'number');
+  if (start === undefined || !batches.length) return undefined;
+  const sums = Object.fromEntries([...LOOP_STAGES, ...OVERLAPPED_STAGES].map((k) => [k, 0]));
+  let prev = start;
+  for (const l of batches) {
+    const ms = l.ms;
+    const stage = ms.stage ?? 0;
+    const commit = ms.commit ?? 0;
+    const loop = (ms.models ?? 0) + (ms.tests ?? 0) + (ms.stage_and_commit ?? stage + commit) + (ms.ack ?? 0);
+    sums.wait += l.time - prev - loop;
+    prev = l.time;
+    for (const k of ['models', 'tests', 'ack', ...OVERLAPPED_STAGES]) sums[k] += ms[k] ?? 0;
+    sums.stage += stage;
+    // stage_and_commit also covers what lies between the two (the checkpoint, contract reports).
+    sums.commit += (ms.stage_and_commit ?? stage + commit) - stage;
+  }
+  sums.span = prev - start;
+  sums.batches = batches.length;
+  return sums;
+}
+
+/** Per stage, the median over runs of stageSums() results. */
+export function medianStages(runs) {
+  const keys = [...LOOP_STAGES, 'span', ...OVERLAPPED_STAGES, 'batches'];
+  return Object.fromEntries(keys.map((k) => [k, Math.round(median(runs.map((r) => r[k] ?? 0)))]));
+}
+
+/**
+ * Which main-loop stage takes the broker drain's extra time over the file drain (stage sums of
+ * each, e.g. medians over runs): { stage, extra, total, share }, and for `wait`, whether the
+ * source's read or the preparation of the batch grew more (`cause`).
+ */
+export function extraTime(broker, file) {
+  const total = broker.span - file.span;
+  const deltas = LOOP_STAGES.map((k) => [k, (broker[k] ?? 0) - (file[k] ?? 0)]).sort((a, b) => b[1] - a[1]);
+  const [stage, extra] = deltas[0];
+  let cause;
+  if (stage === 'wait') {
+    const read = broker.read - file.read;
+    const each = Object.fromEntries(['check', 'load', 'decode', 'convert'].map((k) => [k, broker[k] - file[k]]));
+    const prepare = Object.values(each).reduce((sum, v) => sum + v, 0);
+    cause = { read, prepare, each, by: read >= prepare ? 'read' : 'prepare' };
+  }
+  return { stage, extra, total, share: total > 0 ? extra / total : 0, deltas: Object.fromEntries(deltas), cause };
+}
+
+const pct = (x) => `${Math.round(x * 100)} %`;
+const signed = (ms) => `${ms >= 0 ? '+' : ''}${ms}`;
+
+/** Lines of a table of stage sums: on the broker, on the file, the difference. */
+export function stageTable(broker, file, label) {
+  const row = (k) => `    ${STAGE_LABEL[k].padEnd(30)} ${String(broker[k]).padStart(10)} ${String(file[k]).padStart(10)} ${signed(broker[k] - file[k]).padStart(10)}`;
+  return [
+    `  sluice ms summed over the batches (${broker.batches} on ${label}, ${file.batches} on file)`,
+    `    ${''.padEnd(30)} ${'on broker'.padStart(10)} ${'on file'.padStart(10)} ${'extra'.padStart(10)}`,
+    '  main loop (adds up to the span):',
+    ...LOOP_STAGES.filter((k) => k !== 'tests' || broker.tests || file.tests).map(row),
+    row('span'),
+    '  overlapped with the previous batch (count only through "waiting"):',
+    ...OVERLAPPED_STAGES.map(row),
+  ];
+}
+
+/** One sentence: where the broker drain's extra time goes. */
+export function extraTimeVerdict(x, label) {
+  if (x.total <= 0) return `sluice on ${label} took no longer than on the file (span ${signed(x.total)} ms)`;
+  const more = (ms) => (ms >= 0 ? `${ms} ms more` : `${-ms} ms less`);
+  let s = `sluice on ${label} takes ${x.total} ms longer than on the file; the largest part, ${x.extra} ms, is ${STAGE_LABEL[x.stage]}`;
+  if (x.cause) {
+    const each = Object.entries(x.cause.each).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${signed(v)}`).join(', ');
+    s += x.cause.by === 'read'
+      ? ` (the source's reads took ${more(x.cause.read)}; check/load/decode/convert ${more(x.cause.prepare)}: ${each})`
+      : ` (check/load/decode/convert took ${more(x.cause.prepare)}: ${each}; the source's reads ${more(x.cause.read)})`;
+  }
+  const others = Object.entries(x.deltas).filter(([k, v]) => k !== x.stage && v !== 0).map(([k, v]) => `${k} ${signed(v)}`);
+  return `${s}${others.length ? `; other main-loop stages ${others.join(', ')} ms` : ''}`;
+}
+
+/** An NDJSON file of the first n messages of a backlog cycling through `bodies` (Buffers). */
+export function backlogFile(file, bodies, n) {
+  const fd = fs.openSync(file, 'w');
+  try {
+    const NL = Buffer.from('\n');
+    for (let i = 0; i < n; i += 10_000) {
+      const chunk = [];
+      for (let j = i; j < Math.min(n, i + 10_000); j++) chunk.push(bodies[j % bodies.length], NL);
+      fs.writeSync(fd, Buffer.concat(chunk));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return file;
+}
+
+/** The file source a drain's backlog is read from by sluice-on-file: same batch size and timeout as the brokers'. */
+export const fileSourceYaml = (file, batch) =>
+  `source:\n  type: file\n  path: ${JSON.stringify(file)}\n  follow: true\n  poll_interval_ms: 20\n  batch_size: ${batch}\n  batch_timeout_ms: 1000\n`;
+
+/**
+ * Drains a backlog of n messages with `sluice run` on `sourceYaml`, logging at debug level: timed
+ * by sluice's own log times, from "reading from the source" to the `batch committed` line that
+ * makes n (every row durable in the WAL and acked), then SIGTERM (flush, exit 0) and a check that
+ * the Parquet output holds n orders and `items` purchases.
+ */
+export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', threads = 0, items, brokerPids = () => [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   try {
     await benchProject(dir, sourceYaml, threads);
     const port = 19000 + Math.floor(Math.random() * 1000);
-    const s = startSluice(dir, port, logLevel);
-    await untilReading(s);
-    const t0 = performance.now();
-    const cpu0 = { sluice: cpuSeconds(s.child.pid), broker: cpuOf(brokerPids()) };
-    while ((await metric(port, 'sluice_messages_acked_total')) < n) {
-      if (s.child.exitCode !== null) throw new Error(`sluice exited ${s.child.exitCode}: ${s.err().slice(-2000)}`);
-      await sleep(10);
-    }
-    const secs = (performance.now() - t0) / 1000;
-    const cpu = { consumer: cpuSeconds(s.child.pid) - cpu0.sluice, broker: cpuOf(brokerPids()) - cpu0.broker };
+    const s = startSluice(dir, port, 'debug');
+    const start = await logTime(s, 'reading from the source');
+    // The main thread's CPU too: JavaScript (the source's client library, the JSON check) runs there.
+    const mainThread = `${s.child.pid}/task/${s.child.pid}`;
+    const cpu0 = { sluice: cpuSeconds(s.child.pid), js: cpuSeconds(mainThread), queued: runQueueSeconds(s.child.pid), broker: cpuOf(brokerPids()) };
+    const end = await untilCommitted(s, n);
+    const cpu = { consumer: cpuSeconds(s.child.pid) - cpu0.sluice, js: cpuSeconds(mainThread) - cpu0.js, queued: runQueueSeconds(s.child.pid) - cpu0.queued, broker: cpuOf(brokerPids()) - cpu0.broker };
+    const secs = (end - start) / 1000;
     s.child.kill('SIGTERM');
     const code = await s.exited;
     if (code !== 0) throw new Error(`sluice exited ${code}: ${s.err().slice(-2000)}`);
@@ -206,9 +387,10 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     if (!done || done.messages < n) throw new Error(`sluice processed ${done?.messages} of ${n}`);
     const rows = await outputRows(dir);
     if (rows.orders !== n || (items !== undefined && rows.purchases !== items)) {
-      throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'})`);
+      const warned = [...new Set(lines.filter((l) => l.level === 40).map((l) => l.msg))].slice(0, 5);
+      throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'}); sluice's summary: ${done.messages} messages, ${done.redelivered} redelivered, ${done.dead_lettered} dead-lettered, ${lines.filter((l) => l.msg === 'batch committed').length} batches; warnings: ${warned.join(' | ') || 'none'}`);
     }
-    return { rate: n / secs, secs, cpu, peak: s.peak(), rows, timings: stageTimings(lines) };
+    return { rate: n / secs, secs, cpu, jsBusy: cpu.js / secs, peak: s.peak(), rows, timings: stageTimings(lines), stages: stageSums(lines) };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -226,8 +408,8 @@ export function machine() {
 
 /**
  * The flags every drain benchmark takes (plus `extra`: { name: default }): --messages (200,000),
- * --runs (5), --batch-size (10,000), --threads (sluice's default), --debug (1: sluice logs at debug
- * level and the per-batch stage timings are printed). Unknown flags exit 2.
+ * --runs (5), --batch-size (10,000), --threads (sluice's default), --debug (1: each run's mean
+ * per-batch stage timings are printed too). Unknown flags exit 2.
  */
 export function drainFlags(bench, extra = {}) {
   checkFlags(bench, ['messages', 'runs', 'batch-size', 'threads', 'debug', ...Object.keys(extra)]);
@@ -243,70 +425,121 @@ export function drainFlags(bench, extra = {}) {
 }
 
 /**
- * Runs `flags.runs` alternating pairs — fill, bare consumer drain, fill, sluice drain of
- * `sourceYaml` — prints each run and the medians, and returns the summary (also written to
- * bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages (the
- * backlog of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns msg/s.
+ * Runs `flags.runs` rounds — fill, bare consumer drain, fill, sluice drain of `sourceYaml`, then
+ * sluice draining the same backlog from an NDJSON file (`bodies` cycled, same batch size) — prints
+ * each run, the medians and where sluice on the broker spends its time beyond sluice on the file
+ * (both at debug log level: stageSums), and returns the summary (also written to
+ * bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages (the backlog
+ * of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns msg/s.
  */
-export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, itemsIn, brokerPids = () => [], extra = async () => ({}) }) {
+export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, bodies, itemsIn, label = name, brokerPids = () => [], extra = async () => ({}) }) {
   const TARGET = 0.8;
   const n = flags.messages;
-  console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s)`);
-  const b = [];
-  const s = [];
-  const peaks = [];
-  const timings = [];
-  // CPU microseconds per message of each side and of the broker while it served that side.
-  const cpu = { bare: [], bareBroker: [], sluice: [], sluiceBroker: [] };
-  const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
-  for (let r = 0; r < flags.runs; r++) {
-    await fill(n);
-    // The bare consumer runs in this process: its CPU is this process's (connecting and joining
-    // the group included, which counts against the baseline).
-    const own0 = process.cpuUsage();
-    const broker0 = cpuOf(brokerPids());
-    b.push(await bare(n));
-    const own = process.cpuUsage(own0);
-    cpu.bare.push(perMessage((own.user + own.system) / 1e6));
-    cpu.bareBroker.push(perMessage(cpuOf(brokerPids()) - broker0));
-    await fill(n);
-    const got = await sluiceDrain(sourceYaml, n, { prefix: `sluice-bench-${name}-`, threads: flags.threads, logLevel: flags.debug ? 'debug' : 'info', items: itemsIn(n), brokerPids });
-    cpu.sluice.push(perMessage(got.cpu.consumer));
-    cpu.sluiceBroker.push(perMessage(got.cpu.broker));
-    s.push(got.rate);
-    peaks.push(got.peak);
-    if (got.timings) timings.push(got.timings);
-    console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
-    console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}`);
-    if (got.timings) console.log(`       sluice ms per batch (mean): ${Object.entries(got.timings).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s); sluice also drains the same messages from an NDJSON file`);
+  const file = backlogFile(path.join(os.tmpdir(), `sluice-bench-${name}-${process.pid}.ndjson`), bodies, n);
+  try {
+    const b = [];
+    const s = [];
+    const f = [];
+    const peaks = [];
+    const timings = [];
+    const stages = { broker: [], file: [] };
+    // CPU microseconds per message of each side and of the broker while it served that side.
+    const cpu = { bare: [], bareBroker: [], sluice: [], sluiceBroker: [], sluiceFile: [] };
+    // How busy sluice's main (JavaScript) thread was during each drain: CPU seconds / seconds.
+    const js = { broker: [], file: [] };
+    // Seconds sluice's threads were runnable but waited for a CPU (summed over threads), each drain.
+    const queued = { broker: [], file: [] };
+    const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
+    const drainOpts = { threads: flags.threads, items: itemsIn(n) };
+    for (let r = 0; r < flags.runs; r++) {
+      await fill(n);
+      // The bare consumer runs in this process: its CPU is this process's (connecting and joining
+      // the group included, which counts against the baseline).
+      const own0 = process.cpuUsage();
+      const broker0 = cpuOf(brokerPids());
+      b.push(await bare(n));
+      const own = process.cpuUsage(own0);
+      cpu.bare.push(perMessage((own.user + own.system) / 1e6));
+      cpu.bareBroker.push(perMessage(cpuOf(brokerPids()) - broker0));
+      await fill(n);
+      const got = await sluiceDrain(sourceYaml, n, { ...drainOpts, prefix: `sluice-bench-${name}-`, brokerPids });
+      cpu.sluice.push(perMessage(got.cpu.consumer));
+      cpu.sluiceBroker.push(perMessage(got.cpu.broker));
+      s.push(got.rate);
+      peaks.push(got.peak);
+      if (got.timings) timings.push(got.timings);
+      // The same messages and models from a file, right after: the source's own overhead.
+      const onFile = await sluiceDrain(fileSourceYaml(file, flags.batch), n, { ...drainOpts, prefix: `sluice-bench-${name}-file-` });
+      cpu.sluiceFile.push(perMessage(onFile.cpu.consumer));
+      js.broker.push(got.jsBusy);
+      js.file.push(onFile.jsBusy);
+      queued.broker.push(got.cpu.queued);
+      queued.file.push(onFile.cpu.queued);
+      f.push(onFile.rate);
+      if (got.stages && onFile.stages) {
+        stages.broker.push(got.stages);
+        stages.file.push(onFile.stages);
+      }
+      console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice on file ${Math.round(onFile.rate)} msg/s (sluice-on-${label} / sluice-on-file ${(got.rate / onFile.rate).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
+      console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}; sluice on file ${cpu.sluiceFile[r]}; sluice's JS thread busy ${pct(got.jsBusy)} on ${label}, ${pct(onFile.jsBusy)} on file; its threads waited for a CPU ${got.cpu.queued.toFixed(1)} s on ${label}, ${onFile.cpu.queued.toFixed(1)} s on file`);
+      if (got.stages && onFile.stages) {
+        const row = (st) => LOOP_STAGES.filter((k) => k !== 'tests' || st.tests).map((k) => `${k} ${st[k]}`).join(', ');
+        console.log(`       ms summed over the batches, on ${label}: ${row(got.stages)} (span ${got.stages.span}); on file: ${row(onFile.stages)} (span ${onFile.stages.span})`);
+      }
+      if (flags.debug && got.timings) console.log(`       sluice ms per batch (mean): ${Object.entries(got.timings).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    }
+    const ratios = s.map((x, i) => Number((x / b[i]).toFixed(2)));
+    const fileRatios = s.map((x, i) => Number((x / f[i]).toFixed(2)));
+    const st = stages.broker.length ? { broker: medianStages(stages.broker), file: medianStages(stages.file) } : undefined;
+    const x = st ? extraTime(st.broker, st.file) : undefined;
+    const summary = {
+      benchmark: name,
+      date: new Date().toISOString(),
+      messages: n,
+      batch_size: flags.batch,
+      runs: flags.runs,
+      baseline,
+      bare_msgs_per_s: Math.round(median(b)),
+      sluice_msgs_per_s: Math.round(median(s)),
+      sluice_on_file_msgs_per_s: Math.round(median(f)),
+      ratio: Number((median(s) / median(b)).toFixed(2)),
+      median_run_ratio: Number(median(ratios).toFixed(2)),
+      run_ratios: ratios,
+      file_ratio: Number((median(s) / median(f)).toFixed(2)),
+      median_run_file_ratio: Number(median(fileRatios).toFixed(2)),
+      run_file_ratios: fileRatios,
+      bare_runs: b.map(Math.round),
+      sluice_runs: s.map(Math.round),
+      sluice_on_file_runs: f.map(Math.round),
+      sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
+      sluice_run_queue_seconds: { broker: Number(median(queued.broker).toFixed(2)), file: Number(median(queued.file).toFixed(2)) },
+      sluice_js_thread_busy: { broker: Number(median(js.broker).toFixed(2)), file: Number(median(js.file).toFixed(2)) },
+      cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), sluice_on_file: median(cpu.sluiceFile), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
+      ...(st ? { stage_ms_summed: { median: st, extra_time: x, runs: stages } } : {}),
+      ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
+      ...(await extra()),
+      machine: machine(),
+    };
+    console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`);
+    console.log(`median: sluice-on-${label} ${summary.sluice_msgs_per_s} msg/s vs sluice-on-file ${summary.sluice_on_file_msgs_per_s} msg/s -> ratio ${summary.file_ratio} (target >= ${TARGET}); per-run ratios ${fileRatios.join(', ')}, median ${summary.median_run_file_ratio}`);
+    const c = summary.cpu_us_per_message;
+    console.log(`CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}, sluice on file ${c.sluice_on_file}`);
+    if (st) {
+      console.log(`\nwhere the time goes (medians over the runs):`);
+      for (const line of stageTable(st.broker, st.file, label)) console.log(line);
+      console.log(`${summary.median_run_file_ratio < TARGET ? `below ${TARGET}: ` : ''}${extraTimeVerdict(x, label)}`);
+      // Stage times are wall times: the client library's work on the JavaScript thread lands in
+      // whichever stage waits for that thread (the check, or models waiting for their callbacks).
+      console.log(`sluice's process: ${Math.round((c.sluice - c.sluice_on_file) * 100) / 100} µs of CPU a message more on ${label} than on the file (${c.sluice} vs ${c.sluice_on_file}); its JavaScript thread busy ${pct(summary.sluice_js_thread_busy.broker)} of the drain on ${label}, ${pct(summary.sluice_js_thread_busy.file)} on the file; its threads waited ${summary.sluice_run_queue_seconds.broker} s for a CPU on ${label}, ${summary.sluice_run_queue_seconds.file} s on the file (summed over threads)`);
+    }
+    console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
+    fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
+    fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
+    return summary;
+  } finally {
+    fs.rmSync(file, { force: true });
   }
-  const ratios = s.map((x, i) => Number((x / b[i]).toFixed(2)));
-  const summary = {
-    benchmark: name,
-    messages: n,
-    batch_size: flags.batch,
-    runs: flags.runs,
-    baseline,
-    bare_msgs_per_s: Math.round(median(b)),
-    sluice_msgs_per_s: Math.round(median(s)),
-    ratio: Number((median(s) / median(b)).toFixed(2)),
-    median_run_ratio: Number(median(ratios).toFixed(2)),
-    run_ratios: ratios,
-    bare_runs: b.map(Math.round),
-    sluice_runs: s.map(Math.round),
-    sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
-    cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
-    ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
-    ...(await extra()),
-    machine: machine(),
-  };
-  console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`);
-  const c = summary.cpu_us_per_message;
-  console.log(`CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}`);
-  console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
-  fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
-  fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
-  return summary;
 }
 
 /**

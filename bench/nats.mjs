@@ -67,6 +67,7 @@ await drainBench({
   bare,
   brokerPids: () => (process.env.SLUICE_BENCH_NATS ? [] : pidsNamed('nats-server')),
   sourceYaml: `source:\n  type: nats\n  servers: ${SERVERS}\n  stream: ${STREAM}\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n`,
+  bodies,
   itemsIn,
 });
 await jsm.streams.delete(STREAM);

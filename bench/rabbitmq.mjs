@@ -88,6 +88,7 @@ await drainBench({
   bare: (n) => bareConsumer(queue, n),
   brokerPids: () => (process.env.SLUICE_BENCH_AMQP_URL ? [] : pidsNamed('beam.smp')),
   sourceYaml: sourceYaml(queue, BATCH, 1000),
+  bodies,
   itemsIn,
   // Then publish-to-ack latency at a steady rate, in the summary too.
   extra: async () => {

@@ -41,6 +41,7 @@ async function bare(n) {
 
 await drainBench({
   name: 'redis_streams',
+  label: 'redis',
   title: 'Redis Streams',
   baseline: 'bare node-redis consumer',
   flags,
@@ -48,6 +49,7 @@ await drainBench({
   bare,
   brokerPids: () => (process.env.SLUICE_BENCH_REDIS_URL ? [] : pidsNamed('redis-server')),
   sourceYaml: `source:\n  type: redis_streams\n  url: ${URL}\n  stream: ${STREAM}\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n`,
+  bodies,
   itemsIn,
 });
 await redis.del(STREAM);
