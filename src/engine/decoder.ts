@@ -6,7 +6,7 @@ import { ident, lit } from '../sql/quote.js';
 import type { MessageMeta, PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { SourcePolicy } from '../connectors/shared-config.js';
 import { countFields, isObjectStructure, mergeStructure, type Structure } from './structure.js';
-import { DEFAULT_MESSAGE_LIMITS, overLimits, type MessageLimits } from './limits.js';
+import { DEFAULT_MESSAGE_LIMITS, overLimits, topLevelKeysOver, type MessageLimits } from './limits.js';
 import { conformance, nonConforming, type Conformance } from './conform.js';
 import { asInfraError } from './infra-errors.js';
 import type { ContractKind, ContractReport } from './contracts.js';
@@ -208,7 +208,7 @@ export class BatchDecoder {
     // wider than the limits allow.
     const within: number[] = [];
     for (const i of slow) {
-      const over = overLimits(block.data, block.starts[i], block.ends[i], this.rules.limits);
+      const over = overLimits(block.data, block.starts[i], block.ends[i], this.rules.limits) ?? this.tooManyColumns(block, i);
       if (over === undefined) within.push(i);
       else {
         bad.add(i);
@@ -244,6 +244,17 @@ export class BatchDecoder {
     await this.convert(p, `__batch${lane}`);
     lap('convert');
     return p;
+  }
+
+  /**
+   * Why message `i` can never become a row of `incoming` under contract.new_columns evolve: more
+   * distinct top-level keys than limits.max_columns (see topLevelKeysOver); else undefined.
+   */
+  private tooManyColumns(block: PayloadBlock, i: number): string | undefined {
+    const { newColumns, maxColumns } = this.rules;
+    if (newColumns !== 'evolve') return undefined;
+    const n = topLevelKeysOver(block.data, block.starts[i], block.ends[i], maxColumns);
+    return n === undefined ? undefined : `message has ${n} top-level keys, over limits.max_columns (${maxColumns})`;
   }
 
   /**
@@ -313,6 +324,9 @@ export class BatchDecoder {
       else incoming.violations.push({ model: 'incoming', column, kind: 'new_column', policy, rows });
     };
     let merged = structure;
+    // Whether `merged` is an object made in this call, seen by nothing else yet: later merges
+    // then change it in place (see MergeOptions.inPlace) instead of copying it each.
+    let own = false;
     let fields = countFields(merged);
     let slice = performance.now();
     for (const [sv, idList] of groups.getRows()) {
@@ -341,7 +355,7 @@ export class BatchDecoder {
         const policy = merged === undefined ? 'evolve' : newColumns;
         // At the cap nothing can be added: merging without adding is cheaper (no copy of the schema).
         const full = policy === 'evolve' && fields >= maxColumns;
-        const r = mergeStructure(merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold });
+        const r = mergeStructure(merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold, inPlace: own });
         const reserved = r.added.find((x) => x.toLowerCase() === `$.${MSG_COL}`.toLowerCase());
         if (r.conflict) reason = r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`;
         else if (reserved) reason = `field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`;
@@ -352,17 +366,24 @@ export class BatchDecoder {
           reason = `new field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''}: incoming's schema is frozen (contract.new_columns: freeze)`;
           violation(r.skipped[0], 'freeze', members.length);
         } else if (r.skipped.length && policy === 'discard_row') {
+          r.undo?.();
           for (const i of members) bad.add(i);
           violation(r.skipped[0], 'discard_row', members.length);
           continue;
-        } else if (r.added.length && countFields(r.merged) > maxColumns) {
-          reason = `the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
         } else {
-          if (r.skipped.length) violation(r.skipped[0], 'discard_value', members.length);
-          for (const c of r.collapsed) incoming.changes.push({ model: 'incoming', column: c, kind: 'type_change', from: 'STRUCT', to: 'JSON' });
-          if (r.merged !== merged && (r.added.length || r.collapsed.length)) fields = countFields(r.merged);
-          merged = r.merged;
+          // Without a collapse, the fields after the merge are those before plus those it added.
+          const after = r.collapsed.length ? countFields(r.merged) : fields + r.added.length;
+          if (r.added.length && after > maxColumns) {
+            reason = `the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+          } else {
+            if (r.skipped.length) violation(r.skipped[0], 'discard_value', members.length);
+            for (const c of r.collapsed) incoming.changes.push({ model: 'incoming', column: c, kind: 'type_change', from: 'STRUCT', to: 'JSON' });
+            fields = after;
+            if (r.merged !== merged) own = true;
+            merged = r.merged;
+          }
         }
+        if (reason) r.undo?.();
       }
       if (reason) {
         for (const i of members) {
