@@ -11,6 +11,7 @@ import { conformance, nonConforming, type Conformance } from './conform.js';
 import { asInfraError } from './infra-errors.js';
 import type { ContractKind, ContractReport } from './contracts.js';
 import { blockOf, loadPayloads, NEWLINE, SEPARATOR, startLoad, stopwatch } from './batch-load.js';
+import { Slices } from './slices.js';
 
 /** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
 export const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql?: (x: string) => string }> = {
@@ -207,7 +208,9 @@ export class BatchDecoder {
     // pass each, before DuckDB parses them, so that no message is ever taken apart deeper or
     // wider than the limits allow.
     const within: number[] = [];
+    const slices = new Slices();
     for (const i of slow) {
+      await slices.tick();
       const over = overLimits(block.data, block.starts[i], block.ends[i], this.rules.limits) ?? this.tooManyColumns(block, i);
       if (over === undefined) within.push(i);
       else {
@@ -330,14 +333,11 @@ export class BatchDecoder {
     // then change it in place (see MergeOptions.inPlace) instead of copying it each.
     let own = false;
     let fields = countFields(merged);
-    let slice = performance.now();
+    // Messages of many shapes (each adding keys, say) cost JavaScript time each: the other
+    // pipelines of the process get the thread back every few milliseconds.
+    const slices = new Slices();
     for (const [sv, idList] of groups.getRows()) {
-      // Messages of many shapes (each adding keys, say) cost JavaScript time each: the other
-      // pipelines of the process get the thread back every few milliseconds.
-      if (performance.now() - slice > 5) {
-        await new Promise(setImmediate);
-        slice = performance.now();
-      }
+      await slices.tick();
       const members = (idList as { items: unknown[] }).items.map(Number);
       let reason: string | undefined;
       if (sv === null) {
