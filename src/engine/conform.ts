@@ -1,6 +1,7 @@
 import type { PayloadBlock } from '../connectors/types.js';
 import type { Structure } from './structure.js';
 import { DEFAULT_MESSAGE_LIMITS } from './limits.js';
+import { Slices } from './slices.js';
 
 /**
  * The decode fast path: does merging this message's json_structure() into the schema change
@@ -319,12 +320,13 @@ export function conformance(s: Structure | undefined, limits: { maxDepth: number
   };
 }
 
-/** Messages scanned between two yields to the event loop. */
-const SLICE = 4096;
+/** Messages scanned between two looks at the clock (see Slices). */
+const BETWEEN_TICKS = 64;
 
 /**
- * Indexes of the block's messages that do not conform (or are not valid JSON). Yields to the
- * event loop every SLICE messages: the other batch's DuckDB queries continue meanwhile. With
+ * Indexes of the block's messages that do not conform (or are not valid JSON). Gives the event
+ * loop a turn every few milliseconds (see Slices): the other batch's DuckDB queries and the
+ * other pipelines of the process go on meanwhile, however large the messages. With
  * `newTopKeys`, records for each refused message the top-level key the schema lacks that the
  * scan stopped at, when that was the first thing found wrong (see unknownTopKey).
  */
@@ -333,9 +335,10 @@ export async function nonConforming(block: PayloadBlock, check: Conformance, amo
   const { data, starts, ends } = block;
   const ids = among ?? starts.length;
   const n = typeof ids === 'number' ? ids : ids.length;
-  for (let from = 0; from < n; from += SLICE) {
-    if (from > 0) await new Promise(setImmediate);
-    const to = Math.min(n, from + SLICE);
+  const slices = new Slices();
+  for (let from = 0; from < n; from += BETWEEN_TICKS) {
+    await slices.tick();
+    const to = Math.min(n, from + BETWEEN_TICKS);
     for (let k = from; k < to; k++) {
       const i = typeof ids === 'number' ? k : ids[k];
       if (check(data, starts[i], ends[i])) continue;

@@ -1,16 +1,17 @@
 import { isUtf8 } from 'node:buffer';
-import type { DuckDBConnection } from '@duckdb/node-api';
+import type { DuckDBConnection, DuckDBPreparedStatement } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../errors.js';
 import { MSG_COL } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import type { MessageMeta, PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { SourcePolicy } from '../connectors/shared-config.js';
 import { countFields, isObjectStructure, mergeStructure, type Structure } from './structure.js';
-import { DEFAULT_MESSAGE_LIMITS, overLimits, type MessageLimits } from './limits.js';
+import { DEFAULT_MESSAGE_LIMITS, overLimits, topLevelKeysOver, type MessageLimits } from './limits.js';
 import { conformance, nonConforming, type Conformance } from './conform.js';
 import { asInfraError } from './infra-errors.js';
 import type { ContractKind, ContractReport } from './contracts.js';
 import { blockOf, loadPayloads, NEWLINE, SEPARATOR, startLoad, stopwatch } from './batch-load.js';
+import { Slices } from './slices.js';
 
 /** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
 export const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql?: (x: string) => string }> = {
@@ -107,6 +108,8 @@ export function cleanError(err: unknown): string {
 interface SchemaSoFar {
   merged: Structure | undefined;
   fields: number;
+  /** True once `merged` is an object made by this decode, seen by nothing else: merged into in place. */
+  own: boolean;
 }
 
 /** Counts `rows` messages (or values) that incoming's contract refused for a new column. */
@@ -254,8 +257,10 @@ export class BatchDecoder {
     // pass each, before DuckDB parses them, so that no message is ever taken apart deeper or
     // wider than the limits allow.
     const within: number[] = [];
+    const slices = new Slices();
     for (const i of slow) {
-      const over = overLimits(block.data, block.starts[i], block.ends[i], this.rules.limits);
+      await slices.tick();
+      const over = overLimits(block.data, block.starts[i], block.ends[i], this.rules.limits) ?? this.tooManyColumns(block, i);
       if (over === undefined) within.push(i);
       else {
         bad.add(i);
@@ -292,6 +297,17 @@ export class BatchDecoder {
   }
 
   /**
+   * Why message `i` can never become a row of `incoming` under contract.new_columns evolve: more
+   * distinct top-level keys than limits.max_columns (see topLevelKeysOver); else undefined.
+   */
+  private tooManyColumns(block: PayloadBlock, i: number): string | undefined {
+    const { newColumns, maxColumns } = this.rules;
+    if (newColumns !== 'evolve') return undefined;
+    const n = topLevelKeysOver(block.data, block.starts[i], block.ends[i], maxColumns);
+    return n === undefined ? undefined : `message has ${n} top-level keys, over limits.max_columns (${maxColumns})`;
+  }
+
+  /**
    * Converts the decoded messages of a prepared batch to typed rows in table `table` (on the
    * loading connection, so that this too happens while the previous batch executes).
    */
@@ -319,10 +335,12 @@ export class BatchDecoder {
         `SELECT id, payload FROM ${raw} ${notBad() || 'WHERE true'} AND TRY(json_transform(payload, ${lit(JSON.stringify(structure))})) IS NULL`,
       );
       if (unreadable.getRows().length === 0) throw err;
-      for (const [id, payload] of unreadable.getRows()) {
-        bad.add(Number(id));
-        failures.push({ index: Number(id), stage: 'decode', error: await this.jsonError(conn, String(payload ?? '')) });
-      }
+      await this.withJsonCheck(conn, async (check) => {
+        for (const [id, payload] of unreadable.getRows()) {
+          bad.add(Number(id));
+          failures.push({ index: Number(id), stage: 'decode', error: await jsonError(check, String(payload ?? '')) });
+        }
+      });
       if (bad.size === p.count) return;
       await convert();
     }
@@ -349,21 +367,20 @@ export class BatchDecoder {
       `SELECT TRY(json_structure(payload)) AS s, list(id ORDER BY id) AS ids FROM ${raw} ${ids.length === messages.length ? '' : `WHERE id IN (${ids.join(',')})`} ` +
         `GROUP BY s ORDER BY count(*) DESC, s`,
     );
-    const schema: SchemaSoFar = { merged: structure, fields: countFields(structure) };
-    let slice = performance.now();
+    const schema: SchemaSoFar = { merged: structure, fields: countFields(structure), own: false };
+    // Messages of many shapes (each adding keys, say) cost JavaScript time each: the other
+    // pipelines of the process get the thread back every few milliseconds.
+    const slices = new Slices();
     for (const [sv, idList] of groups.getRows()) {
-      // Messages of many shapes (each adding keys, say) cost JavaScript time each: the other
-      // pipelines of the process get the thread back every few milliseconds.
-      if (performance.now() - slice > 5) {
-        await new Promise(setImmediate);
-        slice = performance.now();
-      }
+      await slices.tick();
       const members = (idList as { items: unknown[] }).items.map(Number);
       if (sv === null) {
-        for (const i of members) {
-          bad.add(i);
-          failures.push({ index: i, stage: 'decode', error: await this.jsonError(conn, messages[i].payload) });
-        }
+        await this.withJsonCheck(conn, async (check) => {
+          for (const i of members) {
+            bad.add(i);
+            failures.push({ index: i, stage: 'decode', error: await jsonError(check, messages[i].payload) });
+          }
+        });
         continue;
       }
       const reason = this.mergeGroup(JSON.parse(String(sv)) as Structure, members, messages, schema, bad, incoming);
@@ -395,40 +412,65 @@ export class BatchDecoder {
     const policy = schema.merged === undefined ? 'evolve' : newColumns;
     // At the cap nothing can be added: merging without adding is cheaper (no copy of the schema).
     const full = policy === 'evolve' && schema.fields >= maxColumns;
-    const r = mergeStructure(schema.merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold });
+    const r = mergeStructure(schema.merged, st, '$', { newFields: policy === 'evolve' && !full ? 'add' : 'skip', mapThreshold, inPlace: schema.own });
+    const refuse = (reason: string): string => {
+      r.undo?.();
+      return reason;
+    };
     const reserved = r.added.find((x) => x.toLowerCase() === `$.${MSG_COL}`.toLowerCase());
-    if (r.conflict) return r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`;
-    if (reserved) return `field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`;
+    if (r.conflict) return refuse(r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`);
+    if (reserved) return refuse(`field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`);
     if (full && r.skipped.length) {
-      return `the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+      return refuse(`the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`);
     }
     if (r.skipped.length && policy === 'freeze') {
       addViolation(incoming, r.skipped[0], 'freeze', members.length);
-      return `new field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''}: incoming's schema is frozen (contract.new_columns: freeze)`;
+      return refuse(`new field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''}: incoming's schema is frozen (contract.new_columns: freeze)`);
     }
     if (r.skipped.length && policy === 'discard_row') {
+      r.undo?.();
       for (const i of members) bad.add(i);
       addViolation(incoming, r.skipped[0], 'discard_row', members.length);
       return undefined;
     }
-    if (r.added.length && countFields(r.merged) > maxColumns) {
-      return `the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`;
+    // Without a collapse, the fields after the merge are those before plus those it added.
+    const after = r.collapsed.length ? countFields(r.merged) : schema.fields + r.added.length;
+    if (r.added.length && after > maxColumns) {
+      return refuse(`the message adds field ${r.added[0]}${r.added.length > 1 ? ` (and ${r.added.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`);
     }
     if (r.skipped.length) addViolation(incoming, r.skipped[0], 'discard_value', members.length);
     for (const c of r.collapsed) incoming.changes.push({ model: 'incoming', column: c, kind: 'type_change', from: 'STRUCT', to: 'JSON' });
-    if (r.merged !== schema.merged && (r.added.length || r.collapsed.length)) schema.fields = countFields(r.merged);
+    schema.fields = after;
+    // A schema made in this call, seen by nothing else yet: later merges change it in place.
+    if (r.merged !== schema.merged) schema.own = true;
     schema.merged = r.merged;
     return undefined;
   }
 
-  private async jsonError(conn: DuckDBConnection, payload: string): Promise<string> {
-    if (payload.trim() === '') return 'empty message';
+  /**
+   * Runs `use` with DuckDB's JSON parse of one payload prepared once: a batch of invalid
+   * messages costs a bind and a run each, not a statement parsed and planned each (a fifth of
+   * the CPU).
+   */
+  private async withJsonCheck(conn: DuckDBConnection, use: (check: DuckDBPreparedStatement) => Promise<void>): Promise<void> {
+    const check = await conn.prepare('SELECT json($1::VARCHAR)');
     try {
-      await conn.run(`SELECT json($1::VARCHAR)`, [payload]);
-      return 'invalid JSON';
-    } catch (err) {
-      return `invalid JSON: ${cleanError(err).replace(/^Conversion Error: /, '').replace(/^Invalid Input Error: /, '')}`;
+      await use(check);
+    } finally {
+      check.destroySync();
     }
   }
 
+}
+
+/** Why DuckDB cannot read `payload` as JSON (its parser's own words), `check` being withJsonCheck's. */
+async function jsonError(check: DuckDBPreparedStatement, payload: string): Promise<string> {
+  if (payload.trim() === '') return 'empty message';
+  try {
+    check.bindVarchar(1, payload);
+    await check.run();
+    return 'invalid JSON';
+  } catch (err) {
+    return `invalid JSON: ${cleanError(err).replace(/^Conversion Error: /, '').replace(/^Invalid Input Error: /, '')}`;
+  }
 }

@@ -21,6 +21,14 @@ export interface MergeOptions {
    * map_inference_threshold): keys that are data (ids, timestamps) must not become columns.
    */
   mapThreshold: number;
+  /**
+   * `a` (an object) is the caller's own, seen by nothing else yet: its top level is changed in
+   * place rather than copied, which makes merging many messages one after the other cost what
+   * they add rather than the size of the schema each. `merged` is then `a` itself, and
+   * MergeResult.undo puts `a` back as it was, for a message the caller refuses after all (a
+   * conflict puts it back by itself).
+   */
+  inPlace?: boolean;
 }
 
 export const DEFAULT_MERGE: MergeOptions = { newFields: 'add', mapThreshold: 200 };
@@ -39,6 +47,8 @@ export interface MergeResult {
    * meets a value with fields: it keeps the value as JSON rather than add the fields.
    */
   collapsed: string[];
+  /** With MergeOptions.inPlace: reverts the changes the merge made to `a`. */
+  undo?: () => void;
 }
 
 function kind(s: Structure): 'object' | 'array' | 'scalar' {
@@ -63,6 +73,9 @@ interface Ctx {
   skipped: string[];
   collapsed: string[];
   conflict?: string;
+  /** The object changed in place (MergeOptions.inPlace), and how to revert each change, in order. */
+  inPlace?: Record<string, Structure>;
+  undo: Array<() => void>;
 }
 
 const NOTHING: Record<string, Structure> = Object.freeze(Object.create(null) as Record<string, Structure>);
@@ -83,12 +96,20 @@ function put(o: Record<string, Structure>, k: string, v: Structure): void {
  * limits.max_depth (see overLimits) are merged.
  */
 export function mergeStructure(a: Structure | undefined, b: Structure, where = '$', opts: MergeOptions = DEFAULT_MERGE): MergeResult {
-  const c: Ctx = { opts, added: [], skipped: [], collapsed: [] };
+  const inPlace = opts.inPlace && a !== undefined && kind(a) === 'object' && !Object.isFrozen(a) ? (a as Record<string, Structure>) : undefined;
+  const c: Ctx = { opts, added: [], skipped: [], collapsed: [], inPlace, undo: [] };
+  const undo = () => {
+    for (let i = c.undo.length - 1; i >= 0; i--) c.undo[i]();
+    c.undo.length = 0;
+  };
   // Merged into nothing, everything is new: 'skip' is for once a schema exists.
   const skip = opts.newFields === 'skip' && !(where === '$' && (a === undefined || a === 'NULL'));
   const merged = merge(a, b, where, c, skip);
-  if (c.conflict !== undefined) return { merged: a as Structure, conflict: c.conflict, added: [], skipped: [], collapsed: [] };
-  return { merged, added: c.added, skipped: c.skipped, collapsed: c.collapsed };
+  if (c.conflict !== undefined) {
+    undo();
+    return { merged: a as Structure, conflict: c.conflict, added: [], skipped: [], collapsed: [] };
+  }
+  return { merged, added: c.added, skipped: c.skipped, collapsed: c.collapsed, ...(c.undo.length ? { undo } : {}) };
 }
 
 /** The merge; on a conflict, sets c.conflict and returns `a`. */
@@ -138,17 +159,17 @@ const LOWER = new WeakMap<object, Map<string, string>>();
 /**
  * `a`'s keys by their lower case. A schema object is never changed once made (a merge copies
  * it), so the map is made once per object and kept: a schema at limits.max_columns meets
- * messages with new keys again and again. When keys are to be added (`!skip`), a copy, which
- * the caller extends.
+ * messages with new keys again and again, and a schema growing a key at a time is looked up
+ * without copying it (the keys a merge adds are kept beside it, see mergeObject).
  */
-function lowerKeys(a: Record<string, Structure>, skip: boolean): Map<string, string> {
+function lowerKeys(a: Record<string, Structure>): Map<string, string> {
   let m = LOWER.get(a);
   if (!m) {
     m = new Map();
     for (const x of Object.keys(a)) m.set(x.toLowerCase(), x);
     LOWER.set(a, m);
   }
-  return skip ? m : new Map(m);
+  return m;
 }
 
 function mergeObject(a: Record<string, Structure>, b: Record<string, Structure>, where: string, c: Ctx, skip: boolean): Structure {
@@ -161,9 +182,13 @@ function mergeObject(a: Record<string, Structure>, b: Record<string, Structure>,
       return 'JSON';
     }
   }
-  let out: Record<string, Structure> | undefined;
-  // Lower-cased key -> key, built at the first new key: known keys need no case check.
+  // Changed in place (see MergeOptions.inPlace), else copied at the first change.
+  const own = a === c.inPlace;
+  let out: Record<string, Structure> | undefined = own ? a : undefined;
+  // Lower-cased key -> key, looked up at the first new key (known keys need no case check):
+  // `a`'s own, and those this merge adds (in `a`'s own map when changed in place).
   let lower: Map<string, string> | undefined;
+  let addedLower: Map<string, string> | undefined;
   for (const k of bk) {
     const v = b[k];
     if (Object.hasOwn(a, k)) {
@@ -171,13 +196,16 @@ function mergeObject(a: Record<string, Structure>, b: Record<string, Structure>,
       if (x === v || v === 'NULL' || x === 'JSON') continue; // the common case, and cheap
       const m = merge(x, v, `${where}.${k}`, c, skip);
       if (c.conflict !== undefined) return a;
-      if (m !== x) put((out ??= { ...a }), k, m);
+      if (m !== x) {
+        put((out ??= { ...a }), k, m);
+        if (own) c.undo.push(() => put(a, k, x));
+      }
       continue;
     }
     const path = `${where}.${k}`;
-    if (!lower) lower = lowerKeys(a, skip);
+    if (!lower) lower = lowerKeys(a);
     const lk = k.toLowerCase();
-    const existing = lower.get(lk);
+    const existing = lower.get(lk) ?? addedLower?.get(lk);
     if (existing !== undefined) {
       c.conflict = `${path} differs only in case from ${where}.${existing}`;
       return a;
@@ -191,9 +219,20 @@ function mergeObject(a: Record<string, Structure>, b: Record<string, Structure>,
       c.conflict = `${where} has an empty key (""), which cannot name a column`;
       return a;
     }
-    lower.set(lk, k);
     c.added.push(path);
-    put((out ??= { ...a }), k, adopt(v, path, c));
+    const value = adopt(v, path, c);
+    if (own) {
+      lower.set(lk, k);
+      put(a, k, value);
+      const map = lower;
+      c.undo.push(() => {
+        delete a[k];
+        map.delete(lk);
+      });
+    } else {
+      (addedLower ??= new Map()).set(lk, k);
+      put((out ??= { ...a }), k, value);
+    }
   }
   return out ?? a;
 }

@@ -108,4 +108,27 @@ describe('decode rules', () => {
     expect((await dropValue.readOutput('m')).rows).toEqual([{ id: 2, name: 'b' }, { id: 3, name: 'c' }]);
     expect(v.contract.violations).toEqual([{ model: 'incoming', column: '$.extra', kind: 'new_column', policy: 'discard_value', rows: 1 }]);
   });
+
+  it('a message with more top-level keys than max_columns is dead-lettered without DuckDB working out its structure (evolve); discard_value keeps its known fields', async () => {
+    const wide = JSON.stringify({ a: 1, b: 'x', ...Object.fromEntries(Array.from({ length: 20_000 }, (_, i) => [`w${i}`, i])) });
+    const ex = await executor('SELECT incoming.a, incoming.b FROM incoming', { maxColumns: 50 });
+    // Before any schema too: the message could never be a row.
+    const out = await ex.process([msg(wide), msg('{"a":1,"b":"y"}', 1), msg(wide, 2)]);
+    expect(out.failures).toEqual([
+      { index: 0, stage: 'decode', error: 'message has 20002 top-level keys, over limits.max_columns (50)' },
+      { index: 2, stage: 'decode', error: 'message has 20002 top-level keys, over limits.max_columns (50)' },
+    ]);
+    expect((await ex.readOutput('m')).rows).toEqual([{ a: 1, b: 'y' }]);
+    expect(ex.structure).toEqual({ a: 'UBIGINT', b: 'VARCHAR' });
+    // 51 keys, one of them twice: 50 distinct, which fit.
+    const dup = `{${Array.from({ length: 50 }, (_, i) => `"d${i}":${i}`).join(',')},"d0":7}`;
+    const fits = await (await executor('SELECT incoming.d1, incoming.d49 FROM incoming', { maxColumns: 50 })).process([msg(dup)]);
+    expect(fits.failures).toEqual([]);
+
+    const keep = await executor('SELECT incoming.a, incoming.b FROM incoming', { maxColumns: 50, newColumns: 'discard_value' });
+    await keep.process([msg('{"a":0,"b":"z"}')]);
+    const kept = await keep.process([msg(wide)]);
+    expect(kept.failures).toEqual([]);
+    expect((await keep.readOutput('m')).rows).toEqual([{ a: 1, b: 'x' }]);
+  });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_MESSAGE_LIMITS, overLimits, type MessageLimits } from '../../src/engine/limits.js';
+import { DEFAULT_MESSAGE_LIMITS, overLimits, topLevelKeysOver, type MessageLimits } from '../../src/engine/limits.js';
 
 const over = (p: string | Uint8Array, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS): string | undefined => {
   const b = typeof p === 'string' ? Buffer.from(p) : p;
@@ -71,5 +71,32 @@ describe('message limits', () => {
     const block = Buffer.from('[[[[{"a":1}]]]]');
     expect(overLimits(block, 4, 11, { maxBytes: 100, maxDepth: 1, maxFields: 1 })).toBeUndefined();
     expect(overLimits(block, 3, 11, { maxBytes: 100, maxDepth: 1, maxFields: 1 })).toBe('message nests deeper than limits.max_depth (1)');
+  });
+
+  it('tells a message with more distinct top-level keys than a maximum, from its bytes', () => {
+    const obj = (keys: string[], value = '1') => `{${keys.map((k) => `"${k}":${value}`).join(',')}}`;
+    const names = (n: number, prefix = 'k') => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+    const top = (p: string, max: number) => {
+      const b = Buffer.from(p);
+      return topLevelKeysOver(b, 0, b.length, max);
+    };
+    expect(top(obj(names(10)), 10)).toBeUndefined();
+    expect(top(obj(names(11)), 10)).toBe(11);
+    expect(top(' \n' + obj(names(20_000)), 1000)).toBe(20_000);
+    // Nested keys, keys inside strings and values do not count; only the top level does.
+    expect(top(obj(names(5), obj(names(100, 'n'))), 10)).toBeUndefined();
+    expect(top(`{"a":"\\":"b":1,"c":{${names(50).map((k) => `"${k}":2`).join(',')}},"d":[{"x":1,"y":2}]}`, 3)).toBeUndefined();
+    // Duplicates are one key: 2,000 keys, 10 distinct.
+    expect(top(obj([...names(10), ...names(1990).map((_, i) => `k${i % 10}`)]), 10)).toBeUndefined();
+    // A key with an escape may spell another key: DuckDB decides.
+    expect(top(obj([...names(20), 'k\\u0030']), 5)).toBeUndefined();
+    // Not an object at the top: nothing to say.
+    expect(top(`[${obj(names(20))}]`, 5)).toBeUndefined();
+    expect(top('"k0":1,"k1":1,"k2":1', 1)).toBeUndefined();
+    // Only the message between start and end.
+    const block = Buffer.from(`${obj(names(3))}\n${obj(names(30))}`);
+    const nl = block.indexOf(10);
+    expect(topLevelKeysOver(block, 0, nl, 5)).toBeUndefined();
+    expect(topLevelKeysOver(block, nl + 1, block.length, 5)).toBe(30);
   });
 });

@@ -105,7 +105,93 @@ describe('mergeStructure', () => {
   });
 });
 
+describe('mergeStructure in place', () => {
+  const IN_PLACE: MergeOptions = { ...DEFAULT_MERGE, inPlace: true };
+
+  it("changes the caller's own object instead of copying it, and undo puts it back exactly", () => {
+    const own: Record<string, Structure> = { a: 'UBIGINT', u: { id: 'UBIGINT' }, n: 'NULL' };
+    const before = JSON.stringify(own);
+    const nested = own.u;
+    const r = mergeStructure(own, { a: 'DOUBLE', b: 'VARCHAR', u: { id: 'UBIGINT', name: 'VARCHAR' }, n: { p: 'BOOLEAN' } }, '$', IN_PLACE);
+    expect(r.merged).toBe(own);
+    expect(own).toEqual({ a: 'DOUBLE', u: { id: 'UBIGINT', name: 'VARCHAR' }, n: { p: 'BOOLEAN' }, b: 'VARCHAR' });
+    expect(r.added).toEqual(['$.b', '$.u.name', '$.n.p']);
+    // Only the top level is the caller's: a nested object is copied, never changed.
+    expect(nested).toEqual({ id: 'UBIGINT' });
+    r.undo!();
+    expect(JSON.stringify(own)).toBe(before);
+    // The keys it added are gone from the case check too: the same key can be added again, and
+    // one differing only in case from a kept key is still refused.
+    expect(mergeStructure(own, { B: 'VARCHAR' }, '$', IN_PLACE).added).toEqual(['$.B']);
+    expect(mergeStructure(own, { A: 'VARCHAR' }, '$', IN_PLACE).conflict).toBe('$.A differs only in case from $.a');
+  });
+
+  it('puts the object back by itself on a conflict found after changing it', () => {
+    const own: Record<string, Structure> = { a: 'UBIGINT', z: 'VARCHAR' };
+    const r = mergeStructure(own, { a: 'DOUBLE', b: 'VARCHAR', c: { d: 'UBIGINT' }, z: 'UBIGINT' }, '$', IN_PLACE);
+    expect(r.conflict).toBe('$.z is a string in earlier messages but a number here');
+    expect(r.undo).toBeUndefined();
+    expect(JSON.stringify(own)).toBe('{"a":"UBIGINT","z":"VARCHAR"}');
+    const late = mergeStructure(own, { x: 'VARCHAR', X: 'VARCHAR' }, '$', IN_PLACE);
+    expect(late.conflict).toBe('$.X differs only in case from $.x');
+    expect(JSON.stringify(own)).toBe('{"a":"UBIGINT","z":"VARCHAR"}');
+    expect(mergeStructure(own, { X: 'VARCHAR' }, '$', IN_PLACE).conflict).toBeUndefined();
+  });
+
+  it('gives what merging copies gives, message after message, and costs what a message adds', () => {
+    // 1,500 messages of 3 keys each, 1,000 of them new: one after the other into one schema.
+    const messages: Record<string, Structure>[] = Array.from({ length: 1500 }, (_, i) => ({ id: 'UBIGINT', kind: 'VARCHAR', [`k${i % 1000}`]: i % 7 ? 'UBIGINT' : 'DOUBLE' }));
+    let copied: Structure = {};
+    for (const m of messages) copied = mergeStructure(copied, m).merged;
+    const own: Record<string, Structure> = {};
+    const t0 = performance.now();
+    for (const m of messages) mergeStructure(own, m, '$', IN_PLACE);
+    const inPlace = performance.now() - t0;
+    expect(JSON.stringify(own)).toBe(JSON.stringify(copied));
+    expect(countFields(own)).toBe(1002);
+    // Copying the schema per message is quadratic (0.2-1 s on two loaded cores); in place, linear (a few ms).
+    expect(inPlace).toBeLessThan(100);
+  });
+
+  it('leaves a frozen or absent structure to the copying merge', () => {
+    const frozen = Object.freeze({ a: 'UBIGINT' }) as Structure;
+    const r = mergeStructure(frozen, { b: 'VARCHAR' }, '$', IN_PLACE);
+    expect(r.merged).toEqual({ a: 'UBIGINT', b: 'VARCHAR' });
+    expect(r.merged).not.toBe(frozen);
+    expect(mergeStructure(undefined, { b: 'VARCHAR' }, '$', IN_PLACE).merged).toEqual({ b: 'VARCHAR' });
+  });
+});
+
 describe('countFields', () => {
+  it('of a merge without a collapse is the fields before plus those it added (the decoder counts so)', () => {
+    // Structures of every kind, merged pairwise both ways.
+    const shapes: Structure[] = [
+      { a: 'UBIGINT' },
+      { a: 'DOUBLE', b: { c: 'VARCHAR', d: ['NULL'] } },
+      { b: { d: [{ e: 'BOOLEAN', f: [['UBIGINT']] }] }, g: 'NULL' },
+      { g: { h: 'VARCHAR' }, xs: ['NULL'] },
+      { xs: [{ q: 'UBIGINT', r: { s: 'JSON' } }], b: 'JSON' },
+      { b: { c: 'VARCHAR', i: 'NULL' }, j: [] as Structure[] },
+      { k: keys(30) },
+      { a: 'NULL', n: { o: { p: { q: 'UBIGINT' } } } },
+    ];
+    let checked = 0;
+    for (const x of shapes) {
+      for (const y of shapes) {
+        let acc: Structure | undefined;
+        for (const z of [x, y, x]) {
+          const r = mergeStructure(acc, z);
+          if (r.conflict || r.collapsed.length) continue;
+          expect(countFields(r.merged)).toBe(countFields(acc) + r.added.length);
+          acc = r.merged;
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(100);
+  });
+
+
   it('counts keys at every depth, through lists, not inside JSON', () => {
     expect(countFields(undefined)).toBe(0);
     expect(countFields('VARCHAR')).toBe(0);

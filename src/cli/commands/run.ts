@@ -44,9 +44,15 @@ async function run(o: RunOpts, { loadAndCheckKeep, setCode }: CliContext): Promi
     setCode(await runWithHeap(checked.project.nodeMaxHeapMb));
     return;
   }
-  log.debug({ heap_limit_mb: Math.round(v8.getHeapStatistics().heap_size_limit / 2 ** 20), duckdb_memory_limit: checked.project.duckdb.memory_limit ?? defaultMemoryLimit() }, 'memory limits');
+  log.debug({ heap_limit_mb: Math.round(v8.getHeapStatistics().heap_size_limit / 2 ** 20), duckdb_memory_limit: checked.project.duckdb.memory_limit ?? defaultMemoryLimit(), uv_threadpool_size: threadPoolSize() }, 'memory limits');
   const runs = await scopeRuns(checked.project, o, duckdb, log);
   await runScoped(runs, o, { log, signal, port, projectPort: checked.project.port, duckdb });
+}
+
+/** libuv's thread pool size: UV_THREADPOOL_SIZE as libuv reads it (bin/sluice.js sets it), else its default. */
+function threadPoolSize(): number {
+  const n = Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10);
+  return Number.isFinite(n) && n > 0 ? Math.min(n, 1024) : 4;
 }
 
 /** An abort signal that the first SIGINT or SIGTERM fires (logging that the run is stopping). */
@@ -74,6 +80,12 @@ async function scopeRuns(project: Project, o: RunOpts, duckdb: DuckDB, log: Logg
       await duckdb.conn.run(`SET threads = ${share.threads}; SET memory_limit = '${share.memory_limit}'`);
       runs = runs.map((r) => ({ ...r, project: { ...r.project, duckdb: { threads: share.threads, memory_limit: share.memory_limit } } }));
       log.info({ sources: runs.length, threads: share.total.threads, memory_limit: share.total.memory_limit, each: { threads: share.threads, memory_limit: share.memory_limit } }, 'the sources share DuckDB\'s threads and memory limit');
+      // Each pipeline keeps up to two DuckDB queries on libuv's pool, each holding a thread for
+      // its whole length (see bin/sluice.js): past that, one source's file work waits on another's queries.
+      const pool = threadPoolSize();
+      if (!o.dryRun && pool < 2 * runs.length + 2) {
+        log.warn({ sources: runs.length, uv_threadpool_size: pool }, `${runs.length} sources in one process need a libuv thread pool of at least ${2 * runs.length + 2} threads: set UV_THREADPOOL_SIZE (or run some sources in another process with --source)`);
+      }
     }
     return runs;
   } catch (e) {
