@@ -243,7 +243,12 @@ function rows(obj, prefix, skip) {
     const seen = new Set();
     for (const [suffix, member] of objectMembers(s)) {
       const p = `${key}${suffix}.`;
-      for (const r of rows(member, p)) if (!seen.has(r)) (seen.add(r), out.push(r));
+      for (const r of rows(member, p)) {
+        if (!seen.has(r)) {
+          seen.add(r);
+          out.push(r);
+        }
+      }
     }
   }
   return out;

@@ -87,7 +87,7 @@ export function asciiTree(g: Lineage, roots: string[], direction: 'upstream' | '
     if (again) return;
     shown.add(id);
     const childPrefix = top ? '' : prefix + (last ? '    ' : '│   ');
-    kids.forEach((k, i) => walk(k, childPrefix, i === kids.length - 1, false));
+    for (const [i, k] of kids.entries()) walk(k, childPrefix, i === kids.length - 1, false);
   };
   for (const r of roots) walk(r, '', true, true);
   return lines.join('\n');

@@ -102,7 +102,7 @@ export function targetEnv(env: NodeJS.ProcessEnv, target: ActiveTarget | undefin
  * file does not declare is an issue at the target's line.
  */
 export function applyTargetOverrides(y: YamlFile | undefined, single: 'source' | 'sink', plural: 'sources' | 'sinks', target: ActiveTarget | undefined, issues: ConfigIssue[]): void {
-  if (!target || !y || !y.value || typeof y.value !== 'object') return;
+  if (!target || !y?.value || typeof y.value !== 'object') return;
   const doc = y.value as Record<string, unknown>;
   const tKey = ['targets', target.name];
   const apply = (over: Record<string, unknown>, docPath: string[], overPath: string[]) => {

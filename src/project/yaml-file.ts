@@ -252,7 +252,7 @@ export function checkSchema<S extends z.ZodType>(
   basePath: KeyPath,
   issues: ConfigIssue[],
 ): z.output<S> | undefined {
-  let r;
+  let r: z.ZodSafeParseResult<z.output<S>>;
   try {
     r = schema.safeParse(value);
   } catch (err) {

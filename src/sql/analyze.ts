@@ -5,7 +5,8 @@ import { MODEL_SCHEMA, SOURCE_SCHEMA } from './template.js';
 export const MSG_COL = '__sluice_msg';
 
 // DuckDB's serialized parse tree is untyped JSON; these aliases only document intent.
-type Node = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: the walkers below read whatever shape DuckDB's JSON has
+type Node = Record<string, any>;
 
 export interface SqlAnalysis {
   /** Parse error, with the 1-based line in the rendered SQL when DuckDB reports a position. */
@@ -259,7 +260,7 @@ function outputNames(node: Node): string[] | null {
 export async function expressionColumns(conn: DuckDBConnection, expr: string): Promise<{ columns: string[] } | { error: string }> {
   const ast = await serialize(conn, `SELECT ${expr}`);
   const list = ast.error ? undefined : ((ast.statements as Node[])[0]?.node?.select_list as Node[] | undefined);
-  if (!list || list.length !== 1 || (ast.statements as Node[]).length !== 1 || (ast.statements as Node[])[0].node.from_table?.type !== 'EMPTY') {
+  if (list?.length !== 1 || (ast.statements as Node[]).length !== 1 || (ast.statements as Node[])[0].node.from_table?.type !== 'EMPTY') {
     return { error: `"${expr}" is not one SQL expression${ast.error ? `: ${String(ast.error_message ?? '').split('\n')[0]}` : ''}` };
   }
   const columns = new Set<string>();

@@ -55,7 +55,7 @@ describe('sluice CLI end to end', () => {
     dirs.push(root);
     const init = sluice(['init', 'shop'], { cwd: root });
     expect(init.code).toBe(0);
-    expect(init.stdout).toMatch(/^  sluice run +# every source, each with the models it feeds$/m);
+    expect(init.stdout).toMatch(/^ {2}sluice run +# every source, each with the models it feeds$/m);
     const p = path.join(root, 'shop');
     const v = sluice(['validate', '--project', p]);
     expect(v.code, v.stderr).toBe(0);

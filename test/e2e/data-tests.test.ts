@@ -138,7 +138,7 @@ describe.concurrent('sluice test: data tests and unit tests', () => {
     expect(r.stdout).toMatch(/pass\s+\| not_null_orders_order_id .*\| 0/);
     expect(r.stdout).toContain('FAIL relationships_orders_customer_id (orders.customer_id): 1 row(s) where customer_id has no match in customers.id; e.g.\n    {"order_id":3,"status":"paid","total":-4,"customer_id":99}');
     expect(r.stdout).toContain('FAIL accepted_values_orders_status (orders.status): 1 row(s) where status is not one of [placed, paid]; e.g.\n    {"order_id":1,"status":"lost","total":11,"customer_id":2}');
-    expect(r.stdout).toMatch(/  FAIL big_orders_keep_totals_from_10 \(.*tests\/units\.yml:2\)/);
+    expect(r.stdout).toMatch(/ {2}FAIL big_orders_keep_totals_from_10 \(.*tests\/units\.yml:2\)/);
     expect(r.stdout).toContain('    big_orders: 2 row(s) expected, 2 produced (- expected, + actual):\n      - {"order_id":3,"total":25}\n      + {"order_id":3,"total":250}');
     expect(r.stdout).toContain('    orders: 2 row(s) expected, 2 produced (ordered) (- expected, + actual):\n      row 1:\n      - {"order_id":8}\n      + {"order_id":7}');
     expect(r.stdout).toContain('6 data test(s): 1 passed, 5 failed; 2 unit test(s): 0 passed, 2 failed');
@@ -235,7 +235,7 @@ describe.concurrent('unique across the batches of a flush', () => {
     const p = project({ tests, data });
     const r = await cli(['run', '--project', p, '--port', '0']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/WARN  data test unique_orders_order_id failed across the batches of a flush: 2 value\(s\) of order_id in more than one batch \(reported only: those batches are acknowledged\) .*failing_rows=4 examples=\["17","5"\]/);
+    expect(r.stderr).toMatch(/WARN {2}data test unique_orders_order_id failed across the batches of a flush: 2 value\(s\) of order_id in more than one batch \(reported only: those batches are acknowledged\) .*failing_rows=4 examples=\["17","5"\]/);
     // The batch-level check dead-lettered both messages of order 70; the repeats across batches were delivered.
     expect(projectDeadLetters(p).map((d) => [(JSON.parse(d.payload) as Order).order_id, d.error])).toEqual([
       [70, 'data test unique_orders_order_id failed: order_id is not unique within the batch'],

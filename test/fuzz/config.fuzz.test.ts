@@ -102,7 +102,10 @@ const CASES: Case[] = [
   // Symbolic links, directories, devices.
   { cli: true, name: 'a symlink to a missing file', make: (d) => replace(d, 'config/sinks.yml', (p) => fs.symlinkSync('nowhere.yml', p)), expect: { file: 'config/sinks.yml', says: /symbolic link/ } },
   { name: 'a symlink loop', make: (d) => replace(d, 'config/models.yml', (p) => fs.symlinkSync('models.yml', p)), expect: { file: 'config/models.yml', says: /loop/ } },
-  { name: 'a two-link loop', make: (d) => replace(d, 'config/sources.yml', (p) => (fs.symlinkSync('other.yml', p), fs.symlinkSync('sources.yml', path.join(path.dirname(p), 'other.yml')))), expect: { file: 'config/sources.yml', says: /loop/ } },
+  { name: 'a two-link loop', make: (d) => replace(d, 'config/sources.yml', (p) => {
+      fs.symlinkSync('other.yml', p);
+      fs.symlinkSync('sources.yml', path.join(path.dirname(p), 'other.yml'));
+    }), expect: { file: 'config/sources.yml', says: /loop/ } },
   { name: 'a symlink to a missing model', make: (d) => fs.symlinkSync('gone.sql', path.join(d, 'models/gone.sql')), expect: { file: 'models/gone.sql', says: /symbolic link/ } },
   { name: 'a directory for sluice.yml', make: (d) => replace(d, 'sluice.yml', (p) => fs.mkdirSync(p)), expect: { file: 'sluice.yml', says: /directory/ } },
   { cli: true, name: 'a directory for sources.yml', make: (d) => replace(d, 'config/sources.yml', (p) => fs.mkdirSync(p)), expect: { file: 'config/sources.yml', says: /directory/ } },

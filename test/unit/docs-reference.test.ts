@@ -137,7 +137,7 @@ function validate(root: Schema, v: unknown, start: Schema = root, startAt = ''):
     if (t === 'array') {
       const a = v as unknown[];
       if (typeof s.minItems === 'number' && a.length < s.minItems) errs.push(`${at}: fewer than ${s.minItems} items`);
-      if (s.items !== undefined) a.forEach((x, i) => check(s.items as Schema, x, `${at}[${i}]`));
+      if (s.items !== undefined) for (const [i, x] of a.entries()) check(s.items as Schema, x, `${at}[${i}]`);
     }
     if (t === 'object') {
       const o = v as Record<string, unknown>;

@@ -161,7 +161,7 @@ async function replayFileDlq(scope: ScopedRun, log: Logger, signal: AbortSignal,
 async function openBrokerDlq(scope: ScopedRun, log = silentLogger()): Promise<{ dlq: DeadLetterQueue; name: string } | undefined> {
   const { project } = scope;
   const src = project.sources[0];
-  if (!src || src.spec.dlq.kind !== 'broker' || !src.spec.createDlq) return undefined;
+  if (src?.spec.dlq.kind !== 'broker' || !src.spec.createDlq) return undefined;
   const dlq = await src.spec.createDlq(src.cfg, { projectDir: project.dir, log, workerId: scope.scopedWorkerId ?? workerId() });
   if (!dlq) return undefined;
   return { dlq, name: String((dlq as { queue?: string }).queue ?? src.cfg.dlq ?? 'dlq') };

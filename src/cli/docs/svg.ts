@@ -44,7 +44,7 @@ export function layout(g: Lineage): { placed: Placed[]; width: number; height: n
       return ps.length ? ps.reduce((s, p) => s + row.get(p)!, 0) / ps.length : Number.MAX_SAFE_INTEGER;
     };
     col.sort((a, b) => score(a) - score(b));
-    col.forEach((n, i) => row.set(n.id, i));
+    for (const [i, n] of col.entries()) row.set(n.id, i);
   });
 
   const width = (n: LineageNode) => Math.max(120, Math.round(Math.max(n.name.length, (n.type ?? '').length + n.kind.length + 3) * CHAR_W) + 28);
