@@ -22,7 +22,10 @@ fs.mkdirSync(out, { recursive: true });
 const db = await DuckDBInstance.create(':memory:');
 const conn = await db.connect();
 const src = `read_json(${lit(input)}, format = 'newline_delimited') AS incoming`;
-for (const [name, sql] of [['orders', ORDERS_SQL], ['purchases', PURCHASES_SQL]]) {
+for (const [name, sql] of [
+  ['orders', ORDERS_SQL],
+  ['purchases', PURCHASES_SQL],
+]) {
   // Comments off first (they are whole lines); the alias stays `incoming`, so
   // `FROM incoming, unnest(incoming.items)` keeps working.
   const body = sql.replace(/--[^\n]*\n/g, '');

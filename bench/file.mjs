@@ -51,7 +51,17 @@ const MAX_AGE_SECONDS = 3600;
 const TARGET = 0.5;
 
 const MiB = 2 ** 20;
-const ORDERS_CONTRACT = `overrides:\n  orders:\n    contract: { new_columns: freeze, type_changes: freeze }\n    columns:\n${[['order_id', 'BIGINT'], ['user_id', 'BIGINT'], ['user_name', 'VARCHAR'], ['item_count', 'BIGINT'], ['order_total', 'DOUBLE'], ['currency', 'VARCHAR'], ['placed_at', 'TIMESTAMP']].map(([n, t]) => `      - { name: ${n}, type: ${t} }\n`).join('')}`;
+const ORDERS_CONTRACT = `overrides:\n  orders:\n    contract: { new_columns: freeze, type_changes: freeze }\n    columns:\n${[
+  ['order_id', 'BIGINT'],
+  ['user_id', 'BIGINT'],
+  ['user_name', 'VARCHAR'],
+  ['item_count', 'BIGINT'],
+  ['order_total', 'DOUBLE'],
+  ['currency', 'VARCHAR'],
+  ['placed_at', 'TIMESTAMP'],
+]
+  .map(([n, t]) => `      - { name: ${n}, type: ${t} }\n`)
+  .join('')}`;
 const MODEL_TESTS = `overrides:
   orders:
     columns:
@@ -174,14 +184,8 @@ async function runSluice(meta) {
   try {
     await scaffold(dir, 'bench');
     fs.rmSync(path.join(dir, 'data'), { recursive: true, force: true }); // the scaffold's sample input
-    fs.writeFileSync(
-      path.join(dir, 'config/sources.yml'),
-      `source:\n  type: file\n  path: ${JSON.stringify(input)}\n  follow: false\n${BATCH === undefined ? '' : `  batch_size: ${BATCH}\n`}`,
-    );
-    fs.writeFileSync(
-      path.join(dir, 'config/sinks.yml'),
-      `sink:\n  type: parquet\n  path: ${JSON.stringify(path.join(dir, 'output'))}\n  compression: zstd\n`,
-    );
+    fs.writeFileSync(path.join(dir, 'config/sources.yml'), `source:\n  type: file\n  path: ${JSON.stringify(input)}\n  follow: false\n${BATCH === undefined ? '' : `  batch_size: ${BATCH}\n`}`);
+    fs.writeFileSync(path.join(dir, 'config/sinks.yml'), `sink:\n  type: parquet\n  path: ${JSON.stringify(path.join(dir, 'output'))}\n  compression: zstd\n`);
     fs.writeFileSync(path.join(dir, 'config/models.yml'), `max_file_bytes: ${MAX_FILE_BYTES}\nmax_age_seconds: ${MAX_AGE_SECONDS}\n${CONTRACT ? ORDERS_CONTRACT : DATA_TESTS ? MODEL_TESTS : ''}`);
     const r = await timed('sluice run', [path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', '0', '--log-level', 'warn']);
     const counts = await countRows({
@@ -238,7 +242,9 @@ console.log(
   `file benchmark: ${N.toLocaleString('en-US')} order messages (${(meta.bytes / MiB).toFixed(0)} MiB NDJSON, ${meta.purchases.toLocaleString('en-US')} line items), ` +
     `batch_size ${BATCH ?? 'default'}, ${RUNS} run(s), sluice and plain DuckDB alternating`,
 );
-console.log(`machine: ${machine.cpu}, ${machine.cpus} CPUs, ${machine.mem_total_gib} GiB; ${machine.os}; Node.js ${machine.node}, DuckDB ${machine.duckdb} (@duckdb/node-api ${machine.duckdb_node_api})`);
+console.log(
+  `machine: ${machine.cpu}, ${machine.cpus} CPUs, ${machine.mem_total_gib} GiB; ${machine.os}; Node.js ${machine.node}, DuckDB ${machine.duckdb} (@duckdb/node-api ${machine.duckdb_node_api})`,
+);
 console.log('peak RSS = VmHWM of the child process (DuckDB threads are in-process, so it covers them)\n');
 
 const runs = [];

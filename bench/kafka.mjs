@@ -21,7 +21,8 @@ const MAX_BYTES_PER_PARTITION = 8 * 1024 * 1024;
 
 /** The mock cluster under `sh`, killed when this process's stdin pipe to it closes. */
 async function startMock() {
-  const script = 'command -v kcat >/dev/null || exit 127; kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; echo "kcat pid $k" >&2; cat >/dev/null; kill $k 2>/dev/null';
+  const script =
+    'command -v kcat >/dev/null || exit 127; kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; echo "kcat pid $k" >&2; cat >/dev/null; kill $k 2>/dev/null';
   const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
   let pid = 0;
   const brokers = await new Promise((resolve, reject) => {

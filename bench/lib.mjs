@@ -144,13 +144,24 @@ export function startSluice(dir, port, logLevel = 'info') {
   // SLUICE_BENCH_NODE_ARGS: options for sluice's node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.SLUICE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', String(port), '--log-json', '--log-level', logLevel], {
-    env: { ...process.env, SLUICE_WORKER_ID: 'bench' }, stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, SLUICE_WORKER_ID: 'bench' },
+    stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
   child.stderr.on('data', (d) => (err += d));
   const peak = trackPeakRss(child, 50);
   const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
-  const lines = () => err.trim().split('\n').map((l) => { try { return JSON.parse(l); } catch { return {}; } });
+  const lines = () =>
+    err
+      .trim()
+      .split('\n')
+      .map((l) => {
+        try {
+          return JSON.parse(l);
+        } catch {
+          return {};
+        }
+      });
   return { child, err: () => err, lines, peak, exited };
 }
 
@@ -331,12 +342,18 @@ export function extraTimeVerdict(x, label) {
   const more = (ms) => (ms >= 0 ? `${ms} ms more` : `${-ms} ms less`);
   let s = `sluice on ${label} takes ${x.total} ms longer than on the file; the largest part, ${x.extra} ms, is ${STAGE_LABEL[x.stage]}`;
   if (x.cause) {
-    const each = Object.entries(x.cause.each).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${signed(v)}`).join(', ');
-    s += x.cause.by === 'read'
-      ? ` (the source's reads took ${more(x.cause.read)}; check/load/decode/convert ${more(x.cause.prepare)}: ${each})`
-      : ` (check/load/decode/convert took ${more(x.cause.prepare)}: ${each}; the source's reads ${more(x.cause.read)})`;
+    const each = Object.entries(x.cause.each)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${signed(v)}`)
+      .join(', ');
+    s +=
+      x.cause.by === 'read'
+        ? ` (the source's reads took ${more(x.cause.read)}; check/load/decode/convert ${more(x.cause.prepare)}: ${each})`
+        : ` (check/load/decode/convert took ${more(x.cause.prepare)}: ${each}; the source's reads ${more(x.cause.read)})`;
   }
-  const others = Object.entries(x.deltas).filter(([k, v]) => k !== x.stage && v !== 0).map(([k, v]) => `${k} ${signed(v)}`);
+  const others = Object.entries(x.deltas)
+    .filter(([k, v]) => k !== x.stage && v !== 0)
+    .map(([k, v]) => `${k} ${signed(v)}`);
   return `${s}${others.length ? `; other main-loop stages ${others.join(', ')} ms` : ''}`;
 }
 
@@ -357,8 +374,7 @@ export function backlogFile(file, bodies, n) {
 }
 
 /** The file source a drain's backlog is read from by sluice-on-file: same batch size and timeout as the brokers'. */
-export const fileSourceYaml = (file, batch) =>
-  `source:\n  type: file\n  path: ${JSON.stringify(file)}\n  follow: true\n  poll_interval_ms: 20\n  batch_size: ${batch}\n  batch_timeout_ms: 1000\n`;
+export const fileSourceYaml = (file, batch) => `source:\n  type: file\n  path: ${JSON.stringify(file)}\n  follow: true\n  poll_interval_ms: 20\n  batch_size: ${batch}\n  batch_timeout_ms: 1000\n`;
 
 /**
  * Drains a backlog of n messages with `sluice run` on `sourceYaml`, logging at debug level: timed
@@ -377,7 +393,12 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     const mainThread = `${s.child.pid}/task/${s.child.pid}`;
     const cpu0 = { sluice: cpuSeconds(s.child.pid), js: cpuSeconds(mainThread), queued: runQueueSeconds(s.child.pid), broker: cpuOf(brokerPids()) };
     const end = await untilCommitted(s, n);
-    const cpu = { consumer: cpuSeconds(s.child.pid) - cpu0.sluice, js: cpuSeconds(mainThread) - cpu0.js, queued: runQueueSeconds(s.child.pid) - cpu0.queued, broker: cpuOf(brokerPids()) - cpu0.broker };
+    const cpu = {
+      consumer: cpuSeconds(s.child.pid) - cpu0.sluice,
+      js: cpuSeconds(mainThread) - cpu0.js,
+      queued: runQueueSeconds(s.child.pid) - cpu0.queued,
+      broker: cpuOf(brokerPids()) - cpu0.broker,
+    };
     const secs = (end - start) / 1000;
     s.child.kill('SIGTERM');
     const code = await s.exited;
@@ -388,7 +409,9 @@ export async function sluiceDrain(sourceYaml, n, { prefix = 'sluice-bench-', thr
     const rows = await outputRows(dir);
     if (rows.orders !== n || (items !== undefined && rows.purchases !== items)) {
       const warned = [...new Set(lines.filter((l) => l.level === 40).map((l) => l.msg))].slice(0, 5);
-      throw new Error(`output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'}); sluice's summary: ${done.messages} messages, ${done.redelivered} redelivered, ${done.dead_lettered} dead-lettered, ${lines.filter((l) => l.msg === 'batch committed').length} batches; warnings: ${warned.join(' | ') || 'none'}`);
+      throw new Error(
+        `output: ${rows.orders} orders (want ${n}), ${rows.purchases} purchases (want ${items ?? 'any'}); sluice's summary: ${done.messages} messages, ${done.redelivered} redelivered, ${done.dead_lettered} dead-lettered, ${lines.filter((l) => l.msg === 'batch committed').length} batches; warnings: ${warned.join(' | ') || 'none'}`,
+      );
     }
     return { rate: n / secs, secs, cpu, jsBusy: cpu.js / secs, peak: s.peak(), rows, timings: stageTimings(lines), stages: stageSums(lines) };
   } finally {
@@ -450,7 +473,7 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
     const js = { broker: [], file: [] };
     // Seconds sluice's threads were runnable but waited for a CPU (summed over threads), each drain.
     const queued = { broker: [], file: [] };
-    const perMessage = (secs) => Math.round((secs * 1e6) / n * 100) / 100;
+    const perMessage = (secs) => Math.round(((secs * 1e6) / n) * 100) / 100;
     const drainOpts = { threads: flags.threads, items: itemsIn(n) };
     for (let r = 0; r < flags.runs; r++) {
       await fill(n);
@@ -481,13 +504,25 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
         stages.broker.push(got.stages);
         stages.file.push(onFile.stages);
       }
-      console.log(`run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice on file ${Math.round(onFile.rate)} msg/s (sluice-on-${label} / sluice-on-file ${(got.rate / onFile.rate).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`);
-      console.log(`       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}; sluice on file ${cpu.sluiceFile[r]}; sluice's JS thread busy ${pct(got.jsBusy)} on ${label}, ${pct(onFile.jsBusy)} on file; its threads waited for a CPU ${got.cpu.queued.toFixed(1)} s on ${label}, ${onFile.cpu.queued.toFixed(1)} s on file`);
+      console.log(
+        `run ${r + 1}: ${baseline} ${Math.round(b[r])} msg/s, sluice ${Math.round(got.rate)} msg/s (ratio ${(got.rate / b[r]).toFixed(2)}), sluice on file ${Math.round(onFile.rate)} msg/s (sluice-on-${label} / sluice-on-file ${(got.rate / onFile.rate).toFixed(2)}), sluice peak RSS ${(got.peak / 2 ** 20).toFixed(0)} MiB, output ${got.rows.orders} orders + ${got.rows.purchases} purchases`,
+      );
+      console.log(
+        `       CPU µs per message: ${baseline} ${cpu.bare[r]}${brokerPids().length ? ` + broker ${cpu.bareBroker[r]}` : ''}; sluice ${cpu.sluice[r]}${brokerPids().length ? ` + broker ${cpu.sluiceBroker[r]}` : ''}; sluice on file ${cpu.sluiceFile[r]}; sluice's JS thread busy ${pct(got.jsBusy)} on ${label}, ${pct(onFile.jsBusy)} on file; its threads waited for a CPU ${got.cpu.queued.toFixed(1)} s on ${label}, ${onFile.cpu.queued.toFixed(1)} s on file`,
+      );
       if (got.stages && onFile.stages) {
-        const row = (st) => LOOP_STAGES.filter((k) => k !== 'tests' || st.tests).map((k) => `${k} ${st[k]}`).join(', ');
+        const row = (st) =>
+          LOOP_STAGES.filter((k) => k !== 'tests' || st.tests)
+            .map((k) => `${k} ${st[k]}`)
+            .join(', ');
         console.log(`       ms summed over the batches, on ${label}: ${row(got.stages)} (span ${got.stages.span}); on file: ${row(onFile.stages)} (span ${onFile.stages.span})`);
       }
-      if (flags.debug && got.timings) console.log(`       sluice ms per batch (mean): ${Object.entries(got.timings).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      if (flags.debug && got.timings)
+        console.log(
+          `       sluice ms per batch (mean): ${Object.entries(got.timings)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(', ')}`,
+        );
     }
     const ratios = s.map((x, i) => Number((x / b[i]).toFixed(2)));
     const fileRatios = s.map((x, i) => Number((x / f[i]).toFixed(2)));
@@ -515,25 +550,40 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
       sluice_peak_rss_mib: Math.round(median(peaks) / 2 ** 20),
       sluice_run_queue_seconds: { broker: Number(median(queued.broker).toFixed(2)), file: Number(median(queued.file).toFixed(2)) },
       sluice_js_thread_busy: { broker: Number(median(js.broker).toFixed(2)), file: Number(median(js.file).toFixed(2)) },
-      cpu_us_per_message: { bare: median(cpu.bare), sluice: median(cpu.sluice), sluice_on_file: median(cpu.sluiceFile), ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}) },
+      cpu_us_per_message: {
+        bare: median(cpu.bare),
+        sluice: median(cpu.sluice),
+        sluice_on_file: median(cpu.sluiceFile),
+        ...(brokerPids().length ? { broker_serving_bare: median(cpu.bareBroker), broker_serving_sluice: median(cpu.sluiceBroker) } : {}),
+      },
       ...(st ? { stage_ms_summed: { median: st, extra_time: x, runs: stages } } : {}),
       ...(timings.length ? { sluice_ms_per_batch: timings } : {}),
       ...(await extra()),
       machine: machine(),
     };
-    console.log(`\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`);
-    console.log(`median: sluice-on-${label} ${summary.sluice_msgs_per_s} msg/s vs sluice-on-file ${summary.sluice_on_file_msgs_per_s} msg/s -> ratio ${summary.file_ratio} (target >= ${TARGET}); per-run ratios ${fileRatios.join(', ')}, median ${summary.median_run_file_ratio}`);
+    console.log(
+      `\nmedian: sluice ${summary.sluice_msgs_per_s} msg/s vs ${baseline} ${summary.bare_msgs_per_s} msg/s -> ratio ${summary.ratio} (target >= ${TARGET}); per-run ratios ${ratios.join(', ')}, median ${summary.median_run_ratio}`,
+    );
+    console.log(
+      `median: sluice-on-${label} ${summary.sluice_msgs_per_s} msg/s vs sluice-on-file ${summary.sluice_on_file_msgs_per_s} msg/s -> ratio ${summary.file_ratio} (target >= ${TARGET}); per-run ratios ${fileRatios.join(', ')}, median ${summary.median_run_file_ratio}`,
+    );
     const c = summary.cpu_us_per_message;
-    console.log(`CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}, sluice on file ${c.sluice_on_file}`);
+    console.log(
+      `CPU µs per message (medians): ${baseline} ${c.bare}${c.broker_serving_bare !== undefined ? ` + broker ${c.broker_serving_bare}` : ''}, sluice ${c.sluice}${c.broker_serving_sluice !== undefined ? ` + broker ${c.broker_serving_sluice}` : ''}, sluice on file ${c.sluice_on_file}`,
+    );
     if (st) {
       console.log(`\nwhere the time goes (medians over the runs):`);
       for (const line of stageTable(st.broker, st.file, label)) console.log(line);
       console.log(`${summary.median_run_file_ratio < TARGET ? `below ${TARGET}: ` : ''}${extraTimeVerdict(x, label)}`);
       // Stage times are wall times: the client library's work on the JavaScript thread lands in
       // whichever stage waits for that thread (the check, or models waiting for their callbacks).
-      console.log(`sluice's process: ${Math.round((c.sluice - c.sluice_on_file) * 100) / 100} µs of CPU a message more on ${label} than on the file (${c.sluice} vs ${c.sluice_on_file}); its JavaScript thread busy ${pct(summary.sluice_js_thread_busy.broker)} of the drain on ${label}, ${pct(summary.sluice_js_thread_busy.file)} on the file; its threads waited ${summary.sluice_run_queue_seconds.broker} s for a CPU on ${label}, ${summary.sluice_run_queue_seconds.file} s on the file (summed over threads)`);
+      console.log(
+        `sluice's process: ${Math.round((c.sluice - c.sluice_on_file) * 100) / 100} µs of CPU a message more on ${label} than on the file (${c.sluice} vs ${c.sluice_on_file}); its JavaScript thread busy ${pct(summary.sluice_js_thread_busy.broker)} of the drain on ${label}, ${pct(summary.sluice_js_thread_busy.file)} on the file; its threads waited ${summary.sluice_run_queue_seconds.broker} s for a CPU on ${label}, ${summary.sluice_run_queue_seconds.file} s on the file (summed over threads)`,
+      );
     }
-    console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
+    console.log(
+      `machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`,
+    );
     fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
     fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
     return summary;

@@ -41,7 +41,11 @@ async function fill(n) {
  */
 async function bare(n) {
   await jsm.consumers.add(STREAM, {
-    durable_name: 'bare', ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: 30_000_000_000, max_ack_pending: 4 * flags.batch,
+    durable_name: 'bare',
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: 30_000_000_000,
+    max_ack_pending: 4 * flags.batch,
   });
   const consumer = await jetstream(nc).consumers.get(STREAM, 'bare');
   const t0 = performance.now();

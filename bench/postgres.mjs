@@ -166,7 +166,11 @@ const summary = {
   merge_update_run_ratios: perRun('merge_update'),
   machine: machine(),
 };
-console.log(`\nmedian: plain COPY ${summary.copy_s} s; sluice append ${summary.append_s} s -> ratio ${summary.append_ratio} (target >= ${TARGETS.append}); merge into an empty table ${summary.merge_s} s -> ratio ${summary.merge_ratio} (target >= ${TARGETS.merge}); merge updating every row ${summary.merge_update_s} s -> ratio ${summary.merge_update_ratio}`);
-console.log(`machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
+console.log(
+  `\nmedian: plain COPY ${summary.copy_s} s; sluice append ${summary.append_s} s -> ratio ${summary.append_ratio} (target >= ${TARGETS.append}); merge into an empty table ${summary.merge_s} s -> ratio ${summary.merge_ratio} (target >= ${TARGETS.merge}); merge updating every row ${summary.merge_update_s} s -> ratio ${summary.merge_update_ratio}`,
+);
+console.log(
+  `machine: ${summary.machine.cpu}, ${summary.machine.cpus} CPUs, ${summary.machine.mem_gib} GiB, Node.js ${summary.machine.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`,
+);
 fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
 fs.writeFileSync(path.join(ROOT, 'bench/results/postgres.json'), JSON.stringify(summary, null, 2) + '\n');

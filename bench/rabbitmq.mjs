@@ -37,11 +37,15 @@ async function bareConsumer(queue, n) {
   let got = 0;
   const t0 = performance.now();
   await new Promise((resolve) => {
-    ch.consume(queue, (m) => {
-      got++;
-      if (got % BATCH === 0 || got === n) ch.ack(m, true);
-      if (got === n) resolve();
-    }, { noAck: false });
+    ch.consume(
+      queue,
+      (m) => {
+        got++;
+        if (got % BATCH === 0 || got === n) ch.ack(m, true);
+        if (got === n) resolve();
+      },
+      { noAck: false },
+    );
   });
   const secs = (performance.now() - t0) / 1000;
   await conn.close();

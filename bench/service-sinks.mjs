@@ -174,7 +174,9 @@ try {
     const r = { name: c.name, sink_ms: median(sinkMs), bare_ms: median(bareMs) };
     r.ratio = r.bare_ms / r.sink_ms;
     results.push(r);
-    console.log(`${c.name.padEnd(52)} sink ${String(Math.round(r.sink_ms)).padStart(6)} ms (${Math.round(ROWS / (r.sink_ms / 1000))} rows/s)  bare ${String(Math.round(r.bare_ms)).padStart(6)} ms  ratio ${r.ratio.toFixed(2)}`);
+    console.log(
+      `${c.name.padEnd(52)} sink ${String(Math.round(r.sink_ms)).padStart(6)} ms (${Math.round(ROWS / (r.sink_ms / 1000))} rows/s)  bare ${String(Math.round(r.bare_ms)).padStart(6)} ms  ratio ${r.ratio.toFixed(2)}`,
+    );
   }
 } finally {
   await setupCh.deleteQueue(queue).catch(() => {});

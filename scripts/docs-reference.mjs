@@ -171,7 +171,10 @@ export function jsonSchemas(inputs) {
 
 // ---- Markdown tables ----
 
-const esc = (s) => String(s).replace(/\|/g, '\\|').replace(/\s*\n\s*/g, ' ');
+const esc = (s) =>
+  String(s)
+    .replace(/\|/g, '\\|')
+    .replace(/\s*\n\s*/g, ' ');
 const code = (s) => '`' + String(s).replace(/`/g, "'") + '`';
 
 /** A compound type inside another, in parentheses. */
@@ -274,7 +277,7 @@ export function referenceMarkdown(inputs, kind) {
     '',
     kind === 'source'
       ? "### Keys every source takes\n\nThe engine's policy keys, checked beside each type's own keys (see [errors and limits](errors-and-limits.md)):"
-      : '### Keys every sink takes\n\nThe error policy, checked beside each type\'s own keys (see [error policy](#error-policy-every-sink)):',
+      : "### Keys every sink takes\n\nThe error policy, checked beside each type's own keys (see [error policy](#error-policy-every-sink)):",
     '',
     table(policy),
   ];
@@ -306,7 +309,10 @@ export function splice(text, tag, content) {
  */
 export function generatedFiles(root, inputs) {
   const out = {};
-  for (const [kind, file] of [['source', 'docs/sources.md'], ['sink', 'docs/sinks.md']]) {
+  for (const [kind, file] of [
+    ['source', 'docs/sources.md'],
+    ['sink', 'docs/sinks.md'],
+  ]) {
     const text = fs.readFileSync(path.join(root, file), 'utf8');
     out[file] = splice(text, `${kind}s`, referenceMarkdown(inputs, kind));
   }

@@ -8,7 +8,11 @@ export function formatTable(columns: { name: string; type?: string }[], rows: Re
   const header = columns.map((c) => c.name);
   const body = rows.map((r) => columns.map((c) => cell(r[c.name])));
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join(' | ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join(' | ')
+      .trimEnd();
   const sep = widths.map((w) => '-'.repeat(w)).join('-+-');
   return [line(header), sep, ...body.map(line)].join('\n');
 }

@@ -3,7 +3,6 @@ import os from 'node:os';
 import v8 from 'node:v8';
 import { onStopSignal } from './stop-signals.js';
 
-
 /**
  * node.max_heap_mb of sluice.yml. V8 fixes its heap limit when the process starts, so a run
  * whose project asks for another limit starts itself again, as a child with

@@ -45,7 +45,15 @@ function sampleRefunds(count: number): string {
   const reasons = ['damaged', 'late', 'wrong item', 'changed mind'];
   const lines: string[] = [];
   for (let i = 0; i < count; i++) {
-    lines.push(JSON.stringify({ refund_id: 5000 + i, order_id: 1 + i * 3, amount: Math.round((5 + ((i * 37) % 90)) * 100) / 100, reason: reasons[i % reasons.length], refunded_at: new Date(Date.UTC(2024, 0, 2, 0, 0, i)).toISOString() }));
+    lines.push(
+      JSON.stringify({
+        refund_id: 5000 + i,
+        order_id: 1 + i * 3,
+        amount: Math.round((5 + ((i * 37) % 90)) * 100) / 100,
+        reason: reasons[i % reasons.length],
+        refunded_at: new Date(Date.UTC(2024, 0, 2, 0, 0, i)).toISOString(),
+      }),
+    );
   }
   return lines.join('\n') + '\n';
 }
@@ -214,13 +222,22 @@ export async function scaffoldShowcase(dir: string, name: string): Promise<void>
     'models/large_orders.sql': SHOWCASE_LARGE_ORDERS_SQL,
     'models/refunds.sql': SHOWCASE_REFUNDS_SQL,
     // tests/<source>.json: what `sluice test` (and `sluice docs`, for column types) feeds each source.
-    'tests/orders.json': JSON.stringify(
-      [JSON.parse(orderMessage(0, 7)), JSON.parse(orderMessage(1, 7)), { order_id: 3, user: { id: 9, name: 'Ken' }, items: [], currency: 'USD', placed_at: '2024-01-01T00:00:03Z' }],
-      null,
-      2,
-    ) + '\n',
+    'tests/orders.json':
+      JSON.stringify(
+        [JSON.parse(orderMessage(0, 7)), JSON.parse(orderMessage(1, 7)), { order_id: 3, user: { id: 9, name: 'Ken' }, items: [], currency: 'USD', placed_at: '2024-01-01T00:00:03Z' }],
+        null,
+        2,
+      ) + '\n',
     'tests/orders.yml': SHOWCASE_UNIT_TESTS_YML,
-    'tests/refunds.json': JSON.stringify(sampleRefunds(2).trim().split('\n').map((l) => JSON.parse(l) as unknown), null, 2) + '\n',
+    'tests/refunds.json':
+      JSON.stringify(
+        sampleRefunds(2)
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as unknown),
+        null,
+        2,
+      ) + '\n',
     'data/orders.ndjson': sampleOrders(50, false),
     'data/refunds.ndjson': sampleRefunds(10),
     '.gitignore': '.sluice/\noutput/\noutput-prod/\n',
@@ -270,11 +287,12 @@ export async function scaffold(dir: string, name: string, opts: { messages?: num
     'config/models.yml': `# Flush a model's WAL to the sink when either threshold is reached (and at end of input).\nmax_file_bytes: 134217728   # 128 MiB\nmax_age_seconds: 300\n\noverrides:\n  purchases:\n    max_age_seconds: 60\n`,
     'models/orders.sql': ORDERS_SQL,
     'models/purchases.sql': PURCHASES_SQL,
-    'tests/sample.json': JSON.stringify(
-      [JSON.parse(orderMessage(0, 7)), JSON.parse(orderMessage(1, 7)), { order_id: 3, user: { id: 9, name: 'Ken' }, items: [], currency: 'USD', placed_at: '2024-01-01T00:00:03Z' }],
-      null,
-      2,
-    ) + '\n',
+    'tests/sample.json':
+      JSON.stringify(
+        [JSON.parse(orderMessage(0, 7)), JSON.parse(orderMessage(1, 7)), { order_id: 3, user: { id: 9, name: 'Ken' }, items: [], currency: 'USD', placed_at: '2024-01-01T00:00:03Z' }],
+        null,
+        2,
+      ) + '\n',
     'data/orders.ndjson': sampleOrders(opts.messages ?? 50, false),
     '.gitignore': '.sluice/\noutput/\n',
   };

@@ -58,7 +58,13 @@ export function buildLineage(project: Project): Lineage {
 export function focusLineage(g: Lineage, model: string, direction: 'upstream' | 'downstream' | 'both'): Lineage {
   const id = nodeId('model', model.replace(/^.*[\\/]/, '').replace(/\.sql$/, ''));
   if (!g.nodes.some((n) => n.id === id)) {
-    throw new SluiceError('USAGE', `no model named "${id.slice(6)}" (models: ${g.nodes.filter((n) => n.kind === 'model').map((n) => n.name).join(', ')})`);
+    throw new SluiceError(
+      'USAGE',
+      `no model named "${id.slice(6)}" (models: ${g.nodes
+        .filter((n) => n.kind === 'model')
+        .map((n) => n.name)
+        .join(', ')})`,
+    );
   }
   const keep = new Set([id]);
   if (direction !== 'downstream') for (const n of reachable(id, (x) => g.edges.filter((e) => e.to === x).map((e) => e.from))) keep.add(n);
@@ -75,8 +81,7 @@ const label = (n: LineageNode): string => `${n.kind} ${n.name}${n.type ? ` (${n.
  */
 export function asciiTree(g: Lineage, roots: string[], direction: 'upstream' | 'downstream'): string {
   const byId = new Map(g.nodes.map((n) => [n.id, n]));
-  const next = (id: string) =>
-    direction === 'downstream' ? g.edges.filter((e) => e.from === id).map((e) => e.to) : g.edges.filter((e) => e.to === id).map((e) => e.from);
+  const next = (id: string) => (direction === 'downstream' ? g.edges.filter((e) => e.from === id).map((e) => e.to) : g.edges.filter((e) => e.to === id).map((e) => e.from));
   const lines: string[] = [];
   const shown = new Set<string>();
   const walk = (id: string, prefix: string, last: boolean, top: boolean) => {

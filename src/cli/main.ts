@@ -79,4 +79,3 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
 }
-

@@ -33,7 +33,10 @@ export async function modelShapes(project: Project, opts: PlanOptions): Promise<
   const fixtures = fixturesFor(project, opts.fixture ?? [], needed);
   const missing = needed.filter((s) => !fixtures.has(s));
   if (missing.length) {
-    throw new SluiceError('USAGE', `plan infers each model's columns by running it on a fixture; none for source ${missing.join(', ')}: add tests/<source>.json (or tests/sample.json) or pass --fixture`);
+    throw new SluiceError(
+      'USAGE',
+      `plan infers each model's columns by running it on a fixture; none for source ${missing.join(', ')}: add tests/<source>.json (or tests/sample.json) or pass --fixture`,
+    );
   }
   const run = await runFixtures(project, fixtures);
   return new Map([...run.outputs].filter(([, o]) => o.columns.length > 0).map(([model, o]) => [model, { model, columns: o.columns }]));
@@ -269,12 +272,14 @@ interface CommandDeps<O> {
 /** `sluice plan` and `sluice apply`. */
 export function planCommands<O extends object>(program: Command, deps: CommandDeps<O>): void {
   const fixtureOpt = '--fixture <file...>';
-  const fixtureHelp = "fixtures the models run on to infer the columns of table sinks (SOURCE=FILE or FILE; default: tests/)";
+  const fixtureHelp = 'fixtures the models run on to infer the columns of table sinks (SOURCE=FILE or FILE; default: tests/)';
   deps
     .withProject(
       program
         .command('plan')
-        .description("show how what the project needs outside sluice differs from what exists: the sinks' tables, the sources' and sinks' queues, exchanges, bindings, streams and topics, dead-letter ones included (nothing is changed)"),
+        .description(
+          "show how what the project needs outside sluice differs from what exists: the sinks' tables, the sources' and sinks' queues, exchanges, bindings, streams and topics, dead-letter ones included (nothing is changed)",
+        ),
     )
     .option(fixtureOpt, fixtureHelp)
     .action(async (o: O & PlanOptions) => {
@@ -309,7 +314,10 @@ export function planCommands<O extends object>(program: Command, deps: CommandDe
         if (todo.length && !o.autoApprove) {
           const heard = await confirm(`apply ${todo.length} change(s)?`, wait * 1000);
           if (heard === 'timeout') {
-            throw new SluiceError('USAGE', `apply asks for confirmation, and standard input (not a terminal) gave no answer within ${wait} s; pass --auto-approve to apply without asking, or write yes to it`);
+            throw new SluiceError(
+              'USAGE',
+              `apply asks for confirmation, and standard input (not a terminal) gave no answer within ${wait} s; pass --auto-approve to apply without asking, or write yes to it`,
+            );
           }
           if (heard === 'ended' && !process.stdin.isTTY) {
             throw new SluiceError('USAGE', 'apply asks for confirmation and standard input gave no answer; answer yes on it, or pass --auto-approve to apply without asking');

@@ -79,11 +79,13 @@ async function openProjectDuckDB(project: Project): Promise<DuckDB> {
     const y = readYaml(file, {}, [], rel && !rel.startsWith('..') ? rel : file);
     const targets = (y?.value as { targets?: Record<string, { duckdb?: unknown }> } | undefined)?.targets;
     const keyPath = project.target && targets?.[project.target]?.duckdb !== undefined ? ['targets', project.target, 'duckdb'] : ['duckdb'];
-    throw new ConfigError([{
-      file: y?.file ?? file,
-      line: y?.lineOf(keyPath),
-      key: keyPath.join('.'),
-      message: `DuckDB refuses ${settings.map(([k, v]) => `${k}: ${v}`).join(', ')} (${errorMessage(e)}): memory_limit is a size such as 2GB or 512MiB, threads a number from 1`,
-    }]);
+    throw new ConfigError([
+      {
+        file: y?.file ?? file,
+        line: y?.lineOf(keyPath),
+        key: keyPath.join('.'),
+        message: `DuckDB refuses ${settings.map(([k, v]) => `${k}: ${v}`).join(', ')} (${errorMessage(e)}): memory_limit is a size such as 2GB or 512MiB, threads a number from 1`,
+      },
+    ]);
   }
 }

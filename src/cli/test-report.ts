@@ -17,7 +17,9 @@ export function formatTestReport(data: TestResult[], units: UnitTestOutcome[]): 
     }));
     parts.push(`data tests\n${formatTable([{ name: 'result' }, { name: 'test' }, { name: 'model' }, { name: 'column' }, { name: 'check' }, { name: 'failing rows' }], rows, 60)}`);
     for (const r of data.filter((x) => x.failing)) {
-      parts.push(`FAIL ${r.test.name} (${r.test.model}${r.test.column ? `.${r.test.column}` : ''}): ${r.failing} row(s) where ${failureText(r.test)}; e.g.\n${r.examples.map((e) => `    ${JSON.stringify(e)}`).join('\n')}`);
+      parts.push(
+        `FAIL ${r.test.name} (${r.test.model}${r.test.column ? `.${r.test.column}` : ''}): ${r.failing} row(s) where ${failureText(r.test)}; e.g.\n${r.examples.map((e) => `    ${JSON.stringify(e)}`).join('\n')}`,
+      );
     }
   }
   if (units.length) {

@@ -8,7 +8,14 @@ export function loopback(server: string): string {
 /** host:port of each server of a list or comma-separated string, without scheme or credentials. */
 export function serverList(v: string | readonly string[]): string[] {
   return (typeof v === 'string' ? v.split(',') : v)
-    .map((x) => x.trim().toLowerCase().replace(/^[a-z][a-z0-9+.-]*:\/\//, '').replace(/^[^@/]*@/, '').replace(/\/+$/, ''))
+    .map((x) =>
+      x
+        .trim()
+        .toLowerCase()
+        .replace(/^[a-z][a-z0-9+.-]*:\/\//, '')
+        .replace(/^[^@/]*@/, '')
+        .replace(/\/+$/, ''),
+    )
     .filter(Boolean)
     .map(loopback);
 }

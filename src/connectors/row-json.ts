@@ -106,11 +106,7 @@ function parseTemplate(template: string): { text: string; column?: string }[] {
  * templateSql(). `json` is the row as one JSON object of the model's columns (see the
  * encoding above).
  */
-export async function* jsonRowChunks(
-  w: Pick<SinkWrite, 'relation' | 'columns'>,
-  db: DuckDBConnection,
-  extras: string[] = [],
-): AsyncGenerator<(string | null)[][]> {
+export async function* jsonRowChunks(w: Pick<SinkWrite, 'relation' | 'columns'>, db: DuckDBConnection, extras: string[] = []): AsyncGenerator<(string | null)[][]> {
   const struct = `{${w.columns.map((c) => `${lit(c.name)}: ${columnExpr(c.name, c.type)}`).join(', ')}}`;
   const extraSql = extras.map((e, i) => `, ${e} AS x${i}`).join('');
   const sql = `SELECT to_json(${struct})::VARCHAR AS v${extraSql} FROM ${w.relation} t`;
@@ -131,31 +127,19 @@ export function rowId(prefix: string, w: Pick<SinkWrite, 'model' | 'name'>, row:
 
 /** Shared config key of the sinks that send message ids. */
 export const idPrefixKey = {
-  id_prefix: z
-    .string()
-    .optional()
-    .describe("prefix of the message ids (idempotency keys) sent; default the project directory's name"),
+  id_prefix: z.string().optional().describe("prefix of the message ids (idempotency keys) sent; default the project directory's name"),
 };
 
 /** A row whose routing template yields NULL: a permanent error naming the row and the template. */
 export function nullTemplateError(sink: string, w: Pick<SinkWrite, 'model' | 'name'>, row: number, what: string, template: string): SluiceError {
-  return new SluiceError(
-    'SINK',
-    `${sink} sink: row ${row} of ${w.model}/${w.name} has no ${what}: a column of "${template}" is NULL`,
-    { permanent: true },
-  );
+  return new SluiceError('SINK', `${sink} sink: row ${row} of ${w.model}/${w.name} has no ${what}: a column of "${template}" is NULL`, { permanent: true });
 }
 
 /**
  * jsonRowChunks regrouped into batches of `size` rows; `first` is the batch's first row number.
  * The next batch is read from DuckDB while the caller sends the current one.
  */
-export function jsonRowBatches(
-  w: Pick<SinkWrite, 'relation' | 'columns'>,
-  db: DuckDBConnection,
-  extras: string[],
-  size: number,
-): AsyncGenerator<{ first: number; rows: (string | null)[][] }> {
+export function jsonRowBatches(w: Pick<SinkWrite, 'relation' | 'columns'>, db: DuckDBConnection, extras: string[], size: number): AsyncGenerator<{ first: number; rows: (string | null)[][] }> {
   return readAhead(regroup(w, db, extras, size));
 }
 
@@ -176,12 +160,7 @@ async function* readAhead<T>(gen: AsyncGenerator<T>): AsyncGenerator<T> {
   }
 }
 
-async function* regroup(
-  w: Pick<SinkWrite, 'relation' | 'columns'>,
-  db: DuckDBConnection,
-  extras: string[],
-  size: number,
-): AsyncGenerator<{ first: number; rows: (string | null)[][] }> {
+async function* regroup(w: Pick<SinkWrite, 'relation' | 'columns'>, db: DuckDBConnection, extras: string[], size: number): AsyncGenerator<{ first: number; rows: (string | null)[][] }> {
   let batch: (string | null)[][] = [];
   let first = 0;
   for await (const chunk of jsonRowChunks(w, db, extras)) {

@@ -40,7 +40,12 @@ export const sourcePolicySchema = z
   .object({
     limits: z
       .object({
-        max_message_bytes: z.number().int().positive().default(16 * 2 ** 20).describe('a larger message is dead-lettered at decode (default 16 MiB)'),
+        max_message_bytes: z
+          .number()
+          .int()
+          .positive()
+          .default(16 * 2 ** 20)
+          .describe('a larger message is dead-lettered at decode (default 16 MiB)'),
         max_depth: z.number().int().positive().max(10_000).default(128).describe('objects and lists nested deeper are dead-lettered at decode (default 128)'),
         max_fields: z.number().int().positive().default(100_000).describe('a message with more object keys, at every depth together, is dead-lettered at decode (default 100,000)'),
         max_columns: z.number().int().positive().default(1000).describe("fields of incoming's schema, nested ones included; a message that would add one more is dead-lettered (default 1,000)"),
@@ -53,7 +58,9 @@ export const sourcePolicySchema = z
         new_columns: z
           .enum(['evolve', 'freeze', 'discard_row', 'discard_value'])
           .default('evolve')
-          .describe("what a message with a field incoming's schema does not have yet does: evolve (add it, up to limits.max_columns), freeze (dead-letter the message), discard_row (drop the message, counted), discard_value (drop the new field, keep the rest)"),
+          .describe(
+            "what a message with a field incoming's schema does not have yet does: evolve (add it, up to limits.max_columns), freeze (dead-letter the message), discard_row (drop the message, counted), discard_value (drop the new field, keep the rest)",
+          ),
       })
       .strict()
       .default({ new_columns: 'evolve' }),
@@ -79,10 +86,7 @@ export const sinkPolicySchema = z
       })
       .strict()
       .default({ max_attempts: 5, backoff_ms: 500, max_backoff_ms: 30_000 }),
-    on_error: z
-      .enum(['retry', 'dlq', 'fail'])
-      .default('retry')
-      .describe('after max_attempts (or a permanent error): keep retrying, send the rows to the DLQ, or stop the pipeline'),
+    on_error: z.enum(['retry', 'dlq', 'fail']).default('retry').describe('after max_attempts (or a permanent error): keep retrying, send the rows to the DLQ, or stop the pipeline'),
     circuit: z
       .object({
         failures: z.number().int().positive().default(5).describe('consecutive failures that open the circuit'),

@@ -56,8 +56,7 @@ function splittable(block: PayloadBlock, sep: number, blank: Set<number>): Buffe
  */
 export async function startLoad(conn: DuckDBConnection, raw: string, block: PayloadBlock, sep: number, blank: Set<number>): Promise<{ done: Promise<number> }> {
   const stmt = await conn.prepare(
-    `CREATE OR REPLACE TABLE ${raw} AS SELECT (generate_subscripts(s, 1) - 1)::INTEGER AS id, unnest(s) AS payload ` +
-      `FROM (SELECT string_split(decode($1::BLOB), chr(${sep})) AS s)`,
+    `CREATE OR REPLACE TABLE ${raw} AS SELECT (generate_subscripts(s, 1) - 1)::INTEGER AS id, unnest(s) AS payload ` + `FROM (SELECT string_split(decode($1::BLOB), chr(${sep})) AS s)`,
   );
   stmt.bind([blobValue(splittable(block, sep, blank))]);
   const run = stmt.run();

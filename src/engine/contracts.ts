@@ -260,9 +260,7 @@ export async function applyContract(
     }
     for (const column of plan.missing) if (!report.missing.some((m) => m.model === model && m.column === column)) report.missing.push({ model, column });
     const select = `SELECT ${plan.select} FROM ${RAW}${where}`;
-    const r = out.target
-      ? await conn.run(`COPY (${select}) TO ${lit(out.target)} (FORMAT parquet, COMPRESSION lz4_raw)`)
-      : await conn.run(`CREATE OR REPLACE TABLE ${out.table} AS ${select}`);
+    const r = out.target ? await conn.run(`COPY (${select}) TO ${lit(out.target)} (FORMAT parquet, COMPRESSION lz4_raw)`) : await conn.run(`CREATE OR REPLACE TABLE ${out.table} AS ${select}`);
     return { rows: Number(r.rowsChanged) };
   } finally {
     await conn.run(`DROP TABLE IF EXISTS ${RAW}`);
@@ -358,11 +356,18 @@ export function reportContracts(
 ): void {
   for (const c of r.changes) {
     count.change(c.model, c.kind);
-    log.info({ model: c.model, column: c.column, kind: c.kind, from: c.from, to: c.to }, c.kind === 'new_column' ? `schema change: model ${c.model} gains column ${c.column} ${c.to}` : `schema change: model ${c.model} column ${c.column} ${c.from} -> ${c.to}`);
+    log.info(
+      { model: c.model, column: c.column, kind: c.kind, from: c.from, to: c.to },
+      c.kind === 'new_column' ? `schema change: model ${c.model} gains column ${c.column} ${c.to}` : `schema change: model ${c.model} column ${c.column} ${c.from} -> ${c.to}`,
+    );
   }
   for (const v of r.violations) {
     count.violation(v.model, v.kind, v.policy, v.rows);
-    if (v.policy !== 'freeze') log.debug({ model: v.model, column: v.column, kind: v.kind, policy: v.policy, rows: v.rows }, `contract: ${v.rows} row(s) of ${v.model} ${v.policy === 'discard_row' ? 'dropped' : 'lost a value'} (${v.kind} ${v.column})`);
+    if (v.policy !== 'freeze')
+      log.debug(
+        { model: v.model, column: v.column, kind: v.kind, policy: v.policy, rows: v.rows },
+        `contract: ${v.rows} row(s) of ${v.model} ${v.policy === 'discard_row' ? 'dropped' : 'lost a value'} (${v.kind} ${v.column})`,
+      );
   }
 }
 
@@ -383,7 +388,12 @@ export function contractIssues(models: { name: string; contract?: ModelContract 
   for (const miss of f.missing) {
     const c = models.find((m) => m.name === miss.model)?.contract;
     const col = c?.columns.find((x) => x.name === miss.column);
-    issues.push({ file: col?.file ?? c?.file ?? 'config/models.yml', line: col?.line, key: `overrides.${miss.model}.columns`, message: `model ${miss.model} does not produce declared column "${miss.column}" ${on}` });
+    issues.push({
+      file: col?.file ?? c?.file ?? 'config/models.yml',
+      line: col?.line,
+      key: `overrides.${miss.model}.columns`,
+      message: `model ${miss.model} does not produce declared column "${miss.column}" ${on}`,
+    });
   }
   const seen = new Set<string>();
   for (const x of f.failures) {
@@ -393,9 +403,10 @@ export function contractIssues(models: { name: string; contract?: ModelContract 
     if (!c || seen.has(id)) continue;
     seen.add(id);
     const i = c.columns.findIndex((col) => col.name === x.column);
-    const where = x.kind === 'type_change' && i >= 0
-      ? { file: c.columns[i].file ?? 'config/models.yml', line: c.columns[i].line, key: `overrides.${x.model}.columns.${i}.type` }
-      : { file: c.file ?? 'config/models.yml', line: c.line, key: `overrides.${x.model}.contract.new_columns` };
+    const where =
+      x.kind === 'type_change' && i >= 0
+        ? { file: c.columns[i].file ?? 'config/models.yml', line: c.columns[i].line, key: `overrides.${x.model}.columns.${i}.type` }
+        : { file: c.file ?? 'config/models.yml', line: c.line, key: `overrides.${x.model}.contract.new_columns` };
     const msg = x.error.replace(/ \(type_changes: freeze\)$/, '');
     const which = x.message.line !== undefined ? `line ${String(x.message.line)}` : `message ${String(x.message.index ?? '?')}`;
     issues.push({ ...where, message: `${msg} ${on}, ${which}${x.kind === 'type_change' ? ': a type mismatch' : ''}` });

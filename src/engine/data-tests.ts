@@ -102,10 +102,7 @@ export function testQuery(tests: DataTest[], table: string): string {
     `min_by(to_json(__row), __m, ${EXAMPLES}) FILTER (WHERE __f${i})`,
     t.onFailure === 'dlq' ? `list(DISTINCT __m) FILTER (WHERE __f${i})` : 'NULL',
   ]);
-  return (
-    `WITH __flags AS (SELECT __t AS __row, __t.${MSG_COL} AS __m, ${flags} FROM ${table} AS __t) ` +
-    `SELECT ${aggs.join(', ')} FROM __flags WHERE ${tests.map((_, i) => `__f${i}`).join(' OR ')}`
-  );
+  return `WITH __flags AS (SELECT __t AS __row, __t.${MSG_COL} AS __m, ${flags} FROM ${table} AS __t) ` + `SELECT ${aggs.join(', ')} FROM __flags WHERE ${tests.map((_, i) => `__f${i}`).join(' OR ')}`;
 }
 
 /**
@@ -240,7 +237,11 @@ export class BatchTests {
     const byModel = new Map(models.filter((m) => m.dataTests.length).map((m) => [m.name, m.dataTests]));
     if (byModel.size === 0) return undefined;
     await loadReferences(conn, project, new Set([...byModel.values()].flat().flatMap((t) => (t.to ? [t.to] : []))), log);
-    return new BatchTests(conn, byModel, models.map((m) => m.name));
+    return new BatchTests(
+      conn,
+      byModel,
+      models.map((m) => m.name),
+    );
   }
 
   /**
@@ -282,7 +283,8 @@ export class BatchTests {
     for (const [model, tests] of this.byModel) {
       if (!outcome.rows.get(model)) continue;
       for (const r of await runTests(this.conn, tests, `${MODEL_SCHEMA}.${ident(model)}`)) {
-        if (r.failing) out.push(`data test ${r.test.name} would fail (on_failure: ${r.test.onFailure}): ${r.failing} row(s) of ${model} where ${failureText(r.test)}, e.g. ${JSON.stringify(r.examples[0])}`);
+        if (r.failing)
+          out.push(`data test ${r.test.name} would fail (on_failure: ${r.test.onFailure}): ${r.failing} row(s) of ${model} where ${failureText(r.test)}, e.g. ${JSON.stringify(r.examples[0])}`);
       }
     }
     return out;
@@ -340,4 +342,3 @@ export class BatchTests {
     outcome.failures.sort((a, b) => a.index - b.index);
   }
 }
-

@@ -160,7 +160,6 @@ export class BatchDecoder {
     return this.compiled.check;
   }
 
-
   /**
    * First half of a batch: loads the payloads into lane table `__raw<lane>` (on the loading
    * connection) and decodes them: every message must be a JSON object whose structure fits the
@@ -198,7 +197,11 @@ export class BatchDecoder {
     let meta: string | undefined;
     if (this.metaColumns.length) {
       meta = `__meta${lane}`;
-      await loadPayloads(conn, meta, messages.map((m) => metaJson(m.meta)));
+      await loadPayloads(
+        conn,
+        meta,
+        messages.map((m) => metaJson(m.meta)),
+      );
     }
     lap('load');
 
@@ -316,13 +319,10 @@ export class BatchDecoder {
     const conn = this.loadConn;
     if (bad.size === p.count) return;
     const notBad = () => (bad.size ? `WHERE id NOT IN (${[...bad].join(',')})` : '');
-    const cols = structure && isObjectStructure(structure) && Object.keys(structure).length > 0
-      ? `, unnest(json_transform(${raw}.payload, ${lit(JSON.stringify(structure))}))`
-      : '';
+    const cols = structure && isObjectStructure(structure) && Object.keys(structure).length > 0 ? `, unnest(json_transform(${raw}.payload, ${lit(JSON.stringify(structure))}))` : '';
     const { select: metaSelect, from: metaFrom, cols: added } = this.metaSql(raw, p.meta, structure);
     p.addedMeta = added;
-    const convert = () =>
-      conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT ${raw}.id AS ${MSG_COL}${cols}${metaSelect} FROM ${raw}${metaFrom} ${notBad().replace('WHERE id', `WHERE ${raw}.id`)}`);
+    const convert = () => conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT ${raw}.id AS ${MSG_COL}${cols}${metaSelect} FROM ${raw}${metaFrom} ${notBad().replace('WHERE id', `WHERE ${raw}.id`)}`);
     try {
       await convert();
     } catch (err) {
@@ -331,9 +331,7 @@ export class BatchDecoder {
       // Only when JavaScript accepted a message DuckDB cannot read (their JSON parsers differ
       // at the edges): dead-letter exactly those and convert the rest.
       if (!cols) throw err;
-      const unreadable = await conn.runAndReadAll(
-        `SELECT id, payload FROM ${raw} ${notBad() || 'WHERE true'} AND TRY(json_transform(payload, ${lit(JSON.stringify(structure))})) IS NULL`,
-      );
+      const unreadable = await conn.runAndReadAll(`SELECT id, payload FROM ${raw} ${notBad() || 'WHERE true'} AND TRY(json_transform(payload, ${lit(JSON.stringify(structure))})) IS NULL`);
       if (unreadable.getRows().length === 0) throw err;
       await this.withJsonCheck(conn, async (check) => {
         for (const [id, payload] of unreadable.getRows()) {
@@ -419,9 +417,12 @@ export class BatchDecoder {
     };
     const reserved = r.added.find((x) => x.toLowerCase() === `$.${MSG_COL}`.toLowerCase());
     if (r.conflict) return refuse(r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`);
-    if (reserved) return refuse(`field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`);
+    if (reserved)
+      return refuse(`field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`);
     if (full && r.skipped.length) {
-      return refuse(`the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`);
+      return refuse(
+        `the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`,
+      );
     }
     if (r.skipped.length && policy === 'freeze') {
       addViolation(incoming, r.skipped[0], 'freeze', members.length);
@@ -460,7 +461,6 @@ export class BatchDecoder {
       check.destroySync();
     }
   }
-
 }
 
 /** Why DuckDB cannot read `payload` as JSON (its parser's own words), `check` being withJsonCheck's. */
@@ -471,6 +471,8 @@ async function jsonError(check: DuckDBPreparedStatement, payload: string): Promi
     await check.run();
     return 'invalid JSON';
   } catch (err) {
-    return `invalid JSON: ${cleanError(err).replace(/^Conversion Error: /, '').replace(/^Invalid Input Error: /, '')}`;
+    return `invalid JSON: ${cleanError(err)
+      .replace(/^Conversion Error: /, '')
+      .replace(/^Invalid Input Error: /, '')}`;
   }
 }

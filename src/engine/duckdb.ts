@@ -54,7 +54,25 @@ export async function shareDuckDB(settings: { threads?: number; memory_limit?: s
 }
 
 /** DuckDB's memory units (KB = 1000, KiB = 1024). */
-const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, byte: 1, bytes: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40, pib: 2 ** 50 };
+const BYTE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  byte: 1,
+  bytes: 1,
+  k: 1e3,
+  kb: 1e3,
+  m: 1e6,
+  mb: 1e6,
+  g: 1e9,
+  gb: 1e9,
+  t: 1e12,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+  pib: 2 ** 50,
+};
 /** Bytes of a memory amount as DuckDB takes or shows it ('2GB', '18.8 GiB'); undefined for anything else. */
 function parseBytes(text: string): number | undefined {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);

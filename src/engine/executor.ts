@@ -208,7 +208,13 @@ export class BatchExecutor {
     if (res.refused) {
       found.push(...(await this.refuse(res.refused)));
       const gone = new Set(res.refused.map((f) => f.index));
-      return 1 + (await this.isolate(ids.filter((i) => !gone.has(i)), found));
+      return (
+        1 +
+        (await this.isolate(
+          ids.filter((i) => !gone.has(i)),
+          found,
+        ))
+      );
     }
     if (ids.length === 1) {
       found.push({ index: ids[0], stage: 'transform', error: res.error, model: res.model });
@@ -252,7 +258,11 @@ export class BatchExecutor {
       let plan = this.schemas.cached(m.name, this.shape.key);
       if (!plan) {
         const d = await this.conn.runAndReadAll(`DESCRIBE (${m.sql})`);
-        plan = await this.schemas.plan(m.name, this.shape.key, d.getRows().map((r) => ({ name: String(r[0]), type: String(r[1]) })));
+        plan = await this.schemas.plan(
+          m.name,
+          this.shape.key,
+          d.getRows().map((r) => ({ name: String(r[0]), type: String(r[1]) })),
+        );
       }
       if (plan.passthrough) {
         if (!target) {
@@ -326,9 +336,7 @@ export class BatchExecutor {
 
   /** A model's rows of the last batch, for `test` and `--dry-run`. */
   async readOutput(model: string): Promise<{ columns: { name: string; type: string }[]; rows: Record<string, unknown>[] }> {
-    const exists = await this.conn.runAndReadAll(
-      `SELECT count(*) FROM duckdb_tables() WHERE schema_name = ${lit(MODEL_SCHEMA)} AND table_name = ${lit(model)}`,
-    );
+    const exists = await this.conn.runAndReadAll(`SELECT count(*) FROM duckdb_tables() WHERE schema_name = ${lit(MODEL_SCHEMA)} AND table_name = ${lit(model)}`);
     if (Number(exists.getRows()[0][0]) === 0) return { columns: [], rows: [] };
     const r = await this.conn.runAndReadAll(`SELECT * EXCLUDE (${MSG_COL}) FROM ${MODEL_SCHEMA}.${ident(model)} ORDER BY ${MSG_COL}, rowid`);
     const names = r.columnNames();

@@ -11,7 +11,7 @@ import { asCheckpoint, type Checkpoint } from './checkpoint.js';
 import type { BatchTests, TestSink } from './data-tests.js';
 import { prepareFlush, type PreparedFlush } from './flush-relation.js';
 import { infraKind } from './infra-errors.js';
-import type { SinkRunner } from './sink-runner.js';
+import type { SinkRunner, WriteResult } from './sink-runner.js';
 import type { Clock } from '../util/clock.js';
 
 /** What the flusher works with: the pipeline's WAL, sinks, models and counters. */
@@ -70,10 +70,7 @@ export class Flusher {
       const segs = this.ctx.wal.pending(m.name);
       if (segs.length === 0) continue;
       if (!this.writable(m, now)) continue;
-      const due =
-        this.ctx.wal.hasInflight(m.name) ||
-        this.ctx.wal.pendingBytes(m.name) >= m.maxFileBytes ||
-        now - segs[0].time >= m.maxAgeSeconds * 1000;
+      const due = this.ctx.wal.hasInflight(m.name) || this.ctx.wal.pendingBytes(m.name) >= m.maxFileBytes || now - segs[0].time >= m.maxAgeSeconds * 1000;
       if (due) await this.flushModel(m);
     }
   }
@@ -151,26 +148,13 @@ export class Flusher {
           continue;
         }
         failed = true;
-        const err = res.error;
-        const { on_error: onError } = runner.policy;
-        this.ctx.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
-        this.failures.set(m.name, { error: `sink ${name}: ${errorMessage(err)}` });
-        // A full disk or a failing allocation is not the rows' fault: such a flush is only ever
-        // retried, whatever on_error says (it would dead-letter good rows, or stop for nothing).
-        const infra = infraKind(err);
-        if (!res.exhausted || onError === 'retry' || infra) {
-          complete = false;
-          const why = onError === 'retry' ? 'on_error: retry' : `${infra}: on_error: ${onError} is only for errors of the rows`;
-          this.ctx.log.error({ model: m.name, sink: name, err, attempt: res.attempts, retry_in_ms: res.retryInMs }, res.exhausted ? `sink still failing after ${res.attempts} attempts (${why}); the WAL is kept and the write retried` : 'sink write failed; the WAL is kept and the write retried');
-          continue;
-        }
-        if (onError === 'fail') {
-          complete = false;
-          fatal = new SluiceError('SINK', `sink ${name} failed writing ${m.name}/${flush.name} (${res.attempts} attempt${res.attempts === 1 ? '' : 's'}, on_error: fail): ${errorMessage(err)}; the rows stay in the WAL and the next run delivers them`, { cause: err });
+        const outcome = await this.onSinkFailure(m.name, name, runner, res, write, flush.name, conn);
+        if (outcome === 'delivered') continue;
+        complete = false;
+        if (outcome instanceof SluiceError) {
+          fatal = outcome;
           break;
         }
-        await this.deadLetterFlush(m.name, name, write, err, conn);
-        runner.forget(m.name);
       }
     } catch (err) {
       complete = false;
@@ -205,6 +189,48 @@ export class Flusher {
     this.ctx.log.info({ model: m.name, file: flush.name, rows: write?.rows, segments: files.length, sinks: m.sinks, ms }, 'flushed');
     this.ctx.updateGauges();
     return true;
+  }
+
+  /**
+   * A sink's failed write of a flush, under its policy: 'retry' (kept in the WAL and written
+   * again: not exhausted yet, on_error: retry, or an infrastructure error, never the rows'
+   * fault), the error to stop the run with (on_error: fail), or 'delivered' once on_error: dlq
+   * has sent the rows to the DLQ.
+   */
+  private async onSinkFailure(
+    model: string,
+    name: string,
+    runner: SinkRunner,
+    res: Extract<WriteResult, { blocked: false }>,
+    write: SinkWrite,
+    flushName: string,
+    conn: DuckDBConnection,
+  ): Promise<'retry' | 'delivered' | SluiceError> {
+    const err = res.error;
+    const { on_error: onError } = runner.policy;
+    this.ctx.metrics.errors.inc({ stage: 'sink', error_type: err instanceof SluiceError ? err.code.toLowerCase() : 'unknown' });
+    this.failures.set(model, { error: `sink ${name}: ${errorMessage(err)}` });
+    // A full disk or a failing allocation is not the rows' fault: such a flush is only ever
+    // retried, whatever on_error says (it would dead-letter good rows, or stop for nothing).
+    const infra = infraKind(err);
+    if (!res.exhausted || onError === 'retry' || infra) {
+      const why = onError === 'retry' ? 'on_error: retry' : `${infra}: on_error: ${onError} is only for errors of the rows`;
+      this.ctx.log.error(
+        { model, sink: name, err, attempt: res.attempts, retry_in_ms: res.retryInMs },
+        res.exhausted ? `sink still failing after ${res.attempts} attempts (${why}); the WAL is kept and the write retried` : 'sink write failed; the WAL is kept and the write retried',
+      );
+      return 'retry';
+    }
+    if (onError === 'fail') {
+      return new SluiceError(
+        'SINK',
+        `sink ${name} failed writing ${model}/${flushName} (${res.attempts} attempt${res.attempts === 1 ? '' : 's'}, on_error: fail): ${errorMessage(err)}; the rows stay in the WAL and the next run delivers them`,
+        { cause: err },
+      );
+    }
+    await this.deadLetterFlush(model, name, write, err, conn);
+    runner.forget(model);
+    return 'delivered';
   }
 
   /**

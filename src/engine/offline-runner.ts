@@ -51,7 +51,12 @@ export function fixturesFor(project: Project, given: string[], needed: string[])
     else throw new SluiceError('USAGE', `--fixture ${g}: this project has several sources (${needed.join(', ')}); write --fixture SOURCE=FILE for each`);
   }
   const testsDir = path.join(project.dir, 'tests');
-  const listed = fs.existsSync(testsDir) ? fs.readdirSync(testsDir).filter((f) => FIXTURE_EXT.includes(path.extname(f))).sort() : [];
+  const listed = fs.existsSync(testsDir)
+    ? fs
+        .readdirSync(testsDir)
+        .filter((f) => FIXTURE_EXT.includes(path.extname(f)))
+        .sort()
+    : [];
   for (const s of needed) {
     if (out.has(s)) continue;
     const own = FIXTURE_EXT.map((e) => `${s}${e}`).find((f) => listed.includes(f));
@@ -67,7 +72,13 @@ export function fixturesFor(project: Project, given: string[], needed: string[])
 export type InspectOutputs = (conn: DuckDBConnection, source: string, outputs: FixtureRun['outputs']) => Promise<void>;
 
 /** Runs one source's `models` over `messages` in a private DuckDB, without connecting to anything. */
-export async function runMessages(source: string, messages: RawMessage[], models: ModelDef[], inspect?: InspectOutputs, policy?: SourcePolicy): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
+export async function runMessages(
+  source: string,
+  messages: RawMessage[],
+  models: ModelDef[],
+  inspect?: InspectOutputs,
+  policy?: SourcePolicy,
+): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
   const { conn, instance } = await openDuckDB();
   try {
     const ex = new BatchExecutor(conn, await compileModels(conn, models), source, conn, decodeRules(policy));

@@ -193,9 +193,47 @@ export class Pipeline {
     if (this.opts.dryRun) return this.dryRun(source, batcher);
 
     const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
+    await this.connectSinks(scopedCtx);
+    const start = await this.openWal(srcDef);
+    this.dlq = await this.openDlq(srcDef, scopedCtx);
+    await this.dlq?.recover(start.dlq);
+    await this.opts.beforeWrites?.();
+
+    // Surviving WAL goes to the sinks before anything new is read.
+    const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
+    if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
+    while (!(await this.flusher.flushAll())) {
+      if (signal.aborted) throw new SluiceError('SINK', 'stopped before the WAL could be replayed; it is kept for the next start');
+      await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
+    }
+    this.replayed = true;
+    this.updateGauges();
+
+    let clean = false;
+    try {
+      await source.open(start.position);
+      this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
+      if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
+      await this.loop(source, batcher, srcDef.name);
+      clean = true;
+    } finally {
+      this.metrics.watchLag(srcDef.name, undefined);
+      // Also when open() failed half-way (a connection made, then a missing stream).
+      await closeSource(source, clean, this.log);
+    }
+    // End of input or shutdown: deliver everything staged.
+    while (!(await this.flusher.flushAll())) {
+      if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
+      await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
+    }
+    return this.summary;
+  }
+
+  /** Creates and connects the sinks of the models being run (a failed connect closes that sink). */
+  private async connectSinks(ctx: ConnectorContext): Promise<void> {
     for (const name of new Set(this.models.flatMap((m) => m.sinks))) {
-      const def = project.sinks.find((s) => s.name === name)!;
-      const sink = this.opts.sinkOverrides?.get(name) ?? (await def.spec.create(def.cfg, scopedCtx));
+      const def = this.opts.project.sinks.find((s) => s.name === name)!;
+      const sink = this.opts.sinkOverrides?.get(name) ?? (await def.spec.create(def.cfg, ctx));
       try {
         await sink.connect();
       } catch (err) {
@@ -204,14 +242,29 @@ export class Pipeline {
       }
       this.sinks.set(name, new SinkRunner(name, sink, def.policy, this.metrics, this.log, this.clock));
     }
+  }
 
+  /** Opens the WAL and its flusher, checks its segments, and restores the committed checkpoint. */
+  private async openWal(srcDef: NamedSource): Promise<Checkpoint> {
+    const { project } = this.opts;
     // Queue consumers scale out: each worker keeps its own WAL and names its own files.
     const walDir = this.opts.walDir ?? (srcDef.spec.workerScoped ? path.join(project.walPath, this.workerId) : project.walPath);
     this.wal = new Wal(walDir, this.log, this.clock);
     await this.wal.open(this.models.map((m) => m.name));
     this.flusher = new Flusher({
-      wal: this.wal, sinks: this.sinks, models: this.models, metrics: this.metrics, log: this.log, tests: this.tests, testSink: this.testSink,
-      dlq: () => this.dlq, summary: this.summary, conn: this.conn, loadConn: this.loadConn, updateGauges: () => this.updateGauges(), clock: this.clock,
+      wal: this.wal,
+      sinks: this.sinks,
+      models: this.models,
+      metrics: this.metrics,
+      log: this.log,
+      tests: this.tests,
+      testSink: this.testSink,
+      dlq: () => this.dlq,
+      summary: this.summary,
+      conn: this.conn,
+      loadConn: this.loadConn,
+      updateGauges: () => this.updateGauges(),
+      clock: this.clock,
     });
     for (const m of this.wal.modelsWithRows()) {
       if (!this.models.some((x) => x.name === m)) {
@@ -222,41 +275,7 @@ export class Pipeline {
     const start = asCheckpoint(this.wal.state.checkpoint);
     this.executor.structure = start.structure;
     this.executor.schemas.load(start.schemas);
-
-    this.dlq = await this.openDlq(srcDef, scopedCtx);
-    await this.dlq?.recover(start.dlq);
-    await this.opts.beforeWrites?.();
-
-    {
-      // Surviving WAL goes to the sinks before anything new is read.
-      const pendingAtStart = this.models.filter((m) => this.wal.pending(m.name).length > 0).length;
-      if (pendingAtStart) this.log.info({ models: pendingAtStart }, 'replaying WAL from a previous run');
-      while (!(await this.flusher.flushAll())) {
-        if (signal.aborted) throw new SluiceError('SINK', 'stopped before the WAL could be replayed; it is kept for the next start');
-        await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
-      }
-      this.replayed = true;
-      this.updateGauges();
-
-      let clean = false;
-      try {
-        await source.open(start.position);
-        this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
-        if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
-        await this.loop(source, batcher, srcDef.name);
-        clean = true;
-      } finally {
-        this.metrics.watchLag(srcDef.name, undefined);
-        // Also when open() failed half-way (a connection made, then a missing stream).
-        await closeSource(source, clean, this.log);
-      }
-      // End of input or shutdown: deliver everything staged.
-      while (!(await this.flusher.flushAll())) {
-        if (signal.aborted) throw new SluiceError('SINK', 'stopped with rows still in the WAL; they are delivered on the next start');
-        await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
-      }
-    }
-    return this.summary;
+    return start;
   }
 
   /** Closes the sinks, the DLQ and DuckDB (each once); after a failure, close errors are only logged. */
@@ -370,7 +389,11 @@ export class Pipeline {
     this.lastReadMs = Math.round(performance.now() - readStart);
     if (batch === null) return null;
     if (batch.messages.length === 0) return { batch };
-    const prepared = await this.stallGuard.run('decoding a batch', () => this.executor.prepare(batch.messages, lane, batch.block), async () => {});
+    const prepared = await this.stallGuard.run(
+      'decoding a batch',
+      () => this.executor.prepare(batch.messages, lane, batch.block),
+      async () => {},
+    );
     return { batch, prepared };
   }
 
@@ -428,7 +451,10 @@ export class Pipeline {
     this.summary.batches++;
     timer();
     this.updateGauges();
-    this.log.debug({ seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { read: this.lastReadMs, ...outcome.timings } }, 'batch committed');
+    this.log.debug(
+      { seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { read: this.lastReadMs, ...outcome.timings } },
+      'batch committed',
+    );
   }
 
   /**

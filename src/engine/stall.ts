@@ -59,10 +59,15 @@ export class StallGuard {
         this.opts.updateGauges();
         const lasted = Date.now() - this.current.since;
         if (giveUpAfterSeconds > 0 && lasted >= giveUpAfterSeconds * 1000) {
-          throw new SluiceError('INFRA', `gave up after ${Math.round(lasted / 1000)} s (infra_errors.give_up_after_seconds ${giveUpAfterSeconds}): ${infra.message}; nothing of the unacked batch was lost: it is read again on the next start`, { cause: err });
+          throw new SluiceError(
+            'INFRA',
+            `gave up after ${Math.round(lasted / 1000)} s (infra_errors.give_up_after_seconds ${giveUpAfterSeconds}): ${infra.message}; nothing of the unacked batch was lost: it is read again on the next start`,
+            { cause: err },
+          );
         }
         if (signal.aborted) throw new SluiceError('INFRA', `stopped while paused: ${infra.message}; the batch was not acked and is read again on the next start`, { cause: err });
-        if (changed) this.opts.log.error({ kind: infra.kind, retry_max_ms: maxBackoffMs }, `paused: ${infra.message}; nothing was dead-lettered or acked for it, and the batch is retried until it works`);
+        if (changed)
+          this.opts.log.error({ kind: infra.kind, retry_max_ms: maxBackoffMs }, `paused: ${infra.message}; nothing was dead-lettered or acked for it, and the batch is retried until it works`);
         else this.opts.log.debug({ kind: infra.kind, attempt, retry_in_ms: delay(attempt) }, 'still failing');
         await sleep(delay(attempt), signal);
       }

@@ -51,7 +51,16 @@ export async function runUnitTests(project: Project, only?: ModelDef[]): Promise
       const got = actual.get(model);
       if (!got) problems.push(`${model}: no messages were given for its source`);
       else if (got.columns.length === 0) problems.push(`${model}: no output (every message failed)`);
-      else problems.push(...compareRows(model, got.columns.map((c) => c.name), got.rows, expected, test.ordered));
+      else
+        problems.push(
+          ...compareRows(
+            model,
+            got.columns.map((c) => c.name),
+            got.rows,
+            expected,
+            test.ordered,
+          ),
+        );
     }
     out.push({ test, ok: problems.length === 0, problems });
   }
@@ -118,5 +127,8 @@ export function canon(v: unknown): string {
   }
   if (Array.isArray(v)) return `[${v.map(canon).join(',')}]`;
   const o = v as Record<string, unknown>;
-  return `{${Object.keys(o).sort().map((k) => `${k}=${canon(o[k])}`).join(',')}}`;
+  return `{${Object.keys(o)
+    .sort()
+    .map((k) => `${k}=${canon(o[k])}`)
+    .join(',')}}`;
 }

@@ -55,7 +55,15 @@ async function missingColumns(conn: DuckDBConnection, m: ModelDef, sink: NamedSi
   const prefix = sink.name === 'default' ? ['sink'] : ['sinks', sink.name];
   for (const r of required) {
     // A bare column name: its key is the config key that holds it.
-    const req = typeof r === 'string' ? { key: Object.keys(sink.cfg).filter((k) => k !== 'type' && [sink.cfg[k]].flat().includes(r)).slice(0, 1), column: r } : r;
+    const req =
+      typeof r === 'string'
+        ? {
+            key: Object.keys(sink.cfg)
+              .filter((k) => k !== 'type' && [sink.cfg[k]].flat().includes(r))
+              .slice(0, 1),
+            column: r,
+          }
+        : r;
     const at = { file: sink.file, line: sink.lineOf?.(req.key) ?? sink.line, key: [...prefix, ...req.key].join('.') };
     let columns = req.column ? [req.column] : [];
     if (req.expr) {

@@ -9,39 +9,91 @@ const LAG_TIMEOUT_MS = 2000;
 export class Metrics {
   readonly registry = new client.Registry();
   readonly messagesIn = new client.Counter({ name: 'sluice_messages_received_total', help: 'Messages read from the source', labelNames: ['source'], registers: [this.registry] });
-  readonly acked = new client.Counter({ name: 'sluice_messages_acked_total', help: 'Messages acknowledged to the source (their rows and dead letters are durable)', labelNames: ['source'], registers: [this.registry] });
-  readonly redelivered = new client.Counter({ name: 'sluice_redelivered_total', help: 'Messages the broker delivered again (possible duplicates)', labelNames: ['source'], registers: [this.registry] });
+  readonly acked = new client.Counter({
+    name: 'sluice_messages_acked_total',
+    help: 'Messages acknowledged to the source (their rows and dead letters are durable)',
+    labelNames: ['source'],
+    registers: [this.registry],
+  });
+  readonly redelivered = new client.Counter({
+    name: 'sluice_redelivered_total',
+    help: 'Messages the broker delivered again (possible duplicates)',
+    labelNames: ['source'],
+    registers: [this.registry],
+  });
   readonly rowsOut = new client.Counter({ name: 'sluice_rows_total', help: 'Rows produced per model and staged in the WAL', labelNames: ['model'], registers: [this.registry] });
   readonly rowsWritten = new client.Counter({ name: 'sluice_sink_rows_written_total', help: 'Rows delivered to a sink', labelNames: ['model', 'sink'], registers: [this.registry] });
   readonly deadLettered = new client.Counter({ name: 'sluice_dead_lettered_total', help: 'Messages sent to the DLQ', labelNames: ['stage'], registers: [this.registry] });
-  readonly infraErrors = new client.Counter({ name: 'sluice_infra_errors_total', help: 'Failures of the surroundings (full disk, IO error, permissions, memory) that paused the pipeline; nothing was dead-lettered or acked for them', labelNames: ['kind'], registers: [this.registry] });
+  readonly infraErrors = new client.Counter({
+    name: 'sluice_infra_errors_total',
+    help: 'Failures of the surroundings (full disk, IO error, permissions, memory) that paused the pipeline; nothing was dead-lettered or acked for them',
+    labelNames: ['kind'],
+    registers: [this.registry],
+  });
   readonly stalled = new client.Gauge({ name: 'sluice_stalled', help: '1 while the pipeline waits out an infrastructure failure', registers: [this.registry] });
   readonly errors = new client.Counter({ name: 'sluice_errors_total', help: 'Errors by stage and type', labelNames: ['stage', 'error_type'], registers: [this.registry] });
   readonly batchDuration = new client.Histogram({
-    name: 'sluice_batch_duration_seconds', help: 'Time to decode, transform and stage one batch', registers: [this.registry],
+    name: 'sluice_batch_duration_seconds',
+    help: 'Time to decode, transform and stage one batch',
+    registers: [this.registry],
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   });
   readonly walBytes = new client.Gauge({ name: 'sluice_wal_bytes', help: 'Bytes staged in the WAL, not yet flushed', registers: [this.registry] });
   readonly flushes = new client.Counter({ name: 'sluice_flushes_total', help: 'Flushes of a model to its sinks', labelNames: ['model', 'result'], registers: [this.registry] });
   readonly flushDuration = new client.Histogram({
-    name: 'sluice_flush_duration_seconds', help: 'Time to write one flush to the sinks', labelNames: ['model'], registers: [this.registry],
+    name: 'sluice_flush_duration_seconds',
+    help: 'Time to write one flush to the sinks',
+    labelNames: ['model'],
+    registers: [this.registry],
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   });
   readonly ackLatency = new client.Summary({
-    name: 'sluice_ack_latency_seconds', help: 'Time from publication (the message timestamp) to the source ack', registers: [this.registry],
-    percentiles: [0.5, 0.9, 0.99], maxAgeSeconds: 60, ageBuckets: 6,
+    name: 'sluice_ack_latency_seconds',
+    help: 'Time from publication (the message timestamp) to the source ack',
+    registers: [this.registry],
+    percentiles: [0.5, 0.9, 0.99],
+    maxAgeSeconds: 60,
+    ageBuckets: 6,
   });
   readonly sinkErrors = new client.Counter({ name: 'sluice_sink_errors_total', help: 'Failed writes of a flush to a sink', labelNames: ['sink', 'error_type'], registers: [this.registry] });
   readonly sinkRetries = new client.Counter({ name: 'sluice_sink_retries_total', help: 'Writes of a flush to a sink that repeat a failed one', labelNames: ['sink'], registers: [this.registry] });
-  readonly sinkDeadLettered = new client.Counter({ name: 'sluice_sink_dead_lettered_rows_total', help: 'Rows sent to the DLQ because a sink could not take them (on_error: dlq)', labelNames: ['model', 'sink'], registers: [this.registry] });
-  readonly sinkCircuit = new client.Gauge({ name: 'sluice_sink_circuit_state', help: "A sink's circuit breaker: 0 closed, 1 open, 2 half-open (one probe write)", labelNames: ['sink'], registers: [this.registry] });
+  readonly sinkDeadLettered = new client.Counter({
+    name: 'sluice_sink_dead_lettered_rows_total',
+    help: 'Rows sent to the DLQ because a sink could not take them (on_error: dlq)',
+    labelNames: ['model', 'sink'],
+    registers: [this.registry],
+  });
+  readonly sinkCircuit = new client.Gauge({
+    name: 'sluice_sink_circuit_state',
+    help: "A sink's circuit breaker: 0 closed, 1 open, 2 half-open (one probe write)",
+    labelNames: ['sink'],
+    registers: [this.registry],
+  });
   readonly sinkWriteDuration = new client.Histogram({
-    name: 'sluice_sink_write_duration_seconds', help: 'Time of one write of a flush to a sink (failed ones too)', labelNames: ['sink', 'result'], registers: [this.registry],
+    name: 'sluice_sink_write_duration_seconds',
+    help: 'Time of one write of a flush to a sink (failed ones too)',
+    labelNames: ['sink', 'result'],
+    registers: [this.registry],
     buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   });
-  readonly dataTestFailures = new client.Counter({ name: 'sluice_data_test_failures_total', help: 'Rows failing a data test during run (whatever its on_failure)', labelNames: ['model', 'test'], registers: [this.registry] });
-  readonly schemaChanges = new client.Counter({ name: 'sluice_schema_changes_total', help: "Changes of a model's output schema: a new column or a widened type", labelNames: ['model', 'kind'], registers: [this.registry] });
-  readonly contractViolations = new client.Counter({ name: 'sluice_contract_violations_total', help: "Rows breaking a model's schema contract, by kind (new_column, type_change) and policy", labelNames: ['model', 'kind', 'policy'], registers: [this.registry] });
+  readonly dataTestFailures = new client.Counter({
+    name: 'sluice_data_test_failures_total',
+    help: 'Rows failing a data test during run (whatever its on_failure)',
+    labelNames: ['model', 'test'],
+    registers: [this.registry],
+  });
+  readonly schemaChanges = new client.Counter({
+    name: 'sluice_schema_changes_total',
+    help: "Changes of a model's output schema: a new column or a widened type",
+    labelNames: ['model', 'kind'],
+    registers: [this.registry],
+  });
+  readonly contractViolations = new client.Counter({
+    name: 'sluice_contract_violations_total',
+    help: "Rows breaking a model's schema contract, by kind (new_column, type_change) and policy",
+    labelNames: ['model', 'kind', 'policy'],
+    registers: [this.registry],
+  });
   /** The counters reportContracts() needs. */
   contractCounters(): { change: (model: string, kind: string) => void; violation: (model: string, kind: string, policy: string, rows: number) => void } {
     return { change: (model, kind) => this.schemaChanges.inc({ model, kind }), violation: (model, kind, policy, rows) => this.contractViolations.inc({ model, kind, policy }, rows) };
@@ -50,7 +102,7 @@ export class Metrics {
   private lagOf?: { source: string; lag: () => Promise<SourceLag[]> };
   readonly sourceLag = new client.Gauge({
     name: 'sluice_source_lag_messages',
-    help: "Messages in the source not yet handed to the engine: Kafka, per partition assigned to this worker (sum them across workers); a Redis group, NATS consumer or RabbitMQ queue, its shared backlog as this worker sees it (every worker reports it: take the max)",
+    help: 'Messages in the source not yet handed to the engine: Kafka, per partition assigned to this worker (sum them across workers); a Redis group, NATS consumer or RabbitMQ queue, its shared backlog as this worker sees it (every worker reports it: take the max)',
     labelNames: ['source', 'topic', 'partition'],
     registers: [this.registry],
     collect: () => this.collectLag(),

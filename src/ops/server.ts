@@ -22,12 +22,11 @@ export interface Exposition {
 
 /** A port that cannot be listened on, said as the user set it (`--port` or sluice.yml's server.port). */
 function listenError(port: number, err: NodeJS.ErrnoException): Error {
-  const what =
-    err.code === 'EADDRINUSE' ? 'is in use (another process listens on it)'
-    : err.code === 'EACCES' ? 'needs privileges this process does not have'
-    : undefined;
+  const what = err.code === 'EADDRINUSE' ? 'is in use (another process listens on it)' : err.code === 'EACCES' ? 'needs privileges this process does not have' : undefined;
   if (!what) return err;
-  return new SluiceError('USAGE', `--port ${port} ${what}: the ops server (/healthz, /readyz, /metrics) cannot start; choose another port with --port or server.port in sluice.yml (0 = no server)`, { cause: err });
+  return new SluiceError('USAGE', `--port ${port} ${what}: the ops server (/healthz, /readyz, /metrics) cannot start; choose another port with --port or server.port in sluice.yml (0 = no server)`, {
+    cause: err,
+  });
 }
 
 /** /healthz (process alive), /readyz (sinks healthy, WAL replayed), /metrics (Prometheus). */

@@ -19,17 +19,18 @@ export const contractSchema = z
   .object({
     new_columns: policySchema
       .optional()
-      .describe('a column the model outputs that `columns:` does not declare: evolve (kept; default), freeze (its message goes to the DLQ), discard_row (the row is dropped), discard_value (the column is left out)'),
+      .describe(
+        'a column the model outputs that `columns:` does not declare: evolve (kept; default), freeze (its message goes to the DLQ), discard_row (the row is dropped), discard_value (the column is left out)',
+      ),
     type_changes: policySchema
       .optional()
-      .describe("a value that does not cast to its column's declared `type:`: evolve (the column's type widens; default), freeze (its message goes to the DLQ), discard_row (the row is dropped), discard_value (the value becomes NULL)"),
+      .describe(
+        "a value that does not cast to its column's declared `type:`: evolve (the column's type widens; default), freeze (its message goes to the DLQ), discard_row (the row is dropped), discard_value (the value becomes NULL)",
+      ),
   })
   .strict();
 
-export const columnTypeSchema = z
-  .string()
-  .min(1)
-  .describe("the column's DuckDB type (BIGINT, VARCHAR, DOUBLE, BOOLEAN, TIMESTAMP, DECIMAL(10,2), ...): the model's output is cast to it");
+export const columnTypeSchema = z.string().min(1).describe("the column's DuckDB type (BIGINT, VARCHAR, DOUBLE, BOOLEAN, TIMESTAMP, DECIMAL(10,2), ...): the model's output is cast to it");
 
 export interface ColumnType {
   name: string;

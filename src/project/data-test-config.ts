@@ -41,8 +41,12 @@ export interface ReferenceDef {
 }
 
 const policy = {
-  name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier (letters, digits, _)').optional().describe('the test name in reports, logs, metrics and DLQ errors'),
-  on_failure: z.enum(['warn', 'dlq', 'fail']).optional().describe('during run: warn (log + metric, default), dlq (the rows\' messages go to the DLQ), fail (stop before the batch is committed)'),
+  name: z
+    .string()
+    .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier (letters, digits, _)')
+    .optional()
+    .describe('the test name in reports, logs, metrics and DLQ errors'),
+  on_failure: z.enum(['warn', 'dlq', 'fail']).optional().describe("during run: warn (log + metric, default), dlq (the rows' messages go to the DLQ), fail (stop before the batch is committed)"),
 };
 
 const scalar = z.union([z.string(), z.number(), z.boolean()]);
@@ -81,7 +85,7 @@ export const columnTestSchema = z.unknown().superRefine((v, ctx) => {
   const known = Object.keys(columnTestKinds).join(', ');
   if (typeof v === 'string') {
     if (!(BARE as string[]).includes(v)) {
-      ctx.addIssue({ code: 'custom', message: (v in columnTestKinds) ? `${v} needs settings: { ${v}: { ... } }` : `unknown test "${v}" (known: ${known})` });
+      ctx.addIssue({ code: 'custom', message: v in columnTestKinds ? `${v} needs settings: { ${v}: { ... } }` : `unknown test "${v}" (known: ${known})` });
     }
     return;
   }
@@ -96,7 +100,8 @@ export const columnTestSchema = z.unknown().superRefine((v, ctx) => {
     return;
   }
   const r = schema.safeParse(settings ?? {});
-  if (!r.success) for (const i of r.error.issues) ctx.addIssue({ code: 'custom', path: [kind, ...(i.path as (string | number)[])], message: zodMessage(i, Object.keys((schema as z.ZodObject).shape)) });
+  if (!r.success)
+    for (const i of r.error.issues) ctx.addIssue({ code: 'custom', path: [kind, ...(i.path as (string | number)[])], message: zodMessage(i, Object.keys((schema as z.ZodObject).shape)) });
 });
 
 /** A model-level test: a SQL expression every row must satisfy (rows where it is NULL pass, as in dbt). */
@@ -154,7 +159,12 @@ export function modelDataTests(
         ...at(keyPath),
       };
       if (t.to !== undefined && !references.has(t.to) && yaml) {
-        issues.push({ file: yaml.file, line: yaml.lineOf([...keyPath, kind, 'to']), key: [...keyPath, kind, 'to'].join('.'), message: `no reference table named "${t.to}" (declare it under references:; declared: ${[...references].join(', ') || 'none'})` });
+        issues.push({
+          file: yaml.file,
+          line: yaml.lineOf([...keyPath, kind, 'to']),
+          key: [...keyPath, kind, 'to'].join('.'),
+          message: `no reference table named "${t.to}" (declare it under references:; declared: ${[...references].join(', ') || 'none'})`,
+        });
       }
       out.push(t);
     });
@@ -208,9 +218,14 @@ const message = z.union([z.record(z.string(), z.unknown()), z.string()]).describ
 
 const unitTestSchema = z
   .object({
-    name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_-]*$/, 'must be a plain name (letters, digits, _ and -)').describe('the case, as reports name it'),
+    name: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_-]*$/, 'must be a plain name (letters, digits, _ and -)')
+      .describe('the case, as reports name it'),
     description: z.string().optional(),
-    messages: z.union([z.array(message), z.record(z.string(), z.array(message))]).describe("the messages: a list (one-source projects, or the source of the expected models) or a mapping source -> list"),
+    messages: z
+      .union([z.array(message), z.record(z.string(), z.array(message))])
+      .describe('the messages: a list (one-source projects, or the source of the expected models) or a mapping source -> list'),
     expect: z.record(z.string(), z.array(z.record(z.string(), z.unknown()))).describe('model -> the exact rows it must output; columns not given are not compared'),
     ordered: z.boolean().optional().describe('compare rows in order (default: as multisets)'),
   })
@@ -222,12 +237,7 @@ export const unitTestFileSchema = z.object({ unit_tests: z.array(unitTestSchema)
  * The unit test cases of a project's tests/*.yml files. Every file there must hold `unit_tests:`;
  * sources and models they name must exist.
  */
-export function unitTestsOf(
-  files: YamlFile[],
-  sources: { name: string }[],
-  models: { name: string; source: string }[],
-  issues: ConfigIssue[],
-): UnitTest[] {
+export function unitTestsOf(files: YamlFile[], sources: { name: string }[], models: { name: string; source: string }[], issues: ConfigIssue[]): UnitTest[] {
   const out: UnitTest[] = [];
   const names = new Map<string, { file: string; line?: number }>();
   const sourceNames = sources.map((s) => s.name);

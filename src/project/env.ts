@@ -7,12 +7,7 @@ const VAR = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
  * Replaces `${VAR}` and `${VAR:-default}` in raw YAML text before it is parsed. A variable that
  * is unset and has no default is reported with its line (and left empty so parsing continues).
  */
-export function interpolateEnv(
-  text: string,
-  file: string,
-  env: NodeJS.ProcessEnv,
-  issues: ConfigIssue[],
-): string {
+export function interpolateEnv(text: string, file: string, env: NodeJS.ProcessEnv, issues: ConfigIssue[]): string {
   const lines = text.split('\n');
   return lines
     .map((line, idx) => {

@@ -21,7 +21,10 @@ export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (
     issues.push({ file: show(modelsDir), message: 'is a file, not the models directory (one SELECT per .sql file)' });
     return models;
   }
-  const files = fs.readdirSync(modelsDir).filter((f) => f.endsWith('.sql')).sort();
+  const files = fs
+    .readdirSync(modelsDir)
+    .filter((f) => f.endsWith('.sql'))
+    .sort();
   if (files.length === 0) issues.push({ file: show(modelsDir), message: 'no models: add a .sql file with a SELECT' });
   for (const f of files) {
     const file = path.join(modelsDir, f);

@@ -45,7 +45,7 @@ export function assignSources(ordered: ModelDef[], sources: NamedSource[], issue
       if (dep?.source) feeds.add(dep.source);
     }
     if (feeds.size > 1) issues.push({ file: m.file, message: `model ${m.name} reads from several sources (${[...feeds].join(', ')}); stream joins need windows, which are not supported yet` });
-    m.source = [...feeds][0] ?? (sources[0]?.name ?? '');
+    m.source = [...feeds][0] ?? sources[0]?.name ?? '';
   }
   for (const s of sources) {
     if (sources.length > 1 && !ordered.some((m) => m.source === s.name)) {

@@ -47,7 +47,13 @@ export function referencesOf(models: ModelsFile, dir: string, issues: ConfigIssu
   const modYaml = models.yaml;
   const references: ReferenceDef[] = Object.entries(models.cfg?.references ?? {}).map(([name, r]) => ({ name, ...r, file: modYaml?.file, line: modYaml?.lineOf(['references', name]) }));
   for (const r of references) {
-    if (r.csv !== undefined && !fs.existsSync(path.resolve(dir, r.csv))) issues.push({ file: r.file!, line: modYaml?.lineOf(['references', r.name, 'csv']), key: `references.${r.name}.csv`, message: `${r.csv} does not exist (paths are relative to the project directory)` });
+    if (r.csv !== undefined && !fs.existsSync(path.resolve(dir, r.csv)))
+      issues.push({
+        file: r.file!,
+        line: modYaml?.lineOf(['references', r.name, 'csv']),
+        key: `references.${r.name}.csv`,
+        message: `${r.csv} does not exist (paths are relative to the project directory)`,
+      });
   }
   return references;
 }
@@ -109,9 +115,7 @@ function chooseSinks(m: ModelDef, o: ModelOverride, sqlCfg: SqlConfig, ctx: Mode
     list.forEach((s, i) => {
       if (sinkNames.has(s)) return;
       const keyPath = ['overrides', m.name, yamlKey, ...(Array.isArray(chosen) ? [i] : [])];
-      const where = fromSql === undefined && modYaml
-        ? { file: modYaml.file, line: modYaml.lineOf(keyPath), key: keyPath.join('.') }
-        : { file: m.file, line: m.rendered.configLine };
+      const where = fromSql === undefined && modYaml ? { file: modYaml.file, line: modYaml.lineOf(keyPath), key: keyPath.join('.') } : { file: m.file, line: m.rendered.configLine };
       issues.push({ ...where, message: `unknown sink "${s}" (sinks: ${[...sinkNames].join(', ') || 'none'})` });
     });
   } else if (sinkNames.size === 1) {
@@ -130,7 +134,10 @@ function modelSqlConfig(m: ModelDef, issues: ConfigIssue[]): SqlConfig {
   const r = sqlConfigSchema.safeParse(m.rendered.config);
   if (r.success) return r.data;
   for (const i of r.error.issues) {
-    const what = i.code === 'unrecognized_keys' ? `unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')} (known: ${Object.keys(sqlConfigSchema.shape).join(', ')})` : `${i.path.join('.')}: ${i.message.replace(/^Invalid input: /, '')}`;
+    const what =
+      i.code === 'unrecognized_keys'
+        ? `unknown key${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')} (known: ${Object.keys(sqlConfigSchema.shape).join(', ')})`
+        : `${i.path.join('.')}: ${i.message.replace(/^Invalid input: /, '')}`;
     issues.push({ file: m.file, line: m.rendered.configLine, message: `config(...): ${what}` });
   }
   return {};

@@ -23,11 +23,18 @@ export const projectSchema = z
       })
       .strict()
       .optional(),
-    server: z.object({ port: z.number().int().min(0).max(65535).optional() }).strict().optional(),
+    server: z
+      .object({ port: z.number().int().min(0).max(65535).optional() })
+      .strict()
+      .optional(),
     infra_errors: z
       .object({
         max_backoff_ms: z.number().int().positive().optional().describe('while a disk is full or failing, the same batch is retried with backoff up to this wait (default 30000)'),
-        give_up_after_seconds: z.number().nonnegative().optional().describe('exit non-zero once an infrastructure failure has lasted this long, leaving everything unacked for the next start (default 0: wait until it is fixed)'),
+        give_up_after_seconds: z
+          .number()
+          .nonnegative()
+          .optional()
+          .describe('exit non-zero once an infrastructure failure has lasted this long, leaving everything unacked for the next start (default 0: wait until it is fixed)'),
       })
       .strict()
       .optional(),
@@ -61,7 +68,10 @@ export const modelsSchema = z
         z
           .object({
             ...flushKeys,
-            sink: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional().describe('the sink (or sinks) of this model'),
+            sink: z
+              .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+              .optional()
+              .describe('the sink (or sinks) of this model'),
             sinks: z.array(z.string().min(1)).min(1).optional().describe('the sinks of this model; each gets every row'),
             description: z.string().optional().describe('what the model produces (shown by `sluice docs`)'),
             columns: z.array(columnDocSchema).optional().describe('documented columns: name and description'),
@@ -71,7 +81,10 @@ export const modelsSchema = z
           .strict(),
       )
       .optional(),
-    references: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier'), referenceSchema).optional().describe('reference tables for relationships tests, loaded into DuckDB at start'),
+    references: z
+      .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier'), referenceSchema)
+      .optional()
+      .describe('reference tables for relationships tests, loaded into DuckDB at start'),
   })
   .strict();
 

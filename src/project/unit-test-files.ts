@@ -10,6 +10,16 @@ export function readUnitTests(dir: string, env: NodeJS.ProcessEnv, sources: Name
   const testsDir = path.join(dir, 'tests');
   const testsIsDir = fs.existsSync(testsDir) && fs.statSync(testsDir).isDirectory();
   if (fs.existsSync(testsDir) && !testsIsDir) issues.push({ file: show(testsDir), message: 'is a file, not the tests directory (fixtures and tests/*.yml)' });
-  const unitFiles = testsIsDir ? fs.readdirSync(testsDir).filter((f) => /\.ya?ml$/.test(f)).sort() : [];
-  return unitTestsOf(unitFiles.map((f) => readYaml(path.join(testsDir, f), env, issues, show(path.join(testsDir, f)))!), sources, models, issues);
+  const unitFiles = testsIsDir
+    ? fs
+        .readdirSync(testsDir)
+        .filter((f) => /\.ya?ml$/.test(f))
+        .sort()
+    : [];
+  return unitTestsOf(
+    unitFiles.map((f) => readYaml(path.join(testsDir, f), env, issues, show(path.join(testsDir, f)))!),
+    sources,
+    models,
+    issues,
+  );
 }

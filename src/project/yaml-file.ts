@@ -245,13 +245,7 @@ export function readYaml(file: string, env: NodeJS.ProcessEnv, issues: ConfigIss
 const MAX_ISSUES = 100;
 
 /** Validates `value` (found at `basePath` inside `yaml`) against a zod schema; collects its issues (the first MAX_ISSUES). */
-export function checkSchema<S extends z.ZodType>(
-  yaml: YamlFile,
-  schema: S,
-  value: unknown,
-  basePath: KeyPath,
-  issues: ConfigIssue[],
-): z.output<S> | undefined {
+export function checkSchema<S extends z.ZodType>(yaml: YamlFile, schema: S, value: unknown, basePath: KeyPath, issues: ConfigIssue[]): z.output<S> | undefined {
   let r: z.ZodSafeParseResult<z.output<S>>;
   try {
     r = schema.safeParse(value);

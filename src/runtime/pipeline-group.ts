@@ -117,10 +117,13 @@ function groupReadiness(members: Member[]): Readiness {
   const sources: NonNullable<Readiness['sources']> = {};
   for (const m of members) {
     const r =
-      m.state === 'starting' ? { ok: false, reasons: ['starting: connecting the sinks'] }
-      : m.state === 'ended' ? { ok: true, reasons: [] }
-      : m.state === 'failed' ? { ok: false, reasons: [`failed: ${errorMessage(m.error)}`] }
-      : m.pipeline.ready();
+      m.state === 'starting'
+        ? { ok: false, reasons: ['starting: connecting the sinks'] }
+        : m.state === 'ended'
+          ? { ok: true, reasons: [] }
+          : m.state === 'failed'
+            ? { ok: false, reasons: [`failed: ${errorMessage(m.error)}`] }
+            : m.pipeline.ready();
     sources[m.source] = { state: m.state, ready: r.ok, reasons: r.reasons };
     reasons.push(...r.reasons.map((x) => `source ${m.source}: ${x}`));
   }
@@ -128,10 +131,7 @@ function groupReadiness(members: Member[]): Readiness {
 }
 
 /** Runs one member's pipeline to its end; its failure stops the others. Never throws. */
-async function runMember(
-  m: Member,
-  group: { members: Member[]; stop: AbortController; outcome: Outcome; arrive: (source: string) => void; onEnd: GroupOptions['onEnd'] },
-): Promise<void> {
+async function runMember(m: Member, group: { members: Member[]; stop: AbortController; outcome: Outcome; arrive: (source: string) => void; onEnd: GroupOptions['onEnd'] }): Promise<void> {
   const { outcome, stop } = group;
   try {
     const summary = await m.pipeline.run();

@@ -130,8 +130,7 @@ function collectFrom(ref: Node | null | undefined, ctx: Ctx): string[] {
     case 'BASE_TABLE': {
       const schema = String(ref.schema_name ?? '').toLowerCase();
       const table = String(ref.table_name ?? '').toLowerCase();
-      const isBatch =
-        (schema === '' && (table === 'incoming' || ctx.cteMsg.has(table))) || schema === SOURCE_SCHEMA || schema === MODEL_SCHEMA;
+      const isBatch = (schema === '' && (table === 'incoming' || ctx.cteMsg.has(table))) || schema === SOURCE_SCHEMA || schema === MODEL_SCHEMA;
       return isBatch ? [String(ref.alias || ref.table_name)] : [];
     }
     case 'SUBQUERY': {

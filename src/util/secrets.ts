@@ -106,5 +106,4 @@ function decodeURIComponentSafe(s: string): string {
 }
 
 /** Key paths pino redacts in log objects (one and two levels deep). */
-export const REDACT_PATHS = ['password', 'secret', 'token', 'api_key', 'credentials', 'authorization']
-  .flatMap((k) => [k, `*.${k}`, `*.*.${k}`]);
+export const REDACT_PATHS = ['password', 'secret', 'token', 'api_key', 'credentials', 'authorization'].flatMap((k) => [k, `*.${k}`, `*.*.${k}`]);

@@ -138,7 +138,10 @@ export class Wal {
     await fsp.mkdir(dir, { recursive: true });
     await fsp.rename(seg.file, path.join(dir, `${seg.model}-${path.basename(seg.file)}`));
     const list = this.segments.get(seg.model) ?? [];
-    this.segments.set(seg.model, list.filter((s) => s !== seg));
+    this.segments.set(
+      seg.model,
+      list.filter((s) => s !== seg),
+    );
     this.log.warn({ model: seg.model, seq: seg.seq, reason }, 'dropped a corrupt WAL segment (moved to wal/corrupt)');
   }
 
@@ -159,7 +162,13 @@ export class Wal {
     await fsp.rename(tmp, final);
     const st = await fsp.stat(final);
     (this.segments.get(model) ?? this.segments.set(model, []).get(model)!).push({
-      model, seq, first, last, file: final, bytes: st.size, time: this.clock.now(),
+      model,
+      seq,
+      first,
+      last,
+      file: final,
+      bytes: st.size,
+      time: this.clock.now(),
     });
   }
 
@@ -192,7 +201,10 @@ export class Wal {
     for (const [model, list] of this.segments) {
       const gone = list.filter((s) => s.seq > committed);
       if (gone.length === 0) continue;
-      this.segments.set(model, list.filter((s) => s.seq <= committed));
+      this.segments.set(
+        model,
+        list.filter((s) => s.seq <= committed),
+      );
       for (const s of gone) await fsp.rm(s.file, { force: true }).catch(() => {});
     }
     for (const model of this.segments.keys()) {
@@ -288,11 +300,13 @@ export class Wal {
       if (n++ === 1) crashPoint('mid-truncate');
       await fsp.rm(s.file, { force: true });
     }
-    this.segments.set(model, segs.filter((s) => s.seq > last));
+    this.segments.set(
+      model,
+      segs.filter((s) => s.seq > last),
+    );
   }
 
   hasInflight(model: string): boolean {
     return Boolean(this.state.models[model]?.inflight);
   }
-
 }

@@ -199,7 +199,11 @@ describe('batch_max_bytes on broker sources', () => {
       const group = `sluice-batch-bytes-${randomUUID().slice(0, 8)}`;
       // Two partitions, in id order within each (the big message in partition 1).
       await ensureTopic(mk.admin, topic);
-      await produce(mk.producer, topic, messages.map((value, i) => ({ value, partition: i % 2 })));
+      await produce(
+        mk.producer,
+        topic,
+        messages.map((value, i) => ({ value, partition: i % 2 })),
+      );
       const cfg = kafkaSourceSchema.parse({
         type: 'kafka',
         brokers: mk.brokers.split(','),

@@ -84,18 +84,19 @@ describe('sluice CLI end to end', () => {
   it('test --format json prints rows per model and exits 1 when a message fails', () => {
     const p = project();
     const fixture = path.join(p, 'tests/mixed.ndjson');
-    fs.writeFileSync(fixture, [
-      '{"order_id": 1, "user": {"id": 5, "name": "A"}, "items": [{"sku": "X", "name": "x", "quantity": 2, "price": 1.5}], "currency": "EUR", "placed_at": "t"}',
-      '{"order_id": 2, "user": {"id": 6, "name": "B"}, "items": [], "currency": "EUR", "placed_at": "t"}',
-      'not json at all',
-    ].join('\n'));
+    fs.writeFileSync(
+      fixture,
+      [
+        '{"order_id": 1, "user": {"id": 5, "name": "A"}, "items": [{"sku": "X", "name": "x", "quantity": 2, "price": 1.5}], "currency": "EUR", "placed_at": "t"}',
+        '{"order_id": 2, "user": {"id": 6, "name": "B"}, "items": [], "currency": "EUR", "placed_at": "t"}',
+        'not json at all',
+      ].join('\n'),
+    );
     const r = sluice(['test', '--project', p, '--fixture', fixture, '--format', 'json']);
     expect(r.code).toBe(1);
     const out = JSON.parse(r.stdout) as { models: Record<string, Record<string, unknown>[]>; failures: { stage: string; error: string }[] };
     expect(out.models.orders.map((o) => o.order_id)).toEqual([1, 2]);
-    expect(out.models.purchases).toEqual([
-      { order_id: 1, sku: 'X', product_name: 'x', quantity: 2, unit_price: 1.5, line_total: 3, user_id: 5, placed_at: 't' },
-    ]);
+    expect(out.models.purchases).toEqual([{ order_id: 1, sku: 'X', product_name: 'x', quantity: 2, unit_price: 1.5, line_total: 3, user_id: 5, placed_at: 't' }]);
     expect(out.failures).toHaveLength(1);
     expect(out.failures[0].stage).toBe('decode');
     expect(out.failures[0].error).toMatch(/invalid JSON/);
@@ -113,7 +114,7 @@ describe('sluice CLI end to end', () => {
     const p = project();
     fs.writeFileSync(path.join(p, 'config/sources.yml'), 'source:\n  type: file\n  path: data/*.ndjson\n  batch_size: ten\n  colour: blue\n');
     fs.writeFileSync(path.join(p, 'config/sinks.yml'), 'sink:\n  type: parquet\n  path: ${NOPE_NOT_SET}\n');
-    fs.writeFileSync(path.join(p, 'models/broken.sql'), 'SELECT x FROM {{ ref(\'missing\') }}\n');
+    fs.writeFileSync(path.join(p, 'models/broken.sql'), "SELECT x FROM {{ ref('missing') }}\n");
     const r = sluice(['validate', '--project', p]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/sources\.yml:4: source\.batch_size: expected number/);

@@ -46,7 +46,11 @@ async function output(dir: string): Promise<{ columns: string[]; rows: Record<st
 const declared = (contract: string) =>
   `overrides:\n  orders:\n    columns:\n      - name: id\n        type: BIGINT\n      - name: amount\n        type: BIGINT\n        description: in cents\n    contract:\n${contract}`;
 
-const withCoupon = [{ id: 1, amount: 10 }, { id: 2, amount: 20, coupon: 'X' }, { id: 3, amount: 30 }];
+const withCoupon = [
+  { id: 1, amount: 10 },
+  { id: 2, amount: 20, coupon: 'X' },
+  { id: 3, amount: 30 },
+];
 
 describe('schema contracts: new columns', () => {
   it('freeze: the message with an undeclared column goes to the DLQ, the rest is written with the declared schema', async () => {
@@ -59,7 +63,10 @@ describe('schema contracts: new columns', () => {
     }
     const out = await output(dir);
     expect(out.columns).toEqual(['id BIGINT', 'amount BIGINT']);
-    expect(out.rows).toEqual([{ id: '1', amount: '10' }, { id: '3', amount: '30' }]);
+    expect(out.rows).toEqual([
+      { id: '1', amount: '10' },
+      { id: '3', amount: '30' },
+    ]);
     const dl = projectDeadLetters(dir);
     expect(dl).toHaveLength(1);
     expect(JSON.parse(dl[0].payload)).toEqual({ id: 2, amount: 20, coupon: 'X' });
@@ -71,7 +78,10 @@ describe('schema contracts: new columns', () => {
   it('discard_row: the row is dropped, nothing goes to the DLQ', async () => {
     const dir = project(declared('      new_columns: discard_row\n'), withCoupon);
     const log = run(dir);
-    expect((await output(dir)).rows).toEqual([{ id: '1', amount: '10' }, { id: '3', amount: '30' }]);
+    expect((await output(dir)).rows).toEqual([
+      { id: '1', amount: '10' },
+      { id: '3', amount: '30' },
+    ]);
     expect(projectDeadLetters(dir)).toEqual([]);
     expect(log).toMatch(/1 row\(s\) of orders dropped \(new_column coupon\)/);
   });
@@ -81,7 +91,11 @@ describe('schema contracts: new columns', () => {
     run(dir);
     const out = await output(dir);
     expect(out.columns).toEqual(['id BIGINT', 'amount BIGINT']);
-    expect(out.rows).toEqual([{ id: '1', amount: '10' }, { id: '2', amount: '20' }, { id: '3', amount: '30' }]);
+    expect(out.rows).toEqual([
+      { id: '1', amount: '10' },
+      { id: '2', amount: '20' },
+      { id: '3', amount: '30' },
+    ]);
     expect(projectDeadLetters(dir)).toEqual([]);
   });
 
@@ -90,7 +104,11 @@ describe('schema contracts: new columns', () => {
     const log = run(dir);
     const out = await output(dir);
     expect(out.columns).toEqual(['id BIGINT', 'amount BIGINT', 'coupon VARCHAR']);
-    expect(out.rows).toEqual([{ id: '1', amount: '10', coupon: null }, { id: '2', amount: '20', coupon: 'X' }, { id: '3', amount: '30', coupon: null }]);
+    expect(out.rows).toEqual([
+      { id: '1', amount: '10', coupon: null },
+      { id: '2', amount: '20', coupon: 'X' },
+      { id: '3', amount: '30', coupon: null },
+    ]);
     expect(log).toMatch(/schema change: model orders gains column coupon VARCHAR/);
     expect(log.match(/schema change/g)).toHaveLength(1);
   });
@@ -158,7 +176,11 @@ describe('schema contracts: type changes', () => {
     expect(log).toMatch(/schema change: model orders column qty BIGINT -> DOUBLE/);
     // The widened types are kept in the WAL state: a later run writes them again, without a new change.
     const state = readWalState(path.join(dir, '.sluice/wal'));
-    expect(state.schemas.orders).toEqual([{ name: 'id', type: 'BIGINT' }, { name: 'at', type: 'VARCHAR' }, { name: 'qty', type: 'DOUBLE' }]);
+    expect(state.schemas.orders).toEqual([
+      { name: 'id', type: 'BIGINT' },
+      { name: 'at', type: 'VARCHAR' },
+      { name: 'qty', type: 'DOUBLE' },
+    ]);
     fs.rmSync(path.join(dir, 'output'), { recursive: true });
     fs.writeFileSync(path.join(dir, 'data/more.ndjson'), JSON.stringify({ id: 5, at: '2024-01-05 10:00:00', qty: 5 }) + '\n');
     const again = run(dir);
@@ -171,7 +193,10 @@ describe('schema contracts: type changes', () => {
 
 describe('crashes', () => {
   it('SIGKILLed around the commit of a batch that widens a type, the next run writes every row once with the widened schema', async () => {
-    for (const [point, after] of [['before-commit', '3'], ['after-commit', '2']]) {
+    for (const [point, after] of [
+      ['before-commit', '3'],
+      ['after-commit', '2'],
+    ]) {
       const dir = project(typed('      type_changes: evolve\n'), badTypes);
       const crashed = sluice(['run', '--project', dir, '--port', '0'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: after } });
       expect(crashed.code, `${point}: ${crashed.stderr}`).toBe(-1);
@@ -182,9 +207,15 @@ describe('crashes', () => {
       const files = parquetFiles(path.join(dir, 'output/orders'));
       expect(files, point).toHaveLength(2);
       const last = await query(`SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('${files[1]}'))`);
-      expect(last.map((c) => `${c.column_name} ${c.column_type}`), point).toEqual(['id BIGINT', 'at VARCHAR', 'qty DOUBLE']);
+      expect(
+        last.map((c) => `${c.column_name} ${c.column_type}`),
+        point,
+      ).toEqual(['id BIGINT', 'at VARCHAR', 'qty DOUBLE']);
       const rows = await query(`SELECT * FROM read_parquet('${dir}/output/orders/*.parquet', union_by_name = true) ORDER BY id`);
-      expect(rows.map((r) => [r.id, r.at, Number(r.qty)]), point).toEqual([
+      expect(
+        rows.map((r) => [r.id, r.at, Number(r.qty)]),
+        point,
+      ).toEqual([
         ['1', '2024-01-01 10:00:00', 1],
         ['2', 'not a time', 2],
         ['3', '2024-01-02 10:00:00', 2.5],
@@ -218,12 +249,16 @@ describe('schema changes without a contract', () => {
 describe('metrics', () => {
   it('sluice_schema_changes_total and sluice_contract_violations_total count per model and kind', async () => {
     const port = await freePort();
-    const dir = project(declared('      new_columns: discard_row\n      type_changes: evolve\n'), [
-      { id: 1, amount: 10 },
-      { id: 2, amount: 20, coupon: 'X' },
-      { id: 3, amount: 30.5 },
-      { id: 4, amount: 40, coupon: 'Y' },
-    ], { follow: true });
+    const dir = project(
+      declared('      new_columns: discard_row\n      type_changes: evolve\n'),
+      [
+        { id: 1, amount: 10 },
+        { id: 2, amount: 20, coupon: 'X' },
+        { id: 3, amount: 30.5 },
+        { id: 4, amount: 40, coupon: 'Y' },
+      ],
+      { follow: true },
+    );
     const child = sluiceBg(['run', '--project', dir, '--port', String(port)]);
     try {
       const body = await until(async () => {
@@ -238,12 +273,20 @@ describe('metrics', () => {
     }
     const out = await output(dir);
     expect(out.columns).toEqual(['id BIGINT', 'amount DOUBLE']);
-    expect(out.rows).toEqual([{ id: '1', amount: 10 }, { id: '3', amount: 30.5 }]);
+    expect(out.rows).toEqual([
+      { id: '1', amount: 10 },
+      { id: '3', amount: 30.5 },
+    ]);
   });
 });
 
 describe('config and validate', () => {
-  const base = { 'tests/sample.json': JSON.stringify([{ id: 1, amount: 10, note: 'ok' }, { id: 2, amount: 'n/a' }]) };
+  const base = {
+    'tests/sample.json': JSON.stringify([
+      { id: 1, amount: 10, note: 'ok' },
+      { id: 2, amount: 'n/a' },
+    ]),
+  };
 
   it('an unknown policy names file, key and line', () => {
     const dir = project(declared('      new_columns: freez\n'), [], { files: base });
@@ -264,11 +307,20 @@ describe('config and validate', () => {
 
   it('validate checks contracts against the fixtures: a declared column not produced, a type mismatch, an undeclared column under freeze', () => {
     const models = declared('      new_columns: freeze\n').replace('    contract:', '      - name: currency\n        type: VARCHAR\n    contract:');
-    const dir = project(models, [], { files: { 'tests/sample.json': JSON.stringify([{ id: 1, amount: 10, note: 'ok' }, { id: 2, amount: 2.5 }]) } });
+    const dir = project(models, [], {
+      files: {
+        'tests/sample.json': JSON.stringify([
+          { id: 1, amount: 10, note: 'ok' },
+          { id: 2, amount: 2.5 },
+        ]),
+      },
+    });
     const r = sluice(['validate', '--project', dir]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/config\/models\.yml:9.*model orders does not produce declared column "currency" on the fixtures \(tests\/sample\.json\)/);
-    expect(r.stderr).toMatch(/config\/models\.yml:6.*overrides\.orders\.columns\.1\.type.*column "amount" holds 2\.5 \(DOUBLE\), which does not cast to its declared type BIGINT on the fixtures.*type mismatch/);
+    expect(r.stderr).toMatch(
+      /config\/models\.yml:6.*overrides\.orders\.columns\.1\.type.*column "amount" holds 2\.5 \(DOUBLE\), which does not cast to its declared type BIGINT on the fixtures.*type mismatch/,
+    );
     expect(r.stderr).toMatch(/config\/models\.yml:12.*overrides\.orders\.contract\.new_columns.*column "note" \(VARCHAR\) is not declared in the contract/);
     // Fixed, it validates.
     fs.writeFileSync(path.join(dir, 'tests/sample.json'), JSON.stringify([{ id: 1, amount: 10, currency: 'EUR' }]));

@@ -138,7 +138,11 @@ describe('crash safety', () => {
         await verifyExactlyOnce(conn, p, FILES * 1500, partitioned);
         // Each bad message is dead-lettered exactly once, however often its batch was replayed.
         const bad = ['0-500', '0-1497', '1-500', '1-1497'].map((x) => `{"order_id": "broken ${x}`);
-        expect(projectDeadLetters(p).map((d) => d.payload).sort()).toEqual(bad.sort());
+        expect(
+          projectDeadLetters(p)
+            .map((d) => d.payload)
+            .sort(),
+        ).toEqual(bad.sort());
         conn.closeSync();
         db.closeSync();
       }, 120_000);

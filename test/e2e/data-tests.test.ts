@@ -112,21 +112,38 @@ describe.concurrent('sluice test: data tests and unit tests', () => {
     expect(j.code).toBe(0);
     const out = JSON.parse(j.stdout) as { data_tests: { test: string; passed: boolean }[]; unit_tests: { test: string; passed: boolean }[] };
     expect(out.data_tests.map((t) => [t.test, t.passed])).toEqual([
-      ['not_null_orders_order_id', true], ['unique_orders_order_id', true], ['accepted_values_orders_status', true],
-      ['range_orders_total', true], ['relationships_orders_customer_id', true], ['no_negative_totals', true],
+      ['not_null_orders_order_id', true],
+      ['unique_orders_order_id', true],
+      ['accepted_values_orders_status', true],
+      ['range_orders_total', true],
+      ['relationships_orders_customer_id', true],
+      ['no_negative_totals', true],
     ]);
-    expect(out.unit_tests.map((t) => [t.test, t.passed])).toEqual([['big_orders_keep_totals_from_10', true], ['orders_in_order', true]]);
+    expect(out.unit_tests.map((t) => [t.test, t.passed])).toEqual([
+      ['big_orders_keep_totals_from_10', true],
+      ['orders_in_order', true],
+    ]);
     // The docs page lists each column's tests, the model's own, and the unit tests of the model.
     expect((await cli(['docs', 'generate', '--project', p])).code).toBe(0);
     const html = fs.readFileSync(path.join(p, '.sluice/docs/index.html'), 'utf8');
-    for (const label of ['not_null', 'unique', 'accepted_values [placed, paid]', 'range 0..1000', 'relationships -&gt; customers.id', "no_negative_totals: total &gt;= 0 OR status = &#39;refund&#39;", 'unit test big_orders_keep_totals_from_10 (tests/units.yml)']) {
+    for (const label of [
+      'not_null',
+      'unique',
+      'accepted_values [placed, paid]',
+      'range 0..1000',
+      'relationships -&gt; customers.id',
+      'no_negative_totals: total &gt;= 0 OR status = &#39;refund&#39;',
+      'unit test big_orders_keep_totals_from_10 (tests/units.yml)',
+    ]) {
       expect(html).toContain(`<span class="test">${label}</span>`);
     }
   });
 
   it('fails: failing rows counted with examples, unit test diffs, exit 1', async () => {
     const fixture = [order(1), order(1, { status: 'lost' }), order(3, { total: -4, customer_id: 99 })];
-    const units = unitTests.replace('- { order_id: 3, total: 250 }', '- { order_id: 3, total: 25 }').replace('orders: [{ order_id: 7 }, { order_id: 8 }]', 'orders: [{ order_id: 8 }, { order_id: 7 }]');
+    const units = unitTests
+      .replace('- { order_id: 3, total: 250 }', '- { order_id: 3, total: 25 }')
+      .replace('orders: [{ order_id: 7 }, { order_id: 8 }]', 'orders: [{ order_id: 8 }, { order_id: 7 }]');
     const p = project({ tests: columnTests(), files: { 'tests/orders.json': JSON.stringify(fixture), 'tests/units.yml': units } });
     const r = await cli(['test', '--project', p]);
     expect(r.code).toBe(1);
@@ -136,8 +153,12 @@ describe.concurrent('sluice test: data tests and unit tests', () => {
     expect(r.stdout).toMatch(/FAIL\s+\| relationships_orders_customer_id .*\| 1/);
     expect(r.stdout).toMatch(/FAIL\s+\| no_negative_totals .*\| 1/);
     expect(r.stdout).toMatch(/pass\s+\| not_null_orders_order_id .*\| 0/);
-    expect(r.stdout).toContain('FAIL relationships_orders_customer_id (orders.customer_id): 1 row(s) where customer_id has no match in customers.id; e.g.\n    {"order_id":3,"status":"paid","total":-4,"customer_id":99}');
-    expect(r.stdout).toContain('FAIL accepted_values_orders_status (orders.status): 1 row(s) where status is not one of [placed, paid]; e.g.\n    {"order_id":1,"status":"lost","total":11,"customer_id":2}');
+    expect(r.stdout).toContain(
+      'FAIL relationships_orders_customer_id (orders.customer_id): 1 row(s) where customer_id has no match in customers.id; e.g.\n    {"order_id":3,"status":"paid","total":-4,"customer_id":99}',
+    );
+    expect(r.stdout).toContain(
+      'FAIL accepted_values_orders_status (orders.status): 1 row(s) where status is not one of [placed, paid]; e.g.\n    {"order_id":1,"status":"lost","total":11,"customer_id":2}',
+    );
     expect(r.stdout).toMatch(/ {2}FAIL big_orders_keep_totals_from_10 \(.*tests\/units\.yml:2\)/);
     expect(r.stdout).toContain('    big_orders: 2 row(s) expected, 2 produced (- expected, + actual):\n      - {"order_id":3,"total":25}\n      + {"order_id":3,"total":250}');
     expect(r.stdout).toContain('    orders: 2 row(s) expected, 2 produced (ordered) (- expected, + actual):\n      row 1:\n      - {"order_id":8}\n      + {"order_id":7}');
@@ -157,9 +178,12 @@ describe.concurrent('sluice run: data tests on every batch', () => {
   it('warn logs and counts; dlq sends the messages to the DLQ and removes their rows from every model', async () => {
     const data: Order[] = [];
     for (let i = 1; i <= 200; i++) {
-      if (i % 40 === 0) data.push(order(i, { total: -1 })); // range (dlq) and the expression (warn)
-      else if (i % 45 === 0) data.push(order(i, { customer_id: 77 })); // relationships (dlq)
-      else if (i % 30 === 0) data.push(order(i, { status: 'lost' })); // accepted_values (warn)
+      if (i % 40 === 0)
+        data.push(order(i, { total: -1 })); // range (dlq) and the expression (warn)
+      else if (i % 45 === 0)
+        data.push(order(i, { customer_id: 77 })); // relationships (dlq)
+      else if (i % 30 === 0)
+        data.push(order(i, { status: 'lost' })); // accepted_values (warn)
       else data.push(order(i));
     }
     const source = 'source:\n  type: file\n  path: data/orders.ndjson\n  follow: true\n  poll_interval_ms: 50\n  batch_size: 25\n  batch_timeout_ms: 100\n  dlq: .sluice/dlq\n';
@@ -198,7 +222,9 @@ describe.concurrent('sluice run: data tests on every batch', () => {
       const o = JSON.parse(d.payload) as Order;
       expect(d.stage).toBe('transform');
       expect(d.model).toBe('orders');
-      expect(d.error).toBe(o.total < 0 ? 'data test range_orders_total failed: total is outside 0..1000' : 'data test relationships_orders_customer_id failed: customer_id has no match in customers.id');
+      expect(d.error).toBe(
+        o.total < 0 ? 'data test range_orders_total failed: total is outside 0..1000' : 'data test relationships_orders_customer_id failed: customer_id has no match in customers.id',
+      );
     }
     expect(child.err()).toMatch(/WARN .*data test accepted_values_orders_status failed: status is not one of \[placed, paid\] \(on_failure: warn\)/);
   });
@@ -209,7 +235,9 @@ describe.concurrent('sluice run: data tests on every batch', () => {
     const p = project({ tests: columnTests({ status: 'fail' }), data, source: 'source:\n  type: file\n  path: data/orders.ndjson\n  batch_size: 10\n' });
     const r = await cli(['run', '--project', p, '--port', '0']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain('error: data test accepted_values_orders_status failed on model orders (on_failure: fail): 1 row(s) where status is not one of [placed, paid], e.g. {"order_id":55,"status":"lost","total":16,"customer_id":4}; stopped before committing the batch (nothing from it was acknowledged)');
+    expect(r.stderr).toContain(
+      'error: data test accepted_values_orders_status failed on model orders (on_failure: fail): 1 row(s) where status is not one of [placed, paid], e.g. {"order_id":55,"status":"lost","total":16,"customer_id":4}; stopped before committing the batch (nothing from it was acknowledged)',
+    );
     expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace at info level
     expect(parquetFiles(path.join(p, 'out'))).toEqual([]);
     // The WAL holds the five batches before the failing one, and its position is after them.
@@ -235,7 +263,9 @@ describe.concurrent('unique across the batches of a flush', () => {
     const p = project({ tests, data });
     const r = await cli(['run', '--project', p, '--port', '0']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/WARN {2}data test unique_orders_order_id failed across the batches of a flush: 2 value\(s\) of order_id in more than one batch \(reported only: those batches are acknowledged\) .*failing_rows=4 examples=\["17","5"\]/);
+    expect(r.stderr).toMatch(
+      /WARN {2}data test unique_orders_order_id failed across the batches of a flush: 2 value\(s\) of order_id in more than one batch \(reported only: those batches are acknowledged\) .*failing_rows=4 examples=\["17","5"\]/,
+    );
     // The batch-level check dead-lettered both messages of order 70; the repeats across batches were delivered.
     expect(projectDeadLetters(p).map((d) => [(JSON.parse(d.payload) as Order).order_id, d.error])).toEqual([
       [70, 'data test unique_orders_order_id failed: order_id is not unique within the batch'],
@@ -250,8 +280,12 @@ describe.concurrent('sluice run --dry-run', () => {
     const p = project({ tests: columnTests({ total: 'dlq' }), data: [order(1, { status: 'lost' }), order(2, { total: -3 }), order(3)] });
     const r = await cli(['run', '--project', p, '--port', '0', '--dry-run']);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toContain('data test accepted_values_orders_status would fail (on_failure: warn): 1 row(s) of orders where status is not one of [placed, paid], e.g. {"order_id":1,"status":"lost","total":11,"customer_id":2}');
-    expect(r.stdout).toContain('data test range_orders_total would fail (on_failure: dlq): 1 row(s) of orders where total is outside 0..1000, e.g. {"order_id":2,"status":"placed","total":-3,"customer_id":3}');
+    expect(r.stdout).toContain(
+      'data test accepted_values_orders_status would fail (on_failure: warn): 1 row(s) of orders where status is not one of [placed, paid], e.g. {"order_id":1,"status":"lost","total":11,"customer_id":2}',
+    );
+    expect(r.stdout).toContain(
+      'data test range_orders_total would fail (on_failure: dlq): 1 row(s) of orders where total is outside 0..1000, e.g. {"order_id":2,"status":"placed","total":-3,"customer_id":3}',
+    );
     expect(projectDeadLetters(p)).toEqual([]);
     expect(parquetFiles(path.join(p, 'out'))).toEqual([]);
   });
@@ -303,7 +337,8 @@ describe.concurrent('relationships to a PostgreSQL reference table', () => {
     try {
       const refs = `references:\n  customers:\n    postgres: postgresql://postgres@127.0.0.1:5432/test\n    query: SELECT id FROM ${table} WHERE id < 3\n  every_customer:\n    postgres: postgresql://postgres@127.0.0.1:5432/test\n    table: ${table}\n`;
       const p = project({
-        tests: '    columns:\n      - name: customer_id\n        tests:\n          - relationships: { to: every_customer, field: id, on_failure: dlq }\n          - relationships: { to: customers, field: id, name: first_two }\n',
+        tests:
+          '    columns:\n      - name: customer_id\n        tests:\n          - relationships: { to: every_customer, field: id, on_failure: dlq }\n          - relationships: { to: customers, field: id, name: first_two }\n',
         data: [order(1, { customer_id: 1 }), order(2, { customer_id: 3 }), order(3, { customer_id: 4 })],
         files: { 'tests/orders.json': JSON.stringify([order(1, { customer_id: 1 }), order(2, { customer_id: 3 }), order(3, { customer_id: 4 })]) },
       });

@@ -56,7 +56,10 @@ function fileProject(): { p: string; src: SourceUnderTest } {
 
 describe('file source contract', () => {
   it('source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
-    for (const [check, n] of [[expectSourceOrder, 3000], [expectGracefulStopLosesNothing, 20_000]] as const) {
+    for (const [check, n] of [
+      [expectSourceOrder, 3000],
+      [expectGracefulStopLosesNothing, 20_000],
+    ] as const) {
       const { p, src } = fileProject();
       await src.put(contractOrders(n));
       await check(p, n, () => src.drained());

@@ -108,9 +108,9 @@ describe('jsonl and csv sinks', () => {
           '    type: csv',
           '    path: out/cs',
           '    partition_by:',
-          "      - year(placed_at::TIMESTAMP)",
+          '      - year(placed_at::TIMESTAMP)',
           "      - date_trunc('month', placed_at::TIMESTAMP)",
-          '      - { name: size, expr: "CASE WHEN len(items) > 1 THEN \'multi\' ELSE \'single\' END" }',
+          "      - { name: size, expr: \"CASE WHEN len(items) > 1 THEN 'multi' ELSE 'single' END\" }",
           '',
         ].join('\n'),
         'config/models.yml': 'max_age_seconds: 300\noverrides:\n  orders:\n    sinks: [js, cs]\n',
@@ -121,7 +121,9 @@ describe('jsonl and csv sinks', () => {
     const jsRoot = path.join(p, 'out/js/orders');
     const jsFiles = parquetFiles(jsRoot).map(rel(jsRoot));
     for (const f of jsFiles) expect(f).toMatch(/^part-\d+-\d+\/year=2024\/month=(01|02|03)\/day=\d\d\/currency=(EUR|USD|GBP)\/data_0\.jsonl$/);
-    const rows = await query(`SELECT order_id, placed_at, year, month, day, currency FROM read_json('${jsRoot}/**/*.jsonl', format = 'newline_delimited', hive_partitioning = true, hive_types_autocast = false)`);
+    const rows = await query(
+      `SELECT order_id, placed_at, year, month, day, currency FROM read_json('${jsRoot}/**/*.jsonl', format = 'newline_delimited', hive_partitioning = true, hive_types_autocast = false)`,
+    );
     expect(rows).toHaveLength(90);
     for (const r of rows) expect(`${r.year}-${r.month}-${r.day}`).toBe(new Date(String(r.placed_at)).toISOString().slice(0, 10));
     // The source's currency comes back from the path; the files themselves do not repeat it.
@@ -139,7 +141,10 @@ describe('jsonl and csv sinks', () => {
 
   it('a partitioned jsonl flush killed before its commit is written once by the next run', async () => {
     const messages = datedOrders(300);
-    const p = project({ 'config/sinks.yml': 'sink:\n  type: jsonl\n  path: out\n  layout: hive_date\n  time_column: placed_at\n', 'config/models.yml': 'max_file_bytes: 5000\nmax_age_seconds: 300\n' }, messages);
+    const p = project(
+      { 'config/sinks.yml': 'sink:\n  type: jsonl\n  path: out\n  layout: hive_date\n  time_column: placed_at\n', 'config/models.yml': 'max_file_bytes: 5000\nmax_age_seconds: 300\n' },
+      messages,
+    );
     const crashed = sluice(['run', '--project', p, '--port', '0', '--log-level', 'error'], { env: { SLUICE_CRASH_AT: 'sink-staged', SLUICE_CRASH_AFTER: '2' } });
     expect(crashed.code).toBe(-1);
     run(p);
@@ -158,7 +163,7 @@ describe('file sink config errors name the file, key and line', () => {
   };
 
   it('a partition expression over a column the model lacks', () => {
-    const r = validate("sink:\n  type: csv\n  path: out\n  partition_by:\n    - currency\n    - { name: day, expr: \"date_trunc('day', shipped_at)\" }\n");
+    const r = validate('sink:\n  type: csv\n  path: out\n  partition_by:\n    - currency\n    - { name: day, expr: "date_trunc(\'day\', shipped_at)" }\n');
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/sinks\.yml:6: sink\.partition_by\.1: model orders \(.*orders\.sql\) has no column "shipped_at"/);
   });

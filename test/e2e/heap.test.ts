@@ -27,7 +27,10 @@ function project(name: string, follow: boolean): string {
 
 function children(pid: number): number[] {
   try {
-    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' }).split('\n').map((x) => Number(x.trim())).filter((x) => x > 0);
+    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
+      .split('\n')
+      .map((x) => Number(x.trim()))
+      .filter((x) => x > 0);
   } catch {
     return [];
   }
@@ -40,7 +43,10 @@ describe('node.max_heap_mb', () => {
     const dir = project('limit', false);
     const r = await sluiceAsync(['run', '--project', dir, '--port', '0', '--log-json', '--log-level', 'debug']);
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
-    const events = r.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const events = r.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const limits = events.find((e) => e.msg === 'memory limits');
     expect(limits, r.stderr.slice(-2000)).toBeDefined();
     // V8 adds its young generation to the old space it is given.

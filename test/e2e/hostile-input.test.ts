@@ -89,7 +89,7 @@ describe('hostile input with default settings', () => {
     expect(out).toEqual({ n: 30_000, d: 30_000, lo: 1, hi: 30_000 });
     const letters = projectDeadLetters(dir);
     expect(letters.length).toBe(hostile);
-    const reasons = new Set(letters.map((l) => l.error.replace(/\d+/g, "N")));
+    const reasons = new Set(letters.map((l) => l.error.replace(/\d+/g, 'N')));
     expect([...reasons].some((x) => x.includes('max_depth'))).toBe(true);
     expect([...reasons].some((x) => x.includes('max_columns'))).toBe(true);
     expect([...reasons].some((x) => x.includes('max_message_bytes'))).toBe(true);

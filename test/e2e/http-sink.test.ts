@@ -139,7 +139,11 @@ describe('http sink', () => {
       auth_token_env: 'H5_TEST_TOKEN',
       headers: { 'x-tenant': '${H5_TEST_TENANT}' },
     });
-    addInput(t, 'a.ndjson', [1, 2, 3, 4].map((i) => ({ id: i, big: '9007199254740993', price: '12345678901234.125', at: '2024-05-06T07:08:09.5+02:00', name: `n${i}` })));
+    addInput(
+      t,
+      'a.ndjson',
+      [1, 2, 3, 4].map((i) => ({ id: i, big: '9007199254740993', price: '12345678901234.125', at: '2024-05-06T07:08:09.5+02:00', name: `n${i}` })),
+    );
     const r = runOnce(t, { H5_TEST_TOKEN: 's3cr3t', H5_TEST_TENANT: 'acme' });
     expect(r.code, r.stderr).toBe(0);
     const got = await rx.accepted(p);

@@ -57,7 +57,6 @@ function scaffold(): Promise<string> {
   return scaffolded;
 }
 
-
 /**
  * The source block; each topic is read by its own group (named after it), so no test waits for
  * another's members. `extra` overrides or adds keys.
@@ -76,7 +75,9 @@ function sourceYml(topic: string, extra: Record<string, string | number> = {}): 
     batch_timeout_ms: 200,
     ...extra,
   };
-  return `source:\n${Object.entries(keys).map(([k, v]) => `  ${k}: ${v}`).join('\n')}\n`;
+  return `source:\n${Object.entries(keys)
+    .map(([k, v]) => `  ${k}: ${v}`)
+    .join('\n')}\n`;
 }
 
 async function project(topic: string, extra: Record<string, string | number> = {}, files: Record<string, string> = {}): Promise<string> {
@@ -96,7 +97,10 @@ async function orderIds(p: string): Promise<{ n: number; d: number }> {
   return { n: Number(r[0].n), d: Number(r[0].d) };
 }
 
-const caughtUp = (topic: string, group = `g-${topic}`, cluster = mk) => () => groupCaughtUp(cluster.admin, group, topic);
+const caughtUp =
+  (topic: string, group = `g-${topic}`, cluster = mk) =>
+  () =>
+    groupCaughtUp(cluster.admin, group, topic);
 
 /** A fresh topic as the contract scenarios drive it (read from the committed offsets, not redelivered). */
 function kafkaSource(cluster = mk): { topic: string; src: SourceUnderTest } {
@@ -230,8 +234,14 @@ describe.concurrent('kafka source', () => {
       const env: NodeJS.ProcessEnv = { SLUICE_WORKER_ID: 'x1', ...(point ? { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: String(after) } : {}) };
       const w = sluiceBg(args, { env });
       const ts = Date.now();
-      void until(() => w.err().includes('reading from the source') || w.exitCode !== null, 60_000, 20).then(() => (timing.reading += Date.now() - ts), () => {});
-      void until(() => w.err().includes('Kafka partitions assigned') || w.exitCode !== null, 60_000, 20).then(() => (timing.assigned += Date.now() - ts), () => {});
+      void until(() => w.err().includes('reading from the source') || w.exitCode !== null, 60_000, 20).then(
+        () => (timing.reading += Date.now() - ts),
+        () => {},
+      );
+      void until(() => w.err().includes('Kafka partitions assigned') || w.exitCode !== null, 60_000, 20).then(
+        () => (timing.assigned += Date.now() - ts),
+        () => {},
+      );
       if (point) {
         // The crash point kills the worker by itself (it always has work, see above).
         await waitExit(w, 60_000).catch(() => {});
@@ -251,7 +261,9 @@ describe.concurrent('kafka source', () => {
     expect(crashes['after-commit']).toBeGreaterThanOrEqual(2);
     expect(crashes['after-sink-write']).toBeGreaterThanOrEqual(2);
     const before = await orderIds(p);
-    console.log(`kafka exactly-once: ${kills} kills (${JSON.stringify(crashes)}) in ${Math.round((Date.now() - t0) / 1000)} s (from a start to 'reading from the source' ${Math.round(timing.reading / kills)} ms, to its partitions ${Math.round(timing.assigned / kills)} ms on average); ${before.n} of ${N} rows in the output meanwhile`);
+    console.log(
+      `kafka exactly-once: ${kills} kills (${JSON.stringify(crashes)}) in ${Math.round((Date.now() - t0) / 1000)} s (from a start to 'reading from the source' ${Math.round(timing.reading / kills)} ms, to its partitions ${Math.round(timing.assigned / kills)} ms on average); ${before.n} of ${N} rows in the output meanwhile`,
+    );
     expect(before.n).toBeLessThan(N); // the kills came while there was work left
     // The last worker drains the rest in bigger batches (a restart with another batch_size
     // starts where the WAL and the group left off, as any restart does).
@@ -269,144 +281,161 @@ describe.concurrent('kafka source', () => {
     expect(r[0]).toEqual({ n: String(N), d: String(N), lo: '1', hi: String(N) });
   }, 240_000);
 
-  it.concurrent('backpressure: a sink that blocks (an HTTP endpoint that does not answer) with a large lag: partitions pause, memory stays flat and far below what the lag would take, a worker assigned partitions meanwhile starts them paused, batches in flight are let go after revoke_timeout_ms; nothing lost once the sink unblocks', async () => {
-    // b1's sink is an http sink whose requests are held unanswered until the endpoint is
-    // unblocked: its first flush blocks the run loop. b2, which joins later, writes to an
-    // endpoint that answers. (Not a kafka sink on a frozen cluster: the mock cluster keeps
-    // ~5 MB per partition, too little for a 1M-row output topic.)
-    const LAG = Number(process.env.SLUICE_KAFKA_LAG ?? 100_000);
-    // The mock cluster keeps only the last ~5 MB of a partition (~37,000 of these messages): a
-    // big lag is spread over topics of 4 partitions, at most 30,000 messages each.
-    const topics = Array.from({ length: Math.max(1, Math.ceil(LAG / 120_000)) }, () => uniqueTopic('sluice-lag'));
-    const pad = 'x'.repeat(100);
-    const value = (id: number) => `{"order_id":${id},"v":"${pad}"}`;
-    const per = Math.ceil(LAG / topics.length);
-    const t0 = Date.now();
-    let lagBytes = 0;
-    for (let t = 0; t < topics.length; t++) {
-      const from = t * per;
-      const n = Math.min(per, LAG - from);
-      const values = Array.from({ length: n }, (_, i) => value(from + i + 1));
-      for (const v of values) lagBytes += v.length;
-      await produce(mk.producer, topics[t], values, 50_000);
-    }
-    let kept = 0;
-    for (const t of topics) kept += await topicSize(mk.admin, t);
-    expect(kept, 'messages the mock cluster kept').toBe(LAG);
-    const produced = Date.now();
-    const sink = await heldReceiver();
-    sink.block('/b1');
-    const group = `g-${topics[0]}`;
-    const p = await project(topics[0], { topics: `[${topics.join(', ')}]`, batch_size: 2000, max_buffer_bytes: 2_000_000, revoke_timeout_ms: 2000 }, {
-      'config/sinks.yml': 'sink:\n  type: http\n  url: ${SINK_URL}\n  format: ndjson\n  batch_rows: 5000\n  timeout_ms: 600000\n',
-      'config/models.yml': 'max_age_seconds: 0.3\n',
-      'models/orders.sql': 'SELECT incoming.order_id FROM incoming\n',
-    });
-    fs.rmSync(path.join(p, 'models/purchases.sql'));
-    const start = (id: string) => sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id, SINK_URL: sink.url(`/${id}`) } });
-    const committedTotal = async () => {
-      let n = 0;
-      for (const t of topics) for (const off of (await committedOffsets(mk, group, t)).values()) n += off;
-      return n;
-    };
-    const w1 = start('b1');
-    const workers = [w1];
-    // b1's resident memory every 250 ms from its start to the end of the drain.
-    const samples: { ms: number; kb: number; phase: string }[] = [];
-    let phase = 'start';
-    const sampler = setInterval(() => {
-      const m = memKb(w1.pid!);
-      if (m) samples.push({ ms: Date.now() - produced, kb: m.rss, phase });
-    }, 250);
-    const marks: Record<string, number> = {};
-    const mark = (name: string) => {
-      marks[name] = Date.now() - produced;
-      phase = name;
-    };
-    let peak = 0;
-    let atReading = 0;
-    try {
-      await until(() => w1.err().includes('reading from the source'), 60_000, 50);
-      atReading = memKb(w1.pid!)!.rss;
-      mark('reading');
-      await until(() => w1.err().includes('backpressure: Kafka partitions paused'), 60_000, 100);
-      mark('paused');
-      // Batches go on until the first flush (max_age_seconds) hangs on the blocked sink; from
-      // then on nothing more is processed and the lag stays: offsets committed (a loaded
-      // machine can take seconds to commit the first batch), then not moving for 3 s.
-      let c1 = -1;
-      let still = 0;
-      await until(async () => {
-        const c = await committedTotal();
-        still = c > 0 && c === c1 ? still + 1 : 0;
-        c1 = c;
-        return still >= 3;
-      }, 60_000, 1000);
-      mark('stalled');
-      await new Promise((r) => setTimeout(r, 3000));
-      expect(await committedTotal()).toBe(c1);
-      expect(LAG - c1).toBeGreaterThan(LAG / 2);
-      // A second worker joins: b1 lets its batch in flight go after revoke_timeout_ms and starts
-      // the partitions it is given paused.
-      const w2 = start('b2');
-      workers.push(w2);
-      mark('b2 joins');
-      await until(() => w1.err().includes('partitions assigned while paused start paused'), 60_000, 100);
-      expect(w1.err()).toMatch(/a rebalance waited too long for batches in flight/);
-      await new Promise((r) => setTimeout(r, 2000));
-      mark('unblocked');
-      sink.unblock('/b1');
-      for (const t of topics) await until(caughtUp(t, group), 300_000, 250);
-      await until(() => sink.ids.size >= LAG, 120_000, 250);
-      mark('drained');
-      peak = memKb(w1.pid!)!.hwm;
-      expect(w1.err()).toMatch(/backpressure released: Kafka partitions resumed/);
-    } catch (err) {
-      const missing: number[] = [];
-      for (let id = 1; id <= LAG && missing.length < 5; id++) if (!sink.ids.has(id)) missing.push(id);
-      throw new Error(`${(err as Error).message} (phase ${phase}; the sink has ${sink.ids.size} of ${LAG} ids in ${sink.rows} rows, missing e.g. ${missing.join(', ')}); worker logs:\n${workers.map((w) => w.err().slice(-2500)).join('\n---\n')}`);
-    } finally {
-      clearInterval(sampler);
-      sink.unblock('/b1');
-      for (const w of workers) w.kill('SIGTERM');
-    }
-    for (const w of workers) {
-      const exit = await waitExit(w, 60_000).catch(() => {
-        w.kill('SIGKILL');
-        throw new Error(`a worker did not stop within 60 s of SIGTERM:\n${w.err().slice(-3000)}`);
-      });
-      expect(exit, w.err().slice(-2000)).toEqual({ code: 0, signal: null });
-    }
-    await sink.close();
-    const mib = (kb: number) => Math.round(kb / 1024);
-    const during = (from: string, to: string) => samples.filter((s) => s.ms >= marks[from] && s.ms < marks[to]).map((s) => s.kb);
-    const stall = during('stalled', 'unblocked');
-    const series = samples.filter((_, i) => i % 8 === 0).map((s) => `${(s.ms / 1000).toFixed(0)}s ${mib(s.kb)}`).join(', ');
-    console.log(
-      `kafka backpressure: ${LAG} messages of lag (${mib(lagBytes / 1024)} MiB of values), produced in ${Math.round((produced - t0) / 1000)} s; from then on ${JSON.stringify(Object.fromEntries(Object.entries(marks).map(([k, v]) => [k, `${(v / 1000).toFixed(1)} s`])))}\n` +
-        `  b1 RSS: ${mib(atReading)} MiB when reading started, ${mib(Math.min(...stall))}-${mib(Math.max(...stall))} MiB while the sink was blocked (${mib(Math.max(...stall) - atReading)} MiB more), peak ${mib(peak)} MiB (VmHWM); samples (s after the lag was produced, MiB): ${series}`,
-    );
-    expect(stall.length).toBeGreaterThan(10);
-    // Flat while the sink blocks: what is buffered stays at max_buffer_bytes (2 MB).
-    expect(Math.max(...stall) - Math.min(...stall)).toBeLessThan(32 * 1024);
-    // Holding the lag would take at least its values' bytes (as kafkajs messages, several
-    // times that). From the start of reading to the plateau while the sink blocks, b1 grows by
-    // what the first batches' processing takes (~70 MiB) and the buffered fetches: with a lag
-    // whose values outweigh that (SLUICE_KAFKA_LAG=1000000: 120 MiB), the growth must stay
-    // below them.
-    const grown = Math.max(...stall) - atReading;
-    if (lagBytes >= 100 * 2 ** 20) expect(grown).toBeLessThan(lagBytes / 1024);
-    expect(peak).toBeLessThan(Number(process.env.SLUICE_KAFKA_RSS_MIB ?? 400) * 1024);
-    // No loss. A request retried after its answer was lost repeats its Idempotency-Key (counted
-    // once): a row is repeated only where a batch was let go uncommitted or the broker refused a
-    // commit, and then for at most one batch.
-    expect(sink.ids.size).toBe(LAG);
-    const letGo = workers.reduce((n, w) => n + (w.err().match(/a rebalance waited too long|"msg":"Kafka offset commit failed/g)?.length ?? 0), 0);
-    console.log(`kafka backpressure: ${sink.copies} repeated requests (same Idempotency-Key), ${sink.rows - LAG} rows read twice (${letGo} batches let go or commits refused)`);
-    expect(sink.rows - LAG).toBeLessThanOrEqual(letGo * 2000);
-  }, Number(process.env.SLUICE_KAFKA_LAG ?? 0) > 200_000 ? 900_000 : 300_000);
+  it.concurrent(
+    'backpressure: a sink that blocks (an HTTP endpoint that does not answer) with a large lag: partitions pause, memory stays flat and far below what the lag would take, a worker assigned partitions meanwhile starts them paused, batches in flight are let go after revoke_timeout_ms; nothing lost once the sink unblocks',
+    async () => {
+      // b1's sink is an http sink whose requests are held unanswered until the endpoint is
+      // unblocked: its first flush blocks the run loop. b2, which joins later, writes to an
+      // endpoint that answers. (Not a kafka sink on a frozen cluster: the mock cluster keeps
+      // ~5 MB per partition, too little for a 1M-row output topic.)
+      const LAG = Number(process.env.SLUICE_KAFKA_LAG ?? 100_000);
+      // The mock cluster keeps only the last ~5 MB of a partition (~37,000 of these messages): a
+      // big lag is spread over topics of 4 partitions, at most 30,000 messages each.
+      const topics = Array.from({ length: Math.max(1, Math.ceil(LAG / 120_000)) }, () => uniqueTopic('sluice-lag'));
+      const pad = 'x'.repeat(100);
+      const value = (id: number) => `{"order_id":${id},"v":"${pad}"}`;
+      const per = Math.ceil(LAG / topics.length);
+      const t0 = Date.now();
+      let lagBytes = 0;
+      for (let t = 0; t < topics.length; t++) {
+        const from = t * per;
+        const n = Math.min(per, LAG - from);
+        const values = Array.from({ length: n }, (_, i) => value(from + i + 1));
+        for (const v of values) lagBytes += v.length;
+        await produce(mk.producer, topics[t], values, 50_000);
+      }
+      let kept = 0;
+      for (const t of topics) kept += await topicSize(mk.admin, t);
+      expect(kept, 'messages the mock cluster kept').toBe(LAG);
+      const produced = Date.now();
+      const sink = await heldReceiver();
+      sink.block('/b1');
+      const group = `g-${topics[0]}`;
+      const p = await project(
+        topics[0],
+        { topics: `[${topics.join(', ')}]`, batch_size: 2000, max_buffer_bytes: 2_000_000, revoke_timeout_ms: 2000 },
+        {
+          'config/sinks.yml': 'sink:\n  type: http\n  url: ${SINK_URL}\n  format: ndjson\n  batch_rows: 5000\n  timeout_ms: 600000\n',
+          'config/models.yml': 'max_age_seconds: 0.3\n',
+          'models/orders.sql': 'SELECT incoming.order_id FROM incoming\n',
+        },
+      );
+      fs.rmSync(path.join(p, 'models/purchases.sql'));
+      const start = (id: string) => sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id, SINK_URL: sink.url(`/${id}`) } });
+      const committedTotal = async () => {
+        let n = 0;
+        for (const t of topics) for (const off of (await committedOffsets(mk, group, t)).values()) n += off;
+        return n;
+      };
+      const w1 = start('b1');
+      const workers = [w1];
+      // b1's resident memory every 250 ms from its start to the end of the drain.
+      const samples: { ms: number; kb: number; phase: string }[] = [];
+      let phase = 'start';
+      const sampler = setInterval(() => {
+        const m = memKb(w1.pid!);
+        if (m) samples.push({ ms: Date.now() - produced, kb: m.rss, phase });
+      }, 250);
+      const marks: Record<string, number> = {};
+      const mark = (name: string) => {
+        marks[name] = Date.now() - produced;
+        phase = name;
+      };
+      let peak = 0;
+      let atReading = 0;
+      try {
+        await until(() => w1.err().includes('reading from the source'), 60_000, 50);
+        atReading = memKb(w1.pid!)!.rss;
+        mark('reading');
+        await until(() => w1.err().includes('backpressure: Kafka partitions paused'), 60_000, 100);
+        mark('paused');
+        // Batches go on until the first flush (max_age_seconds) hangs on the blocked sink; from
+        // then on nothing more is processed and the lag stays: offsets committed (a loaded
+        // machine can take seconds to commit the first batch), then not moving for 3 s.
+        let c1 = -1;
+        let still = 0;
+        await until(
+          async () => {
+            const c = await committedTotal();
+            still = c > 0 && c === c1 ? still + 1 : 0;
+            c1 = c;
+            return still >= 3;
+          },
+          60_000,
+          1000,
+        );
+        mark('stalled');
+        await new Promise((r) => setTimeout(r, 3000));
+        expect(await committedTotal()).toBe(c1);
+        expect(LAG - c1).toBeGreaterThan(LAG / 2);
+        // A second worker joins: b1 lets its batch in flight go after revoke_timeout_ms and starts
+        // the partitions it is given paused.
+        const w2 = start('b2');
+        workers.push(w2);
+        mark('b2 joins');
+        await until(() => w1.err().includes('partitions assigned while paused start paused'), 60_000, 100);
+        expect(w1.err()).toMatch(/a rebalance waited too long for batches in flight/);
+        await new Promise((r) => setTimeout(r, 2000));
+        mark('unblocked');
+        sink.unblock('/b1');
+        for (const t of topics) await until(caughtUp(t, group), 300_000, 250);
+        await until(() => sink.ids.size >= LAG, 120_000, 250);
+        mark('drained');
+        peak = memKb(w1.pid!)!.hwm;
+        expect(w1.err()).toMatch(/backpressure released: Kafka partitions resumed/);
+      } catch (err) {
+        const missing: number[] = [];
+        for (let id = 1; id <= LAG && missing.length < 5; id++) if (!sink.ids.has(id)) missing.push(id);
+        throw new Error(
+          `${(err as Error).message} (phase ${phase}; the sink has ${sink.ids.size} of ${LAG} ids in ${sink.rows} rows, missing e.g. ${missing.join(', ')}); worker logs:\n${workers.map((w) => w.err().slice(-2500)).join('\n---\n')}`,
+        );
+      } finally {
+        clearInterval(sampler);
+        sink.unblock('/b1');
+        for (const w of workers) w.kill('SIGTERM');
+      }
+      for (const w of workers) {
+        const exit = await waitExit(w, 60_000).catch(() => {
+          w.kill('SIGKILL');
+          throw new Error(`a worker did not stop within 60 s of SIGTERM:\n${w.err().slice(-3000)}`);
+        });
+        expect(exit, w.err().slice(-2000)).toEqual({ code: 0, signal: null });
+      }
+      await sink.close();
+      const mib = (kb: number) => Math.round(kb / 1024);
+      const during = (from: string, to: string) => samples.filter((s) => s.ms >= marks[from] && s.ms < marks[to]).map((s) => s.kb);
+      const stall = during('stalled', 'unblocked');
+      const series = samples
+        .filter((_, i) => i % 8 === 0)
+        .map((s) => `${(s.ms / 1000).toFixed(0)}s ${mib(s.kb)}`)
+        .join(', ');
+      console.log(
+        `kafka backpressure: ${LAG} messages of lag (${mib(lagBytes / 1024)} MiB of values), produced in ${Math.round((produced - t0) / 1000)} s; from then on ${JSON.stringify(Object.fromEntries(Object.entries(marks).map(([k, v]) => [k, `${(v / 1000).toFixed(1)} s`])))}\n` +
+          `  b1 RSS: ${mib(atReading)} MiB when reading started, ${mib(Math.min(...stall))}-${mib(Math.max(...stall))} MiB while the sink was blocked (${mib(Math.max(...stall) - atReading)} MiB more), peak ${mib(peak)} MiB (VmHWM); samples (s after the lag was produced, MiB): ${series}`,
+      );
+      expect(stall.length).toBeGreaterThan(10);
+      // Flat while the sink blocks: what is buffered stays at max_buffer_bytes (2 MB).
+      expect(Math.max(...stall) - Math.min(...stall)).toBeLessThan(32 * 1024);
+      // Holding the lag would take at least its values' bytes (as kafkajs messages, several
+      // times that). From the start of reading to the plateau while the sink blocks, b1 grows by
+      // what the first batches' processing takes (~70 MiB) and the buffered fetches: with a lag
+      // whose values outweigh that (SLUICE_KAFKA_LAG=1000000: 120 MiB), the growth must stay
+      // below them.
+      const grown = Math.max(...stall) - atReading;
+      if (lagBytes >= 100 * 2 ** 20) expect(grown).toBeLessThan(lagBytes / 1024);
+      expect(peak).toBeLessThan(Number(process.env.SLUICE_KAFKA_RSS_MIB ?? 400) * 1024);
+      // No loss. A request retried after its answer was lost repeats its Idempotency-Key (counted
+      // once): a row is repeated only where a batch was let go uncommitted or the broker refused a
+      // commit, and then for at most one batch.
+      expect(sink.ids.size).toBe(LAG);
+      const letGo = workers.reduce((n, w) => n + (w.err().match(/a rebalance waited too long|"msg":"Kafka offset commit failed/g)?.length ?? 0), 0);
+      console.log(`kafka backpressure: ${sink.copies} repeated requests (same Idempotency-Key), ${sink.rows - LAG} rows read twice (${letGo} batches let go or commits refused)`);
+      expect(sink.rows - LAG).toBeLessThanOrEqual(letGo * 2000);
+    },
+    Number(process.env.SLUICE_KAFKA_LAG ?? 0) > 200_000 ? 900_000 : 300_000,
+  );
 
-  it.concurrent('a partition\'s offset is committed only after its rows are fsynced: killed before and after a WAL commit, the group never passes the WAL position', async () => {
+  it.concurrent("a partition's offset is committed only after its rows are fsynced: killed before and after a WAL commit, the group never passes the WAL position", async () => {
     const topic = uniqueTopic();
     const N = 4000;
     await produce(mk.producer, topic, orders(0, N));
@@ -422,7 +451,10 @@ describe.concurrent('kafka source', () => {
       return n;
     };
     let ahead = 0;
-    for (const [point, after] of [['before-commit', 4], ['after-commit', 8]] as const) {
+    for (const [point, after] of [
+      ['before-commit', 4],
+      ['after-commit', 8],
+    ] as const) {
       const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: String(after), SLUICE_WORKER_ID: 'f1' } });
       expect(r.signal, `expected the kill at ${point}: ${r.stderr.slice(-2000)}`).toBe('SIGKILL');
       const state = readWalState(wal) as WalStateView & { position: Record<string, number> };
@@ -447,7 +479,9 @@ describe.concurrent('kafka source', () => {
       // nothing left to catch up (seen: the group at the topic's end when it read them). The
       // exact output below is what shows that nothing below the WAL position was read twice.
       const logged = await until(() => last.err().includes('committed offsets the WAL already had'), 10_000, 100).catch(() => false);
-      console.log(`kafka fsync: ${ahead} partitions had the WAL ahead of the group at the kills; catch-up commit ${logged ? 'logged' : 'not logged (nothing left to catch up, or see the worker log)'}`);
+      console.log(
+        `kafka fsync: ${ahead} partitions had the WAL ahead of the group at the kills; catch-up commit ${logged ? 'logged' : 'not logged (nothing left to catch up, or see the worker log)'}`,
+      );
     } finally {
       last.kill('SIGTERM');
     }
@@ -513,15 +547,22 @@ describe.concurrent('kafka source', () => {
   it.concurrent('two workers split the partitions; a third joining and leaving rebalances them with no loss (duplicates only where the broker refused a commit)', async () => {
     const topic = uniqueTopic();
     await produce(mk.producer, topic, orders(0, 12_000));
-    const p = await project(topic, { batch_size: 200 }, {
-      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
-      'models/orders.sql': 'SELECT incoming.order_id, incoming._partition AS part FROM incoming\n',
-    });
+    const p = await project(
+      topic,
+      { batch_size: 200 },
+      {
+        'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+        'models/orders.sql': 'SELECT incoming.order_id, incoming._partition AS part FROM incoming\n',
+      },
+    );
     fs.rmSync(path.join(p, 'models/purchases.sql'));
     const start = (id: string) => sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id } });
     /** The partitions a worker was given last. */
     const owned = (w: ReturnType<typeof start>): string[] | undefined => {
-      const lines = w.err().split('\n').filter((l) => l.includes('Kafka partitions assigned'));
+      const lines = w
+        .err()
+        .split('\n')
+        .filter((l) => l.includes('Kafka partitions assigned'));
       return lines.length ? (JSON.parse(lines[lines.length - 1]) as { partitions: string[] }).partitions : undefined;
     };
     const w1 = start('w1');
@@ -586,15 +627,24 @@ describe.concurrent('kafka source', () => {
 
   it.concurrent('contract: source order kept within a partition', async () => {
     const topic = uniqueTopic();
-    await produce(mk.producer, topic, orders(0, 3000).map((value) => ({ value, partition: 1 })));
+    await produce(
+      mk.producer,
+      topic,
+      orders(0, 3000).map((value) => ({ value, partition: 1 })),
+    );
     await expectSourceOrder(await project(topic), 3000, caughtUp(topic));
   }, 120_000);
 
-  it.concurrent('batches are filled up to batch_size: a partition\'s run of messages that does not fit is split, its rest leads the next batch', async () => {
+  it.concurrent("batches are filled up to batch_size: a partition's run of messages that does not fit is split, its rest leads the next batch", async () => {
     const topic = uniqueTopic();
     // 4 partitions of 3,000 messages, each fetched whole, batch_size 5,000: runs of 3,000 can
     // only make a 5,000-message batch by splitting one.
-    await produce(mk.producer, topic, orders(0, 12_000).map((value, i) => ({ value, partition: i % 4 })), 12_000);
+    await produce(
+      mk.producer,
+      topic,
+      orders(0, 12_000).map((value, i) => ({ value, partition: i % 4 })),
+      12_000,
+    );
     // (session_timeout_ms is masked in logs as if secret: 4,100 is no batch size here, 4,000 can be.)
     const p = await project(topic, { batch_size: 5000, max_bytes_per_partition: 8_388_608, session_timeout_ms: 4100 }, ordersOnly());
     fs.rmSync(path.join(p, 'models/purchases.sql'));
@@ -606,7 +656,11 @@ describe.concurrent('kafka source', () => {
       w.kill('SIGTERM');
     }
     expect((await waitExit(w, 60_000)).code, w.err().slice(-2000)).toBe(0);
-    const sizes = w.err().split('\n').filter((l) => l.includes('"msg":"batch committed"')).map((l) => (JSON.parse(l) as { messages: number }).messages);
+    const sizes = w
+      .err()
+      .split('\n')
+      .filter((l) => l.includes('"msg":"batch committed"'))
+      .map((l) => (JSON.parse(l) as { messages: number }).messages);
     expect(sizes.reduce((a, b) => a + b, 0)).toBe(12_000);
     for (const n of sizes) expect(n).toBeLessThanOrEqual(5000);
     console.log(`kafka batch sizes (batch_size 5000, 4 partitions of 3000): ${sizes.join(', ')}`);
@@ -614,12 +668,12 @@ describe.concurrent('kafka source', () => {
     expect(await orderIds(p)).toEqual({ n: 12_000, d: 12_000 });
   }, 120_000);
 
-  it.concurrent('contract: sluice_source_lag_messages reports each assigned partition\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+  it.concurrent("contract: sluice_source_lag_messages reports each assigned partition's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
     const { topic, src } = kafkaSource();
     await expectLagReported(await project(topic), src, 4);
   }, 120_000);
 
-  it.concurrent('a worker back on partitions another worker moved on reports the lag from the group\'s committed offsets, not its own older WAL position', async () => {
+  it.concurrent("a worker back on partitions another worker moved on reports the lag from the group's committed offsets, not its own older WAL position", async () => {
     const topic = uniqueTopic();
     const p = await project(topic, {}, ordersOnly());
     fs.rmSync(path.join(p, 'models/purchases.sql'));
@@ -662,11 +716,19 @@ describe.concurrent('kafka source', () => {
   it.concurrent('models see topic, partition, offset, key, timestamp and headers as _topic, _partition, _offset, _key, _timestamp, _headers', async () => {
     const topic = uniqueTopic();
     const t0 = Date.now();
-    await produce(mk.producer, topic, [1, 2, 3, 4, 5].map((i) => ({ key: `key-${i}`, value: orderMessage(i - 1, 4), headers: { origin: 'test', n: String(i) }, partition: 2 })));
-    const p = await project(topic, {}, {
-      'models/meta.sql':
-        "SELECT incoming.order_id, incoming._topic, incoming._partition, incoming._offset, incoming._key, incoming._headers['origin'] AS origin, incoming._headers['n'] AS n, incoming._timestamp AS ts FROM incoming\n",
-    });
+    await produce(
+      mk.producer,
+      topic,
+      [1, 2, 3, 4, 5].map((i) => ({ key: `key-${i}`, value: orderMessage(i - 1, 4), headers: { origin: 'test', n: String(i) }, partition: 2 })),
+    );
+    const p = await project(
+      topic,
+      {},
+      {
+        'models/meta.sql':
+          "SELECT incoming.order_id, incoming._topic, incoming._partition, incoming._offset, incoming._key, incoming._headers['origin'] AS origin, incoming._headers['n'] AS n, incoming._timestamp AS ts FROM incoming\n",
+      },
+    );
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
     await until(caughtUp(topic), 60_000, 200);
     await until(() => fs.existsSync(path.join(p, 'output/meta')), 30_000);
@@ -685,11 +747,19 @@ describe.concurrent('kafka sink', () => {
     const src = uniqueTopic();
     const out = uniqueTopic('sluice-out');
     // The big integer comes in the message: exact through DuckDB, the WAL and to_json.
-    await produce(mk.producer, src, orders(0, 1000).map((v) => v.replace(/^\{/, '{"big":9007199254740993,')));
-    const p = await project(src, {}, {
-      'config/sinks.yml': `sink:\n  type: kafka\n  brokers: ${mk.brokers}\n  topic: ${out}\n  key: order_id\n`,
-      'models/orders.sql': 'SELECT incoming.order_id, incoming.user.id AS user_id, incoming.big FROM incoming\n',
-    });
+    await produce(
+      mk.producer,
+      src,
+      orders(0, 1000).map((v) => v.replace(/^\{/, '{"big":9007199254740993,')),
+    );
+    const p = await project(
+      src,
+      {},
+      {
+        'config/sinks.yml': `sink:\n  type: kafka\n  brokers: ${mk.brokers}\n  topic: ${out}\n  key: order_id\n`,
+        'models/orders.sql': 'SELECT incoming.order_id, incoming.user.id AS user_id, incoming.big FROM incoming\n',
+      },
+    );
     fs.rmSync(path.join(p, 'models/purchases.sql'));
     const w = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 's1' } });
     try {

@@ -16,18 +16,20 @@ describe('sluice lineage', () => {
   it('ascii: a tree from each source down to the sinks', () => {
     const r = sluice(['lineage', '--project', p]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout.trim()).toBe([
-      'source orders (file)',
-      '├── model orders',
-      '│   ├── sink lake (parquet)',
-      '│   └── model large_orders',
-      '│       └── sink alerts (jsonl)',
-      '└── model purchases',
-      '    └── sink lake (parquet)',
-      'source refunds (file)',
-      '└── model refunds',
-      '    └── sink lake (parquet)',
-    ].join('\n'));
+    expect(r.stdout.trim()).toBe(
+      [
+        'source orders (file)',
+        '├── model orders',
+        '│   ├── sink lake (parquet)',
+        '│   └── model large_orders',
+        '│       └── sink alerts (jsonl)',
+        '└── model purchases',
+        '    └── sink lake (parquet)',
+        'source refunds (file)',
+        '└── model refunds',
+        '    └── sink lake (parquet)',
+      ].join('\n'),
+    );
   });
 
   it('--model with --upstream / --downstream', () => {
@@ -54,7 +56,10 @@ describe('sluice lineage', () => {
     const j = sluice(['lineage', '--project', p, '--format', 'json', '--model', 'refunds']);
     const g = JSON.parse(j.stdout) as { nodes: { id: string; kind: string }[]; edges: { from: string; to: string }[] };
     expect(g.nodes.map((n) => n.id)).toEqual(['source.refunds', 'model.refunds', 'sink.lake']);
-    expect(g.edges).toEqual([{ from: 'source.refunds', to: 'model.refunds' }, { from: 'model.refunds', to: 'sink.lake' }]);
+    expect(g.edges).toEqual([
+      { from: 'source.refunds', to: 'model.refunds' },
+      { from: 'model.refunds', to: 'sink.lake' },
+    ]);
   });
 
   it('config(sink=...) in the SQL wins over config/models.yml', () => {

@@ -154,7 +154,12 @@ const worker = () => (process.env.SLUICE_WORKER_ID || os.hostname() || 'worker')
  * letters), a graceful stop, and a restart: every dead letter is still there, tagged with its
  * source's worker id.
  */
-async function deadLettersSurviveRestart(broker: { source: (name: string) => string; publish: (payload: string) => Promise<void>; count: () => Promise<number>; letters: () => Promise<string[]> }): Promise<void> {
+async function deadLettersSurviveRestart(broker: {
+  source: (name: string) => string;
+  publish: (payload: string) => Promise<void>;
+  count: () => Promise<number>;
+  letters: () => Promise<string[]>;
+}): Promise<void> {
   const dir = tempDir('sluice-multi-');
   dirs.push(dir);
   const batch = '    batch_size: 50\n    batch_timeout_ms: 100\n';
@@ -176,7 +181,15 @@ async function deadLettersSurviveRestart(broker: { source: (name: string) => str
       await until(async () => (await broker.count()) === 2 * (round + 1), 30_000);
     }
     const events = async () => [await counted(dir, 'a_events', 'id'), await counted(dir, 'b_events', 'id')];
-    await until(async () => JSON.stringify(await events()) === JSON.stringify([{ n: 10, d: 10 }, { n: 10, d: 10 }]), 20_000).catch(async (e: Error) => {
+    await until(
+      async () =>
+        JSON.stringify(await events()) ===
+        JSON.stringify([
+          { n: 10, d: 10 },
+          { n: 10, d: 10 },
+        ]),
+      20_000,
+    ).catch(async (e: Error) => {
       throw new Error(`${e.message}: rows ${JSON.stringify(await events())}\n${child.err().slice(-3000)}`);
     });
     child.kill('SIGTERM');
@@ -275,7 +288,10 @@ describe('sluice run with several sources', () => {
       await addClicks(redis, s.stream!, 0, 30);
       child = sluiceBg(['run', '--project', s.dir, '--port', String(port)]);
       const acked = async () => {
-        const text = await httpGet(`http://127.0.0.1:${port}/metrics`).then((r) => r.body, () => '');
+        const text = await httpGet(`http://127.0.0.1:${port}/metrics`).then(
+          (r) => r.body,
+          () => '',
+        );
         const get = (src: string) => Number(new RegExp(`sluice_messages_acked_total\\{source="${src}"\\} (\\d+)`).exec(text)?.[1] ?? -1);
         return get('orders') === 40 && get('refunds') === 15 && get('clicks') === 30 ? text : undefined;
       };
@@ -285,8 +301,15 @@ describe('sluice run with several sources', () => {
       fs.writeFileSync(path.join(s.dir, 'data/refunds/b.ndjson'), refundLines(15, 20));
       await addClicks(redis, s.stream!, 30, 45);
       await until(async () => {
-        const text = await httpGet(`http://127.0.0.1:${port}/metrics`).then((r) => r.body, () => '');
-        return /sluice_messages_acked_total\{source="orders"\} 55\b/.test(text) && /sluice_messages_acked_total\{source="refunds"\} 20\b/.test(text) && /sluice_messages_acked_total\{source="clicks"\} 45\b/.test(text);
+        const text = await httpGet(`http://127.0.0.1:${port}/metrics`).then(
+          (r) => r.body,
+          () => '',
+        );
+        return (
+          /sluice_messages_acked_total\{source="orders"\} 55\b/.test(text) &&
+          /sluice_messages_acked_total\{source="refunds"\} 20\b/.test(text) &&
+          /sluice_messages_acked_total\{source="clicks"\} 45\b/.test(text)
+        );
       }, 30_000);
 
       expect((await httpGet(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
@@ -306,7 +329,16 @@ describe('sluice run with several sources', () => {
         for (const x of f.samples) expect(['orders', 'refunds', 'clicks'], `${x.name} ${JSON.stringify(x.labels)}`).toContain(x.labels.source);
       }
       const sourcesOf = (name: string) => [...new Set(families.get(name)!.samples.map((x) => x.labels.source))].sort();
-      for (const name of ['sluice_messages_received_total', 'sluice_messages_acked_total', 'sluice_rows_total', 'sluice_batch_duration_seconds', 'sluice_wal_bytes', 'sluice_ready', 'sluice_sink_circuit_state', 'sluice_ack_latency_seconds']) {
+      for (const name of [
+        'sluice_messages_received_total',
+        'sluice_messages_acked_total',
+        'sluice_rows_total',
+        'sluice_batch_duration_seconds',
+        'sluice_wal_bytes',
+        'sluice_ready',
+        'sluice_sink_circuit_state',
+        'sluice_ack_latency_seconds',
+      ]) {
         expect(sourcesOf(name), name).toEqual(['clicks', 'orders', 'refunds']);
       }
       expect(families.get('sluice_batch_duration_seconds')!.type).toBe('histogram');
@@ -370,7 +402,12 @@ describe('sluice run with several sources', () => {
   it('after SIGKILLs at the commit and sink-write points and at random moments, a restart has every row of every source exactly once', async () => {
     const s = shop({ orders: 3000, refunds: 2000, batch: 100, models: 'max_file_bytes: 20000\nmax_age_seconds: 0.2\n' });
     const args = ['run', '--project', s.dir, '--port', '0'];
-    for (const [at, after] of [['after-commit', '9'], ['after-sink-write', '4'], ['sink-temp-written', '3'], ['before-commit', '12']]) {
+    for (const [at, after] of [
+      ['after-commit', '9'],
+      ['after-sink-write', '4'],
+      ['sink-temp-written', '3'],
+      ['before-commit', '12'],
+    ]) {
       const r = sluice(args, { env: { SLUICE_CRASH_AT: at, SLUICE_CRASH_AFTER: after }, timeout: 120_000 });
       expect(r.code, `${at}: ${r.stderr.slice(-2000)}`).toBe(-1); // SIGKILLed at that point
     }

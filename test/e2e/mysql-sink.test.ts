@@ -34,7 +34,10 @@ const { project, input, run } = tableProjects('mysql', (t) => myQuery(`DROP TABL
 
 describe('mysql merge', () => {
   it('upserts on the key; the last row of a key in a flush wins; compare_columns gates the other columns', async () => {
-    const p = project({ strategy: 'merge', key: 'k', compare_columns: ['status'] }, 'SELECT incoming.k::BIGINT AS k, incoming.status::VARCHAR AS status, incoming.note::VARCHAR AS note, incoming.at::TIMESTAMPTZ AS at FROM incoming\n');
+    const p = project(
+      { strategy: 'merge', key: 'k', compare_columns: ['status'] },
+      'SELECT incoming.k::BIGINT AS k, incoming.status::VARCHAR AS status, incoming.note::VARCHAR AS note, incoming.at::TIMESTAMPTZ AS at FROM incoming\n',
+    );
     input(p.dir, 'a.ndjson', [
       { k: 1, status: 'new', note: 'a', at: '2024-01-01T10:00:00+02:00' },
       ...Array.from({ length: 120 }, (_, i) => ({ k: i + 2, status: 'new', note: `n${i + 2}`, at: null })),
@@ -48,7 +51,11 @@ describe('mysql merge', () => {
     expect({ ...rows[0], at: String(rows[0].at) }).toMatchObject({ k: '1', status: 'shipped', note: 'c' });
     const [{ at }] = await myQuery<{ at: string }>(`SELECT DATE_FORMAT(at, '%Y-%m-%d %H:%i') AS at FROM ${p.table} WHERE k = 1`);
     expect(at).toBe('2024-03-01 10:00'); // TIMESTAMPTZ lands in UTC
-    input(p.dir, 'b.ndjson', [{ k: 2, status: 'new', note: 'ignored' }, { k: 3, status: 'paid', note: 'taken' }, { k: 500, status: 'new', note: 'inserted' }]);
+    input(p.dir, 'b.ndjson', [
+      { k: 2, status: 'new', note: 'ignored' },
+      { k: 3, status: 'paid', note: 'taken' },
+      { k: 500, status: 'new', note: 'inserted' },
+    ]);
     const r2 = run(p.dir);
     expect(r2.code, r2.stderr).toBe(0);
     rows = await myRows(p.table, 'k');
@@ -63,7 +70,11 @@ describe('mysql merge', () => {
   it('append is effectively-once across a SIGKILL after the commit and before the WAL truncate', async () => {
     const p = project({}, 'SELECT incoming.k::BIGINT AS k FROM incoming\n');
     writeFiles(p.dir, { 'config/models.yml': 'max_file_bytes: 1000\nmax_age_seconds: 300\n' });
-    input(p.dir, 'a.ndjson', Array.from({ length: 300 }, (_, i) => ({ k: i })));
+    input(
+      p.dir,
+      'a.ndjson',
+      Array.from({ length: 300 }, (_, i) => ({ k: i })),
+    );
     expect(run(p.dir, { SLUICE_CRASH_AT: 'after-sink-write', SLUICE_CRASH_AFTER: '2' }).code).not.toBe(0);
     expect((await myQuery(`SELECT name FROM ${p.state}`)).length).toBe(2);
     const r = run(p.dir);
@@ -87,15 +98,24 @@ describe('mysql tables: plan and apply', () => {
       'SELECT COLUMN_NAME AS name, COLUMN_TYPE AS type, COLUMN_KEY AS k FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION',
       [p.table],
     );
-    expect(cols.map((c) => [c.name, c.type.replace(/\(\d+\)$/, ''), c.k])).toEqual([['k', 'bigint', 'PRI'], ['flag', 'tinyint', '']]);
+    expect(cols.map((c) => [c.name, c.type.replace(/\(\d+\)$/, ''), c.k])).toEqual([
+      ['k', 'bigint', 'PRI'],
+      ['flag', 'tinyint', ''],
+    ]);
     writeFiles(p.dir, { 'models/items.sql': 'SELECT incoming.k::BIGINT AS k, incoming.flag::BOOLEAN AS flag, incoming.note::VARCHAR AS note FROM incoming\n' });
     plan = sluice(['plan', '--project', p.dir]);
     expect(plan.stdout, plan.stderr).toContain(`+ add column ${p.table}.note longtext`);
     succeeded(sluice(['apply', '--project', p.dir, '--auto-approve']));
     expect(succeeded(sluice(['plan', '--project', p.dir])).stdout).toContain('up to date');
-    input(p.dir, 'a.ndjson', [{ k: 1, flag: true, note: 'x' }, { k: 2, flag: false, note: null }]);
+    input(p.dir, 'a.ndjson', [
+      { k: 1, flag: true, note: 'x' },
+      { k: 2, flag: false, note: null },
+    ]);
     succeeded(run(p.dir));
-    expect((await myRows(p.table, 'k')).map((r) => [r.k, r.flag, r.note])).toEqual([['1', 1, 'x'], ['2', 0, null]]);
+    expect((await myRows(p.table, 'k')).map((r) => [r.k, r.flag, r.note])).toEqual([
+      ['1', 1, 'x'],
+      ['2', 0, null],
+    ]);
   });
 });
 

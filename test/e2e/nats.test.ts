@@ -146,7 +146,8 @@ describe('nats source', () => {
     await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
     await publish(s, orders(0, 5));
     const p = project(s, '', {
-      'models/meta.sql': "SELECT incoming.order_id, incoming._topic, incoming._key, incoming._offset, incoming._headers['Origin'] AS origin, incoming._timestamp IS NOT NULL AS has_time FROM incoming\n",
+      'models/meta.sql':
+        "SELECT incoming.order_id, incoming._topic, incoming._key, incoming._offset, incoming._headers['Origin'] AS origin, incoming._timestamp IS NOT NULL AS has_time FROM incoming\n",
     });
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
     await until(() => drained(s), 30_000);
@@ -158,7 +159,10 @@ describe('nats source', () => {
   });
 
   it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
-    for (const [check, n] of [[expectSourceOrder, 3000], [expectGracefulStopLosesNothing, 20_000]] as const) {
+    for (const [check, n] of [
+      [expectSourceOrder, 3000],
+      [expectGracefulStopLosesNothing, 20_000],
+    ] as const) {
       const s = stream();
       await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
       await publish(s, orders(0, n));
@@ -228,7 +232,12 @@ describe('nats source', () => {
     }
     expect((await waitExit(child)).code, child.err().slice(-2000)).toBe(0);
     expect(await orderIds(p)).toEqual({ n: 120, d: 120 });
-    const done = child.err().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).find((l) => l.msg === 'done');
+    const done = child
+      .err()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { msg: string; redelivered?: number })
+      .find((l) => l.msg === 'done');
     expect(done?.redelivered).toBe(0);
   }, 90_000);
 
@@ -254,7 +263,7 @@ describe('nats source', () => {
     await expectNoLossNoDuplicateAcrossKills(project(s, '  ack_wait_ms: 2000\n'), N, () => drained(s));
   }, 240_000);
 
-  it('contract: sluice_source_lag_messages reports the consumer\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+  it("contract: sluice_source_lag_messages reports the consumer's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
     const { s, src } = await natsSource();
     await expectLagReported(project(s), src);
   }, 120_000);
@@ -273,19 +282,23 @@ describe('nats source', () => {
     const { s, src } = await natsSource();
     await expectReconnectAfterDrop(project(s, '  ack_wait_ms: 2000\n'), src, 1500, 2);
   }, 120_000);
-  it('survives NATS server restarts: reconnects, /readyz green again, nothing lost or repeated', async () => {
-    // Other test files using NATS (the sink's) hold this lock while they run.
-    const release = await machineLock('nats');
-    try {
-      const { s, src } = await natsSource();
-      src.dropConnections = async () => {
-        await restartNats();
-        // JetStream is back once it serves the stream again (to this test's reconnected client too).
-        await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000);
-      };
-      await expectReconnectAfterDrop(project(s, '  ack_wait_ms: 2000\n'), src, 1000, 2);
-    } finally {
-      release();
-    }
-  }, 16 * 60_000);
+  it(
+    'survives NATS server restarts: reconnects, /readyz green again, nothing lost or repeated',
+    async () => {
+      // Other test files using NATS (the sink's) hold this lock while they run.
+      const release = await machineLock('nats');
+      try {
+        const { s, src } = await natsSource();
+        src.dropConnections = async () => {
+          await restartNats();
+          // JetStream is back once it serves the stream again (to this test's reconnected client too).
+          await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000);
+        };
+        await expectReconnectAfterDrop(project(s, '  ack_wait_ms: 2000\n'), src, 1000, 2);
+      } finally {
+        release();
+      }
+    },
+    16 * 60_000,
+  );
 });

@@ -147,9 +147,7 @@ describe('rabbitmq', () => {
     const dir = project(`source:\n  type: rabbitmq\n  host: 127.0.0.1\n  queue: ${q}\n`, JSONL_SINK);
     try {
       const p = ok(await plan(dir));
-      expect(p.stdout).toContain(
-        `- recreate queue ${q} as durable, without arguments (the queue the source consumes): it exists with other settings, inequivalent arg 'x-message-ttl'`,
-      );
+      expect(p.stdout).toContain(`- recreate queue ${q} as durable, without arguments (the queue the source consumes): it exists with other settings, inequivalent arg 'x-message-ttl'`);
       expect(p.stdout).toMatch(/deletes the queue and its 1 message\(s\)\s+\[destructive\]/);
       expect(p.stdout).toContain(`+ declare queue ${q}.dlq (durable; the dead-letter queue)`);
       expect(p.stdout).toContain('2 change(s), 1 destructive (applied only with --allow-destructive)');
@@ -188,8 +186,7 @@ describe('rabbitmq', () => {
   it("the sink's exchange, declared queues and bindings; a wrong password in the URL is masked in the error", async () => {
     const q = uniqueQueue('plan-brokers');
     const ex = `${q}.out`;
-    const sink = (url: string) =>
-      `sink:\n  type: rabbitmq\n  url: ${url}\n  exchange: ${ex}\n  routing_key: rows\n  declare:\n    exchange: direct\n    queues: [{ name: ${q}, binding_key: rows }]\n`;
+    const sink = (url: string) => `sink:\n  type: rabbitmq\n  url: ${url}\n  exchange: ${ex}\n  routing_key: rows\n  declare:\n    exchange: direct\n    queues: [{ name: ${q}, binding_key: rows }]\n`;
     const dir = project(FILE_SOURCE, sink('amqp://guest:guest@127.0.0.1:5672'));
     try {
       const p = ok(await plan(dir));
@@ -335,7 +332,7 @@ describe('nats', () => {
     }
   });
 
-  it("missing subjects are an update, removed ones destructive; a dead-letter stream of another storage is noted, not recreated", async () => {
+  it('missing subjects are an update, removed ones destructive; a dead-letter stream of another storage is noted, not recreated', async () => {
     const id = randomUUID().slice(0, 8);
     const stream = `PLAN_${id}`;
     await jsm.streams.add({ name: stream, subjects: [`plan.${id}.a`, `plan.${id}.b`] });
@@ -366,7 +363,7 @@ describe('nats', () => {
     }
   });
 
-  it("streams sluice did not make (other retention, a foreign owner of the dead-letter subject, no subjects in the config) are noted and never changed, even with --allow-destructive", async () => {
+  it('streams sluice did not make (other retention, a foreign owner of the dead-letter subject, no subjects in the config) are noted and never changed, even with --allow-destructive', async () => {
     const id = randomUUID().slice(0, 8);
     const work = `PLAN_${id}_WORK`;
     const dead = `PLAN_${id}_DEAD`;
@@ -424,7 +421,9 @@ describe('nats', () => {
       const p = ok(await plan(dir));
       const clash = `stream ${stream}: source default (nats) declares subjects plan.${id}.in, but sink default (nats) declares subjects plan.${id}.in, plan.${id}.out, duplicate_window_ms 30000 (they list other subjects)`;
       expect(p.stdout).toContain(`warning: ${clash}: plan changes it for neither`);
-      expect(p.stdout).toContain(`warning: stream ${stream}: sink default (nats) declares subjects plan.${id}.in, plan.${id}.out, duplicate_window_ms 30000, but source default (nats) declares subjects plan.${id}.in (they list other subjects)`);
+      expect(p.stdout).toContain(
+        `warning: stream ${stream}: sink default (nats) declares subjects plan.${id}.in, plan.${id}.out, duplicate_window_ms 30000, but source default (nats) declares subjects plan.${id}.in (they list other subjects)`,
+      );
       expect(p.stdout).not.toContain(`create stream ${stream} `);
       // The source's dead-letter stream is planned as usual.
       expect(p.stdout).toContain(`+ create stream ${stream}_DLQ`);

@@ -112,7 +112,9 @@ describe('postgres outage', () => {
     const done = /done messages=(\d+)/.exec(child.err());
     expect(done, child.err().slice(-2000)).not.toBeNull();
     const n = Number(done![1]);
-    const [got] = await pgQuery<{ rows: string; keys: string; lo: string; hi: string }>(`SELECT count(*) AS rows, count(DISTINCT order_id) AS keys, min(order_id) AS lo, max(order_id) AS hi FROM ${table}`);
+    const [got] = await pgQuery<{ rows: string; keys: string; lo: string; hi: string }>(
+      `SELECT count(*) AS rows, count(DISTINCT order_id) AS keys, min(order_id) AS lo, max(order_id) AS hi FROM ${table}`,
+    );
     expect({ rows: Number(got.rows), keys: Number(got.keys), lo: Number(got.lo), hi: Number(got.hi) }).toEqual({ rows: n, keys: n, lo: 1, hi: n });
     expect(n).toBeGreaterThan(RATE * (OUTAGE_MS / 1000));
 

@@ -46,7 +46,12 @@ describe('postgres merge', () => {
   it('upserts on the key; within a flush the last row of a key wins; compare_columns gates updates', async () => {
     const p = project({ strategy: 'merge', key: 'k', compare_columns: ['status'] }, ITEM_SQL);
     // k=1 three times in one flush (across batches of 50): the last one wins.
-    const first = [{ k: 1, status: 'new', note: 'a' }, ...Array.from({ length: 120 }, (_, i) => ({ k: i + 2, status: 'new', note: `n${i + 2}` })), { k: 1, status: 'paid', note: 'b' }, { k: 1, status: 'shipped', note: 'c' }];
+    const first = [
+      { k: 1, status: 'new', note: 'a' },
+      ...Array.from({ length: 120 }, (_, i) => ({ k: i + 2, status: 'new', note: `n${i + 2}` })),
+      { k: 1, status: 'paid', note: 'b' },
+      { k: 1, status: 'shipped', note: 'c' },
+    ];
     input(p.dir, 'a.ndjson', first);
     const r1 = run(p.dir);
     expect(r1.code, r1.stderr).toBe(0);
@@ -55,7 +60,11 @@ describe('postgres merge', () => {
     expect(rows[0]).toEqual({ k: '1', status: 'shipped', note: 'c' });
     // status unchanged: the row is not rewritten (note keeps its value, xmin stays); status changed: updated.
     const [{ xmin: before }] = await pgQuery<{ xmin: string }>(`SELECT xmin::text FROM ${p.table} WHERE k = 2`);
-    input(p.dir, 'b.ndjson', [{ k: 2, status: 'new', note: 'ignored' }, { k: 3, status: 'paid', note: 'taken' }, { k: 500, status: 'new', note: 'inserted' }]);
+    input(p.dir, 'b.ndjson', [
+      { k: 2, status: 'new', note: 'ignored' },
+      { k: 3, status: 'paid', note: 'taken' },
+      { k: 500, status: 'new', note: 'inserted' },
+    ]);
     const r2 = run(p.dir);
     expect(r2.code, r2.stderr).toBe(0);
     rows = await pgRows(p.table, 'k');
@@ -66,7 +75,10 @@ describe('postgres merge', () => {
     const [{ xmin: after }] = await pgQuery<{ xmin: string }>(`SELECT xmin::text FROM ${p.table} WHERE k = 2`);
     expect(after).toBe(before);
     const applied = await pgQuery<{ model: string; row_count: string }>(`SELECT model, row_count FROM ${p.state} ORDER BY applied_at`);
-    expect(applied.map((a) => [a.model, Number(a.row_count)])).toEqual([['items', 123], ['items', 3]]);
+    expect(applied.map((a) => [a.model, Number(a.row_count)])).toEqual([
+      ['items', 123],
+      ['items', 3],
+    ]);
   });
 
   it('effectively-once across SIGKILLs: after the commit and before the WAL truncate, and inside the transaction', async () => {
@@ -117,7 +129,10 @@ describe('postgres merge', () => {
 
   it('a NULL key fails the flush with the reason (the rows stay in the WAL)', async () => {
     const p = project({ strategy: 'merge', key: 'k' }, ITEM_SQL);
-    input(p.dir, 'a.ndjson', [{ k: 1, status: 'a', note: null }, { k: null, status: 'no key', note: null }]);
+    input(p.dir, 'a.ndjson', [
+      { k: 1, status: 'a', note: null },
+      { k: null, status: 'no key', note: null },
+    ]);
     const child = sluiceBg(['run', '--project', p.dir, '--port', '0']);
     try {
       await until(() => /1 row\(s\) of items\/\S+ have a NULL key column \(k\); merge needs a key on every row/.test(child.err()), 60_000);
@@ -134,9 +149,16 @@ describe('postgres scd2', () => {
 
   it('keeps versions: a change closes the current row, an unchanged row stays, close_missing closes absent keys', async () => {
     const p = project({ strategy: 'scd2', key: 'k', close_missing: true, compare_columns: ['tier'] }, SQL);
-    input(p.dir, 'a.ndjson', [{ k: 1, tier: 'gold', ts: '2024-01-01T00:00:00Z' }, { k: 2, tier: 'silver', ts: '2024-01-01T00:00:00Z' }, { k: 3, tier: 'bronze', ts: '2024-01-01T00:00:00Z' }]);
+    input(p.dir, 'a.ndjson', [
+      { k: 1, tier: 'gold', ts: '2024-01-01T00:00:00Z' },
+      { k: 2, tier: 'silver', ts: '2024-01-01T00:00:00Z' },
+      { k: 3, tier: 'bronze', ts: '2024-01-01T00:00:00Z' },
+    ]);
     succeeded(run(p.dir));
-    input(p.dir, 'b.ndjson', [{ k: 1, tier: 'platinum', ts: '2024-02-01T00:00:00Z' }, { k: 2, tier: 'silver', ts: '2024-02-01T00:00:00Z' }]);
+    input(p.dir, 'b.ndjson', [
+      { k: 1, tier: 'platinum', ts: '2024-02-01T00:00:00Z' },
+      { k: 2, tier: 'silver', ts: '2024-02-01T00:00:00Z' },
+    ]);
     succeeded(run(p.dir));
     const rows = await pgQuery<{ k: string; tier: string; is_current: boolean; closed: boolean; row_hash: string }>(
       `SELECT k, tier, is_current, valid_to IS NOT NULL AS closed, row_hash FROM ${p.table} ORDER BY k, valid_from`,
@@ -215,7 +237,10 @@ describe('postgres tables: auto_migrate, plan and apply', () => {
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
     }
-    expect((await pgRows(p.table, 'k')).map((r) => [r.k, r.status, r.amount])).toEqual([['1', 'a', null], ['2', 'b', 2.5]]);
+    expect((await pgRows(p.table, 'k')).map((r) => [r.k, r.status, r.amount])).toEqual([
+      ['1', 'a', null],
+      ['2', 'b', 2.5],
+    ]);
 
     // The model loses a column: dropping it is destructive.
     writeFiles(p.dir, { 'models/items.sql': 'SELECT incoming.k::BIGINT AS k, incoming.amount::DOUBLE AS amount FROM incoming\n' });
@@ -257,7 +282,10 @@ describe('postgres tables: auto_migrate, plan and apply', () => {
     const r = run(p.dir);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/migrated the postgres table \(auto_migrate\)/);
-    expect((await pgRows(p.table, 'k')).map((x) => [x.k, x.status, x.amount])).toEqual([['1', 'a', null], ['2', 'b', 2.5]]);
+    expect((await pgRows(p.table, 'k')).map((x) => [x.k, x.status, x.amount])).toEqual([
+      ['1', 'a', null],
+      ['2', 'b', 2.5],
+    ]);
   });
 });
 

@@ -124,8 +124,16 @@ describe('rabbitmq sink', () => {
     expect(r.code, r.stderr).toBe(0);
     const evens = await readQueue(even);
     const odds = await readQueue(odd);
-    expect(evens.map((g) => g.body.id)).toEqual(plainRows(40).filter((x) => x.flag).map((x) => x.id));
-    expect(odds.map((g) => g.body.id)).toEqual(plainRows(40).filter((x) => !x.flag).map((x) => x.id));
+    expect(evens.map((g) => g.body.id)).toEqual(
+      plainRows(40)
+        .filter((x) => x.flag)
+        .map((x) => x.id),
+    );
+    expect(odds.map((g) => g.body.id)).toEqual(
+      plainRows(40)
+        .filter((x) => !x.flag)
+        .map((x) => x.id),
+    );
     for (const g of [...evens, ...odds]) {
       expect(g.routingKey).toBe(`events.${String(g.body.flag)}`);
       expect(g.properties.deliveryMode).toBe(2);

@@ -168,7 +168,10 @@ describe('rabbitmq source', () => {
     const queue = q();
     const exchange = `${queue}.ex`;
     const p = project(queue, {
-      'config/sources.yml': rabbitSourceYaml(queue, `  declare:\n    queue: true\n    exchange:\n      name: ${exchange}\n      type: topic\n    bindings:\n      - exchange: ${exchange}\n        routing_key: orders.*\n`),
+      'config/sources.yml': rabbitSourceYaml(
+        queue,
+        `  declare:\n    queue: true\n    exchange:\n      name: ${exchange}\n      type: topic\n    bindings:\n      - exchange: ${exchange}\n        routing_key: orders.*\n`,
+      ),
       'models/routes.sql': 'SELECT incoming.order_id, incoming._key AS routing_key, incoming._topic AS queue FROM incoming\n',
     });
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
@@ -193,8 +196,7 @@ describe('rabbitmq source', () => {
   it.concurrent('consumes over TLS: the broker certificate verified against the configured CA, refused without it', async () => {
     const queue = q();
     await publish(queue, orders(0, 50));
-    const tlsSource = (tls: string) =>
-      rabbitSourceYaml(queue).replace('host: 127.0.0.1\n  port: 5672', `host: localhost\n  port: ${TLS_PORT}`) + tls;
+    const tlsSource = (tls: string) => rabbitSourceYaml(queue).replace('host: 127.0.0.1\n  port: 5672', `host: localhost\n  port: ${TLS_PORT}`) + tls;
     // Without the CA, the self-signed chain is refused: the run gives up with the reason
     // (after its connect deadline) and consumes nothing.
     const untrusted = project(queue, { 'config/sources.yml': tlsSource('  tls: {}\n') });
@@ -216,7 +218,10 @@ describe('rabbitmq source', () => {
   });
 
   it.concurrent('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
-    for (const [check, n] of [[expectSourceOrder, 3000], [expectGracefulStopLosesNothing, 20_000]] as const) {
+    for (const [check, n] of [
+      [expectSourceOrder, 3000],
+      [expectGracefulStopLosesNothing, 20_000],
+    ] as const) {
       const queue = q();
       await publish(queue, orders(0, n));
       await check(project(queue), n, async () => (await queueDepth(queue)) === 0);
@@ -259,7 +264,12 @@ describe('rabbitmq source', () => {
     const dupes = Number(got[0].n) - 1000;
     expect(dupes).toBeGreaterThan(0);
     expect(dupes).toBeLessThanOrEqual(800); // prefetch: 4 x batch_size
-    const done = child.err().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.msg === 'done');
+    const done = child
+      .err()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .find((l) => l.msg === 'done');
     expect(done.redelivered).toBeGreaterThanOrEqual(dupes);
   });
 
@@ -280,7 +290,12 @@ describe('rabbitmq source', () => {
     await until(async () => (await queueDepth(queue)) === 0 && (await distinctOrders(p)) === 1000, 60_000);
     child.kill('SIGTERM');
     expect((await waitExit(child)).code).toBe(0);
-    const done = child.err().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.msg === 'done');
+    const done = child
+      .err()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .find((l) => l.msg === 'done');
     expect(done.redelivered).toBeGreaterThan(0);
     const o = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
     expect(o[0]).toEqual({ n: '1000', d: '1000' });
@@ -289,7 +304,7 @@ describe('rabbitmq source', () => {
     expect(Number(pr[0].n)).toBe(items);
   });
 
-  it.concurrent('contract: sluice_source_lag_messages reports the queue\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+  it.concurrent("contract: sluice_source_lag_messages reports the queue's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
     const { queue, src } = rabbitSource();
     await expectLagReported(project(queue), src);
   }, 120_000);
@@ -452,34 +467,38 @@ describe('rabbitmq broker outages (alone in this file; the broker restart also h
     await expectReconnectAfterDrop(project(queue), src, 900, 3);
   }, 120_000);
 
-  it('survives a full broker restart', async () => {
-    // Other test files using RabbitMQ (the sink's) hold this lock while they run.
-    const release = await machineLock('rabbitmq');
-    const queue = q();
-    const p = project(queue);
-    const port = await freePort();
-    const child = sluiceBg(['run', '--project', p, '--port', String(port)]);
-    try {
-      await until(() => child.err().includes('reading from the source'), 30_000);
-      await publish(queue, orders(0, 300));
-      await until(async () => (await rows(p, 'orders')).length === 300, 30_000);
-      execFileSync('rabbitmqctl', ['stop_app'], { stdio: 'ignore' });
-      await until(() => child.err().includes('RabbitMQ connection lost'), 20_000);
-      const red = await httpGet(`http://127.0.0.1:${port}/readyz`);
-      expect(red.status).toBe(503);
-      expect(red.body).toMatch(/source disconnected/);
-      execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore' });
-      execFileSync('rabbitmqctl', ['await_startup'], { stdio: 'ignore' });
-      await publish(queue, orders(300, 300));
-      await until(async () => new Set((await rows(p, 'orders')).map((r) => r.order_id)).size === 600, 60_000);
-      expect(child.err()).toMatch(/reconnected to RabbitMQ/);
-    } finally {
-      // The broker is up again (a no-op when it is) before anyone else may use it.
-      execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore' });
-      execFileSync('rabbitmqctl', ['await_startup'], { stdio: 'ignore' });
-      release();
-      child.kill('SIGTERM');
-      expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
-    }
-  }, 16 * 60_000);
+  it(
+    'survives a full broker restart',
+    async () => {
+      // Other test files using RabbitMQ (the sink's) hold this lock while they run.
+      const release = await machineLock('rabbitmq');
+      const queue = q();
+      const p = project(queue);
+      const port = await freePort();
+      const child = sluiceBg(['run', '--project', p, '--port', String(port)]);
+      try {
+        await until(() => child.err().includes('reading from the source'), 30_000);
+        await publish(queue, orders(0, 300));
+        await until(async () => (await rows(p, 'orders')).length === 300, 30_000);
+        execFileSync('rabbitmqctl', ['stop_app'], { stdio: 'ignore' });
+        await until(() => child.err().includes('RabbitMQ connection lost'), 20_000);
+        const red = await httpGet(`http://127.0.0.1:${port}/readyz`);
+        expect(red.status).toBe(503);
+        expect(red.body).toMatch(/source disconnected/);
+        execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore' });
+        execFileSync('rabbitmqctl', ['await_startup'], { stdio: 'ignore' });
+        await publish(queue, orders(300, 300));
+        await until(async () => new Set((await rows(p, 'orders')).map((r) => r.order_id)).size === 600, 60_000);
+        expect(child.err()).toMatch(/reconnected to RabbitMQ/);
+      } finally {
+        // The broker is up again (a no-op when it is) before anyone else may use it.
+        execFileSync('rabbitmqctl', ['start_app'], { stdio: 'ignore' });
+        execFileSync('rabbitmqctl', ['await_startup'], { stdio: 'ignore' });
+        release();
+        child.kill('SIGTERM');
+        expect((await waitExit(child, 60_000)).code, child.err()).toBe(0);
+      }
+    },
+    16 * 60_000,
+  );
 });

@@ -152,7 +152,7 @@ describe('redis_streams source', () => {
     const pretty = JSON.stringify(JSON.parse(orders(1, 1)[0]), null, 2); // valid JSON across lines
     const withSep = `${orders(2, 1)[0]}\x1e`; // not JSON: the 0x1E byte trails it
     await add(s, [orders(0, 1)[0], pretty, withSep, orders(3, 1)[0]]);
-    const p = project(s, '', { 'models/meta.sql': 'SELECT incoming.order_id, incoming._id, incoming._headers[\'origin\'] AS origin FROM incoming\n' });
+    const p = project(s, '', { 'models/meta.sql': "SELECT incoming.order_id, incoming._id, incoming._headers['origin'] AS origin FROM incoming\n" });
     const child = sluiceBg(['run', '--project', p, '--port', '0']);
     await until(() => drained(s), 30_000);
     await until(async () => fs.existsSync(path.join(p, 'output/meta')) && fs.existsSync(path.join(p, 'output/orders')), 30_000);
@@ -204,7 +204,10 @@ describe('redis_streams source', () => {
     await add(s, orders(0, 10));
     await redis.xGroupCreate(s, 'sluice', '0');
     const r = await redis.xReadGroup('sluice', 'r3', { key: s, id: '>' }, { COUNT: 10 });
-    await redis.xDel(s, r![0].messages.map((m) => m!.id));
+    await redis.xDel(
+      s,
+      r![0].messages.map((m) => m!.id),
+    );
     // The batch they make holds no message: the engine acks none such, the source does.
     const child = sluiceBg(['run', '--project', project(s), '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'r3' } });
     try {
@@ -282,7 +285,7 @@ describe('redis_streams source', () => {
     expect(c2!.err()).not.toMatch(/took over entries/);
   }, 90_000);
 
-  it('contract: sluice_source_lag_messages reports the group\'s backlog: up by what arrives while reading is paused, 0 once drained', async () => {
+  it("contract: sluice_source_lag_messages reports the group's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
     const { s, src } = redisSource();
     await expectLagReported(project(s), src);
   }, 120_000);

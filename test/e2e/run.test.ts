@@ -21,7 +21,6 @@ function project(files: Record<string, string> = {}, messages = 50): string {
   return p;
 }
 
-
 const followSource = 'source:\n  type: file\n  path: data/*.ndjson\n  follow: true\n  poll_interval_ms: 50\n  batch_size: 100\n  batch_timeout_ms: 100\n  dlq: .sluice/dlq\n';
 
 async function countRows(glob: string): Promise<number> {
@@ -121,17 +120,21 @@ describe('sluice run', () => {
   });
 
   it('grows the schema when messages gain fields, nested ones included, in one output file', async () => {
-    const p = project({
-      'config/sources.yml': 'source:\n  type: file\n  path: data/*.ndjson\n  batch_size: 1\n',
-      'models/orders.sql': 'SELECT * FROM incoming\n',
-      'models/purchases.sql': 'SELECT incoming.order_id, unnest AS item FROM incoming, unnest(incoming.items)\n',
-      'data/orders.ndjson': [
-        '{"order_id": 1, "items": []}',
-        '{"order_id": 2, "items": [{"sku": "a"}]}',
-        '{"order_id": 3, "items": [{"sku": "b", "discount": 0.5}], "coupon": "X"}',
-        '{"order_id": 4.5, "items": [{"sku": "c"}]}',
-      ].join('\n') + '\n',
-    }, 0);
+    const p = project(
+      {
+        'config/sources.yml': 'source:\n  type: file\n  path: data/*.ndjson\n  batch_size: 1\n',
+        'models/orders.sql': 'SELECT * FROM incoming\n',
+        'models/purchases.sql': 'SELECT incoming.order_id, unnest AS item FROM incoming, unnest(incoming.items)\n',
+        'data/orders.ndjson':
+          [
+            '{"order_id": 1, "items": []}',
+            '{"order_id": 2, "items": [{"sku": "a"}]}',
+            '{"order_id": 3, "items": [{"sku": "b", "discount": 0.5}], "coupon": "X"}',
+            '{"order_id": 4.5, "items": [{"sku": "c"}]}',
+          ].join('\n') + '\n',
+      },
+      0,
+    );
     const r = sluice(['run', '--project', p, '--port', '0']);
     expect(r.code, r.stderr).toBe(0);
     expect(fs.readdirSync(path.join(p, 'output/orders'))).toHaveLength(1);
@@ -167,10 +170,15 @@ describe('sluice run', () => {
   });
 
   it('dead-letters failing messages alone and replays them once the model is fixed', async () => {
-    const p = project({
-      'models/codes.sql': 'SELECT incoming.order_id, CAST(incoming.code AS INTEGER) AS code FROM incoming\n',
-    }, 0);
-    const msgs = [1, 2, 3, 4, 5, 6].map((i) => JSON.stringify({ order_id: i, user: { id: i, name: 'n' }, items: [], currency: 'EUR', placed_at: 't', code: i === 3 || i === 5 ? `x${i}` : String(i * 10) }));
+    const p = project(
+      {
+        'models/codes.sql': 'SELECT incoming.order_id, CAST(incoming.code AS INTEGER) AS code FROM incoming\n',
+      },
+      0,
+    );
+    const msgs = [1, 2, 3, 4, 5, 6].map((i) =>
+      JSON.stringify({ order_id: i, user: { id: i, name: 'n' }, items: [], currency: 'EUR', placed_at: 't', code: i === 3 || i === 5 ? `x${i}` : String(i * 10) }),
+    );
     msgs.splice(2, 0, '{"order_id": 7, "user": ');
     writeFiles(p, { 'data/orders.ndjson': msgs.join('\n') + '\n' });
     const r = sluice(['run', '--project', p, '--port', '0']);
@@ -191,12 +199,19 @@ describe('sluice run', () => {
     expect(sluice(['dlq', 'inspect', '--project', p, '--limit', '1']).stdout).toMatch(/3 dead letter\(s\).*showing 1/);
 
     // Fix the model, replay: the two transform failures go through, the truncated JSON fails again.
-    writeFiles(p, { 'models/codes.sql': "SELECT incoming.order_id, coalesce(TRY_CAST(incoming.code AS INTEGER), -1) AS code FROM incoming\n" });
+    writeFiles(p, { 'models/codes.sql': 'SELECT incoming.order_id, coalesce(TRY_CAST(incoming.code AS INTEGER), -1) AS code FROM incoming\n' });
     const rep = sluice(['dlq', 'replay', '--project', p]);
     expect(rep.code, rep.stderr).toBe(0);
     expect(rep.stdout).toMatch(/replayed 3 dead letter\(s\): 2 delivered, 1 failed again/);
     const codes = await query(`SELECT order_id, code FROM read_parquet('${p}/output/codes/*.parquet') ORDER BY order_id`);
-    expect(codes.map((c) => [c.order_id, c.code])).toEqual([['1', 10], ['2', 20], ['3', -1], ['4', 40], ['5', -1], ['6', 60]]);
+    expect(codes.map((c) => [c.order_id, c.code])).toEqual([
+      ['1', 10],
+      ['2', 20],
+      ['3', -1],
+      ['4', 40],
+      ['5', -1],
+      ['6', 60],
+    ]);
     const left = JSON.parse(sluice(['dlq', 'inspect', '--project', p, '--format', 'json']).stdout) as { stage: string }[];
     expect(left.map((x) => x.stage)).toEqual(['decode']);
     expect(fs.readdirSync(path.join(p, '.sluice/dlq')).filter((f) => f.startsWith('replay-'))).toEqual([]);

@@ -148,7 +148,10 @@ describe('file sinks on S3', () => {
   it('dedupe_key on S3: keys remembered in the bucket drop a message seen by an earlier flush', async () => {
     const first = Array.from({ length: 50 }, (_, i) => orderMessage(i, 2));
     const p = project(
-      { 'config/sinks.yml': `sink: ${JSON.stringify(s3Config('dedupe', { type: 'jsonl', dedupe_key: 'order_id' }))}\n`, 'models/orders.sql': 'SELECT incoming.order_id, incoming.currency FROM incoming\n' },
+      {
+        'config/sinks.yml': `sink: ${JSON.stringify(s3Config('dedupe', { type: 'jsonl', dedupe_key: 'order_id' }))}\n`,
+        'models/orders.sql': 'SELECT incoming.order_id, incoming.currency FROM incoming\n',
+      },
       first,
     );
     run(p);
@@ -162,7 +165,9 @@ describe('file sinks on S3', () => {
   });
 
   it('a missing bucket or refused credentials stop the run with one clear line', () => {
-    const p = project({ 'config/sinks.yml': `sink: ${JSON.stringify({ ...s3Config('x'), path: 's3://no-such-bucket/x' })}\n`, 'models/orders.sql': 'SELECT incoming.order_id FROM incoming\n' }, [orderMessage(0, 1)]);
+    const p = project({ 'config/sinks.yml': `sink: ${JSON.stringify({ ...s3Config('x'), path: 's3://no-such-bucket/x' })}\n`, 'models/orders.sql': 'SELECT incoming.order_id FROM incoming\n' }, [
+      orderMessage(0, 1),
+    ]);
     const r = sluice(['run', '--project', p, '--port', '0']);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/bucket "no-such-bucket" does not exist at http:\/\/127\.0\.0\.1:\d+/);
@@ -201,7 +206,10 @@ describe('file sinks on S3', () => {
     // Whatever is visible between kills is whole: every object parses.
     const partial = await s3.download(BUCKET, 'crash/');
     dirs.push(partial);
-    for (const f of fs.readdirSync(partial, { recursive: true }).map(String).filter((x) => x.endsWith('.parquet'))) {
+    for (const f of fs
+      .readdirSync(partial, { recursive: true })
+      .map(String)
+      .filter((x) => x.endsWith('.parquet'))) {
       await query(`SELECT count(*) FROM read_parquet('${path.join(partial, f)}')`);
     }
     const last = sluice(args);

@@ -83,7 +83,12 @@ describe('per-sink error policy', () => {
       expect(d.error).toMatch(/^sink a: parquet sink: writing events\/part-.* failed/);
       expect(d.source.sink).toBe('a');
     }
-    expect(normalise(dlq.map((d) => JSON.parse(d.payload)), COLUMNS)).toEqual(expected(rows));
+    expect(
+      normalise(
+        dlq.map((d) => JSON.parse(d.payload)),
+        COLUMNS,
+      ),
+    ).toEqual(expected(rows));
     // The WAL is empty: the flush is settled, and a next run writes nothing again.
     expect(fs.readdirSync(path.join(p, '.sluice/wal/models/events'))).toEqual([]);
     fixSink(p, 'a');
@@ -128,7 +133,11 @@ describe('per-sink error policy', () => {
 
 describe('several sinks per model', () => {
   it('when one of two sinks fails, the other is written once and not again (even across a SIGKILL), the WAL keeps the rows, reading pauses at wal.max_bytes, and both get every row once repaired', async () => {
-    const p = project({ follow: true, walMaxBytes: 1, sinks: { a: { retry: { backoff_ms: 100, max_backoff_ms: 200 } }, b: { retry: { backoff_ms: 100, max_backoff_ms: 200 }, circuit: { failures: 1000 } } } });
+    const p = project({
+      follow: true,
+      walMaxBytes: 1,
+      sinks: { a: { retry: { backoff_ms: 100, max_backoff_ms: 200 } }, b: { retry: { backoff_ms: 100, max_backoff_ms: 200 }, circuit: { failures: 1000 } } },
+    });
     const first = plainRows(60);
     addInput({ id: '', dir: p }, 'a.ndjson', first);
     breakSink(p, 'b');
@@ -188,7 +197,8 @@ describe('config', () => {
     expect(sluice(['validate', '--project', p]).code).toBe(0);
     writeFiles(p, {
       'config/models.yml': 'overrides:\n  events:\n    sinks: [a, nope]\n',
-      'config/sinks.yml': 'sinks:\n  a:\n    type: parquet\n    path: out_a\n    on_error: drop\n    retry:\n      max_attempts: 0\n  b:\n    type: parquet\n    path: out_b\n    circuit: { failures: 2, cooldown: 5 }\n',
+      'config/sinks.yml':
+        'sinks:\n  a:\n    type: parquet\n    path: out_a\n    on_error: drop\n    retry:\n      max_attempts: 0\n  b:\n    type: parquet\n    path: out_b\n    circuit: { failures: 2, cooldown: 5 }\n',
     });
     const r = sluice(['validate', '--project', p]);
     expect(r.code).toBe(2);

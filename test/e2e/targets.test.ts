@@ -54,7 +54,8 @@ describe('targets and secrets', () => {
 
   it('secrets are masked in validate, compile and error output', () => {
     const d = variant({
-      'config/sources.yml': fs.readFileSync(path.join(p, 'config/sources.yml'), 'utf8') +
+      'config/sources.yml':
+        fs.readFileSync(path.join(p, 'config/sources.yml'), 'utf8') +
         `  events:\n    type: rabbitmq\n    url: amqp://app:${SECRET}@127.0.0.1:5672/\n    queue: q\n  more:\n    type: rabbitmq\n    password: \${RABBIT_PASSWORD}\n    queue: q2\n`,
       'models/ev.sql': "{{ config(sink='lake') }}\nSELECT e.id FROM {{ source('events') }} AS e\n",
       'models/ev2.sql': "{{ config(sink='lake') }}\nSELECT e.id FROM {{ source('more') }} AS e\n",

@@ -66,7 +66,8 @@ const replace = (dir: string, rel: string, make: (p: string) => void) => {
   make(path.join(dir, rel));
 };
 const SOURCE = 'source:\n  type: file\n  path: data/*.ndjson\n';
-const billionLaughs = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', ...'bcdefghi'.split('').map((c, i) => `${c}: &${c} [${Array(9).fill(`*${'abcdefghi'[i]}`).join(',')}]`)].join('\n') + '\n';
+const billionLaughs =
+  ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', ...'bcdefghi'.split('').map((c, i) => `${c}: &${c} [${Array(9).fill(`*${'abcdefghi'[i]}`).join(',')}]`)].join('\n') + '\n';
 
 const CASES: Case[] = [
   // Malformed YAML: each a syntax error at its line.
@@ -74,13 +75,25 @@ const CASES: Case[] = [
   { name: 'an unclosed quote', make: (d) => write(d, 'config/sources.yml', 'source:\n  type: "file\n  path: x\n'), expect: { file: 'config/sources.yml', line: 'any', says: /quote/ } },
   { name: 'a tab as indentation', make: (d) => write(d, 'config/sources.yml', 'source:\n\ttype: file\n'), expect: { file: 'config/sources.yml', line: 2, says: /Tabs/ } },
   { name: 'a duplicate key', make: (d) => write(d, 'config/sources.yml', SOURCE + '  path: again\n'), expect: { file: 'config/sources.yml', line: 4, says: /unique/ } },
-  { name: 'a duplicate key among 20,000 (no quadratic check)', make: (d) => write(d, 'config/models.yml', Array.from({ length: 20_000 }, (_, i) => `k${i}: ${i}`).join('\n') + '\nk7: again\n'), expect: { file: 'config/models.yml', line: 20_001, says: /unique/ } },
+  {
+    name: 'a duplicate key among 20,000 (no quadratic check)',
+    make: (d) => write(d, 'config/models.yml', Array.from({ length: 20_000 }, (_, i) => `k${i}: ${i}`).join('\n') + '\nk7: again\n'),
+    expect: { file: 'config/models.yml', line: 20_001, says: /unique/ },
+  },
   { name: 'an unclosed flow mapping', make: (d) => write(d, 'config/sinks.yml', 'sink: {type: parquet, path: x\n'), expect: { file: 'config/sinks.yml', line: 'any' } },
   { name: 'two YAML documents', make: (d) => write(d, 'config/sources.yml', SOURCE + '---\nsource: {}\n'), expect: { file: 'config/sources.yml', line: 4 } },
   { cli: true, name: 'an anchor bomb (billion laughs)', make: (d) => write(d, 'config/models.yml', billionLaughs), expect: { file: 'config/models.yml', line: 2, says: /alias/ } },
   { name: 'an alias to an undefined anchor', make: (d) => write(d, 'config/models.yml', 'max_age_seconds: *nope\n'), expect: { file: 'config/models.yml', line: 1 } },
-  { name: '20,000 nested flow lists', make: (d) => write(d, 'config/models.yml', 'x: ' + '['.repeat(20_000) + ']'.repeat(20_000) + '\n'), expect: { file: 'config/models.yml', line: 1, says: /deeper/ } },
-  { name: '3,000 nested block mappings', make: (d) => write(d, 'config/models.yml', Array.from({ length: 3000 }, (_, i) => `${' '.repeat(i)}k:`).join('\n') + ' 1\n'), expect: { file: 'config/models.yml', line: 'any', says: /deeper/ } },
+  {
+    name: '20,000 nested flow lists',
+    make: (d) => write(d, 'config/models.yml', 'x: ' + '['.repeat(20_000) + ']'.repeat(20_000) + '\n'),
+    expect: { file: 'config/models.yml', line: 1, says: /deeper/ },
+  },
+  {
+    name: '3,000 nested block mappings',
+    make: (d) => write(d, 'config/models.yml', Array.from({ length: 3000 }, (_, i) => `${' '.repeat(i)}k:`).join('\n') + ' 1\n'),
+    expect: { file: 'config/models.yml', line: 'any', says: /deeper/ },
+  },
   // Wrong types.
   { cli: true, name: 'a string for batch_size', make: (d) => write(d, 'config/sources.yml', SOURCE + '  batch_size: lots\n'), expect: { file: 'config/sources.yml', line: 4, says: /batch_size/ } },
   { name: 'a list for source', make: (d) => write(d, 'config/sources.yml', 'source:\n  - type: file\n'), expect: { file: 'config/sources.yml', line: 1 } },
@@ -94,18 +107,32 @@ const CASES: Case[] = [
   { cli: true, name: 'an unknown source key', make: (d) => write(d, 'config/sources.yml', SOURCE + '  bogus: 1\n'), expect: { file: 'config/sources.yml', line: 4, says: /bogus/ } },
   { name: 'an unknown top-level key', make: (d) => write(d, 'sluice.yml', 'name: p\nwall: {}\n'), expect: { file: 'sluice.yml', line: 2, says: /wall/ } },
   { name: 'an unknown override key', make: (d) => write(d, 'config/models.yml', 'overrides:\n  orders:\n    max_age: 1\n'), expect: { file: 'config/models.yml', line: 3, says: /max_age/ } },
-  { name: '20,000 unknown keys (issues capped)', make: (d) => write(d, 'config/models.yml', Array.from({ length: 20_000 }, (_, i) => `key_${i}: ${i}`).join('\n') + '\n'), expect: { file: 'config/models.yml', line: 1, says: /unknown key/ } },
+  {
+    name: '20,000 unknown keys (issues capped)',
+    make: (d) => write(d, 'config/models.yml', Array.from({ length: 20_000 }, (_, i) => `key_${i}: ${i}`).join('\n') + '\n'),
+    expect: { file: 'config/models.yml', line: 1, says: /unknown key/ },
+  },
   // Giant files.
   { name: '20 MB of YAML comments', make: (d) => write(d, 'config/models.yml', `# ${'x'.repeat(77)}\n`.repeat((20 * MB) / 80)), expect: { file: 'config/models.yml', says: /bytes/ } },
-  { cli: true, name: '20 MB of YAML keys', make: (d) => write(d, 'config/sources.yml', SOURCE + Array.from({ length: 1_200_000 }, (_, i) => `  k${i}: ${i}`).join('\n')), expect: { file: 'config/sources.yml', says: /bytes/ } },
+  {
+    cli: true,
+    name: '20 MB of YAML keys',
+    make: (d) => write(d, 'config/sources.yml', SOURCE + Array.from({ length: 1_200_000 }, (_, i) => `  k${i}: ${i}`).join('\n')),
+    expect: { file: 'config/sources.yml', says: /bytes/ },
+  },
   { name: 'a 20 MB string value', make: (d) => write(d, 'config/sources.yml', `source:\n  type: file\n  path: ${'x'.repeat(20 * MB)}\n`), expect: { file: 'config/sources.yml', says: /bytes/ } },
   // Symbolic links, directories, devices.
   { cli: true, name: 'a symlink to a missing file', make: (d) => replace(d, 'config/sinks.yml', (p) => fs.symlinkSync('nowhere.yml', p)), expect: { file: 'config/sinks.yml', says: /symbolic link/ } },
   { name: 'a symlink loop', make: (d) => replace(d, 'config/models.yml', (p) => fs.symlinkSync('models.yml', p)), expect: { file: 'config/models.yml', says: /loop/ } },
-  { name: 'a two-link loop', make: (d) => replace(d, 'config/sources.yml', (p) => {
-      fs.symlinkSync('other.yml', p);
-      fs.symlinkSync('sources.yml', path.join(path.dirname(p), 'other.yml'));
-    }), expect: { file: 'config/sources.yml', says: /loop/ } },
+  {
+    name: 'a two-link loop',
+    make: (d) =>
+      replace(d, 'config/sources.yml', (p) => {
+        fs.symlinkSync('other.yml', p);
+        fs.symlinkSync('sources.yml', path.join(path.dirname(p), 'other.yml'));
+      }),
+    expect: { file: 'config/sources.yml', says: /loop/ },
+  },
   { name: 'a symlink to a missing model', make: (d) => fs.symlinkSync('gone.sql', path.join(d, 'models/gone.sql')), expect: { file: 'models/gone.sql', says: /symbolic link/ } },
   { name: 'a directory for sluice.yml', make: (d) => replace(d, 'sluice.yml', (p) => fs.mkdirSync(p)), expect: { file: 'sluice.yml', says: /directory/ } },
   { cli: true, name: 'a directory for sources.yml', make: (d) => replace(d, 'config/sources.yml', (p) => fs.mkdirSync(p)), expect: { file: 'config/sources.yml', says: /directory/ } },
@@ -114,23 +141,43 @@ const CASES: Case[] = [
   { name: 'a dangling symlink for a unit test file', make: (d) => fs.symlinkSync('gone.yml', path.join(d, 'tests/unit.yml')), expect: { file: 'tests/unit.yml', says: /symbolic link/ } },
   { name: 'a file for the models directory', make: (d) => replace(d, 'models', (p) => fs.writeFileSync(p, 'x')), expect: { file: 'models', says: /not the models directory/ } },
   { name: 'a file for the tests directory', make: (d) => replace(d, 'tests', (p) => fs.writeFileSync(p, 'x')), expect: { file: 'tests', says: /not the tests directory/ } },
-  { cli: true, name: 'a named pipe for models.yml (reading it would hang)', make: (d) => replace(d, 'config/models.yml', (p) => spawnSync('mkfifo', [p])), expect: { file: 'config/models.yml', says: /regular file/ } },
+  {
+    cli: true,
+    name: 'a named pipe for models.yml (reading it would hang)',
+    make: (d) => replace(d, 'config/models.yml', (p) => spawnSync('mkfifo', [p])),
+    expect: { file: 'config/models.yml', says: /regular file/ },
+  },
   { name: 'a symlink to /dev/zero (endless)', make: (d) => replace(d, 'config/models.yml', (p) => fs.symlinkSync('/dev/zero', p)), expect: { file: 'config/models.yml', says: /regular file/ } },
   // Empty files, bytes that are not text.
   { name: 'an empty sources.yml', make: (d) => write(d, 'config/sources.yml', ''), expect: { file: 'config/sources.yml', line: 1 } },
   { name: 'a sources.yml of whitespace and comments', make: (d) => write(d, 'config/sources.yml', '\n  \n# nothing\n'), expect: { file: 'config/sources.yml', line: 'any' } },
   { name: 'an empty model', make: (d) => write(d, 'models/orders.sql', ''), expect: undefined, cliOnly: false },
-  { cli: true, name: 'invalid UTF-8', make: (d) => write(d, 'config/sources.yml', Buffer.concat([Buffer.from('source:\n  type: file\n  path: caf'), Buffer.from([0xe9]), Buffer.from('.ndjson\n')])), expect: { file: 'config/sources.yml', line: 3, says: /UTF-8/ } },
+  {
+    cli: true,
+    name: 'invalid UTF-8',
+    make: (d) => write(d, 'config/sources.yml', Buffer.concat([Buffer.from('source:\n  type: file\n  path: caf'), Buffer.from([0xe9]), Buffer.from('.ndjson\n')])),
+    expect: { file: 'config/sources.yml', line: 3, says: /UTF-8/ },
+  },
   { name: 'a UTF-16 file', make: (d) => write(d, 'config/sources.yml', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(SOURCE, 'utf16le')])), expect: { file: 'config/sources.yml', line: 1 } },
   { name: 'a NUL byte in YAML', make: (d) => write(d, 'config/sources.yml', 'source:\n  type: file\n  path: a\0b\n'), expect: { file: 'config/sources.yml', line: 3, says: /NUL/ } },
   { name: 'a NUL byte in a model', make: (d) => write(d, 'models/orders.sql', 'SELECT 1 AS x\n\0FROM incoming\n'), expect: { file: 'models/orders.sql', line: 2, says: /NUL/ } },
-  { name: 'an unset variable', make: (d) => write(d, 'config/sources.yml', 'source:\n  type: file\n  path: ${SLUICE_FUZZ_UNSET_VAR}\n'), expect: { file: 'config/sources.yml', line: 3, says: /SLUICE_FUZZ_UNSET_VAR/ } },
+  {
+    name: 'an unset variable',
+    make: (d) => write(d, 'config/sources.yml', 'source:\n  type: file\n  path: ${SLUICE_FUZZ_UNSET_VAR}\n'),
+    expect: { file: 'config/sources.yml', line: 3, says: /SLUICE_FUZZ_UNSET_VAR/ },
+  },
   // Hostile but valid: these load.
   { name: 'a BOM', make: (d) => write(d, 'config/sources.yml', '\ufeff' + SOURCE) },
   { name: 'CRLF line ends', make: (d) => write(d, 'config/sources.yml', SOURCE.replace(/\n/g, '\r\n')) },
   { name: 'an empty sluice.yml', make: (d) => write(d, 'sluice.yml', '') },
   // Only DuckDB can tell: the CLI must still name the file and line.
-  { cli: true, name: 'a memory limit DuckDB refuses', make: (d) => write(d, 'sluice.yml', 'name: p\nduckdb:\n  memory_limit: lots\n'), expect: { file: 'sluice.yml', line: 2, says: /memory_limit/ }, cliOnly: true },
+  {
+    cli: true,
+    name: 'a memory limit DuckDB refuses',
+    make: (d) => write(d, 'sluice.yml', 'name: p\nduckdb:\n  memory_limit: lots\n'),
+    expect: { file: 'sluice.yml', line: 2, says: /memory_limit/ },
+    cliOnly: true,
+  },
 ];
 
 function issuesOf(e: ConfigError): string {
@@ -216,10 +263,81 @@ describe('config hostility: each case through the loader and the CLI', () => {
 
 const YAML_FILES = ['sluice.yml', 'config/sources.yml', 'config/sinks.yml', 'config/models.yml', 'tests/orders.yml'];
 const FRAGMENTS = [
-  '{', '}', '[', ']', ': ', ':', '- ', '-', '? ', ',', '"', "'", '#', '&a ', '*a', '&a [x, *a]', '!!str ', '!!int ', '!!binary ', '!foo ', '|', '>-', '---\n', '...\n', '%YAML 1.2\n',
-  '<<: *a\n', '${X}', '${X:-', '${', '\t', '\r\n', '\r', '\0', '\ufeff', '\u2028', '~', 'null', 'true', 'yes', '0x1F', '1e400', '-.inf', '.nan', '9'.repeat(40), '2024-01-01', '@', '`', '%',
+  '{',
+  '}',
+  '[',
+  ']',
+  ': ',
+  ':',
+  '- ',
+  '-',
+  '? ',
+  ',',
+  '"',
+  "'",
+  '#',
+  '&a ',
+  '*a',
+  '&a [x, *a]',
+  '!!str ',
+  '!!int ',
+  '!!binary ',
+  '!foo ',
+  '|',
+  '>-',
+  '---\n',
+  '...\n',
+  '%YAML 1.2\n',
+  '<<: *a\n',
+  '${X}',
+  '${X:-',
+  '${',
+  '\t',
+  '\r\n',
+  '\r',
+  '\0',
+  '\ufeff',
+  '\u2028',
+  '~',
+  'null',
+  'true',
+  'yes',
+  '0x1F',
+  '1e400',
+  '-.inf',
+  '.nan',
+  '9'.repeat(40),
+  '2024-01-01',
+  '@',
+  '`',
+  '%',
 ];
-const VALUES = ['', '~', '[]', '{}', '[1, 2]', '{a: 1}', '-1', '0', '1.5', '1e400', '99999999999999999999', 'true', '"str"', "'x'", '|\n  text', '*undefined_alias', '&anchor x', '!!binary aGk=', 'file', 'kafka', '/', '..', '${HOME}', '"\\u0000"'];
+const VALUES = [
+  '',
+  '~',
+  '[]',
+  '{}',
+  '[1, 2]',
+  '{a: 1}',
+  '-1',
+  '0',
+  '1.5',
+  '1e400',
+  '99999999999999999999',
+  'true',
+  '"str"',
+  "'x'",
+  '|\n  text',
+  '*undefined_alias',
+  '&anchor x',
+  '!!binary aGk=',
+  'file',
+  'kafka',
+  '/',
+  '..',
+  '${HOME}',
+  '"\\u0000"',
+];
 
 type Op =
   | { op: 'insert'; at: number; text: string }
@@ -242,8 +360,20 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ op: fc.constant('swapLines' as const), line: fc.nat() }),
   fc.record({ op: fc.constant('indent' as const), line: fc.nat(), by: fc.integer({ min: -4, max: 6 }), tab: fc.boolean() }),
   fc.record({ op: fc.constant('value' as const), line: fc.nat(), value: fc.oneof(fc.constantFrom(...VALUES), fc.string({ maxLength: 6 })) }),
-  fc.record({ op: fc.constant('renameKey' as const), line: fc.nat(), to: fc.oneof(fc.constantFrom('type', 'path', 'batch_size', 'sink', 'sinks', 'source', 'sources', 'overrides', 'targets', 'target', 'Type', 'PATH', '__proto__', 'constructor', '', '"quoted key"', 'a b'), fc.string({ minLength: 1, maxLength: 6 })) }),
-  fc.record({ op: fc.constant('addKey' as const), line: fc.nat(), key: fc.constantFrom('bogus', 'type', 'batch_size', 'sink', 'tests', 'columns', 'vars', 'limits', 'contract', 'retry', 'on_error', '<<'), value: fc.constantFrom(...VALUES) }),
+  fc.record({
+    op: fc.constant('renameKey' as const),
+    line: fc.nat(),
+    to: fc.oneof(
+      fc.constantFrom('type', 'path', 'batch_size', 'sink', 'sinks', 'source', 'sources', 'overrides', 'targets', 'target', 'Type', 'PATH', '__proto__', 'constructor', '', '"quoted key"', 'a b'),
+      fc.string({ minLength: 1, maxLength: 6 }),
+    ),
+  }),
+  fc.record({
+    op: fc.constant('addKey' as const),
+    line: fc.nat(),
+    key: fc.constantFrom('bogus', 'type', 'batch_size', 'sink', 'tests', 'columns', 'vars', 'limits', 'contract', 'retry', 'on_error', '<<'),
+    value: fc.constantFrom(...VALUES),
+  }),
   fc.record({ op: fc.constant('truncate' as const), at: fc.nat() }),
   fc.record({ op: fc.constant('bytes' as const), at: fc.nat(), bytes: fc.constantFrom([0xff], [0xc3], [0xe2, 0x82], [0xed, 0xa0, 0x80], [0xc0, 0x80], [0x00]) }),
 );
@@ -328,26 +458,32 @@ describe('config hostility: random mutations of a valid project (fast-check)', (
     }
     return out;
   };
-  const shown = (files: Record<string, Buffer>) => Object.entries(files).map(([f, b]) => `--- ${f}\n${b.toString('utf8')}`).join('\n');
+  const shown = (files: Record<string, Buffer>) =>
+    Object.entries(files)
+      .map(([f, b]) => `--- ${f}\n${b.toString('utf8')}`)
+      .join('\n');
 
   const b = budget(150, 0.7, PROPERTY_SECONDS);
   it('loadProject: a project or a ConfigError naming the file (and a line in it), quickly', { timeout: b.timeout }, async () => {
     await fc.assert(
-      fc.asyncProperty(mutationArb, timed(b, (m: Mutation) => {
-        const files = apply(m);
-        const r = load(dir);
-        const ctx = `\nmutated files:\n${shown(files)}`;
-        if (r.other) throw new Error(`loadProject threw ${(r.other as Error)?.constructor?.name}, not a ConfigError: ${(r.other as Error)?.stack ?? String(r.other)}${ctx}`);
-        if (r.ms > LOAD_MS) throw new Error(`loading took ${Math.round(r.ms)} ms${ctx}`);
-        if (!r.error) return;
-        for (const i of r.error.issues) {
-          const abs = path.resolve(i.file);
-          if (!i.file || !abs.startsWith(dir)) throw new Error(`an issue names no file of the project: ${JSON.stringify(i)}${ctx}`);
-          if (!i.message?.trim()) throw new Error(`an issue without a message: ${JSON.stringify(i)}${ctx}`);
-          if (i.line !== undefined && (!Number.isInteger(i.line) || i.line < 1 || i.line > lineCount(abs))) throw new Error(`an issue's line is not a line of ${i.file}: ${JSON.stringify(i)}${ctx}`);
-          if (/YAML syntax error/.test(i.message) && i.line === undefined) throw new Error(`a YAML syntax error without its line: ${JSON.stringify(i)}${ctx}`);
-        }
-      })),
+      fc.asyncProperty(
+        mutationArb,
+        timed(b, (m: Mutation) => {
+          const files = apply(m);
+          const r = load(dir);
+          const ctx = `\nmutated files:\n${shown(files)}`;
+          if (r.other) throw new Error(`loadProject threw ${(r.other as Error)?.constructor?.name}, not a ConfigError: ${(r.other as Error)?.stack ?? String(r.other)}${ctx}`);
+          if (r.ms > LOAD_MS) throw new Error(`loading took ${Math.round(r.ms)} ms${ctx}`);
+          if (!r.error) return;
+          for (const i of r.error.issues) {
+            const abs = path.resolve(i.file);
+            if (!i.file || !abs.startsWith(dir)) throw new Error(`an issue names no file of the project: ${JSON.stringify(i)}${ctx}`);
+            if (!i.message?.trim()) throw new Error(`an issue without a message: ${JSON.stringify(i)}${ctx}`);
+            if (i.line !== undefined && (!Number.isInteger(i.line) || i.line < 1 || i.line > lineCount(abs))) throw new Error(`an issue's line is not a line of ${i.file}: ${JSON.stringify(i)}${ctx}`);
+            if (/YAML syntax error/.test(i.message) && i.line === undefined) throw new Error(`a YAML syntax error without its line: ${JSON.stringify(i)}${ctx}`);
+          }
+        }),
+      ),
       b.params as fc.Parameters<[Mutation]>,
     );
   });
@@ -355,15 +491,18 @@ describe('config hostility: random mutations of a valid project (fast-check)', (
   const c = budget(6, 0.3, PROPERTY_SECONDS);
   it('sluice validate: exit 0 or 2, the file on stderr, no stack trace', { timeout: c.timeout + 60_000 }, async () => {
     await fc.assert(
-      fc.asyncProperty(mutationArb, timed(c, async (m: Mutation) => {
-        const files = apply(m);
-        const r = await sluiceAsync(['validate', '--project', dir], { timeout: 60_000 });
-        const ctx = `\nexit ${r.code}\nstdout: ${preview(r.stdout, 1000)}\nstderr: ${preview(r.stderr, 2000)}\nmutated files:\n${shown(files)}`;
-        if (STACK.test(r.stderr) || STACK.test(r.stdout)) throw new Error(`a stack trace${ctx}`);
-        if (/Warning:|FATAL|Native stack/.test(r.stderr)) throw new Error(`a warning or crash report on stderr${ctx}`);
-        if (r.code !== 0 && r.code !== 2) throw new Error(`exit ${r.code}: neither valid nor a config error${ctx}`);
-        if (r.code === 2 && !r.stderr.includes(dir)) throw new Error(`the error names no file of the project${ctx}`);
-      })),
+      fc.asyncProperty(
+        mutationArb,
+        timed(c, async (m: Mutation) => {
+          const files = apply(m);
+          const r = await sluiceAsync(['validate', '--project', dir], { timeout: 60_000 });
+          const ctx = `\nexit ${r.code}\nstdout: ${preview(r.stdout, 1000)}\nstderr: ${preview(r.stderr, 2000)}\nmutated files:\n${shown(files)}`;
+          if (STACK.test(r.stderr) || STACK.test(r.stdout)) throw new Error(`a stack trace${ctx}`);
+          if (/Warning:|FATAL|Native stack/.test(r.stderr)) throw new Error(`a warning or crash report on stderr${ctx}`);
+          if (r.code !== 0 && r.code !== 2) throw new Error(`exit ${r.code}: neither valid nor a config error${ctx}`);
+          if (r.code === 2 && !r.stderr.includes(dir)) throw new Error(`the error names no file of the project${ctx}`);
+        }),
+      ),
       c.params as fc.Parameters<[Mutation]>,
     );
   });

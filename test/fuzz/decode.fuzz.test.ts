@@ -121,11 +121,7 @@ function collapseMaps(s: Structure, top = true): Structure {
 }
 
 /** What DuckDB's json_structure() makes of a message alone. */
-type Shape =
-  | { kind: 'unreadable'; why: string }
-  | { kind: 'not-object'; structure: string }
-  | { kind: 'too-deep' }
-  | { kind: 'object'; structure: string };
+type Shape = { kind: 'unreadable'; why: string } | { kind: 'not-object'; structure: string } | { kind: 'too-deep' } | { kind: 'object'; structure: string };
 
 type Reading = { kind: 'row'; json: string } | { kind: 'unreadable'; why: string };
 
@@ -312,7 +308,10 @@ function checkMessage(h: Hostile): Promise<void> {
     await checkAlone(h, again.outcomes[0], alone, `again, ${again.path} path, schema established`);
     const was = (o: Outcome) => (o.failure ? 'dead-lettered' : o.rows[0]);
     if (was(first.outcomes[0]) !== was(again.outcomes[0])) {
-      fail(h, 'a second pass (schema established: the fast path) changed the outcome', { first: first.outcomes[0].failure ?? first.outcomes[0].rows, again: again.outcomes[0].failure ?? again.outcomes[0].rows });
+      fail(h, 'a second pass (schema established: the fast path) changed the outcome', {
+        first: first.outcomes[0].failure ?? first.outcomes[0].rows,
+        again: again.outcomes[0].failure ?? again.outcomes[0].rows,
+      });
     }
   });
 }
@@ -328,7 +327,10 @@ function checkBatch(hs: Hostile[]): Promise<void> {
     }
     const ex = await freshExecutor();
     const show = hs.map((h, i) => `#${i} ${h}`).join('\n    ');
-    for (const [pass, asBlock] of [['batch as a block', true], ['same batch again as strings, schema established', false]] as const) {
+    for (const [pass, asBlock] of [
+      ['batch as a block', true],
+      ['same batch again as strings, schema established', false],
+    ] as const) {
       const run = await runBatch(conn, ex, hs, asBlock);
       if (!run.ok) throw new Error(`process() threw on a batch (${pass}): ${run.threw}\n  batch:\n    ${show}`);
       const schema = run.structure as Structure | undefined;
@@ -386,8 +388,39 @@ const jsonMessages = jsonTextArb.map((t) => Hostile.text('JSON', t));
 
 /** Bytes hostile enough to insert: JSON's punctuation, escapes, separators, invalid UTF-8. */
 const FRAGMENTS: (string | number[])[] = [
-  '{', '}', '[', ']', '"', ':', ',', '\\', '\\u', '\\ud800', '\\u0000', '\\"', 'null', 'tru', '1e400', '-', '.', 'NaN',
-  '\n', '\r\n', '\r', '\t', '\ufeff', '\u2028', ' ', [0], [0x1e], [0xff], [0xc3], [0xed, 0xa0, 0x80], [0xc0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0x80],
+  '{',
+  '}',
+  '[',
+  ']',
+  '"',
+  ':',
+  ',',
+  '\\',
+  '\\u',
+  '\\ud800',
+  '\\u0000',
+  '\\"',
+  'null',
+  'tru',
+  '1e400',
+  '-',
+  '.',
+  'NaN',
+  '\n',
+  '\r\n',
+  '\r',
+  '\t',
+  '\ufeff',
+  '\u2028',
+  ' ',
+  [0],
+  [0x1e],
+  [0xff],
+  [0xc3],
+  [0xed, 0xa0, 0x80],
+  [0xc0, 0x80],
+  [0xf4, 0x90, 0x80, 0x80],
+  [0x80],
 ];
 const fragmentArb = fc.oneof(
   { weight: 3, arbitrary: fc.constantFrom(...FRAGMENTS).map((f) => (typeof f === 'string' ? Buffer.from(f) : Buffer.from(f))) },
@@ -417,20 +450,52 @@ function mutate(b: Buffer, m: Mutation): Buffer {
       return Buffer.concat([b.subarray(0, at + m.len), b.subarray(at)]);
   }
 }
-const mutatedMessages = fc
-  .tuple(objectArb, fc.array(mutationArb, { minLength: 1, maxLength: 4 }), fc.boolean())
-  .map(([text, ms, asText]) => {
-    const bytes = ms.reduce(mutate, Buffer.from(text));
-    const label = `mutated JSON (${ms.map((m) => m.op).join(', ')})`;
-    return asText && isUtf8(bytes) ? Hostile.text(label, bytes.toString('utf8')) : new Hostile(label, bytes);
-  });
+const mutatedMessages = fc.tuple(objectArb, fc.array(mutationArb, { minLength: 1, maxLength: 4 }), fc.boolean()).map(([text, ms, asText]) => {
+  const bytes = ms.reduce(mutate, Buffer.from(text));
+  const label = `mutated JSON (${ms.map((m) => m.op).join(', ')})`;
+  return asText && isUtf8(bytes) ? Hostile.text(label, bytes.toString('utf8')) : new Hostile(label, bytes);
+});
 
 /** Unicode hostility: escaped and raw lone surrogates, NULs, BOMs, CR/LF, separators, invalid bytes. */
 const TEXT_FRAGMENTS = [
-  '\\ud800', '\\udfff', '\\udc00\\ud800', '\\ud83d\\ude00', '\\ud83d', 'x\\ud800y', '\ud800', '\udc00', '\ud83d\ude00', '\\u0000', '\u0000',
-  '\ufeff', '\r\n', '\r', '\u2028\u2029', '\u001e', '\u007f', '\uffff', '\ufffd', 'é', 'e\u0301', '\\/', '\\b\\f\\n\\r\\t',
+  '\\ud800',
+  '\\udfff',
+  '\\udc00\\ud800',
+  '\\ud83d\\ude00',
+  '\\ud83d',
+  'x\\ud800y',
+  '\ud800',
+  '\udc00',
+  '\ud83d\ude00',
+  '\\u0000',
+  '\u0000',
+  '\ufeff',
+  '\r\n',
+  '\r',
+  '\u2028\u2029',
+  '\u001e',
+  '\u007f',
+  '\uffff',
+  '\ufffd',
+  'é',
+  'e\u0301',
+  '\\/',
+  '\\b\\f\\n\\r\\t',
 ];
-const BYTE_FRAGMENTS = [[0xff], [0xfe, 0xff], [0xc3, 0x28], [0xe2, 0x82], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xed, 0xbf, 0xbf], [0xf5, 0x80, 0x80, 0x80], [0xf0, 0x9f, 0x98], [0x80, 0x80], [0xef, 0xbb, 0xbf], [0x00]];
+const BYTE_FRAGMENTS = [
+  [0xff],
+  [0xfe, 0xff],
+  [0xc3, 0x28],
+  [0xe2, 0x82],
+  [0xc0, 0x80],
+  [0xed, 0xa0, 0x80],
+  [0xed, 0xbf, 0xbf],
+  [0xf5, 0x80, 0x80, 0x80],
+  [0xf0, 0x9f, 0x98],
+  [0x80, 0x80],
+  [0xef, 0xbb, 0xbf],
+  [0x00],
+];
 const unicodeMessages = fc
   .tuple(
     fc.array(fc.oneof(fc.constantFrom(...TEXT_FRAGMENTS), fc.string({ unit: 'binary', maxLength: 3 })), { minLength: 1, maxLength: 3 }),
@@ -441,12 +506,18 @@ const unicodeMessages = fc
     const f = frags.join('');
     const wrap = (x: string) => {
       switch (where) {
-        case 'value': return `{"k":"${x}","n":1}`;
-        case 'key': return `{"${x}":1}`;
-        case 'before': return `${x}{"a":1}`;
-        case 'after': return `{"a":1}${x}`;
-        case 'between': return `{"a":${x}1,${x}"b":"c"}`;
-        default: return `{"a":["${x}","${x}"]}`;
+        case 'value':
+          return `{"k":"${x}","n":1}`;
+        case 'key':
+          return `{"${x}":1}`;
+        case 'before':
+          return `${x}{"a":1}`;
+        case 'after':
+          return `{"a":1}${x}`;
+        case 'between':
+          return `{"a":${x}1,${x}"b":"c"}`;
+        default:
+          return `{"a":["${x}","${x}"]}`;
       }
     };
     if (!bytes) return Hostile.text(`unicode in ${where}`, wrap(f));
@@ -456,9 +527,36 @@ const unicodeMessages = fc
 
 /** Numbers DuckDB types by their text: huge, tiny, negative zero, NaN, and invalid ones. */
 const NUMBERS = [
-  '1e400', '-1e400', '1e-400', '-0', '-0.0', '0e0', '1E+2', '99999999999999999999999', '18446744073709551615', '18446744073709551616',
-  '9223372036854775807', '9223372036854775808', '-9223372036854775808', '-9223372036854775809', '1.7976931348623157e308', '2e308',
-  '4.9e-324', '5e-325', 'NaN', 'Infinity', '-Infinity', 'inf', '01', '+1', '.5', '5.', '0x10', '1e', '--1', '1.5e+',
+  '1e400',
+  '-1e400',
+  '1e-400',
+  '-0',
+  '-0.0',
+  '0e0',
+  '1E+2',
+  '99999999999999999999999',
+  '18446744073709551615',
+  '18446744073709551616',
+  '9223372036854775807',
+  '9223372036854775808',
+  '-9223372036854775808',
+  '-9223372036854775809',
+  '1.7976931348623157e308',
+  '2e308',
+  '4.9e-324',
+  '5e-325',
+  'NaN',
+  'Infinity',
+  '-Infinity',
+  'inf',
+  '01',
+  '+1',
+  '.5',
+  '5.',
+  '0x10',
+  '1e',
+  '--1',
+  '1.5e+',
 ];
 const digits = (min: number, max: number) => fc.string({ unit: fc.constantFrom(...'0123456789'), minLength: min, maxLength: max });
 const numberTextArb = fc.oneof(
@@ -469,17 +567,27 @@ const numberTextArb = fc.oneof(
   fc.double().map((d) => String(d)),
   fc.bigInt({ min: -(2n ** 130n), max: 2n ** 130n }).map(String),
 );
-const numberMessages = fc
-  .tuple(fc.array(numberTextArb, { minLength: 1, maxLength: 4 }), fc.constantFrom('fields', 'list', 'nested'))
-  .map(([ns, shape]) => {
-    const text = shape === 'fields' ? `{${ns.map((n, i) => `"n${i}":${n}`).join(',')}}` : shape === 'list' ? `{"n":[${ns.join(',')}]}` : `{"o":{"n":${ns[0]}},"l":[{"n":${ns[ns.length - 1]}}]}`;
-    return Hostile.text(`numbers in ${shape}`, text);
-  });
+const numberMessages = fc.tuple(fc.array(numberTextArb, { minLength: 1, maxLength: 4 }), fc.constantFrom('fields', 'list', 'nested')).map(([ns, shape]) => {
+  const text = shape === 'fields' ? `{${ns.map((n, i) => `"n${i}":${n}`).join(',')}}` : shape === 'list' ? `{"n":[${ns.join(',')}]}` : `{"o":{"n":${ns[0]}},"l":[{"n":${ns[ns.length - 1]}}]}`;
+  return Hostile.text(`numbers in ${shape}`, text);
+});
 
 /** Objects whose keys repeat: exactly, by case, by escape, by Unicode normalisation. */
 const DUP_KEYS = ['a', 'a', 'A', '\\u0061', 'b', 'ä', 'a\\u0308', '', '__sluice_msg'];
 const duplicateMessages = fc
-  .tuple(fc.array(fc.tuple(fc.constantFrom(...DUP_KEYS), fc.oneof(valueArb.map((v) => JSON.stringify(v)), fc.constantFrom('1', '"x"', 'null', '{"c":1}', '[1]'))), { minLength: 2, maxLength: 6 }), fc.boolean())
+  .tuple(
+    fc.array(
+      fc.tuple(
+        fc.constantFrom(...DUP_KEYS),
+        fc.oneof(
+          valueArb.map((v) => JSON.stringify(v)),
+          fc.constantFrom('1', '"x"', 'null', '{"c":1}', '[1]'),
+        ),
+      ),
+      { minLength: 2, maxLength: 6 },
+    ),
+    fc.boolean(),
+  )
   .map(([pairs, nested]) => {
     const obj = `{${pairs.map(([k, v]) => `"${k}":${v}`).join(',')}}`;
     return Hostile.text(`duplicate keys${nested ? ', nested' : ''}`, nested ? `{"outer":${obj},"x":[${obj}]}` : obj);
@@ -488,7 +596,11 @@ const duplicateMessages = fc
 /** Nesting from 1 to 3,000 levels, around the limit most often; closed or not. */
 const deepMessages = fc
   .record({
-    depth: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 1, max: 60 }) }, { weight: 3, arbitrary: fc.integer({ min: 120, max: 136 }) }, { weight: 2, arbitrary: fc.integer({ min: 1, max: 3000 }) }),
+    depth: fc.oneof(
+      { weight: 3, arbitrary: fc.integer({ min: 1, max: 60 }) },
+      { weight: 3, arbitrary: fc.integer({ min: 120, max: 136 }) },
+      { weight: 2, arbitrary: fc.integer({ min: 1, max: 3000 }) },
+    ),
     shape: fc.constantFrom('objects', 'lists', 'mixed'),
     leaf: fc.constantFrom('1', '"x"', 'null', '{}', '[]', '{"z":[1,2]}'),
     closed: fc.oneof({ weight: 5, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
@@ -506,7 +618,12 @@ const deepMessages = fc
 /** Up to 5,000 keys: at the top (columns), one level down (a map), in a list of objects. */
 const wideMessages = fc
   .record({
-    n: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 0, max: 40 }) }, { weight: 2, arbitrary: fc.integer({ min: 195, max: 205 }) }, { weight: 1, arbitrary: fc.integer({ min: 990, max: 1010 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 5000 }) }),
+    n: fc.oneof(
+      { weight: 3, arbitrary: fc.integer({ min: 0, max: 40 }) },
+      { weight: 2, arbitrary: fc.integer({ min: 195, max: 205 }) },
+      { weight: 1, arbitrary: fc.integer({ min: 990, max: 1010 }) },
+      { weight: 1, arbitrary: fc.integer({ min: 0, max: 5000 }) },
+    ),
     at: fc.constantFrom('top', 'nested', 'list'),
     value: fc.constantFrom('int', 'mixed', 'object'),
     prefix: fc.constantFrom('k', 'K', 'key with spaces ', 'é'),
@@ -538,7 +655,10 @@ const cheapMessages = fc.oneof(jsonMessages, mutatedMessages, unicodeMessages, n
 /** The corpus: every committed file (an .ndjson line by line), and the big ones built in memory. */
 function corpus(): Hostile[] {
   const out: Hostile[] = [];
-  const files = fs.readdirSync(CORPUS_DIR).filter((f) => /\.(json|ndjson|bin)$/.test(f)).sort();
+  const files = fs
+    .readdirSync(CORPUS_DIR)
+    .filter((f) => /\.(json|ndjson|bin)$/.test(f))
+    .sort();
   for (const f of files) {
     const bytes = fs.readFileSync(path.join(CORPUS_DIR, f));
     if (f.endsWith('.ndjson')) {
@@ -633,7 +753,11 @@ describe('decode fuzzing: messages that could crash the process', () => {
       process.stdout.write(JSON.stringify(out));
     `;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 120_000, maxBuffer: 64 * 2 ** 20 });
-    const last = r.stderr.trim().split('\n').filter((l) => l.startsWith('running ')).pop();
+    const last = r.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('running '))
+      .pop();
     const why = `exit ${r.status}, signal ${r.signal}${r.status !== 0 && last ? `, while ${last}` : ''}\nstderr: ${r.stderr.slice(-2000)}`;
     expect(r.signal, `the process was killed: ${why}`).toBeNull();
     expect(r.status, why).toBe(0);

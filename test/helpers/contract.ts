@@ -93,9 +93,7 @@ async function outputSequence(p: string): Promise<number[]> {
   // The model's directory exists a moment before its first file is renamed into it.
   const dir = path.join(p, 'output/orders');
   if (!fs.existsSync(dir) || !fs.readdirSync(dir).some((f) => f.endsWith('.parquet'))) return [];
-  const rows = await query(
-    `SELECT order_id FROM read_parquet('${p}/output/orders/*.parquet', filename = true, file_row_number = true) ORDER BY filename, file_row_number`,
-  );
+  const rows = await query(`SELECT order_id FROM read_parquet('${p}/output/orders/*.parquet', filename = true, file_row_number = true) ORDER BY filename, file_row_number`);
   return rows.map((r) => Number(r.order_id));
 }
 
@@ -108,10 +106,14 @@ async function runUntilDrained(p: string, drained: () => Promise<boolean>, n: nu
   const w = sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: 'c1' } });
   try {
     await until(() => w.err().includes('reading from the source'), 60_000);
-    await until(async () => {
-      if (w.exitCode !== null) throw new Error(`the worker exited (${w.exitCode})`);
-      return (await drained()) && fs.existsSync(path.join(p, 'output/orders')) && (await outputSequence(p)).length >= n;
-    }, 90_000, 200);
+    await until(
+      async () => {
+        if (w.exitCode !== null) throw new Error(`the worker exited (${w.exitCode})`);
+        return (await drained()) && fs.existsSync(path.join(p, 'output/orders')) && (await outputSequence(p)).length >= n;
+      },
+      90_000,
+      200,
+    );
   } catch (err) {
     const rows = fs.existsSync(path.join(p, 'output/orders')) ? (await outputSequence(p)).length : 0;
     w.kill('SIGKILL');
@@ -123,13 +125,17 @@ async function runUntilDrained(p: string, drained: () => Promise<boolean>, n: nu
 }
 
 function doneLine(log: string): Record<string, unknown> {
-  const done = log.trim().split('\n').map((l) => {
-    try {
-      return JSON.parse(l) as Record<string, unknown>;
-    } catch {
-      return {};
-    }
-  }).find((l) => l.msg === 'done');
+  const done = log
+    .trim()
+    .split('\n')
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        return {};
+      }
+    })
+    .find((l) => l.msg === 'done');
   expect(done, log.slice(-3000)).toBeDefined();
   return done!;
 }
@@ -315,11 +321,15 @@ export async function expectLagReported(p: string, src: SourceUnderTest, partiti
       throw new Error(`lag went from ${before.total} to ${(await lag()).total}, not +${more}`);
     });
     fs.rmSync(path.join(p, 'output/orders'));
-    await until(async () => {
-      if (!(await src.drained())) return false;
-      const l = await lag();
-      return l.samples.length > 0 && l.total === 0;
-    }, 60_000, 200);
+    await until(
+      async () => {
+        if (!(await src.drained())) return false;
+        const l = await lag();
+        return l.samples.length > 0 && l.total === 0;
+      },
+      60_000,
+      200,
+    );
   } finally {
     w.kill('SIGTERM');
   }

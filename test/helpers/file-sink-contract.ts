@@ -17,7 +17,10 @@ export function localFileSink(type: 'parquet' | 'jsonl' | 'csv', extra: { compre
     async readRows(t, model) {
       const dir = path.join(out(t), model);
       if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return [];
-      const files = fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => f.includes(`.${type}`) && !path.basename(f).startsWith('.'));
+      const files = fs
+        .readdirSync(dir, { recursive: true })
+        .map(String)
+        .filter((f) => f.includes(`.${type}`) && !path.basename(f).startsWith('.'));
       if (files.length === 0) return [];
       return query(readerSql(type, `${dir}/**/*.${type}*`));
     },

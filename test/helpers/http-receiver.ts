@@ -88,7 +88,10 @@ export class HttpReceiver {
 
 export function parseBody(r: Received): Record<string, unknown>[] {
   if (r.headers['content-type'] === 'application/x-ndjson') {
-    return r.body.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    return r.body
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
   }
   return JSON.parse(r.body) as Record<string, unknown>[];
 }

@@ -149,7 +149,12 @@ export async function groupCaughtUp(admin: Admin, group: string, topic: string):
  * take offsets but are no messages, so a topic written in transactions holds fewer messages
  * than its offsets span. read_committed: an aborted transaction's messages are not returned.
  */
-export async function readAll(kafka: Kafka, admin: Admin, topic: string, timeoutMs = 30_000): Promise<{ partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[]> {
+export async function readAll(
+  kafka: Kafka,
+  admin: Admin,
+  topic: string,
+  timeoutMs = 30_000,
+): Promise<{ partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[]> {
   const ends = new Map((await admin.fetchTopicOffsets(topic)).filter((p) => Number(p.high) > Number(p.low)).map((p) => [p.partition, Number(p.high)]));
   const out: { partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[] = [];
   if (ends.size === 0) return out;

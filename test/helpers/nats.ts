@@ -4,7 +4,9 @@ import { waitFor } from './wait.js';
 
 /** Starts the machine's NATS server with JetStream (the command DEVELOPERS.md gives). */
 export function startNats(): void {
-  execFileSync('start-stop-daemon', ['--start', '--oknodo', '--background', '--exec', '/usr/sbin/nats-server', '--', '-a', '127.0.0.1', '-p', '4222', '-js', '-sd', '/var/lib/nats-server'], { stdio: 'ignore' });
+  execFileSync('start-stop-daemon', ['--start', '--oknodo', '--background', '--exec', '/usr/sbin/nats-server', '--', '-a', '127.0.0.1', '-p', '4222', '-js', '-sd', '/var/lib/nats-server'], {
+    stdio: 'ignore',
+  });
 }
 
 export function natsListening(): Promise<boolean> {

@@ -42,7 +42,9 @@ export const DEFAULT_FILES: Record<string, string> = {
 /** A source block's YAML with the given keys (type file, as DEFAULT_FILES). */
 export function sourceYaml(keys: Record<string, string | number>): string {
   const all: Record<string, string | number> = { type: 'file', path: 'data/*.ndjson', batch_size: 100, batch_timeout_ms: 1000, ...keys };
-  return `source:\n${Object.entries(all).map(([k, v]) => `  ${k}: ${v}`).join('\n')}\n`;
+  return `source:\n${Object.entries(all)
+    .map(([k, v]) => `  ${k}: ${v}`)
+    .join('\n')}\n`;
 }
 
 /** A message of the default model: `{"id": n, "v": "m<n>"}`. */

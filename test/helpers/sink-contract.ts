@@ -131,10 +131,12 @@ export function asText(v: unknown): string | null {
 /** Rows normalised for comparison: sorted by id, each column as text, '' as NULL when the sink cannot tell. */
 export function normalise(rows: Record<string, unknown>[], columns: string[], emptyIsNull = false): (string | null)[][] {
   return rows
-    .map((r) => columns.map((c) => {
-      const t = asText(r[c]);
-      return emptyIsNull && t === '' ? null : t;
-    }))
+    .map((r) =>
+      columns.map((c) => {
+        const t = asText(r[c]);
+        return emptyIsNull && t === '' ? null : t;
+      }),
+    )
     .sort((a, b) => Number(a[0]) - Number(b[0]));
 }
 
@@ -290,10 +292,14 @@ export function sinkContract(sut: SinkUnderTest): void {
       const port = await freePort();
       const child = sluiceBg(['run', '--project', t.dir, '--port', String(port), '--log-level', 'warn']);
       try {
-        const red = await until(async () => {
-          const r = await httpGet(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
-          return r && r.status === 503 && /sink|flush/.test(r.body) ? r : undefined;
-        }, 60_000, 100);
+        const red = await until(
+          async () => {
+            const r = await httpGet(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
+            return r && r.status === 503 && /sink|flush/.test(r.body) ? r : undefined;
+          },
+          60_000,
+          100,
+        );
         expect(red.status).toBe(503);
         expect(await read(t).catch(() => [])).toEqual([]);
         expect(child.exitCode).toBeNull();

@@ -78,7 +78,11 @@ describe('batch_max_bytes', () => {
     for (const b of batches) expect(bytesOf(b)).toBeLessThanOrEqual(350_000);
     expectPayloads(batches, lines);
     expect(batches.map((b) => [b.first, b.last])).toEqual(batches.map((_, i) => [ordinalKey(3 * i), ordinalKey(Math.min(3 * i + 2, 25))]));
-    expect(batches[4].messages.map((m) => m.coords)).toMatchObject([{ file: 'ndjson/a.ndjson', line: 14 }, { file: 'ndjson/b.ndjson', line: 1 }, { file: 'ndjson/b.ndjson', line: 2 }]);
+    expect(batches[4].messages.map((m) => m.coords)).toMatchObject([
+      { file: 'ndjson/a.ndjson', line: 14 },
+      { file: 'ndjson/b.ndjson', line: 1 },
+      { file: 'ndjson/b.ndjson', line: 2 },
+    ]);
     // Each batch's position points just after its last message: reading from it gives the rest.
     for (let i = 0; i < batches.length; i++) {
       const pos = batches[i].position as FilePosition;

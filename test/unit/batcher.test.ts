@@ -45,7 +45,10 @@ describe('Batcher', () => {
     const clock = new ManualClock();
     const batcher = new Batcher(src, { maxMessages: 100, maxBytes: 1000, timeoutMs: 100 }, clock);
     let done = false;
-    const next = batcher.next(never).then((b) => ((done = true), b));
+    const next = batcher.next(never).then((b) => {
+      done = true;
+      return b;
+    });
     clock.advance(50); // idle before the first message: not counted
     src.push('a');
     await settle();
@@ -127,7 +130,14 @@ describe('Batcher', () => {
       return { data, starts, ends, separator: sep };
     };
     const chunks: SourceChunk[] = [
-      { messages: [{ payload: '{"a":1}', coords: {} }, { payload: '{"b":"é"}', coords: {} }], block: block(['{"a":1}', '{"b":"é"}'], 0x1e), position: 1 },
+      {
+        messages: [
+          { payload: '{"a":1}', coords: {} },
+          { payload: '{"b":"é"}', coords: {} },
+        ],
+        block: block(['{"a":1}', '{"b":"é"}'], 0x1e),
+        position: 1,
+      },
       { messages: [{ payload: '{"c":3}', coords: {} }], block: block(['{"c":3}'], 0x1e), position: 2 },
     ];
     const src: Source = {

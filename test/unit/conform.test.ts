@@ -213,7 +213,10 @@ describe('conformance within limits', () => {
     // The schema's own nesting counts too.
     expect(scanWith({ maxDepth: 2, maxFields: 100 })('{"deep":{"a":null}}')).toBe(true);
     expect(scanWith({ maxDepth: 2, maxFields: 100 })('{"deep":{"a":{"b":1}}}')).toBe(false);
-    for (const [p, lim] of [[at(128), DEFAULT_MESSAGE_LIMITS], [at(129), DEFAULT_MESSAGE_LIMITS]] as const) {
+    for (const [p, lim] of [
+      [at(128), DEFAULT_MESSAGE_LIMITS],
+      [at(129), DEFAULT_MESSAGE_LIMITS],
+    ] as const) {
       const b = Buffer.from(p);
       expect(conformance(SCHEMA2, lim)(b, 0, b.length)).toBe(overLimits(b, 0, b.length, lim) === undefined);
     }
@@ -234,7 +237,11 @@ describe('conformance within limits', () => {
       for (const v2 of values) {
         const p = `{"id":1,"raw":${v1},"xs":[${v2},${v1}],"deep":{"a":{"b":${v2}}}}`;
         expect(free(p)).toBe(true);
-        for (const tight of [{ maxDepth: 5, maxFields: 8 }, { maxDepth: 7, maxFields: 12 }, { maxDepth: 3, maxFields: 100 }]) {
+        for (const tight of [
+          { maxDepth: 5, maxFields: 8 },
+          { maxDepth: 7, maxFields: 12 },
+          { maxDepth: 3, maxFields: 100 },
+        ]) {
           const b = Buffer.from(p);
           const within = overLimits(b, 0, b.length, { maxBytes: 1e9, ...tight }) === undefined;
           expect({ p, tight, conforms: scanWith(tight)(p) }).toEqual({ p, tight, conforms: within });

@@ -18,11 +18,23 @@ import {
 import { modelContract } from '../../src/project/contract-config.js';
 import type { ConfigIssue } from '../../src/errors.js';
 
-const contract = (newColumns: ContractPolicy, typeChanges: ContractPolicy, columns = [{ name: 'id', type: 'BIGINT' }, { name: 'amount', type: 'BIGINT' }]): ModelContract => ({ columns, newColumns, typeChanges });
+const contract = (
+  newColumns: ContractPolicy,
+  typeChanges: ContractPolicy,
+  columns = [
+    { name: 'id', type: 'BIGINT' },
+    { name: 'amount', type: 'BIGINT' },
+  ],
+): ModelContract => ({ columns, newColumns, typeChanges });
 
 /** A model's raw output for the plans: id UBIGINT, amount DOUBLE, coupon VARCHAR, one row per message. */
 const RAW = `SELECT * FROM (VALUES (1::UBIGINT, 10.0::DOUBLE, NULL::VARCHAR, 0), (2, 20.0, 'X', 1), (3, 2.5, NULL, 2), (4, 40.0, NULL, 3)) t(id, amount, coupon, ${MSG_COL})`;
-const RAW_COLS: ColumnType[] = [{ name: 'id', type: 'UBIGINT' }, { name: 'amount', type: 'DOUBLE' }, { name: 'coupon', type: 'VARCHAR' }, { name: MSG_COL, type: 'INTEGER' }];
+const RAW_COLS: ColumnType[] = [
+  { name: 'id', type: 'UBIGINT' },
+  { name: 'amount', type: 'DOUBLE' },
+  { name: 'coupon', type: 'VARCHAR' },
+  { name: MSG_COL, type: 'INTEGER' },
+];
 
 describe('contract config', () => {
   it('no contract and no typed column: nothing to enforce', () => {
@@ -31,7 +43,7 @@ describe('contract config', () => {
     expect(issues).toEqual([]);
   });
 
-  it('typed columns alone enforce their types with evolve policies (today\'s behaviour for the rest)', () => {
+  it("typed columns alone enforce their types with evolve policies (today's behaviour for the rest)", () => {
     const issues: ConfigIssue[] = [];
     expect(modelContract('m', { columns: [{ name: 'a', type: 'INT' }] }, undefined, issues)).toMatchObject({ newColumns: 'evolve', typeChanges: 'evolve', columns: [{ name: 'a', type: 'INT' }] });
     expect(issues).toEqual([]);
@@ -53,7 +65,11 @@ describe('contract planning (against DuckDB)', () => {
   const db = useDuckDB();
 
   it('declared types resolve to DuckDB names; an unknown one is an issue', async () => {
-    const c = contract('evolve', 'evolve', [{ name: 'a', type: 'INT' }, { name: 'b', type: 'text' }, { name: 'c', type: 'NOPE' }]);
+    const c = contract('evolve', 'evolve', [
+      { name: 'a', type: 'INT' },
+      { name: 'b', type: 'text' },
+      { name: 'c', type: 'NOPE' },
+    ]);
     const issues = await resolveContractTypes(db(), 'm', c);
     expect(c.columns.map((x) => x.type)).toEqual(['INTEGER', 'VARCHAR', 'NOPE']);
     expect(issues.map((i) => `${i.key}: ${i.message.split(' (')[0]}`)).toEqual(['overrides.m.columns.2.type: "NOPE" is not a DuckDB type']);
@@ -69,7 +85,16 @@ describe('contract planning (against DuckDB)', () => {
   });
 
   it('no contract and an unchanged schema: a passthrough (the model runs as it is)', async () => {
-    const p = await planContract(RAW_COLS, undefined, [{ name: 'id', type: 'UBIGINT' }, { name: 'amount', type: 'DOUBLE' }, { name: 'coupon', type: 'VARCHAR' }], duckSupertype(db()));
+    const p = await planContract(
+      RAW_COLS,
+      undefined,
+      [
+        { name: 'id', type: 'UBIGINT' },
+        { name: 'amount', type: 'DOUBLE' },
+        { name: 'coupon', type: 'VARCHAR' },
+      ],
+      duckSupertype(db()),
+    );
     expect(p.passthrough).toBe(true);
     expect(p.checks).toEqual([]);
   });
@@ -108,7 +133,10 @@ describe('contract planning (against DuckDB)', () => {
 
   it('discard_row: those rows are dropped and counted', async () => {
     const r = await applied(contract('discard_row', 'discard_row'));
-    expect(r.rows).toEqual([[1n, 10n], [4n, 40n]]);
+    expect(r.rows).toEqual([
+      [1n, 10n],
+      [4n, 40n],
+    ]);
     expect(r.columns).toEqual(['id BIGINT', 'amount BIGINT']);
     expect(r.report.violations).toEqual([
       { model: 'm', column: 'amount', kind: 'type_change', policy: 'discard_row', rows: 1 },
@@ -118,30 +146,51 @@ describe('contract planning (against DuckDB)', () => {
 
   it('discard_value: the value is NULL, the undeclared column left out, every row kept', async () => {
     const r = await applied(contract('discard_value', 'discard_value'));
-    expect(r.rows).toEqual([[1n, 10n], [2n, 20n], [3n, null], [4n, 40n]]);
+    expect(r.rows).toEqual([
+      [1n, 10n],
+      [2n, 20n],
+      [3n, null],
+      [4n, 40n],
+    ]);
     expect(r.columns).toEqual(['id BIGINT', 'amount BIGINT']);
   });
 
   it('evolve: the type widens, the new column joins; both are schema changes, and the widened type sticks', async () => {
     const r = await applied(contract('evolve', 'evolve'));
     expect(r.columns).toEqual(['id BIGINT', 'amount DOUBLE', 'coupon VARCHAR']);
-    expect(r.rows).toEqual([[1n, 10, null], [2n, 20, 'X'], [3n, 2.5, null], [4n, 40, null]]);
+    expect(r.rows).toEqual([
+      [1n, 10, null],
+      [2n, 20, 'X'],
+      [3n, 2.5, null],
+      [4n, 40, null],
+    ]);
     expect(r.tracker.drainChanges()).toEqual([
       { model: 'm', column: 'amount', kind: 'type_change', from: 'BIGINT', to: 'DOUBLE' },
       { model: 'm', column: 'coupon', kind: 'new_column', to: 'VARCHAR' },
     ]);
-    expect(r.tracker.snapshot().m).toEqual([{ name: 'id', type: 'BIGINT' }, { name: 'amount', type: 'DOUBLE' }, { name: 'coupon', type: 'VARCHAR' }]);
+    expect(r.tracker.snapshot().m).toEqual([
+      { name: 'id', type: 'BIGINT' },
+      { name: 'amount', type: 'DOUBLE' },
+      { name: 'coupon', type: 'VARCHAR' },
+    ]);
     // A restart with the saved schemas plans the widened type at once and reports nothing new.
     const again = new SchemaTracker(new Map([['m', contract('evolve', 'evolve')]]), duckSupertype(db()));
     again.load(r.tracker.snapshot());
     const plan = await again.plan('m', 'k', RAW_COLS);
-    expect(plan.columns).toEqual([{ name: 'id', type: 'BIGINT' }, { name: 'amount', type: 'DOUBLE' }, { name: 'coupon', type: 'VARCHAR' }]);
+    expect(plan.columns).toEqual([
+      { name: 'id', type: 'BIGINT' },
+      { name: 'amount', type: 'DOUBLE' },
+      { name: 'coupon', type: 'VARCHAR' },
+    ]);
     again.establish('m', plan.columns);
     expect(again.drainChanges()).toEqual([]);
   });
 
   it('a declared column the model does not produce is output as NULL of its type and reported', async () => {
-    const c = contract('discard_value', 'freeze', [{ name: 'id', type: 'BIGINT' }, { name: 'currency', type: 'VARCHAR' }]);
+    const c = contract('discard_value', 'freeze', [
+      { name: 'id', type: 'BIGINT' },
+      { name: 'currency', type: 'VARCHAR' },
+    ]);
     const report = emptyReport();
     const plan = await planContract(RAW_COLS, c, undefined, duckSupertype(db()));
     await applyContract(db(), 'm', RAW, plan, { table: 'out_m' }, report);
@@ -160,14 +209,34 @@ describe('contract planning (against DuckDB)', () => {
 describe('schema changes', () => {
   it('nothing established yet: no change; then new columns and retyped ones, each once', () => {
     expect(schemaChanges('m', undefined, [{ name: 'a', type: 'INTEGER' }])).toEqual([]);
-    expect(schemaChanges('m', [{ name: 'a', type: 'INTEGER' }], [{ name: 'A', type: 'BIGINT' }, { name: 'b', type: 'VARCHAR' }])).toEqual([
+    expect(
+      schemaChanges(
+        'm',
+        [{ name: 'a', type: 'INTEGER' }],
+        [
+          { name: 'A', type: 'BIGINT' },
+          { name: 'b', type: 'VARCHAR' },
+        ],
+      ),
+    ).toEqual([
       { model: 'm', column: 'A', kind: 'type_change', from: 'INTEGER', to: 'BIGINT' },
       { model: 'm', column: 'b', kind: 'new_column', to: 'VARCHAR' },
     ]);
   });
 
   it('a column never leaves the established schema (earlier segments hold it)', () => {
-    expect(mergeSchema([{ name: 'a', type: 'INTEGER' }, { name: 'b', type: 'VARCHAR' }], [{ name: 'a', type: 'BIGINT' }])).toEqual([{ name: 'a', type: 'BIGINT' }, { name: 'b', type: 'VARCHAR' }]);
+    expect(
+      mergeSchema(
+        [
+          { name: 'a', type: 'INTEGER' },
+          { name: 'b', type: 'VARCHAR' },
+        ],
+        [{ name: 'a', type: 'BIGINT' }],
+      ),
+    ).toEqual([
+      { name: 'a', type: 'BIGINT' },
+      { name: 'b', type: 'VARCHAR' },
+    ]);
   });
 });
 
@@ -180,7 +249,13 @@ describe('validate findings', () => {
       fixtures: ['tests/sample.json'],
       missing: [{ model: 'm', column: 'currency' }],
       failures: [
-        { model: 'm', column: 'amount', kind: 'type_change', error: 'contract of model m: column "amount" holds 2.5 (DOUBLE), which does not cast to its declared type BIGINT (type_changes: freeze)', message: { file: 'tests/sample.json', index: 1 } },
+        {
+          model: 'm',
+          column: 'amount',
+          kind: 'type_change',
+          error: 'contract of model m: column "amount" holds 2.5 (DOUBLE), which does not cast to its declared type BIGINT (type_changes: freeze)',
+          message: { file: 'tests/sample.json', index: 1 },
+        },
         { model: 'm', column: 'amount', kind: 'type_change', error: 'the same again', message: { file: 'tests/sample.json', index: 2 } },
         { model: 'm', error: 'a SQL error', message: { index: 3 } },
       ],
@@ -197,14 +272,28 @@ describe('contracts in the executor', () => {
 
   it('a message frozen by one model leaves every model; discards of another model are counted once, not per re-run', async () => {
     const { BatchExecutor, compileModels } = await import('../../src/engine/executor.js');
-    const def = (name: string, sql: string, contract?: ModelContract) => ({ name, file: `models/${name}.sql`, refs: [], rendered: { sql }, contract }) as unknown as import('../../src/project/project-loader.js').ModelDef;
+    const def = (name: string, sql: string, contract?: ModelContract) =>
+      ({ name, file: `models/${name}.sql`, refs: [], rendered: { sql }, contract }) as unknown as import('../../src/project/project-loader.js').ModelDef;
     const models = await compileModels(db(), [
-      def('loose', 'SELECT * FROM incoming', contract('discard_row', 'evolve', [{ name: 'id', type: 'BIGINT' }, { name: 'amount', type: 'DOUBLE' }])),
+      def(
+        'loose',
+        'SELECT * FROM incoming',
+        contract('discard_row', 'evolve', [
+          { name: 'id', type: 'BIGINT' },
+          { name: 'amount', type: 'DOUBLE' },
+        ]),
+      ),
       def('strict', 'SELECT id, amount FROM incoming', contract('freeze', 'freeze')),
     ]);
     const ex = new BatchExecutor(db(), models, 'default');
     await ex.init();
-    const messages = [{ id: 1, amount: 10 }, { id: 2, amount: 20, coupon: 'X' }, { id: 3, amount: 30.5 }, { id: 4, amount: 40, coupon: 'Y' }, { id: 5, amount: 50 }];
+    const messages = [
+      { id: 1, amount: 10 },
+      { id: 2, amount: 20, coupon: 'X' },
+      { id: 3, amount: 30.5 },
+      { id: 4, amount: 40, coupon: 'Y' },
+      { id: 5, amount: 50 },
+    ];
     const out = await ex.process(messages.map((m, i) => ({ payload: JSON.stringify(m), coords: { index: i } })));
     expect(out.failures.map((f) => [f.index, f.model, f.column, f.kind])).toEqual([[2, 'strict', 'amount', 'type_change']]);
     expect((await ex.readOutput('loose')).rows.map((r) => r.id)).toEqual([1, 5]);

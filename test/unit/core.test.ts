@@ -149,10 +149,18 @@ describe('templating', () => {
 
 describe('DAG', () => {
   it('orders dependencies first and reports cycles', () => {
-    const r = topoSort([{ name: 'c', deps: ['b'] }, { name: 'a', deps: [] }, { name: 'b', deps: ['a'] }]);
+    const r = topoSort([
+      { name: 'c', deps: ['b'] },
+      { name: 'a', deps: [] },
+      { name: 'b', deps: ['a'] },
+    ]);
     expect(r.order.map((n) => n.name)).toEqual(['a', 'b', 'c']);
     expect(r.cycles).toEqual([]);
-    const cyc = topoSort([{ name: 'x', deps: ['y'] }, { name: 'y', deps: ['z'] }, { name: 'z', deps: ['x'] }]);
+    const cyc = topoSort([
+      { name: 'x', deps: ['y'] },
+      { name: 'y', deps: ['z'] },
+      { name: 'z', deps: ['x'] },
+    ]);
     expect(cyc.cycles).toEqual([['x', 'y', 'z', 'x']]);
     expect([...reachable('c', (n) => ({ c: ['b'], b: ['a'], a: [] })[n] ?? [])].sort()).toEqual(['a', 'b']);
   });
@@ -202,7 +210,7 @@ describe('SQL analysis (DuckDB parse tree)', () => {
     expect((await analyzeSql(conn(), 'SELECT * FROM incoming')).outputColumns).toBeNull();
   });
 
-  it('the rewrite carries each row\'s message through fan-out, *, CTEs and joins of the same message only', async () => {
+  it("the rewrite carries each row's message through fan-out, *, CTEs and joins of the same message only", async () => {
     await conn().run(`CREATE OR REPLACE TABLE incoming AS SELECT * FROM (VALUES (0, 10, [1, 2]), (1, 20, []), (2, 30, [3])) t(${MSG_COL}, id, xs)`);
     await conn().run(`CREATE SCHEMA IF NOT EXISTS sluice_model`);
     const run = async (sql: string) => {
@@ -210,14 +218,31 @@ describe('SQL analysis (DuckDB parse tree)', () => {
       const r = await conn().runAndReadAll(`SELECT * FROM (${a.rewritten}) ORDER BY ALL`);
       return { cols: r.columnNames(), rows: r.getRows().map((row) => row.map((v) => (typeof v === 'string' ? v : Number(v)))) };
     };
-    expect(await run('SELECT incoming.id, unnest AS x FROM incoming, unnest(incoming.xs)')).toEqual({ cols: ['id', 'x', MSG_COL], rows: [[10, 1, 0], [10, 2, 0], [30, 3, 2]] });
+    expect(await run('SELECT incoming.id, unnest AS x FROM incoming, unnest(incoming.xs)')).toEqual({
+      cols: ['id', 'x', MSG_COL],
+      rows: [
+        [10, 1, 0],
+        [10, 2, 0],
+        [30, 3, 2],
+      ],
+    });
     const star = await run('SELECT * EXCLUDE (xs) FROM incoming');
     expect(star.cols).toEqual(['id', MSG_COL]);
-    expect(await run('WITH c AS (SELECT incoming.id * 2 AS d FROM incoming) SELECT d FROM c')).toEqual({ cols: ['d', MSG_COL], rows: [[20, 0], [40, 1], [60, 2]] });
+    expect(await run('WITH c AS (SELECT incoming.id * 2 AS d FROM incoming) SELECT d FROM c')).toEqual({
+      cols: ['d', MSG_COL],
+      rows: [
+        [20, 0],
+        [40, 1],
+        [60, 2],
+      ],
+    });
     await conn().run(`CREATE OR REPLACE TABLE sluice_model.a AS SELECT * FROM (VALUES (0, 1), (1, 1), (2, 2)) t(${MSG_COL}, k)`);
     await conn().run(`CREATE OR REPLACE TABLE sluice_model.b AS SELECT * FROM (VALUES (0, 1, 'x'), (1, 1, 'y'), (2, 1, 'z')) t(${MSG_COL}, k, v)`);
     // k = 1 matches across messages 0 and 1 too, but only rows of the same message pair up.
-    expect((await run('SELECT a.k, b.v FROM sluice_model.a a JOIN sluice_model.b b ON a.k = b.k')).rows).toEqual([[1, 'x', 0], [1, 'y', 1]]);
+    expect((await run('SELECT a.k, b.v FROM sluice_model.a a JOIN sluice_model.b b ON a.k = b.k')).rows).toEqual([
+      [1, 'x', 0],
+      [1, 'y', 1],
+    ]);
   });
 });
 
@@ -249,7 +274,14 @@ describe('batch executor', () => {
 
   it('a batch gives exactly the rows of its messages run one by one', async () => {
     const dir = await proj();
-    const msgs = [msg(1, [{ sku: 'a', q: 2, p: 1.5 }, { sku: 'b', q: 1, p: 2 }]), msg(2, []), msg(3, [{ sku: 'c', q: 3, p: 0.5 }])];
+    const msgs = [
+      msg(1, [
+        { sku: 'a', q: 2, p: 1.5 },
+        { sku: 'b', q: 1, p: 2 },
+      ]),
+      msg(2, []),
+      msg(3, [{ sku: 'c', q: 3, p: 0.5 }]),
+    ];
     const ex = await executor(dir);
     const whole = await ex.process(msgs.map((payload, i) => ({ payload, coords: { i } })));
     expect(whole.failures).toEqual([]);
@@ -304,7 +336,11 @@ describe('batch executor', () => {
       msg(5, []).replace('"n"', '"bad escape \\x"'),
     ];
     const r = await ex.process(msgs.map((payload, i) => ({ payload, coords: { i } })));
-    expect(r.failures.map((f) => [f.index, f.stage])).toEqual([[1, 'decode'], [2, 'decode'], [3, 'decode']]);
+    expect(r.failures.map((f) => [f.index, f.stage])).toEqual([
+      [1, 'decode'],
+      [2, 'decode'],
+      [3, 'decode'],
+    ]);
     expect(r.failures[0].error).toMatch(/invalid JSON/);
     expect((await ex.readOutput('orders')).rows.map((x) => x.order_id)).toEqual([2]);
   });
@@ -337,7 +373,10 @@ describe('batch executor', () => {
     const dir = await proj();
     const ex = await executor(dir);
     await ex.process([{ payload: msg(1, [{ sku: 'a', q: 1, p: 2 }]), coords: {} }]);
-    const r = await ex.process([{ payload: msg(2, []), coords: {} }, { payload: msg(3, [{ sku: 'b', q: 1, p: 2.5 }]), coords: {} }]);
+    const r = await ex.process([
+      { payload: msg(2, []), coords: {} },
+      { payload: msg(3, [{ sku: 'b', q: 1, p: 2.5 }]), coords: {} },
+    ]);
     expect(r.failures).toEqual([]);
     expect((await ex.readOutput('purchases')).rows.map((x) => x.order_id)).toEqual([3]);
     expect((await ex.readOutput('orders')).columns.find((c) => c.name === 'order_total')?.type).toBe('DOUBLE');

@@ -181,16 +181,20 @@ describe('data test queries on DuckDB', () => {
   const t = (kind: DataTest['kind'], extra: Partial<DataTest> = {}): DataTest => ({ kind, name: `${kind}_${extra.column ?? ''}`, model: 'm', onFailure: 'dlq', ...extra });
 
   it('one query: failing row counts, examples without the message column, failing messages (NULL passes except not_null)', async () => {
-    const r = await runTests(conn, [
-      t('not_null', { column: 'order_id' }),
-      t('unique', { column: 'order_id' }),
-      t('accepted_values', { column: 'currency', values: ['EUR', 'USD'] }),
-      t('range', { column: 'total', min: 0, max: 7.5 }),
-      t('regex', { column: 'name', pattern: '^[A-Z]' }),
-      t('relationships', { column: 'user_id', to: 'users', field: 'id' }),
-      t('expression', { expression: 'total * 2 >= order_id - 10', onFailure: 'warn' }),
-      t('accepted_values', { column: 'order_id', values: [10, 11, 12], name: 'ids' }),
-    ], 't');
+    const r = await runTests(
+      conn,
+      [
+        t('not_null', { column: 'order_id' }),
+        t('unique', { column: 'order_id' }),
+        t('accepted_values', { column: 'currency', values: ['EUR', 'USD'] }),
+        t('range', { column: 'total', min: 0, max: 7.5 }),
+        t('regex', { column: 'name', pattern: '^[A-Z]' }),
+        t('relationships', { column: 'user_id', to: 'users', field: 'id' }),
+        t('expression', { expression: 'total * 2 >= order_id - 10', onFailure: 'warn' }),
+        t('accepted_values', { column: 'order_id', values: [10, 11, 12], name: 'ids' }),
+      ],
+      't',
+    );
     expect(r.map((x) => [x.test.name, x.failing, x.messages])).toEqual([
       ['not_null_order_id', 1, [3]],
       ['unique_order_id', 2, [1, 2]],
@@ -207,8 +211,16 @@ describe('data test queries on DuckDB', () => {
 
   it('a value of another type fails accepted_values and range instead of breaking the query', async () => {
     await conn.run(`CREATE TABLE mixed AS SELECT * FROM (VALUES (0, '5'), (1, 'abc'), (2, NULL), (3, '500')) v(${MSG_COL}, x)`);
-    const r = await runTests(conn, [t('accepted_values', { column: 'x', values: [5, 500] }), t('range', { column: 'x', min: 0, max: 10 }), t('accepted_values', { column: 'x', values: [true], name: 'b' })], 'mixed');
-    expect(r.map((x) => [x.test.name, x.messages])).toEqual([['accepted_values_x', [1]], ['range_x', [1, 3]], ['b', [0, 1, 3]]]);
+    const r = await runTests(
+      conn,
+      [t('accepted_values', { column: 'x', values: [5, 500] }), t('range', { column: 'x', min: 0, max: 10 }), t('accepted_values', { column: 'x', values: [true], name: 'b' })],
+      'mixed',
+    );
+    expect(r.map((x) => [x.test.name, x.messages])).toEqual([
+      ['accepted_values_x', [1]],
+      ['range_x', [1, 3]],
+      ['b', [0, 1, 3]],
+    ]);
   });
 
   it('a test whose SQL does not bind is named with its file and line', async () => {
@@ -224,18 +236,55 @@ describe('unit test comparison', () => {
     { a: 2, b: 'y', c: '2024-01-02T00:00:00.000Z' },
   ];
   it('compares the given columns as multisets; numbers and instants by value', () => {
-    expect(compareRows('m', ['a', 'b', 'c'], rows, [{ a: 2, b: 'y', c: '2024-01-02 00:00:00' }, { a: '1', c: '2024-01-01T00:00:00Z', b: 'x' }], false)).toEqual([]);
+    expect(
+      compareRows(
+        'm',
+        ['a', 'b', 'c'],
+        rows,
+        [
+          { a: 2, b: 'y', c: '2024-01-02 00:00:00' },
+          { a: '1', c: '2024-01-01T00:00:00Z', b: 'x' },
+        ],
+        false,
+      ),
+    ).toEqual([]);
     // The columns compared are those the expected rows give; a key a row leaves out is NULL.
-    expect(compareRows('m', ['a', 'b', 'c'], rows, [{ a: 2, b: 'y' }, { a: 1, b: 'x' }], false)).toEqual([]);
-    expect(compareRows('m', ['a', 'b', 'c'], rows, [{ a: 2, b: 'y' }, { a: 1, c: null }], false)).toHaveLength(5);
+    expect(
+      compareRows(
+        'm',
+        ['a', 'b', 'c'],
+        rows,
+        [
+          { a: 2, b: 'y' },
+          { a: 1, b: 'x' },
+        ],
+        false,
+      ),
+    ).toEqual([]);
+    expect(
+      compareRows(
+        'm',
+        ['a', 'b', 'c'],
+        rows,
+        [
+          { a: 2, b: 'y' },
+          { a: 1, c: null },
+        ],
+        false,
+      ),
+    ).toHaveLength(5);
     expect(canon({ x: [1, '2'] })).toBe(canon({ x: ['1', 2] }));
   });
   it('prints a diff: missing rows with -, unexpected ones with +; ordered compares position by position', () => {
     expect(compareRows('m', ['a', 'b', 'c'], rows, [{ a: 1 }, { a: 3 }], false)).toEqual(['m: 2 row(s) expected, 2 produced (- expected, + actual):', '  - {"a":3}', '  + {"a":2}']);
     expect(compareRows('m', ['a', 'b', 'c'], rows, [{ a: 2 }, { a: 1 }], true)).toEqual([
       'm: 2 row(s) expected, 2 produced (ordered) (- expected, + actual):',
-      '  row 1:', '  - {"a":2}', '  + {"a":1}',
-      '  row 2:', '  - {"a":1}', '  + {"a":2}',
+      '  row 1:',
+      '  - {"a":2}',
+      '  + {"a":1}',
+      '  row 2:',
+      '  - {"a":1}',
+      '  + {"a":2}',
     ]);
     expect(compareRows('m', ['a', 'b', 'c'], rows, [{ z: 1 }], false)).toEqual(['m: no column "z" (its columns: a, b, c)']);
     expect(compareRows('m', ['a', 'b', 'c'], rows, [], false)).toHaveLength(3);

@@ -57,7 +57,7 @@ describe('decode rules', () => {
   });
 
   it('a nested object whose keys keep changing becomes one JSON column, kept so on the next batches', async () => {
-    const ex = await executor("SELECT incoming.id, incoming.scores, json_type(incoming.scores) AS t FROM incoming", { mapThreshold: 5 });
+    const ex = await executor('SELECT incoming.id, incoming.scores, json_type(incoming.scores) AS t FROM incoming', { mapThreshold: 5 });
     const batch = (from: number) => Array.from({ length: 10 }, (_, i) => msg(JSON.stringify({ id: from + i, scores: { [`user${from + i}`]: from + i } }), i));
     const first = await ex.process(batch(0));
     expect(first.failures).toEqual([]);
@@ -105,7 +105,10 @@ describe('decode rules', () => {
     await dropValue.process(first);
     const v = await dropValue.process(next);
     expect(v.failures).toEqual([]);
-    expect((await dropValue.readOutput('m')).rows).toEqual([{ id: 2, name: 'b' }, { id: 3, name: 'c' }]);
+    expect((await dropValue.readOutput('m')).rows).toEqual([
+      { id: 2, name: 'b' },
+      { id: 3, name: 'c' },
+    ]);
     expect(v.contract.violations).toEqual([{ model: 'incoming', column: '$.extra', kind: 'new_column', policy: 'discard_value', rows: 1 }]);
   });
 

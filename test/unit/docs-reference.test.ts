@@ -68,9 +68,32 @@ describe('generated reference (docs/sources.md, docs/sinks.md, schema/*.json)', 
 // ---- a small JSON Schema validator (the keywords the generated schemas use) ----
 
 const KNOWN = new Set([
-  '$schema', '$defs', '$ref', 'title', 'description', 'default', 'type', 'const', 'enum', 'anyOf', 'oneOf', 'allOf',
-  'properties', 'required', 'additionalProperties', 'propertyNames', 'items', 'pattern', 'minLength', 'maxLength',
-  'minItems', 'maxItems', 'minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum',
+  '$schema',
+  '$defs',
+  '$ref',
+  'title',
+  'description',
+  'default',
+  'type',
+  'const',
+  'enum',
+  'anyOf',
+  'oneOf',
+  'allOf',
+  'properties',
+  'required',
+  'additionalProperties',
+  'propertyNames',
+  'items',
+  'pattern',
+  'minLength',
+  'maxLength',
+  'minItems',
+  'maxItems',
+  'minimum',
+  'maximum',
+  'exclusiveMinimum',
+  'exclusiveMaximum',
 ]);
 
 function keywords(s: unknown, out = new Set<string>()): Set<string> {
@@ -100,7 +123,10 @@ function validate(root: Schema, v: unknown, start: Schema = root, startAt = ''):
     if (s === true) return;
     if (s === false) return void errs.push(`${at}: not allowed`);
     if (typeof s.$ref === 'string') {
-      const target = (s.$ref as string).replace(/^#\//, '').split('/').reduce<unknown>((o, k) => (o as Record<string, unknown>)[k], root);
+      const target = (s.$ref as string)
+        .replace(/^#\//, '')
+        .split('/')
+        .reduce<unknown>((o, k) => (o as Record<string, unknown>)[k], root);
       if (!target) return void errs.push(`${at}: unresolved $ref ${s.$ref}`);
       check(target as Schema, v, at);
     }
@@ -145,7 +171,8 @@ function validate(root: Schema, v: unknown, start: Schema = root, startAt = ''):
       const props = (s.properties ?? {}) as Record<string, Schema>;
       for (const [k, x] of Object.entries(o)) {
         const p = at ? `${at}.${k}` : k;
-        if (s.propertyNames && typeof s.propertyNames === 'object' && (s.propertyNames as { pattern?: string }).pattern && !new RegExp((s.propertyNames as { pattern: string }).pattern).test(k)) errs.push(`${p}: bad name`);
+        if (s.propertyNames && typeof s.propertyNames === 'object' && (s.propertyNames as { pattern?: string }).pattern && !new RegExp((s.propertyNames as { pattern: string }).pattern).test(k))
+          errs.push(`${p}: bad name`);
         if (k in props) check(props[k], x, p);
         else if (s.additionalProperties === false) errs.push(`${p}: unknown key "${k}"`);
         else if (s.additionalProperties && typeof s.additionalProperties === 'object') check(s.additionalProperties as Schema, x, p);
@@ -192,7 +219,18 @@ describe('JSON Schemas', () => {
     }
     let checked = 0;
     for (const dir of dirs) {
-      const ymls = ['sluice.yml', 'config/sources.yml', 'config/sinks.yml', 'config/models.yml', ...(fs.existsSync(path.join(dir, 'tests')) ? fs.readdirSync(path.join(dir, 'tests')).filter((f) => f.endsWith('.yml')).map((f) => `tests/${f}`) : [])];
+      const ymls = [
+        'sluice.yml',
+        'config/sources.yml',
+        'config/sinks.yml',
+        'config/models.yml',
+        ...(fs.existsSync(path.join(dir, 'tests'))
+          ? fs
+              .readdirSync(path.join(dir, 'tests'))
+              .filter((f) => f.endsWith('.yml'))
+              .map((f) => `tests/${f}`)
+          : []),
+      ];
       for (const rel of ymls) {
         const file = path.join(dir, rel);
         if (!fs.existsSync(file)) continue;
@@ -251,7 +289,11 @@ function anchors(text: string): Set<string> {
     if (/^```/.test(line)) fence = !fence;
     const m = !fence && /^#{1,6} (.*)$/.exec(line);
     if (!m) continue;
-    const base = m[1].trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-');
+    const base = m[1]
+      .trim()
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N} _-]/gu, '')
+      .replace(/ /g, '-');
     const n = seen.get(base) ?? 0;
     seen.set(base, n + 1);
     out.add(n ? `${base}-${n}` : base);

@@ -37,8 +37,7 @@ async function readAll(dir: string, batchSize: number, use: (b: SourceBatch) => 
   return out;
 }
 
-const model = (name: string, sql: string): ModelDef =>
-  ({ name, file: `models/${name}.sql`, refs: [], rendered: { sql } }) as unknown as ModelDef;
+const model = (name: string, sql: string): ModelDef => ({ name, file: `models/${name}.sql`, refs: [], rendered: { sql } }) as unknown as ModelDef;
 
 describe('file batches as bytes', () => {
   const conn = useDuckDB();

@@ -24,27 +24,19 @@ function run(args: string[], cwd = ROOT): { code: number; stdout: string; stderr
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-/**
- * TEMPORARY: long functions in files that other branches are rewriting right now and that this
- * branch may not touch. Each entry is `file: function`. The lead empties this list once those
- * rewrites land; an entry that no longer matches a long function fails the test, so the list
- * can only shrink.
- */
-const REWRITE_IN_PROGRESS_ALLOWLIST: string[] = ['src/engine/flusher.ts: Flusher.flushModel'];
-
 describe('function length', () => {
   it('no function in src/ is over 80 lines without a `// long: <reason>` on the line before', () => {
     const r = run(['--json', 'src']);
     expect(r.stderr).toBe('');
     const { max, functions } = JSON.parse(r.stdout) as { max: number; functions: Found[] };
     expect(max).toBe(80);
-    const key = (f: Found) => `${f.file}: ${f.name}`;
-    const unexplained = functions.filter((f) => f.reason === undefined && !REWRITE_IN_PROGRESS_ALLOWLIST.includes(key(f)));
-    expect(unexplained.map((f) => `${f.file}:${f.start} ${f.name} is ${f.lines} lines`), 'split these, or write `// long: <reason>` on the line before').toEqual([]);
-    const stale = REWRITE_IN_PROGRESS_ALLOWLIST.filter((k) => !functions.some((f) => key(f) === k && f.reason === undefined));
-    expect(stale, 'no longer a long function without a reason: remove from REWRITE_IN_PROGRESS_ALLOWLIST').toEqual([]);
+    const unexplained = functions.filter((f) => f.reason === undefined);
+    expect(
+      unexplained.map((f) => `${f.file}:${f.start} ${f.name} is ${f.lines} lines`),
+      'split these, or write `// long: <reason>` on the line before',
+    ).toEqual([]);
     // The exit code agrees with the list.
-    expect(run(['src']).code).toBe(unexplained.length + REWRITE_IN_PROGRESS_ALLOWLIST.length > 0 ? 1 : 0);
+    expect(run(['src']).code).toBe(unexplained.length > 0 ? 1 : 0);
   });
 
   describe('scripts/long-functions.mjs', () => {

@@ -32,19 +32,21 @@ describe('infrastructure errors', () => {
   });
 
   it.each([
-    'Conversion Error: Could not convert string \'x\' to INT32',
+    "Conversion Error: Could not convert string 'x' to INT32",
     'Invalid Input Error: Malformed JSON at byte 3 of input',
     'Binder Error: Referenced column "nope" not found in FROM clause!',
     'Constraint Error: NOT NULL constraint failed',
     'Out of Range Error: Overflow in multiplication of INT32',
-    "Invalid Input Error: refund above 100",
-  ])('a message\'s fault is not: %s', (text) => {
+    'Invalid Input Error: refund above 100',
+  ])("a message's fault is not: %s", (text) => {
     expect(infraKind(new Error(text))).toBeUndefined();
     expect(asInfraError(new Error(text), 'running model m')).toBeUndefined();
   });
 
   it('names the path it failed on and how to fix it', () => {
     const e = asInfraError(new Error('IO Error: Could not write file "/data/wal/models/p/x.tmp": No space left on device'), 'writing the WAL segment of model p')!;
-    expect(e.message).toBe('disk full while writing the WAL segment of model p (/data/wal/models/p/x.tmp): IO Error: Could not write file "/data/wal/models/p/x.tmp": No space left on device; free space on that file system (or move the directory to a larger one)');
+    expect(e.message).toBe(
+      'disk full while writing the WAL segment of model p (/data/wal/models/p/x.tmp): IO Error: Could not write file "/data/wal/models/p/x.tmp": No space left on device; free space on that file system (or move the directory to a larger one)',
+    );
   });
 });

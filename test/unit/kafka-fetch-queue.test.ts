@@ -125,7 +125,7 @@ describe('KafkaFetchQueue: holding fetches', () => {
     expect([f.settled, f.released, queue.holding]).toEqual([true, false, 0]);
   });
 
-  it('letting a fetch go drops what it has queued and the partition\'s later fetches; the partition is read again from what was handed out', () => {
+  it("letting a fetch go drops what it has queued and the partition's later fetches; the partition is read again from what was handed out", () => {
     const { queue } = setup();
     const first = queue.add('a', 0, run(0, 10))!;
     queue.add('a', 1, run(0, 5));

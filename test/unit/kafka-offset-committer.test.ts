@@ -53,7 +53,7 @@ function track(...ps: Promise<CommitOutcome>[]): (CommitOutcome | 'pending')[] {
 }
 
 describe('KafkaOffsetCommitter', () => {
-  it('commits the next offset after each partition\'s acked messages', async () => {
+  it("commits the next offset after each partition's acked messages", async () => {
     const { committer, requests } = setup();
     committer.assign([A0, A1]);
     const t1 = committer.handOut('a', 0, 0, 9);
@@ -172,7 +172,7 @@ describe('KafkaOffsetCommitter', () => {
     committer.handOut('b', 0, 0, 0);
   });
 
-  it('commitAhead commits a previous run\'s position for assigned partitions, never behind what this generation commits', async () => {
+  it("commitAhead commits a previous run's position for assigned partitions, never behind what this generation commits", async () => {
     const { committer, requests } = setup();
     committer.restore({ 'a:0': 5, 'a:1': 7 });
     expect(committer.durable()).toEqual({ 'a:0': 5, 'a:1': 7 });

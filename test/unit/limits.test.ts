@@ -57,9 +57,7 @@ describe('message limits', () => {
     const lim = { maxBytes: 1e9, maxDepth: 128, maxFields: 100 };
     expect(over(keys(50), lim)).toBeUndefined(); // 50 keys + 50 nested = 100
     expect(over(keys(51), lim)).toBe('message has more than limits.max_fields (100) fields');
-    expect(over('{' + Array.from({ length: 100_001 }, (_, i) => `"k${i}":1`).join(',') + '}')).toBe(
-      'message has more than limits.max_fields (100000) fields',
-    );
+    expect(over('{' + Array.from({ length: 100_001 }, (_, i) => `"k${i}":1`).join(',') + '}')).toBe('message has more than limits.max_fields (100000) fields');
     expect(over('{' + Array.from({ length: 100_000 }, (_, i) => `"k${i}":1`).join(',') + '}')).toBeUndefined();
   });
 
@@ -85,7 +83,14 @@ describe('message limits', () => {
     expect(top(' \n' + obj(names(20_000)), 1000)).toBe(20_000);
     // Nested keys, keys inside strings and values do not count; only the top level does.
     expect(top(obj(names(5), obj(names(100, 'n'))), 10)).toBeUndefined();
-    expect(top(`{"a":"\\":"b":1,"c":{${names(50).map((k) => `"${k}":2`).join(',')}},"d":[{"x":1,"y":2}]}`, 3)).toBeUndefined();
+    expect(
+      top(
+        `{"a":"\\":"b":1,"c":{${names(50)
+          .map((k) => `"${k}":2`)
+          .join(',')}},"d":[{"x":1,"y":2}]}`,
+        3,
+      ),
+    ).toBeUndefined();
     // Duplicates are one key: 2,000 keys, 10 distinct.
     expect(top(obj([...names(10), ...names(1990).map((_, i) => `k${i % 10}`)]), 10)).toBeUndefined();
     // A key with an escape may spell another key: DuckDB decides.

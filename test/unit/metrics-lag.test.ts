@@ -9,7 +9,10 @@ describe('sluice_source_lag_messages', () => {
   it('one sample per partition, none without a source, none once the source stopped', async () => {
     const m = new Metrics();
     expect(await lagLines(m)).toEqual([]);
-    m.watchLag('orders', async () => [{ topic: 't', partition: 0, messages: 5 }, { topic: 't', partition: 1, messages: 0 }]);
+    m.watchLag('orders', async () => [
+      { topic: 't', partition: 0, messages: 5 },
+      { topic: 't', partition: 1, messages: 0 },
+    ]);
     expect(await lagLines(m)).toEqual(['sluice_source_lag_messages{source="orders",topic="t",partition="0"} 5', 'sluice_source_lag_messages{source="orders",topic="t",partition="1"} 0']);
     m.watchLag('orders', undefined);
     expect(await lagLines(m)).toEqual([]);

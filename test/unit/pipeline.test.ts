@@ -123,7 +123,13 @@ describe('pipeline: delivery', () => {
     expect(await run.metric('sluice_flushes_total', { model: 'events', result: 'error' })).toBeGreaterThanOrEqual(1);
 
     sink.repair();
-    await stepUntil(clock, 'the rows of events at the sink', () => sink.rows('events').length >= 30, () => source.polls.length, 50);
+    await stepUntil(
+      clock,
+      'the rows of events at the sink',
+      () => sink.rows('events').length >= 30,
+      () => source.polls.length,
+      50,
+    );
     expect(sink.rows('events')).toEqual(range(1, 30).map(row));
     expect(sink.rows('ids')).toEqual(range(1, 30).map((n) => ({ id: String(n) })));
     expect(run.pipeline.ready()).toEqual({ ok: true, reasons: [] });
@@ -171,7 +177,10 @@ describe('pipeline: delivery', () => {
     const run = runInProcess({ project, source, sinks: { default: sink } });
     const summary = await run.result;
     expect(summary).toMatchObject({ messages: 4, deadLettered: 2, rows: { events: 2 } });
-    expect(sink.rows('events')).toEqual([{ id: '1', code: 10 }, { id: '4', code: 40 }]);
+    expect(sink.rows('events')).toEqual([
+      { id: '1', code: 10 },
+      { id: '4', code: 40 },
+    ]);
     expect(source.ackedPayloads).toHaveLength(4);
     const dead = projectDeadLetters(dir);
     expect(dead.map((d) => [d.stage, d.source, d.model ?? null, d.payload])).toEqual([
@@ -252,7 +261,13 @@ describe('pipeline: time on an injected clock', () => {
     source.push(msg(1), msg(2), msg(3));
     await waitFor('3 messages acked', () => source.ackedPayloads.length === 3);
     const committedAt = clock.now();
-    await stepUntil(clock, 'the flush by age', () => sink.attempts.length > 0, () => source.polls.length, 1000);
+    await stepUntil(
+      clock,
+      'the flush by age',
+      () => sink.attempts.length > 0,
+      () => source.polls.length,
+      1000,
+    );
     expect(sink.attempts).toEqual([expect.objectContaining({ ok: true, rows: 3 })]);
     const age = sink.attempts[0].at - committedAt;
     expect(age).toBeGreaterThanOrEqual(60_000);
@@ -273,10 +288,18 @@ describe('pipeline: time on an injected clock', () => {
     const run = runInProcess({ project, source, sinks: { default: sink }, clock });
     source.push(...range(1, 20).map(msg));
     await waitFor('the first failed write', () => sink.failures === 1);
-    await stepUntil(clock, 'six failed writes', () => sink.failures >= 6, () => source.polls.length, 50);
+    await stepUntil(
+      clock,
+      'six failed writes',
+      () => sink.failures >= 6,
+      () => source.polls.length,
+      50,
+    );
     // The waits between attempts, on the clock: the backoff, to within a step (50 ms).
     const at = sink.attempts.map((a) => a.at);
-    at.slice(1).forEach((t, i) => expect(t - at[i], `wait before attempt ${i + 2}`).toSatisfy((d: number) => d >= [150, 300, 600, 600, 600][i] && d <= [150, 300, 600, 600, 600][i] + 50));
+    for (const [i, t] of at.slice(1).entries()) {
+      expect(t - at[i], `wait before attempt ${i + 2}`).toSatisfy((d: number) => d >= [150, 300, 600, 600, 600][i] && d <= [150, 300, 600, 600, 600][i] + 50);
+    }
     const retries = run.events.filter((e) => e.msg === 'sink write failed; the WAL is kept and the write retried');
     expect(retries.map((e) => [e.sink, e.attempt, e.retry_in_ms])).toEqual([1, 2, 3, 4, 5, 6].map((n, i) => ['default', n, [150, 300, 600, 600, 600, 600][i]]));
     expect(await run.metric('sluice_sink_errors_total', { sink: 'default' })).toBe(6);
@@ -286,7 +309,13 @@ describe('pipeline: time on an injected clock', () => {
     expect(run.pipeline.ready().reasons).toEqual(['sink default unhealthy', expect.stringMatching(/^flush of events failing: sink default: fake sink: the target is down/)]);
 
     sink.repair();
-    await stepUntil(clock, 'the rows at the sink', () => sink.rows('events').length > 0, () => source.polls.length, 50);
+    await stepUntil(
+      clock,
+      'the rows at the sink',
+      () => sink.rows('events').length > 0,
+      () => source.polls.length,
+      50,
+    );
     expect(sink.attempts[6].ok).toBe(true);
     expect(sink.attempts[6].at - at[5]).toSatisfy((d: number) => d >= 600 && d <= 650);
     expect(sink.rows('events')).toEqual(range(1, 20).map(row));
@@ -348,13 +377,25 @@ describe('pipeline: time on an injected clock', () => {
     await run.event(/^reading paused/);
     source.push(...range(11, 15).map(msg));
     const failures = sink.failures;
-    await stepUntil(clock, "three more failed retries while paused", () => sink.failures >= failures + 3, () => sink.attempts.length, 100);
+    await stepUntil(
+      clock,
+      'three more failed retries while paused',
+      () => sink.failures >= failures + 3,
+      () => sink.attempts.length,
+      100,
+    );
     expect(source.handedOver).toBe(10);
     expect(source.ackedPayloads).toEqual(range(1, 5).map(msg));
     expect(run.pipeline.ready().reasons).toContainEqual(expect.stringMatching(/^reading paused: the WAL holds \d+ bytes \(wal.max_bytes 1\) while a sink fails/));
 
     sink.repair();
-    await stepUntil(clock, 'every row at the sink', () => sink.rows('events').length === 15, () => sink.attempts.length + source.polls.length, 100);
+    await stepUntil(
+      clock,
+      'every row at the sink',
+      () => sink.rows('events').length === 15,
+      () => sink.attempts.length + source.polls.length,
+      100,
+    );
     await run.event('reading resumed');
     expect(sink.rows('events')).toEqual(range(1, 15).map(row));
     expect(source.ackedPayloads).toEqual(range(1, 15).map(msg));

@@ -2,12 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { countFields, DEFAULT_MERGE, mergeStructure, type MergeOptions, type Structure } from '../../src/engine/structure.js';
 
 const SKIP: MergeOptions = { ...DEFAULT_MERGE, newFields: 'skip' };
-const keys = (n: number, type: Structure = 'UBIGINT', prefix = 'k'): Record<string, Structure> =>
-  Object.fromEntries(Array.from({ length: n }, (_, i) => [`${prefix}${i}`, type]));
+const keys = (n: number, type: Structure = 'UBIGINT', prefix = 'k'): Record<string, Structure> => Object.fromEntries(Array.from({ length: n }, (_, i) => [`${prefix}${i}`, type]));
 
 describe('mergeStructure', () => {
   it('reports the fields it adds, at every depth', () => {
-    const r = mergeStructure({ a: 'VARCHAR', u: { id: 'UBIGINT' }, n: 'NULL', xs: ['NULL'] }, { b: { c: 'VARCHAR', d: [{ e: 'BOOLEAN' }] }, u: { id: 'UBIGINT', name: 'VARCHAR' }, n: { p: 'DOUBLE' }, xs: [{ q: 'UBIGINT' }] });
+    const r = mergeStructure(
+      { a: 'VARCHAR', u: { id: 'UBIGINT' }, n: 'NULL', xs: ['NULL'] },
+      { b: { c: 'VARCHAR', d: [{ e: 'BOOLEAN' }] }, u: { id: 'UBIGINT', name: 'VARCHAR' }, n: { p: 'DOUBLE' }, xs: [{ q: 'UBIGINT' }] },
+    );
     expect(r.conflict).toBeUndefined();
     expect(r.merged).toEqual({ a: 'VARCHAR', u: { id: 'UBIGINT', name: 'VARCHAR' }, n: { p: 'DOUBLE' }, xs: [{ q: 'UBIGINT' }], b: { c: 'VARCHAR', d: [{ e: 'BOOLEAN' }] } });
     expect(r.added).toEqual(['$.b', '$.b.c', '$.b.d', '$.b.d[].e', '$.u.name', '$.n.p', '$.xs[].q']);
@@ -73,7 +75,12 @@ describe('mergeStructure', () => {
       collapsed: ['$.n', '$.xs[]'],
     });
     // Nothing known yet: everything is added (the caller uses 'skip' only once a schema exists).
-    expect(mergeStructure(undefined, { a: 'VARCHAR', n: { p: 'DOUBLE' } }, '$', SKIP)).toEqual({ merged: { a: 'VARCHAR', n: { p: 'DOUBLE' } }, added: ['$.a', '$.n', '$.n.p'], skipped: [], collapsed: [] });
+    expect(mergeStructure(undefined, { a: 'VARCHAR', n: { p: 'DOUBLE' } }, '$', SKIP)).toEqual({
+      merged: { a: 'VARCHAR', n: { p: 'DOUBLE' } },
+      added: ['$.a', '$.n', '$.n.p'],
+      skipped: [],
+      collapsed: [],
+    });
     // Conflicts on known keys remain conflicts.
     expect(mergeStructure({ a: 'UBIGINT' }, { a: 'VARCHAR' }, '$', SKIP).conflict).toBe('$.a is a number in earlier messages but a string here');
   });
@@ -190,7 +197,6 @@ describe('countFields', () => {
     }
     expect(checked).toBeGreaterThan(100);
   });
-
 
   it('counts keys at every depth, through lists, not inside JSON', () => {
     expect(countFields(undefined)).toBe(0);

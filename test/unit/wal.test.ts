@@ -59,10 +59,26 @@ describe('WAL', () => {
 
   it('reads a state.json written before checkpoints: its engine fields become the checkpoint', async () => {
     const d = dir('v1');
-    fs.writeFileSync(path.join(d, 'state.json'), JSON.stringify({ version: 1, seq: 3, position: { ordinal: 30 }, dlq: { bytes: 0 }, structure: { id: 'UBIGINT' }, schemas: { m: [{ name: 'id', type: 'BIGINT' }] }, models: { m: { flushedSeq: 3 } } }));
+    fs.writeFileSync(
+      path.join(d, 'state.json'),
+      JSON.stringify({
+        version: 1,
+        seq: 3,
+        position: { ordinal: 30 },
+        dlq: { bytes: 0 },
+        structure: { id: 'UBIGINT' },
+        schemas: { m: [{ name: 'id', type: 'BIGINT' }] },
+        models: { m: { flushedSeq: 3 } },
+      }),
+    );
     const wal = new Wal(d, silentLogger());
     await wal.open(['m']);
-    expect(wal.state).toEqual({ version: 2, seq: 3, checkpoint: { position: { ordinal: 30 }, dlq: { bytes: 0 }, structure: { id: 'UBIGINT' }, schemas: { m: [{ name: 'id', type: 'BIGINT' }] } }, models: { m: { flushedSeq: 3 } } });
+    expect(wal.state).toEqual({
+      version: 2,
+      seq: 3,
+      checkpoint: { position: { ordinal: 30 }, dlq: { bytes: 0 }, structure: { id: 'UBIGINT' }, schemas: { m: [{ name: 'id', type: 'BIGINT' }] } },
+      models: { m: { flushedSeq: 3 } },
+    });
   });
 
   it('a commit whose state write fails leaves the state as on disk; abandon() removes the batch, which then commits', async () => {

@@ -43,11 +43,13 @@ function registerInspect(dlq: Command, { withProject, projectOpts, out }: CliCon
         const of = many ? `source ${scope.source}: ` : '';
         out(`${of}${broker ? `${recs.length} dead letter(s) shown from` : `${all.length} dead letter(s) in`} ${where}${all.length > recs.length ? `, showing ${recs.length}` : ''}`);
         if (recs.length) {
-          out(formatTable(
-            [{ name: 'time' }, { name: 'stage' }, { name: 'source' }, { name: 'error' }, { name: 'payload' }],
-            recs.map((r) => ({ time: r.time, stage: r.stage, source: JSON.stringify(r.source), error: r.error, payload: r.payload })),
-            60,
-          ));
+          out(
+            formatTable(
+              [{ name: 'time' }, { name: 'stage' }, { name: 'source' }, { name: 'error' }, { name: 'payload' }],
+              recs.map((r) => ({ time: r.time, stage: r.stage, source: JSON.stringify(r.source), error: r.error, payload: r.payload })),
+              60,
+            ),
+          );
         }
       }
       if (o.format === 'json') out(JSON.stringify(json, null, 2));
@@ -77,7 +79,14 @@ async function readDlq(scope: ScopedRun, limit: number): Promise<{ all: DeadLett
 function registerReplay(dlq: Command, ctx: CliContext): void {
   const { withProject, projectOpts, out, setCode } = ctx;
   // Here --target names the queue to replay to (as it always has); the environment comes from $SLUICE_TARGET.
-  withProject(dlq.command('replay').description('send dead letters back: to the source queue (brokers) or through the pipeline (files); failures land in the DLQ again (every source, or the one named with --source; environment: $SLUICE_TARGET)'), false)
+  withProject(
+    dlq
+      .command('replay')
+      .description(
+        'send dead letters back: to the source queue (brokers) or through the pipeline (files); failures land in the DLQ again (every source, or the one named with --source; environment: $SLUICE_TARGET)',
+      ),
+    false,
+  )
     .option('--target <queue>', 'queue to move dead letters to (brokers; default: the queue they came from)')
     .option('--limit <n>', 'move at most this many (brokers)')
     .option('--source <name>', 'only the DLQ of this source')
@@ -89,7 +98,8 @@ function registerReplay(dlq: Command, ctx: CliContext): void {
       const limit = o.limit === undefined ? undefined : Number(o.limit);
       if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) throw new SluiceError('USAGE', `--limit must be a whole number, got ${o.limit}`);
       const scopes = dlqScopes(project, o.source);
-      if (o.target && scopes.length > 1) throw new SluiceError('USAGE', `--target names one queue: choose the source whose dead letters go there with --source (sources: ${scopes.map((s) => s.source).join(', ')})`);
+      if (o.target && scopes.length > 1)
+        throw new SluiceError('USAGE', `--target names one queue: choose the source whose dead letters go there with --source (sources: ${scopes.map((s) => s.source).join(', ')})`);
       const ac = new AbortController();
       onStopSignal(() => ac.abort());
       for (const scope of scopes) {
@@ -142,7 +152,11 @@ async function replayFileDlq(scope: ScopedRun, log: Logger, signal: AbortSignal,
     const src = new DlqReplaySource(file);
     const walDir = path.join(path.dirname(project.walPath), 'replay-wal', ...(scope.scopedWorkerId ? [scope.source] : []), path.basename(file, '.ndjson'));
     const summary = await new Pipeline({
-      project, log, signal, walDir, scopedWorkerId: scope.scopedWorkerId,
+      project,
+      log,
+      signal,
+      walDir,
+      scopedWorkerId: scope.scopedWorkerId,
       sourceOverride: { source: src, name: project.sources[0].name },
     }).run();
     if (signal.aborted) {

@@ -35,7 +35,11 @@ export function registerDocs(program: Command, ctx: CliContext): void {
 /** Writes the site (column types from the fixtures, where there are any); returns its index.html. */
 async function generate(o: DocsOpts, { loadAndCheck, err }: CliContext): Promise<string> {
   const { project, reports } = await loadAndCheck(o, { allowStateful: true });
-  const fixtures = fixturesFor(project, [], project.sources.map((s) => s.name));
+  const fixtures = fixturesFor(
+    project,
+    [],
+    project.sources.map((s) => s.name),
+  );
   const fixtureRun = fixtures.size ? await runFixtures(project, fixtures) : undefined;
   const dir = path.resolve(o.out ?? path.join(project.dir, '.sluice', 'docs'));
   const page = await writeSite({ project, reports, fixtureRun, generatedAt: new Date() }, dir);

@@ -11,7 +11,14 @@ export function registerInit(program: Command, { out }: CliContext): void {
     .command('init')
     .description('create a new project that validates and tests as generated')
     .argument('<name>', 'directory to create')
-    .addOption(new Option('--template <template>', 'showcase: two sources, four models with source()/ref()/config(), two sinks, docs, fixtures, dev/prod targets; minimal: one file source, two models, one Parquet sink').choices(['showcase', 'minimal']).default('showcase'))
+    .addOption(
+      new Option(
+        '--template <template>',
+        'showcase: two sources, four models with source()/ref()/config(), two sinks, docs, fixtures, dev/prod targets; minimal: one file source, two models, one Parquet sink',
+      )
+        .choices(['showcase', 'minimal'])
+        .default('showcase'),
+    )
     .action(async (name: string, o: { template: 'showcase' | 'minimal' }) => {
       const dir = path.resolve(name);
       if (fs.existsSync(dir) && fs.readdirSync(dir).length > 0) throw new SluiceError('USAGE', `${name} already exists and is not empty`);
@@ -21,6 +28,8 @@ export function registerInit(program: Command, { out }: CliContext): void {
         return;
       }
       await scaffoldShowcase(dir, path.basename(dir));
-      out(`created ${name}/\n\nnext:\n  cd ${name}\n  sluice validate\n  sluice test                 # runs the models on tests/<source>.json\n  sluice lineage\n  sluice docs generate        # then open .sluice/docs/index.html\n  sluice run                  # every source, each with the models it feeds\n  sluice run --source orders  # or only some: --source may be repeated`);
+      out(
+        `created ${name}/\n\nnext:\n  cd ${name}\n  sluice validate\n  sluice test                 # runs the models on tests/<source>.json\n  sluice lineage\n  sluice docs generate        # then open .sluice/docs/index.html\n  sluice run                  # every source, each with the models it feeds\n  sluice run --source orders  # or only some: --source may be repeated`,
+      );
     });
 }

@@ -17,13 +17,17 @@ type RunOpts = CommonOpts & { model?: string[]; dryRun?: boolean; logJson?: bool
 
 /** `sluice run`. */
 export function registerRun(program: Command, ctx: CliContext): void {
-  ctx.withProject(program.command('run').description('run the pipeline: every source (each with the models it feeds) in this process'))
+  ctx
+    .withProject(program.command('run').description('run the pipeline: every source (each with the models it feeds) in this process'))
     .option('--model <name...>', 'run only these models (and the models they ref), and only the sources feeding them')
     .option('--dry-run', 'consume one batch (of each source), print the output, write and acknowledge nothing')
     .option('--log-json', 'JSON log lines (for production)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR']).default('info'))
     .option('--port <port>', 'HTTP port for /healthz /readyz /metrics (0 = off; default from sluice.yml or 9400)')
-    .option('--source <name...>', 'run only these sources and the models they feed (default: all; with several, each is a pipeline of its own, its WAL in <wal.path>/<source>, the same in one process or one process per source)')
+    .option(
+      '--source <name...>',
+      'run only these sources and the models they feed (default: all; with several, each is a pipeline of its own, its WAL in <wal.path>/<source>, the same in one process or one process per source)',
+    )
     .action(async (o: RunOpts) => {
       await run(o, ctx);
     });
@@ -44,7 +48,14 @@ async function run(o: RunOpts, { loadAndCheckKeep, setCode }: CliContext): Promi
     setCode(await runWithHeap(checked.project.nodeMaxHeapMb));
     return;
   }
-  log.debug({ heap_limit_mb: Math.round(v8.getHeapStatistics().heap_size_limit / 2 ** 20), duckdb_memory_limit: checked.project.duckdb.memory_limit ?? defaultMemoryLimit(), uv_threadpool_size: threadPoolSize() }, 'memory limits');
+  log.debug(
+    {
+      heap_limit_mb: Math.round(v8.getHeapStatistics().heap_size_limit / 2 ** 20),
+      duckdb_memory_limit: checked.project.duckdb.memory_limit ?? defaultMemoryLimit(),
+      uv_threadpool_size: threadPoolSize(),
+    },
+    'memory limits',
+  );
   const runs = await scopeRuns(checked.project, o, duckdb, log);
   await runScoped(runs, o, { log, signal, port, projectPort: checked.project.port, duckdb });
 }
@@ -79,12 +90,18 @@ async function scopeRuns(project: Project, o: RunOpts, duckdb: DuckDB, log: Logg
       const share = await shareDuckDB(project.duckdb, runs.length, duckdb.conn);
       await duckdb.conn.run(`SET threads = ${share.threads}; SET memory_limit = '${share.memory_limit}'`);
       runs = runs.map((r) => ({ ...r, project: { ...r.project, duckdb: { threads: share.threads, memory_limit: share.memory_limit } } }));
-      log.info({ sources: runs.length, threads: share.total.threads, memory_limit: share.total.memory_limit, each: { threads: share.threads, memory_limit: share.memory_limit } }, 'the sources share DuckDB\'s threads and memory limit');
+      log.info(
+        { sources: runs.length, threads: share.total.threads, memory_limit: share.total.memory_limit, each: { threads: share.threads, memory_limit: share.memory_limit } },
+        "the sources share DuckDB's threads and memory limit",
+      );
       // Each pipeline keeps up to two DuckDB queries on libuv's pool, each holding a thread for
       // its whole length (see bin/sluice.js): past that, one source's file work waits on another's queries.
       const pool = threadPoolSize();
       if (!o.dryRun && pool < 2 * runs.length + 2) {
-        log.warn({ sources: runs.length, uv_threadpool_size: pool }, `${runs.length} sources in one process need a libuv thread pool of at least ${2 * runs.length + 2} threads: set UV_THREADPOOL_SIZE (or run some sources in another process with --source)`);
+        log.warn(
+          { sources: runs.length, uv_threadpool_size: pool },
+          `${runs.length} sources in one process need a libuv thread pool of at least ${2 * runs.length + 2} threads: set UV_THREADPOOL_SIZE (or run some sources in another process with --source)`,
+        );
       }
     }
     return runs;
@@ -111,7 +128,10 @@ async function runScoped(runs: ScopedRun[], o: RunOpts, { log, signal, port, pro
   const done = (summary: RunSummary, l: Logger) => {
     if (o.dryRun) return;
     const secs = (Date.now() - started) / 1000;
-    l.info({ messages: summary.messages, dead_lettered: summary.deadLettered, redelivered: summary.redelivered, rows: summary.rows, flushes: summary.flushes, seconds: Number(secs.toFixed(2)) }, 'done');
+    l.info(
+      { messages: summary.messages, dead_lettered: summary.deadLettered, redelivered: summary.redelivered, rows: summary.rows, flushes: summary.flushes, seconds: Number(secs.toFixed(2)) },
+      'done',
+    );
   };
   const print = (s: string) => process.stdout.write(s);
   if (runs.length === 1) {

@@ -78,16 +78,17 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
     ? `<tr><th>contract</th><td>new columns: <code>${esc(m.contract.newColumns)}</code>, type changes: <code>${esc(m.contract.typeChanges)}</code> (${m.contract.columns.length} declared column${m.contract.columns.length === 1 ? '' : 's'})</td></tr>`
     : '';
   const colRows = cols
-    .map((c) => `<tr><td><code>${esc(c.name)}</code></td><td>${typeCell(c)}</td><td>${c.description ? esc(c.description) : '<span class="none">—</span>'}</td><td>${c.tests.map((t) => `<span class="test">${esc(t)}</span>`).join(' ')}</td></tr>`)
+    .map(
+      (c) =>
+        `<tr><td><code>${esc(c.name)}</code></td><td>${typeCell(c)}</td><td>${c.description ? esc(c.description) : '<span class="none">—</span>'}</td><td>${c.tests.map((t) => `<span class="test">${esc(t)}</span>`).join(' ')}</td></tr>`,
+    )
     .join('');
   const stateful = r.analysis.stateful;
   const units = input.project.unitTests.filter((u) => u.expect.has(m.name)).map((u) => `unit test ${u.name} (${path.relative(input.project.dir, path.resolve(u.file))})`);
   const modelTests = [...testsOf(r, undefined), ...units];
   const fixture = input.fixtureRun?.fixtures.get(m.source);
   const rows = input.fixtureRun?.outputs.get(m.name)?.rows.length;
-  const fixtureNote = fixture
-    ? `<li>fixture <code>${esc(path.relative(input.project.dir, fixture))}</code> (run with <code>sluice test</code>): ${rows ?? 0} row${rows === 1 ? '' : 's'}</li>`
-    : '';
+  const fixtureNote = fixture ? `<li>fixture <code>${esc(path.relative(input.project.dir, fixture))}</code> (run with <code>sluice test</code>): ${rows ?? 0} row${rows === 1 ? '' : 's'}</li>` : '';
   const testItems = modelTests.map((t) => `<li><span class="test">${esc(t)}</span></li>`).join('') + fixtureNote;
   return `<section class="model" id="${esc(anchor(id))}" data-name="${esc(m.name)}">
 <h2><span class="badge model">model</span> ${esc(m.name)} <span class="badge ${stateful.length ? 'stateful' : 'stateless'}">${stateful.length ? 'stateful' : 'stateless'}</span></h2>
@@ -223,9 +224,18 @@ ${fixture ? `<tr><th>fixture</th><td><code>${esc(path.relative(project.dir, fixt
 <h1>${esc(project.name)}</h1>
 <div class="meta">${project.target ? `target <b>${esc(project.target)}</b> · ` : ''}${reports.length} models · generated ${esc(stamp)}</div>
 <input id="search" type="search" placeholder="filter models…" aria-label="filter models">
-${navList('source', project.sources.map((s) => s.name))}
-${navList('model', project.models.map((m) => m.name))}
-${navList('sink', project.sinks.map((s) => s.name))}
+${navList(
+  'source',
+  project.sources.map((s) => s.name),
+)}
+${navList(
+  'model',
+  project.models.map((m) => m.name),
+)}
+${navList(
+  'sink',
+  project.sinks.map((s) => s.name),
+)}
 </nav>
 <main>
 <section id="overview">
@@ -256,7 +266,11 @@ export async function writeSite(input: DocsInput, outDir: string): Promise<strin
 
 /** 134217728 -> "128 MiB"; sizes that are not a whole number of KiB or MiB stay in bytes. */
 function sizeText(bytes: number): string {
-  for (const [unit, n] of [['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
+  for (const [unit, n] of [
+    ['GiB', 2 ** 30],
+    ['MiB', 2 ** 20],
+    ['KiB', 2 ** 10],
+  ] as const) {
     if (bytes >= n && bytes % n === 0) return `${bytes / n} ${unit}`;
   }
   return `${bytes} bytes`;

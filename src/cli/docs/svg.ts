@@ -116,11 +116,13 @@ export function lineageSvg(g: Lineage): string {
     .map(({ node: n, x, y, w }) => {
       const rx = n.kind === 'source' ? NODE_H / 2 : n.kind === 'sink' ? 12 : 6;
       const sub = n.kind + (n.type ? ` · ${n.type}` : '');
-      return `<a href="#${esc(n.id.replace('.', '-'))}" class="node-link"><g class="node ${n.kind}" data-id="${esc(n.id)}" transform="translate(${x},${y})">` +
+      return (
+        `<a href="#${esc(n.id.replace('.', '-'))}" class="node-link"><g class="node ${n.kind}" data-id="${esc(n.id)}" transform="translate(${x},${y})">` +
         `<title>${esc(`${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}`)}</title>` +
         `<rect width="${w}" height="${NODE_H}" rx="${rx}" ry="${rx}"/>` +
         `<text class="kind" x="${w / 2}" y="17">${esc(sub)}</text>` +
-        `<text class="name" x="${w / 2}" y="35">${esc(n.name)}</text></g></a>`;
+        `<text class="name" x="${w / 2}" y="35">${esc(n.name)}</text></g></a>`
+      );
     })
     .join('\n');
   return `<svg id="lineage" xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="lineage graph">

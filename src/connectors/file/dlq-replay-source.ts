@@ -14,7 +14,11 @@ export class DlqReplaySource implements Source {
   private readonly stamp: string;
 
   constructor(readonly file: string) {
-    this.stamp = path.basename(file).replace(/^replay-/, '').replace(/\.ndjson$/, '').replace(/[^A-Za-z0-9]/g, '');
+    this.stamp = path
+      .basename(file)
+      .replace(/^replay-/, '')
+      .replace(/\.ndjson$/, '')
+      .replace(/[^A-Za-z0-9]/g, '');
   }
 
   async open(position: unknown): Promise<void> {
@@ -46,7 +50,10 @@ export class DlqReplaySource implements Source {
 
   static async pendingFiles(dir: string): Promise<string[]> {
     try {
-      return (await fsp.readdir(dir)).filter((f) => /^replay-.*\.ndjson$/.test(f)).sort().map((f) => path.join(dir, f));
+      return (await fsp.readdir(dir))
+        .filter((f) => /^replay-.*\.ndjson$/.test(f))
+        .sort()
+        .map((f) => path.join(dir, f));
     } catch {
       return [];
     }

@@ -6,7 +6,6 @@ import { sleep } from '../../util/retry.js';
 import type { FileSourceConfig } from './file-config.js';
 import type { ConnectorContext, MessageMeta, PayloadBlock, PollLimits, RawMessage, Source, SourceChunk } from '../types.js';
 
-
 /**
  * A line (or array element) of an input file, kept as bytes in its batch's block: the payload
  * string is made only when asked for (dead letters). `_topic` is the file, `_offset` the line
@@ -177,9 +176,7 @@ export class FileSource implements Source {
       }
       if (!st) files = [];
       else if (st.isDirectory()) {
-        files = (await fsp.readdir(p, { withFileTypes: true }))
-          .filter((d) => d.isFile() && DATA_EXT.test(d.name) && !d.name.startsWith('.'))
-          .map((d) => path.join(p, d.name));
+        files = (await fsp.readdir(p, { withFileTypes: true })).filter((d) => d.isFile() && DATA_EXT.test(d.name) && !d.name.startsWith('.')).map((d) => path.join(p, d.name));
       } else files = [p];
     }
     return files.sort();

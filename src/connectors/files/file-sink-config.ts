@@ -141,8 +141,14 @@ export const parquetSinkSchema = z
 
 const textCompression = z.enum(['none', 'gzip']).default('none').describe('gzip writes .jsonl.gz / .csv.gz');
 
-export const jsonlSinkSchema = z.object({ type: z.literal('jsonl'), ...fileSinkKeys, compression: textCompression }).strict().superRefine(checkFileSink);
-export const csvSinkSchema = z.object({ type: z.literal('csv'), ...fileSinkKeys, compression: textCompression }).strict().superRefine(checkFileSink);
+export const jsonlSinkSchema = z
+  .object({ type: z.literal('jsonl'), ...fileSinkKeys, compression: textCompression })
+  .strict()
+  .superRefine(checkFileSink);
+export const csvSinkSchema = z
+  .object({ type: z.literal('csv'), ...fileSinkKeys, compression: textCompression })
+  .strict()
+  .superRefine(checkFileSink);
 
 /** Columns and expressions a model must provide, with the config key that asks for them. */
 export function fileSinkRequirements(cfg: FileSinkConfig): { key: (string | number)[]; column?: string; expr?: string }[] {

@@ -18,7 +18,14 @@ const saslSchema = z
 export const kafkaConnectionKeys = {
   brokers: z
     .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
-    .transform((v) => (Array.isArray(v) ? v : v.split(',').map((s) => s.trim()).filter(Boolean)))
+    .transform((v) =>
+      Array.isArray(v)
+        ? v
+        : v
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean),
+    )
     .describe('bootstrap brokers, host:port (a list or one comma-separated string)'),
   client_id: z.string().min(1).default('sluice').describe('client id sent to the brokers'),
   tls: tlsSchema.optional().describe('TLS to the brokers (the same block as every connector)'),
@@ -34,7 +41,9 @@ const topicPartitions = (what: string) =>
     .int()
     .positive()
     .optional()
-    .describe(`partitions of ${what}, for \`sluice apply\`: it creates a missing topic with this many and adds partitions to one with fewer (unset: the broker's default, and the count is not checked)`);
+    .describe(
+      `partitions of ${what}, for \`sluice apply\`: it creates a missing topic with this many and adds partitions to one with fewer (unset: the broker's default, and the count is not checked)`,
+    );
 
 export const kafkaSourceSchema = z
   .object({
@@ -64,7 +73,7 @@ export const kafkaSourceSchema = z
       .positive()
       .default(32 * 1024 * 1024)
       .describe('fetched but unprocessed bytes above which every partition is paused; resumed below half of it'),
-    dlq: z.string().min(1).optional().describe('topic for dead letters; default <topic>_dlq of the message\'s topic'),
+    dlq: z.string().min(1).optional().describe("topic for dead letters; default <topic>_dlq of the message's topic"),
     partitions: topicPartitions('the topics'),
     ...batching,
   })
@@ -91,10 +100,7 @@ export const kafkaSinkSchema = z
     ...kafkaConnectionKeys,
     topic: z.string().min(1).describe('topic the rows are produced to, one JSON message per row'),
     key: z.string().min(1).optional().describe('model column whose value is the message key (no key when unset or NULL)'),
-    transactional: z
-      .boolean()
-      .default(true)
-      .describe('one Kafka transaction per flush (implies an idempotent producer with acks=all): read_committed consumers see a flush whole or not at all'),
+    transactional: z.boolean().default(true).describe('one Kafka transaction per flush (implies an idempotent producer with acks=all): read_committed consumers see a flush whole or not at all'),
     idempotent: z.boolean().default(true).describe('idempotent producer when transactional is false'),
     compression: z.enum(['none', 'gzip']).default('none').describe('message compression (the codecs kafkajs has built in)'),
     batch_messages: z.number().int().positive().default(5000).describe('messages per produce request'),

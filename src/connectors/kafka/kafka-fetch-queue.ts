@@ -295,7 +295,10 @@ export class KafkaFetchQueue<M extends FetchedMessage = FetchedMessage> {
     f.inFlight -= slice.messages.length;
     f.finished += slice.messages.length;
     if (f.settled) this.held.delete(f);
-    else if (this.rebalancingNow && f.inFlight === 0) return this.release(f);
+    else if (this.rebalancingNow && f.inFlight === 0) {
+      this.release(f);
+      return;
+    }
     f.poke();
   }
 

@@ -43,7 +43,9 @@ export function sourceNeeds(cfg: KafkaSourceConfig): KafkaNeeds {
       // The same topics the source subscribes to at start: they exist, and have no partition count to check.
       const re = new RegExp(cfg.topic_pattern!);
       const matched = existing.filter((t) => re.test(t) && !t.startsWith('__') && !isDlqTopic(cfg, t)).sort();
-      notes.push({ text: `topic_pattern ${cfg.topic_pattern} matches ${matched.length ? matched.join(', ') : 'no topic'} now; the source reads the topics that match when it starts, so only their dead-letter topics are planned` });
+      notes.push({
+        text: `topic_pattern ${cfg.topic_pattern} matches ${matched.length ? matched.join(', ') : 'no topic'} now; the source reads the topics that match when it starts, so only their dead-letter topics are planned`,
+      });
       read = matched.map((topic) => ({ topic, role: 'read by the source (topic_pattern)', read: true }));
     }
     const dlq: TopicNeed[] = cfg.dlq ? [{ topic: cfg.dlq, role: 'dead letters' }] : read.map((r) => ({ topic: dlqTopicFor(cfg, r.topic), role: `dead letters of ${r.topic}` }));
@@ -102,7 +104,10 @@ export async function topicGone(admin: Pick<Admin, 'listTopics'>, topic: string,
     }
     if (!listed.includes(topic)) return;
     if (Date.now() >= deadline) {
-      throw new SluiceError('CONNECT', `kafka: timed out: topic ${topic} was deleted, but the cluster still lists it ${timeoutMs / 1000} s later (it may still be removing it). Once it is gone, ${recreate}`);
+      throw new SluiceError(
+        'CONNECT',
+        `kafka: timed out: topic ${topic} was deleted, but the cluster still lists it ${timeoutMs / 1000} s later (it may still be removing it). Once it is gone, ${recreate}`,
+      );
     }
     await sleep(Math.min(500, Math.max(1, deadline - Date.now())));
   }
@@ -192,7 +197,11 @@ export class KafkaPlanner extends BrokerPlanner<KafkaConnectionConfig, KafkaNeed
     const r = await admin.describeConfigs({ resources: [{ type: ConfigResourceTypes.TOPIC, name: topic }], includeSynonyms: false });
     const own = (r.resources[0]?.configEntries ?? []).filter((e) => e.configSource === ConfigSource.TOPIC_CONFIG || (!e.configSource && !e.isDefault && !e.readOnly));
     const hidden = own.filter((e) => e.configValue === null || e.configValue === undefined).map((e) => e.configName);
-    if (hidden.length) throw new SluiceError('CONNECT', `kafka: the broker does not tell the value of setting ${hidden.join(', ')} of topic ${topic} (sensitive), so it cannot be recreated with it: recreate the topic with the cluster's own tools`);
+    if (hidden.length)
+      throw new SluiceError(
+        'CONNECT',
+        `kafka: the broker does not tell the value of setting ${hidden.join(', ')} of topic ${topic} (sensitive), so it cannot be recreated with it: recreate the topic with the cluster's own tools`,
+      );
     return own.map((e) => ({ name: e.configName, value: e.configValue }));
   }
 
@@ -242,7 +251,9 @@ export class KafkaPlanner extends BrokerPlanner<KafkaConnectionConfig, KafkaNeed
     const wanted = [...new Map(topics.map((t) => [t.topic, t])).values()].map((t) => (topics.some((o) => o.topic === t.topic && o.read) ? { ...t, read: true } : t));
     const have = new Set(existing);
     const counted = wanted.filter((t) => t.partitions && have.has(t.topic)).map((t) => t.topic);
-    const meta = new Map((counted.length ? (await this.read(`the metadata of ${counted.join(', ')}`, (a) => a.fetchTopicMetadata({ topics: counted }))).topics : []).map((t) => [t.name, t.partitions]));
+    const meta = new Map(
+      (counted.length ? (await this.read(`the metadata of ${counted.join(', ')}`, (a) => a.fetchTopicMetadata({ topics: counted }))).topics : []).map((t) => [t.name, t.partitions]),
+    );
     const cluster = await this.read('the cluster', (a) => a.describeCluster()).catch(() => undefined);
     this.claimed = wanted.map((t) => topicClaim(cluster?.clusterId ?? [...this.cfg.brokers].sort().join(','), t));
     const out: InfraChange[] = [];

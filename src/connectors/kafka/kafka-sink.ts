@@ -41,7 +41,13 @@ export class KafkaSink implements Sink {
     const first = this.ensureProducer();
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), this.cfg.connect_timeout_ms)));
-    const outcome = await Promise.race([first.then(() => 'ok' as const, (err: unknown) => err), late]);
+    const outcome = await Promise.race([
+      first.then(
+        () => 'ok' as const,
+        (err: unknown) => err,
+      ),
+      late,
+    ]);
     clearTimeout(timer);
     if (outcome === 'ok') return;
     if (outcome instanceof Error && outcome.name === 'KafkaJSSASLAuthenticationError') {

@@ -371,7 +371,10 @@ export class KafkaSource implements Source {
           break;
         }
         if (Date.now() - rebalancingSince > this.revokeTimeout) {
-          this.log.warn({ partition: fetch.tp, revoke_timeout_ms: this.revokeTimeout }, 'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)');
+          this.log.warn(
+            { partition: fetch.tp, revoke_timeout_ms: this.revokeTimeout },
+            'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)',
+          );
           this.queue.release(fetch);
           break;
         }
@@ -393,7 +396,10 @@ export class KafkaSource implements Source {
     // The WAL has the position: a restart of this worker skips these; another worker may read them again.
     const rebalance = isRebalance(err);
     if (rebalance) this.queue.startRebalance();
-    this.log[rebalance ? 'info' : 'warn']({ err: new Error(errorMessage(err)), partitions: offsets.map((o) => `${o.topic}:${o.partition}@${o.offset}`) }, 'Kafka offset commit failed; the WAL keeps the position');
+    this.log[rebalance ? 'info' : 'warn'](
+      { err: new Error(errorMessage(err)), partitions: offsets.map((o) => `${o.topic}:${o.partition}@${o.offset}`) },
+      'Kafka offset commit failed; the WAL keeps the position',
+    );
   }
 
   /**
@@ -482,9 +488,7 @@ export class KafkaSource implements Source {
       if (!end) continue;
       const mine = this.queue.handedUpTo(topic, partition);
       const group = committed.get(k);
-      const at = mine !== undefined || group !== undefined
-        ? Math.max(mine ?? -1, group ?? -1)
-        : (this.timestampStart.get(k) ?? (this.cfg.start === 'latest' ? end.high : end.low));
+      const at = mine !== undefined || group !== undefined ? Math.max(mine ?? -1, group ?? -1) : (this.timestampStart.get(k) ?? (this.cfg.start === 'latest' ? end.high : end.low));
       out.push({ topic, partition, messages: Math.max(0, end.high - Math.max(at, end.low)) });
     }
     return out;

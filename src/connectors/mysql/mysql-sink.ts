@@ -69,9 +69,17 @@ export class MysqlSink extends TableSink<Connection> {
         this.ctx.log.info({ model: w.model, flush: w.name, table: table.display }, 'flush already applied to mysql (a replay); skipped');
         return;
       }
-      if (prior) this.ctx.log.warn({ model: w.model, flush: w.name, table: table.display }, 'a flush of this name with other rows was applied before (a new WAL over the same source positions?); applying these rows');
+      if (prior)
+        this.ctx.log.warn(
+          { model: w.model, flush: w.name, table: table.display },
+          'a flush of this name with other rows was applied before (a new WAL over the same source positions?); applying these rows',
+        );
       const keys = this.cfg.strategy === 'merge' ? await keyStats(duck, w, this.cfg.key) : undefined;
-      if (keys?.nullKeys) throw new SluiceError('SINK', `mysql sink: ${keys.nullKeys} row(s) of ${w.model}/${w.name} have a NULL key column (${this.cfg.key.join(', ')}); merge needs a key on every row`, { retryable: false, permanent: true });
+      if (keys?.nullKeys)
+        throw new SluiceError('SINK', `mysql sink: ${keys.nullKeys} row(s) of ${w.model}/${w.name} have a NULL key column (${this.cfg.key.join(', ')}); merge needs a key on every row`, {
+          retryable: false,
+          permanent: true,
+        });
       await ensureTable(store, this.cfg, table, w.model, cols, this.ctx.log);
       const select = flushSelect(w, cols.map(exportExpr), { lastPerKey: keys?.duplicates ? this.cfg.key : undefined });
       const merge = this.cfg.strategy === 'merge';

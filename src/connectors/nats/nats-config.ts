@@ -4,7 +4,10 @@ import { idPrefixKey, templateString } from '../row-json.js';
 
 /** Connection keys of every NATS connector (source, DLQ, sink). */
 export const natsConnectionKeys = {
-  servers: z.union([z.string(), z.array(z.string()).min(1)]).default('127.0.0.1:4222').describe('NATS server(s), host:port or nats:// URLs'),
+  servers: z
+    .union([z.string(), z.array(z.string()).min(1)])
+    .default('127.0.0.1:4222')
+    .describe('NATS server(s), host:port or nats:// URLs'),
   user: z.string().optional(),
   password: z.string().optional(),
   token: z.string().optional(),
@@ -20,12 +23,7 @@ export const natsSourceSchema = z
     filter_subject: z.string().min(1).optional().describe('only messages on this subject'),
     start: z.enum(['earliest', 'latest']).default('earliest').describe('where a new consumer starts'),
     ack_wait_ms: z.number().int().positive().default(30_000).describe('redelivery after this long without an ack (a crashed worker)'),
-    max_ack_pending: z
-      .number()
-      .int()
-      .positive()
-      .optional()
-      .describe("the consumer's bound on messages delivered and not yet acked, over all workers; default 4 x batch_size, at most 40,000"),
+    max_ack_pending: z.number().int().positive().optional().describe("the consumer's bound on messages delivered and not yet acked, over all workers; default 4 x batch_size, at most 40,000"),
     dlq: z.string().min(1).optional().describe('subject for dead letters; default sluice.dlq.<stream>, captured by stream <stream>_DLQ'),
     ...batching,
   })
@@ -52,12 +50,7 @@ export const natsSinkSchema = z
     subject: templateString('subject of every row: a constant, or a template such as orders.{region} ({column} = the column as text)'),
     stream: z.string().min(1).optional().describe('check at start that this JetStream stream exists; create it when missing and `subjects` is set'),
     subjects: z.array(z.string().min(1)).min(1).optional().describe('subjects of the stream created when missing'),
-    duplicate_window_ms: z
-      .number()
-      .int()
-      .positive()
-      .optional()
-      .describe("duplicate window of the stream created when missing (JetStream's default: 2 minutes)"),
+    duplicate_window_ms: z.number().int().positive().optional().describe("duplicate window of the stream created when missing (JetStream's default: 2 minutes)"),
     batch_rows: z.number().int().positive().default(1000).describe('publishes in flight before their acks are awaited'),
     ack_timeout_ms: z.number().int().positive().default(30_000).describe('a publish not acked by JetStream within this long fails (and is retried)'),
     ...idPrefixKey,

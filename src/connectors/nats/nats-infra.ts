@@ -238,7 +238,10 @@ export class NatsPlanner extends BrokerPlanner<NatsConnectionConfig, NatsNeeds> 
     if (!info) return [this.create(stream, [subject], role)];
     const foreign = foreignSettings(info);
     if (owner) {
-      if (foreign) this.found.push({ text: `dead-letter stream ${stream} has ${foreign}, not the file storage and limits retention sluice creates streams with: plan changes nothing on it, and sluice run uses it as it is` });
+      if (foreign)
+        this.found.push({
+          text: `dead-letter stream ${stream} has ${foreign}, not the file storage and limits retention sluice creates streams with: plan changes nothing on it, and sluice run uses it as it is`,
+        });
       return [];
     }
     if (foreign) {

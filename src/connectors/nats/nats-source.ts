@@ -114,7 +114,7 @@ export class NatsSource implements Source {
       const have = existing.config.max_ack_pending ?? -1;
       if (have !== -1 && have < maxPending) {
         await jsm.consumers.update(cfg.stream, cfg.consumer, { max_ack_pending: maxPending });
-        this.log.info({ consumer: cfg.consumer, from: have, to: maxPending }, 'raised the consumer\'s max_ack_pending');
+        this.log.info({ consumer: cfg.consumer, from: have, to: maxPending }, "raised the consumer's max_ack_pending");
       }
     } else {
       await jsm.consumers.add(cfg.stream, {
@@ -212,7 +212,8 @@ export class NatsSource implements Source {
       } catch (err) {
         if (this.closing) break;
         const e = new Error(errorMessage(err));
-        if (++this.pullFailures === PULL_FAILURES_UNHEALTHY) this.log.warn({ err: e, stream: this.cfg.stream, consumer: this.cfg.consumer }, 'pulling from JetStream keeps failing; /readyz is red until a pull works');
+        if (++this.pullFailures === PULL_FAILURES_UNHEALTHY)
+          this.log.warn({ err: e, stream: this.cfg.stream, consumer: this.cfg.consumer }, 'pulling from JetStream keeps failing; /readyz is red until a pull works');
         else this.log.debug({ err: e }, 'pulling from JetStream failed');
         await sleep(250);
       } finally {

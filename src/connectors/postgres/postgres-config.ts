@@ -10,8 +10,18 @@ export const postgresSinkSchema = z
     ...tableSinkKeys(['append', 'merge', 'scd2'] as const),
     valid_from_column: z.string().min(1).optional().describe('scd2: the model column holding the event time a version starts at (default: the time of the write)'),
     close_missing: z.boolean().default(false).describe('scd2: a flush is a full snapshot; current rows whose key is not in it are closed'),
-    temp_buffers_mb: z.number().int().positive().default(256).describe("PostgreSQL's temp_buffers for the sink's session: memory the staging table of a merge or scd2 flush may take before it spills to disk"),
-    work_mem_mb: z.number().int().positive().default(64).describe("PostgreSQL's work_mem for the sink's session: memory the joins of a merge or scd2 flush with the target may take before they spill to disk"),
+    temp_buffers_mb: z
+      .number()
+      .int()
+      .positive()
+      .default(256)
+      .describe("PostgreSQL's temp_buffers for the sink's session: memory the staging table of a merge or scd2 flush may take before it spills to disk"),
+    work_mem_mb: z
+      .number()
+      .int()
+      .positive()
+      .default(64)
+      .describe("PostgreSQL's work_mem for the sink's session: memory the joins of a merge or scd2 flush with the target may take before they spill to disk"),
     state_table: z.string().min(1).default('_sluice_applied').describe('table recording the flushes applied (effectively-once)'),
   })
   .strict()

@@ -69,9 +69,17 @@ export class PostgresSink extends TableSink<Client> {
         this.ctx.log.info({ model: w.model, flush: w.name, table: table.display }, 'flush already applied to postgres (a replay); skipped');
         return;
       }
-      if (done.rows.length) this.ctx.log.warn({ model: w.model, flush: w.name, table: table.display }, 'a flush of this name with other rows was applied before (a new WAL over the same source positions?); applying these rows');
+      if (done.rows.length)
+        this.ctx.log.warn(
+          { model: w.model, flush: w.name, table: table.display },
+          'a flush of this name with other rows was applied before (a new WAL over the same source positions?); applying these rows',
+        );
       const keys = strategy === 'append' ? undefined : await keyStats(db, w, key);
-      if (keys?.nullKeys) throw new SluiceError('SINK', `postgres sink: ${keys.nullKeys} row(s) of ${w.model}/${w.name} have a NULL key column (${key.join(', ')}); ${strategy} needs a key on every row`, { retryable: false, permanent: true });
+      if (keys?.nullKeys)
+        throw new SluiceError('SINK', `postgres sink: ${keys.nullKeys} row(s) of ${w.model}/${w.name} have a NULL key column (${key.join(', ')}); ${strategy} needs a key on every row`, {
+          retryable: false,
+          permanent: true,
+        });
       await ensureTable(store, this.cfg, table, w.model, cols, this.ctx.log);
       lap('prepare');
       // The last row of a key wins (merge; scd2 at write time): only needed when a key repeats.

@@ -73,7 +73,7 @@ export const pgDialect: TableDialect = {
     return false;
   },
   createTable(table, columns, key, strategy) {
-    const cols = columns.map((c) => `${q(c.name)} ${c.type}${key.includes(c.name) || ['valid_from', 'is_current', 'row_hash'].includes(c.name) && strategy === 'scd2' ? ' NOT NULL' : ''}`);
+    const cols = columns.map((c) => `${q(c.name)} ${c.type}${key.includes(c.name) || (['valid_from', 'is_current', 'row_hash'].includes(c.name) && strategy === 'scd2') ? ' NOT NULL' : ''}`);
     if (strategy === 'merge') cols.push(`PRIMARY KEY (${key.map(q).join(', ')})`);
     const out = [`CREATE TABLE ${table} (${cols.join(', ')})`];
     if (strategy === 'scd2') out.push(`CREATE UNIQUE INDEX ON ${table} (${key.map(q).join(', ')}) WHERE is_current`);

@@ -38,11 +38,7 @@ export interface AmqpConnectionLike {
  * Connects, retrying with exponential backoff (`reconnect`) until `deadline` (ms since the
  * epoch) or `signal`; with `once`, makes a single attempt (for a caller that retries itself).
  */
-export async function connectWithRetry(
-  cfg: RabbitmqConnectionConfig,
-  log: Logger,
-  opts: { deadline?: number; signal?: AbortSignal; once?: boolean } = {},
-): Promise<AmqpConnectionLike> {
+export async function connectWithRetry(cfg: RabbitmqConnectionConfig, log: Logger, opts: { deadline?: number; signal?: AbortSignal; once?: boolean } = {}): Promise<AmqpConnectionLike> {
   const amqp = await import('amqplib');
   const { url, socket } = connectionArgs(cfg);
   try {

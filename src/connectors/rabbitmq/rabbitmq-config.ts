@@ -43,7 +43,10 @@ export const rabbitmqSourceSchema = z
     declare: z
       .object({
         queue: z.boolean().default(true).describe('declare the queue (and the dlq) as durable if missing'),
-        exchange: z.object({ name: z.string().min(1), type: z.enum(['direct', 'topic', 'fanout', 'headers']).default('topic') }).strict().optional(),
+        exchange: z
+          .object({ name: z.string().min(1), type: z.enum(['direct', 'topic', 'fanout', 'headers']).default('topic') })
+          .strict()
+          .optional(),
         bindings: z.array(z.object({ exchange: z.string().min(1), routing_key: z.string().default('#') }).strict()).default([]),
       })
       .strict()

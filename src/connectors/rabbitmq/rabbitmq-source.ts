@@ -24,9 +24,7 @@ class AmqpRawMessage implements RawMessage {
   get meta(): MessageMeta {
     const { fields, properties } = this.raw;
     const ts = Number(properties.timestamp);
-    const headers = properties.headers
-      ? Object.fromEntries(Object.entries(properties.headers as Record<string, unknown>).map(([k, v]) => [k, headerText(v)]))
-      : undefined;
+    const headers = properties.headers ? Object.fromEntries(Object.entries(properties.headers as Record<string, unknown>).map(([k, v]) => [k, headerText(v)])) : undefined;
     return {
       topic: this.queue,
       key: fields.routingKey,

@@ -11,12 +11,7 @@ export const redisStreamsSourceSchema = z
     consumer: z.string().min(1).optional().describe("this worker's consumer name; default: the worker id"),
     start: z.enum(['earliest', 'latest']).default('earliest').describe('where a new group starts reading'),
     field: z.string().min(1).default('payload').describe('entry field holding the message; "*" = all fields as one JSON object'),
-    claim_idle_ms: z
-      .number()
-      .int()
-      .nonnegative()
-      .default(60_000)
-      .describe("take over other consumers' entries pending longer than this (0 = never)"),
+    claim_idle_ms: z.number().int().nonnegative().default(60_000).describe("take over other consumers' entries pending longer than this (0 = never)"),
     dlq: z.string().min(1).optional().describe('stream for dead letters; default <stream>:dlq'),
     ...batching,
   })

@@ -54,7 +54,10 @@ export class RedisStreamsDeadLetterQueue implements DeadLetterQueue {
     this.last = mark;
     const later = ((await this.client!.xRange(this.queue, `(${mark}`, '+')) ?? []).filter((e) => (e.message as Record<string, string>).sluice_worker === this.worker);
     if (later.length === 0) return;
-    await this.client!.xDel(this.queue, later.map((e) => e.id));
+    await this.client!.xDel(
+      this.queue,
+      later.map((e) => e.id),
+    );
     this.log.warn({ entries: later.length }, 'dropped dead letters of a batch that never committed (it is read again)');
   }
 

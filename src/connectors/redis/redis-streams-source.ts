@@ -433,7 +433,7 @@ export class RedisStreamsSource implements Source {
     const groups = (await this.client.xInfoGroups(this.cfg.stream)) as unknown as { name: unknown; lag?: unknown }[];
     const lag = groups.find((g) => String(g.name) === this.cfg.group)?.lag;
     // null after entries were deleted from the middle of the stream; absent before Redis 7.
-    if (lag === null || lag === undefined) throw new Error('Redis does not know the group\'s lag');
+    if (lag === null || lag === undefined) throw new Error("Redis does not know the group's lag");
     return [{ topic: this.cfg.stream, messages: Number(lag) + (this.carry?.length ?? 0) }];
   }
 

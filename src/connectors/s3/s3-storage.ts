@@ -121,9 +121,7 @@ export class S3Storage implements FileStorage {
       );
       crashPoint('s3-partitions-uploaded');
       const manifest = JSON.stringify({ files: files.map((f) => `${rel}/${f}`) });
-      await this.call(`${rel}/_SUCCESS`, () =>
-        this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key(`${rel}/_SUCCESS`), Body: manifest, ContentType: 'application/json' })),
-      );
+      await this.call(`${rel}/_SUCCESS`, () => this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key(`${rel}/_SUCCESS`), Body: manifest, ContentType: 'application/json' })));
     } finally {
       await fsp.rm(local, { recursive: true, force: true });
     }

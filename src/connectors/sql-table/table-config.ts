@@ -4,7 +4,10 @@ import { z } from 'zod';
 export function tableSinkKeys<S extends readonly [string, ...string[]]>(strategies: S) {
   return {
     table: z.string().min(1).optional().describe('target table; default: the model name'),
-    strategy: z.enum(strategies).default(strategies[0] as S[number]).describe(`how rows land: ${strategies.join(', ')}`),
+    strategy: z
+      .enum(strategies)
+      .default(strategies[0] as S[number])
+      .describe(`how rows land: ${strategies.join(', ')}`),
     key: z
       .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
       .optional()

@@ -82,7 +82,8 @@ export function diffTable(
     else if (!d.compatible(t, c.type)) out.push({ kind: 'retype', summary: `~ retype column ${display}.${c.name} ${t} -> ${c.type}`, destructive: true, sql: [d.retypeColumn(table, c)] });
   }
   for (const c of existing) {
-    if (!wanted.some((w) => w.name === c.name)) out.push({ kind: 'drop', summary: `- drop column ${display}.${c.name} (${c.type}): the model no longer produces it`, destructive: true, sql: [d.dropColumn(table, c.name)] });
+    if (!wanted.some((w) => w.name === c.name))
+      out.push({ kind: 'drop', summary: `- drop column ${display}.${c.name} (${c.type}): the model no longer produces it`, destructive: true, sql: [d.dropColumn(table, c.name)] });
   }
   if (opts.strategy === 'merge' && d.keyIndex) {
     const sql = d.keyIndex(table, opts.key, opts.keyIndexed ?? false);

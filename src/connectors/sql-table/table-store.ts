@@ -91,7 +91,12 @@ export class TablePlanner implements InfraPlanner {
     };
     const out: InfraChange[] = [];
     if (!(await store.describe(store.state, [])).columns) {
-      out.push({ object: `${d.label} table ${store.state.display}`, summary: `+ create table ${store.state.display} (the state table of applied flushes)`, destructive: false, apply: run(store.stateDdl()) });
+      out.push({
+        object: `${d.label} table ${store.state.display}`,
+        summary: `+ create table ${store.state.display} (the state table of applied flushes)`,
+        destructive: false,
+        apply: run(store.stateDdl()),
+      });
     }
     const seen = new Set<string>();
     for (const m of models) {
