@@ -460,6 +460,9 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
   const n = flags.messages;
   console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s); sluice also drains the same messages from an NDJSON file`);
   const file = backlogFile(path.join(os.tmpdir(), `sluice-bench-${name}-${process.pid}.ndjson`), bodies, n);
+  // Also when the process ends with this still pending (a broker connection lost mid-fill).
+  const removeFile = () => fs.rmSync(file, { force: true });
+  process.once('exit', removeFile);
   try {
     const b = [];
     const s = [];
@@ -588,7 +591,8 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
     fs.writeFileSync(path.join(ROOT, `bench/results/${name}.json`), JSON.stringify(summary, null, 2) + '\n');
     return summary;
   } finally {
-    fs.rmSync(file, { force: true });
+    process.off('exit', removeFile);
+    removeFile();
   }
 }
 
