@@ -1,18 +1,23 @@
 // Hostile-neighbour benchmark: does a source fed hostile input slow down another source of the
 // same `sluice run`? A project with two file sources, `good` (N well-formed orders through the
 // `orders` and `purchases` models to Parquet) and `bad` (its own model, `SELECT *`, to a Parquet
-// sink of its own), run as one process in three configurations, alternating within each run:
+// sink of its own), in four configurations, alternating within each run:
 //
 //   a) good alone (the baseline, measured in the same run);
-//   b) good + bad, bad = N well-formed orders too (what a second, normal source costs);
-//   c) good + bad, bad = M hostile messages: 5,000 levels deep, 20,000 keys (top-level and
-//      nested), one new top-level key each (schema explosion), 1 MB strings, invalid UTF-8,
-//      truncated JSON; every source with the default limits and contract.
+//   b) good + bad in one process, bad = N well-formed orders too (what a second, normal source costs);
+//   c) good + bad in one process, bad = M hostile messages: 5,000 levels deep, 20,000 keys
+//      (top-level and nested), one new top-level key each (schema explosion), 1 MB strings,
+//      invalid UTF-8, truncated JSON; every source with the default limits and contract;
+//   d) as c, but the two sources in two processes (`sluice run --source good` and `--source
+//      bad`): nothing shared but the machine's cores and disk. c against d is what sharing one
+//      process (its JavaScript thread, its libuv pool) costs; d against a, what the hostile
+//      source's CPU costs on its own. In d the CPU time of each process during good's run says
+//      how the cores were divided.
 //
 // Measured for good: the time from its pipeline's "reading from the source" to its "end of
 // input" (every good message decoded, run through the models and committed to the WAL; log
-// timestamps, no polling), msg/s = N / that time. In b and c the process is stopped (SIGTERM)
-// as soon as good is done, so that bad is busy for the whole of good's run however long that
+// timestamps, no polling), msg/s = N / that time. In b, c and d bad is stopped (SIGTERM) as soon
+// as good is done, so that bad is busy for the whole of good's run however long that
 // is (bad's input is sized to outlast it; the run says so if it did not). Also: the process's
 // wall time (spawn to exit, bad's shutdown flush included), its peak RSS (VmHWM, polled every
 // 50 ms), and bad's messages, dead letters and rows up to the stop.
@@ -38,13 +43,7 @@ const RUNS = arg('runs', Number(process.env.SLUICE_BENCH_RUNS ?? 5));
 const BATCH = arg('batch-size', 10_000);
 const BAD_BATCH = arg('bad-batch-size', 1000);
 const DEBUG = arg('debug', 0) > 0;
-for (const [flag, v] of [
-  ['messages', N],
-  ['bad-messages', M],
-  ['runs', RUNS],
-  ['batch-size', BATCH],
-  ['bad-batch-size', BAD_BATCH],
-]) {
+for (const [flag, v] of [['messages', N], ['bad-messages', M], ['runs', RUNS], ['batch-size', BATCH], ['bad-batch-size', BAD_BATCH]]) {
   if (!Number.isInteger(v) || v < 1) {
     console.error(`--${flag} must be a whole number >= 1, got ${v}`);
     process.exit(2);
@@ -82,10 +81,7 @@ const KINDS = {
 };
 // SLUICE_BENCH_HOSTILE=kind,kind,...: only these kinds (same weights), to see which one costs
 // the neighbour what; the input then goes to a file of its own.
-const ONLY = (process.env.SLUICE_BENCH_HOSTILE ?? '')
-  .split(',')
-  .map((k) => k.trim())
-  .filter(Boolean);
+const ONLY = (process.env.SLUICE_BENCH_HOSTILE ?? '').split(',').map((k) => k.trim()).filter(Boolean);
 for (const k of ONLY) {
   if (!(k in KINDS)) {
     console.error(`SLUICE_BENCH_HOSTILE: unknown kind ${k}; the kinds are ${Object.keys(KINDS).join(', ')}`);
@@ -198,7 +194,8 @@ function writeProject(dir, badInput) {
       (badInput ? `  bad_lake:\n    type: parquet\n    path: ${JSON.stringify(path.join(dir, 'output/bad'))}\n    compression: zstd\n` : ''),
     // Thresholds that never fire: each model is flushed once, at the end of its source's input.
     'config/models.yml':
-      'max_file_bytes: 1073741824\nmax_age_seconds: 3600\noverrides:\n  orders: { sink: good_lake }\n  purchases: { sink: good_lake }\n' + (badInput ? '  bad_all: { sink: bad_lake }\n' : ''),
+      'max_file_bytes: 1073741824\nmax_age_seconds: 3600\noverrides:\n  orders: { sink: good_lake }\n  purchases: { sink: good_lake }\n' +
+      (badInput ? '  bad_all: { sink: bad_lake }\n' : ''),
     'models/orders.sql': fromGood(ORDERS_SQL),
     'models/purchases.sql': fromGood(PURCHASES_SQL),
     ...(badInput ? { 'models/bad_all.sql': "SELECT * FROM {{ source('bad') }}\n" } : {}),
@@ -210,91 +207,122 @@ function writeProject(dir, badInput) {
 }
 
 /**
- * Runs sluice on the project; parses its JSON log as it comes (only the lines this needs are
- * kept: a dead-lettered message's payload can be large). Lines without a `pipeline` binding
- * (one source) are good's.
+ * `sluice run` of the project, as a child process whose JSON log goes to a file, read as it
+ * grows (only the lines this needs are kept: a dead-lettered message's payload can be large).
+ * `source`: run only that source (--source). Calls onLine(line) for each log line; done()
+ * resolves with the exit when the process and the reading of its log are over.
  */
-function runSluice(dir, stopAfterGood) {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const nodeArgs = (process.env.SLUICE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    // The log goes to a file, read as it grows: a pipe this process drains late would block
-    // sluice's synchronous log writes (one line per dead letter) and slow it down by itself.
-    const logFile = path.join(dir, 'sluice.log');
-    const logFd = fs.openSync(logFile, 'w');
-    const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, '--port', '0', '--log-json', '--log-level', DEBUG ? 'debug' : 'info'], {
-      cwd: ROOT,
-      env: { ...process.env, SLUICE_WORKER_ID: 'bench' },
-      stdio: ['ignore', 'ignore', logFd],
+function startSluice(dir, name, source, onLine) {
+  const nodeArgs = (process.env.SLUICE_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  // A file, not a pipe: a pipe this process drains late would block sluice's synchronous log
+  // writes (one line per dead letter) and slow it down by itself.
+  const logFile = path.join(dir, `${name}.log`);
+  const logFd = fs.openSync(logFile, 'w');
+  const only = source ? ['--source', source] : [];
+  const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, ...only, '--port', '0', '--log-json', '--log-level', DEBUG ? 'debug' : 'info'], {
+    cwd: ROOT, env: { ...process.env, SLUICE_WORKER_ID: 'bench' }, stdio: ['ignore', 'ignore', logFd],
+  });
+  fs.closeSync(logFd);
+  inFlight.children.add(child);
+  const peak = trackPeakRss(child, 50);
+  let tail = '';
+  let rest = '';
+  const readFd = fs.openSync(logFile, 'r');
+  const chunk = Buffer.allocUnsafe(4 * MiB);
+  const readLog = () => {
+    let n;
+    while ((n = fs.readSync(readFd, chunk, 0, chunk.length, null)) > 0) {
+      const d = chunk.toString('utf8', 0, n);
+      const text = rest + d;
+      tail = (tail + d).slice(-4000);
+      const lines = text.split('\n');
+      rest = lines.pop();
+      for (const line of lines) if (line.length < 100_000) onLine(line);
+    }
+  };
+  const poll = setInterval(readLog, 20);
+  const done = new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      inFlight.children.delete(child);
+      clearInterval(poll);
+      readLog();
+      fs.closeSync(readFd);
+      if (rest) onLine(rest);
+      resolve({ code, signal, tail, peak: peak() });
     });
-    fs.closeSync(logFd);
-    inFlight.child = child;
-    const peak = trackPeakRss(child, 50);
-    const ev = {}; // `${pipeline}:${msg}` -> the line (first one)
-    const dlq = {}; // pipeline -> { reason -> count }
-    const stages = {}; // pipeline -> { sums, batches }  (--debug)
-    // CPU seconds of the whole process and of its main (JavaScript) thread, sampled as good's
-    // "reading from the source" and "end of input" lines arrive: how busy the cores and the
-    // event loop were during good's run.
-    const cpu = {};
-    const sample = () => ({ at: performance.now(), proc: cpuSeconds(child.pid), js: cpuSeconds(`${child.pid}/task/${child.pid}`) });
-    let tail = '';
-    let rest = '';
-    const onLine = (line) => {
-      let l;
-      try {
-        l = JSON.parse(line);
-      } catch {
-        return;
-      }
-      const p = l.pipeline ?? 'good';
-      if (l.msg === 'message sent to the DLQ') {
-        const reason = String(l.error ?? '')
-          .split(' Input:')[0]
-          .replace(/(?<!UTF-)\d+/g, '#')
-          .replace(/ \(and # more\)/, '')
-          .replace(/field \S+/, 'field X')
-          .slice(0, 100);
+  });
+  return { child, done };
+}
+
+/**
+ * Runs sluice on the project: `mode` 'one' (good alone), 'shared' (both sources in one process)
+ * or 'split' (one process per source). Lines without a `pipeline` binding are those of a
+ * one-source process: good's, or in split mode bad's when they come from bad's process.
+ */
+async function runSluice(dir, mode) {
+  const t0 = Date.now();
+  const ev = {}; // `${pipeline}:${msg}` -> the line (first one)
+  const dlq = {}; // pipeline -> { reason -> count }
+  const stages = {}; // pipeline -> { sums, batches }  (--debug)
+  // CPU seconds of good's process and of its main (JavaScript) thread (and, split, of bad's
+  // process), sampled as good's "reading from the source" and "end of input" lines arrive: how
+  // busy the cores and the event loop were during good's run.
+  const cpu = {};
+  let goodChild;
+  let badChild;
+  const sample = () => ({
+    at: performance.now(),
+    proc: cpuSeconds(goodChild.pid),
+    js: cpuSeconds(`${goodChild.pid}/task/${goodChild.pid}`),
+    bad: badChild ? cpuSeconds(badChild.pid) : undefined,
+  });
+  const stopBad = () => {
+    if (mode === 'shared') goodChild.kill('SIGTERM');
+    else if (mode === 'split' && badChild.exitCode === null) badChild.kill('SIGTERM');
+  };
+  const lineHandler = (fallback) => (line) => {
+    let l;
+    try {
+      l = JSON.parse(line);
+    } catch {
+      return;
+    }
+    const p = l.pipeline ?? fallback;
+    if (l.msg === 'message sent to the DLQ') {
+        const reason = String(l.error ?? '').split(' Input:')[0].replace(/(?<!UTF-)\d+/g, '#').replace(/ \(and # more\)/, '').replace(/field \S+/, 'field X').slice(0, 100);
         (dlq[p] ??= {})[reason] = (dlq[p][reason] ?? 0) + 1;
       } else if (l.msg === 'batch committed' && l.ms) {
         const s = (stages[p] ??= { sums: {}, batches: 0 });
         s.batches++;
         for (const [k, v] of Object.entries(l.ms)) if (typeof v === 'number') s.sums[k] = (s.sums[k] ?? 0) + v;
-      } else if (!ev[`${p}:${l.msg}`]) {
-        ev[`${p}:${l.msg}`] = l;
-        if (p === 'good' && (l.msg === 'reading from the source' || l.msg === 'end of input')) cpu[l.msg] = sample();
-        // Good is done: stop the other source (it finishes its batch in flight and flushes).
-        if (stopAfterGood && p === 'good' && l.msg === 'done' && !ev['bad:done']) child.kill('SIGTERM');
-      }
-    };
-    const readFd = fs.openSync(logFile, 'r');
-    const chunk = Buffer.allocUnsafe(4 * MiB);
-    const readLog = () => {
-      let n;
-      while ((n = fs.readSync(readFd, chunk, 0, chunk.length, null)) > 0) {
-        const d = chunk.toString('utf8', 0, n);
-        const text = rest + d;
-        tail = (tail + d).slice(-4000);
-        const lines = text.split('\n');
-        rest = lines.pop();
-        for (const line of lines) if (line.length < 100_000) onLine(line);
-      }
-    };
-    const poll = setInterval(readLog, 20);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      const wall = (Date.now() - t0) / 1000;
-      inFlight.child = undefined;
-      clearInterval(poll);
-      readLog();
-      fs.closeSync(readFd);
-      if (rest) onLine(rest);
-      if (code !== 0) return reject(new Error(`sluice exited ${signal ?? code}:\n${tail}`));
-      const [a, b] = [cpu['reading from the source'], cpu['end of input']];
-      const secs = a && b ? (b.at - a.at) / 1000 : NaN;
-      resolve({ wall, peak: peak(), ev, dlq, stages, cores: (b?.proc - a?.proc) / secs, js: (b?.js - a?.js) / secs });
-    });
-  });
+    } else if (!ev[`${p}:${l.msg}`]) {
+      ev[`${p}:${l.msg}`] = l;
+      if (p === 'good' && (l.msg === 'reading from the source' || l.msg === 'end of input')) cpu[l.msg] = sample();
+      // Good is done: stop the other source (it finishes its batch in flight and flushes).
+      if (p === 'good' && l.msg === 'done' && !ev['bad:done']) stopBad();
+    }
+  };
+  const good = startSluice(dir, 'sluice', mode === 'split' ? 'good' : undefined, lineHandler('good'));
+  goodChild = good.child;
+  const bad = mode === 'split' ? startSluice(dir, 'bad', 'bad', lineHandler('bad')) : undefined;
+  badChild = bad?.child;
+  const exits = await Promise.all([good.done, bad?.done]);
+  const wall = (Date.now() - t0) / 1000;
+  for (const x of exits) if (x && x.code !== 0) throw new Error(`sluice exited ${x.signal ?? x.code}:\n${x.tail}`);
+  const [a, b] = [cpu['reading from the source'], cpu['end of input']];
+  const secs = a && b ? (b.at - a.at) / 1000 : NaN;
+  return {
+    wall,
+    peak: exits[0].peak + (exits[1]?.peak ?? 0),
+    ev,
+    dlq,
+    stages,
+    cores: (b?.proc - a?.proc) / secs,
+    js: (b?.js - a?.js) / secs,
+    // Split: CPU seconds of each process during good's run.
+    ...(mode === 'split' ? { cpuGood: b.proc - a.proc, cpuBad: b.bad - a.bad } : {}),
+  };
 }
 
 async function countRows(globs) {
@@ -322,14 +350,17 @@ function between(ev, p, from, to) {
   return (b.time - a.time) / 1000;
 }
 
-/** One configuration: 'a' (good alone), 'b' (bad = well-formed orders), 'c' (bad = hostile). */
+/**
+ * One configuration: 'a' (good alone), 'b' (bad = well-formed orders), 'c' (bad = hostile),
+ * 'd' (bad = hostile, in a process of its own).
+ */
 async function runConfig(cfg) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `sluice-bench-neighbour-${cfg}-`));
   inFlight.dir = dir;
   try {
     const badInput = cfg === 'a' ? undefined : cfg === 'b' ? goodFile : badFile;
     writeProject(dir, badInput);
-    const r = await runSluice(dir, Boolean(badInput));
+    const r = await runSluice(dir, cfg === 'a' ? 'one' : cfg === 'd' ? 'split' : 'shared');
     const good = {
       commit: between(r.ev, 'good', 'reading from the source', 'end of input'),
       done: between(r.ev, 'good', 'reading from the source', 'done'),
@@ -361,10 +392,8 @@ async function runConfig(cfg) {
         outlasted_good: !ranOut || ranOut.time > r.ev['good:end of input'].time,
       };
     }
-    const stages = Object.fromEntries(
-      Object.entries(r.stages).map(([p, s]) => [p, { batches: s.batches, ...Object.fromEntries(Object.entries(s.sums).map(([k, v]) => [k, Math.round(v / s.batches)])) }]),
-    );
-    return { wall: r.wall, peak: r.peak, good, bad, stages, cores: r.cores, js: r.js, load: os.loadavg()[0] };
+    const stages = Object.fromEntries(Object.entries(r.stages).map(([p, s]) => [p, { batches: s.batches, ...Object.fromEntries(Object.entries(s.sums).map(([k, v]) => [k, Math.round(v / s.batches)])) }]));
+    return { wall: r.wall, peak: r.peak, good, bad, stages, cores: r.cores, js: r.js, cpuGood: r.cpuGood, cpuBad: r.cpuBad, load: os.loadavg()[0] };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
     inFlight.dir = undefined;
@@ -383,41 +412,29 @@ for (const f of [goodFile, badFile]) {
 const mach = machine();
 console.log(
   `hostile_neighbour benchmark: good = ${fmt(N)} orders (${(goodMeta.bytes / MiB).toFixed(0)} MiB, batch_size ${BATCH}); bad (batch_size ${BAD_BATCH}) = the same ${fmt(N)} orders (b) or ` +
-    `${fmt(M)} hostile messages (c, ${(badMeta.bytes / MiB).toFixed(0)} MiB: ${Object.entries(badMeta.kinds)
-      .map(([k, v]) => `${fmt(v)} ${k}`)
-      .join(', ')}); ${RUNS} run(s), a/b/c alternating`,
+    `${fmt(M)} hostile messages (c, ${(badMeta.bytes / MiB).toFixed(0)} MiB: ${Object.entries(badMeta.kinds).map(([k, v]) => `${fmt(v)} ${k}`).join(', ')}); ${RUNS} run(s), a/b/c/d alternating (d: c as two processes)`,
 );
-console.log(`good's time = its pipeline's "reading from the source" -> "end of input" (all ${fmt(N)} committed to the WAL), msg/s = N / that; in b and c the run is stopped once good is done\n`);
+console.log(`good's time = its pipeline's "reading from the source" -> "end of input" (all ${fmt(N)} committed to the WAL), msg/s = N / that; in b, c and d bad is stopped once good is done\n`);
 
-const CONFIGS = { a: 'good alone', b: 'good + normal bad', c: 'good + hostile bad' };
+const CONFIGS = { a: 'good alone', b: 'good + normal bad', c: 'good + hostile bad', d: 'good + hostile bad, two processes' };
 const runs = [];
 try {
   for (let i = 0; i < RUNS; i++) {
     const run = {};
-    for (const cfg of ['a', 'b', 'c']) run[cfg] = await runConfig(cfg);
+    for (const cfg of Object.keys(CONFIGS)) run[cfg] = await runConfig(cfg);
     runs.push(run);
     const line = (cfg) => {
       const x = run[cfg];
-      return `${cfg}) ${fmt(N / x.good.commit)} msg/s (${x.good.commit.toFixed(2)} s, ${x.cores.toFixed(2)} cores, JS thread ${pct(x.js)}; process ${x.wall.toFixed(1)} s, ${(x.peak / MiB).toFixed(0)} MiB)`;
+      const where = cfg === 'd' ? `good's process ${x.cores.toFixed(2)} cores` : `${x.cores.toFixed(2)} cores`;
+      return `${cfg}) ${fmt(N / x.good.commit)} msg/s (${x.good.commit.toFixed(2)} s, ${where}, JS thread ${pct(x.js)}; ${cfg === 'd' ? 'processes' : 'process'} ${x.wall.toFixed(1)} s, ${(x.peak / MiB).toFixed(0)} MiB)`;
     };
-    const { b, c } = run;
-    console.log(`run ${i + 1}/${RUNS}: ${line('a')} | ${line('b')} | ${line('c')} | c/a ${(run.a.good.commit / c.good.commit).toFixed(2)}, c/b ${(b.good.commit / c.good.commit).toFixed(2)}`);
-    console.log(
-      `       bad meanwhile: b) ${fmt(b.bad.messages)} orders; c) ${fmt(c.bad.messages)} hostile, ${fmt(c.bad.dead_lettered)} dead-lettered, ${fmt(c.bad.rows)} rows` +
-        [b, c].map((x, k) => (x.bad.outlasted_good ? '' : ` [${'bc'[k]}: bad ran out of input before good was done: raise --bad-messages]`)).join(''),
-    );
-    if (DEBUG)
-      for (const cfg of ['a', 'b', 'c'])
-        console.log(
-          `       ${cfg}) ms per batch (mean): ${Object.entries(run[cfg].stages)
-            .map(
-              ([p, st]) =>
-                `${p}: ${Object.entries(st)
-                  .map(([k, v]) => `${k} ${v}`)
-                  .join(', ')}`,
-            )
-            .join(' | ')}`,
-        );
+    const { a, b, c, d } = run;
+    console.log(`run ${i + 1}/${RUNS}: ${line('a')} | ${line('b')} | ${line('c')} | ${line('d')}`);
+    console.log(`       c/a ${(a.good.commit / c.good.commit).toFixed(2)}, c/b ${(b.good.commit / c.good.commit).toFixed(2)}, c/d ${(d.good.commit / c.good.commit).toFixed(2)}, d/a ${(a.good.commit / d.good.commit).toFixed(2)}; ` +
+      `d) CPU during good's run: good ${d.cpuGood.toFixed(2)} s, bad ${d.cpuBad.toFixed(2)} s (${pct(d.cpuBad / (d.cpuGood + d.cpuBad))})`);
+    console.log(`       bad meanwhile: b) ${fmt(b.bad.messages)} orders; c) ${fmt(c.bad.messages)} hostile, ${fmt(c.bad.dead_lettered)} dead-lettered, ${fmt(c.bad.rows)} rows; d) ${fmt(d.bad.messages)} hostile` +
+      ['b', 'c', 'd'].map((k) => (run[k].bad.outlasted_good ? '' : ` [${k}: bad ran out of input before good was done: raise --bad-messages]`)).join(''));
+    if (DEBUG) for (const cfg of Object.keys(CONFIGS)) console.log(`       ${cfg}) ms per batch (mean): ${Object.entries(run[cfg].stages).map(([p, st]) => `${p}: ${Object.entries(st).map(([k, v]) => `${k} ${v}`).join(', ')}`).join(' | ')}`);
   }
 } catch (err) {
   console.error(`\nbenchmark failed: ${err.message}`);
@@ -443,67 +460,60 @@ const summary = {
   runs: RUNS,
   measured:
     "good's pipeline: log time of 'reading from the source' to 'end of input' (all N committed to the WAL); msg/s = N / that. " +
-    "b and c are stopped (SIGTERM) once good is done. cores / JS thread: CPU seconds of the process / of its main thread (/proc) over good's run, divided by its length. process = spawn to exit (startup and the shutdown flush included); peak RSS = VmHWM polled every 50 ms",
-  configs: Object.fromEntries(
-    Object.entries(CONFIGS).map(([c, what]) => [
-      c,
-      {
-        what,
-        good_msgs_per_s: Math.round(rate[c]),
-        good_commit_s: Number(med((r) => r[c].good.commit).toFixed(2)),
-        good_done_s: Number(med((r) => r[c].good.done).toFixed(2)),
-        process_s: Number(med((r) => r[c].wall).toFixed(2)),
-        peak_rss_mib: Math.round(med((r) => r[c].peak) / MiB),
-        cores_during_good: Number(med((r) => r[c].cores).toFixed(2)),
-        js_thread_busy_during_good: Number(med((r) => r[c].js).toFixed(2)),
-        ...(c === 'a'
-          ? {}
-          : {
-              bad_messages: med((r) => r[c].bad.messages),
-              bad_dead_lettered: med((r) => r[c].bad.dead_lettered),
-              bad_rows: med((r) => r[c].bad.rows),
-              bad_outlasted_good_in_every_run: runs.every((r) => r[c].bad.outlasted_good),
-            }),
-      },
-    ]),
-  ),
+    'in b, c and d bad is stopped (SIGTERM) once good is done. cores / JS thread: CPU seconds of the process (d: good\'s process) / of its main thread (/proc) over good\'s run, divided by its length; d: CPU seconds of each process over good\'s run. process = spawn to exit (startup and the shutdown flush included; d: the later of the two); peak RSS = VmHWM polled every 50 ms (d: the sum of the two)',
+  configs: Object.fromEntries(Object.entries(CONFIGS).map(([c, what]) => [c, {
+    what,
+    good_msgs_per_s: Math.round(rate[c]),
+    good_commit_s: Number(med((r) => r[c].good.commit).toFixed(2)),
+    good_done_s: Number(med((r) => r[c].good.done).toFixed(2)),
+    process_s: Number(med((r) => r[c].wall).toFixed(2)),
+    peak_rss_mib: Math.round(med((r) => r[c].peak) / MiB),
+    cores_during_good: Number(med((r) => r[c].cores).toFixed(2)),
+    js_thread_busy_during_good: Number(med((r) => r[c].js).toFixed(2)),
+    ...(c === 'a' ? {} : {
+      bad_messages: med((r) => r[c].bad.messages),
+      bad_dead_lettered: med((r) => r[c].bad.dead_lettered),
+      bad_rows: med((r) => r[c].bad.rows),
+      bad_outlasted_good_in_every_run: runs.every((r) => r[c].bad.outlasted_good),
+    }),
+    ...(c === 'd' ? {
+      good_process_cpu_s_during_good: Number(med((r) => r.d.cpuGood).toFixed(2)),
+      bad_process_cpu_s_during_good: Number(med((r) => r.d.cpuBad).toFixed(2)),
+      bad_cpu_share_during_good: Number(med((r) => r.d.cpuBad / (r.d.cpuGood + r.d.cpuBad)).toFixed(2)),
+    } : {}),
+  }])),
   ratio_c_a: Number((rate.c / rate.a).toFixed(2)),
   ratio_c_b: Number((rate.c / rate.b).toFixed(2)),
   ratio_b_a: Number((rate.b / rate.a).toFixed(2)),
-  run_ratios: { c_a: perRun('c', 'a'), c_b: perRun('c', 'b'), b_a: perRun('b', 'a') },
+  ratio_c_d: Number((rate.c / rate.d).toFixed(2)),
+  ratio_d_a: Number((rate.d / rate.a).toFixed(2)),
+  ratio_d_b: Number((rate.d / rate.b).toFixed(2)),
+  run_ratios: { c_a: perRun('c', 'a'), c_b: perRun('c', 'b'), b_a: perRun('b', 'a'), c_d: perRun('c', 'd'), d_a: perRun('d', 'a') },
   hostile_dead_letters_by_reason_all_runs: reasons,
-  per_run: runs.map((r) =>
-    Object.fromEntries(
-      Object.keys(CONFIGS).map((c) => [
-        c,
-        {
-          good_commit_s: Number(r[c].good.commit.toFixed(3)),
-          cores_during_good: Number(r[c].cores.toFixed(2)),
-          js_thread_busy_during_good: Number(r[c].js.toFixed(2)),
-          loadavg_1m_after: Number(r[c].load.toFixed(2)),
-          process_s: Number(r[c].wall.toFixed(2)),
-          peak_rss_mib: Math.round(r[c].peak / MiB),
-          ...(r[c].bad ? { bad_messages: r[c].bad.messages, bad_dead_lettered: r[c].bad.dead_lettered, bad_rows: r[c].bad.rows, bad_outlasted_good: r[c].bad.outlasted_good } : {}),
-          ...(DEBUG ? { ms_per_batch: r[c].stages } : {}),
-        },
-      ]),
-    ),
-  ),
+  per_run: runs.map((r) => Object.fromEntries(Object.keys(CONFIGS).map((c) => [c, {
+    good_commit_s: Number(r[c].good.commit.toFixed(3)),
+    cores_during_good: Number(r[c].cores.toFixed(2)),
+    js_thread_busy_during_good: Number(r[c].js.toFixed(2)),
+    loadavg_1m_after: Number(r[c].load.toFixed(2)),
+    process_s: Number(r[c].wall.toFixed(2)),
+    peak_rss_mib: Math.round(r[c].peak / MiB),
+    ...(r[c].bad ? { bad_messages: r[c].bad.messages, bad_dead_lettered: r[c].bad.dead_lettered, bad_rows: r[c].bad.rows, bad_outlasted_good: r[c].bad.outlasted_good } : {}),
+    ...(DEBUG ? { ms_per_batch: r[c].stages } : {}),
+  }]))),
   machine: { ...mach, loadavg_1m_at_end: Number(os.loadavg()[0].toFixed(2)) },
 };
 const cf = summary.configs;
-const outlast = ['b', 'c'].filter((c) => !cf[c].bad_outlasted_good_in_every_run);
+const outlast = ['b', 'c', 'd'].filter((c) => !cf[c].bad_outlasted_good_in_every_run);
 console.log(`
 summary (medians of ${RUNS} run(s)): good's throughput, ${fmt(N)} orders
   a) good alone        ${fmt(rate.a).padStart(8)} msg/s  (${cf.a.good_commit_s} s to commit, ${cf.a.good_done_s} s flushed; ${cf.a.cores_during_good} cores, JS thread ${pct(cf.a.js_thread_busy_during_good)}; process ${cf.a.process_s} s, peak RSS ${cf.a.peak_rss_mib} MiB)
   b) + normal bad      ${fmt(rate.b).padStart(8)} msg/s  (${cf.b.good_commit_s} s, ${cf.b.good_done_s} s; ${cf.b.cores_during_good} cores, JS ${pct(cf.b.js_thread_busy_during_good)}; process ${cf.b.process_s} s, peak RSS ${cf.b.peak_rss_mib} MiB; bad took ${fmt(cf.b.bad_messages)} orders meanwhile)
   c) + hostile bad     ${fmt(rate.c).padStart(8)} msg/s  (${cf.c.good_commit_s} s, ${cf.c.good_done_s} s; ${cf.c.cores_during_good} cores, JS ${pct(cf.c.js_thread_busy_during_good)}; process ${cf.c.process_s} s, peak RSS ${cf.c.peak_rss_mib} MiB; bad took ${fmt(cf.c.bad_messages)} hostile meanwhile)
+  d) + hostile bad, two processes ${fmt(rate.d)} msg/s  (${cf.d.good_commit_s} s, ${cf.d.good_done_s} s; good's process ${cf.d.cores_during_good} cores, JS ${pct(cf.d.js_thread_busy_during_good)}; CPU during good's run: good ${cf.d.good_process_cpu_s_during_good} s, bad ${cf.d.bad_process_cpu_s_during_good} s (${pct(cf.d.bad_cpu_share_during_good)} bad); peak RSS ${cf.d.peak_rss_mib} MiB together; bad took ${fmt(cf.d.bad_messages)} hostile meanwhile)
   ratio c/a ${summary.ratio_c_a} (per run ${summary.run_ratios.c_a.join(', ')}), c/b ${summary.ratio_c_b} (per run ${summary.run_ratios.c_b.join(', ')}), b/a ${summary.ratio_b_a} (per run ${summary.run_ratios.b_a.join(', ')})
+  ratio c/d ${summary.ratio_c_d} (per run ${summary.run_ratios.c_d.join(', ')}: what sharing the process costs), d/a ${summary.ratio_d_a} (per run ${summary.run_ratios.d_a.join(', ')}), d/b ${summary.ratio_d_b}
   hostile source (c): ${fmt(cf.c.bad_dead_lettered)} dead-lettered and ${fmt(cf.c.bad_rows)} rows written of ${fmt(cf.c.bad_messages)} read (medians); dead letters of all runs by reason:
-${Object.entries(reasons)
-  .sort((x, y) => y[1] - x[1])
-  .map(([k, v]) => `    ${String(v).padStart(7)}  ${k}`)
-  .join('\n')}${outlast.length ? `\n  WARNING: in ${outlast.join(', ')} bad ran out of input before good was done in some run: raise --bad-messages` : ''}
+${Object.entries(reasons).sort((x, y) => y[1] - x[1]).map(([k, v]) => `    ${String(v).padStart(7)}  ${k}`).join('\n')}${outlast.length ? `\n  WARNING: in ${outlast.join(', ')} bad ran out of input before good was done in some run: raise --bad-messages` : ''}
   machine: ${mach.cpu}, ${mach.cpus} CPUs, ${mach.mem_gib} GiB, Node.js ${mach.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
 fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
 const resultFile = `bench/results/hostile_neighbour${ONLY.length ? `-${[...ONLY].sort().join('-')}` : ''}.json`;

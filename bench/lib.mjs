@@ -597,13 +597,14 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
 }
 
 /**
- * The child process and temp dir a benchmark has in flight: an interrupt (Ctrl-C) stops the one
- * and removes the other. Call once; set `child` and `dir` as they come and go.
+ * The child processes and temp dir a benchmark has in flight: an interrupt (Ctrl-C) stops the
+ * ones and removes the other. Call once; set `child` (or add to `children`) and `dir` as they
+ * come and go.
  */
 export function cleanupOnInterrupt() {
-  const inFlight = { child: undefined, dir: undefined };
+  const inFlight = { child: undefined, children: new Set(), dir: undefined };
   process.on('SIGINT', () => {
-    if (inFlight.child && inFlight.child.exitCode === null) inFlight.child.kill('SIGKILL');
+    for (const c of [inFlight.child, ...inFlight.children]) if (c && c.exitCode === null) c.kill('SIGKILL');
     if (inFlight.dir) fs.rmSync(inFlight.dir, { recursive: true, force: true });
     console.error('\ninterrupted');
     process.exit(130);
