@@ -43,7 +43,13 @@ const RUNS = arg('runs', Number(process.env.SLUICE_BENCH_RUNS ?? 5));
 const BATCH = arg('batch-size', 10_000);
 const BAD_BATCH = arg('bad-batch-size', 1000);
 const DEBUG = arg('debug', 0) > 0;
-for (const [flag, v] of [['messages', N], ['bad-messages', M], ['runs', RUNS], ['batch-size', BATCH], ['bad-batch-size', BAD_BATCH]]) {
+for (const [flag, v] of [
+  ['messages', N],
+  ['bad-messages', M],
+  ['runs', RUNS],
+  ['batch-size', BATCH],
+  ['bad-batch-size', BAD_BATCH],
+]) {
   if (!Number.isInteger(v) || v < 1) {
     console.error(`--${flag} must be a whole number >= 1, got ${v}`);
     process.exit(2);
@@ -81,7 +87,10 @@ const KINDS = {
 };
 // SLUICE_BENCH_HOSTILE=kind,kind,...: only these kinds (same weights), to see which one costs
 // the neighbour what; the input then goes to a file of its own.
-const ONLY = (process.env.SLUICE_BENCH_HOSTILE ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+const ONLY = (process.env.SLUICE_BENCH_HOSTILE ?? '')
+  .split(',')
+  .map((k) => k.trim())
+  .filter(Boolean);
 for (const k of ONLY) {
   if (!(k in KINDS)) {
     console.error(`SLUICE_BENCH_HOSTILE: unknown kind ${k}; the kinds are ${Object.keys(KINDS).join(', ')}`);
@@ -194,8 +203,7 @@ function writeProject(dir, badInput) {
       (badInput ? `  bad_lake:\n    type: parquet\n    path: ${JSON.stringify(path.join(dir, 'output/bad'))}\n    compression: zstd\n` : ''),
     // Thresholds that never fire: each model is flushed once, at the end of its source's input.
     'config/models.yml':
-      'max_file_bytes: 1073741824\nmax_age_seconds: 3600\noverrides:\n  orders: { sink: good_lake }\n  purchases: { sink: good_lake }\n' +
-      (badInput ? '  bad_all: { sink: bad_lake }\n' : ''),
+      'max_file_bytes: 1073741824\nmax_age_seconds: 3600\noverrides:\n  orders: { sink: good_lake }\n  purchases: { sink: good_lake }\n' + (badInput ? '  bad_all: { sink: bad_lake }\n' : ''),
     'models/orders.sql': fromGood(ORDERS_SQL),
     'models/purchases.sql': fromGood(PURCHASES_SQL),
     ...(badInput ? { 'models/bad_all.sql': "SELECT * FROM {{ source('bad') }}\n" } : {}),
@@ -220,7 +228,9 @@ function startSluice(dir, name, source, onLine) {
   const logFd = fs.openSync(logFile, 'w');
   const only = source ? ['--source', source] : [];
   const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'bin/sluice.js'), 'run', '--project', dir, ...only, '--port', '0', '--log-json', '--log-level', DEBUG ? 'debug' : 'info'], {
-    cwd: ROOT, env: { ...process.env, SLUICE_WORKER_ID: 'bench' }, stdio: ['ignore', 'ignore', logFd],
+    cwd: ROOT,
+    env: { ...process.env, SLUICE_WORKER_ID: 'bench' },
+    stdio: ['ignore', 'ignore', logFd],
   });
   fs.closeSync(logFd);
   inFlight.children.add(child);
@@ -290,12 +300,17 @@ async function runSluice(dir, mode) {
     }
     const p = l.pipeline ?? fallback;
     if (l.msg === 'message sent to the DLQ') {
-        const reason = String(l.error ?? '').split(' Input:')[0].replace(/(?<!UTF-)\d+/g, '#').replace(/ \(and # more\)/, '').replace(/field \S+/, 'field X').slice(0, 100);
-        (dlq[p] ??= {})[reason] = (dlq[p][reason] ?? 0) + 1;
-      } else if (l.msg === 'batch committed' && l.ms) {
-        const s = (stages[p] ??= { sums: {}, batches: 0 });
-        s.batches++;
-        for (const [k, v] of Object.entries(l.ms)) if (typeof v === 'number') s.sums[k] = (s.sums[k] ?? 0) + v;
+      const reason = String(l.error ?? '')
+        .split(' Input:')[0]
+        .replace(/(?<!UTF-)\d+/g, '#')
+        .replace(/ \(and # more\)/, '')
+        .replace(/field \S+/, 'field X')
+        .slice(0, 100);
+      (dlq[p] ??= {})[reason] = (dlq[p][reason] ?? 0) + 1;
+    } else if (l.msg === 'batch committed' && l.ms) {
+      const s = (stages[p] ??= { sums: {}, batches: 0 });
+      s.batches++;
+      for (const [k, v] of Object.entries(l.ms)) if (typeof v === 'number') s.sums[k] = (s.sums[k] ?? 0) + v;
     } else if (!ev[`${p}:${l.msg}`]) {
       ev[`${p}:${l.msg}`] = l;
       if (p === 'good' && (l.msg === 'reading from the source' || l.msg === 'end of input')) cpu[l.msg] = sample();
@@ -392,7 +407,9 @@ async function runConfig(cfg) {
         outlasted_good: !ranOut || ranOut.time > r.ev['good:end of input'].time,
       };
     }
-    const stages = Object.fromEntries(Object.entries(r.stages).map(([p, s]) => [p, { batches: s.batches, ...Object.fromEntries(Object.entries(s.sums).map(([k, v]) => [k, Math.round(v / s.batches)])) }]));
+    const stages = Object.fromEntries(
+      Object.entries(r.stages).map(([p, s]) => [p, { batches: s.batches, ...Object.fromEntries(Object.entries(s.sums).map(([k, v]) => [k, Math.round(v / s.batches)])) }]),
+    );
     return { wall: r.wall, peak: r.peak, good, bad, stages, cores: r.cores, js: r.js, cpuGood: r.cpuGood, cpuBad: r.cpuBad, load: os.loadavg()[0] };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -412,7 +429,9 @@ for (const f of [goodFile, badFile]) {
 const mach = machine();
 console.log(
   `hostile_neighbour benchmark: good = ${fmt(N)} orders (${(goodMeta.bytes / MiB).toFixed(0)} MiB, batch_size ${BATCH}); bad (batch_size ${BAD_BATCH}) = the same ${fmt(N)} orders (b) or ` +
-    `${fmt(M)} hostile messages (c, ${(badMeta.bytes / MiB).toFixed(0)} MiB: ${Object.entries(badMeta.kinds).map(([k, v]) => `${fmt(v)} ${k}`).join(', ')}); ${RUNS} run(s), a/b/c/d alternating (d: c as two processes)`,
+    `${fmt(M)} hostile messages (c, ${(badMeta.bytes / MiB).toFixed(0)} MiB: ${Object.entries(badMeta.kinds)
+      .map(([k, v]) => `${fmt(v)} ${k}`)
+      .join(', ')}); ${RUNS} run(s), a/b/c/d alternating (d: c as two processes)`,
 );
 console.log(`good's time = its pipeline's "reading from the source" -> "end of input" (all ${fmt(N)} committed to the WAL), msg/s = N / that; in b, c and d bad is stopped once good is done\n`);
 
@@ -430,11 +449,26 @@ try {
     };
     const { a, b, c, d } = run;
     console.log(`run ${i + 1}/${RUNS}: ${line('a')} | ${line('b')} | ${line('c')} | ${line('d')}`);
-    console.log(`       c/a ${(a.good.commit / c.good.commit).toFixed(2)}, c/b ${(b.good.commit / c.good.commit).toFixed(2)}, c/d ${(d.good.commit / c.good.commit).toFixed(2)}, d/a ${(a.good.commit / d.good.commit).toFixed(2)}; ` +
-      `d) CPU during good's run: good ${d.cpuGood.toFixed(2)} s, bad ${d.cpuBad.toFixed(2)} s (${pct(d.cpuBad / (d.cpuGood + d.cpuBad))})`);
-    console.log(`       bad meanwhile: b) ${fmt(b.bad.messages)} orders; c) ${fmt(c.bad.messages)} hostile, ${fmt(c.bad.dead_lettered)} dead-lettered, ${fmt(c.bad.rows)} rows; d) ${fmt(d.bad.messages)} hostile` +
-      ['b', 'c', 'd'].map((k) => (run[k].bad.outlasted_good ? '' : ` [${k}: bad ran out of input before good was done: raise --bad-messages]`)).join(''));
-    if (DEBUG) for (const cfg of Object.keys(CONFIGS)) console.log(`       ${cfg}) ms per batch (mean): ${Object.entries(run[cfg].stages).map(([p, st]) => `${p}: ${Object.entries(st).map(([k, v]) => `${k} ${v}`).join(', ')}`).join(' | ')}`);
+    console.log(
+      `       c/a ${(a.good.commit / c.good.commit).toFixed(2)}, c/b ${(b.good.commit / c.good.commit).toFixed(2)}, c/d ${(d.good.commit / c.good.commit).toFixed(2)}, d/a ${(a.good.commit / d.good.commit).toFixed(2)}; ` +
+        `d) CPU during good's run: good ${d.cpuGood.toFixed(2)} s, bad ${d.cpuBad.toFixed(2)} s (${pct(d.cpuBad / (d.cpuGood + d.cpuBad))})`,
+    );
+    console.log(
+      `       bad meanwhile: b) ${fmt(b.bad.messages)} orders; c) ${fmt(c.bad.messages)} hostile, ${fmt(c.bad.dead_lettered)} dead-lettered, ${fmt(c.bad.rows)} rows; d) ${fmt(d.bad.messages)} hostile` +
+        ['b', 'c', 'd'].map((k) => (run[k].bad.outlasted_good ? '' : ` [${k}: bad ran out of input before good was done: raise --bad-messages]`)).join(''),
+    );
+    if (DEBUG)
+      for (const cfg of Object.keys(CONFIGS))
+        console.log(
+          `       ${cfg}) ms per batch (mean): ${Object.entries(run[cfg].stages)
+            .map(
+              ([p, st]) =>
+                `${p}: ${Object.entries(st)
+                  .map(([k, v]) => `${k} ${v}`)
+                  .join(', ')}`,
+            )
+            .join(' | ')}`,
+        );
   }
 } catch (err) {
   console.error(`\nbenchmark failed: ${err.message}`);
@@ -460,28 +494,37 @@ const summary = {
   runs: RUNS,
   measured:
     "good's pipeline: log time of 'reading from the source' to 'end of input' (all N committed to the WAL); msg/s = N / that. " +
-    'in b, c and d bad is stopped (SIGTERM) once good is done. cores / JS thread: CPU seconds of the process (d: good\'s process) / of its main thread (/proc) over good\'s run, divided by its length; d: CPU seconds of each process over good\'s run. process = spawn to exit (startup and the shutdown flush included; d: the later of the two); peak RSS = VmHWM polled every 50 ms (d: the sum of the two)',
-  configs: Object.fromEntries(Object.entries(CONFIGS).map(([c, what]) => [c, {
-    what,
-    good_msgs_per_s: Math.round(rate[c]),
-    good_commit_s: Number(med((r) => r[c].good.commit).toFixed(2)),
-    good_done_s: Number(med((r) => r[c].good.done).toFixed(2)),
-    process_s: Number(med((r) => r[c].wall).toFixed(2)),
-    peak_rss_mib: Math.round(med((r) => r[c].peak) / MiB),
-    cores_during_good: Number(med((r) => r[c].cores).toFixed(2)),
-    js_thread_busy_during_good: Number(med((r) => r[c].js).toFixed(2)),
-    ...(c === 'a' ? {} : {
-      bad_messages: med((r) => r[c].bad.messages),
-      bad_dead_lettered: med((r) => r[c].bad.dead_lettered),
-      bad_rows: med((r) => r[c].bad.rows),
-      bad_outlasted_good_in_every_run: runs.every((r) => r[c].bad.outlasted_good),
-    }),
-    ...(c === 'd' ? {
-      good_process_cpu_s_during_good: Number(med((r) => r.d.cpuGood).toFixed(2)),
-      bad_process_cpu_s_during_good: Number(med((r) => r.d.cpuBad).toFixed(2)),
-      bad_cpu_share_during_good: Number(med((r) => r.d.cpuBad / (r.d.cpuGood + r.d.cpuBad)).toFixed(2)),
-    } : {}),
-  }])),
+    "in b, c and d bad is stopped (SIGTERM) once good is done. cores / JS thread: CPU seconds of the process (d: good's process) / of its main thread (/proc) over good's run, divided by its length; d: CPU seconds of each process over good's run. process = spawn to exit (startup and the shutdown flush included; d: the later of the two); peak RSS = VmHWM polled every 50 ms (d: the sum of the two)",
+  configs: Object.fromEntries(
+    Object.entries(CONFIGS).map(([c, what]) => [
+      c,
+      {
+        what,
+        good_msgs_per_s: Math.round(rate[c]),
+        good_commit_s: Number(med((r) => r[c].good.commit).toFixed(2)),
+        good_done_s: Number(med((r) => r[c].good.done).toFixed(2)),
+        process_s: Number(med((r) => r[c].wall).toFixed(2)),
+        peak_rss_mib: Math.round(med((r) => r[c].peak) / MiB),
+        cores_during_good: Number(med((r) => r[c].cores).toFixed(2)),
+        js_thread_busy_during_good: Number(med((r) => r[c].js).toFixed(2)),
+        ...(c === 'a'
+          ? {}
+          : {
+              bad_messages: med((r) => r[c].bad.messages),
+              bad_dead_lettered: med((r) => r[c].bad.dead_lettered),
+              bad_rows: med((r) => r[c].bad.rows),
+              bad_outlasted_good_in_every_run: runs.every((r) => r[c].bad.outlasted_good),
+            }),
+        ...(c === 'd'
+          ? {
+              good_process_cpu_s_during_good: Number(med((r) => r.d.cpuGood).toFixed(2)),
+              bad_process_cpu_s_during_good: Number(med((r) => r.d.cpuBad).toFixed(2)),
+              bad_cpu_share_during_good: Number(med((r) => r.d.cpuBad / (r.d.cpuGood + r.d.cpuBad)).toFixed(2)),
+            }
+          : {}),
+      },
+    ]),
+  ),
   ratio_c_a: Number((rate.c / rate.a).toFixed(2)),
   ratio_c_b: Number((rate.c / rate.b).toFixed(2)),
   ratio_b_a: Number((rate.b / rate.a).toFixed(2)),
@@ -490,16 +533,23 @@ const summary = {
   ratio_d_b: Number((rate.d / rate.b).toFixed(2)),
   run_ratios: { c_a: perRun('c', 'a'), c_b: perRun('c', 'b'), b_a: perRun('b', 'a'), c_d: perRun('c', 'd'), d_a: perRun('d', 'a') },
   hostile_dead_letters_by_reason_all_runs: reasons,
-  per_run: runs.map((r) => Object.fromEntries(Object.keys(CONFIGS).map((c) => [c, {
-    good_commit_s: Number(r[c].good.commit.toFixed(3)),
-    cores_during_good: Number(r[c].cores.toFixed(2)),
-    js_thread_busy_during_good: Number(r[c].js.toFixed(2)),
-    loadavg_1m_after: Number(r[c].load.toFixed(2)),
-    process_s: Number(r[c].wall.toFixed(2)),
-    peak_rss_mib: Math.round(r[c].peak / MiB),
-    ...(r[c].bad ? { bad_messages: r[c].bad.messages, bad_dead_lettered: r[c].bad.dead_lettered, bad_rows: r[c].bad.rows, bad_outlasted_good: r[c].bad.outlasted_good } : {}),
-    ...(DEBUG ? { ms_per_batch: r[c].stages } : {}),
-  }]))),
+  per_run: runs.map((r) =>
+    Object.fromEntries(
+      Object.keys(CONFIGS).map((c) => [
+        c,
+        {
+          good_commit_s: Number(r[c].good.commit.toFixed(3)),
+          cores_during_good: Number(r[c].cores.toFixed(2)),
+          js_thread_busy_during_good: Number(r[c].js.toFixed(2)),
+          loadavg_1m_after: Number(r[c].load.toFixed(2)),
+          process_s: Number(r[c].wall.toFixed(2)),
+          peak_rss_mib: Math.round(r[c].peak / MiB),
+          ...(r[c].bad ? { bad_messages: r[c].bad.messages, bad_dead_lettered: r[c].bad.dead_lettered, bad_rows: r[c].bad.rows, bad_outlasted_good: r[c].bad.outlasted_good } : {}),
+          ...(DEBUG ? { ms_per_batch: r[c].stages } : {}),
+        },
+      ]),
+    ),
+  ),
   machine: { ...mach, loadavg_1m_at_end: Number(os.loadavg()[0].toFixed(2)) },
 };
 const cf = summary.configs;
@@ -513,7 +563,10 @@ summary (medians of ${RUNS} run(s)): good's throughput, ${fmt(N)} orders
   ratio c/a ${summary.ratio_c_a} (per run ${summary.run_ratios.c_a.join(', ')}), c/b ${summary.ratio_c_b} (per run ${summary.run_ratios.c_b.join(', ')}), b/a ${summary.ratio_b_a} (per run ${summary.run_ratios.b_a.join(', ')})
   ratio c/d ${summary.ratio_c_d} (per run ${summary.run_ratios.c_d.join(', ')}: what sharing the process costs), d/a ${summary.ratio_d_a} (per run ${summary.run_ratios.d_a.join(', ')}), d/b ${summary.ratio_d_b}
   hostile source (c): ${fmt(cf.c.bad_dead_lettered)} dead-lettered and ${fmt(cf.c.bad_rows)} rows written of ${fmt(cf.c.bad_messages)} read (medians); dead letters of all runs by reason:
-${Object.entries(reasons).sort((x, y) => y[1] - x[1]).map(([k, v]) => `    ${String(v).padStart(7)}  ${k}`).join('\n')}${outlast.length ? `\n  WARNING: in ${outlast.join(', ')} bad ran out of input before good was done in some run: raise --bad-messages` : ''}
+${Object.entries(reasons)
+  .sort((x, y) => y[1] - x[1])
+  .map(([k, v]) => `    ${String(v).padStart(7)}  ${k}`)
+  .join('\n')}${outlast.length ? `\n  WARNING: in ${outlast.join(', ')} bad ran out of input before good was done in some run: raise --bad-messages` : ''}
   machine: ${mach.cpu}, ${mach.cpus} CPUs, ${mach.mem_gib} GiB, Node.js ${mach.node}, 1-min load average at the end ${summary.machine.loadavg_1m_at_end}`);
 fs.mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
 const resultFile = `bench/results/hostile_neighbour${ONLY.length ? `-${[...ONLY].sort().join('-')}` : ''}.json`;
