@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { freePort, httpGet, killRepeatedly, query, sluice, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, jsonLogs, killRepeatedly, query, sluice, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import amqp from 'amqplib';
 import { AMQP_URL, deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
@@ -264,12 +264,7 @@ describe('rabbitmq source', () => {
     const dupes = Number(got[0].n) - 1000;
     expect(dupes).toBeGreaterThan(0);
     expect(dupes).toBeLessThanOrEqual(800); // prefetch: 4 x batch_size
-    const done = child
-      .err()
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l))
-      .find((l) => l.msg === 'done');
+    const done = jsonLogs(child.err()).find((l) => l.msg === 'done') as { redelivered: number };
     expect(done.redelivered).toBeGreaterThanOrEqual(dupes);
   });
 
@@ -290,12 +285,7 @@ describe('rabbitmq source', () => {
     await until(async () => (await queueDepth(queue)) === 0 && (await distinctOrders(p)) === 1000, 60_000);
     child.kill('SIGTERM');
     expect((await waitExit(child)).code).toBe(0);
-    const done = child
-      .err()
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l))
-      .find((l) => l.msg === 'done');
+    const done = jsonLogs(child.err()).find((l) => l.msg === 'done') as { redelivered: number };
     expect(done.redelivered).toBeGreaterThan(0);
     const o = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM read_parquet('${p}/output/orders/*.parquet')`);
     expect(o[0]).toEqual({ n: '1000', d: '1000' });
