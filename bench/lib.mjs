@@ -240,16 +240,15 @@ function stageTimings(lines) {
 //
 // The engine reads and prepares batch N+1 (read, then check, load, decode, convert on the loading
 // lane) while its main loop runs batch N through the models, stages its WAL segments, commits and
-// acks. So only the main loop's stages add up to the drain's time: `wait` (the loop waiting for
-// the next batch to be read and prepared, plus its bookkeeping) + models + tests + stage + commit
-// + ack = the span from "reading from the source" to the last commit. `wait` is not logged: it is
-// each batch's gap between log timestamps (the previous commit, or the start, to this commit)
-// less the stages the loop ran for it. read/check/load/decode/convert are durations of work that
-// overlapped the previous batch: they matter only through `wait`. (`read` on a line is the read
-// that finished last, which may be the next batch's: only its sum means something.)
+// acks. So only the main loop's stages add up to the drain's time: `wait` (logged per batch: the
+// loop waiting for the batch to be read and prepared) + models + tests + stage + commit + ack +
+// `other` (the rest of each batch's gap between log timestamps: flushes due, bookkeeping) = the
+// span from "reading from the source" to the last commit. read/check/load/decode/convert are
+// durations of work that overlapped the previous batch: they matter only through `wait`. (`read`
+// is the batch's own: from asking the batcher to the hand-over, idle time included.)
 
 /** Main-loop stages, in order: together they make up the span. */
-export const LOOP_STAGES = ['wait', 'models', 'tests', 'stage', 'commit', 'ack'];
+export const LOOP_STAGES = ['wait', 'models', 'tests', 'stage', 'commit', 'ack', 'other'];
 /** Stages that overlap the previous batch (the source's read and the loading lane). */
 export const OVERLAPPED_STAGES = ['read', 'check', 'load', 'decode', 'convert'];
 const STAGE_LABEL = {
@@ -259,6 +258,7 @@ const STAGE_LABEL = {
   stage: 'stage (WAL segments, fsync)',
   commit: 'commit (WAL state)',
   ack: 'ack to the source',
+  other: 'flushes due, bookkeeping',
   span: 'span: start to last commit',
   read: 'read (source)',
   check: 'check (JSON scan, JS thread)',
@@ -282,7 +282,10 @@ export function stageSums(lines) {
     const stage = ms.stage ?? 0;
     const commit = ms.commit ?? 0;
     const loop = (ms.models ?? 0) + (ms.tests ?? 0) + (ms.stage_and_commit ?? stage + commit) + (ms.ack ?? 0);
-    sums.wait += l.time - prev - loop;
+    // Lines written before the engine logged `wait` leave it in `other`'s place.
+    const gap = l.time - prev - loop;
+    sums.wait += ms.wait ?? gap;
+    sums.other += ms.wait === undefined ? 0 : gap - ms.wait;
     prev = l.time;
     for (const k of ['models', 'tests', 'ack', ...OVERLAPPED_STAGES]) sums[k] += ms[k] ?? 0;
     sums.stage += stage;

@@ -27,7 +27,18 @@ export interface BatchingConfig {
   maxBytes: number;
   /** The longest a batch stays open after its first message (batch_timeout_ms). */
   timeoutMs: number;
+  /** Where the count ramp starts (below); RAMP_START unless set, never above `maxMessages`. */
+  firstMessages?: number;
 }
+
+/**
+ * The first batch, and the first after a batch that was cut short, takes at most this many
+ * messages; each batch that fills up to its count doubles the next one's, up to `maxMessages`.
+ * A backlog is then met with batches that grow to the ceiling, while the first one (which also
+ * learns the schema) starts the two-lane pipeline early instead of making the other lane wait
+ * for a ceiling-sized batch.
+ */
+export const RAMP_START = 8192;
 
 /** A source block's batching keys (every source schema has them, with their defaults). */
 export function batchingOf(cfg: { batch_size: number; batch_max_bytes: number; batch_timeout_ms: number }): BatchingConfig {
@@ -51,12 +62,20 @@ export class Batcher {
   /** Cuts the poll in flight when the engine waits and the batch holds a message. */
   private cutNow?: () => void;
   private ended = false;
+  /** The count the next batch is cut at (the ramp, see RAMP_START). */
+  private target: number;
 
   constructor(
     private readonly source: Source,
     private readonly cfg: BatchingConfig,
     private readonly clock: Clock = systemClock,
-  ) {}
+  ) {
+    this.target = this.rampStart();
+  }
+
+  private rampStart(): number {
+    return Math.max(1, Math.min(this.cfg.maxMessages, this.cfg.firstMessages ?? RAMP_START));
+  }
 
   /** The engine is waiting for the next batch: hand it over as soon as it holds a message. */
   demand(): void {
@@ -68,7 +87,8 @@ export class Batcher {
   async next(signal: AbortSignal): Promise<SourceBatch | null> {
     if (this.ended) return null;
     this.demanded = false;
-    const { maxMessages, maxBytes, timeoutMs } = this.cfg;
+    const { maxBytes, timeoutMs } = this.cfg;
+    const maxMessages = this.target;
     const chunks: SourceChunk[] = [];
     let count = 0;
     let bytes = 0;
@@ -94,7 +114,14 @@ export class Batcher {
       bytes += chunk.bytes ?? payloadBytes(chunk);
       if (this.demanded || chunk.full) break;
     }
+    this.ramp(count, bytes);
     return join(chunks, bytes);
+  }
+
+  /** Doubles the next batch's count after a batch that filled up to it; back to the start after one cut short by time or demand. */
+  private ramp(count: number, bytes: number): void {
+    if (count >= this.target) this.target = Math.min(this.cfg.maxMessages, this.target * 2);
+    else if (bytes < this.cfg.maxBytes) this.target = this.rampStart();
   }
 
   /** One poll, cut short at `deadline`, by `signal`, or (once the batch holds a message) by demand. */

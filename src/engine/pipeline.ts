@@ -86,6 +86,16 @@ export interface DryRunResult {
 interface ReadBatch {
   batch: SourceBatch;
   prepared?: PreparedBatch;
+  /** How long it took to form: from asking the batcher to the batch handed over (ms). */
+  readMs: number;
+}
+
+/** Where one batch's time went before its models ran (the `batch committed` debug line's `read` and `wait`). */
+interface BatchClock {
+  /** Forming it (ReadBatch.readMs): mostly idle while it overlapped the previous batch. */
+  read: number;
+  /** The run loop waiting for it, read and decode: the engine idle because the source or decoding was behind. */
+  wait: number;
 }
 
 /** Upstream closure of the selected models, in DAG order. */
@@ -125,7 +135,6 @@ export class Pipeline {
   private flusher!: Flusher;
   private summary: RunSummary = { messages: 0, deadLettered: 0, rows: {}, batches: 0, flushes: 0, redelivered: 0 };
   private workerId = '';
-  private lastReadMs = 0;
   private source?: Source;
   /** Waits out a full disk or an IO error: the batch is retried, nothing dead-lettered or acked. */
   private readonly stallGuard: StallGuard;
@@ -367,14 +376,16 @@ export class Pipeline {
       for (;;) {
         // Waiting now: the batch being formed is handed over as soon as it holds a message.
         batcher.demand();
+        const waitStart = performance.now();
         const cur = await pending;
+        const wait = Math.round(performance.now() - waitStart);
         if (cur === null) {
           if (!signal.aborted) this.log.info('end of input');
           break;
         }
         if (this.flusher.failures.size > 0) await this.backpressure();
         pending = signal.aborted ? Promise.resolve(null) : next();
-        if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName);
+        if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName, { read: cur.readMs, wait });
         await this.flusher.flushDue();
       }
     } finally {
@@ -386,15 +397,15 @@ export class Pipeline {
   private async readAndPrepare(batcher: Batcher, lane: number): Promise<ReadBatch | null> {
     const readStart = performance.now();
     const batch = await batcher.next(this.opts.signal);
-    this.lastReadMs = Math.round(performance.now() - readStart);
+    const readMs = Math.round(performance.now() - readStart);
     if (batch === null) return null;
-    if (batch.messages.length === 0) return { batch };
+    if (batch.messages.length === 0) return { batch, readMs };
     const prepared = await this.stallGuard.run(
       'decoding a batch',
       () => this.executor.prepare(batch.messages, lane, batch.block),
       async () => {},
     );
-    return { batch, prepared };
+    return { batch, prepared, readMs };
   }
 
   /**
@@ -402,7 +413,7 @@ export class Pipeline {
    * the way (the WAL's or the DLQ's disk full, say) undoes what was staged and tries the batch
    * again (untilItWorks): the messages were not acked, and none is blamed for it.
    */
-  private async handleBatch(batch: SourceBatch, first: PreparedBatch, source: Source, sourceName: string): Promise<void> {
+  private async handleBatch(batch: SourceBatch, first: PreparedBatch, source: Source, sourceName: string, clock: BatchClock): Promise<void> {
     const timer = this.metrics.batchDuration.startTimer();
     this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
     const dlqBefore = this.dlq?.mark();
@@ -452,7 +463,7 @@ export class Pipeline {
     timer();
     this.updateGauges();
     this.log.debug(
-      { seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { read: this.lastReadMs, ...outcome.timings } },
+      { seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { ...clock, ...outcome.timings } },
       'batch committed',
     );
   }

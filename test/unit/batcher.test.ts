@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RawMessage, Source, SourceChunk } from '../../src/connectors/types.js';
-import { Batcher } from '../../src/engine/batcher.js';
+import { Batcher, RAMP_START } from '../../src/engine/batcher.js';
 import { ManualClock } from '../helpers/clock.js';
 import { FakeSource } from '../helpers/fake-source.js';
 import { settle } from '../helpers/wait.js';
@@ -155,5 +155,35 @@ describe('Batcher', () => {
     // Only separators between the messages: DuckDB splits the block at them.
     expect(k.data.toString()).toBe(['{"a":1}', '{"b":"é"}', '{"c":3}'].join('\u001e'));
     expect(b.bytes).toBe(Buffer.byteLength('{"a":1}{"b":"é"}{"c":3}'));
+  });
+  it('a backlog ramps the count up from firstMessages, doubling to the ceiling; a batch cut short starts the ramp again', async () => {
+    const src = new FakeSource();
+    const clock = new ManualClock();
+    const batcher = new Batcher(src, { maxMessages: 10, maxBytes: 10_000, timeoutMs: 100, firstMessages: 2 }, clock);
+    src.push(...Array.from({ length: 30 }, (_, i) => String(i)));
+    const sizes: number[] = [];
+    for (let i = 0; i < 4; i++) sizes.push((await batcher.next(never))!.messages.length);
+    // 2, 4, 8, then the ceiling: the first batch starts the engine early, the backlog grows them.
+    expect(sizes).toEqual([2, 4, 8, 10]);
+    // The backlog runs out: the last 6 wait for batch_timeout_ms, and that batch was cut short...
+    const last = batcher.next(never);
+    await settle();
+    clock.advance(100);
+    expect((await last)!.messages.length).toBe(6);
+    // ...so the next starts the ramp again.
+    src.push(...Array.from({ length: 10 }, (_, i) => `b${i}`));
+    expect((await batcher.next(never))!.messages.length).toBe(2);
+    expect((await batcher.next(never))!.messages.length).toBe(4);
+  });
+
+  it('without firstMessages the ramp starts at RAMP_START, never above batch_size', async () => {
+    const big = new FakeSource();
+    big.push(...Array.from({ length: RAMP_START + 5 }, (_, i) => String(i)));
+    const ramped = new Batcher(big, { maxMessages: 100_000, maxBytes: 1e9, timeoutMs: 100 }, new ManualClock());
+    expect((await ramped.next(never))!.messages.length).toBe(RAMP_START);
+    const small = new FakeSource();
+    small.push('a', 'b', 'c', 'd');
+    const capped = new Batcher(small, { maxMessages: 3, maxBytes: 1000, timeoutMs: 100 }, new ManualClock());
+    expect(payloads((await capped.next(never))!)).toEqual(['a', 'b', 'c']);
   });
 });

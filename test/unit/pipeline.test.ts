@@ -230,6 +230,12 @@ describe('pipeline: adaptive batching', () => {
     expect(sizes.slice(1, -1).every((n) => n === 200)).toBe(true);
     expect(sizes.reduce((a, b) => a + b, 0)).toBe(2000);
     expect(sink.rows('events')).toEqual(range(1, 2000).map(row));
+    // Each batch's debug line says how long that batch took to form and how long the loop waited for it.
+    for (const e of run.events.filter((x) => x.msg === 'batch committed')) {
+      const ms = e.ms as Record<string, unknown>;
+      expect(Number.isInteger(ms.read) && (ms.read as number) >= 0, JSON.stringify(ms)).toBe(true);
+      expect(Number.isInteger(ms.wait) && (ms.wait as number) >= 0, JSON.stringify(ms)).toBe(true);
+    }
   });
 
   it('under trickle traffic, each message goes through at once in its own batch, without waiting for batch_timeout_ms', async () => {
