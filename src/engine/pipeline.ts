@@ -462,10 +462,7 @@ export class Pipeline {
     this.summary.batches++;
     timer();
     this.updateGauges();
-    this.log.debug(
-      { seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { ...clock, ...outcome.timings } },
-      'batch committed',
-    );
+    this.log.debug({ seq: this.wal.state.seq, messages: batch.messages.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { ...clock, ...outcome.timings } }, 'batch committed');
   }
 
   /**
