@@ -1,7 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import type { DuckDBConnection, DuckDBPreparedStatement } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../errors.js';
-import { MSG_COL } from '../sql/analyze.js';
+import { MSG_COL, reservedColumn } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import type { MessageMeta, PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { SourcePolicy } from '../connectors/shared-config.js';
@@ -415,10 +415,10 @@ export class BatchDecoder {
       r.undo?.();
       return reason;
     };
-    const reserved = r.added.find((x) => x.toLowerCase() === `$.${MSG_COL}`.toLowerCase());
+    const reserved = r.added.find((x) => x.startsWith('$.') && reservedColumn(x.slice(2)) !== undefined);
     if (r.conflict) return refuse(r.conflict.includes('has an empty key') ? r.conflict : `type conflict: ${r.conflict}`);
     if (reserved)
-      return refuse(`field ${reserved.slice(2)} is reserved by sluice (it numbers the messages of a batch); rename it in the producer, or drop it with contract.new_columns: discard_value`);
+      return refuse(`field ${reserved.slice(2)} is reserved by sluice (it names one of sluice's own columns); rename it in the producer, or drop it with contract.new_columns: discard_value`);
     if (full && r.skipped.length) {
       return refuse(
         `the message adds field ${r.skipped[0]}${r.skipped.length > 1 ? ` (and ${r.skipped.length - 1} more)` : ''} but incoming's schema has reached limits.max_columns (${maxColumns} fields)`,

@@ -1,11 +1,11 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError } from '../errors.js';
 import type { SinkWrite } from '../connectors/types.js';
-import { MSG_COL } from '../sql/analyze.js';
+import { MESSAGE_COL, MSG_COL, ROW_COL } from '../sql/analyze.js';
 import { fileList } from '../sql/quote.js';
 
 /** The engine's columns of a flush's relation (SinkWrite.order). */
-export const FLUSH_ORDER: SinkWrite['order'] = Object.freeze({ row: '__sluice_row', message: '__sluice_message' });
+export const FLUSH_ORDER: SinkWrite['order'] = Object.freeze({ row: ROW_COL, message: MESSAGE_COL });
 
 /** Numbers the views of this process: names never repeat, whatever flushes run at once. */
 let views = 0;

@@ -1,6 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import type { ConfigIssue } from '../errors.js';
-import { analyzeSql, expressionColumns, type SqlAnalysis } from '../sql/analyze.js';
+import { analyzeSql, expressionColumns, reservedColumn, type SqlAnalysis } from '../sql/analyze.js';
 import type { ModelDef, NamedSink, Project } from '../project/project-loader.js';
 import { resolveContractTypes } from './contracts.js';
 
@@ -26,6 +26,8 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       continue;
     }
     if (analysis.outputColumns) {
+      const reserved = analysis.outputColumns.find((c) => reservedColumn(c) !== undefined);
+      if (reserved) issues.push({ file: m.file, message: `model ${m.name} has a column named ${reserved}, a name sluice keeps for its own use; rename it in the model's SELECT` });
       const have = new Set(analysis.outputColumns.map((c) => c.toLowerCase()));
       for (const c of m.columns) {
         if (!have.has(c.name.toLowerCase())) {

@@ -3,6 +3,17 @@ import { MODEL_SCHEMA, SOURCE_SCHEMA } from './template.js';
 
 /** The hidden column carrying each row's message index within the batch. */
 export const MSG_COL = '__sluice_msg';
+/** The engine's columns of a flush's relation (engine/flush-relation.ts): a row's and a message's order. */
+export const ROW_COL = '__sluice_row';
+export const MESSAGE_COL = '__sluice_message';
+/** Column names sluice keeps for its own: neither a message's top-level field nor a model's column may take one. */
+export const RESERVED_COLUMNS: readonly string[] = [MSG_COL, ROW_COL, MESSAGE_COL];
+
+/** The reserved name `name` takes (compared as DuckDB does, ignoring case), if any. */
+export function reservedColumn(name: string): string | undefined {
+  const n = name.toLowerCase();
+  return RESERVED_COLUMNS.find((r) => r === n);
+}
 
 // DuckDB's serialized parse tree is untyped JSON; these aliases only document intent.
 // biome-ignore lint/suspicious/noExplicitAny: the walkers below read whatever shape DuckDB's JSON has

@@ -132,6 +132,14 @@ describe('sluice CLI end to end', () => {
     expect(r.stderr).toMatch(/totals\.sql: model totals is stateful: .*GROUP BY.*count\(\*\)/);
   });
 
+  it('validate rejects a model column named like one of sluice\'s own columns, in any case', () => {
+    const p = project();
+    fs.writeFileSync(path.join(p, 'models/clash.sql'), 'SELECT incoming.order_id, 1 AS __Sluice_Row, 2 AS __sluice_message FROM incoming\n');
+    const r = sluice(['validate', '--project', p]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/clash\.sql: model clash has a column named __Sluice_Row, a name sluice keeps for its own use/);
+  });
+
   it('validate reports a SQL syntax error with its line', () => {
     const p = project();
     fs.writeFileSync(path.join(p, 'models/typo.sql'), '-- a comment\nSELECT incoming.order_id\nFROM incoming WHERE AND\n');

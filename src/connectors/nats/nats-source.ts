@@ -8,6 +8,8 @@ import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSource
 import { batchCut } from '../batch-cut.js';
 
 /** How long the server holds an empty pull open; the pump then asks again. */
+/** keepHeld runs every 1/KEEP_HELD_PARTS of ack_wait and refreshes what was held that long. */
+const KEEP_HELD_PARTS = 6;
 const PULL_EXPIRES_MS = 5_000;
 /** Pulls failing in a row before the source says it is unhealthy (and warns). */
 const PULL_FAILURES_UNHEALTHY = 3;
@@ -130,7 +132,7 @@ export class NatsSource implements Source {
     this.consumer = await jetstream(this.nc).consumers.get(cfg.stream, cfg.consumer);
     this.pump = this.runPump();
     this.ackWaitMs = existing?.config.ack_wait ? existing.config.ack_wait / 1e6 : cfg.ack_wait_ms;
-    this.holdTimer = setInterval(() => this.keepHeld(), Math.max(100, Math.floor(this.ackWaitMs / 3)));
+    this.holdTimer = setInterval(() => this.keepHeld(), Math.max(100, Math.floor(this.ackWaitMs / KEEP_HELD_PARTS)));
     this.holdTimer.unref();
   }
 
@@ -229,12 +231,15 @@ export class NatsSource implements Source {
 
   /**
    * Messages held ahead, and batches the engine holds without acking them (reading paused while
-   * a sink fails), would be delivered again after ack_wait and then read twice: each one held
-   * for a third of ack_wait gets a working() ("in progress"), which restarts its ack_wait.
+   * a sink fails, or a batch that is merely slow on a loaded machine), would be delivered again
+   * after ack_wait and then read twice: each one held for a sixth of ack_wait gets a working()
+   * ("in progress"), which restarts its ack_wait. The timer ticks every sixth too, so a message
+   * goes at most about a third of ack_wait without one: two thirds are left for a busy event
+   * loop to run the timer late.
    */
   private keepHeld(): void {
     const now = Date.now();
-    const before = now - this.ackWaitMs / 3;
+    const before = now - this.ackWaitMs / KEEP_HELD_PARTS;
     for (let i = 0; i < this.buffer.length && this.arrivals[i] <= before; i++) {
       this.buffer[i].working();
       this.arrivals[i] = now;
