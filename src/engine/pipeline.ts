@@ -145,7 +145,7 @@ export class Pipeline {
   constructor(private readonly opts: RunOptions) {
     this.clock = opts.clock ?? systemClock;
     const { maxBackoffMs, giveUpAfterSeconds } = opts.project.infraErrors ?? { maxBackoffMs: 30_000, giveUpAfterSeconds: 0 };
-    this.stallGuard = new StallGuard({ signal: opts.signal, maxBackoffMs, giveUpAfterSeconds, metrics: this.metrics, log: opts.log, updateGauges: () => this.updateGauges() });
+    this.stallGuard = new StallGuard({ signal: opts.signal, maxBackoffMs, giveUpAfterSeconds, metrics: this.metrics, log: opts.log, updateGauges: () => this.updateGauges(), clock: this.clock });
   }
 
   /** This run's metrics (for an ops server shared by several pipelines). */

@@ -3,6 +3,7 @@ import { SluiceError } from '../errors.js';
 import type { Metrics } from '../ops/metrics.js';
 import { asInfraError, type InfraError } from './infra-errors.js';
 import { backoff, sleep } from '../util/retry.js';
+import { systemClock, type Clock } from '../util/clock.js';
 
 export interface StallOptions {
   signal: AbortSignal;
@@ -12,6 +13,8 @@ export interface StallOptions {
   metrics: Metrics;
   log: Logger;
   updateGauges: () => void;
+  /** Time for the pause's length, give-up and backoff waits (tests inject their own). */
+  clock?: Clock;
 }
 
 /** Waits out infrastructure failures (see infra-errors.ts) for the pipeline. */
@@ -19,7 +22,11 @@ export class StallGuard {
   /** The infrastructure failure being waited out, for /readyz. */
   current: { error: InfraError; since: number } | undefined;
 
-  constructor(private readonly opts: StallOptions) {}
+  private readonly clock: Clock;
+
+  constructor(private readonly opts: StallOptions) {
+    this.clock = opts.clock ?? systemClock;
+  }
 
   /**
    * Runs `step` until it works. An infrastructure failure (see infra-errors.ts: a full or
@@ -37,7 +44,7 @@ export class StallGuard {
       try {
         const r = await step();
         if (attempt > 1 && this.current) {
-          this.opts.log.info({ after_ms: Date.now() - this.current.since, attempts: attempt }, `resumed: ${where} works again`);
+          this.opts.log.info({ after_ms: this.clock.now() - this.current.since, attempts: attempt }, `resumed: ${where} works again`);
           this.current = undefined;
           this.opts.metrics.stalled.set(0);
           this.opts.updateGauges();
@@ -54,10 +61,10 @@ export class StallGuard {
         this.opts.metrics.infraErrors.inc({ kind: infra.kind });
         this.opts.metrics.errors.inc({ stage: 'infra', error_type: infra.kind.replace(/ /g, '_') });
         const changed = this.current?.error.message !== infra.message;
-        this.current = { error: infra, since: this.current?.since ?? Date.now() };
+        this.current = { error: infra, since: this.current?.since ?? this.clock.now() };
         this.opts.metrics.stalled.set(1);
         this.opts.updateGauges();
-        const lasted = Date.now() - this.current.since;
+        const lasted = this.clock.now() - this.current.since;
         if (giveUpAfterSeconds > 0 && lasted >= giveUpAfterSeconds * 1000) {
           throw new SluiceError(
             'INFRA',
@@ -69,7 +76,7 @@ export class StallGuard {
         if (changed)
           this.opts.log.error({ kind: infra.kind, retry_max_ms: maxBackoffMs }, `paused: ${infra.message}; nothing was dead-lettered or acked for it, and the batch is retried until it works`);
         else this.opts.log.debug({ kind: infra.kind, attempt, retry_in_ms: delay(attempt) }, 'still failing');
-        await sleep(delay(attempt), signal);
+        await sleep(delay(attempt), signal, this.clock);
       }
     }
   }
