@@ -33,6 +33,7 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import { arg, checkFlags, cleanupOnInterrupt, cpuSeconds, machine, median, trackPeakRss } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { ORDERS_SQL, PURCHASES_SQL } from '../dist/cli/init.js';
+import { reasonKind } from '../dist/engine/dead-letter-log.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SEED = 42;
@@ -300,13 +301,11 @@ async function runSluice(dir, mode) {
     }
     const p = l.pipeline ?? fallback;
     if (l.msg === 'message sent to the DLQ') {
-      const reason = String(l.error ?? '')
-        .split(' Input:')[0]
-        .replace(/(?<!UTF-)\d+/g, '#')
-        .replace(/ \(and # more\)/, '')
-        .replace(/field \S+/, 'field X')
-        .slice(0, 100);
+      const reason = `${l.stage}${l.model ? ` (${l.model})` : ''}: ${reasonKind(String(l.error ?? ''))}`;
       (dlq[p] ??= {})[reason] = (dlq[p][reason] ?? 0) + 1;
+    } else if (l.msg === 'more messages sent to the DLQ') {
+      // Past the first few of a batch, the engine logs one line counting the rest by reason.
+      for (const [reason, n] of Object.entries(l.by_reason ?? {})) (dlq[p] ??= {})[reason] = (dlq[p][reason] ?? 0) + n;
     } else if (l.msg === 'batch committed' && l.ms) {
       const s = (stages[p] ??= { sums: {}, batches: 0 });
       s.batches++;

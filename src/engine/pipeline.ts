@@ -1,3 +1,4 @@
+import { logDeadLetters } from './dead-letter-log.js';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -442,8 +443,8 @@ export class Pipeline {
     for (const r of records) {
       this.metrics.deadLettered.inc({ stage: r.stage });
       this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
-      this.log.warn({ stage: r.stage, source: r.source, model: r.model, error: r.error }, 'message sent to the DLQ');
     }
+    logDeadLetters(this.log, records);
     this.summary.deadLettered += records.length;
     for (const [model, n] of rows) {
       this.metrics.rowsOut.inc({ model }, n);

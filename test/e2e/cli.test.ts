@@ -132,7 +132,7 @@ describe('sluice CLI end to end', () => {
     expect(r.stderr).toMatch(/totals\.sql: model totals is stateful: .*GROUP BY.*count\(\*\)/);
   });
 
-  it('validate rejects a model column named like one of sluice\'s own columns, in any case', () => {
+  it("validate rejects a model column named like one of sluice's own columns, in any case", () => {
     const p = project();
     fs.writeFileSync(path.join(p, 'models/clash.sql'), 'SELECT incoming.order_id, 1 AS __Sluice_Row, 2 AS __sluice_message FROM incoming\n');
     const r = sluice(['validate', '--project', p]);

@@ -361,7 +361,31 @@ function checkBatch(hs: Hostile[]): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Generators.
 
-const KEYS = ['a', 'A', 'b', 'id', 'Id', '', ' ', 'a.b', '"', '\\', 'é', 'e\u0301', '__proto__', 'constructor', '__sluice_msg', '__sluice_row', '__SLUICE_MESSAGE', '_topic', '_key', 'rowid', '\u0000', '\ud800', '𝄞'];
+const KEYS = [
+  'a',
+  'A',
+  'b',
+  'id',
+  'Id',
+  '',
+  ' ',
+  'a.b',
+  '"',
+  '\\',
+  'é',
+  'e\u0301',
+  '__proto__',
+  'constructor',
+  '__sluice_msg',
+  '__sluice_row',
+  '__SLUICE_MESSAGE',
+  '_topic',
+  '_key',
+  'rowid',
+  '\u0000',
+  '\ud800',
+  '𝄞',
+];
 const keyArb = fc.oneof(
   { weight: 4, arbitrary: fc.string({ maxLength: 6 }) },
   { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 4 }) },

@@ -35,10 +35,12 @@ describe('message limits', () => {
     const t0 = performance.now();
     expect(over(deep)).toBe(DEEP);
     expect(over(b)).toBe(DEEP); // stops at the 129th byte
-    expect(performance.now() - t0).toBeLessThan(20);
     // Unlimited depth: the whole megabyte is scanned, still linear and without recursion.
     expect(over(b, { ...DEFAULT_MESSAGE_LIMITS, maxDepth: Infinity })).toBeUndefined();
     expect(over(Buffer.concat([b, Buffer.alloc(1_000_000, ']')]), { ...DEFAULT_MESSAGE_LIMITS, maxDepth: 1_000_000 })).toBeUndefined();
+    // All of it in well under a second, also on a loaded machine: a scan that recursed would have
+    // overflowed the stack a million levels down, and one that was not linear would take minutes.
+    // (A tighter bound flaked under load; the figures are in docs/errors-and-limits.md.)
     expect(performance.now() - t0).toBeLessThan(500);
   });
 

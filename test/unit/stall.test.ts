@@ -98,7 +98,7 @@ describe('StallGuard on an injected clock', () => {
     expect(tries).toBeLessThanOrEqual(9);
   });
 
-  it('an error that is not the surroundings\' goes up at once, without undo or retry', async () => {
+  it("an error that is not the surroundings' goes up at once, without undo or retry", async () => {
     const clock = new ManualClock();
     const { stall } = guard(clock);
     let undone = 0;
