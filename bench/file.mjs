@@ -5,7 +5,7 @@
 // measured the same way: wall time from spawn to exit, peak RSS from /proc/<pid>/status VmHWM
 // polled every 50 ms.
 //
-//   node bench/run.mjs [file] [--messages 500000] [--runs 3] [--batch-size 50000] [--contract 1 | --data-tests 1]
+//   node bench/run.mjs [file] [--messages 500000] [--runs 3] [--batch-size B (none: no batch keys)] [--contract 1 | --data-tests 1]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';

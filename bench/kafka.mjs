@@ -4,20 +4,42 @@
 // same run, both over 8 fresh topics of 4 partitions. The broker is librdkafka's mock cluster started here by kcat (3 brokers, topics
 // with 4 partitions), or SLUICE_BENCH_KAFKA=host:port,... for a real cluster.
 //
-//   node bench/kafka.mjs [--messages 200000] [--runs 5] [--batch-size 10000] [--threads T] [--debug 1]
+// Without --batch-size (or the fetch flags), sluice's source block sets no batch keys and no
+// fetch keys: what a user gets (batch_size a ceiling of 100,000, batch_timeout_ms 1000,
+// max_bytes_per_partition 1 MiB, max_buffer_bytes 32 MiB). The bare consumer then fetches the
+// same 1 MiB a partition and commits after every kafkajs batch, as before. With --batch-size B:
+// sluice's batch_size B and batch_timeout_ms 1000, and (as before) max_bytes_per_partition 8 MiB
+// for both consumers and sluice's max_buffer_bytes 128 MiB; --max-bytes-per-partition and
+// --max-buffer-bytes set those keys by themselves.
+//
+//   node bench/kafka.mjs [--messages 200000] [--runs 5] [--batch-size B] [--max-bytes-per-partition N] [--max-buffer-bytes N] [--threads T] [--debug 1]
 import { spawn } from 'node:child_process';
 import { Kafka, logLevel } from 'kafkajs';
-import { drainBench, drainFlags, orderBodies } from './lib.mjs';
+import { batchKeys, describeSluiceKeys, drainBench, drainFlags, keysYaml, orderBodies } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
+import { kafkaSourceSchema } from '../dist/connectors/kafka/kafka-config.js';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
-const flags = drainFlags('kafka');
+const MiB = 2 ** 20;
+const flags = drainFlags('kafka', {
+  // As the benchmark set them with a batch_size: one fetch may take a whole batch from a partition.
+  'max-bytes-per-partition': (f) => (f.batch === undefined ? undefined : 8 * MiB),
+  'max-buffer-bytes': (f) => (f.batch === undefined ? undefined : 128 * MiB),
+});
 const { bodies, itemsIn } = orderBodies(orderMessage);
 const TOPIC = `sluice-bench-${process.pid}`;
 const SLUICE_GROUP = `sluice-bench-${process.pid}`;
 const BARE_GROUP = `bare-bench-${process.pid}`;
-// One fetch may take a whole batch from a partition (sluice makes one batch of one partition).
-const MAX_BYTES_PER_PARTITION = 8 * 1024 * 1024;
+// sluice's fetch keys (set only when given or with --batch-size) and its defaults, from its schema.
+const kafkaKeys = kafkaSourceSchema.shape ?? kafkaSourceSchema._def.schema.shape;
+const DEFAULT_MAX_BYTES_PER_PARTITION = kafkaKeys.max_bytes_per_partition.parse(undefined);
+const DEFAULT_MAX_BUFFER_BYTES = kafkaKeys.max_buffer_bytes.parse(undefined);
+const MAX_BYTES_PER_PARTITION = flags['max-bytes-per-partition'];
+const MAX_BUFFER_BYTES = flags['max-buffer-bytes'];
+// The bare consumer fetches what sluice fetches from a partition.
+const BARE_MAX_BYTES_PER_PARTITION = MAX_BYTES_PER_PARTITION ?? DEFAULT_MAX_BYTES_PER_PARTITION;
+// The keys sluice's block sets beyond the connection ({} at its defaults; keysYaml skips undefined).
+const sluiceKeys = { ...batchKeys(flags), max_bytes_per_partition: MAX_BYTES_PER_PARTITION, max_buffer_bytes: MAX_BUFFER_BYTES };
 
 /** The mock cluster under `sh`, killed when this process's stdin pipe to it closes. */
 async function startMock() {
@@ -76,7 +98,12 @@ async function fill(n) {
 
 /** The baseline: a kafkajs consumer in a group, eachBatch, committing each batch's offset. */
 async function bare(n) {
-  const consumer = kafka.consumer({ groupId: `${BARE_GROUP}-${process.env.SLUICE_BENCH_TOPIC}`, maxBytesPerPartition: MAX_BYTES_PER_PARTITION, maxWaitTimeInMs: 500, allowAutoTopicCreation: false });
+  const consumer = kafka.consumer({
+    groupId: `${BARE_GROUP}-${process.env.SLUICE_BENCH_TOPIC}`,
+    maxBytesPerPartition: BARE_MAX_BYTES_PER_PARTITION,
+    maxWaitTimeInMs: 500,
+    allowAutoTopicCreation: false,
+  });
   await consumer.connect();
   await consumer.subscribe({ topics, fromBeginning: true });
   let got = 0;
@@ -118,7 +145,14 @@ try {
     fill,
     bare,
     brokerPids: () => (mock ? [mock.pid] : []),
-    sourceYaml: `source:\n  type: kafka\n  brokers: ${BROKERS}\n  topic_pattern: "^\${SLUICE_BENCH_TOPIC}-t"\n  group_id: "${SLUICE_GROUP}-\${SLUICE_BENCH_TOPIC}"\n  batch_size: ${flags.batch}\n  batch_timeout_ms: 1000\n  max_bytes_per_partition: ${MAX_BYTES_PER_PARTITION}\n  max_buffer_bytes: 134217728\n`,
+    sourceYaml: `source:\n  type: kafka\n  brokers: ${BROKERS}\n  topic_pattern: "^\${SLUICE_BENCH_TOPIC}-t"\n  group_id: "${SLUICE_GROUP}-\${SLUICE_BENCH_TOPIC}"\n${keysYaml(sluiceKeys)}`,
+    sluiceKeys,
+    sluiceSettings: describeSluiceKeys(flags, [
+      MAX_BYTES_PER_PARTITION === undefined ? `max_bytes_per_partition default (${DEFAULT_MAX_BYTES_PER_PARTITION / MiB} MiB)` : `max_bytes_per_partition ${MAX_BYTES_PER_PARTITION / MiB} MiB`,
+      MAX_BUFFER_BYTES === undefined ? `max_buffer_bytes default (${DEFAULT_MAX_BUFFER_BYTES / MiB} MiB)` : `max_buffer_bytes ${MAX_BUFFER_BYTES / MiB} MiB`,
+    ]),
+    bareKeys: { max_bytes_per_partition: BARE_MAX_BYTES_PER_PARTITION, partitions_consumed_concurrently: 16, commit: 'after every kafkajs batch' },
+    bareSettings: `maxBytesPerPartition ${BARE_MAX_BYTES_PER_PARTITION / MiB} MiB${MAX_BYTES_PER_PARTITION === undefined ? " (sluice's default)" : ''}, partitionsConsumedConcurrently 16, offsets committed after every kafkajs batch`,
     bodies,
     itemsIn,
   });

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { batching, heldAheadDefault } from '../dist/connectors/shared-config.js';
 
 /**
  * Polls a child's peak resident set (VmHWM in /proc/<pid>/status) until it exits; returns a
@@ -376,8 +377,11 @@ export function backlogFile(file, bodies, n) {
   return file;
 }
 
-/** The file source a drain's backlog is read from by sluice-on-file: same batch size and timeout as the brokers'. */
-export const fileSourceYaml = (file, batch) => `source:\n  type: file\n  path: ${JSON.stringify(file)}\n  follow: true\n  poll_interval_ms: 20\n  batch_size: ${batch}\n  batch_timeout_ms: 1000\n`;
+/**
+ * The file source a drain's backlog is read from by sluice-on-file: the same batch keys as the
+ * broker's source block (`batchYaml(flags)`: none at sluice's defaults).
+ */
+export const fileSourceYaml = (file, keysYaml) => `source:\n  type: file\n  path: ${JSON.stringify(file)}\n  follow: true\n  poll_interval_ms: 20\n${keysYaml}`;
 
 /**
  * Drains a backlog of n messages with `sluice run` on `sourceYaml`, logging at debug level: timed
@@ -433,15 +437,72 @@ export function machine() {
 }
 
 /**
- * The flags every drain benchmark takes (plus `extra`: { name: default }): --messages (200,000),
- * --runs (5), --batch-size (10,000), --threads (sluice's default), --debug (1: each run's mean
- * per-batch stage timings are printed too). Unknown flags exit 2.
+ * What a source block that sets no batch keys gets (src/connectors/shared-config.ts, read from
+ * dist so that these cannot drift from sluice): batch_size is a ceiling (the engine sizes
+ * batches from the backlog, ramping up to it), batch_timeout_ms, and `held_ahead`, the default of
+ * RabbitMQ's `prefetch` and JetStream's `max_ack_pending` (min(4 x batch_size, 40,000)).
+ */
+export const SLUICE_DEFAULTS = (() => {
+  const batchSize = batching.batch_size.parse(undefined);
+  return { batch_size: batchSize, batch_timeout_ms: batching.batch_timeout_ms.parse(undefined), held_ahead: heldAheadDefault(batchSize) };
+})();
+
+/**
+ * The bare consumers' batch (messages per ack, pull or read) when no --batch-size is given: the
+ * 10,000 they used while the benchmarks set `batch_size: 10000`, so that their figures stay
+ * comparable with those measured before.
+ */
+export const BARE_BATCH_DEFAULT = 10_000;
+
+/** The timeout written beside --batch-size (the value the benchmarks have always set: also sluice's default). */
+const BATCH_TIMEOUT_MS = 1000;
+
+/** True if `--name` was given on the command line (with or without `=value`). */
+export const given = (name) => process.argv.slice(2).some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+
+/** The batch keys a source block sets: none at sluice's defaults (no --batch-size), else batch_size B and batch_timeout_ms 1000. */
+export const batchKeys = (flags) => (flags.batch === undefined ? {} : { batch_size: flags.batch, batch_timeout_ms: BATCH_TIMEOUT_MS });
+
+/** `keys` as lines of a source block (two-space indent); '' for none. */
+export const keysYaml = (keys) =>
+  Object.entries(keys)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `  ${k}: ${v}\n`)
+    .join('');
+
+/** The batch keys of a source block, as YAML lines ('' at sluice's defaults). */
+export const batchYaml = (flags) => keysYaml(batchKeys(flags));
+
+const thousands = (n) => n.toLocaleString('en-US');
+
+/**
+ * How sluice's source block is set, for the header line: "batch_size default (...)" when it sets
+ * no batch keys, as the file benchmark prints; `others` describes any further keys.
+ */
+export function describeSluiceKeys(flags, others = []) {
+  const batch =
+    flags.batch === undefined
+      ? `batch_size default (no batch keys set: a ceiling of ${thousands(SLUICE_DEFAULTS.batch_size)}, batches sized from the backlog; batch_timeout_ms ${SLUICE_DEFAULTS.batch_timeout_ms})`
+      : `batch_size ${thousands(flags.batch)}, batch_timeout_ms ${BATCH_TIMEOUT_MS}`;
+  return [batch, ...others].join(', ');
+}
+
+/**
+ * The flags every drain benchmark takes (plus `extra`: { name: default, or (flags) => default }):
+ * --messages (200,000), --runs (5), --batch-size (none: sluice's defaults, no batch keys set; the
+ * bare consumer's batch is then BARE_BATCH_DEFAULT), --threads (sluice's default), --debug (1: each
+ * run's mean per-batch stage timings are printed too). Unknown flags exit 2. Besides the flags:
+ * `bareBatch` (the bare consumer's batch: B, or 10,000) and `heldAhead` (the prefetch /
+ * max_ack_pending sluice uses when its block does not set one: min(4 x B, 40,000), 40,000 at the
+ * defaults).
  */
 export function drainFlags(bench, extra = {}) {
   checkFlags(bench, ['messages', 'runs', 'batch-size', 'threads', 'debug', ...Object.keys(extra)]);
-  const flags = { messages: arg('messages', 200_000), runs: arg('runs', 5), batch: arg('batch-size', 10_000), threads: arg('threads', 0), debug: arg('debug', 0) };
+  const flags = { messages: arg('messages', 200_000), runs: arg('runs', 5), batch: arg('batch-size', undefined), threads: arg('threads', 0), debug: arg('debug', 0) };
+  flags.bareBatch = flags.batch ?? BARE_BATCH_DEFAULT;
+  flags.heldAhead = heldAheadDefault(flags.batch ?? SLUICE_DEFAULTS.batch_size);
   for (const [k, def] of Object.entries(extra)) flags[k] = arg(k, typeof def === 'function' ? def(flags) : def);
-  for (const k of ['messages', 'runs', 'batch']) {
+  for (const k of ['messages', 'runs', ...(flags.batch === undefined ? [] : ['batch'])]) {
     if (!Number.isInteger(flags[k]) || flags[k] < 1) {
       console.error(`--${k === 'batch' ? 'batch-size' : k} must be a whole number >= 1, got ${flags[k]}`);
       process.exit(2);
@@ -452,16 +513,41 @@ export function drainFlags(bench, extra = {}) {
 
 /**
  * Runs `flags.runs` rounds — fill, bare consumer drain, fill, sluice drain of `sourceYaml`, then
- * sluice draining the same backlog from an NDJSON file (`bodies` cycled, same batch size) — prints
- * each run, the medians and where sluice on the broker spends its time beyond sluice on the file
- * (both at debug log level: stageSums), and returns the summary (also written to
- * bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages (the backlog
- * of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns msg/s.
+ * sluice draining the same backlog from an NDJSON file (`bodies` cycled, the same batch keys:
+ * batchYaml(flags)) — prints each run, the medians and where sluice on the broker spends its time
+ * beyond sluice on the file (both at debug log level: stageSums), and returns the summary (also
+ * written to bench/results/<name>.json, with `extra()` merged in). `fill(n)` queues n messages
+ * (the backlog of orderBodies(): `itemsIn(n)` line items); `bare(n)` drains them and returns
+ * msg/s. `sluiceKeys` are the tuning keys `sourceYaml` sets beyond the connection ({} at sluice's
+ * defaults) and `sluiceSettings` says what the unset ones default to (header line); `bareKeys` /
+ * `bareSettings` the same for the bare consumer.
  */
-export async function drainBench({ name, title, baseline, flags, fill, bare, sourceYaml, bodies, itemsIn, label = name, brokerPids = () => [], extra = async () => ({}) }) {
+export async function drainBench({
+  name,
+  title,
+  baseline,
+  flags,
+  fill,
+  bare,
+  sourceYaml,
+  sluiceKeys = batchKeys(flags),
+  sluiceSettings = describeSluiceKeys(flags),
+  bareKeys = {},
+  bareSettings = '',
+  bodies,
+  itemsIn,
+  label = name,
+  brokerPids = () => [],
+  extra = async () => ({}),
+}) {
   const TARGET = 0.8;
   const n = flags.messages;
-  console.log(`${title} benchmark: ${n} order messages, batch_size ${flags.batch}, ${flags.runs} run(s); sluice also drains the same messages from an NDJSON file`);
+  console.log(`${title} benchmark: ${n} order messages, ${flags.runs} run(s)`);
+  console.log(`  sluice: ${sluiceSettings}`);
+  if (bareSettings) console.log(`  ${baseline}: ${bareSettings}`);
+  console.log(
+    `  sluice also drains the same messages from an NDJSON file, with the same batch keys (${Object.keys(batchKeys(flags)).length ? keysYaml(batchKeys(flags)).trim().replace(/\n\s*/g, ', ') : 'none'})`,
+  );
   const file = backlogFile(path.join(os.tmpdir(), `sluice-bench-${name}-${process.pid}.ndjson`), bodies, n);
   // Also when the process ends with this still pending (a broker connection lost mid-fill).
   const removeFile = () => fs.rmSync(file, { force: true });
@@ -499,7 +585,7 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
       peaks.push(got.peak);
       if (got.timings) timings.push(got.timings);
       // The same messages and models from a file, right after: the source's own overhead.
-      const onFile = await sluiceDrain(fileSourceYaml(file, flags.batch), n, { ...drainOpts, prefix: `sluice-bench-${name}-file-` });
+      const onFile = await sluiceDrain(fileSourceYaml(file, batchYaml(flags)), n, { ...drainOpts, prefix: `sluice-bench-${name}-file-` });
       cpu.sluiceFile.push(perMessage(onFile.cpu.consumer));
       js.broker.push(got.jsBusy);
       js.file.push(onFile.jsBusy);
@@ -538,9 +624,15 @@ export async function drainBench({ name, title, baseline, flags, fill, bare, sou
       benchmark: name,
       date: new Date().toISOString(),
       messages: n,
-      batch_size: flags.batch,
+      batch_size: flags.batch ?? 'default',
       runs: flags.runs,
+      // The tuning keys each side set ({} for sluice at its defaults: batch_size a ceiling of
+      // SLUICE_DEFAULTS.batch_size, batch_timeout_ms and prefetch / max_ack_pending defaulted).
+      sluice_source_keys: sluiceKeys,
+      sluice_on_file_source_keys: batchKeys(flags),
+      sluice_defaults: SLUICE_DEFAULTS,
       baseline,
+      bare_settings: bareKeys,
       bare_msgs_per_s: Math.round(median(b)),
       sluice_msgs_per_s: Math.round(median(s)),
       sluice_on_file_msgs_per_s: Math.round(median(f)),

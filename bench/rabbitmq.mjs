@@ -2,18 +2,40 @@
 // `purchases` models to Parquet, against a bare amqplib consumer (same prefetch, acks only)
 // draining the same number in the same run; then publish-to-ack latency at a steady rate.
 //
-//   node bench/run.mjs rabbitmq [--messages 200000] [--runs 5] [--batch-size 10000] [--prefetch 4 x batch] [--threads T] [--debug 1] [--rate 5000] [--seconds 15]
+// Without --batch-size or --prefetch, sluice's source block sets no batch keys and no prefetch:
+// what a user gets (batch_size a ceiling of 100,000, batch_timeout_ms 1000, prefetch
+// min(4 x batch_size, 40,000) = 40,000). The bare consumer then gets the same prefetch, 40,000,
+// and multiple-acks every 10,000 messages, as it did when the benchmark set batch_size 10,000.
+// With --batch-size B: sluice's batch_size B, batch_timeout_ms 1000 and prefetch 4 x B, the bare
+// consumer's ack every B and prefetch 4 x B, as before.
+//
+// The latency phase also runs at sluice's defaults (target: p99 <= batch_timeout_ms + 100 ms =
+// 1,100 ms) unless --latency-batch-size / --latency-batch-timeout-ms (or --prefetch) set its keys:
+// `--latency-batch-size 1000 --latency-batch-timeout-ms 100 --prefetch 40000` is the setup of the
+// figures measured before 2026-12-07.
+//
+//   node bench/run.mjs rabbitmq [--messages 200000] [--runs 5] [--batch-size B] [--prefetch P] [--threads T] [--debug 1] [--rate 5000] [--seconds 15] [--latency-batch-size B] [--latency-batch-timeout-ms T]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import amqp from 'amqplib';
-import { benchProject, drainBench, drainFlags, orderBodies, pidsNamed, sleep, startSluice, untilReading } from './lib.mjs';
+import { SLUICE_DEFAULTS, batchKeys, benchProject, describeSluiceKeys, drainBench, drainFlags, given, keysYaml, orderBodies, pidsNamed, sleep, startSluice, untilReading } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 
 const URL = process.env.SLUICE_BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 
-const flags = drainFlags('rabbitmq', { prefetch: (f) => f.batch * 4, rate: 5000, seconds: 15 });
-const { batch: BATCH, prefetch: PREFETCH, rate: RATE, seconds: SECONDS } = flags;
+const flags = drainFlags('rabbitmq', {
+  prefetch: (f) => (f.batch === undefined ? undefined : f.batch * 4),
+  rate: 5000,
+  seconds: 15,
+  'latency-batch-size': undefined,
+  'latency-batch-timeout-ms': undefined,
+});
+// PREFETCH: sluice's `prefetch` key, set only with --prefetch or --batch-size; the bare consumer
+// uses what sluice then uses (the key, or sluice's default).
+const { prefetch: PREFETCH, rate: RATE, seconds: SECONDS } = flags;
+const BARE_PREFETCH = PREFETCH ?? flags.heldAhead;
+const ACK_EVERY = flags.bareBatch;
 const { bodies, itemsIn } = orderBodies(orderMessage);
 
 async function fill(queue, n) {
@@ -29,11 +51,11 @@ async function fill(queue, n) {
   await conn.close();
 }
 
-/** The baseline: a bare consumer of the same client, same prefetch, multiple-ack per batch. */
+/** The baseline: a bare consumer of the same client, sluice's prefetch, a multiple-ack every ACK_EVERY messages. */
 async function bareConsumer(queue, n) {
   const conn = await amqp.connect(URL);
   const ch = await conn.createChannel();
-  await ch.prefetch(PREFETCH);
+  await ch.prefetch(BARE_PREFETCH);
   let got = 0;
   const t0 = performance.now();
   await new Promise((resolve) => {
@@ -41,7 +63,7 @@ async function bareConsumer(queue, n) {
       queue,
       (m) => {
         got++;
-        if (got % BATCH === 0 || got === n) ch.ack(m, true);
+        if (got % ACK_EVERY === 0 || got === n) ch.ack(m, true);
         if (got === n) resolve();
       },
       { noAck: false },
@@ -52,12 +74,27 @@ async function bareConsumer(queue, n) {
   return n / secs;
 }
 
-const sourceYaml = (queue, batch, timeoutMs) =>
-  `source:\n  type: rabbitmq\n  url: ${URL}\n  queue: ${queue}\n  dlq: ${queue}.dlq\n  batch_size: ${batch}\n  batch_timeout_ms: ${timeoutMs}\n  prefetch: ${PREFETCH}\n`;
+// The keys sluice's drain sets beyond the connection ({} at its defaults).
+const drainKeys = { ...batchKeys(flags), ...(PREFETCH === undefined ? {} : { prefetch: PREFETCH }) };
+// The latency phase's keys: sluice's defaults unless given.
+const latencyKeys = Object.fromEntries(
+  [
+    ['batch_size', flags['latency-batch-size']],
+    ['batch_timeout_ms', flags['latency-batch-timeout-ms']],
+    ['prefetch', given('prefetch') ? PREFETCH : undefined],
+  ].filter(([, v]) => v !== undefined),
+);
+const LATENCY_TARGET_MS = (latencyKeys.batch_timeout_ms ?? SLUICE_DEFAULTS.batch_timeout_ms) + 100;
+const describeLatencyKeys = () =>
+  Object.keys(latencyKeys).length
+    ? keysYaml(latencyKeys).trim().replace(/\n\s*/g, ', ')
+    : `batch_size default: no batch keys set, batch_timeout_ms ${SLUICE_DEFAULTS.batch_timeout_ms}, prefetch ${SLUICE_DEFAULTS.held_ahead.toLocaleString('en-US')}`;
+
+const sourceYaml = (queue, keys) => `source:\n  type: rabbitmq\n  url: ${URL}\n  queue: ${queue}\n  dlq: ${queue}.dlq\n${keysYaml(keys)}`;
 
 async function latency(queue) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-lat-'));
-  await benchProject(dir, sourceYaml(queue, 1000, 100), flags.threads);
+  await benchProject(dir, sourceYaml(queue, latencyKeys), flags.threads);
   const port = 19000 + Math.floor(Math.random() * 1000);
   const s = startSluice(dir, port);
   await untilReading(s);
@@ -72,8 +109,17 @@ async function latency(queue) {
   }
   await ch.waitForConfirms();
   await conn.close();
-  await sleep(1500);
-  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  // Every message acked before the quantiles are read (a message still held would be left out
+  // of them): sluice's acked counter reaches `sent`.
+  let metrics = '';
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const acked = [...metrics.matchAll(/^sluice_messages_acked_total(?:\{[^}]*\})? ([0-9.e+]+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+    if (acked >= sent) break;
+    if (Date.now() > deadline) throw new Error(`latency phase: sluice acked ${acked} of ${sent} messages within 60 s of the last publish`);
+    await sleep(100);
+  }
   const q = (p) => Number(new RegExp(`sluice_ack_latency_seconds\\{quantile="${p}"\\} ([0-9.e-]+)`).exec(metrics)?.[1]);
   s.child.kill('SIGTERM');
   await s.exited;
@@ -91,19 +137,36 @@ await drainBench({
   fill: (n) => fill(queue, n),
   bare: (n) => bareConsumer(queue, n),
   brokerPids: () => (process.env.SLUICE_BENCH_AMQP_URL ? [] : pidsNamed('beam.smp')),
-  sourceYaml: sourceYaml(queue, BATCH, 1000),
+  sourceYaml: sourceYaml(queue, drainKeys),
+  sluiceKeys: drainKeys,
+  sluiceSettings: describeSluiceKeys(flags, [PREFETCH === undefined ? `prefetch default (${flags.heldAhead.toLocaleString('en-US')})` : `prefetch ${PREFETCH.toLocaleString('en-US')}`]),
+  bareKeys: { prefetch: BARE_PREFETCH, ack_every: ACK_EVERY },
+  bareSettings: `prefetch ${BARE_PREFETCH.toLocaleString('en-US')}${PREFETCH === undefined ? " (sluice's default)" : ''}, a multiple-ack every ${ACK_EVERY.toLocaleString('en-US')} messages${flags.batch === undefined ? ' (as when the benchmark set batch_size 10,000)' : ''}`,
   bodies,
   itemsIn,
   // Then publish-to-ack latency at a steady rate, in the summary too.
   extra: async () => {
+    console.log(`\nlatency phase: ${RATE} msg/s for ${SECONDS} s, sluice with ${describeLatencyKeys()}`);
     lat = await latency(`${queue}-lat`);
     return {
-      prefetch: PREFETCH,
-      latency: { rate_per_s: RATE, seconds: SECONDS, sent: lat.sent, p50_ms: Math.round(lat.p50), p99_ms: Math.round(lat.p99), batch_size: 1000, batch_timeout_ms: 100 },
+      prefetch: PREFETCH ?? 'default',
+      latency: {
+        rate_per_s: RATE,
+        seconds: SECONDS,
+        sent: lat.sent,
+        p50_ms: Math.round(lat.p50),
+        p99_ms: Math.round(lat.p99),
+        // The keys the latency phase's source block set ({}: sluice's defaults).
+        source_keys: latencyKeys,
+        target_p99_ms: LATENCY_TARGET_MS,
+        met: lat.p99 <= LATENCY_TARGET_MS,
+      },
     };
   },
 });
-console.log(`publish-to-ack latency at ${RATE} msg/s: p50 ${Math.round(lat.p50)} ms, p99 ${Math.round(lat.p99)} ms`);
+console.log(
+  `publish-to-ack latency at ${RATE} msg/s (${describeLatencyKeys()}): p50 ${Math.round(lat.p50)} ms, p99 ${Math.round(lat.p99)} ms; target p99 <= ${LATENCY_TARGET_MS} ms (batch_timeout_ms + 100): ${lat.p99 <= LATENCY_TARGET_MS ? 'met' : 'not met'}`,
+);
 const conn = await amqp.connect(URL);
 const ch = await conn.createChannel();
 for (const q of [queue, `${queue}.dlq`, `${queue}-lat`, `${queue}-lat.dlq`]) await ch.deleteQueue(q);
