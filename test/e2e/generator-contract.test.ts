@@ -1,0 +1,54 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll } from 'vitest';
+import { orderMessage } from '../../src/connectors/generator/generator-source.js';
+import { sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { CONTRACT_SEED, sourceContract, type ContractCase, type SourceUnderTest } from '../helpers/source-contract.js';
+import { tryWalState } from '../helpers/wal.js';
+
+// The source contract for the generator: deterministic (order n is the same at every start) and
+// finite (`count`), so its worker stops by itself at the end of its input. "Putting" orders is
+// raising `count` before a worker starts; the generator can only make its own orders, so a put
+// of anything else is refused.
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+async function generatorSource(scenario: ContractCase): Promise<SourceUnderTest> {
+  const root = tempDir('sluice-generator-contract-');
+  dirs.push(root);
+  const init = await sluiceAsync(['init', 'proj', '--template', 'minimal'], { cwd: root });
+  if (init.code !== 0) throw new Error(`sluice init failed: ${init.stderr}`);
+  const p = path.join(root, 'proj');
+  // Paced while being killed, so that each worker has work left when its kill comes.
+  const rate = scenario === 'kills' ? 3000 : 0;
+  let count = 0;
+  return {
+    project: p,
+    async put(payloads) {
+      for (let i = 0; i < payloads.length; i++) {
+        if (payloads[i] !== orderMessage(count + i, CONTRACT_SEED)) throw new Error(`the generator cannot make message ${count + i + 1}: ${payloads[i].slice(0, 100)}`);
+      }
+      count += payloads.length;
+      writeFiles(p, { 'config/sources.yml': `source:\n  type: generator\n  count: ${count}\n  seed: ${CONTRACT_SEED}\n  rate: ${rate}\n  batch_size: 200\n  batch_timeout_ms: 200\n` });
+    },
+    // Drained: the position committed with the WAL is the end of the input.
+    async drained() {
+      return count > 0 && (tryWalState(path.join(p, '.sluice/wal'))?.position?.ordinal ?? 0) >= count;
+    },
+  };
+}
+
+sourceContract('generator', {
+  source: generatorSource,
+  redelivers: false,
+  ends: true,
+  dlq: {
+    declared: false,
+    reason: 'the generator makes only its own orders (and, with invalid_every, unparseable ones): it cannot carry the type conflict and the failing CAST the case puts',
+  },
+  reconnect: { declared: false, reason: 'the generator has no connection: it makes its messages in the process' },
+  lag: { declared: false, reason: 'the generator reports no lag (its Source has no lag())' },
+});
