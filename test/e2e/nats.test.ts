@@ -60,10 +60,11 @@ async function drained(s: string): Promise<boolean> {
  * redelivered after ack_wait (the server's 30 s default would make the case wait that long for
  * what a killed worker held).
  */
-async function natsSource(scenario: ContractCase): Promise<SourceUnderTest> {
+async function natsSource(scenario: ContractCase): Promise<SourceUnderTest & { stream: string }> {
   const s = stream();
   await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
   return {
+    stream: s,
     project: project(s, scenario === 'lag' || scenario === 'dlq' ? '' : '  ack_wait_ms: 2000\n'),
     put: (payloads) => publish(s, payloads),
     drained: () => drained(s),
@@ -256,7 +257,7 @@ describe('nats source', () => {
           ...natsTarget,
           async source(scenario) {
             const src = await natsSource(scenario);
-            const s = streams[streams.length - 1];
+            const s = src.stream;
             src.dropConnections = async () => {
               await restartNats();
               // JetStream is back once it serves the stream again (to this test's reconnected client too).

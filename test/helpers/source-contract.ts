@@ -189,7 +189,13 @@ function doneEvent(w: Worker): Record<string, unknown> {
  * is stopped with SIGTERM. Either way it must exit 0 (batches finished, flushed, acked).
  */
 async function stopWhenRead(w: Worker, under: SourceContractTarget): Promise<void> {
-  if (!under.ends) w.kill('SIGTERM');
+  if (!under.ends) {
+    // Not before it is up: a SIGTERM in the first moments of the process, before Node has
+    // loaded the CLI, ends it as the default action does (seen: a last worker after the kills
+    // had nothing left to read, and the test stopped it at once).
+    await until(() => w.err().includes('reading from the source') || w.exitCode !== null, 60_000, 20, 'the worker reading from the source');
+    w.kill('SIGTERM');
+  }
   expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
 }
 
