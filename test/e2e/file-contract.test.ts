@@ -41,6 +41,7 @@ async function fileSource(): Promise<SourceUnderTest> {
 }
 
 sourceContract('file (follow)', {
+  concurrent: true,
   source: fileSource,
   redelivers: false,
   ends: false,

@@ -42,6 +42,7 @@ async function generatorSource(scenario: ContractCase): Promise<SourceUnderTest>
 }
 
 sourceContract('generator', {
+  concurrent: true,
   source: generatorSource,
   redelivers: false,
   ends: true,

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { machineLock } from '../helpers/machine-lock.js';
 import { restartNats } from '../helpers/nats.js';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
@@ -21,11 +21,11 @@ const streams: string[] = [];
 beforeAll(async () => {
   nc = await connect({ servers: '127.0.0.1:4222', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
   jsm = await jetstreamManager(nc);
+  scaffold();
 });
-afterEach(() => {
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
+// After the file, not after each test: the contract's cases run concurrently.
 afterAll(async () => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
   for (const s of streams) for (const name of [s, `${s}_DLQ`]) await jsm.streams.delete(name).catch(() => false);
   await nc.close();
 });
@@ -73,6 +73,7 @@ async function natsSource(scenario: ContractCase): Promise<SourceUnderTest & { s
 }
 
 const natsTarget: SourceContractTarget = {
+  concurrent: true,
   source: natsSource,
   redelivers: true,
   ends: false,
@@ -83,11 +84,27 @@ const natsTarget: SourceContractTarget = {
 
 sourceContract('nats', natsTarget);
 
+let scaffolded = '';
+/**
+ * `sluice init --template minimal`, run once for the file and copied for each project: the
+ * contract's cases run concurrently, and a synchronous init would stall their event loop.
+ */
+function scaffold(): string {
+  if (!scaffolded) {
+    const root = tempDir('sluice-nats-init-');
+    dirs.push(root);
+    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
+    expect(init.code, init.stderr).toBe(0);
+    scaffolded = path.join(root, 'proj');
+  }
+  return scaffolded;
+}
+
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
   const root = tempDir('sluice-nats-');
   dirs.push(root);
-  expect(sluice(['init', 'proj', '--template', 'minimal'], { cwd: root }).code).toBe(0);
   const p = path.join(root, 'proj');
+  fs.cpSync(scaffold(), p, { recursive: true });
   writeFiles(p, {
     'config/sources.yml': `source:\n  type: nats\n  servers: 127.0.0.1:4222\n  stream: ${s}\n  subjects: ["${s.toLowerCase()}.>"]\n  batch_size: 200\n  batch_timeout_ms: 300\n${extra}`,
     'config/models.yml': 'max_age_seconds: 0.3\n',

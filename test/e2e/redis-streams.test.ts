@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { createClient } from 'redis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { dropSocketsOnceConnected, sourceContract } from '../helpers/source-contract.js';
@@ -16,11 +16,11 @@ const streams: string[] = [];
 
 beforeAll(async () => {
   await redis.connect();
+  scaffold();
 });
-afterEach(() => {
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
+// After the file, not after each test: the contract's cases run concurrently.
 afterAll(async () => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
   for (const s of streams) await redis.del([s, `${s}:dlq`]);
   await redis.quit();
 });
@@ -46,11 +46,27 @@ async function drained(s: string, group = 'sluice'): Promise<boolean> {
   return Boolean(g && g.pending === 0 && g.lag === 0);
 }
 
+let scaffolded = '';
+/**
+ * `sluice init --template minimal`, run once for the file and copied for each project: the
+ * contract's cases run concurrently, and a synchronous init would stall their event loop.
+ */
+function scaffold(): string {
+  if (!scaffolded) {
+    const root = tempDir('sluice-redis-init-');
+    dirs.push(root);
+    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
+    expect(init.code, init.stderr).toBe(0);
+    scaffolded = path.join(root, 'proj');
+  }
+  return scaffolded;
+}
+
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
   const root = tempDir('sluice-redis-');
   dirs.push(root);
-  expect(sluice(['init', 'proj', '--template', 'minimal'], { cwd: root }).code).toBe(0);
   const p = path.join(root, 'proj');
+  fs.cpSync(scaffold(), p, { recursive: true });
   writeFiles(p, {
     'config/sources.yml': `source:\n  type: redis_streams\n  url: ${URL}\n  stream: ${s}\n  batch_size: 200\n  batch_timeout_ms: 200\n${extra}`,
     'config/models.yml': 'max_age_seconds: 0.3\n',
@@ -262,6 +278,7 @@ describe('redis_streams source', () => {
 });
 
 sourceContract('redis_streams', {
+  concurrent: true,
   redelivers: true,
   ends: false,
   dlq: { declared: true },
