@@ -4,18 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { freePort, httpGet, query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import {
-  dropSocketsOf,
-  expectDlqRouting,
-  expectLagReported,
-  lagSamples,
-  expectGracefulStopLosesNothing,
-  expectNoLossNoDuplicateAcrossKills,
-  expectReconnectAfterDrop,
-  expectRedeliveryOfUnacked,
-  expectSourceOrder,
-  type SourceUnderTest,
-} from '../helpers/contract.js';
+import { dropSocketsOf, lagSamples, sourceContract, type ContractCase, type SourceUnderTest } from '../helpers/source-contract.js';
 import { ensureTopic, groupCaughtUp, produce, readAll, startMockKafka, topicSize, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
 import { readWalState, type WalStateView } from '../helpers/wal.js';
 
@@ -102,12 +91,19 @@ const caughtUp =
   () =>
     groupCaughtUp(cluster.admin, group, topic);
 
-/** A fresh topic as the contract scenarios drive it (read from the committed offsets, not redelivered). */
-function kafkaSource(cluster = mk): { topic: string; src: SourceUnderTest } {
+/**
+ * A fresh topic and a project reading it, as the contract drives them (read again from the
+ * committed offsets, not redelivered). `order` puts every message in one partition (order is
+ * kept within a partition); `reconnect` gets a cluster of its own.
+ */
+async function kafkaSource(scenario: ContractCase): Promise<SourceUnderTest> {
+  const cluster = scenario === 'reconnect' ? await ownCluster() : mk;
   const topic = uniqueTopic();
-  const src: SourceUnderTest = {
-    redelivers: false,
-    put: (payloads) => produce(cluster.producer, topic, payloads),
+  if (scenario === 'reconnect') await ensureTopic(cluster.admin, topic);
+  const batch: Record<ContractCase, number | undefined> = { 'graceful-stop': 50, kills: 200, redelivery: 200, order: undefined, dlq: undefined, reconnect: undefined, lag: undefined };
+  return {
+    project: await project(topic, { brokers: cluster.brokers, ...(batch[scenario] ? { batch_size: batch[scenario] } : {}) }),
+    put: (payloads) => produce(cluster.producer, topic, scenario === 'order' ? payloads.map((value) => ({ value, partition: 1 })) : payloads),
     drained: caughtUp(topic, `g-${topic}`, cluster),
     // Only the worker's: dropping kcat's own client connections to its brokers too can make it
     // exit, and the mock cluster with it (seen: every broker port refusing connections after).
@@ -115,7 +111,6 @@ function kafkaSource(cluster = mk): { topic: string; src: SourceUnderTest } {
       for (const b of cluster.brokers.split(',')) dropSocketsOf(pid, Number(b.split(':').pop()));
     },
   };
-  return { topic, src };
 }
 
 /** Only the `orders` model (order_id), to Parquet, flushing every `age` seconds. */
@@ -600,41 +595,6 @@ describe.concurrent('kafka source', () => {
     for (const id of ['w1', 'w2', 'w3']) expect(fs.readdirSync(path.join(p, '.sluice/wal', id)).length).toBeGreaterThan(0);
   }, 240_000);
 
-  it.concurrent('contract: a graceful stop mid-stream loses and repeats nothing', async () => {
-    const topic = uniqueTopic();
-    await produce(mk.producer, topic, orders(0, 6000));
-    await expectGracefulStopLosesNothing(await project(topic, { batch_size: 50 }), 6000, caughtUp(topic));
-  }, 150_000);
-
-  it.concurrent('contract: SIGKILLed 10 times while messages are queued, none lost, no duplicate (dedupe_key on)', async () => {
-    const topic = uniqueTopic();
-    const N = 8000;
-    await produce(mk.producer, topic, orders(0, N));
-    await expectNoLossNoDuplicateAcrossKills(await project(topic, { batch_size: 200 }), N, caughtUp(topic));
-  }, 240_000);
-
-  it.concurrent('contract: the broker connections drop 3 times; the worker reconnects, /readyz is green again, nothing lost', async () => {
-    const cluster = await ownCluster();
-    const { topic, src } = kafkaSource(cluster);
-    await ensureTopic(cluster.admin, topic);
-    await expectReconnectAfterDrop(await project(topic, { brokers: cluster.brokers }), src, 1500, 3);
-  }, 150_000);
-
-  it.concurrent('contract: a worker killed before committing a batch leaves its messages uncommitted; a restart reads them again, each once in the output', async () => {
-    const { topic, src } = kafkaSource();
-    await expectRedeliveryOfUnacked(await project(topic, { batch_size: 200 }), src, 2000);
-  }, 120_000);
-
-  it.concurrent('contract: source order kept within a partition', async () => {
-    const topic = uniqueTopic();
-    await produce(
-      mk.producer,
-      topic,
-      orders(0, 3000).map((value) => ({ value, partition: 1 })),
-    );
-    await expectSourceOrder(await project(topic), 3000, caughtUp(topic));
-  }, 120_000);
-
   it.concurrent("batches are filled up to batch_size: a partition's run of messages that does not fit is split, its rest leads the next batch", async () => {
     const topic = uniqueTopic();
     // 4 partitions of 3,000 messages, each fetched whole, batch_size 5,000: runs of 3,000 can
@@ -666,11 +626,6 @@ describe.concurrent('kafka source', () => {
     console.log(`kafka batch sizes (batch_size 5000, 4 partitions of 3000): ${sizes.join(', ')}`);
     expect(sizes, sizes.join(', ')).toContain(5000);
     expect(await orderIds(p)).toEqual({ n: 12_000, d: 12_000 });
-  }, 120_000);
-
-  it.concurrent("contract: sluice_source_lag_messages reports each assigned partition's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
-    const { topic, src } = kafkaSource();
-    await expectLagReported(await project(topic), src, 4);
   }, 120_000);
 
   it.concurrent("a worker back on partitions another worker moved on reports the lag from the group's committed offsets, not its own older WAL position", async () => {
@@ -708,11 +663,6 @@ describe.concurrent('kafka source', () => {
     expect(await orderIds(p)).toEqual({ n: 70, d: 70 });
   }, 180_000);
 
-  it.concurrent('contract: poison messages go to <topic>_dlq with stage and error, good ones reach the output', async () => {
-    const { topic, src } = kafkaSource();
-    await expectDlqRouting(await project(topic), src);
-  }, 120_000);
-
   it.concurrent('models see topic, partition, offset, key, timestamp and headers as _topic, _partition, _offset, _key, _timestamp, _headers', async () => {
     const topic = uniqueTopic();
     const t0 = Date.now();
@@ -740,6 +690,19 @@ describe.concurrent('kafka source', () => {
     );
     for (const r of rows) expect(Math.abs(Number(r.ms) - t0)).toBeLessThan(60_000);
   }, 90_000);
+});
+
+// Concurrent with the blocks around it; the connections its reconnect case drops are those of a
+// cluster of its own.
+sourceContract('kafka', {
+  concurrent: true,
+  source: kafkaSource,
+  redelivers: false,
+  ends: false,
+  dlq: { declared: true },
+  reconnect: { declared: true, messages: 1500, rounds: 3 },
+  lag: { declared: true, partitions: 4 },
+  sizes: { 'graceful-stop': 6000, kills: 8000 },
 });
 
 describe.concurrent('kafka sink', () => {

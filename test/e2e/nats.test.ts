@@ -3,22 +3,12 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { machineLock } from '../helpers/machine-lock.js';
 import { restartNats } from '../helpers/nats.js';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import {
-  dropSocketsOf,
-  expectDlqRouting,
-  expectLagReported,
-  expectGracefulStopLosesNothing,
-  expectNoLossNoDuplicateAcrossKills,
-  expectReconnectAfterDrop,
-  expectRedeliveryOfUnacked,
-  expectSourceOrder,
-  type SourceUnderTest,
-} from '../helpers/contract.js';
+import { dropSocketsOnceConnected, expectReconnectAfterDrop, sourceContract, type ContractCase, type SourceContractTarget, type SourceUnderTest } from '../helpers/source-contract.js';
 
 // The nats source against the NATS server with JetStream running on this machine. One file:
 // a test restarts the server, so nothing else talks to NATS meanwhile.
@@ -31,11 +21,11 @@ const streams: string[] = [];
 beforeAll(async () => {
   nc = await connect({ servers: '127.0.0.1:4222', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
   jsm = await jetstreamManager(nc);
+  scaffold();
 });
-afterEach(() => {
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
+// After the file, not after each test: the contract's cases run concurrently.
 afterAll(async () => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
   for (const s of streams) for (const name of [s, `${s}_DLQ`]) await jsm.streams.delete(name).catch(() => false);
   await nc.close();
 });
@@ -64,27 +54,57 @@ async function drained(s: string): Promise<boolean> {
   return Boolean(info && info.num_pending === 0 && info.num_ack_pending === 0);
 }
 
-/** A new stream, as the contract scenarios drive it; `dropConnections` kills the worker's connections. */
-async function natsSource(): Promise<{ s: string; src: SourceUnderTest }> {
+/**
+ * A new stream and a project reading it, as the contract drives them. Where the case waits on
+ * redeliveries or stops workers, ack_wait is 2 s: a batch the worker is merely slow with can be
+ * redelivered after ack_wait (the server's 30 s default would make the case wait that long for
+ * what a killed worker held).
+ */
+async function natsSource(scenario: ContractCase): Promise<SourceUnderTest & { stream: string }> {
   const s = stream();
   await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
-  const src: SourceUnderTest = {
-    redelivers: true,
+  return {
+    stream: s,
+    project: project(s, scenario === 'lag' || scenario === 'dlq' ? '' : '  ack_wait_ms: 2000\n'),
     put: (payloads) => publish(s, payloads),
     drained: () => drained(s),
-    async dropConnections(pid) {
-      // Once the worker holds a connection again (it may still be reconnecting from the last drop).
-      await until(() => dropSocketsOf(pid, 4222) > 0, 30_000);
-    },
+    dropConnections: (pid) => dropSocketsOnceConnected(pid, 4222),
   };
-  return { s, src };
+}
+
+const natsTarget: SourceContractTarget = {
+  concurrent: true,
+  source: natsSource,
+  redelivers: true,
+  ends: false,
+  dlq: { declared: true },
+  reconnect: { declared: true, messages: 1500, rounds: 2 },
+  lag: { declared: true },
+};
+
+sourceContract('nats', natsTarget);
+
+let scaffolded = '';
+/**
+ * `sluice init --template minimal`, run once for the file and copied for each project: the
+ * contract's cases run concurrently, and a synchronous init would stall their event loop.
+ */
+function scaffold(): string {
+  if (!scaffolded) {
+    const root = tempDir('sluice-nats-init-');
+    dirs.push(root);
+    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
+    expect(init.code, init.stderr).toBe(0);
+    scaffolded = path.join(root, 'proj');
+  }
+  return scaffolded;
 }
 
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
   const root = tempDir('sluice-nats-');
   dirs.push(root);
-  expect(sluice(['init', 'proj', '--template', 'minimal'], { cwd: root }).code).toBe(0);
   const p = path.join(root, 'proj');
+  fs.cpSync(scaffold(), p, { recursive: true });
   writeFiles(p, {
     'config/sources.yml': `source:\n  type: nats\n  servers: 127.0.0.1:4222\n  stream: ${s}\n  subjects: ["${s.toLowerCase()}.>"]\n  batch_size: 200\n  batch_timeout_ms: 300\n${extra}`,
     'config/models.yml': 'max_age_seconds: 0.3\n',
@@ -157,18 +177,6 @@ describe('nats source', () => {
     const rows = await query(`SELECT * FROM read_parquet('${p}/output/meta/*.parquet') ORDER BY order_id`);
     expect(rows).toEqual([1, 2, 3, 4, 5].map((i) => ({ order_id: String(i), _topic: s, _key: `${s.toLowerCase()}.orders`, _offset: String(i), origin: 'test', has_time: true })));
   });
-
-  it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
-    for (const [check, n] of [
-      [expectSourceOrder, 3000],
-      [expectGracefulStopLosesNothing, 20_000],
-    ] as const) {
-      const s = stream();
-      await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
-      await publish(s, orders(0, n));
-      await check(project(s, '  ack_wait_ms: 2000\n'), n, () => drained(s));
-    }
-  }, 120_000);
 
   it('messages trickling in across short batch deadlines arrive promptly, none waits for ack_wait', async () => {
     // A batch deadline (50 ms) shorter than the server's one-second pull: a pull cut short by
@@ -255,46 +263,27 @@ describe('nats source', () => {
     expect(child.err()).not.toMatch(/\n\s+at /);
   });
 
-  it('SIGKILLed 10 times while messages are queued: unacked ones come back, none lost, no duplicate with dedupe_key', async () => {
-    const s = stream();
-    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
-    const N = 6000;
-    await publish(s, orders(0, N));
-    await expectNoLossNoDuplicateAcrossKills(project(s, '  ack_wait_ms: 2000\n'), N, () => drained(s));
-  }, 240_000);
-
-  it("contract: sluice_source_lag_messages reports the consumer's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
-    const { s, src } = await natsSource();
-    await expectLagReported(project(s), src);
-  }, 120_000);
-
-  it('contract: poison messages are terminated and dead-lettered with stage and error, good ones reach the output', async () => {
-    const { s, src } = await natsSource();
-    await expectDlqRouting(project(s), src);
-  });
-
-  it('contract: a worker killed before committing a batch has its unacked messages redelivered after ack_wait, each once in the output', async () => {
-    const { s, src } = await natsSource();
-    await expectRedeliveryOfUnacked(project(s, '  ack_wait_ms: 2000\n'), src);
-  }, 120_000);
-
-  it('contract: survives its connections being killed: reconnects, /readyz green again, nothing lost or repeated', async () => {
-    const { s, src } = await natsSource();
-    await expectReconnectAfterDrop(project(s, '  ack_wait_ms: 2000\n'), src, 1500, 2);
-  }, 120_000);
   it(
     'survives NATS server restarts: reconnects, /readyz green again, nothing lost or repeated',
     async () => {
       // Other test files using NATS (the sink's) hold this lock while they run.
       const release = await machineLock('nats');
       try {
-        const { s, src } = await natsSource();
-        src.dropConnections = async () => {
-          await restartNats();
-          // JetStream is back once it serves the stream again (to this test's reconnected client too).
-          await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000);
+        // The contract's reconnect case, with the whole server restarted instead of the worker's connections killed.
+        const restarting: SourceContractTarget = {
+          ...natsTarget,
+          async source(scenario) {
+            const src = await natsSource(scenario);
+            const s = src.stream;
+            src.dropConnections = async () => {
+              await restartNats();
+              // JetStream is back once it serves the stream again (to this test's reconnected client too).
+              await until(async () => (await jsm.streams.info(s).catch(() => undefined)) !== undefined, 30_000, 100, `stream ${s} served again after the restart`);
+            };
+            return src;
+          },
         };
-        await expectReconnectAfterDrop(project(s, '  ack_wait_ms: 2000\n'), src, 1000, 2);
+        await expectReconnectAfterDrop(restarting, 1000, 2);
       } finally {
         release();
       }

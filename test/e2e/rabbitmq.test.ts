@@ -8,16 +8,7 @@ import amqp from 'amqplib';
 import { AMQP_URL, deleteQueues, drain, publish, queueDepth, rabbitSourceYaml, uniqueQueue } from '../helpers/rabbit.js';
 import { TLS_CA, TLS_PORT } from '../helpers/rabbit-tls.js';
 import { machineLock } from '../helpers/machine-lock.js';
-import {
-  dropSocketsOf,
-  expectDlqRouting,
-  expectLagReported,
-  expectGracefulStopLosesNothing,
-  expectReconnectAfterDrop,
-  expectRedeliveryOfUnacked,
-  expectSourceOrder,
-  type SourceUnderTest,
-} from '../helpers/contract.js';
+import { dropSocketsOnceConnected, sourceContract } from '../helpers/source-contract.js';
 
 // otter's processing contract, row by row, against the RabbitMQ running on this machine.
 // One file on purpose: two tests drop every connection or restart the broker, so they run
@@ -64,22 +55,6 @@ async function rows(p: string, model: string): Promise<Record<string, unknown>[]
   } catch {
     return [];
   }
-}
-
-/** A new queue, as the contract scenarios drive it; `dropConnections` kills the worker's connections. */
-function rabbitSource(): { queue: string; src: SourceUnderTest } {
-  const queue = q();
-  const src: SourceUnderTest = {
-    redelivers: true,
-    put: (payloads) => publish(queue, payloads),
-    // Nothing ready in the queue (what the worker holds unacked comes back here if it dies).
-    drained: async () => (await queueDepth(queue)) === 0,
-    async dropConnections(pid) {
-      // Once the worker holds a connection again (it may still be reconnecting from the last drop).
-      await until(() => dropSocketsOf(pid, 5672) > 0, 30_000);
-    },
-  };
-  return { queue, src };
 }
 
 const orders = (from: number, n: number) => Array.from({ length: n }, (_, i) => orderMessage(from + i, 5));
@@ -217,17 +192,6 @@ describe('rabbitmq source', () => {
     }
   });
 
-  it.concurrent('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
-    for (const [check, n] of [
-      [expectSourceOrder, 3000],
-      [expectGracefulStopLosesNothing, 20_000],
-    ] as const) {
-      const queue = q();
-      await publish(queue, orders(0, n));
-      await check(project(queue), n, async () => (await queueDepth(queue)) === 0);
-    }
-  }, 120_000);
-
   it.concurrent('run --dry-run consumes one batch, prints it and acks nothing', async () => {
     const queue = q();
     await publish(queue, orders(0, 20));
@@ -294,21 +258,6 @@ describe('rabbitmq source', () => {
     expect(Number(pr[0].n)).toBe(items);
   });
 
-  it.concurrent("contract: sluice_source_lag_messages reports the queue's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
-    const { queue, src } = rabbitSource();
-    await expectLagReported(project(queue), src);
-  }, 120_000);
-
-  it.concurrent('contract: poison messages go to the DLQ queue with stage and error, good ones reach the output', async () => {
-    const { queue, src } = rabbitSource();
-    await expectDlqRouting(project(queue), src);
-  });
-
-  it.concurrent('contract: a worker killed before committing a batch has its unacked messages redelivered, each once in the output', async () => {
-    const { queue, src } = rabbitSource();
-    await expectRedeliveryOfUnacked(project(queue), src);
-  });
-
   it.concurrent('an interrupted dlq replay loses nothing', async () => {
     const queue = q();
     const p = project(queue);
@@ -370,6 +319,27 @@ describe('rabbitmq source', () => {
   }, 90_000);
 });
 
+// The source contract, each case on a queue of its own, concurrently with the chaos tests below.
+// The connections it drops are its worker's only: the other tests keep theirs.
+sourceContract('rabbitmq', {
+  concurrent: true,
+  redelivers: true,
+  ends: false,
+  dlq: { declared: true },
+  reconnect: { declared: true, messages: 900, rounds: 3 },
+  lag: { declared: true },
+  async source() {
+    const queue = q();
+    return {
+      project: project(queue),
+      put: (payloads) => publish(queue, payloads),
+      // Nothing ready in the queue (what the worker holds unacked comes back here if it dies).
+      drained: async () => (await queueDepth(queue)) === 0,
+      dropConnections: (pid) => dropSocketsOnceConnected(pid, 5672),
+    };
+  },
+});
+
 // Chaos against the real broker: workers SIGKILLed at random moments while messages are
 // queued, then restarted; afterwards every message's rows must be in the output.
 
@@ -409,25 +379,23 @@ async function chaos(p: string, queue: string, kills: number): Promise<number> {
   return done;
 }
 
-describe('rabbitmq chaos', () => {
-  for (const dedupe of [true, false]) {
-    it.concurrent(`SIGKILLs a worker at least 10 times: no message lost${dedupe ? ', no duplicate with dedupe_key' : ', duplicates bounded'}`, async () => {
-      const queue = uniqueQueue('sluice-chaos');
-      queues.push(queue);
-      await publish(queue, chaosOrders);
-      const p = chaosProject(`chaos-${dedupe}`, queue, dedupe ? '  dedupe_key: order_id\n' : '');
-      const kills = await chaos(p, queue, 10);
-      expect(kills).toBeGreaterThanOrEqual(10);
-      const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d, min(order_id) AS lo, max(order_id) AS hi FROM read_parquet('${p}/output/orders/*.parquet')`);
-      expect(r[0].d).toBe(String(N));
-      expect([r[0].lo, r[0].hi]).toEqual(['1', String(N)]);
-      const duplicates = Number(r[0].n) - N;
-      if (dedupe) expect(duplicates).toBe(0);
-      // Without dedupe, each kill can repeat at most what was unacked: prefetch (4 x batch_size).
-      else expect(duplicates).toBeLessThanOrEqual(kills * 800);
-      console.log(`chaos (dedupe_key ${dedupe ? 'on' : 'off'}): ${kills} kills, ${duplicates} duplicate rows`);
-    }, 240_000);
-  }
+describe.concurrent('rabbitmq chaos', () => {
+  // With dedupe_key (none lost, none duplicated), this is the source contract's case.
+  it.concurrent('SIGKILLs a worker at least 10 times without dedupe_key: no message lost, duplicates bounded', async () => {
+    const queue = uniqueQueue('sluice-chaos');
+    queues.push(queue);
+    await publish(queue, chaosOrders);
+    const p = chaosProject('chaos', queue);
+    const kills = await chaos(p, queue, 10);
+    expect(kills).toBeGreaterThanOrEqual(10);
+    const r = await query(`SELECT count(*) AS n, count(DISTINCT order_id) AS d, min(order_id) AS lo, max(order_id) AS hi FROM read_parquet('${p}/output/orders/*.parquet')`);
+    expect(r[0].d).toBe(String(N));
+    expect([r[0].lo, r[0].hi]).toEqual(['1', String(N)]);
+    const duplicates = Number(r[0].n) - N;
+    // Each kill can repeat at most what was unacked: prefetch (4 x batch_size).
+    expect(duplicates).toBeLessThanOrEqual(kills * 800);
+    console.log(`chaos (dedupe_key off): ${kills} kills, ${duplicates} duplicate rows`);
+  }, 240_000);
 
   it.concurrent('scales out: two workers on one queue write their own files, no loss, no collision', async () => {
     const queue = uniqueQueue('sluice-scale');
@@ -452,11 +420,6 @@ describe('rabbitmq chaos', () => {
 });
 
 describe('rabbitmq broker outages (alone in this file; the broker restart also holds the machine-wide rabbitmq lock)', () => {
-  it('contract: survives dropped connections: reconnects, /readyz green again, no message lost, no ack on a dead channel', async () => {
-    const { queue, src } = rabbitSource();
-    await expectReconnectAfterDrop(project(queue), src, 900, 3);
-  }, 120_000);
-
   it(
     'survives a full broker restart',
     async () => {

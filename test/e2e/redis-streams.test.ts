@@ -2,20 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { createClient } from 'redis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
 import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import {
-  dropSocketsOf,
-  expectDlqRouting,
-  expectLagReported,
-  expectGracefulStopLosesNothing,
-  expectNoLossNoDuplicateAcrossKills,
-  expectReconnectAfterDrop,
-  expectRedeliveryOfUnacked,
-  expectSourceOrder,
-  type SourceUnderTest,
-} from '../helpers/contract.js';
+import { dropSocketsOnceConnected, sourceContract } from '../helpers/source-contract.js';
 
 // The redis_streams source against the Redis running on this machine (127.0.0.1:6379).
 
@@ -26,11 +16,11 @@ const streams: string[] = [];
 
 beforeAll(async () => {
   await redis.connect();
+  scaffold();
 });
-afterEach(() => {
-  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
+// After the file, not after each test: the contract's cases run concurrently.
 afterAll(async () => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
   for (const s of streams) await redis.del([s, `${s}:dlq`]);
   await redis.quit();
 });
@@ -56,26 +46,27 @@ async function drained(s: string, group = 'sluice'): Promise<boolean> {
   return Boolean(g && g.pending === 0 && g.lag === 0);
 }
 
-/** A new stream, as the contract scenarios drive it; `dropConnections` kills the worker's connections. */
-function redisSource(): { s: string; src: SourceUnderTest } {
-  const s = stream();
-  const src: SourceUnderTest = {
-    redelivers: true,
-    put: (payloads) => add(s, payloads),
-    drained: () => drained(s),
-    async dropConnections(pid) {
-      // Once the worker holds a connection again (it may still be reconnecting from the last drop).
-      await until(() => dropSocketsOf(pid, 6379) > 0, 30_000);
-    },
-  };
-  return { s, src };
+let scaffolded = '';
+/**
+ * `sluice init --template minimal`, run once for the file and copied for each project: the
+ * contract's cases run concurrently, and a synchronous init would stall their event loop.
+ */
+function scaffold(): string {
+  if (!scaffolded) {
+    const root = tempDir('sluice-redis-init-');
+    dirs.push(root);
+    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
+    expect(init.code, init.stderr).toBe(0);
+    scaffolded = path.join(root, 'proj');
+  }
+  return scaffolded;
 }
 
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
   const root = tempDir('sluice-redis-');
   dirs.push(root);
-  expect(sluice(['init', 'proj', '--template', 'minimal'], { cwd: root }).code).toBe(0);
   const p = path.join(root, 'proj');
+  fs.cpSync(scaffold(), p, { recursive: true });
   writeFiles(p, {
     'config/sources.yml': `source:\n  type: redis_streams\n  url: ${URL}\n  stream: ${s}\n  batch_size: 200\n  batch_timeout_ms: 200\n${extra}`,
     'config/models.yml': 'max_age_seconds: 0.3\n',
@@ -284,40 +275,23 @@ describe('redis_streams source', () => {
     expect(await unionIds(a, b)).toEqual({ n, d: n });
     expect(c2!.err()).not.toMatch(/took over entries/);
   }, 90_000);
+});
 
-  it("contract: sluice_source_lag_messages reports the group's backlog: up by what arrives while reading is paused, 0 once drained", async () => {
-    const { s, src } = redisSource();
-    await expectLagReported(project(s), src);
-  }, 120_000);
-
-  it('contract: poison entries go to the DLQ stream with stage and error, good ones reach the output', async () => {
-    const { s, src } = redisSource();
-    await expectDlqRouting(project(s), src);
-  });
-
-  it('contract: a worker killed before committing a batch reads its pending entries again on restart, each once in the output', async () => {
-    const { s, src } = redisSource();
-    await expectRedeliveryOfUnacked(project(s), src);
-  });
-
-  it('contract: survives its connections being killed: reconnects, /readyz green again, nothing lost or repeated', async () => {
-    const { s, src } = redisSource();
-    await expectReconnectAfterDrop(project(s), src, 2000, 3);
-  }, 120_000);
-
-  it('contract: source order kept; a graceful stop mid-stream loses and repeats nothing', async () => {
-    const a = stream();
-    await add(a, orders(0, 3000));
-    await expectSourceOrder(project(a), 3000, () => drained(a));
-    const b = stream();
-    await add(b, orders(0, 20_000));
-    await expectGracefulStopLosesNothing(project(b), 20_000, () => drained(b));
-  }, 120_000);
-
-  it('SIGKILLed 10 times while entries are queued: no entry lost, no duplicate with dedupe_key', async () => {
+sourceContract('redis_streams', {
+  concurrent: true,
+  redelivers: true,
+  ends: false,
+  dlq: { declared: true },
+  reconnect: { declared: true, messages: 2000, rounds: 3 },
+  lag: { declared: true },
+  sizes: { kills: 8000 },
+  async source() {
     const s = stream();
-    const N = 8000;
-    await add(s, orders(0, N));
-    await expectNoLossNoDuplicateAcrossKills(project(s), N, () => drained(s));
-  }, 240_000);
+    return {
+      project: project(s),
+      put: (payloads) => add(s, payloads),
+      drained: () => drained(s),
+      dropConnections: (pid) => dropSocketsOnceConnected(pid, 6379),
+    };
+  },
 });

@@ -69,7 +69,7 @@ export function waitExit(child: ChildProcess, timeoutMs = 60_000): Promise<{ cod
  * count; `more`, when given, is called then to add input, so a fast machine that drains a finite
  * source between kills still gets its kills). Returns the number of kills.
  */
-export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kills: number, more?: () => void): Promise<number> {
+export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kills: number, more?: () => void | Promise<void>): Promise<number> {
   let done = 0;
   for (let i = 0; done < kills && i < kills * 3; i++) {
     const child = sluiceBg(args, { env });
@@ -79,7 +79,7 @@ export async function killRepeatedly(args: string[], env: NodeJS.ProcessEnv, kil
       done++;
     }
     const exit = await waitExit(child);
-    if (exit.signal === null) more?.();
+    if (exit.signal === null) await more?.();
   }
   return done;
 }
