@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { machineLock } from '../helpers/machine-lock.js';
 import { restartNats } from '../helpers/nats.js';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { jsonLogs, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { dropSocketsOnceConnected, expectReconnectAfterDrop, sourceContract, type ContractCase, type SourceContractTarget, type SourceUnderTest } from '../helpers/source-contract.js';
 
 // The nats source against the NATS server with JetStream running on this machine. One file:
@@ -248,6 +248,28 @@ describe('nats source', () => {
       .find((l) => l.msg === 'done');
     expect(done?.redelivered).toBe(0);
   }, 90_000);
+
+  it('a batch that takes longer than ack_wait is kept in progress: none of its messages is delivered again and read twice', async () => {
+    // ack_wait 1 s, and each batch of 200 spends seconds in its model (an uncorrelated subquery
+    // over 10^8 rows, which DuckDB runs once a batch). Without the source's working() for the
+    // batches the engine holds, the server would deliver them again every second.
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    await publish(s, orders(0, 400));
+    const slow = 'SELECT incoming.order_id FROM incoming WHERE (SELECT count(*) FROM range(100000000) t(x) WHERE hash(x) % 7 = 0) > 0\n';
+    const p = project(s, '  ack_wait_ms: 1000\n', { 'models/orders.sql': slow, 'models/purchases.sql': '' });
+    fs.rmSync(path.join(p, 'models/purchases.sql'));
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json']);
+    try {
+      await until(async () => (await drained(s)) && (await orderIds(p)).n >= 400, 90_000);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect((await waitExit(child)).code, child.err().slice(-2000)).toBe(0);
+    expect(await orderIds(p)).toEqual({ n: 400, d: 400 });
+    const done = jsonLogs(child.err()).find((l) => l.msg === 'done');
+    expect(done?.redelivered, JSON.stringify(done)).toBe(0);
+  }, 120_000);
 
   it('a missing stream without subjects: one clear error, and the process exits (its connection closed)', async () => {
     const s = stream();

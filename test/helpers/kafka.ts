@@ -1,6 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { Kafka, logLevel, type Admin, type Message, type Producer } from 'kafkajs';
+import { Kafka, logLevel, type Admin, type Message, type Producer, type ProducerRecord } from 'kafkajs';
 
 // librdkafka's Kafka-protocol mock cluster, started by kcat: 3 brokers on loopback ports that
 // change at every start; topics auto-create with 4 partitions; a restart loses every record.
@@ -9,7 +9,8 @@ export interface MockKafka {
   brokers: string;
   kafka: Kafka;
   admin: Admin;
-  producer: Producer;
+  /** Sends to the cluster, one kafkajs producer per topic (see TopicProducers). */
+  producer: TopicProducers;
   /** Freezes every broker of the cluster (SIGSTOP): requests hang, connections stay open. */
   freeze(): void;
   /** Lets a frozen cluster go on (SIGCONT). */
@@ -63,8 +64,7 @@ export async function startMockKafka(): Promise<MockKafka> {
   });
   const admin = kafka.admin();
   await admin.connect();
-  const producer = kafka.producer({ allowAutoTopicCreation: true });
-  await producer.connect();
+  const producer = topicProducers(kafka);
   return {
     brokers,
     kafka,
@@ -99,13 +99,44 @@ export async function startMockKafka(): Promise<MockKafka> {
   };
 }
 
+/**
+ * Sends records with one connected kafkajs producer per topic. A kafkajs producer refreshes the
+ * metadata of every topic it ever sent to, under one lock whose wait times out after
+ * requestTimeout: with the topics of concurrent tests piling up on one shared producer, a slow
+ * refresh (a new topic's partitions still getting leaders on a loaded machine) made another
+ * test's send fail with KafkaJSLockTimeout "updating target topics".
+ */
+export interface TopicProducers {
+  send(record: ProducerRecord): Promise<unknown>;
+  disconnect(): Promise<void>;
+}
+
+function topicProducers(kafka: Kafka): TopicProducers {
+  const byTopic = new Map<string, Promise<Producer>>();
+  const producerFor = (topic: string): Promise<Producer> => {
+    let p = byTopic.get(topic);
+    if (!p) {
+      const made = kafka.producer({ allowAutoTopicCreation: true });
+      p = made.connect().then(() => made);
+      byTopic.set(topic, p);
+    }
+    return p;
+  };
+  return {
+    send: async (record) => (await producerFor(record.topic)).send(record),
+    async disconnect() {
+      await Promise.all([...byTopic.values()].map(async (p) => (await p.catch(() => undefined))?.disconnect().catch(() => {})));
+    },
+  };
+}
+
 /** A topic name no other test uses (`-` and `_` included on purpose: they are file-name separators). */
 export function uniqueTopic(prefix = 'sluice-test'): string {
   return `${prefix}_${randomUUID().slice(0, 8)}`;
 }
 
 /** Produces messages in large batches, acks=all. */
-export async function produce(producer: Producer, topic: string, messages: (Message | string)[], batch = 10_000): Promise<void> {
+export async function produce(producer: TopicProducers | Producer, topic: string, messages: (Message | string)[], batch = 10_000): Promise<void> {
   for (let i = 0; i < messages.length; i += batch) {
     const part = messages.slice(i, i + batch).map((m) => (typeof m === 'string' ? { value: m } : m));
     await producer.send({ topic, acks: -1, messages: part });

@@ -47,7 +47,7 @@ describe('dead-letter logging', () => {
 
   it('reasonKind drops what varies between messages and the quoted input', () => {
     expect(reasonKind('invalid JSON: Malformed JSON at byte 27 of input: unexpected character. Input: {"a":')).toBe('invalid JSON: Malformed JSON at byte # of input: unexpected character.');
-    expect(reasonKind('the message adds field $.k1234 (and 3 more) but incoming\'s schema has reached limits.max_columns (1000 fields)')).toBe(
+    expect(reasonKind("the message adds field $.k1234 (and 3 more) but incoming's schema has reached limits.max_columns (1000 fields)")).toBe(
       "the message adds field X but incoming's schema has reached limits.max_columns (# fields)",
     );
     expect(reasonKind('message is not valid UTF-8 at byte 5')).toBe('message is not valid UTF-8 at byte #');
