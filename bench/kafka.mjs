@@ -5,7 +5,7 @@
 // with 4 partitions), or SLUICE_BENCH_KAFKA=host:port,... for a real cluster.
 //
 // Without --batch-size (or the fetch flags), sluice's source block sets no batch keys and no
-// fetch keys: what a user gets (batch_size a ceiling of 100,000, batch_timeout_ms 1000,
+// fetch keys: what a user gets (batch_size a ceiling of 25,000, batch_timeout_ms 1000,
 // max_bytes_per_partition 1 MiB, max_buffer_bytes 32 MiB). The bare consumer then fetches the
 // same 1 MiB a partition and commits after every kafkajs batch, as before. With --batch-size B:
 // sluice's batch_size B and batch_timeout_ms 1000, and (as before) max_bytes_per_partition 8 MiB

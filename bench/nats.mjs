@@ -3,7 +3,7 @@
 // consumer (explicit acks, flushed every batch) draining the same backlog in the same run.
 //
 // Without --batch-size or --max-ack-pending, sluice's source block sets no batch keys and no
-// max_ack_pending: what a user gets (batch_size a ceiling of 100,000, batch_timeout_ms 1000,
+// max_ack_pending: what a user gets (batch_size a ceiling of 25,000, batch_timeout_ms 1000,
 // max_ack_pending min(4 x batch_size, 40,000) = 40,000). The bare consumer then gets the same
 // max_ack_pending, 40,000, and pulls and flushes its acks per 10,000 messages, as it did when the
 // benchmark set batch_size 10,000. With --batch-size B: sluice's batch_size B and

@@ -3,7 +3,7 @@
 // draining the same number in the same run; then publish-to-ack latency at a steady rate.
 //
 // Without --batch-size or --prefetch, sluice's source block sets no batch keys and no prefetch:
-// what a user gets (batch_size a ceiling of 100,000, batch_timeout_ms 1000, prefetch
+// what a user gets (batch_size a ceiling of 25,000, batch_timeout_ms 1000, prefetch
 // min(4 x batch_size, 40,000) = 40,000). The bare consumer then gets the same prefetch, 40,000,
 // and multiple-acks every 10,000 messages, as it did when the benchmark set batch_size 10,000.
 // With --batch-size B: sluice's batch_size B, batch_timeout_ms 1000 and prefetch 4 x B, the bare

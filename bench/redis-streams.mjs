@@ -3,7 +3,7 @@
 // a batch, then one XACK of its ids) draining the same backlog in the same run.
 //
 // Without --batch-size, sluice's source block sets no batch keys: what a user gets (batch_size a
-// ceiling of 100,000, batch_timeout_ms 1000; Redis has no read-ahead key: the source's XREADGROUP
+// ceiling of 25,000, batch_timeout_ms 1000; Redis has no read-ahead key: the source's XREADGROUP
 // COUNT follows the batch being filled). The bare consumer then reads and acks 10,000 entries at
 // a time, as it did when the benchmark set batch_size 10,000. With --batch-size B: sluice's
 // batch_size B and batch_timeout_ms 1000, the bare consumer's COUNT B.

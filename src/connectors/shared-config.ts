@@ -6,7 +6,7 @@ import { z } from 'zod';
  * over as soon as the engine is free), up to these under a backlog.
  */
 export const batching = {
-  batch_size: z.number().int().positive().default(100_000).describe('the most messages a batch takes (a ceiling: batches follow the backlog)'),
+  batch_size: z.number().int().positive().default(25_000).describe('the most messages a batch takes (a ceiling: batches follow the backlog)'),
   batch_timeout_ms: z.number().int().positive().default(1000).describe('the longest a batch stays open after its first message while the engine is busy'),
   batch_max_bytes: z
     .number()
