@@ -271,6 +271,31 @@ describe('nats source', () => {
     expect(done?.redelivered, JSON.stringify(done)).toBe(0);
   }, 120_000);
 
+  it('a backlog is handed over in chunks of what each read brought, not a message at a time', async () => {
+    // The pump hands messages over one promise turn each; a poll that returned as soon as the
+    // first had landed made batches of thousands of one-message chunks, each acked and flushed
+    // on its own (NATS drained at a third of its speed).
+    const s = stream();
+    await jsm.streams.add({ name: s, subjects: [`${s.toLowerCase()}.>`] });
+    await publish(s, orders(0, 30_000));
+    const p = project(s);
+    // The default batch keys: batches ramp up past what one pull brings (max_ack_pending 40,000, pulls of up to 20,000).
+    writeFiles(p, { 'config/sources.yml': fs.readFileSync(path.join(p, 'config/sources.yml'), 'utf8').replace(/ {2}batch_(size|timeout_ms): \d+\n/g, '') });
+    const child = sluiceBg(['run', '--project', p, '--port', '0', '--log-json', '--log-level', 'debug']);
+    try {
+      await until(async () => (await drained(s)) && (await orderIds(p)).d === 30_000, 60_000);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect((await waitExit(child)).code, child.err().slice(-2000)).toBe(0);
+    const batches = jsonLogs(child.err()).filter((l) => l.msg === 'batch committed') as { messages: number; chunks: number }[];
+    const messages = batches.reduce((n, b) => n + b.messages, 0);
+    const chunks = batches.reduce((n, b) => n + b.chunks, 0);
+    expect(messages).toBe(30_000);
+    // One chunk a message was the bug; a read brings hundreds.
+    expect(messages / chunks, JSON.stringify(batches.map((b) => [b.messages, b.chunks]))).toBeGreaterThan(50);
+  }, 90_000);
+
   it('a missing stream without subjects: one clear error, and the process exits (its connection closed)', async () => {
     const s = stream();
     const p = project(s);
