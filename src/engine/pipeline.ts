@@ -463,7 +463,10 @@ export class Pipeline {
     this.summary.batches++;
     timer();
     this.updateGauges();
-    this.log.debug({ seq: this.wal.state.seq, messages: batch.messages.length, chunks: batch.chunks.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { ...clock, ...outcome.timings } }, 'batch committed');
+    this.log.debug(
+      { seq: this.wal.state.seq, messages: batch.messages.length, chunks: batch.chunks.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { ...clock, ...outcome.timings } },
+      'batch committed',
+    );
   }
 
   /**
