@@ -92,6 +92,8 @@ export class Batcher {
     const chunks: SourceChunk[] = [];
     let count = 0;
     let bytes = 0;
+    // Whether the batch was cut because it filled up (by count or bytes), for the ramp.
+    let filled = false;
     // Until the first message: how long to wait before handing back an empty batch.
     let deadline = this.clock.now() + timeoutMs;
     while (!signal.aborted && count < maxMessages && bytes < maxBytes) {
@@ -103,7 +105,10 @@ export class Batcher {
         break;
       }
       const n = chunk.messages.length;
-      if (n === 0 && chunk.full) break;
+      if (n === 0 && chunk.full) {
+        filled = true;
+        break;
+      }
       if (n === 0) {
         if (count === 0 && this.clock.now() >= deadline) break;
         continue;
@@ -112,16 +117,16 @@ export class Batcher {
       chunks.push(chunk);
       count += n;
       bytes += chunk.bytes ?? payloadBytes(chunk);
+      if (chunk.full) filled = true;
       if (this.demanded || chunk.full) break;
     }
-    this.ramp(count, bytes);
+    this.ramp(filled || count >= maxMessages || bytes >= maxBytes);
     return join(chunks, bytes);
   }
 
-  /** Doubles the next batch's count after a batch that filled up to it; back to the start after one cut short by time or demand. */
-  private ramp(count: number, bytes: number): void {
-    if (count >= this.target) this.target = Math.min(this.cfg.maxMessages, this.target * 2);
-    else if (bytes < this.cfg.maxBytes) this.target = this.rampStart();
+  /** Doubles the next batch's count after a batch that filled up (a backlog); back to the start after one cut short by time or demand. */
+  private ramp(filled: boolean): void {
+    this.target = filled ? Math.min(this.cfg.maxMessages, this.target * 2) : this.rampStart();
   }
 
   /** One poll, cut short at `deadline`, by `signal`, or (once the batch holds a message) by demand. */

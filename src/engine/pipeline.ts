@@ -1,4 +1,3 @@
-import { logDeadLetters } from './dead-letter-log.js';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +23,7 @@ import { Flusher } from './flusher.js';
 import { sleepUntil } from './sleep.js';
 import { StallGuard } from './stall.js';
 import { Batcher, batchingOf, systemClock, type Clock, type SourceBatch } from './batcher.js';
+import { logDeadLetters } from './dead-letter-log.js';
 
 export interface RunOptions {
   project: Project;

@@ -176,6 +176,17 @@ describe('Batcher', () => {
     expect((await batcher.next(never))!.messages.length).toBe(4);
   });
 
+  it('a batch cut by batch_max_bytes counts as filled: the ramp keeps growing', async () => {
+    const src = new FakeSource();
+    const batcher = new Batcher(src, { maxMessages: 100, maxBytes: 10, timeoutMs: 100, firstMessages: 2 }, new ManualClock());
+    src.push('aaaaaa', 'bbbbbb', ...Array.from({ length: 20 }, () => '1'));
+    const sizes: number[] = [];
+    for (let i = 0; i < 3; i++) sizes.push((await batcher.next(never))!.messages.length);
+    // The first holds one message (the second would pass 10 bytes): full by bytes, so the next
+    // takes 4 and the one after 8 (a reset would have made them 2 and 4).
+    expect(sizes).toEqual([1, 4, 8]);
+  });
+
   it('without firstMessages the ramp starts at RAMP_START, never above batch_size', async () => {
     const big = new FakeSource();
     big.push(...Array.from({ length: RAMP_START + 5 }, (_, i) => String(i)));

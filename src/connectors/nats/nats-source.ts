@@ -7,9 +7,9 @@ import { sleep } from '../../util/retry.js';
 import { deadLettered, maxAckPending, type NatsConnectionConfig, type NatsSourceConfig } from './nats-config.js';
 import { batchCut } from '../batch-cut.js';
 
-/** How long the server holds an empty pull open; the pump then asks again. */
 /** keepHeld runs every 1/KEEP_HELD_PARTS of ack_wait and refreshes what was held that long. */
 const KEEP_HELD_PARTS = 6;
+/** How long the server holds an empty pull open; the pump then asks again. */
 const PULL_EXPIRES_MS = 5_000;
 /** Pulls failing in a row before the source says it is unhealthy (and warns). */
 const PULL_FAILURES_UNHEALTHY = 3;
