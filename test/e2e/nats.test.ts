@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { machineLock } from '../helpers/machine-lock.js';
 import { restartNats } from '../helpers/nats.js';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { jsonLogs, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { jsonLogs, minimalScaffold, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { dropSocketsOnceConnected, expectReconnectAfterDrop, sourceContract, type ContractCase, type SourceContractTarget, type SourceUnderTest } from '../helpers/source-contract.js';
 
 // The nats source against the NATS server with JetStream running on this machine. One file:
@@ -84,21 +84,7 @@ const natsTarget: SourceContractTarget = {
 
 sourceContract('nats', natsTarget);
 
-let scaffolded = '';
-/**
- * `sluice init --template minimal`, run once for the file and copied for each project: the
- * contract's cases run concurrently, and a synchronous init would stall their event loop.
- */
-function scaffold(): string {
-  if (!scaffolded) {
-    const root = tempDir('sluice-nats-init-');
-    dirs.push(root);
-    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
-    expect(init.code, init.stderr).toBe(0);
-    scaffolded = path.join(root, 'proj');
-  }
-  return scaffolded;
-}
+const scaffold = (): string => minimalScaffold('sluice-nats-init-', dirs);
 
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
   const root = tempDir('sluice-nats-');

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { createClient } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { minimalScaffold, query, sluice, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { dropSocketsOnceConnected, sourceContract } from '../helpers/source-contract.js';
 
 // The redis_streams source against the Redis running on this machine (127.0.0.1:6379).
@@ -46,21 +46,7 @@ async function drained(s: string, group = 'sluice'): Promise<boolean> {
   return Boolean(g && g.pending === 0 && g.lag === 0);
 }
 
-let scaffolded = '';
-/**
- * `sluice init --template minimal`, run once for the file and copied for each project: the
- * contract's cases run concurrently, and a synchronous init would stall their event loop.
- */
-function scaffold(): string {
-  if (!scaffolded) {
-    const root = tempDir('sluice-redis-init-');
-    dirs.push(root);
-    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
-    expect(init.code, init.stderr).toBe(0);
-    scaffolded = path.join(root, 'proj');
-  }
-  return scaffolded;
-}
+const scaffold = (): string => minimalScaffold('sluice-redis-init-', dirs);
 
 function project(s: string, extra = '', files: Record<string, string> = {}): string {
   const root = tempDir('sluice-redis-');

@@ -88,6 +88,23 @@ export function tempDir(prefix = 'sluice-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/**
+ * A `sluice init --template minimal` project made once per test file (in a temp dir pushed onto
+ * `dirs` for the file to remove) and returned for copying: contract cases that run concurrently
+ * copy it rather than each run a synchronous init, which would stall their event loop.
+ */
+export function minimalScaffold(prefix: string, dirs: string[]): string {
+  if (!scaffolds.has(prefix)) {
+    const root = tempDir(prefix);
+    dirs.push(root);
+    const init = sluice(['init', 'proj', '--template', 'minimal'], { cwd: root });
+    if (init.code !== 0) throw new Error(`sluice init failed: ${init.stderr}`);
+    scaffolds.set(prefix, path.join(root, 'proj'));
+  }
+  return scaffolds.get(prefix)!;
+}
+const scaffolds = new Map<string, string>();
+
 /** Writes a project from a map of relative path -> content. */
 export function writeFiles(dir: string, files: Record<string, string>): void {
   for (const [rel, content] of Object.entries(files)) {
