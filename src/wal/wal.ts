@@ -5,6 +5,9 @@ import { crashPoint } from '../util/crash-point.js';
 import { fsyncDir, fsyncFile, isTempName, writeFileAtomic } from '../util/fs-durable.js';
 import { systemClock, type Clock } from '../util/clock.js';
 
+/** The most WAL segments one flush reads (see beginFlush). */
+export const MAX_SEGMENTS_PER_FLUSH = 64;
+
 export interface ModelWalState {
   /** Every segment with seq <= flushedSeq is in the sinks. */
   flushedSeq: number;
@@ -251,7 +254,11 @@ export class Wal {
     const segs = this.pending(model);
     if (!ms.inflight) {
       if (segs.length === 0) return undefined;
-      ms.inflight = { name: `part-${segs[0].first}-${segs[segs.length - 1].last}`, lastSeq: segs[segs.length - 1].seq };
+      // A backlog (a sink down for a while) is delivered in several flushes of at most
+      // MAX_SEGMENTS_PER_FLUSH segments: one read over all of them made memory grow with the
+      // length of the outage.
+      const last = segs[Math.min(segs.length, MAX_SEGMENTS_PER_FLUSH) - 1];
+      ms.inflight = { name: `part-${segs[0].first}-${last.last}`, lastSeq: last.seq };
       await this.writeState();
       crashPoint('after-flush-intent');
     }

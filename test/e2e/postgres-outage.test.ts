@@ -122,7 +122,9 @@ describe('postgres outage', () => {
     const peak = (p: string) => Math.max(...rss.filter((s) => s.phase === p).map((s) => s.bytes));
     const before = peak('before');
     const during = Math.max(peak('outage'), peak('after'));
-    console.log(`postgres outage: RSS peak before ${(before / 2 ** 20).toFixed(0)} MiB, during/after ${(during / 2 ** 20).toFixed(0)} MiB; ${n} messages`);
+    console.log(
+      `postgres outage: RSS peak before ${(before / 2 ** 20).toFixed(0)} MiB, during ${(peak('outage') / 2 ** 20).toFixed(0)} MiB, after ${(peak('after') / 2 ** 20).toFixed(0)} MiB; ${n} messages`,
+    );
     expect(before).toBeGreaterThan(0);
     expect(during).toBeLessThan(before + 150 * 2 ** 20);
   }, 240_000);

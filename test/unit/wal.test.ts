@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/ops/logger.js';
-import { Wal } from '../../src/wal/wal.js';
+import { MAX_SEGMENTS_PER_FLUSH, Wal } from '../../src/wal/wal.js';
 import { ManualClock } from '../helpers/clock.js';
 
 // The WAL in process, on real files: the engine's checkpoint is stored as given and handed
@@ -164,5 +164,18 @@ describe('WAL', () => {
     clock.advance(250);
     await stage(wal, 'm', 2);
     expect(wal.pending('m').map((s) => s.time)).toEqual([5_000, 5_250]);
+  });
+  it('a backlog is flushed in several flushes of at most MAX_SEGMENTS_PER_FLUSH segments, in order', async () => {
+    const wal = await reopen(dir('backlog'));
+    const n = MAX_SEGMENTS_PER_FLUSH + 6;
+    for (let seq = 1; seq <= n; seq++) await commit(wal, 'm', seq);
+    const first = (await wal.beginFlush('m'))!;
+    expect(first.segments.map((x) => x.seq)).toEqual(Array.from({ length: MAX_SEGMENTS_PER_FLUSH }, (_, k) => k + 1));
+    expect(first.name).toBe(`part-k1-k${MAX_SEGMENTS_PER_FLUSH}`);
+    await wal.endFlush('m');
+    const second = (await wal.beginFlush('m'))!;
+    expect(second.segments.map((x) => x.seq)).toEqual([65, 66, 67, 68, 69, 70]);
+    await wal.endFlush('m');
+    expect(seqs(wal)).toEqual([]);
   });
 });
