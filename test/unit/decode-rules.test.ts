@@ -32,6 +32,18 @@ describe('decode rules', () => {
     expect((await ex.readOutput('m')).rows).toEqual([{ id: 1 }, { id: 3 }]);
   });
 
+  it("a top-level field named like one of sluice's own columns, in any case, is dead-lettered at decode; the rest of the batch goes on", async () => {
+    const ex = await executor('SELECT * FROM incoming');
+    const out = await ex.process([msg('{"id":1}'), msg('{"id":2,"__sluice_row":5}', 1), msg('{"id":3,"__SLUICE_Message":6}', 2), msg('{"id":4,"__sluice_msg":7}', 3), msg('{"id":5}', 4)]);
+    expect(out.failures.map((f) => [f.index, f.stage])).toEqual([
+      [1, 'decode'],
+      [2, 'decode'],
+      [3, 'decode'],
+    ]);
+    for (const f of out.failures) expect(f.error).toMatch(/^field __sluice_(row|message|msg) is reserved by sluice/i);
+    expect((await ex.readOutput('m')).rows).toEqual([{ id: 1 }, { id: 5 }]);
+  });
+
   it('messages 1,000 and 2,000 levels deep cost milliseconds, not seconds', async () => {
     const ex = await executor('SELECT incoming.id FROM incoming');
     await ex.process([msg('{"id":0}')]);
