@@ -1,5 +1,6 @@
 import type { ColumnType } from './contracts.js';
 import type { Structure } from './structure.js';
+import type { WindowCheckpoint } from './windows.js';
 
 /**
  * What the engine commits in the WAL with every batch, atomically with its rows: where the
@@ -16,6 +17,8 @@ export interface Checkpoint {
   structure?: Structure;
   /** Each model's output schema so far (columns and types), so widened types stay widened. */
   schemas?: Record<string, ColumnType[]>;
+  /** Each windowed model's watermark and state files (engine/windows.ts). */
+  windows?: Record<string, WindowCheckpoint>;
 }
 
 /** The checkpoint the WAL handed back (nothing before the first commit). */

@@ -12,6 +12,7 @@ import { asInfraError } from './infra-errors.js';
 import type { ContractKind, ContractReport } from './contracts.js';
 import { blockOf, loadPayloads, NEWLINE, SEPARATOR, startLoad, stopwatch } from './batch-load.js';
 import { Slices } from './slices.js';
+import type { PartitionRun } from './windows.js';
 
 /** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
 export const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql?: (x: string) => string }> = {
@@ -84,6 +85,8 @@ export interface PreparedBatch {
   batch?: string;
   /** The metadata columns `batch` holds (see metaSql). */
   addedMeta: string[];
+  /** The source partitions of the messages (set when a windowed model needs them). */
+  partitions?: PartitionRun[];
   /** Messages that failed to decode (their failures are in `failures`). */
   bad: Set<number>;
   failures: MessageFailure[];

@@ -10,6 +10,9 @@ import type { Structure } from './structure.js';
 import { asInfraError } from './infra-errors.js';
 import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractReport, type ModelContract } from './contracts.js';
 import { stopwatch } from './batch-load.js';
+import { DEFAULT_WINDOW_SETTINGS, partitionRuns, WindowOperator, WindowSet, type WindowSettings } from './windows.js';
+import type { WindowedQuery } from '../sql/windows.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { BatchDecoder, cleanError, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
 
 // The decoding half's names, for the callers of the executor.
@@ -27,6 +30,15 @@ export interface CompiledModel {
   outputColumns: string[] | null;
   /** Its schema contract, types resolved (see contracts.ts). */
   contract?: ModelContract;
+  /** A windowed aggregation (engine/windows.ts runs it; `sql` is then its input). */
+  window?: WindowedQuery;
+  /** A windowed model's settings (config/models.yml `overrides.<model>.window`). */
+  windowSettings?: WindowSettings;
+}
+
+/** The SQL text of a model in which metadata columns may be mentioned. */
+function modelText(m: CompiledModel): string[] {
+  return m.window ? [m.sql, m.window.time, ...m.window.keys, m.window.emit] : [m.sql];
 }
 
 export interface BatchOutcome {
@@ -56,6 +68,10 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     }
     const typeIssues = await resolveContractTypes(conn, m.name, m.contract);
     if (typeIssues.length) throw new SluiceError('CONFIG', typeIssues.map((i) => `${i.file}${i.line ? `:${i.line}` : ''}: ${i.key}: ${i.message}`).join('\n'));
+    if (a.window) {
+      out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.window.input, stateful: [], outputColumns: a.outputColumns, window: a.window, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      continue;
+    }
     out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns, contract: m.contract });
   }
   return out;
@@ -82,6 +98,8 @@ export class BatchExecutor {
   private report: ContractReport = emptyReport();
   /** `current.structure` as a cache key for contract plans. */
   private shape: { structure: Structure | undefined; key: string } = { structure: undefined, key: '' };
+  /** The windowed models' state and emission. */
+  readonly windows: WindowSet;
 
   /**
    * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
@@ -93,9 +111,11 @@ export class BatchExecutor {
     private readonly sourceName: string,
     loadConn: DuckDBConnection = conn,
     rules: DecodeRules = DEFAULT_DECODE_RULES,
+    clock: Clock = systemClock,
   ) {
-    this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed([m.sql])]));
-    this.decoder = new BatchDecoder(loadConn, metaColumnsUsed(models.map((m) => m.sql)), rules);
+    this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed(modelText(m))]));
+    this.decoder = new BatchDecoder(loadConn, metaColumnsUsed(models.flatMap(modelText)), rules);
+    this.windows = new WindowSet(new Map(models.filter((m) => m.window).map((m) => [m.name, new WindowOperator(conn, m.name, m.window!, m.windowSettings ?? DEFAULT_WINDOW_SETTINGS, clock)])));
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
   }
 
@@ -109,12 +129,50 @@ export class BatchExecutor {
   }
 
   /** First half of a batch: see BatchDecoder.prepare. */
-  prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock): Promise<PreparedBatch> {
-    return this.decoder.prepare(messages, lane, given);
+  async prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock): Promise<PreparedBatch> {
+    const p = await this.decoder.prepare(messages, lane, given);
+    if (this.windows.size) p.partitions = partitionRuns(messages);
+    return p;
   }
 
   async init(): Promise<void> {
     await this.conn.run(`CREATE SCHEMA IF NOT EXISTS ${SOURCE_SCHEMA}; CREATE SCHEMA IF NOT EXISTS ${MODEL_SCHEMA}`);
+    for (const op of this.windows.ops.values()) await op.init();
+  }
+
+  /**
+   * The input has ended: every window closes. Runs the windowed models over their state alone
+   * and the models downstream of them that read nothing else; the other models make no rows.
+   */
+  async closeWindows(): Promise<BatchOutcome> {
+    const rows = new Map<string, number>();
+    const produced = new Set<string>();
+    this.report = emptyReport();
+    for (const m of this.models) {
+      const op = this.windows.get(m.name);
+      const table = `${MODEL_SCHEMA}.${ident(m.name)}`;
+      if (op) {
+        await op.run({ shape: this.shape.key, partitions: [], closeAll: true });
+        if (!(await this.tableExists(m.name))) {
+          rows.set(m.name, 0);
+          continue;
+        }
+      } else if (m.refs.length > 0 && m.refs.every((r) => produced.has(r)) && !readsBatchDirectly(m.sql)) {
+        await this.conn.run(`CREATE OR REPLACE TABLE ${table} AS ${m.sql}`);
+      } else {
+        await this.conn.run(`DROP TABLE IF EXISTS ${table}`);
+        rows.set(m.name, 0);
+        continue;
+      }
+      produced.add(m.name);
+      rows.set(m.name, Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${table}`)).getRows()[0][0]));
+    }
+    return { failures: [], rows, attempts: 1, timings: {}, written: new Set(), structure: this.structure, contract: this.report };
+  }
+
+  private async tableExists(model: string): Promise<boolean> {
+    const r = await this.conn.runAndReadAll(`SELECT count(*) FROM duckdb_tables() WHERE schema_name = ${lit(MODEL_SCHEMA)} AND table_name = ${lit(model)}`);
+    return Number(r.getRows()[0][0]) > 0;
   }
 
   /** Loads and decodes a batch, then runs the models over it (prepare() + execute()). */
@@ -141,6 +199,7 @@ export class BatchExecutor {
       return { failures, rows, attempts: 0, timings, written, structure, contract: this.report };
     };
     this.report = emptyReport();
+    for (const op of this.windows.ops.values()) op.beginBatch();
     this.report.changes.push(...p.incoming.changes);
     this.report.violations.push(...p.incoming.violations);
     if (!p.batch) return nothingGood();
@@ -244,6 +303,7 @@ export class BatchExecutor {
   private async refuse(refused: MessageFailure[]): Promise<MessageFailure[]> {
     await this.conn.run(`DELETE FROM ${this.current.batch} WHERE ${MSG_COL} IN (${refused.map((f) => f.index).join(',')})`);
     for (const f of refused) {
+      if (!f.kind) continue; // not a contract's (a windowed model's late event)
       const v = this.report.violations.find((x) => x.model === f.model && x.column === f.column && x.kind === f.kind && x.policy === 'freeze');
       if (v) v.rows++;
       else this.report.violations.push({ model: f.model!, column: f.column!, kind: f.kind!, policy: 'freeze', rows: 1 });
@@ -288,7 +348,7 @@ export class BatchExecutor {
     const out = new Map<string, string>();
     for (const m of this.models) {
       const t = targets.get(m.name);
-      if (t && !referenced.has(m.name)) out.set(m.name, t);
+      if (t && !referenced.has(m.name) && !m.window) out.set(m.name, t);
     }
     return out;
   }
@@ -311,6 +371,12 @@ export class BatchExecutor {
         shown = view;
       }
       try {
+        const op = this.windows.get(m.name);
+        if (op) {
+          const w = await op.run({ batch: this.current.batch, shape: this.shape.key, partitions: this.current.partitions ?? [] });
+          if (w.refused) return { ok: false, error: w.refused[0].error, model: m.name, refused: w.refused };
+          continue;
+        }
         const target = direct?.get(m.name);
         const r = await this.runModel(m, target);
         if (r.refused) return { ok: false, error: r.refused[0].error, model: m.name, refused: r.refused };
@@ -343,6 +409,11 @@ export class BatchExecutor {
     const types = r.columnTypes().map((t) => t.toString());
     return { columns: names.map((name, i) => ({ name, type: types[i] })), rows: r.getRowObjectsJS().map((row) => toPlain(row) as Record<string, unknown>) };
   }
+}
+
+/** True when a model's SQL reads `incoming` or a source (not only other models). */
+function readsBatchDirectly(sql: string): boolean {
+  return /(^|[^A-Za-z0-9_."])incoming($|[^A-Za-z0-9_])/i.test(sql) || sql.includes(`${SOURCE_SCHEMA}.`);
 }
 
 /** DuckDB values as plain JSON-friendly values: safe integers as numbers, others as strings. */

@@ -193,7 +193,7 @@ export class Pipeline {
     const compiled = await compileModels(this.conn, this.models);
     // A second connection loads and decodes the next batch while this one runs the models.
     this.loadConn = await this.instance.connect();
-    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy));
+    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy), this.clock);
     await this.executor.init();
     this.tests = await BatchTests.create(this.conn, project, this.models, this.log);
 
@@ -224,7 +224,9 @@ export class Pipeline {
       await source.open(start.position);
       this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
       if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
-      await this.loop(source, batcher, srcDef.name);
+      const ended = await this.loop(source, batcher, srcDef.name);
+      // A finite source read to its end: every open window closes.
+      if (ended && (await this.executor.windows.holdsState())) await this.closeWindows(source, srcDef.name);
       clean = true;
     } finally {
       this.metrics.watchLag(srcDef.name, undefined);
@@ -285,6 +287,7 @@ export class Pipeline {
     const start = asCheckpoint(this.wal.state.checkpoint);
     this.executor.structure = start.structure;
     this.executor.schemas.load(start.schemas);
+    await this.executor.windows.restore(start.windows, walDir);
     return start;
   }
 
@@ -362,7 +365,7 @@ export class Pipeline {
    * a batch read but not yet committed is simply read again after a crash. On shutdown the
    * batch already read is finished too.
    */
-  private async loop(source: Source, batcher: Batcher, sourceName: string): Promise<void> {
+  private async loop(source: Source, batcher: Batcher, sourceName: string): Promise<boolean> {
     const { signal } = this.opts;
     let lane = 0;
     const next = (): Promise<ReadBatch | null> => {
@@ -381,8 +384,9 @@ export class Pipeline {
         const cur = await pending;
         const wait = Math.round(performance.now() - waitStart);
         if (cur === null) {
-          if (!signal.aborted) this.log.info('end of input');
-          break;
+          if (signal.aborted) return false;
+          this.log.info('end of input');
+          return true;
         }
         if (this.flusher.failures.size > 0) await this.backpressure();
         pending = signal.aborted ? Promise.resolve(null) : next();
@@ -393,6 +397,17 @@ export class Pipeline {
       // On an error, let the read in flight settle before its connection is closed.
       await pending.catch(() => {});
     }
+  }
+
+  /**
+   * The input ended: closes every open window, committed as one more batch of no message at
+   * the source position already committed (a crash before its commit closes them again).
+   */
+  private async closeWindows(source: Source, sourceName: string): Promise<void> {
+    const position = asCheckpoint(this.wal.state.checkpoint).position;
+    const batch: SourceBatch = { messages: [], chunks: [], position } as unknown as SourceBatch;
+    await this.handleBatch(batch, undefined, source, sourceName, { read: 0, wait: 0 });
+    this.log.info('closed every open window at the end of the input');
   }
 
   private async readAndPrepare(batcher: Batcher, lane: number): Promise<ReadBatch | null> {
@@ -414,7 +429,7 @@ export class Pipeline {
    * the way (the WAL's or the DLQ's disk full, say) undoes what was staged and tries the batch
    * again (untilItWorks): the messages were not acked, and none is blamed for it.
    */
-  private async handleBatch(batch: SourceBatch, first: PreparedBatch, source: Source, sourceName: string, clock: BatchClock): Promise<void> {
+  private async handleBatch(batch: SourceBatch, first: PreparedBatch | undefined, source: Source, sourceName: string, clock: BatchClock): Promise<void> {
     const timer = this.metrics.batchDuration.startTimer();
     this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
     const dlqBefore = this.dlq?.mark();
@@ -424,13 +439,14 @@ export class Pipeline {
       'writing a batch to the WAL',
       async () => {
         // After a failure the batch is decoded again: isolating bad messages changes its tables.
-        prepared ??= await this.executor.prepare(batch.messages, first.lane, batch.block);
+        if (first) prepared ??= await this.executor.prepare(batch.messages, first.lane, batch.block);
         const p = prepared;
         prepared = undefined;
         return this.stageBatch(batch, p, () => (dlqTouched = true));
       },
       async () => {
         await this.wal.abandon();
+        await this.executor.windows.abandon();
         if (dlqTouched && this.dlq) await this.dlq.recover(dlqBefore);
         dlqTouched = false;
         // The retry decodes on the loading connection: wait for the next batch's decoding there.
@@ -440,6 +456,12 @@ export class Pipeline {
       },
     );
     const { outcome, rows, records } = staged;
+    try {
+      // The committed batch's rows join the windows' state (in DuckDB; a restart rebuilds it from the commit).
+      await this.executor.windows.commit();
+    } catch (err) {
+      throw new SluiceError('INTERNAL', `applying window state after batch ${this.wal.state.seq} committed failed (a restart restores it from the commit): ${errorMessage(err)}`);
+    }
     for (const r of records) {
       this.metrics.deadLettered.inc({ stage: r.stage });
       this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
@@ -474,7 +496,7 @@ export class Pipeline {
    * the dead letters and commits the batch (segments, DLQ mark, source position) in the WAL.
    * Nothing is counted here: a failure is undone and the batch staged again.
    */
-  private async stageBatch(batch: SourceBatch, prepared: PreparedBatch, dlqTouched: () => void): Promise<{ outcome: BatchOutcome; rows: Map<string, number>; records: DeadLetter[] }> {
+  private async stageBatch(batch: SourceBatch, prepared: PreparedBatch | undefined, dlqTouched: () => void): Promise<{ outcome: BatchOutcome; rows: Map<string, number>; records: DeadLetter[] }> {
     // Segment names need the batch's sequence number and keys before the models run.
     const seq = this.wal.nextSeq();
     const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
@@ -484,7 +506,8 @@ export class Pipeline {
     try {
       const keep = this.tests?.keepInTables();
       const targets = new Map([...paths].filter(([k]) => !keep?.has(k)).map(([k, v]) => [k, v.tmp]));
-      outcome = await this.executor.execute(prepared, targets);
+      // No prepared batch: the input ended and the windows close (closeWindows).
+      outcome = prepared ? await this.executor.execute(prepared, targets) : await this.executor.closeWindows();
       if (this.tests) {
         const testStart = performance.now();
         await this.tests.enforce(outcome, this.testSink, targets);
@@ -538,7 +561,13 @@ export class Pipeline {
     outcome.timings.stage = Math.round(performance.now() - stageStart);
     crashPoint('before-commit');
     const commitStart = performance.now();
-    const checkpoint: Checkpoint = { position: batch.position, dlq: this.dlq?.mark(), structure: outcome.structure, schemas: this.executor.schemas.snapshot() };
+    let windows: Checkpoint['windows'];
+    try {
+      windows = await this.executor.windows.stage(seq);
+    } catch (err) {
+      throw asInfraError(err, 'writing window state') ?? err;
+    }
+    const checkpoint: Checkpoint = { position: batch.position, dlq: this.dlq?.mark(), structure: outcome.structure, schemas: this.executor.schemas.snapshot(), ...(windows ? { windows } : {}) };
     try {
       await this.wal.commit(seq, checkpoint, touched);
     } catch (err) {

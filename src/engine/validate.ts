@@ -38,7 +38,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     if (analysis.stateful.length && !opts.allowStateful) {
       issues.push({
         file: m.file,
-        message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; aggregations across messages need windows, which are not supported yet`,
+        message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; an aggregation across messages needs a window: GROUP BY TUMBLE(ts, size), HOP(ts, slide, size), SESSION(ts, gap) or time_bucket(size, ts)`,
       });
     }
     for (const sinkName of m.sinks) {

@@ -5,7 +5,7 @@ import type { ConfigIssue } from '../errors.js';
 import { modelContract } from './contract-config.js';
 import { modelDataTests, type ReferenceDef } from './data-test-config.js';
 import { DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_FILE_BYTES, modelsSchema, type ModelsConfig } from './project-schema.js';
-import type { ModelDef } from './project-types.js';
+import { DEFAULT_WINDOW_SETTINGS, type ModelDef } from './project-types.js';
 import { checkSchema, readYaml, type YamlFile } from './yaml-file.js';
 
 // config/models.yml and `{{ config(...) }}`: what each model's settings are (flush thresholds,
@@ -91,6 +91,18 @@ export function configureModel(m: ModelDef, ctx: ModelSettingsContext, issues: C
   m.tests = o.tests;
   m.dataTests = modelDataTests(m.name, o, ctx.referenceNames, modYaml, issues);
   m.contract = modelContract(m.name, o, modYaml, issues);
+  if (o.window) {
+    const w = o.window;
+    m.window = {
+      lateness: w.lateness ?? DEFAULT_WINDOW_SETTINGS.lateness,
+      allowedLateness: w.allowed_lateness ?? DEFAULT_WINDOW_SETTINGS.allowedLateness,
+      idleTimeout: w.idle_timeout ?? DEFAULT_WINDOW_SETTINGS.idleTimeout,
+      late: w.late ?? DEFAULT_WINDOW_SETTINGS.late,
+      ...(w.max_session_duration ? { maxSessionDuration: w.max_session_duration } : {}),
+      ...(w.max_groups_per_window ? { maxGroupsPerWindow: w.max_groups_per_window } : {}),
+      onMaxGroups: w.on_max_groups ?? DEFAULT_WINDOW_SETTINGS.onMaxGroups,
+    };
+  }
   chooseSinks(m, o, sqlCfg, ctx, issues);
 }
 

@@ -59,6 +59,56 @@ const flushKeys = {
   max_age_seconds: z.number().positive().optional().describe('flush a model once its oldest WAL row is this old'),
 };
 
+const DURATION_UNITS: Record<string, string> = {
+  us: 'microseconds',
+  microsecond: 'microseconds',
+  microseconds: 'microseconds',
+  ms: 'milliseconds',
+  millisecond: 'milliseconds',
+  milliseconds: 'milliseconds',
+  s: 'seconds',
+  sec: 'seconds',
+  second: 'seconds',
+  seconds: 'seconds',
+  m: 'minutes',
+  min: 'minutes',
+  minute: 'minutes',
+  minutes: 'minutes',
+  h: 'hours',
+  hour: 'hours',
+  hours: 'hours',
+  d: 'days',
+  day: 'days',
+  days: 'days',
+};
+
+/** A duration: a number of seconds, or a number and a unit ('500 ms', '10 seconds', '5m', '1 hour'); as interval text. */
+export const durationSchema = z.union([z.number().nonnegative(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return `${v} seconds`;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$/.exec(v);
+  const unit = m ? DURATION_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || !unit) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration: a number of seconds, or a number and a unit (ms, s, m, h, d), such as '10 seconds'` });
+    return z.NEVER;
+  }
+  return `${m[1]} ${unit}`;
+});
+
+const windowSchema = z
+  .object({
+    lateness: durationSchema.optional().describe('allowed out-of-orderness: the watermark is the largest event time seen (per partition) less this (default 0)'),
+    idle_timeout: durationSchema.optional().describe('a source partition with no message for this long stops holding the watermark back (default 60 seconds)'),
+    late: z
+      .enum(['drop', 'dlq', 'update'])
+      .optional()
+      .describe('an event whose window was already emitted: drop it (counted), dead-letter it (default), or update the window (tumbling windows: re-emitted with the next _revision)'),
+    allowed_lateness: durationSchema.optional().describe('with late: update, how long after its end a window can still be updated (default 0)'),
+    max_session_duration: durationSchema.optional().describe('session windows: sessions are cut at multiples of this duration (from the epoch), so none is longer'),
+    max_groups_per_window: z.number().int().positive().optional().describe('the most groups one window may hold (default: no limit)'),
+    on_max_groups: z.enum(['fail', 'dlq']).optional().describe('past max_groups_per_window: stop the run (default) or dead-letter the messages that would add a group'),
+  })
+  .strict();
+
 export const modelsSchema = z
   .object({
     ...flushKeys,
@@ -77,6 +127,7 @@ export const modelsSchema = z
             columns: z.array(columnDocSchema).optional().describe('documented columns: name and description'),
             contract: contractSchema.optional().describe('what the model may output beyond its declared columns: new_columns and type_changes, each evolve | freeze | discard_row | discard_value'),
             tests: z.array(modelTestSchema).optional().describe('model-level data tests: SQL expressions every row must satisfy'),
+            window: windowSchema.optional().describe('a windowed model: watermark, late events and limits'),
           })
           .strict(),
       )

@@ -60,7 +60,29 @@ export interface ModelDef {
   contract?: ModelContract;
   /** Model-level tests as declared (shown by `sluice docs`). */
   tests?: unknown[];
+  /** A windowed model's settings (overrides.<model>.window), defaults filled in. */
+  window?: WindowSettings;
 }
+
+/** How a windowed model treats time, late events and its limits (config/models.yml `overrides.<model>.window`). */
+export interface WindowSettings {
+  /** Allowed out-of-orderness: the watermark trails the largest event time by this much (interval text). */
+  lateness: string;
+  /** How long a window's state is kept after it is emitted, for late updates (`late: update`). */
+  allowedLateness: string;
+  /** A partition with no message for this long stops holding the watermark back. */
+  idleTimeout: string;
+  /** What happens to an event whose window was already emitted. */
+  late: 'drop' | 'dlq' | 'update';
+  /** Sessions are cut at multiples of this duration from the epoch (session windows). */
+  maxSessionDuration?: string;
+  /** Distinct groups one window may hold. */
+  maxGroupsPerWindow?: number;
+  /** Over maxGroupsPerWindow: stop the run (`fail`) or dead-letter the messages that would add a group (`dlq`). */
+  onMaxGroups: 'fail' | 'dlq';
+}
+
+export const DEFAULT_WINDOW_SETTINGS: WindowSettings = { lateness: '0 seconds', allowedLateness: '0 seconds', idleTimeout: '60 seconds', late: 'dlq', onMaxGroups: 'fail' };
 
 export interface ColumnDoc {
   name: string;

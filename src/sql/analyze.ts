@@ -1,5 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from './template.js';
+import { windowedQuery, type WindowedQuery } from './windows.js';
 
 /** The hidden column carrying each row's message index within the batch. */
 export const MSG_COL = '__sluice_msg';
@@ -7,7 +8,9 @@ export const MSG_COL = '__sluice_msg';
 export const ROW_COL = '__sluice_row';
 export const MESSAGE_COL = '__sluice_message';
 /** Column names sluice keeps for its own: neither a message's top-level field nor a model's column may take one. */
-export const RESERVED_COLUMNS: readonly string[] = [MSG_COL, ROW_COL, MESSAGE_COL];
+/** A windowed model's columns in its state and its closing windows (sql/windows.ts). */
+export const WINDOW_COLUMNS = { time: '__sluice_ts', start: '__sluice_ws', end: '__sluice_we', last: '__sluice_wl', key: '__sluice_k' } as const;
+export const RESERVED_COLUMNS: readonly string[] = [MSG_COL, ROW_COL, MESSAGE_COL, WINDOW_COLUMNS.time, WINDOW_COLUMNS.start, WINDOW_COLUMNS.end, WINDOW_COLUMNS.last];
 
 /** The reserved name `name` takes (compared as DuckDB does, ignoring case), if any. */
 export function reservedColumn(name: string): string | undefined {
@@ -17,7 +20,7 @@ export function reservedColumn(name: string): string | undefined {
 
 // DuckDB's serialized parse tree is untyped JSON; these aliases only document intent.
 // biome-ignore lint/suspicious/noExplicitAny: the walkers below read whatever shape DuckDB's JSON has
-type Node = Record<string, any>;
+export type Node = Record<string, any>;
 
 export interface SqlAnalysis {
   /** Parse error, with the 1-based line in the rendered SQL when DuckDB reports a position. */
@@ -26,8 +29,10 @@ export interface SqlAnalysis {
   stateful: string[];
   /** Output column names when they can be read from the SELECT list (null with `*`). */
   outputColumns: string[] | null;
-  /** The model rewritten to carry MSG_COL through to its output. */
+  /** The model rewritten to carry MSG_COL through to its output (a windowed model: see `window`). */
   rewritten?: string;
+  /** A model that aggregates over windows of event time (sql/windows.ts). */
+  window?: WindowedQuery;
 }
 
 let aggregateNames: Set<string> | undefined;
@@ -40,14 +45,14 @@ async function aggregates(conn: DuckDBConnection): Promise<Set<string>> {
   return aggregateNames;
 }
 
-async function serialize(conn: DuckDBConnection, sql: string): Promise<Node> {
+export async function serialize(conn: DuckDBConnection, sql: string): Promise<Node> {
   const r = await conn.runAndReadAll(`SELECT json_serialize_sql($1::VARCHAR)`, [sql]);
   const text = String(r.getRows()[0][0]);
   // 2^64-1 marks "no location"; it does not survive a JS number round trip.
   return JSON.parse(text.replaceAll('18446744073709551615', '0')) as Node;
 }
 
-function lineAt(sql: string, position: unknown): number | undefined {
+export function lineAt(sql: string, position: unknown): number | undefined {
   const pos = Number(position);
   if (!Number.isFinite(pos)) return undefined;
   return sql.slice(0, pos).split('\n').length;
@@ -70,6 +75,8 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
   }
   const aggs = await aggregates(conn);
   const root = statements[0].node as Node;
+  const windowed = await windowedQuery(conn, sql, ast, aggs);
+  if (windowed) return windowed;
   const stateful: string[] = [];
   const ctx: Ctx = { aggs, stateful, cteMsg: new Set(), sq: 0 };
   const outputColumns = outputNames(root);
@@ -85,7 +92,7 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
   return { stateful: [...new Set(stateful)], outputColumns, rewritten: String(r.getRows()[0][0]) };
 }
 
-interface Ctx {
+export interface Ctx {
   aggs: Set<string>;
   stateful: string[];
   cteMsg: Set<string>;
@@ -93,7 +100,7 @@ interface Ctx {
 }
 
 /** Rewrites a query node in place; true when its output carries MSG_COL. */
-function rewriteQuery(node: Node, ctx: Ctx): boolean {
+export function rewriteQuery(node: Node, ctx: Ctx): boolean {
   if (node.type === 'SET_OPERATION_NODE') {
     const l = rewriteQuery(node.left, ctx);
     const r = rewriteQuery(node.right, ctx);
@@ -174,7 +181,7 @@ function collectFrom(ref: Node | null | undefined, ctx: Ctx): string[] {
   }
 }
 
-function colref(names: string[], alias = ''): Node {
+export function colref(names: string[], alias = ''): Node {
   return { class: 'COLUMN_REF', type: 'COLUMN_REF', alias, query_location: 0, column_names: names };
 }
 
@@ -234,7 +241,7 @@ function readsBatch(node: Node, ctx: Ctx): boolean {
   return rewriteQuery(structuredClone(node) as Node, probe);
 }
 
-function walkExpr(e: unknown, visit: (x: Node) => void): void {
+export function walkExpr(e: unknown, visit: (x: Node) => void): void {
   if (!e || typeof e !== 'object') return;
   if (Array.isArray(e)) {
     for (const c of e) walkExpr(c, visit);
@@ -249,7 +256,7 @@ function walkExpr(e: unknown, visit: (x: Node) => void): void {
   }
 }
 
-function outputNames(node: Node): string[] | null {
+export function outputNames(node: Node): string[] | null {
   if (node.type === 'SET_OPERATION_NODE') return outputNames(node.left);
   if (node.type !== 'SELECT_NODE') return null;
   const names: string[] = [];

@@ -1,0 +1,568 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { SluiceError } from '../errors.js';
+import { MSG_COL, WINDOW_COLUMNS as W } from '../sql/analyze.js';
+import { fileList, ident, lit } from '../sql/quote.js';
+import { MODEL_SCHEMA } from '../sql/template.js';
+import { CLOSING, type WindowedQuery } from '../sql/windows.js';
+import type { RawMessage } from '../connectors/types.js';
+import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
+import type { Clock } from '../util/clock.js';
+import type { MessageFailure } from './decoder.js';
+import type { WindowSettings } from '../project/project-types.js';
+
+export { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project-types.js';
+
+// Windowed aggregation (see sql/windows.ts for the SQL side). Each windowed model keeps, as
+// state, the input rows of its open windows (only the columns its aggregation reads). A batch
+// adds its rows; the watermark (the largest event time seen per source partition, minus the
+// allowed out-of-orderness, as the minimum over the active partitions) then closes windows,
+// and the model's own aggregation runs over the closed windows' rows. Because the aggregation
+// runs over exactly the rows the window holds, any DuckDB aggregate gives what the same
+// GROUP BY over the whole input gives.
+//
+// State is durable: a batch's new rows are written as a Parquet file in the WAL directory
+// before the WAL commit, and the commit's checkpoint lists the files and holds the watermark,
+// so that a restart rebuilds exactly the state of the last commit. Files are compacted into
+// one (the live state) every COMPACT_AFTER batches.
+
+/** A windowed model's part of the WAL checkpoint. Times are microseconds since the epoch. */
+export interface WindowCheckpoint {
+  /** Windows ending at or before this were emitted (null: none yet). */
+  fired: number | null;
+  /** Per source partition: the largest event time seen, and when (clock ms) it last had a message. */
+  parts: Record<string, { max: number | null; seen: number }>;
+  /** The state files (names in the model's state directory) whose rows, less those evicted, are the state. */
+  files: string[];
+  /** Windows re-emitted by late updates: window start -> its last revision. */
+  revisions?: Record<string, number>;
+}
+
+/** Messages of one source partition in a batch: message indexes lo..hi. */
+export interface PartitionRun {
+  part: string;
+  lo: number;
+  hi: number;
+}
+
+/** The partitions of a batch's messages, as runs of consecutive messages. */
+export function partitionRuns(messages: RawMessage[]): PartitionRun[] {
+  const runs: PartitionRun[] = [];
+  for (let i = 0; i < messages.length; i++) {
+    const meta = messages[i].meta;
+    const part = meta?.partition === undefined ? '' : `${meta.topic ?? ''}/${meta.partition}`;
+    const last = runs.at(-1);
+    if (last && last.part === part) last.hi = i;
+    else runs.push({ part, lo: i, hi: i });
+  }
+  return runs;
+}
+
+/** After how many state files the state is rewritten as one. */
+const COMPACT_AFTER = 16;
+
+/** What one windowed model counts (the pipeline turns them into metrics). */
+export interface WindowCounts {
+  late: { drop: number; dlq: number; update: number };
+}
+
+/** The result of one attempt at a batch, kept until it commits. */
+interface Pending {
+  parts: Map<string, { max: number | null; seen: number }>;
+  wm: number;
+  dropped: number;
+  /** Windows (start, µs) re-emitted for late updates. */
+  updates: number[];
+  /** Late rows taken into those windows. */
+  updatedRows: number;
+  /** Rows in `new`. */
+  added: number;
+  /** A state file staged for this batch, and whether it is a compaction (the whole state). */
+  staged?: { file: string; compact: boolean };
+  closeAll: boolean;
+}
+
+const NEG = Number.NEGATIVE_INFINITY;
+const POS = Number.POSITIVE_INFINITY;
+
+function ts(us: number): string {
+  if (us === NEG) return `'-infinity'::TIMESTAMP`;
+  if (us === POS) return `'infinity'::TIMESTAMP`;
+  return `make_timestamp(${Math.trunc(us)}::BIGINT)`;
+}
+
+/** One windowed model's state and its emission. */
+export class WindowOperator {
+  private readonly state: string;
+  private readonly fresh: string;
+  /** The state after a batch, written by a compaction until the batch commits. */
+  private readonly live: string;
+  /** Messages of the current batch dead-lettered as late (its attempts add to it). */
+  private lateMsgs = new Set<number>();
+  private stateExists = false;
+  private fired = NEG;
+  private parts = new Map<string, { max: number | null; seen: number }>();
+  private files: string[] = [];
+  private revisions = new Map<number, number>();
+  private pending?: Pending;
+  /** Input columns the state keeps, per input schema. */
+  private columns = new Map<string, string[]>();
+  private us!: { size: number; slide: number; gap: number; lateness: number; allowed: number; idle: number; maxSession: number };
+  readonly counts: WindowCounts = { late: { drop: 0, dlq: 0, update: 0 } };
+
+  constructor(
+    private readonly conn: DuckDBConnection,
+    readonly model: string,
+    readonly w: WindowedQuery,
+    readonly settings: WindowSettings,
+    private readonly clock: Clock,
+  ) {
+    this.state = `sluice_state.${ident(model)}`;
+    this.fresh = `sluice_state.${ident(`${model}__new`)}`;
+    this.live = `sluice_state.${ident(`${model}__live`)}`;
+  }
+
+  /** A new batch (or a batch tried again from the start). */
+  beginBatch(): void {
+    this.lateMsgs.clear();
+  }
+
+  private get tsCol(): string {
+    return W.time;
+  }
+
+  async init(): Promise<void> {
+    await this.conn.run('CREATE SCHEMA IF NOT EXISTS sluice_state');
+    const s = this.settings;
+    const intervals: Record<string, string | undefined> = {
+      size: this.w.size,
+      slide: this.w.slide,
+      gap: this.w.gap,
+      lateness: `INTERVAL ${lit(s.lateness)}`,
+      allowed: `INTERVAL ${lit(s.allowedLateness)}`,
+      idle: `INTERVAL ${lit(s.idleTimeout)}`,
+      maxSession: s.maxSessionDuration ? `INTERVAL ${lit(s.maxSessionDuration)}` : undefined,
+    };
+    const us: Record<string, number> = {};
+    for (const [k, sql] of Object.entries(intervals)) {
+      if (!sql) {
+        us[k] = 0;
+        continue;
+      }
+      const r = await this.conn.runAndReadAll(`SELECT epoch_us(x), datepart('month', x) + 12 * datepart('year', x) FROM (SELECT CAST(${sql} AS INTERVAL) AS x)`).catch((err: Error) => {
+        throw new SluiceError('CONFIG', `model ${this.model}: ${k} ${sql} is not an interval: ${err.message.split('\n')[0]}`);
+      });
+      const [n, months] = r.getRows()[0].map(Number);
+      if (n < 0 || ((k === 'size' || k === 'slide' || k === 'gap') && n <= 0)) throw new SluiceError('CONFIG', `model ${this.model}: ${k} must be positive (${sql})`);
+      if (months !== 0 && !(k === 'size' && this.w.kind === 'tumble'))
+        throw new SluiceError('CONFIG', `model ${this.model}: ${k} ${sql} counts months, which have no fixed length: give it in days or less`);
+      us[k] = n;
+    }
+    this.us = us as WindowOperator['us'];
+    if (s.late === 'update' && this.w.kind !== 'tumble') {
+      throw new SluiceError('CONFIG', `model ${this.model}: late: update re-emits tumbling windows only; ${this.w.kind === 'hop' ? 'a hopping' : 'a session'} window takes late: drop or late: dlq`);
+    }
+    if (this.w.kind === 'hop' && this.us.size < this.us.slide) throw new SluiceError('CONFIG', `model ${this.model}: a hopping window's size must be at least its slide`);
+  }
+
+  /** The window's end for a tumbling window's start column (SQL). */
+  private endOf(start: string): string {
+    return `(${start} + ${this.w.kind === 'hop' ? this.w.size : this.w.size})`;
+  }
+
+  /** A row whose every window was emitted at watermark `fired` (SQL over the state's columns). */
+  private lateSql(fired: number): string {
+    if (fired === NEG) return 'false';
+    if (this.w.kind === 'tumble') return `${this.endOf(W.start)} <= ${ts(fired)}`;
+    if (this.w.kind === 'hop') return `${this.endOf(W.last)} <= ${ts(fired)}`;
+    return `${this.tsCol} < ${ts(fired)}`;
+  }
+
+  /** Rows of windows whose state is dropped once the watermark is at `wm` (tumbling and hopping windows). */
+  private evictedSql(wm: number): string {
+    const col = this.w.kind === 'tumble' ? W.start : W.last;
+    return `${this.endOf(col)} + to_microseconds(${this.us.allowed}::BIGINT) <= ${ts(wm)}`;
+  }
+
+  /** The session partitioning: the model's other group keys and, with max_session_duration, the period. */
+  private sessionPartition(): string {
+    const keys = this.w.keys.map((_, i) => `${W.key}${i}`);
+    if (this.us.maxSession > 0) keys.push(`time_bucket(to_microseconds(${this.us.maxSession}::BIGINT), ${this.tsCol})`);
+    return keys.length ? `PARTITION BY ${keys.join(', ')}` : '';
+  }
+
+  /** The rows of `rel` with their session's start and end (SESSION windows). */
+  private sessionsOf(rel: string): string {
+    const p = this.sessionPartition();
+    const gap = `to_microseconds(${this.us.gap}::BIGINT)`;
+    return `SELECT * EXCLUDE (__n, __sid), min(${this.tsCol}) OVER s AS ${W.start}, max(${this.tsCol}) OVER s + ${gap} AS ${W.end}
+      FROM (SELECT *, sum(__n) OVER (${p} ORDER BY ${this.tsCol} ROWS UNBOUNDED PRECEDING) AS __sid
+            FROM (SELECT *, CASE WHEN ${this.tsCol} - lag(${this.tsCol}) OVER (${p} ORDER BY ${this.tsCol}) < ${gap} THEN 0 ELSE 1 END AS __n FROM ${rel}))
+      WINDOW s AS (${p ? `${p}, ` : 'PARTITION BY '}__sid)`;
+  }
+
+  /** Every row with each window it belongs to, as WINDOW_COLUMNS.start / .end (for the closing view). */
+  private windowsOf(rel: string): string {
+    if (this.w.kind === 'tumble') return `SELECT *, ${this.endOf(W.start)} AS ${W.end} FROM ${rel}`;
+    if (this.w.kind === 'session') return this.sessionsOf(rel);
+    const n = Math.ceil(this.us.size / this.us.slide);
+    return `SELECT * EXCLUDE (__s), __s AS ${W.start}, __s + ${this.w.size} AS ${W.end}
+      FROM (SELECT *, unnest(generate_series(${W.last} - ${this.w.slide} * ${n - 1}, ${W.last}, ${this.w.slide})) AS __s FROM ${rel})
+      WHERE __s > ${this.tsCol} - ${this.w.size}`;
+  }
+
+  /** The state and this batch's rows. */
+  private all(): string {
+    return this.stateExists ? `(SELECT * FROM ${this.state} UNION ALL BY NAME SELECT * FROM ${this.fresh})` : this.fresh;
+  }
+
+  /**
+   * Runs the model over a batch: buffers its rows, classifies late ones, advances the watermark
+   * and writes the rows of the windows it closes to sluice_model.<model>. Nothing of the state
+   * changes until commit(): an attempt can be repeated (messages isolated, the batch retried).
+   * `closeAll`: the input ended; every window closes. Returns messages refused (late, under
+   * `late: dlq`), which leave the batch.
+   */
+  async run(opts: { batch?: string; shape: string; partitions: PartitionRun[]; closeAll?: boolean }): Promise<{ refused?: MessageFailure[] }> {
+    const closeAll = opts.closeAll === true;
+    const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
+    let dropped = 0;
+    let updates: number[] = [];
+    let updatedRows = 0;
+    let added = 0;
+    if (closeAll) {
+      if (!this.stateExists) {
+        this.pending = { parts, wm: this.fired, dropped, updates, updatedRows, added, closeAll };
+        return {};
+      }
+      await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT * FROM ${this.state} WHERE false`);
+    } else {
+      await this.buffer(opts.shape);
+      const refused = await this.lateRows(this.fired);
+      if (refused.failures.length) return { refused: refused.failures };
+      dropped = refused.dropped;
+      updates = refused.updates;
+      updatedRows = refused.updatedRows;
+      added = Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.fresh}`)).getRows()[0][0]);
+      // The aggregation over this batch's rows alone: a message whose values the aggregation
+      // cannot take fails now, in its own batch (and is isolated), not when its window closes.
+      await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${this.windowsOf(this.fresh)}`);
+      await this.conn.run(`SELECT count(*) FROM (${this.w.emit})`);
+      await this.advance(parts, opts.partitions);
+    }
+    const wm = closeAll ? POS : this.watermark(parts);
+    const fired = this.fired;
+    let closing: string;
+    const within = (start: string, end: string) => `(${end} > ${ts(fired)} AND ${end} <= ${ts(wm)})${updates.length ? ` OR ${start} IN (${updates.map(ts).join(', ')})` : ''}`;
+    if (this.w.kind === 'session') {
+      await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_sessions AS ${this.sessionsOf(this.all())}`);
+      closing = `SELECT * FROM __sluice_sessions WHERE ${W.end} <= ${ts(wm)}`;
+    } else {
+      const col = this.w.kind === 'tumble' ? W.start : W.last;
+      const pre = `(SELECT * FROM ${this.all()} WHERE ${this.endOf(col)} > ${ts(fired)}${updates.length ? ` OR ${W.start} IN (${updates.map(ts).join(', ')})` : ''})`;
+      closing = `SELECT * FROM (${this.windowsOf(pre)}) WHERE ${within(W.start, W.end)}`;
+    }
+    await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${closing}`);
+    const msg = opts.batch ? `(SELECT coalesce(max(${MSG_COL}), 0) FROM ${opts.batch})` : '0';
+    const revision =
+      this.settings.late !== 'update'
+        ? ''
+        : updates.length === 0
+          ? ', 0::INTEGER AS _revision'
+          : `, CASE ${updates.map((u) => `WHEN ${W.start} = ${ts(u)} THEN ${(this.revisions.get(u) ?? 0) + 1}`).join(' ')} ELSE 0 END::INTEGER AS _revision`;
+    await this.conn.run(`CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(this.model)} AS SELECT * EXCLUDE (${W.start}, ${W.end})${revision}, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.w.emit})`);
+    let after = wm;
+    if (closeAll) {
+      const r = await this.conn.runAndReadAll(`SELECT epoch_us(max(${W.end})) FROM ${CLOSING}`);
+      const v = r.getRows()[0][0];
+      after = v === null ? fired : Math.max(fired, Number(v));
+    }
+    this.pending = { parts, wm: after, dropped, updates, updatedRows, added, closeAll };
+    return {};
+  }
+
+  /** This batch's rows of the model's input, with the event time and window columns, in `fresh`. */
+  private async buffer(shape: string): Promise<void> {
+    let cols = this.columns.get(shape);
+    if (!cols) {
+      const d = await this.conn.runAndReadAll(`DESCRIBE (${this.w.input})`);
+      const wanted = new Set(this.w.names);
+      cols = d
+        .getRows()
+        .map((r) => String(r[0]))
+        .filter((c) => c !== MSG_COL && wanted.has(c.toLowerCase()));
+      this.columns.set(shape, cols);
+    }
+    const q = ident(this.w.qualifier);
+    const time = `CAST(${this.w.time} AS TIMESTAMP)`;
+    const extra = [
+      `${time} AS ${this.tsCol}`,
+      ...this.w.keys.map((k, i) => `${k} AS ${W.key}${i}`),
+      ...(this.w.kind === 'tumble' ? [`time_bucket(${this.w.size}, ${time}) AS ${W.start}`] : []),
+      ...(this.w.kind === 'hop' ? [`time_bucket(${this.w.slide}, ${time}) AS ${W.last}`] : []),
+    ];
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`);
+  }
+
+  /** Sorts out this batch's late rows (and rows without an event time) by the `late` policy. */
+  private async lateRows(fired: number): Promise<{ failures: MessageFailure[]; dropped: number; updates: number[]; updatedRows: number }> {
+    const failures: MessageFailure[] = [];
+    const seen = new Set<number>();
+    const nulls = await this.conn.runAndReadAll(`SELECT DISTINCT ${MSG_COL} FROM ${this.fresh} WHERE ${this.tsCol} IS NULL`);
+    for (const [m] of nulls.getRows()) {
+      seen.add(Number(m));
+      failures.push({ index: Number(m), stage: 'transform', model: this.model, error: `the event time (${this.w.time}) is NULL: the event belongs to no window` });
+    }
+    if (fired === NEG) return { failures, dropped: 0, updates: [], updatedRows: 0 };
+    const late = this.lateSql(fired);
+    const start = this.w.kind === 'tumble' ? W.start : this.w.kind === 'hop' ? W.last : this.tsCol;
+    const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL}, epoch_us(${start}) FROM ${this.fresh} WHERE ${late}`);
+    const rows = r.getRows().map(([m, s]) => ({ msg: Number(m), start: Number(s) }));
+    if (rows.length === 0) return { failures, dropped: 0, updates: [], updatedRows: 0 };
+    const policy = this.settings.late;
+    const at = new Date(fired / 1000).toISOString();
+    if (policy === 'drop') {
+      await this.conn.run(`DELETE FROM ${this.fresh} WHERE ${late}`);
+      return { failures, dropped: rows.length, updates: [], updatedRows: 0 };
+    }
+    const updates = new Set<number>();
+    let updatedRows = 0;
+    for (const x of rows) {
+      // Kept for an update while the window's state is held: until its end plus allowed_lateness.
+      const held = policy === 'update' && x.start + this.us.size + this.us.allowed > fired;
+      if (held) {
+        updates.add(x.start);
+        updatedRows++;
+        continue;
+      }
+      if (seen.has(x.msg)) continue;
+      seen.add(x.msg);
+      const why =
+        policy === 'update'
+          ? `late event: its window was emitted when the watermark passed ${at} and its state is gone (allowed_lateness ${this.settings.allowedLateness}); late: update`
+          : `late event: its window was emitted when the watermark passed ${at}; late: dlq`;
+      failures.push({ index: x.msg, stage: 'transform', model: this.model, error: why });
+      this.lateMsgs.add(x.msg);
+    }
+    return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows };
+  }
+
+  /** Advances the per-partition maxima and last-seen times with this batch's rows. */
+  private async advance(parts: Map<string, { max: number | null; seen: number }>, runs: PartitionRun[]): Promise<void> {
+    const now = this.clock.now();
+    const names = [...new Set(runs.map((r) => r.part))];
+    for (const p of names) {
+      const x = parts.get(p);
+      if (x) x.seen = now;
+      else parts.set(p, { max: null, seen: now });
+    }
+    const sql =
+      names.length <= 1
+        ? `SELECT ${lit(names[0] ?? '')}, epoch_us(max(${this.tsCol})) FROM ${this.fresh}`
+        : `SELECT r.part, epoch_us(max(f.${this.tsCol})) FROM ${this.fresh} f JOIN (VALUES ${runs.map((x) => `(${lit(x.part)}, ${x.lo}, ${x.hi})`).join(', ')}) r(part, lo, hi) ON f.${MSG_COL} BETWEEN r.lo AND r.hi GROUP BY r.part`;
+    for (const [p, max] of (await this.conn.runAndReadAll(sql)).getRows()) {
+      if (max === null) continue;
+      const x = parts.get(String(p)) ?? { max: null, seen: now };
+      x.max = x.max === null ? Number(max) : Math.max(x.max, Number(max));
+      parts.set(String(p), x);
+    }
+  }
+
+  /** The watermark: the minimum over the active partitions of their largest event time, less the lateness; never going back. */
+  private watermark(parts: Map<string, { max: number | null; seen: number }>): number {
+    const now = this.clock.now();
+    const known = [...parts.values()].filter((p) => p.max !== null) as { max: number; seen: number }[];
+    const active = known.filter((p) => now - p.seen <= this.us.idle / 1000);
+    const from = active.length ? active : known;
+    if (from.length === 0) return this.fired;
+    return Math.max(this.fired, Math.min(...from.map((p) => p.max)) - this.us.lateness);
+  }
+
+  /** Makes this batch's state durable in `dir` (before the WAL commit); returns the checkpoint it commits. */
+  async stage(seq: number, dir: string): Promise<WindowCheckpoint> {
+    const p = this.pending;
+    // Not run (no message of the batch decoded): nothing changed.
+    if (!p) return this.checkpoint();
+    let files = this.files;
+    if (p.added > 0 || (p.closeAll && this.files.length)) {
+      await fsp.mkdir(dir, { recursive: true });
+      const compact = p.closeAll || this.files.length + 1 >= COMPACT_AFTER;
+      const name = `${String(seq).padStart(12, '0')}${compact ? '-state' : ''}.parquet`;
+      const tmp = path.join(dir, `.${name}.tmp`);
+      const rows = compact ? await this.liveAfter(p) : this.fresh;
+      await this.conn.run(`COPY (SELECT * FROM ${rows}) TO ${lit(tmp)} (FORMAT parquet, COMPRESSION zstd)`);
+      await fsyncFile(tmp);
+      await fsp.rename(tmp, path.join(dir, name));
+      await fsyncDir(dir);
+      p.staged = { file: name, compact };
+      files = compact ? [name] : [...this.files, name];
+    }
+    const revisions = new Map(this.revisions);
+    for (const u of p.updates) revisions.set(u, (revisions.get(u) ?? 0) + 1);
+    return {
+      fired: p.wm === NEG ? null : p.wm,
+      parts: Object.fromEntries(p.parts),
+      files,
+      ...(revisions.size ? { revisions: Object.fromEntries([...revisions].map(([k, v]) => [String(k), v])) } : {}),
+    };
+  }
+
+  /** The checkpoint of the state as committed. */
+  private checkpoint(): WindowCheckpoint {
+    return {
+      fired: this.fired === NEG ? null : this.fired,
+      parts: Object.fromEntries(this.parts),
+      files: this.files,
+      ...(this.revisions.size ? { revisions: Object.fromEntries([...this.revisions].map(([k, v]) => [String(k), v])) } : {}),
+    };
+  }
+
+  /** The state as it is once this batch is applied (a compaction writes it). */
+  private async liveAfter(p: Pending): Promise<string> {
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.live} AS SELECT * FROM ${this.all()}`);
+    await this.evict(this.live, p.wm);
+    return this.live;
+  }
+
+  /** Deletes from `table` the rows no window needs any more at watermark `wm`. */
+  private async evict(table: string, wm: number): Promise<void> {
+    if (wm === NEG) return;
+    if (this.w.kind !== 'session') {
+      await this.conn.run(`DELETE FROM ${table} WHERE ${this.evictedSql(wm)}`);
+      return;
+    }
+    // Rows of emitted sessions (a session never takes a row once emitted: see lateSql).
+    const keys = this.w.keys.map((_, i) => `${W.key}${i}`);
+    await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_done AS SELECT DISTINCT ${[...keys, W.start, W.end].join(', ')} FROM (${this.sessionsOf(table)}) WHERE ${W.end} <= ${ts(wm)}`);
+    const match = [...keys.map((k) => `t.${k} IS NOT DISTINCT FROM d.${k}`), `t.${this.tsCol} >= d.${W.start}`, `t.${this.tsCol} < d.${W.end}`].join(' AND ');
+    await this.conn.run(`DELETE FROM ${table} t WHERE EXISTS (SELECT 1 FROM __sluice_done d WHERE ${match})`);
+  }
+
+  /** After the WAL commit: the batch's rows join the state, closed windows leave it. */
+  async commit(dir: string): Promise<void> {
+    const p = this.pending;
+    if (!p) return;
+    this.pending = undefined;
+    if (p.staged?.compact) {
+      await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.live}`);
+      await this.conn.run(`DROP TABLE ${this.live}`);
+      this.stateExists = true;
+    } else if (p.added > 0) {
+      await this.appendFresh();
+      await this.evict(this.state, p.wm);
+    } else if (this.stateExists) await this.evict(this.state, p.wm);
+    const old = this.files;
+    if (p.staged) this.files = p.staged.compact ? [p.staged.file] : [...this.files, p.staged.file];
+    if (p.staged?.compact) for (const f of old) await fsp.rm(path.join(dir, f), { force: true });
+    for (const u of p.updates) this.revisions.set(u, (this.revisions.get(u) ?? 0) + 1);
+    for (const u of [...this.revisions.keys()]) if (u + this.us.size + this.us.allowed <= p.wm) this.revisions.delete(u);
+    this.fired = p.wm;
+    this.parts = p.parts;
+    this.counts.late.drop += p.dropped;
+    this.counts.late.update += p.updatedRows;
+    this.counts.late.dlq += this.lateMsgs.size;
+    this.lateMsgs.clear();
+  }
+
+  /** Adds `fresh` to the state table, which takes any new column (and widened type) first. */
+  private async appendFresh(): Promise<void> {
+    if (!this.stateExists) {
+      await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.fresh}`);
+      this.stateExists = true;
+      return;
+    }
+    const have = new Map((await this.conn.runAndReadAll(`DESCRIBE ${this.state}`)).getRows().map((r) => [String(r[0]), String(r[1])]));
+    for (const [name, type] of (await this.conn.runAndReadAll(`DESCRIBE ${this.fresh}`)).getRows().map((r) => [String(r[0]), String(r[1])])) {
+      const t = have.get(name);
+      if (t === undefined) await this.conn.run(`ALTER TABLE ${this.state} ADD COLUMN ${ident(name)} ${type}`);
+      else if (t !== type) await this.conn.run(`ALTER TABLE ${this.state} ALTER ${ident(name)} TYPE ${type}`);
+    }
+    await this.conn.run(`INSERT INTO ${this.state} BY NAME SELECT * FROM ${this.fresh}`);
+  }
+
+  /** Forgets an attempt that did not commit, and the state file it staged. */
+  async abandon(dir: string): Promise<void> {
+    const staged = this.pending?.staged;
+    this.pending = undefined;
+    if (staged) await fsp.rm(path.join(dir, staged.file), { force: true });
+  }
+
+  /** Restores the state of the last commit (and removes files no commit lists). */
+  async restore(cp: WindowCheckpoint | undefined, dir: string): Promise<void> {
+    this.fired = cp?.fired ?? NEG;
+    this.parts = new Map(Object.entries(cp?.parts ?? {}));
+    this.files = cp?.files ?? [];
+    this.revisions = new Map(Object.entries(cp?.revisions ?? {}).map(([k, v]) => [Number(k), v]));
+    const listed = new Set(this.files);
+    for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+      if (!listed.has(name) || isTempName(name)) await fsp.rm(path.join(dir, name), { force: true });
+    }
+    if (this.files.length === 0) return;
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM read_parquet(${fileList(this.files.map((f) => path.join(dir, f)))}, union_by_name = true)`);
+    this.stateExists = true;
+    await this.evict(this.state, this.fired);
+  }
+
+  /** True while the model holds rows of windows not yet emitted. */
+  async holdsState(): Promise<boolean> {
+    if (!this.stateExists) return false;
+    return Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]) > 0;
+  }
+
+  /** Rows in the state, for the metrics. */
+  async stateRows(): Promise<number> {
+    if (!this.stateExists) return 0;
+    return Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]);
+  }
+
+  /** The watermark (µs), null before the first event. */
+  get watermarkUs(): number | null {
+    return this.fired === NEG ? null : this.fired;
+  }
+}
+
+/** The windowed models of a run, their state together. */
+export class WindowSet {
+  constructor(
+    readonly ops: Map<string, WindowOperator>,
+    private dir = '',
+  ) {}
+
+  get size(): number {
+    return this.ops.size;
+  }
+
+  get(model: string): WindowOperator | undefined {
+    return this.ops.get(model);
+  }
+
+  private dirOf(model: string): string {
+    return path.join(this.dir, 'state', model);
+  }
+
+  async restore(cp: Record<string, WindowCheckpoint> | undefined, walDir: string): Promise<void> {
+    this.dir = walDir;
+    for (const [m, op] of this.ops) await op.restore(cp?.[m], this.dirOf(m));
+  }
+
+  async stage(seq: number): Promise<Record<string, WindowCheckpoint> | undefined> {
+    if (this.ops.size === 0) return undefined;
+    const out: Record<string, WindowCheckpoint> = {};
+    for (const [m, op] of this.ops) out[m] = await op.stage(seq, this.dirOf(m));
+    return out;
+  }
+
+  async commit(): Promise<void> {
+    for (const [m, op] of this.ops) await op.commit(this.dirOf(m));
+  }
+
+  async abandon(): Promise<void> {
+    for (const [m, op] of this.ops) await op.abandon(this.dirOf(m));
+  }
+
+  async holdsState(): Promise<boolean> {
+    for (const op of this.ops.values()) if (await op.holdsState()) return true;
+    return false;
+  }
+}

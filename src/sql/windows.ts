@@ -1,0 +1,204 @@
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { colref, lineAt, outputNames, rewriteQuery, serialize, walkExpr, WINDOW_COLUMNS, type Ctx, type Node, type SqlAnalysis } from './analyze.js';
+
+// Windowed aggregation, as streamt (Flink SQL) and DuckDB write it:
+//   GROUP BY TUMBLE(ts, size) | HOP(ts, slide, size) | SESSION(ts, gap) | time_bucket(size, ts)
+// with TUMBLE_START / _END, HOP_START / _END, SESSION_START / _END in the select list. The
+// engine (engine/windows.ts) keeps the rows of open windows as state and, when the watermark
+// closes a window, runs the model's own aggregation over that window's rows: any DuckDB
+// aggregate works, and the result is what the same GROUP BY over the whole input gives.
+
+export type WindowKind = 'tumble' | 'hop' | 'session';
+
+export interface WindowedQuery {
+  kind: WindowKind;
+  /** The window as the model writes it, for `models list` and the docs: `TUMBLE(ts, INTERVAL 1 MINUTE)`. */
+  written: string;
+  /** The event time (SQL over the input relation). */
+  time: string;
+  /** Interval SQL: a tumbling or hopping window's size, a hopping window's slide, a session's gap. */
+  size?: string;
+  slide?: string;
+  gap?: string;
+  /** The other GROUP BY expressions (SQL over the input relation): a session is per key. */
+  keys: string[];
+  /** Names the aggregation reads (lower case): of the input's columns, only these are kept as state. */
+  names: string[];
+  /** How the aggregation qualifies the input relation's columns. */
+  qualifier: string;
+  /** The input relation, filtered by the model's WHERE, with every column and MSG_COL. */
+  input: string;
+  /**
+   * The aggregation over relation CLOSING (the rows of the windows being emitted, with their
+   * window in WINDOW_COLUMNS.start / .end): the model with its window calls replaced, which also
+   * outputs the window's start and end as WINDOW_COLUMNS.start / .end.
+   */
+  emit: string;
+}
+
+/** The relation a windowed model's aggregation reads when windows close (a view made per emission). */
+export const CLOSING = '__sluice_closing';
+
+const WINDOW_CALLS: Record<string, { kind: WindowKind; args: number }> = {
+  tumble: { kind: 'tumble', args: 2 },
+  hop: { kind: 'hop', args: 3 },
+  session: { kind: 'session', args: 2 },
+  time_bucket: { kind: 'tumble', args: 2 },
+};
+
+const BOUNDS: Record<string, { kind: WindowKind; end: boolean }> = {
+  tumble_start: { kind: 'tumble', end: false },
+  tumble_end: { kind: 'tumble', end: true },
+  hop_start: { kind: 'hop', end: false },
+  hop_end: { kind: 'hop', end: true },
+  session_start: { kind: 'session', end: false },
+  session_end: { kind: 'session', end: true },
+};
+
+function isCall(x: unknown, names: Record<string, unknown>): x is Node {
+  return Boolean(x && typeof x === 'object' && (x as Node).class === 'FUNCTION' && String((x as Node).function_name).toLowerCase() in names);
+}
+
+/**
+ * A model whose GROUP BY holds a window call, analysed (undefined: no window call, the model is
+ * analysed as any other). What a windowed model may not do is in `stateful`, with the reason.
+ */
+export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: Node, aggs: Set<string>): Promise<SqlAnalysis | undefined> {
+  const root = ast.statements[0].node as Node;
+  if (root.type !== 'SELECT_NODE') return undefined;
+  const groups = (root.group_expressions ?? []) as Node[];
+  const calls = groups.filter((g) => isCall(g, WINDOW_CALLS));
+  if (calls.length === 0) return undefined;
+  const problems: string[] = [];
+  const call = calls[0];
+  const fn = String(call.function_name).toLowerCase();
+  const spec = WINDOW_CALLS[fn];
+  if (calls.length > 1) problems.push('a model groups by one window');
+  if ((call.children as Node[]).length !== spec.args) {
+    problems.push(fn === 'time_bucket' ? 'time_bucket(size, time) takes two arguments in a windowed model (no offset or origin)' : `${fn.toUpperCase()} takes ${spec.args} arguments`);
+  }
+  const sets = (root.group_sets ?? []) as number[][];
+  if (sets.length !== 1 || sets[0].length !== groups.length) problems.push('GROUPING SETS, ROLLUP and CUBE are not supported with windows');
+  if (root.from_table?.type === 'JOIN') problems.push('a windowed model reads one relation (incoming, a source or a ref); joins are not supported yet');
+  if (root.qualify) problems.push('QUALIFY is not supported in a windowed model');
+  for (const m of (root.modifiers ?? []) as Node[]) {
+    if (m.type === 'DISTINCT_MODIFIER') problems.push('SELECT DISTINCT is not supported in a windowed model');
+    if (m.type === 'LIMIT_MODIFIER' || m.type === 'LIMIT_PERCENT_MODIFIER') problems.push('LIMIT would keep only some of each emission’s rows: not supported in a windowed model');
+  }
+  walkExpr([root.select_list, root.having], (x) => {
+    if (x.class === 'WINDOW') problems.push(`window function ${String(x.function_name)}() over a windowed aggregation is not supported`);
+    if (x.class === 'SUBQUERY') problems.push('a subquery in the select list or HAVING of a windowed model is not supported');
+    if (isCall(x, BOUNDS) && BOUNDS[String(x.function_name).toLowerCase()].kind !== spec.kind) {
+      problems.push(`${String(x.function_name).toUpperCase()} does not match the model's window ${fn.toUpperCase()}`);
+    }
+  });
+  const outputColumns = outputNames(root);
+  if (problems.length) return { stateful: [...new Set(problems)], outputColumns };
+
+  // The input: the model's FROM and WHERE, every column.
+  if (root.from_table?.type === 'SUBQUERY' && !root.from_table.alias) root.from_table.alias = '__sluice_in';
+  const qualifier = String(root.from_table?.alias || root.from_table?.table_name || '');
+  const inputAst = structuredClone(ast) as Node;
+  const inNode = inputAst.statements[0].node as Node;
+  Object.assign(inNode, { select_list: [star()], group_expressions: [], group_sets: [], having: null, modifiers: [], qualify: null });
+  const ctx: Ctx = { aggs, stateful: [], cteMsg: new Set(), sq: 0 };
+  if (!rewriteQuery(inNode, ctx)) {
+    return { error: { message: 'a model must read from incoming, {{ source(...) }} or {{ ref(...) }}' }, stateful: [], outputColumns };
+  }
+  if (ctx.stateful.length) return { stateful: [...new Set(ctx.stateful)], outputColumns };
+
+  const args = call.children as Node[];
+  const [timeNode, ...params] = fn === 'time_bucket' ? [args[1], args[0]] : args;
+  const time = await exprSql(conn, timeNode);
+  const p = await Promise.all(params.map((x) => exprSql(conn, x)));
+  const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, g)));
+  const names = new Set<string>();
+  walkExpr([root.select_list, root.group_expressions, root.having, root.modifiers], (x) => {
+    if (x.class === 'COLUMN_REF') for (const n of x.column_names as string[]) names.add(n.toLowerCase());
+  });
+
+  // The emission: the same aggregation over the closing windows' rows.
+  const emitAst = structuredClone(ast) as Node;
+  const e = emitAst.statements[0].node as Node;
+  e.cte_map = { map: [] };
+  e.from_table = { type: 'BASE_TABLE', alias: qualifier, sample: null, query_location: 0, schema_name: '', table_name: CLOSING, column_name_alias: [], catalog_name: '', at_clause: null };
+  e.where_clause = null;
+  const kept = (e.group_expressions as Node[]).filter((g) => !(isCall(g, WINDOW_CALLS) && fn !== 'time_bucket'));
+  e.group_expressions = [...kept, colref([WINDOW_COLUMNS.start]), colref([WINDOW_COLUMNS.end])];
+  e.group_sets = [e.group_expressions.map((_: unknown, i: number) => i)];
+  for (const item of e.select_list as Node[]) {
+    if (isCall(item, BOUNDS) && !item.alias) item.alias = BOUNDS[String(item.function_name).toLowerCase()].end ? 'window_end' : 'window_start';
+  }
+  replaceBounds([e.select_list, e.having, e.modifiers]);
+  e.select_list.push(colref([WINDOW_COLUMNS.start], WINDOW_COLUMNS.start), colref([WINDOW_COLUMNS.end], WINDOW_COLUMNS.end));
+
+  const written = callText(sql, Number(call.query_location)) ?? `${fn}(${(fn === 'time_bucket' ? [p[0], time] : [time, ...p]).join(', ')})`;
+  const window: WindowedQuery = {
+    kind: spec.kind,
+    written,
+    time,
+    ...(spec.kind === 'tumble' ? { size: p[0] } : spec.kind === 'hop' ? { slide: p[0], size: p[1] } : { gap: p[0] }),
+    keys,
+    names: [...names],
+    qualifier,
+    input: await deserialize(conn, inputAst),
+    emit: await deserialize(conn, emitAst),
+  };
+  const shown = outputNames(e);
+  return { stateful: [], outputColumns: shown ? shown.slice(0, -2) : null, window };
+}
+
+/** The line of a model's window call, for messages about it. */
+export function windowLine(sql: string, w: WindowedQuery): number | undefined {
+  const at = sql.search(new RegExp(w.written.split('(')[0], 'i'));
+  return at < 0 ? undefined : lineAt(sql, at);
+}
+
+/** The text of the call at `at` in `sql`, up to its closing parenthesis. */
+function callText(sql: string, at: number): string | undefined {
+  const open = sql.indexOf('(', at);
+  if (!Number.isFinite(at) || at <= 0 || open < 0) return undefined;
+  let depth = 0;
+  let quote = false;
+  for (let i = open; i < sql.length; i++) {
+    const c = sql[i];
+    if (c === "'") quote = !quote;
+    else if (!quote && c === '(') depth++;
+    else if (!quote && c === ')' && --depth === 0) return sql.slice(at, i + 1).replace(/\s+/g, ' ');
+  }
+  return undefined;
+}
+
+function star(): Node {
+  return { class: 'STAR', type: 'STAR', alias: '', query_location: 0, relation_name: '', exclude_list: [], replace_list: [], columns: false, expr: null, qualified_exclude_list: [], rename_list: [] };
+}
+
+/** Replaces TUMBLE_START(...) and the like, wherever they are, by the window's columns. */
+function replaceBounds(e: unknown): void {
+  if (!e || typeof e !== 'object') return;
+  if (Array.isArray(e)) {
+    for (const c of e) replaceBounds(c);
+    return;
+  }
+  const x = e as Node;
+  if (isCall(x, BOUNDS)) {
+    const alias = x.alias;
+    const col = BOUNDS[String(x.function_name).toLowerCase()].end ? WINDOW_COLUMNS.end : WINDOW_COLUMNS.start;
+    for (const k of Object.keys(x)) delete x[k];
+    Object.assign(x, colref([col], alias));
+    return;
+  }
+  for (const v of Object.values(x)) if (v && typeof v === 'object') replaceBounds(v);
+}
+
+async function deserialize(conn: DuckDBConnection, ast: Node): Promise<string> {
+  const r = await conn.runAndReadAll(`SELECT json_deserialize_sql($1::VARCHAR)`, [JSON.stringify(ast)]);
+  return String(r.getRows()[0][0]);
+}
+
+/** One expression of a parse tree as SQL. */
+async function exprSql(conn: DuckDBConnection, node: Node): Promise<string> {
+  const ast = await serialize(conn, 'SELECT 1');
+  ast.statements[0].node.select_list = [{ ...node, alias: '' }];
+  return (await deserialize(conn, ast)).replace(/^SELECT /, '');
+}
