@@ -1,3 +1,6 @@
+import type { SqlAnalysis } from '../sql/analyze.js';
+import type { WindowedQuery } from '../sql/windows.js';
+import { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project-types.js';
 /** Renders rows as an aligned text table. */
 export function formatTable(columns: { name: string; type?: string }[], rows: Record<string, unknown>[], maxWidth = 40): string {
   if (columns.length === 0) return '(no columns)';
@@ -17,7 +20,19 @@ export function formatTable(columns: { name: string; type?: string }[], rows: Re
   return [line(header), sep, ...body.map(line)].join('\n');
 }
 
-/** "stateless", or "stateful: why". */
-export function statefulness(reasons: string[]): string {
-  return reasons.length ? `stateful: ${reasons.join('; ')}` : 'stateless';
+/** "stateless", "windowed: the window, watermark and late policy", or "stateful: why". */
+export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window'>, settings?: WindowSettings): string {
+  if (analysis.stateful.length) return `stateful: ${analysis.stateful.join('; ')}`;
+  if (analysis.window) return `windowed: ${windowSummary(analysis.window, settings)}`;
+  return 'stateless';
+}
+
+/** A windowed model's window, watermark and late-data policy, in one line. */
+export function windowSummary(w: WindowedQuery, settings: WindowSettings = DEFAULT_WINDOW_SETTINGS): string {
+  const s = settings;
+  const parts = [`${w.written}${w.keys.length ? ` per ${w.keys.join(', ')}` : ''}`, `watermark: max event time - ${s.lateness}`, `idle partitions after ${s.idleTimeout}`, `late: ${s.late}`];
+  if (s.late === 'update') parts.push(`allowed_lateness ${s.allowedLateness}`);
+  if (s.maxSessionDuration) parts.push(`max_session_duration ${s.maxSessionDuration}`);
+  if (s.maxGroupsPerWindow) parts.push(`max_groups_per_window ${s.maxGroupsPerWindow} (${s.onMaxGroups})`);
+  return parts.join(' · ');
 }

@@ -72,6 +72,8 @@ export interface RunSummary {
   redelivered: number;
   /** With dryRun: what the one batch made (the CLI renders it). */
   dryRun?: DryRunResult;
+  /** Windowed models: their late events by policy. */
+  late?: Record<string, { drop: number; dlq: number; update: number }>;
 }
 
 /** A dry run's batch: each model's rows, the messages that would be dead-lettered, data test findings. */
@@ -462,6 +464,7 @@ export class Pipeline {
     } catch (err) {
       throw new SluiceError('INTERNAL', `applying window state after batch ${this.wal.state.seq} committed failed (a restart restores it from the commit): ${errorMessage(err)}`);
     }
+    if (this.executor.windows.size) await this.windowMetrics();
     for (const r of records) {
       this.metrics.deadLettered.inc({ stage: r.stage });
       this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
@@ -580,6 +583,29 @@ export class Pipeline {
     outcome.timings.stage_and_commit = Math.round(performance.now() - stageStart);
     return { outcome, rows, records };
   }
+
+  /** Late events, state size and watermark lag of the windowed models, after a commit. */
+  private async windowMetrics(): Promise<void> {
+    const late = (this.summary.late ??= {});
+    for (const [model, op] of this.executor.windows.ops) {
+      const before = late[model] ?? { drop: 0, dlq: 0, update: 0 };
+      const now = op.counts.late;
+      for (const policy of ['drop', 'dlq', 'update'] as const) if (now[policy] > before[policy]) this.metrics.windowLate.inc({ model, policy }, now[policy] - before[policy]);
+      late[model] = { ...now };
+      if (op.watermarkUs !== null) this.metrics.watermarkLag.set({ model }, Math.max(0, (this.clock.now() * 1000 - op.watermarkUs) / 1e6));
+    }
+    // The state's size costs a scan of it: measured every few seconds.
+    if (this.clock.now() - this.windowStatsAt < 5000) return;
+    this.windowStatsAt = this.clock.now();
+    for (const model of this.executor.windows.ops.keys()) {
+      const st = await this.executor.windows.stats(model);
+      this.metrics.windowStateRows.set({ model }, st.rows);
+      this.metrics.windowOpen.set({ model }, st.windows);
+      this.metrics.windowStateBytes.set({ model }, st.bytes);
+    }
+  }
+
+  private windowStatsAt = 0;
 
   private updateGauges(): void {
     this.metrics.walBytes.set(this.wal.totalBytes());

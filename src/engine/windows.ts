@@ -510,10 +510,20 @@ export class WindowOperator {
     return Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]) > 0;
   }
 
-  /** Rows in the state, for the metrics. */
-  async stateRows(): Promise<number> {
-    if (!this.stateExists) return 0;
-    return Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]);
+  /** Rows and windows in the state, and the bytes of its files, for the metrics. */
+  async stats(dir: string): Promise<{ rows: number; windows: number; bytes: number }> {
+    let bytes = 0;
+    for (const f of this.files) bytes += (await fsp.stat(path.join(dir, f)).catch(() => ({ size: 0 }))).size;
+    if (!this.stateExists) return { rows: 0, windows: 0, bytes };
+    const col =
+      this.w.kind === 'tumble'
+        ? W.start
+        : this.w.kind === 'hop'
+          ? W.last
+          : [...this.w.keys.map((_, i) => `${W.key}${i}`), `time_bucket(to_microseconds(${this.us.gap}::BIGINT), ${this.tsCol})`].join(', ');
+    const r = await this.conn.runAndReadAll(`SELECT count(*), count(DISTINCT (${col})) FROM ${this.state}`);
+    const [rows, windows] = r.getRows()[0].map(Number);
+    return { rows, windows, bytes };
   }
 
   /** The watermark (µs), null before the first event. */
@@ -564,5 +574,9 @@ export class WindowSet {
   async holdsState(): Promise<boolean> {
     for (const op of this.ops.values()) if (await op.holdsState()) return true;
     return false;
+  }
+
+  async stats(model: string): Promise<{ rows: number; windows: number; bytes: number }> {
+    return this.ops.get(model)!.stats(this.dirOf(model));
   }
 }

@@ -94,6 +94,26 @@ export class Metrics {
     labelNames: ['model', 'kind', 'policy'],
     registers: [this.registry],
   });
+  readonly windowLate = new client.Counter({
+    name: 'sluice_window_late_events_total',
+    help: "Events of a windowed model whose window was already emitted, by the model's late policy (drop, dlq, update)",
+    labelNames: ['model', 'policy'],
+    registers: [this.registry],
+  });
+  readonly windowStateRows = new client.Gauge({ name: 'sluice_window_state_rows', help: 'Rows a windowed model holds for its open windows', labelNames: ['model'], registers: [this.registry] });
+  readonly windowStateBytes = new client.Gauge({
+    name: 'sluice_window_state_bytes',
+    help: "Bytes of a windowed model's durable state files in the WAL directory",
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
+  readonly windowOpen = new client.Gauge({ name: 'sluice_window_open_windows', help: 'Windows (or sessions) a windowed model holds rows of', labelNames: ['model'], registers: [this.registry] });
+  readonly watermarkLag = new client.Gauge({
+    name: 'sluice_watermark_lag_seconds',
+    help: "How far a windowed model's watermark trails the wall clock (event time against now)",
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
   /** The counters reportContracts() needs. */
   contractCounters(): { change: (model: string, kind: string) => void; violation: (model: string, kind: string, policy: string, rows: number) => void } {
     return { change: (model, kind) => this.schemaChanges.inc({ model, kind }), violation: (model, kind, policy, rows) => this.contractViolations.inc({ model, kind, policy }, rows) };

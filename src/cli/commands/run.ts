@@ -129,7 +129,15 @@ async function runScoped(runs: ScopedRun[], o: RunOpts, { log, signal, port, pro
     if (o.dryRun) return;
     const secs = (Date.now() - started) / 1000;
     l.info(
-      { messages: summary.messages, dead_lettered: summary.deadLettered, redelivered: summary.redelivered, rows: summary.rows, flushes: summary.flushes, seconds: Number(secs.toFixed(2)) },
+      {
+        messages: summary.messages,
+        dead_lettered: summary.deadLettered,
+        redelivered: summary.redelivered,
+        rows: summary.rows,
+        flushes: summary.flushes,
+        ...(summary.late ? { late: summary.late } : {}),
+        seconds: Number(secs.toFixed(2)),
+      },
       'done',
     );
   };

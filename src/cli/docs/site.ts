@@ -8,6 +8,7 @@ import type { FixtureRun } from '../../engine/offline-runner.js';
 import { esc } from './html.js';
 import { lineageSvg } from './svg.js';
 import { describeTest } from '../../project/data-test-config.js';
+import { windowSummary } from '../format.js';
 
 export interface DocsInput {
   project: Project;
@@ -84,6 +85,7 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
     )
     .join('');
   const stateful = r.analysis.stateful;
+  const window = r.analysis.window;
   const units = input.project.unitTests.filter((u) => u.expect.has(m.name)).map((u) => `unit test ${u.name} (${path.relative(input.project.dir, path.resolve(u.file))})`);
   const modelTests = [...testsOf(r, undefined), ...units];
   const fixture = input.fixtureRun?.fixtures.get(m.source);
@@ -91,10 +93,11 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
   const fixtureNote = fixture ? `<li>fixture <code>${esc(path.relative(input.project.dir, fixture))}</code> (run with <code>sluice test</code>): ${rows ?? 0} row${rows === 1 ? '' : 's'}</li>` : '';
   const testItems = modelTests.map((t) => `<li><span class="test">${esc(t)}</span></li>`).join('') + fixtureNote;
   return `<section class="model" id="${esc(anchor(id))}" data-name="${esc(m.name)}">
-<h2><span class="badge model">model</span> ${esc(m.name)} <span class="badge ${stateful.length ? 'stateful' : 'stateless'}">${stateful.length ? 'stateful' : 'stateless'}</span></h2>
+<h2><span class="badge model">model</span> ${esc(m.name)} <span class="badge ${stateful.length ? 'stateful' : window ? 'windowed' : 'stateless'}">${stateful.length ? 'stateful' : window ? 'windowed' : 'stateless'}</span></h2>
 ${m.description ? `<p class="description">${esc(m.description)}</p>` : '<p class="description none">No description: add one in config/models.yml (overrides.' + esc(m.name) + '.description) or with {{ config(description=...) }}.</p>'}
 ${stateful.length ? `<ul class="reasons">${stateful.map((s) => `<li>${esc(s)}</li>`).join('')}</ul>` : ''}
 <table class="kv">
+${window ? `<tr><th>window</th><td>${esc(windowSummary(window, m.window))}</td></tr>` : ''}
 <tr><th>file</th><td><code>${esc(m.file)}</code></td></tr>
 <tr><th>source</th><td>${links(m.source ? [nodeId('source', m.source)] : [])}</td></tr>
 <tr><th>reads</th><td>${links(up)}</td></tr>
@@ -143,7 +146,7 @@ svg.focus .edge{opacity:.25}
 svg.focus .edge.hl{opacity:1}
 .badge{display:inline-block;font-size:11px;font-weight:600;padding:1px 8px;border-radius:999px;vertical-align:middle}
 .badge.model{background:#fef9c3;color:#854d0e}.badge.source{background:#e0f2fe;color:#075985}.badge.sink{background:#dcfce7;color:#166534}
-.badge.stateless{background:#f1f5f9;color:#334155}.badge.stateful{background:#fee2e2;color:#991b1b}
+.badge.stateless{background:#f1f5f9;color:#334155}.badge.windowed{background:#e0f2fe;color:#075985}.badge.stateful{background:#fee2e2;color:#991b1b}
 .declared{font-size:11px;color:#475569;border:1px solid #cbd5e1;border-radius:4px;padding:0 4px}
 .description{margin:0 0 8px}
 .none{color:#94a3b8}
