@@ -6,6 +6,7 @@
 //   npm run bench -- kafka | nats | redis_streams   # need the broker (see bench/README.md)
 //   npm run bench -- service_sinks                  # http, redis, rabbitmq, nats sinks vs bare clients
 //   npm run bench -- hostile_neighbour              # a source fed hostile input beside a normal one (file sources)
+//   npm run bench -- windows
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',
@@ -15,6 +16,7 @@ const benches = {
   postgres: './postgres.mjs',
   service_sinks: './service-sinks.mjs',
   hostile_neighbour: './hostile-neighbour.mjs',
+  windows: './windows.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {

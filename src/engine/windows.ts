@@ -238,33 +238,35 @@ export class WindowOperator {
       }
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT * FROM ${this.state} WHERE false`);
     } else {
-      await this.buffer(opts.shape);
+      added = await this.buffer(opts.shape);
       const refused = await this.lateRows(this.fired);
       if (refused.failures.length) return { refused: refused.failures };
       dropped = refused.dropped;
       updates = refused.updates;
       updatedRows = refused.updatedRows;
-      added = Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.fresh}`)).getRows()[0][0]);
-      // The aggregation over this batch's rows alone: a message whose values the aggregation
-      // cannot take fails now, in its own batch (and is isolated), not when its window closes.
-      await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${this.windowsOf(this.fresh)}`);
-      await this.conn.run(`SELECT count(*) FROM (${this.w.emit})`);
-      await this.advance(parts, opts.partitions);
+      added -= dropped;
+      // What the aggregates evaluate per row, over this batch's rows: a message whose values
+      // they cannot take fails now, in its own batch (where it is isolated), not when its window closes.
+      if (this.w.perRow.length) await this.conn.run(`SELECT max(hash(${this.w.perRow.join(', ')})) FROM ${this.fresh} AS ${ident(this.w.qualifier)}`);
+      await this.advance(parts, opts.partitions, refused.max);
     }
     const wm = closeAll ? POS : this.watermark(parts);
     const fired = this.fired;
+    const updated = updates.length ? ` OR ${W.start} IN (${updates.map(ts).join(', ')})` : '';
+    const emitted = `((${W.end} > ${ts(fired)} AND ${W.end} <= ${ts(wm)})${updated})`;
     let closing: string;
-    const within = (start: string, end: string) => `(${end} > ${ts(fired)} AND ${end} <= ${ts(wm)})${updates.length ? ` OR ${start} IN (${updates.map(ts).join(', ')})` : ''}`;
     if (this.w.kind === 'session') {
       await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_sessions AS ${this.sessionsOf(this.all())}`);
       closing = `SELECT * FROM __sluice_sessions WHERE ${W.end} <= ${ts(wm)}`;
     } else {
+      // Rows of the state and of this batch that may be in a closing window: those whose last window closes after `fired`.
       const col = this.w.kind === 'tumble' ? W.start : W.last;
-      const pre = `(SELECT * FROM ${this.all()} WHERE ${this.endOf(col)} > ${ts(fired)}${updates.length ? ` OR ${W.start} IN (${updates.map(ts).join(', ')})` : ''})`;
-      closing = `SELECT * FROM (${this.windowsOf(pre)}) WHERE ${within(W.start, W.end)}`;
+      const open = `${this.endOf(col)} > ${ts(fired)}${updated}`;
+      const rows = this.stateExists ? `(SELECT * FROM ${this.state} WHERE ${open} UNION ALL BY NAME SELECT * FROM ${this.fresh})` : this.fresh;
+      closing = `SELECT * FROM (${this.windowsOf(rows)}) WHERE ${emitted}`;
     }
     await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${closing}`);
-    const msg = opts.batch ? `(SELECT coalesce(max(${MSG_COL}), 0) FROM ${opts.batch})` : '0';
+    const msg = opts.partitions.at(-1)?.hi ?? 0;
     const revision =
       this.settings.late !== 'update'
         ? ''
@@ -283,7 +285,8 @@ export class WindowOperator {
   }
 
   /** This batch's rows of the model's input, with the event time and window columns, in `fresh`. */
-  private async buffer(shape: string): Promise<void> {
+  private async buffer(shape: string): Promise<number> {
+    this.freshShape = shape;
     let cols = this.columns.get(shape);
     if (!cols) {
       const d = await this.conn.runAndReadAll(`DESCRIBE (${this.w.input})`);
@@ -302,29 +305,39 @@ export class WindowOperator {
       ...(this.w.kind === 'tumble' ? [`time_bucket(${this.w.size}, ${time}) AS ${W.start}`] : []),
       ...(this.w.kind === 'hop' ? [`time_bucket(${this.w.slide}, ${time}) AS ${W.last}`] : []),
     ];
-    await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`);
+    // Made empty, then filled: an INSERT reports its row count (CREATE TABLE AS does not).
+    const select = `SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`;
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS ${select} LIMIT 0`);
+    const r = await this.conn.run(`INSERT INTO ${this.fresh} ${select}`);
+    return Number(r.rowsChanged);
   }
 
   /** Sorts out this batch's late rows (and rows without an event time) by the `late` policy. */
-  private async lateRows(fired: number): Promise<{ failures: MessageFailure[]; dropped: number; updates: number[]; updatedRows: number }> {
+  private async lateRows(fired: number): Promise<{ failures: MessageFailure[]; dropped: number; updates: number[]; updatedRows: number; max: number | null }> {
     const failures: MessageFailure[] = [];
     const seen = new Set<number>();
+    const late = this.lateSql(fired);
+    // One scan for the common case: no row without an event time, none late.
+    const [nullCount, lateCount, maxTs] = (
+      await this.conn.runAndReadAll(`SELECT count(*) FILTER (WHERE ${this.tsCol} IS NULL), count(*) FILTER (WHERE ${late}), epoch_us(max(${this.tsCol})) FROM ${this.fresh}`)
+    ).getRows()[0];
+    const max = maxTs === null ? null : Number(maxTs);
+    if (Number(nullCount) === 0 && Number(lateCount) === 0) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
     const nulls = await this.conn.runAndReadAll(`SELECT DISTINCT ${MSG_COL} FROM ${this.fresh} WHERE ${this.tsCol} IS NULL`);
     for (const [m] of nulls.getRows()) {
       seen.add(Number(m));
       failures.push({ index: Number(m), stage: 'transform', model: this.model, error: `the event time (${this.w.time}) is NULL: the event belongs to no window` });
     }
-    if (fired === NEG) return { failures, dropped: 0, updates: [], updatedRows: 0 };
-    const late = this.lateSql(fired);
+    if (fired === NEG) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
     const start = this.w.kind === 'tumble' ? W.start : this.w.kind === 'hop' ? W.last : this.tsCol;
     const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL}, epoch_us(${start}) FROM ${this.fresh} WHERE ${late}`);
     const rows = r.getRows().map(([m, s]) => ({ msg: Number(m), start: Number(s) }));
-    if (rows.length === 0) return { failures, dropped: 0, updates: [], updatedRows: 0 };
+    if (rows.length === 0) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
     const policy = this.settings.late;
     const at = new Date(fired / 1000).toISOString();
     if (policy === 'drop') {
       await this.conn.run(`DELETE FROM ${this.fresh} WHERE ${late}`);
-      return { failures, dropped: rows.length, updates: [], updatedRows: 0 };
+      return { failures, dropped: rows.length, updates: [], updatedRows: 0, max };
     }
     const updates = new Set<number>();
     let updatedRows = 0;
@@ -345,11 +358,11 @@ export class WindowOperator {
       failures.push({ index: x.msg, stage: 'transform', model: this.model, error: why });
       this.lateMsgs.add(x.msg);
     }
-    return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows };
+    return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows, max };
   }
 
   /** Advances the per-partition maxima and last-seen times with this batch's rows. */
-  private async advance(parts: Map<string, { max: number | null; seen: number }>, runs: PartitionRun[]): Promise<void> {
+  private async advance(parts: Map<string, { max: number | null; seen: number }>, runs: PartitionRun[], max: number | null): Promise<void> {
     const now = this.clock.now();
     const names = [...new Set(runs.map((r) => r.part))];
     for (const p of names) {
@@ -357,11 +370,16 @@ export class WindowOperator {
       if (x) x.seen = now;
       else parts.set(p, { max: null, seen: now });
     }
-    const sql =
+    // One partition: the batch's largest event time, found with the late rows.
+    const maxima: unknown[][] =
       names.length <= 1
-        ? `SELECT ${lit(names[0] ?? '')}, epoch_us(max(${this.tsCol})) FROM ${this.fresh}`
-        : `SELECT r.part, epoch_us(max(f.${this.tsCol})) FROM ${this.fresh} f JOIN (VALUES ${runs.map((x) => `(${lit(x.part)}, ${x.lo}, ${x.hi})`).join(', ')}) r(part, lo, hi) ON f.${MSG_COL} BETWEEN r.lo AND r.hi GROUP BY r.part`;
-    for (const [p, max] of (await this.conn.runAndReadAll(sql)).getRows()) {
+        ? [[names[0] ?? '', max]]
+        : (
+            await this.conn.runAndReadAll(
+              `SELECT r.part, epoch_us(max(f.${this.tsCol})) FROM ${this.fresh} f JOIN (VALUES ${runs.map((x) => `(${lit(x.part)}, ${x.lo}, ${x.hi})`).join(', ')}) r(part, lo, hi) ON f.${MSG_COL} BETWEEN r.lo AND r.hi GROUP BY r.part`,
+            )
+          ).getRows();
+    for (const [p, max] of maxima) {
       if (max === null) continue;
       const x = parts.get(String(p)) ?? { max: null, seen: now };
       x.max = x.max === null ? Number(max) : Math.max(x.max, Number(max));
@@ -391,7 +409,7 @@ export class WindowOperator {
       const name = `${String(seq).padStart(12, '0')}${compact ? '-state' : ''}.parquet`;
       const tmp = path.join(dir, `.${name}.tmp`);
       const rows = compact ? await this.liveAfter(p) : this.fresh;
-      await this.conn.run(`COPY (SELECT * FROM ${rows}) TO ${lit(tmp)} (FORMAT parquet, COMPRESSION zstd)`);
+      await this.conn.run(`COPY (SELECT * FROM ${rows}) TO ${lit(tmp)} (FORMAT parquet, COMPRESSION lz4_raw)`);
       await fsyncFile(tmp);
       await fsp.rename(tmp, path.join(dir, name));
       await fsyncDir(dir);
@@ -470,16 +488,26 @@ export class WindowOperator {
     if (!this.stateExists) {
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.fresh}`);
       this.stateExists = true;
+      this.freshCols = undefined;
       return;
     }
-    const have = new Map((await this.conn.runAndReadAll(`DESCRIBE ${this.state}`)).getRows().map((r) => [String(r[0]), String(r[1])]));
-    for (const [name, type] of (await this.conn.runAndReadAll(`DESCRIBE ${this.fresh}`)).getRows().map((r) => [String(r[0]), String(r[1])])) {
-      const t = have.get(name);
-      if (t === undefined) await this.conn.run(`ALTER TABLE ${this.state} ADD COLUMN ${ident(name)} ${type}`);
-      else if (t !== type) await this.conn.run(`ALTER TABLE ${this.state} ALTER ${ident(name)} TYPE ${type}`);
+    // The columns are compared only when the input's schema differs from the last batch's.
+    const fresh = this.freshShape;
+    if (fresh !== this.freshCols) {
+      const have = new Map((await this.conn.runAndReadAll(`DESCRIBE ${this.state}`)).getRows().map((r) => [String(r[0]), String(r[1])]));
+      for (const [name, type] of (await this.conn.runAndReadAll(`DESCRIBE ${this.fresh}`)).getRows().map((r) => [String(r[0]), String(r[1])])) {
+        const t = have.get(name);
+        if (t === undefined) await this.conn.run(`ALTER TABLE ${this.state} ADD COLUMN ${ident(name)} ${type}`);
+        else if (t !== type) await this.conn.run(`ALTER TABLE ${this.state} ALTER ${ident(name)} TYPE ${type}`);
+      }
+      this.freshCols = fresh;
     }
     await this.conn.run(`INSERT INTO ${this.state} BY NAME SELECT * FROM ${this.fresh}`);
   }
+
+  /** The input schema (the executor's shape key) of the last `fresh` appended to the state, and of `fresh` now (see appendFresh). */
+  private freshCols?: string;
+  private freshShape?: string;
 
   /** Forgets an attempt that did not commit, and the state file it staged. */
   async abandon(dir: string): Promise<void> {

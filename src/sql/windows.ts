@@ -29,6 +29,12 @@ export interface WindowedQuery {
   /** The input relation, filtered by the model's WHERE, with every column and MSG_COL. */
   input: string;
   /**
+   * The expressions the aggregates evaluate per row (their arguments and FILTER conditions),
+   * over the input's columns: evaluating them over a batch's rows shows, in that batch, a
+   * message whose values the aggregation cannot take.
+   */
+  perRow: string[];
+  /**
    * The aggregation over relation CLOSING (the rows of the windows being emitted, with their
    * window in WINDOW_COLUMNS.start / .end): the model with its window calls replaced, which also
    * outputs the window's start and end as WINDOW_COLUMNS.start / .end.
@@ -112,6 +118,15 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   const time = await exprSql(conn, timeNode);
   const p = await Promise.all(params.map((x) => exprSql(conn, x)));
   const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, g)));
+  const perRowNodes: Node[] = [];
+  walkExpr([root.select_list, root.having], (x) => {
+    if (x.class === 'FUNCTION' && aggs.has(String(x.function_name).toLowerCase())) {
+      perRowNodes.push(...((x.children ?? []) as Node[]));
+      if (x.filter) perRowNodes.push(x.filter as Node);
+      for (const o of (x.order_bys?.orders ?? []) as Node[]) perRowNodes.push(o.expression as Node);
+    }
+  });
+  const perRow = [...new Set(await Promise.all(perRowNodes.map((x) => exprSql(conn, x))))];
   const names = new Set<string>();
   walkExpr([root.select_list, root.group_expressions, root.having, root.modifiers], (x) => {
     if (x.class === 'COLUMN_REF') for (const n of x.column_names as string[]) names.add(n.toLowerCase());
@@ -142,6 +157,7 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
     names: [...names],
     qualifier,
     input: await deserialize(conn, inputAst),
+    perRow,
     emit: await deserialize(conn, emitAst),
   };
   const shown = outputNames(e);
