@@ -116,6 +116,13 @@ export interface Source {
    * record of its failed messages is durable; chunks are acked in the order they were polled.
    */
   ack(chunk: SourceChunk): Promise<void>;
+  /**
+   * The partitions this worker reads now, as `topic/partition` (MessageMeta's topic and
+   * partition). A windowed model's watermark waits for each of them until it has an event or
+   * has been idle for idle_timeout, so that a partition read late does not find its windows
+   * already closed. Optional: a source without partitions omits it.
+   */
+  partitions?(): string[];
   /** False while the source has lost its connection (optional: sources without one omit it). */
   healthy?(): boolean;
   /**

@@ -87,6 +87,8 @@ export interface PreparedBatch {
   addedMeta: string[];
   /** The source partitions of the messages (set when a windowed model needs them). */
   partitions?: PartitionRun[];
+  /** The partitions the source reads (Source.partitions), when it has them and a windowed model needs them. */
+  assigned?: string[];
   /** Messages that failed to decode (their failures are in `failures`). */
   bad: Set<number>;
   failures: MessageFailure[];

@@ -373,7 +373,7 @@ export class BatchExecutor {
       try {
         const op = this.windows.get(m.name);
         if (op) {
-          const w = await op.run({ batch: this.current.batch, shape: this.shape.key, partitions: this.current.partitions ?? [] });
+          const w = await op.run({ batch: this.current.batch, shape: this.shape.key, partitions: this.current.partitions ?? [], assigned: this.current.assigned });
           if (w.refused) return { ok: false, error: w.refused[0].error, model: m.name, refused: w.refused };
           continue;
         }

@@ -423,6 +423,7 @@ export class Pipeline {
       () => this.executor.prepare(batch.messages, lane, batch.block),
       async () => {},
     );
+    if (prepared.partitions) prepared.assigned = this.source?.partitions?.();
     return { batch, prepared, readMs };
   }
 
@@ -441,7 +442,7 @@ export class Pipeline {
       'writing a batch to the WAL',
       async () => {
         // After a failure the batch is decoded again: isolating bad messages changes its tables.
-        if (first) prepared ??= await this.executor.prepare(batch.messages, first.lane, batch.block);
+        if (first && !prepared) prepared = { ...(await this.executor.prepare(batch.messages, first.lane, batch.block)), assigned: first.assigned };
         const p = prepared;
         prepared = undefined;
         return this.stageBatch(batch, p, () => (dlqTouched = true));

@@ -224,7 +224,7 @@ export class WindowOperator {
    * `closeAll`: the input ended; every window closes. Returns messages refused (late, under
    * `late: dlq`), which leave the batch.
    */
-  async run(opts: { batch?: string; shape: string; partitions: PartitionRun[]; closeAll?: boolean }): Promise<{ refused?: MessageFailure[] }> {
+  async run(opts: { batch?: string; shape: string; partitions: PartitionRun[]; assigned?: string[]; closeAll?: boolean }): Promise<{ refused?: MessageFailure[] }> {
     const closeAll = opts.closeAll === true;
     const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
     let dropped = 0;
@@ -248,7 +248,7 @@ export class WindowOperator {
       // What the aggregates evaluate per row, over this batch's rows: a message whose values
       // they cannot take fails now, in its own batch (where it is isolated), not when its window closes.
       if (this.w.perRow.length) await this.conn.run(`SELECT max(hash(${this.w.perRow.join(', ')})) FROM ${this.fresh} AS ${ident(this.w.qualifier)}`);
-      await this.advance(parts, opts.partitions, refused.max);
+      await this.advance(parts, opts.partitions, refused.max, opts.assigned);
     }
     const wm = closeAll ? POS : this.watermark(parts);
     const fired = this.fired;
@@ -361,14 +361,20 @@ export class WindowOperator {
     return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows, max };
   }
 
-  /** Advances the per-partition maxima and last-seen times with this batch's rows. */
-  private async advance(parts: Map<string, { max: number | null; seen: number }>, runs: PartitionRun[], max: number | null): Promise<void> {
+  /**
+   * Advances the per-partition maxima and last-seen times with this batch's rows. A partition
+   * is seen when it has a row (a partition whose messages the model's WHERE filters out goes
+   * idle). `assigned`: the partitions the source reads; one not known yet is added without an
+   * event, holding the watermark back until it has one or goes idle; one no longer read is
+   * dropped.
+   */
+  private async advance(parts: Map<string, { max: number | null; seen: number }>, runs: PartitionRun[], max: number | null, assigned: string[] | undefined): Promise<void> {
     const now = this.clock.now();
     const names = [...new Set(runs.map((r) => r.part))];
-    for (const p of names) {
-      const x = parts.get(p);
-      if (x) x.seen = now;
-      else parts.set(p, { max: null, seen: now });
+    if (assigned) {
+      const keep = new Set([...assigned, ...names]);
+      for (const p of [...parts.keys()]) if (!keep.has(p)) parts.delete(p);
+      for (const p of assigned) if (!parts.has(p)) parts.set(p, { max: null, seen: now });
     }
     // One partition: the batch's largest event time, found with the late rows.
     const maxima: unknown[][] =
@@ -383,6 +389,7 @@ export class WindowOperator {
       if (max === null) continue;
       const x = parts.get(String(p)) ?? { max: null, seen: now };
       x.max = x.max === null ? Number(max) : Math.max(x.max, Number(max));
+      x.seen = now;
       parts.set(String(p), x);
     }
   }
@@ -390,9 +397,11 @@ export class WindowOperator {
   /** The watermark: the minimum over the active partitions of their largest event time, less the lateness; never going back. */
   private watermark(parts: Map<string, { max: number | null; seen: number }>): number {
     const now = this.clock.now();
+    const active = [...parts.values()].filter((p) => now - p.seen <= this.us.idle / 1000);
+    // A partition read but without an event yet holds the watermark (until it goes idle).
+    if (active.some((p) => p.max === null)) return this.fired;
     const known = [...parts.values()].filter((p) => p.max !== null) as { max: number; seen: number }[];
-    const active = known.filter((p) => now - p.seen <= this.us.idle / 1000);
-    const from = active.length ? active : known;
+    const from = active.length ? (active as { max: number; seen: number }[]) : known;
     if (from.length === 0) return this.fired;
     return Math.max(this.fired, Math.min(...from.map((p) => p.max)) - this.us.lateness);
   }

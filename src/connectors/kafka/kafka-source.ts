@@ -459,6 +459,10 @@ export class KafkaSource implements Source {
    * group's committed offset (a partition that was away and came back may have moved on
    * elsewhere), else the start position. The offsets are asked of the cluster.
    */
+  partitions(): string[] {
+    return this.queue.assignment().map((p) => `${p.topic}/${p.partition}`);
+  }
+
   async lag(): Promise<SourceLag[]> {
     if (this.closing || !this.admin) throw new Error('not connected');
     const run = this.lagNow(this.admin);

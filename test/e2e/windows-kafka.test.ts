@@ -1,0 +1,132 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
+import { clickEvent, LATENESS, WINDOW_MODELS } from '../helpers/window-data.js';
+
+// Windowed models over a real Kafka protocol broker (librdkafka's mock cluster): a run
+// SIGKILLed ten times and more (at random, and at crash points on both sides of the WAL
+// commit) gives exactly the output of an uninterrupted run over the same topic. The topic is
+// keyed by user, so each partition's event times are out of order only within the lateness,
+// and the watermark is the minimum over the four partitions.
+
+const EVENTS = 60_000;
+let mk: MockKafka;
+const root = tempDir('sluice-windows-kafka-');
+
+beforeAll(async () => {
+  mk = await startMockKafka();
+});
+afterAll(async () => {
+  await mk?.stop();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+const MODELS = ['revenue', 'moving', 'sessions'];
+
+function project(name: string, topic: string): string {
+  const p = path.join(root, name);
+  const models = Object.fromEntries(MODELS.map((m) => [`models/${m}.sql`, WINDOW_MODELS[`models/${m}.sql`]]));
+  writeFiles(p, {
+    'config/sources.yml': `source:\n  type: kafka\n  brokers: ${mk.brokers}\n  topics: [${topic}]\n  group_id: g-${name}-${topic}\n  session_timeout_ms: 4000\n  rebalance_timeout_ms: 4000\n  heartbeat_interval_ms: 400\n  max_wait_ms: 100\n  batch_size: 1500\n  batch_timeout_ms: 200\n  dlq: .sluice/dlq\n`,
+    'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+    'config/models.yml': `max_age_seconds: 0.5\noverrides:\n${MODELS.map((m) => `  ${m}:\n    window:\n      lateness: ${LATENESS}\n`).join('')}`,
+    ...models,
+  });
+  return p;
+}
+
+async function runToEnd(p: string, group: string, topic: string): Promise<void> {
+  const w = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'w1' } });
+  const t0 = Date.now();
+  // Stopped only once it reads (a SIGTERM before the CLI has loaded would just end the process).
+  await until(() => w.err().includes('reading from the source'), 60_000, 20);
+  await until(() => groupCaughtUp(mk.admin, group, topic), 120_000, 200);
+  console.log(`windows over kafka: ${path.basename(p)} caught up in ${Date.now() - t0} ms`);
+  w.kill('SIGTERM');
+  expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+}
+
+/** A model's output rows, as a relation. */
+function rows(p: string, model: string): string {
+  return `(SELECT * FROM read_parquet('${path.join(p, 'output', model)}/**/*.parquet'))`;
+}
+
+describe('windowed models over Kafka', () => {
+  it('SIGKILLed at least ten times, a run gives exactly the output of an uninterrupted one', async () => {
+    const topic = uniqueTopic('sluice-win');
+    await ensureTopic(mk.admin, topic);
+    // Keyed by user: a user's events stay in order of writing within their partition.
+    const events = (from: number, n: number) =>
+      Array.from({ length: n }, (_, i) => {
+        const value = clickEvent(from + i);
+        return { key: (JSON.parse(value) as { user: string }).user, value };
+      });
+    let produced = EVENTS;
+    await produce(mk.producer, topic, events(0, EVENTS));
+
+    const killed = project('killed', topic);
+    const args = ['run', '--project', killed, '--port', '0'];
+    let kills = 0;
+    const how: Record<string, number> = {};
+    const t0 = Date.now();
+    for (let i = 0; kills < 10 && i < 30; i++) {
+      // A fast machine may have read the topic between kills: more events, so every kill has work.
+      if (await groupCaughtUp(mk.admin, `g-killed-${topic}`, topic)) {
+        await produce(mk.producer, topic, events(produced, 20_000));
+        produced += 20_000;
+      }
+      const point = ['after-commit', 'before-commit', undefined][i % 3];
+      const env: NodeJS.ProcessEnv = { SLUICE_WORKER_ID: 'w1', ...(point ? { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: String(2 + Math.floor(Math.random() * 4)) } : {}) };
+      const w = sluiceBg(args, { env });
+      if (point) await waitExit(w, 90_000).catch(() => {});
+      else {
+        await until(() => w.err().includes('batch') || w.err().includes('reading from the source') || w.exitCode !== null, 60_000, 20);
+        await new Promise((r) => setTimeout(r, 300 + Math.floor(Math.random() * 1500)));
+      }
+      if (w.exitCode === null && w.signalCode === null) w.kill('SIGKILL');
+      const exit = await waitExit(w, 60_000);
+      if (exit.signal === 'SIGKILL') {
+        kills++;
+        const why = point && !w.killed ? point : 'random';
+        how[why] = (how[why] ?? 0) + 1;
+      }
+    }
+    console.log(`windows over kafka: ${kills} kills ${JSON.stringify(how)} in ${Date.now() - t0} ms`);
+    expect(kills).toBeGreaterThanOrEqual(10);
+    expect(how['after-commit'] ?? 0).toBeGreaterThanOrEqual(2);
+    expect(how['before-commit'] ?? 0).toBeGreaterThanOrEqual(2);
+    await runToEnd(killed, `g-killed-${topic}`, topic);
+    // The uninterrupted run reads the same topic, every event the killed runs read.
+    const calm = project('calm', topic);
+    await runToEnd(calm, `g-calm-${topic}`, topic);
+
+    const db = await DuckDBInstance.create(':memory:');
+    const conn = await db.connect();
+    try {
+      for (const m of MODELS) {
+        const a = rows(calm, m);
+        const b = rows(killed, m);
+        const n = async (q: string) => Number((await conn.runAndReadAll(q)).getRows()[0][0]);
+        const total = await n(`SELECT count(*) FROM ${a}`);
+        expect(total, `${m}: the uninterrupted run emitted windows`).toBeGreaterThan(0);
+        expect({
+          model: m,
+          killed: await n(`SELECT count(*) FROM ${b}`),
+          extra: await n(`SELECT count(*) FROM (FROM ${b} EXCEPT ALL FROM ${a})`),
+          missing: await n(`SELECT count(*) FROM (FROM ${a} EXCEPT ALL FROM ${b})`),
+        }).toEqual({
+          model: m,
+          killed: total,
+          extra: 0,
+          missing: 0,
+        });
+      }
+    } finally {
+      conn.closeSync();
+      db.closeSync();
+    }
+  }, 600_000);
+});
