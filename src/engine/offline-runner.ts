@@ -86,6 +86,16 @@ export async function runMessages(
     const outcome = await ex.process(messages);
     const outputs: FixtureRun['outputs'] = new Map();
     for (const m of models) outputs.set(m.name, await ex.readOutput(m.name));
+    if (ex.windows.size) {
+      // The fixture is the whole input: every window still open closes, as at the end of a file.
+      await ex.windows.commit();
+      await ex.closeWindows();
+      for (const m of models) {
+        const more = await ex.readOutput(m.name);
+        const had = outputs.get(m.name)!;
+        outputs.set(m.name, { columns: had.columns.length ? had.columns : more.columns, rows: [...had.rows, ...more.rows] });
+      }
+    }
     await inspect?.(conn, source, outputs);
     return { outputs, failures: outcome.failures, missing: outcome.contract.missing };
   } finally {
