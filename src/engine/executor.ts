@@ -141,10 +141,12 @@ export class BatchExecutor {
   }
 
   /**
-   * The input has ended: every window closes. Runs the windowed models over their state alone
-   * and the models downstream of them that read nothing else; the other models make no rows.
+   * The input has ended (`end`): every window closes; or time has passed with no message
+   * (`tick`): the windows the watermark has passed close (processing time, idle partitions).
+   * Runs the windowed models over their state alone and the models downstream of them that
+   * read nothing else; the other models make no rows.
    */
-  async closeWindows(): Promise<BatchOutcome> {
+  async closeWindows(mode: 'end' | 'tick' = 'end'): Promise<BatchOutcome> {
     const rows = new Map<string, number>();
     const produced = new Set<string>();
     this.report = emptyReport();
@@ -152,7 +154,7 @@ export class BatchExecutor {
       const op = this.windows.get(m.name);
       const table = `${MODEL_SCHEMA}.${ident(m.name)}`;
       if (op) {
-        await op.run({ shape: this.shape.key, partitions: [], closeAll: true });
+        await op.run({ shape: this.shape.key, partitions: [], closeAll: mode === 'end', tick: mode === 'tick' });
         if (!(await this.tableExists(m.name))) {
           rows.set(m.name, 0);
           continue;
@@ -382,6 +384,8 @@ export class BatchExecutor {
         if (r.refused) return { ok: false, error: r.refused[0].error, model: m.name, refused: r.refused };
         if (target) rows?.set(m.name, r.rows!);
       } catch (err) {
+        // A limit the run must stop at (a windowed model's max_groups_per_window): no message's fault.
+        if (err instanceof SluiceError && (err.code === 'CONFIG' || err.code === 'INTERNAL')) throw err;
         // A full disk or a failing allocation would fail every message alike: never theirs.
         const infra = asInfraError(err, direct?.has(m.name) ? `writing the WAL segment of model ${m.name}` : `running model ${m.name}`);
         if (infra) throw infra;

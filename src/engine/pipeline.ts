@@ -25,6 +25,9 @@ import { StallGuard } from './stall.js';
 import { Batcher, batchingOf, systemClock, type Clock, type SourceBatch } from './batcher.js';
 import { logDeadLetters } from './dead-letter-log.js';
 
+/** How often a waiting run checks whether time alone closes a window (processing time, idle partitions). */
+const TICK_MS = 1000;
+
 export interface RunOptions {
   project: Project;
   log: Logger;
@@ -228,7 +231,7 @@ export class Pipeline {
       if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
       const ended = await this.loop(source, batcher, srcDef.name);
       // A finite source read to its end: every open window closes.
-      if (ended && (await this.executor.windows.holdsState())) await this.closeWindows(source, srcDef.name);
+      if (ended && this.executor.windows.holdsState()) await this.closeWindows(source, srcDef.name);
       clean = true;
     } finally {
       this.metrics.watchLag(srcDef.name, undefined);
@@ -383,7 +386,7 @@ export class Pipeline {
         // Waiting now: the batch being formed is handed over as soon as it holds a message.
         batcher.demand();
         const waitStart = performance.now();
-        const cur = await pending;
+        const cur = await this.waitWithTicks(pending, source, sourceName);
         const wait = Math.round(performance.now() - waitStart);
         if (cur === null) {
           if (signal.aborted) return false;
@@ -406,10 +409,33 @@ export class Pipeline {
    * the source position already committed (a crash before its commit closes them again).
    */
   private async closeWindows(source: Source, sourceName: string): Promise<void> {
-    const position = asCheckpoint(this.wal.state.checkpoint).position;
-    const batch: SourceBatch = { messages: [], chunks: [], position } as unknown as SourceBatch;
-    await this.handleBatch(batch, undefined, source, sourceName, { read: 0, wait: 0 });
+    await this.windowPass('end', source, sourceName);
     this.log.info('closed every open window at the end of the input');
+  }
+
+  /** A batch of no message that closes windows (see BatchExecutor.closeWindows), at the committed source position. */
+  private async windowPass(mode: 'end' | 'tick', source: Source, sourceName: string): Promise<void> {
+    const position = asCheckpoint(this.wal.state.checkpoint).position;
+    const batch: SourceBatch = { messages: [], chunks: [], position, bytes: 0 };
+    await this.handleBatch(batch, mode, source, sourceName, { read: 0, wait: 0 });
+  }
+
+  /**
+   * Waits for the next batch; meanwhile, with windowed models, closes every TICK_MS the windows
+   * that time alone closes (processing time, or partitions gone idle), so that a quiet source
+   * does not hold back what is due.
+   */
+  private async waitWithTicks(pending: Promise<ReadBatch | null>, source: Source, sourceName: string): Promise<ReadBatch | null> {
+    if (!this.executor.windows.ticks) return pending;
+    const TICK = Symbol('tick');
+    for (;;) {
+      let cancel = () => {};
+      const tick = new Promise<typeof TICK>((resolve) => (cancel = this.clock.after(TICK_MS, () => resolve(TICK))));
+      const r = await Promise.race([pending, tick]);
+      cancel();
+      if (r !== TICK) return r;
+      if (!this.opts.signal.aborted && this.executor.windows.wouldAdvance()) await this.windowPass('tick', source, sourceName);
+    }
   }
 
   private async readAndPrepare(batcher: Batcher, lane: number): Promise<ReadBatch | null> {
@@ -432,7 +458,10 @@ export class Pipeline {
    * the way (the WAL's or the DLQ's disk full, say) undoes what was staged and tries the batch
    * again (untilItWorks): the messages were not acked, and none is blamed for it.
    */
-  private async handleBatch(batch: SourceBatch, first: PreparedBatch | undefined, source: Source, sourceName: string, clock: BatchClock): Promise<void> {
+  private async handleBatch(batch: SourceBatch, given: PreparedBatch | 'end' | 'tick', source: Source, sourceName: string, clock: BatchClock): Promise<void> {
+    // A windows pass (the input ended, or time passed) has no message: the windows close.
+    const first = typeof given === 'string' ? undefined : given;
+    const pass = typeof given === 'string' ? given : undefined;
     const timer = this.metrics.batchDuration.startTimer();
     this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
     const dlqBefore = this.dlq?.mark();
@@ -445,7 +474,7 @@ export class Pipeline {
         if (first && !prepared) prepared = { ...(await this.executor.prepare(batch.messages, first.lane, batch.block)), assigned: first.assigned };
         const p = prepared;
         prepared = undefined;
-        return this.stageBatch(batch, p, () => (dlqTouched = true));
+        return this.stageBatch(batch, p ?? pass!, () => (dlqTouched = true));
       },
       async () => {
         await this.wal.abandon();
@@ -500,7 +529,7 @@ export class Pipeline {
    * the dead letters and commits the batch (segments, DLQ mark, source position) in the WAL.
    * Nothing is counted here: a failure is undone and the batch staged again.
    */
-  private async stageBatch(batch: SourceBatch, prepared: PreparedBatch | undefined, dlqTouched: () => void): Promise<{ outcome: BatchOutcome; rows: Map<string, number>; records: DeadLetter[] }> {
+  private async stageBatch(batch: SourceBatch, prepared: PreparedBatch | 'end' | 'tick', dlqTouched: () => void): Promise<{ outcome: BatchOutcome; rows: Map<string, number>; records: DeadLetter[] }> {
     // Segment names need the batch's sequence number and keys before the models run.
     const seq = this.wal.nextSeq();
     const first = batch.first ?? `${this.workerId}.${String(seq).padStart(12, '0')}`;
@@ -510,8 +539,7 @@ export class Pipeline {
     try {
       const keep = this.tests?.keepInTables();
       const targets = new Map([...paths].filter(([k]) => !keep?.has(k)).map(([k, v]) => [k, v.tmp]));
-      // No prepared batch: the input ended and the windows close (closeWindows).
-      outcome = prepared ? await this.executor.execute(prepared, targets) : await this.executor.closeWindows();
+      outcome = typeof prepared === 'string' ? await this.executor.closeWindows(prepared) : await this.executor.execute(prepared, targets);
       if (this.tests) {
         const testStart = performance.now();
         await this.tests.enforce(outcome, this.testSink, targets);

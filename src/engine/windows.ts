@@ -101,6 +101,8 @@ export class WindowOperator {
   /** Messages of the current batch dead-lettered as late (its attempts add to it). */
   private lateMsgs = new Set<number>();
   private stateExists = false;
+  /** Rows in the state after the last commit. */
+  private rows = 0;
   private fired = NEG;
   private parts = new Map<string, { max: number | null; seen: number }>();
   private files: string[] = [];
@@ -224,14 +226,16 @@ export class WindowOperator {
    * `closeAll`: the input ended; every window closes. Returns messages refused (late, under
    * `late: dlq`), which leave the batch.
    */
-  async run(opts: { batch?: string; shape: string; partitions: PartitionRun[]; assigned?: string[]; closeAll?: boolean }): Promise<{ refused?: MessageFailure[] }> {
+  async run(opts: { batch?: string; shape: string; partitions: PartitionRun[]; assigned?: string[]; closeAll?: boolean; tick?: boolean }): Promise<{ refused?: MessageFailure[] }> {
     const closeAll = opts.closeAll === true;
+    const tick = opts.tick === true;
     const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
     let dropped = 0;
     let updates: number[] = [];
     let updatedRows = 0;
     let added = 0;
-    if (closeAll) {
+    if (closeAll || tick) {
+      // No new rows: the end of the input, or time passing (processing time, idle partitions).
       if (!this.stateExists) {
         this.pending = { parts, wm: this.fired, dropped, updates, updatedRows, added, closeAll };
         return {};
@@ -245,6 +249,10 @@ export class WindowOperator {
       updates = refused.updates;
       updatedRows = refused.updatedRows;
       added -= dropped;
+      if (this.settings.maxGroupsPerWindow) {
+        const over = await this.overCap(this.settings.maxGroupsPerWindow);
+        if (over.length) return { refused: over };
+      }
       // What the aggregates evaluate per row, over this batch's rows: a message whose values
       // they cannot take fails now, in its own batch (where it is isolated), not when its window closes.
       if (this.w.perRow.length) await this.conn.run(`SELECT max(hash(${this.w.perRow.join(', ')})) FROM ${this.fresh} AS ${ident(this.w.qualifier)}`);
@@ -298,7 +306,8 @@ export class WindowOperator {
       this.columns.set(shape, cols);
     }
     const q = ident(this.w.qualifier);
-    const time = `CAST(${this.w.time} AS TIMESTAMP)`;
+    // Processing time: when the engine handles the batch.
+    const time = this.w.processing ? ts(this.clock.now() * 1000) : `CAST(${this.w.time} AS TIMESTAMP)`;
     const extra = [
       `${time} AS ${this.tsCol}`,
       ...this.w.keys.map((k, i) => `${k} AS ${W.key}${i}`),
@@ -362,6 +371,41 @@ export class WindowOperator {
   }
 
   /**
+   * max_groups_per_window: the groups this batch would add to a window already holding the
+   * most it may. on_max_groups: fail stops the run; dlq refuses the messages of the groups past
+   * the cap (the first new groups of a batch, in message order, take the room left). A
+   * session window's groups are its keys with an open session.
+   */
+  private async overCap(cap: number): Promise<MessageFailure[]> {
+    const keys = this.w.keys.map((_, i) => `${W.key}${i}`);
+    const win = this.w.kind === 'session' ? `0::BIGINT` : W.start;
+    const assign = (rel: string) =>
+      this.w.kind === 'hop' ? `SELECT ${W.start} AS __w, ${[...keys, MSG_COL].join(', ')} FROM (${this.windowsOf(rel)})` : `SELECT ${win} AS __w, ${[...keys, MSG_COL].join(', ')} FROM ${rel}`;
+    const same = ['f.__w = o.__w', ...keys.map((k) => `f.${k} IS NOT DISTINCT FROM o.${k}`)].join(' AND ');
+    const grouped = ['__w', ...keys].join(', ');
+    const old = this.stateExists
+      ? `SELECT DISTINCT ${grouped} FROM (${assign(this.state)}) WHERE __w IN (SELECT __w FROM (${assign(this.fresh)}))`
+      : `SELECT ${grouped} FROM (${assign(this.fresh)}) WHERE false`;
+    const over = await this.conn.runAndReadAll(`
+      WITH fresh_groups AS (SELECT ${grouped}, min(${MSG_COL}) AS __first FROM (${assign(this.fresh)}) GROUP BY ALL),
+           old AS (${old}),
+           counts AS (SELECT __w, count(*) AS __n FROM old GROUP BY __w),
+           added AS (SELECT f.* FROM fresh_groups f WHERE NOT EXISTS (SELECT 1 FROM old o WHERE ${same})),
+           ranked AS (SELECT a.*, coalesce(c.__n, 0) + row_number() OVER (PARTITION BY a.__w ORDER BY a.__first) AS __rank FROM added a LEFT JOIN counts c USING (__w))
+      SELECT DISTINCT f.${MSG_COL}, ${this.w.kind === 'session' ? 'NULL' : 'epoch_us(r.__w)'} FROM (${assign(this.fresh)}) f JOIN ranked r ON ${same.replaceAll('o.', 'r.')} WHERE r.__rank > ${cap} ORDER BY 1`);
+    const rows = over.getRows();
+    if (rows.length === 0) return [];
+    const where = (w: unknown) => (w === null ? 'open sessions' : `the window starting ${new Date(Number(w) / 1000).toISOString()}`);
+    if (this.settings.onMaxGroups === 'fail') {
+      throw new SluiceError(
+        'CONFIG',
+        `model ${this.model}: ${where(rows[0][1])} would hold more than max_groups_per_window (${cap}) groups; raise it, or set on_max_groups: dlq to dead-letter the messages past it`,
+      );
+    }
+    return rows.map(([m, w]) => ({ index: Number(m), stage: 'transform' as const, model: this.model, error: `${where(w)} already holds max_groups_per_window (${cap}) groups; on_max_groups: dlq` }));
+  }
+
+  /**
    * Advances the per-partition maxima and last-seen times with this batch's rows. A partition
    * is seen when it has a row (a partition whose messages the model's WHERE filters out goes
    * idle). `assigned`: the partitions the source reads; one not known yet is added without an
@@ -397,6 +441,7 @@ export class WindowOperator {
   /** The watermark: the minimum over the active partitions of their largest event time, less the lateness; never going back. */
   private watermark(parts: Map<string, { max: number | null; seen: number }>): number {
     const now = this.clock.now();
+    if (this.w.processing) return Math.max(this.fired, now * 1000 - this.us.lateness);
     const active = [...parts.values()].filter((p) => now - p.seen <= this.us.idle / 1000);
     // A partition read but without an event yet holds the watermark (until it goes idle).
     if (active.some((p) => p.max === null)) return this.fired;
@@ -484,6 +529,7 @@ export class WindowOperator {
     if (p.staged?.compact) for (const f of old) await fsp.rm(path.join(dir, f), { force: true });
     for (const u of p.updates) this.revisions.set(u, (this.revisions.get(u) ?? 0) + 1);
     for (const u of [...this.revisions.keys()]) if (u + this.us.size + this.us.allowed <= p.wm) this.revisions.delete(u);
+    this.rows = await this.countRows();
     this.fired = p.wm;
     this.parts = p.parts;
     this.counts.late.drop += p.dropped;
@@ -539,12 +585,23 @@ export class WindowOperator {
     await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM read_parquet(${fileList(this.files.map((f) => path.join(dir, f)))}, union_by_name = true)`);
     this.stateExists = true;
     await this.evict(this.state, this.fired);
+    this.rows = await this.countRows();
+  }
+
+  private async countRows(): Promise<number> {
+    if (!this.stateExists) return 0;
+    return Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]);
+  }
+
+  /** True when time passing alone would close a window now (processing time, or partitions gone idle). */
+  wouldAdvance(): boolean {
+    if (this.rows === 0 || this.pending) return false;
+    return this.watermark(this.parts) > this.fired;
   }
 
   /** True while the model holds rows of windows not yet emitted. */
-  async holdsState(): Promise<boolean> {
-    if (!this.stateExists) return false;
-    return Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]) > 0;
+  holdsState(): boolean {
+    return this.rows > 0;
   }
 
   /** Rows and windows in the state, and the bytes of its files, for the metrics. */
@@ -608,9 +665,18 @@ export class WindowSet {
     for (const [m, op] of this.ops) await op.abandon(this.dirOf(m));
   }
 
-  async holdsState(): Promise<boolean> {
-    for (const op of this.ops.values()) if (await op.holdsState()) return true;
-    return false;
+  holdsState(): boolean {
+    return [...this.ops.values()].some((op) => op.holdsState());
+  }
+
+  /** True when time passing alone would close a window now (see WindowOperator.wouldAdvance). */
+  wouldAdvance(): boolean {
+    return [...this.ops.values()].some((op) => op.wouldAdvance());
+  }
+
+  /** True when a model's windows close with time alone: processing time, or partitions that may go idle. */
+  get ticks(): boolean {
+    return this.ops.size > 0;
   }
 
   async stats(model: string): Promise<{ rows: number; windows: number; bytes: number }> {

@@ -16,6 +16,11 @@ export interface WindowedQuery {
   written: string;
   /** The event time (SQL over the input relation). */
   time: string;
+  /**
+   * Processing time: the window's time is PROCTIME() (or now(), CURRENT_TIMESTAMP): when the
+   * engine handles the event, for sources whose messages carry no time of their own.
+   */
+  processing: boolean;
   /** Interval SQL: a tumbling or hopping window's size, a hopping window's slide, a session's gap. */
   size?: string;
   slide?: string;
@@ -51,6 +56,9 @@ const WINDOW_CALLS: Record<string, { kind: WindowKind; args: number }> = {
   session: { kind: 'session', args: 2 },
   time_bucket: { kind: 'tumble', args: 2 },
 };
+
+/** The calls that mean processing time as a window's time argument. */
+const PROCESSING_TIME = new Set(['proctime', 'now', 'current_timestamp', 'get_current_timestamp', 'transaction_timestamp']);
 
 const BOUNDS: Record<string, { kind: WindowKind; end: boolean }> = {
   tumble_start: { kind: 'tumble', end: false },
@@ -116,6 +124,9 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   const args = call.children as Node[];
   const [timeNode, ...params] = fn === 'time_bucket' ? [args[1], args[0]] : args;
   const time = await exprSql(conn, timeNode);
+  const processing =
+    (timeNode.class === 'FUNCTION' && PROCESSING_TIME.has(String(timeNode.function_name).toLowerCase()) && (timeNode.children as Node[]).length === 0) ||
+    (timeNode.class === 'COLUMN_REF' && (timeNode.column_names as string[]).length === 1 && String(timeNode.column_names[0]).toLowerCase() === 'current_timestamp');
   const p = await Promise.all(params.map((x) => exprSql(conn, x)));
   const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, g)));
   const perRowNodes: Node[] = [];
@@ -147,11 +158,15 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   replaceBounds([e.select_list, e.having, e.modifiers]);
   e.select_list.push(colref([WINDOW_COLUMNS.start], WINDOW_COLUMNS.start), colref([WINDOW_COLUMNS.end], WINDOW_COLUMNS.end));
 
+  if (processing && fn === 'time_bucket') {
+    return { stateful: ['time_bucket() over processing time would be evaluated again when the window closes: write TUMBLE(PROCTIME(), size)'], outputColumns };
+  }
   const written = callText(sql, Number(call.query_location)) ?? `${fn}(${(fn === 'time_bucket' ? [p[0], time] : [time, ...p]).join(', ')})`;
   const window: WindowedQuery = {
     kind: spec.kind,
     written,
     time,
+    processing,
     ...(spec.kind === 'tumble' ? { size: p[0] } : spec.kind === 'hop' ? { slide: p[0], size: p[1] } : { gap: p[0] }),
     keys,
     names: [...names],

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
-import { jsonLogs, killRepeatedly, sluice, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { jsonLogs, killRepeatedly, sluice, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
 import { compareWithBatch, loadEvents, WINDOW_MODELS, WINDOW_MODELS_YML, writeClicks } from '../helpers/window-data.js';
 
@@ -166,5 +166,86 @@ describe('late events', () => {
     const dead = projectDeadLetters(p);
     expect(dead).toHaveLength(2);
     expect(dead[0].error).toMatch(/its state is gone \(allowed_lateness 3 minutes\); late: update/);
+  });
+});
+
+describe('limits and processing time', () => {
+  // Three currencies a minute, and a cap of two groups per window.
+  function capProject(name: string, policy: string): string {
+    const p = path.join(root, name);
+    const lines: string[] = [];
+    for (let m = 0; m < 5; m++) {
+      for (let k = 0; k < 12; k++) lines.push(JSON.stringify({ ts: new Date(Date.UTC(2026, 0, 1, 0, m, k * 5)).toISOString(), currency: ['EUR', 'USD', 'GBP'][k % 3] }));
+    }
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  batch_size: 7\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+      'config/models.yml': `overrides:\n  per_minute:\n    window:\n      max_groups_per_window: 2\n      on_max_groups: ${policy}\n`,
+      'models/per_minute.sql': "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, currency, count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), currency\n",
+      'data/events.ndjson': `${lines.join('\n')}\n`,
+    });
+    return p;
+  }
+
+  it('max_groups_per_window with on_max_groups: dlq dead-letters exactly the messages of the groups past the cap', async () => {
+    const p = capProject('cap-dlq', 'dlq');
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-json']);
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    const dir = path.join(p, 'output', 'per_minute');
+    const rows = fs
+      .readdirSync(dir)
+      .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
+      .map((l) => JSON.parse(l) as { minute: string; currency: string; n: number });
+    // Each minute keeps the two currencies that came first (EUR, USD); GBP's four messages a minute are dead-lettered.
+    expect(rows.map((x) => `${x.minute.slice(14, 16)} ${x.currency} ${x.n}`).sort()).toEqual(['00', '01', '02', '03', '04'].flatMap((m) => [`${m} EUR 4`, `${m} USD 4`]));
+    const dead = projectDeadLetters(p);
+    expect(dead).toHaveLength(20);
+    expect(dead.every((d) => JSON.parse(d.payload).currency === 'GBP' && /already holds max_groups_per_window \(2\) groups; on_max_groups: dlq/.test(d.error))).toBe(true);
+  });
+
+  it('max_groups_per_window with on_max_groups: fail stops the run with one clear line and acknowledges nothing past it', async () => {
+    const p = capProject('cap-fail', 'fail');
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/model per_minute: the window starting 2026-01-01T00:00:00.000Z would hold more than max_groups_per_window \(2\) groups; raise it, or set on_max_groups: dlq/);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace at the default log level
+    expect(projectDeadLetters(p)).toEqual([]);
+    // The batch that met the cap was never committed: a restart reads it again.
+    const state = path.join(p, '.sluice', 'wal', 'state.json');
+    expect(fs.existsSync(state) ? (JSON.parse(fs.readFileSync(state, 'utf8')) as { seq: number }).seq : 0).toBe(0);
+  });
+
+  it('a processing-time window (TUMBLE(PROCTIME(), ...)) closes as time passes, also while the source is quiet', async () => {
+    const p = path.join(root, 'processing');
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  follow: true\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+      'config/models.yml': 'max_age_seconds: 0.2\n',
+      'models/per_second.sql': "SELECT TUMBLE_START(PROCTIME(), INTERVAL '1' SECOND) AS second, count(*) AS n FROM incoming GROUP BY TUMBLE(PROCTIME(), INTERVAL '1' SECOND)\n",
+      'data/events.ndjson': '',
+    });
+    const w = sluiceBg(['run', '--project', p, '--port', '0']);
+    try {
+      await until(() => w.err().includes('reading from the source'), 30_000, 20);
+      for (let i = 0; i < 20; i++) {
+        fs.appendFileSync(path.join(p, 'data', 'events.ndjson'), `{"i":${i}}\n`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      // No more input: the last second's window closes on time alone.
+      const dir = path.join(p, 'output', 'per_second');
+      const total = () =>
+        fs.existsSync(dir)
+          ? fs
+              .readdirSync(dir)
+              .filter((f) => f.endsWith('.jsonl'))
+              .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
+              .reduce((n, l) => n + (JSON.parse(l) as { n: number }).n, 0)
+          : 0;
+      await until(() => total() === 20, 20_000, 100, 'every event in a closed window, the source quiet');
+      expect(total()).toBe(20);
+    } finally {
+      w.kill('SIGTERM');
+      await waitExit(w, 30_000);
+    }
   });
 });
