@@ -13,6 +13,8 @@ export interface LineageNode {
   type?: string;
   file?: string;
   line?: number;
+  /** A windowed model's window, watermark and late-data policy (see windowSummary). */
+  window?: string;
 }
 
 export interface LineageEdge {
@@ -31,10 +33,10 @@ export const nodeId = (kind: NodeKind, name: string): string => `${kind}.${name}
  * The project's graph: each source -> the models that read it (source() or `incoming`), model ->
  * the models that ref() it, model -> its sinks. Nodes in order: sources, models in DAG order, sinks.
  */
-export function buildLineage(project: Project): Lineage {
+export function buildLineage(project: Project, windows: ReadonlyMap<string, string> = new Map()): Lineage {
   const nodes: LineageNode[] = [
     ...project.sources.map((s) => ({ id: nodeId('source', s.name), kind: 'source' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
-    ...project.models.map((m) => ({ id: nodeId('model', m.name), kind: 'model' as const, name: m.name, file: m.file })),
+    ...project.models.map((m) => ({ id: nodeId('model', m.name), kind: 'model' as const, name: m.name, file: m.file, ...(windows.has(m.name) ? { window: windows.get(m.name) } : {}) })),
     ...project.sinks.map((s) => ({ id: nodeId('sink', s.name), kind: 'sink' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
   ];
   const edges: LineageEdge[] = [];
@@ -72,7 +74,7 @@ export function focusLineage(g: Lineage, model: string, direction: 'upstream' | 
   return { nodes: g.nodes.filter((n) => keep.has(n.id)), edges: g.edges.filter((e) => keep.has(e.from) && keep.has(e.to)) };
 }
 
-const label = (n: LineageNode): string => `${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}`;
+const label = (n: LineageNode): string => `${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}${n.window ? ` [windowed: ${n.window}]` : ''}`;
 
 /**
  * A readable tree. Downstream: from each root (sources, or the focused model) to the sinks.
@@ -101,7 +103,8 @@ export function asciiTree(g: Lineage, roots: string[], direction: 'upstream' | '
 /** Mermaid `flowchart LR`: sources as stadiums, models as boxes, sinks as cylinders. */
 export function mermaid(g: Lineage): string {
   const id = (x: string) => x.replace(/[^A-Za-z0-9_]/g, '_');
-  const text = (n: LineageNode) => `"${n.name}${n.type ? ` (${n.type})` : ''}"`.replace(/[<>]/g, '');
+  const clean = (x: string) => x.replace(/[<>]/g, '').replaceAll('"', "'");
+  const text = (n: LineageNode) => `"${clean(`${n.name}${n.type ? ` (${n.type})` : ''}`)}${n.window ? `<br/>${clean(n.window.split(' · ')[0])}` : ''}"`;
   const shape = (n: LineageNode) => (n.kind === 'source' ? `([${text(n)}])` : n.kind === 'sink' ? `[(${text(n)})]` : `[${text(n)}]`);
   const lines = ['flowchart LR'];
   for (const n of g.nodes) lines.push(`  ${id(n.id)}${shape(n)}`);
@@ -122,10 +125,10 @@ export interface LineageOptions {
 }
 
 /** What `sluice lineage` prints. */
-export function renderLineage(project: Project, o: LineageOptions): string {
+export function renderLineage(project: Project, o: LineageOptions, windows?: ReadonlyMap<string, string>): string {
   if (o.upstream && o.downstream) throw new SluiceError('USAGE', 'use --upstream or --downstream, not both (neither shows both sides)');
   if ((o.upstream || o.downstream) && !o.model) throw new SluiceError('USAGE', '--upstream and --downstream need --model');
-  const all = buildLineage(project);
+  const all = buildLineage(project, windows);
   const direction = o.upstream ? 'upstream' : o.downstream ? 'downstream' : 'both';
   const g = o.model ? focusLineage(all, o.model, direction) : all;
   if (o.format === 'json') return JSON.stringify({ project: project.name, ...g }, null, 2);

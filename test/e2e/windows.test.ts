@@ -50,7 +50,7 @@ function expectEquivalent(result: Record<string, { output: number; batch: number
 }
 
 describe('windowed models', () => {
-  it('validate accepts windowed models and `models list` shows each window', () => {
+  it('validate accepts windowed models; `models list`, `compile` and `lineage` show each window, its watermark and late policy', () => {
     const p = project('listed', 10);
     const v = sluice(['validate', '--project', p]);
     expect(v.stderr + v.stdout).not.toMatch(/stateful/);
@@ -58,7 +58,14 @@ describe('windowed models', () => {
     const list = sluice(['models', 'list', '--project', p]);
     expect(list.code).toBe(0);
     expect(list.stdout).toMatch(/revenue .*TUMBLE\(ts, INTERVAL '1' MINUTE\)/);
-    expect(list.stdout).toMatch(/sessions .*SESSION\(ts, INTERVAL '30' SECOND\)/);
+    expect(list.stdout).toMatch(/sessions .*SESSION\(ts, INTERVAL '30' SECOND\) per "user" · watermark: max event time - 20 seconds · idle partitions after 60 seconds · late: dlq/);
+    const compiled = sluice(['compile', '--project', p]);
+    expect(compiled.code).toBe(0);
+    expect(compiled.stdout).toMatch(/-- moving \(.*models\/moving.sql\): windowed: HOP\(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE\) · watermark: max event time - 20 seconds/);
+    const lineage = sluice(['lineage', '--project', p]);
+    expect(lineage.code).toBe(0);
+    expect(lineage.stdout).toMatch(/model revenue \[windowed: TUMBLE\(ts, INTERVAL '1' MINUTE\) per currency · .*late: dlq\]/);
+    expect(lineage.stdout).toMatch(/model revenue_eur\n/); // a stateless model reading a windowed one
   });
 
   it("over a million out-of-order events, each kind of window equals plain DuckDB's GROUP BY over the whole file", async () => {

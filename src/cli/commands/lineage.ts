@@ -1,6 +1,26 @@
 import { Option, type Command } from 'commander';
 import { loadProject } from '../../project/project-loader.js';
 import { renderLineage } from '../lineage.js';
+import { openDuckDB } from '../../engine/duckdb.js';
+import { analyzeSql } from '../../sql/analyze.js';
+import { windowSummary } from '../format.js';
+import type { Project } from '../../project/project-loader.js';
+
+/** Each windowed model's window in one line (models whose SQL does not parse are left out). */
+export async function windowSummaries(project: Project): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const { instance, conn } = await openDuckDB({ threads: 1 });
+  try {
+    for (const m of project.models) {
+      const a = await analyzeSql(conn, m.rendered.sql);
+      if (a.window) out.set(m.name, windowSummary(a.window, m.window));
+    }
+  } finally {
+    conn.closeSync();
+    instance.closeSync();
+  }
+  return out;
+}
 import type { CliContext, CommonOpts } from './context.js';
 
 /** `sluice lineage`. */
@@ -12,6 +32,6 @@ export function registerLineage(program: Command, { withProject, projectOpts, ou
     .addOption(new Option('--format <format>', 'ascii tree, mermaid flowchart or JSON nodes and edges').choices(['ascii', 'mermaid', 'json']).default('ascii'))
     .action(async (o: CommonOpts & { model?: string; upstream?: boolean; downstream?: boolean; format: 'ascii' | 'mermaid' | 'json' }) => {
       const project = loadProject(projectOpts(o));
-      out(renderLineage(project, o));
+      out(renderLineage(project, o, await windowSummaries(project)));
     });
 }

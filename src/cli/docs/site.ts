@@ -195,10 +195,15 @@ const JS = `
 })();
 `;
 
+/** Each windowed model's window in one line, for the lineage. */
+function windowsOf(reports: ModelReport[]): Map<string, string> {
+  return new Map(reports.filter((r) => r.analysis.window).map((r) => [r.model.name, windowSummary(r.analysis.window!, r.model.window)]));
+}
+
 /** The whole site: one self-contained HTML page (inline CSS, JS and SVG; nothing fetched). */
 export function renderSite(input: DocsInput): string {
   const { project, reports } = input;
-  const g = buildLineage(project);
+  const g = buildLineage(project, windowsOf(reports));
   const connector = (kind: 'source' | 'sink', s: { name: string; type: string; file: string; cfg: Record<string, unknown> }) => {
     const id = nodeId(kind, s.name);
     const edges = kind === 'source' ? g.edges.filter((e) => e.from === id).map((e) => e.to) : g.edges.filter((e) => e.to === id).map((e) => e.from);
@@ -263,7 +268,7 @@ export async function writeSite(input: DocsInput, outDir: string): Promise<strin
   const tmp = `${page}.tmp`;
   await fsp.writeFile(tmp, renderSite(input));
   await fsp.rename(tmp, page);
-  await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project), null, 2) + '\n');
+  await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project, windowsOf(input.reports)), null, 2) + '\n');
   return page;
 }
 
