@@ -6,7 +6,8 @@
 //   npm run bench -- kafka | nats | redis_streams   # need the broker (see bench/README.md)
 //   npm run bench -- service_sinks                  # http, redis, rabbitmq, nats sinks vs bare clients
 //   npm run bench -- hostile_neighbour              # a source fed hostile input beside a normal one (file sources)
-//   npm run bench -- windows
+//   npm run bench -- windows                        # windowed models against plain DuckDB's GROUP BY over the same file
+//   npm run bench -- windows_soak                   # 5M events through windowed models: RSS and state over time
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',
@@ -17,6 +18,7 @@ const benches = {
   service_sinks: './service-sinks.mjs',
   hostile_neighbour: './hostile-neighbour.mjs',
   windows: './windows.mjs',
+  windows_soak: './windows-soak.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {

@@ -168,9 +168,9 @@ export class WindowOperator {
     if (this.w.kind === 'hop' && this.us.size < this.us.slide) throw new SluiceError('CONFIG', `model ${this.model}: a hopping window's size must be at least its slide`);
   }
 
-  /** The window's end for a tumbling window's start column (SQL). */
+  /** The end of the window starting at `start` (SQL). */
   private endOf(start: string): string {
-    return `(${start} + ${this.w.kind === 'hop' ? this.w.size : this.w.size})`;
+    return `(${start} + ${this.w.size})`;
   }
 
   /** A row whose every window was emitted at watermark `fired` (SQL over the state's columns). */
@@ -652,6 +652,7 @@ export class WindowSet {
 
   async stage(seq: number): Promise<Record<string, WindowCheckpoint> | undefined> {
     if (this.ops.size === 0) return undefined;
+    if (!this.dir) throw new SluiceError('INTERNAL', 'window state staged before the WAL directory was known (restore() first)');
     const out: Record<string, WindowCheckpoint> = {};
     for (const [m, op] of this.ops) out[m] = await op.stage(seq, this.dirOf(m));
     return out;
