@@ -3,6 +3,7 @@ import type { ConfigIssue } from '../errors.js';
 import { analyzeSql, expressionColumns, reservedColumn, type SqlAnalysis } from '../sql/analyze.js';
 import type { ModelDef, NamedSink, Project } from '../project/project-loader.js';
 import { resolveContractTypes } from './contracts.js';
+import { DEFAULT_WINDOW_SETTINGS, windowIntervals } from './windows.js';
 
 export interface ModelReport {
   model: ModelDef;
@@ -36,10 +37,21 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       }
     }
     if (analysis.stateful.length && !opts.allowStateful) {
-      issues.push({
-        file: m.file,
-        message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; an aggregation across messages needs a window: GROUP BY TUMBLE(ts, size), HOP(ts, slide, size), SESSION(ts, gap) or time_bucket(size, ts)`,
-      });
+      issues.push(
+        analysis.windowed
+          ? { file: m.file, message: `model ${m.name} groups by a window, but ${analysis.stateful.join('; ')}` }
+          : {
+              file: m.file,
+              message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; an aggregation across messages needs a window: GROUP BY TUMBLE(ts, size), HOP(ts, slide, size), SESSION(ts, gap) or time_bucket(size, ts)`,
+            },
+      );
+    }
+    const at = { file: m.windowAt?.file ?? m.file, line: m.windowAt?.line, key: `overrides.${m.name}.window` };
+    if (analysis.window) {
+      const r = await windowIntervals(conn, analysis.window, m.window ?? DEFAULT_WINDOW_SETTINGS);
+      if ('problem' in r) issues.push({ ...(m.window ? at : { file: m.file }), message: `model ${m.name}: ${r.problem}` });
+    } else if (m.window && !analysis.error) {
+      issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
     for (const sinkName of m.sinks) {
       const sink = project.sinks.find((s) => s.name === sinkName);

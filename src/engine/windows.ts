@@ -59,6 +59,55 @@ export function partitionRuns(messages: RawMessage[]): PartitionRun[] {
   return runs;
 }
 
+/** A windowed model's intervals in microseconds. */
+export interface WindowIntervals {
+  size: number;
+  slide: number;
+  gap: number;
+  lateness: number;
+  allowed: number;
+  idle: number;
+  maxSession: number;
+}
+
+/**
+ * The window's intervals and settings, in microseconds, or what is wrong with them (`validate`
+ * reports it; a run stops at it): an interval that is not one, not positive, or counts months
+ * where a fixed length is needed; late: update on a window that is not tumbling; a hop's slide
+ * over its size.
+ */
+export async function windowIntervals(conn: DuckDBConnection, w: WindowedQuery, s: WindowSettings): Promise<WindowIntervals | { problem: string }> {
+  const intervals: Record<keyof WindowIntervals, string | undefined> = {
+    size: w.size,
+    slide: w.slide,
+    gap: w.gap,
+    lateness: `INTERVAL ${lit(s.lateness)}`,
+    allowed: `INTERVAL ${lit(s.allowedLateness)}`,
+    idle: `INTERVAL ${lit(s.idleTimeout)}`,
+    maxSession: s.maxSessionDuration ? `INTERVAL ${lit(s.maxSessionDuration)}` : undefined,
+  };
+  const us = { size: 0, slide: 0, gap: 0, lateness: 0, allowed: 0, idle: 0, maxSession: 0 };
+  for (const [k, sql] of Object.entries(intervals) as [keyof WindowIntervals, string | undefined][]) {
+    if (!sql) continue;
+    let n: number;
+    let months: number;
+    try {
+      const r = await conn.runAndReadAll(`SELECT epoch_us(x), datepart('month', x) + 12 * datepart('year', x) FROM (SELECT CAST(${sql} AS INTERVAL) AS x)`);
+      [n, months] = r.getRows()[0].map(Number);
+    } catch (err) {
+      return { problem: `${k} ${sql} is not an interval: ${(err as Error).message.split('\n')[0]}` };
+    }
+    if (n < 0 || ((k === 'size' || k === 'slide' || k === 'gap') && n <= 0)) return { problem: `the window's ${k} must be positive (${sql})` };
+    if (months !== 0 && !(k === 'size' && w.kind === 'tumble')) return { problem: `${k} ${sql} counts months, which have no fixed length: give it in days or less` };
+    us[k] = n;
+  }
+  if (s.late === 'update' && w.kind !== 'tumble')
+    return { problem: `late: update re-emits tumbling windows only; ${w.kind === 'hop' ? 'a hopping' : 'a session'} window takes late: drop or late: dlq` };
+  if (w.kind === 'hop' && us.size < us.slide) return { problem: "a hopping window's size must be at least its slide" };
+  if (s.maxSessionDuration && w.kind !== 'session') return { problem: 'max_session_duration is for session windows' };
+  return us;
+}
+
 /** After how many state files the state is rewritten as one. */
 const COMPACT_AFTER = 16;
 
@@ -110,7 +159,7 @@ export class WindowOperator {
   private pending?: Pending;
   /** Input columns the state keeps, per input schema. */
   private columns = new Map<string, string[]>();
-  private us!: { size: number; slide: number; gap: number; lateness: number; allowed: number; idle: number; maxSession: number };
+  private us!: WindowIntervals;
   readonly counts: WindowCounts = { late: { drop: 0, dlq: 0, update: 0 } };
 
   constructor(
@@ -136,36 +185,9 @@ export class WindowOperator {
 
   async init(): Promise<void> {
     await this.conn.run('CREATE SCHEMA IF NOT EXISTS sluice_state');
-    const s = this.settings;
-    const intervals: Record<string, string | undefined> = {
-      size: this.w.size,
-      slide: this.w.slide,
-      gap: this.w.gap,
-      lateness: `INTERVAL ${lit(s.lateness)}`,
-      allowed: `INTERVAL ${lit(s.allowedLateness)}`,
-      idle: `INTERVAL ${lit(s.idleTimeout)}`,
-      maxSession: s.maxSessionDuration ? `INTERVAL ${lit(s.maxSessionDuration)}` : undefined,
-    };
-    const us: Record<string, number> = {};
-    for (const [k, sql] of Object.entries(intervals)) {
-      if (!sql) {
-        us[k] = 0;
-        continue;
-      }
-      const r = await this.conn.runAndReadAll(`SELECT epoch_us(x), datepart('month', x) + 12 * datepart('year', x) FROM (SELECT CAST(${sql} AS INTERVAL) AS x)`).catch((err: Error) => {
-        throw new SluiceError('CONFIG', `model ${this.model}: ${k} ${sql} is not an interval: ${err.message.split('\n')[0]}`);
-      });
-      const [n, months] = r.getRows()[0].map(Number);
-      if (n < 0 || ((k === 'size' || k === 'slide' || k === 'gap') && n <= 0)) throw new SluiceError('CONFIG', `model ${this.model}: ${k} must be positive (${sql})`);
-      if (months !== 0 && !(k === 'size' && this.w.kind === 'tumble'))
-        throw new SluiceError('CONFIG', `model ${this.model}: ${k} ${sql} counts months, which have no fixed length: give it in days or less`);
-      us[k] = n;
-    }
-    this.us = us as WindowOperator['us'];
-    if (s.late === 'update' && this.w.kind !== 'tumble') {
-      throw new SluiceError('CONFIG', `model ${this.model}: late: update re-emits tumbling windows only; ${this.w.kind === 'hop' ? 'a hopping' : 'a session'} window takes late: drop or late: dlq`);
-    }
-    if (this.w.kind === 'hop' && this.us.size < this.us.slide) throw new SluiceError('CONFIG', `model ${this.model}: a hopping window's size must be at least its slide`);
+    const r = await windowIntervals(this.conn, this.w, this.settings);
+    if ('problem' in r) throw new SluiceError('CONFIG', `model ${this.model}: ${r.problem}`);
+    this.us = r;
   }
 
   /** The end of the window starting at `start` (SQL). */

@@ -102,6 +102,7 @@ export function configureModel(m: ModelDef, ctx: ModelSettingsContext, issues: C
       ...(w.max_groups_per_window ? { maxGroupsPerWindow: w.max_groups_per_window } : {}),
       onMaxGroups: w.on_max_groups ?? DEFAULT_WINDOW_SETTINGS.onMaxGroups,
     };
+    if (modYaml) m.windowAt = { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'window']) };
   }
   chooseSinks(m, o, sqlCfg, ctx, issues);
 }

@@ -62,6 +62,8 @@ export interface ModelDef {
   tests?: unknown[];
   /** A windowed model's settings (overrides.<model>.window), defaults filled in. */
   window?: WindowSettings;
+  /** Where overrides.<model>.window is (config/models.yml). */
+  windowAt?: { file: string; line?: number };
 }
 
 /** How a windowed model treats time, late events and its limits (config/models.yml `overrides.<model>.window`). */

@@ -33,6 +33,8 @@ export interface SqlAnalysis {
   rewritten?: string;
   /** A model that aggregates over windows of event time (sql/windows.ts). */
   window?: WindowedQuery;
+  /** The model groups by a window but does something a windowed model cannot (in `stateful`). */
+  windowed?: boolean;
 }
 
 let aggregateNames: Set<string> | undefined;

@@ -93,7 +93,9 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   }
   const sets = (root.group_sets ?? []) as number[][];
   if (sets.length !== 1 || sets[0].length !== groups.length) problems.push('GROUPING SETS, ROLLUP and CUBE are not supported with windows');
-  if (root.from_table?.type === 'JOIN') problems.push('a windowed model reads one relation (incoming, a source or a ref); joins are not supported yet');
+  if (root.from_table?.type === 'JOIN') {
+    problems.push('a windowed model reads one relation (incoming, a source or a ref): write the join in a CTE or a stateless model and window over that');
+  }
   if (root.qualify) problems.push('QUALIFY is not supported in a windowed model');
   for (const m of (root.modifiers ?? []) as Node[]) {
     if (m.type === 'DISTINCT_MODIFIER') problems.push('SELECT DISTINCT is not supported in a windowed model');
@@ -104,10 +106,12 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
     if (x.class === 'SUBQUERY') problems.push('a subquery in the select list or HAVING of a windowed model is not supported');
     if (isCall(x, BOUNDS) && BOUNDS[String(x.function_name).toLowerCase()].kind !== spec.kind) {
       problems.push(`${String(x.function_name).toUpperCase()} does not match the model's window ${fn.toUpperCase()}`);
+    } else if (isCall(x, BOUNDS) && !sameArgs(x.children as Node[], call.children as Node[])) {
+      problems.push(`${String(x.function_name).toUpperCase()} must repeat the arguments of the model's ${fn.toUpperCase()}(...)`);
     }
   });
   const outputColumns = outputNames(root);
-  if (problems.length) return { stateful: [...new Set(problems)], outputColumns };
+  if (problems.length) return { stateful: [...new Set(problems)], outputColumns, windowed: true };
 
   // The input: the model's FROM and WHERE, every column.
   if (root.from_table?.type === 'SUBQUERY' && !root.from_table.alias) root.from_table.alias = '__sluice_in';
@@ -119,7 +123,7 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   if (!rewriteQuery(inNode, ctx)) {
     return { error: { message: 'a model must read from incoming, {{ source(...) }} or {{ ref(...) }}' }, stateful: [], outputColumns };
   }
-  if (ctx.stateful.length) return { stateful: [...new Set(ctx.stateful)], outputColumns };
+  if (ctx.stateful.length) return { stateful: [...new Set(ctx.stateful)], outputColumns, windowed: true };
 
   const args = call.children as Node[];
   const [timeNode, ...params] = fn === 'time_bucket' ? [args[1], args[0]] : args;
@@ -128,7 +132,8 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
     (timeNode.class === 'FUNCTION' && PROCESSING_TIME.has(String(timeNode.function_name).toLowerCase()) && (timeNode.children as Node[]).length === 0) ||
     (timeNode.class === 'COLUMN_REF' && (timeNode.column_names as string[]).length === 1 && String(timeNode.column_names[0]).toLowerCase() === 'current_timestamp');
   const p = await Promise.all(params.map((x) => exprSql(conn, x)));
-  const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, g)));
+  // GROUP BY 1 and GROUP BY <alias> name the select list's expressions: the keys are those.
+  const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, resolveGroupKey(g, root.select_list as Node[]))));
   const perRowNodes: Node[] = [];
   walkExpr([root.select_list, root.having], (x) => {
     if (x.class === 'FUNCTION' && aggs.has(String(x.function_name).toLowerCase())) {
@@ -159,7 +164,7 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   e.select_list.push(colref([WINDOW_COLUMNS.start], WINDOW_COLUMNS.start), colref([WINDOW_COLUMNS.end], WINDOW_COLUMNS.end));
 
   if (processing && fn === 'time_bucket') {
-    return { stateful: ['time_bucket() over processing time would be evaluated again when the window closes: write TUMBLE(PROCTIME(), size)'], outputColumns };
+    return { stateful: ['time_bucket() over processing time would be evaluated again when the window closes: write TUMBLE(PROCTIME(), size)'], outputColumns, windowed: true };
   }
   const written = callText(sql, Number(call.query_location)) ?? `${fn}(${(fn === 'time_bucket' ? [p[0], time] : [time, ...p]).join(', ')})`;
   const window: WindowedQuery = {
@@ -198,6 +203,32 @@ function callText(sql: string, at: number): string | undefined {
     else if (!quote && c === ')' && --depth === 0) return sql.slice(at, i + 1).replace(/\s+/g, ' ');
   }
   return undefined;
+}
+
+/** Two argument lists that are the same expressions (their positions in the text aside). */
+function sameArgs(a: Node[], b: Node[]): boolean {
+  const strip = (x: unknown): unknown => JSON.parse(JSON.stringify(x, (k, v) => (k === 'query_location' ? undefined : v)));
+  return JSON.stringify(strip(a)) === JSON.stringify(strip(b));
+}
+
+/**
+ * A GROUP BY expression as what it groups by: an ordinal (GROUP BY 2) or a select-list alias
+ * (GROUP BY u, for `user_id AS u`) stands for that select item's expression. A name that is
+ * both an alias and a column of the input is taken as the alias here, where DuckDB takes the
+ * column: give the two different names.
+ */
+function resolveGroupKey(g: Node, selectList: Node[]): Node {
+  if (g.class === 'CONSTANT' && g.value?.type?.id && /INT/.test(String(g.value.type.id))) {
+    const item = selectList[Number(g.value.value) - 1];
+    return item ? { ...item, alias: '' } : g;
+  }
+  if (g.class === 'COLUMN_REF' && (g.column_names as string[]).length === 1) {
+    const name = String(g.column_names[0]).toLowerCase();
+    const item = selectList.find((x) => String(x.alias ?? '').toLowerCase() === name);
+    const plain = item?.class === 'COLUMN_REF' && String((item.column_names as string[]).at(-1)).toLowerCase() === name;
+    if (item && !plain) return { ...item, alias: '' };
+  }
+  return g;
 }
 
 function star(): Node {

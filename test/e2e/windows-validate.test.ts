@@ -1,0 +1,141 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { query, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+
+// `sluice validate` on windowed models, through the CLI as a user runs it: a valid windowed
+// project passes; a bad `window:` block is refused naming config/models.yml, its line and the
+// key path; a windowed model the engine cannot run is refused naming the model's file and why.
+
+const root = tempDir('sluice-windows-validate-');
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+const PER_MINUTE = `-- events per user per minute
+SELECT user_id,
+       TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute,
+       count(*) AS n,
+       sum(v) AS total
+FROM incoming
+GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)
+`;
+
+const SESSIONS = `SELECT user_id, SESSION_START(ts, INTERVAL '90' SECOND) AS s, count(*) AS n
+FROM incoming
+GROUP BY user_id, SESSION(ts, INTERVAL '90' SECOND)
+`;
+
+/** Two users' events, one every minute from 00:00:10, alternating. */
+function events(): string {
+  const lines = [];
+  for (let i = 0; i < 6; i++) lines.push(JSON.stringify({ user_id: `u${i % 2}`, ts: `2026-01-01T00:0${i}:10Z`, v: i }));
+  return `${lines.join('\n')}\n`;
+}
+
+/** A project named `name` with a file source, a parquet sink and the given models and config/models.yml. */
+function project(name: string, files: Record<string, string>): string {
+  const p = path.join(root, name);
+  writeFiles(p, {
+    'config/sources.yml': 'source:\n  type: file\n  path: data\n',
+    'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+    'data/events.ndjson': events(),
+    ...files,
+  });
+  return p;
+}
+
+/** Runs the CLI in the project's directory, so that it shows the project's files by their relative paths. */
+function cli(p: string, ...args: string[]) {
+  return sluiceAsync([...args, '--project', '.'], { cwd: p, timeout: 60_000 });
+}
+
+describe('sluice validate: windowed models', () => {
+  it('a windowed model with its window: block validates, and runs to the windows plain SQL gives', async () => {
+    const p = project('valid', {
+      'config/models.yml': 'overrides:\n  per_minute:\n    window:\n      lateness: 10 seconds\n      idle_timeout: 1m\n      late: drop\n      max_groups_per_window: 100\n',
+      'models/per_minute.sql': PER_MINUTE,
+    });
+    const v = await cli(p, 'validate');
+    expect(v.stderr).toBe('');
+    expect(v.code).toBe(0);
+    expect(v.stdout).toBe('ok: project valid: 1 model(s) [per_minute], source default (file), sink default (parquet)\n');
+
+    const r = await cli(p, 'run', '--port', '0');
+    expect(r.code, r.stderr).toBe(0);
+    const rows = await query(
+      `SELECT user_id, minute::VARCHAR AS minute, n::INTEGER AS n, total::INTEGER AS total FROM read_parquet('${path.join(p, 'output', 'per_minute')}/*.parquet') ORDER BY minute`,
+    );
+    expect(rows).toEqual([0, 1, 2, 3, 4, 5].map((i) => ({ user_id: `u${i % 2}`, minute: `2026-01-01 00:0${i}:00`, n: 1, total: i })));
+  });
+
+  // Each window: block below has its bad key on line 7, after keys that are fine.
+  it.each([
+    [
+      'a duration that is not one',
+      "lateness: 'ten seconds'",
+      `overrides.per_minute.window.lateness: "ten seconds" is not a duration: a number of seconds, or a number and a unit (ms, s, m, h, d), such as '10 seconds'`,
+    ],
+    ['an unknown key', 'latenes: 10 seconds', 'overrides.per_minute.window.latenes: unknown key "latenes" (did you mean "lateness"?)'],
+    ['an unknown late policy', 'late: later', 'overrides.per_minute.window.late: Invalid option: expected one of "drop"|"dlq"|"update"'],
+  ])('a window: block with %s is refused with file, line and key', async (name, bad, message) => {
+    const p = project(name.replaceAll(' ', '-'), {
+      'config/models.yml': `# settings of the windowed model\noverrides:\n  per_minute:\n    description: events per user per minute\n    window:\n      idle_timeout: 30 seconds\n      ${bad}\n`,
+      'models/per_minute.sql': PER_MINUTE,
+    });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    expect(v.stdout).toBe('');
+    expect(v.stderr).toBe(`error: invalid project (1 problem):\n  config/models.yml:7: ${message}\n`);
+  });
+
+  it('a windowed model that joins two relations is refused, naming its file and why', async () => {
+    const p = project('join', {
+      'models/names.sql': 'SELECT user_id AS id, upper(user_id) AS name FROM incoming\n',
+      'models/per_minute.sql': `-- events per user name per minute
+SELECT u.name, TUMBLE_START(e.ts, INTERVAL '1' MINUTE) AS minute, count(*) AS n
+FROM incoming AS e
+JOIN {{ ref('names') }} AS u ON e.user_id = u.id
+GROUP BY u.name, TUMBLE(e.ts, INTERVAL '1' MINUTE)
+`,
+    });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    const lines = v.stderr.split('\n');
+    expect(lines[0]).toBe('error: invalid project (1 problem):');
+    expect(lines[1]).toBe(
+      '  models/per_minute.sql: model per_minute groups by a window, but a windowed model reads one relation (incoming, a source or a ref): write the join in a CTE or a stateless model and window over that',
+    );
+  });
+
+  it.each([
+    ['SESSION', 'sessions', SESSIONS, 'a session window takes late: drop or late: dlq'],
+    [
+      'HOP',
+      'moving',
+      "SELECT HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) AS s, count(*) AS n FROM incoming GROUP BY HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)\n",
+      'a hopping window takes late: drop or late: dlq',
+    ],
+  ])('late: update on a %s model: validate refuses it naming config/models.yml, the key and the line, and so does run', async (_kind, model, sql, advice) => {
+    const p = project(`late-update-${model}`, { 'config/models.yml': `overrides:\n  ${model}:\n    window:\n      late: update\n`, [`models/${model}.sql`]: sql });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    expect(v.stderr).toContain(`  config/models.yml:3: overrides.${model}.window: model ${model}: late: update re-emits tumbling windows only; ${advice}\n`);
+    const r = await cli(p, 'run', '--port', '0');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`late: update re-emits tumbling windows only; ${advice}`);
+    expect(fs.existsSync(path.join(p, 'output'))).toBe(false);
+  });
+
+  it('window settings on a model without a window, a hop whose slide is over its size, and a bound whose arguments differ from the window are refused', async () => {
+    const p = project('more-refusals', {
+      'config/models.yml': 'overrides:\n  plain:\n    window:\n      late: drop\n',
+      'models/plain.sql': 'SELECT user_id, v FROM incoming\n',
+      'models/hop.sql': "SELECT HOP_END(ts, INTERVAL '5' MINUTE, INTERVAL '1' MINUTE) AS e, count(*) AS n FROM incoming GROUP BY HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' MINUTE)\n",
+      'models/bounds.sql': "SELECT TUMBLE_START(ts, INTERVAL '2' MINUTE) AS s, count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+    });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    expect(v.stderr).toContain("  models/bounds.sql: model bounds groups by a window, but TUMBLE_START must repeat the arguments of the model's TUMBLE(...)\n");
+    expect(v.stderr).toContain("  models/hop.sql: model hop: a hopping window's size must be at least its slide\n");
+    expect(v.stderr).toContain('  config/models.yml:3: overrides.plain.window: model plain has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing\n');
+  });
+});
