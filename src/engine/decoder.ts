@@ -12,7 +12,26 @@ import { asInfraError } from './infra-errors.js';
 import type { ContractKind, ContractReport } from './contracts.js';
 import { blockOf, loadPayloads, NEWLINE, SEPARATOR, startLoad, stopwatch } from './batch-load.js';
 import { Slices } from './slices.js';
-import type { PartitionRun } from './windows.js';
+
+/** Messages of one source partition in a batch: message indexes lo..hi. */
+export interface PartitionRun {
+  part: string;
+  lo: number;
+  hi: number;
+}
+
+/** The partitions of a batch's messages, as runs of consecutive messages. */
+export function partitionRuns(messages: RawMessage[]): PartitionRun[] {
+  const runs: PartitionRun[] = [];
+  for (let i = 0; i < messages.length; i++) {
+    const meta = messages[i].meta;
+    const part = meta?.partition === undefined ? '' : `${meta.topic ?? ''}/${meta.partition}`;
+    const last = runs.at(-1);
+    if (last && last.part === part) last.hi = i;
+    else runs.push({ part, lo: i, hi: i });
+  }
+  return runs;
+}
 
 /** Metadata columns of `incoming` (see MessageMeta) and how each is built from its JSON. */
 export const META_COLUMNS: Record<string, { field: keyof MessageMeta; type: string; sql?: (x: string) => string }> = {

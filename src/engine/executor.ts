@@ -10,10 +10,10 @@ import type { Structure } from './structure.js';
 import { asInfraError } from './infra-errors.js';
 import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractReport, type ModelContract } from './contracts.js';
 import { stopwatch } from './batch-load.js';
-import { DEFAULT_WINDOW_SETTINGS, partitionRuns, WindowOperator, WindowSet, type WindowSettings } from './windows.js';
+import { DEFAULT_WINDOW_SETTINGS, WindowOperator, WindowSet, type WindowSettings } from './windows.js';
 import type { WindowedQuery } from '../sql/windows.js';
 import { systemClock, type Clock } from '../util/clock.js';
-import { BatchDecoder, cleanError, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
+import { BatchDecoder, partitionRuns, cleanError, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
 
 // The decoding half's names, for the callers of the executor.
 export { blockOf } from './batch-load.js';

@@ -571,25 +571,7 @@ export class Pipeline {
     }
     // Each segment's fsync waits on the disk: the models' segments are made durable together.
     await Promise.all(touched.map((m) => this.wal.publishSegment(m, seq, first, last, paths.get(m)!.tmp, paths.get(m)!.final)));
-    const time = new Date().toISOString();
-    const records: DeadLetter[] = outcome.failures.map((f) => ({
-      payload: batch.messages[f.index].payload,
-      error: f.error,
-      stage: f.stage,
-      source: batch.messages[f.index].coords,
-      ...(f.model ? { model: f.model } : {}),
-      time,
-      original: batch.messages[f.index].raw,
-    }));
-    if (records.length) {
-      if (!this.dlq) throw new SluiceError('CONFIG', `a message failed (${records[0].stage}: ${records[0].error}) and the source has no dlq configured`);
-      dlqTouched();
-      try {
-        await this.dlq.append(records);
-      } catch (err) {
-        throw asInfraError(err, 'appending to the DLQ') ?? err;
-      }
-    }
+    const records = await this.deadLetter(batch, outcome, dlqTouched);
     outcome.timings.stage = Math.round(performance.now() - stageStart);
     crashPoint('before-commit');
     const commitStart = performance.now();
@@ -611,6 +593,29 @@ export class Pipeline {
     outcome.timings.commit = Math.round(performance.now() - commitStart);
     outcome.timings.stage_and_commit = Math.round(performance.now() - stageStart);
     return { outcome, rows, records };
+  }
+
+  /** Appends the batch's failed messages to the DLQ (durably), as records; none: nothing. */
+  private async deadLetter(batch: SourceBatch, outcome: BatchOutcome, dlqTouched: () => void): Promise<DeadLetter[]> {
+    const time = new Date().toISOString();
+    const records: DeadLetter[] = outcome.failures.map((f) => ({
+      payload: batch.messages[f.index].payload,
+      error: f.error,
+      stage: f.stage,
+      source: batch.messages[f.index].coords,
+      ...(f.model ? { model: f.model } : {}),
+      time,
+      original: batch.messages[f.index].raw,
+    }));
+    if (records.length === 0) return records;
+    if (!this.dlq) throw new SluiceError('CONFIG', `a message failed (${records[0].stage}: ${records[0].error}) and the source has no dlq configured`);
+    dlqTouched();
+    try {
+      await this.dlq.append(records);
+    } catch (err) {
+      throw asInfraError(err, 'appending to the DLQ') ?? err;
+    }
+    return records;
   }
 
   /** Late events, state size and watermark lag of the windowed models, after a commit. */

@@ -6,10 +6,9 @@ import { MSG_COL, WINDOW_COLUMNS as W } from '../sql/analyze.js';
 import { fileList, ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
 import { CLOSING, type WindowedQuery } from '../sql/windows.js';
-import type { RawMessage } from '../connectors/types.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
-import type { MessageFailure } from './decoder.js';
+import type { MessageFailure, PartitionRun } from './decoder.js';
 import type { WindowSettings } from '../project/project-types.js';
 
 export { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project-types.js';
@@ -37,26 +36,6 @@ export interface WindowCheckpoint {
   files: string[];
   /** Windows re-emitted by late updates: window start -> its last revision. */
   revisions?: Record<string, number>;
-}
-
-/** Messages of one source partition in a batch: message indexes lo..hi. */
-export interface PartitionRun {
-  part: string;
-  lo: number;
-  hi: number;
-}
-
-/** The partitions of a batch's messages, as runs of consecutive messages. */
-export function partitionRuns(messages: RawMessage[]): PartitionRun[] {
-  const runs: PartitionRun[] = [];
-  for (let i = 0; i < messages.length; i++) {
-    const meta = messages[i].meta;
-    const part = meta?.partition === undefined ? '' : `${meta.topic ?? ''}/${meta.partition}`;
-    const last = runs.at(-1);
-    if (last && last.part === part) last.hi = i;
-    else runs.push({ part, lo: i, hi: i });
-  }
-  return runs;
 }
 
 /** A windowed model's intervals in microseconds. */

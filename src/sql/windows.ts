@@ -1,5 +1,5 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { colref, lineAt, outputNames, rewriteQuery, serialize, walkExpr, WINDOW_COLUMNS, type Ctx, type Node, type SqlAnalysis } from './analyze.js';
+import { colref, outputNames, rewriteQuery, serialize, walkExpr, WINDOW_COLUMNS, type Ctx, type Node } from './parse-tree.js';
 
 // Windowed aggregation, as streamt (Flink SQL) and DuckDB write it:
 //   GROUP BY TUMBLE(ts, size) | HOP(ts, slide, size) | SESSION(ts, gap) | time_bucket(size, ts)
@@ -73,20 +73,81 @@ function isCall(x: unknown, names: Record<string, unknown>): x is Node {
   return Boolean(x && typeof x === 'object' && (x as Node).class === 'FUNCTION' && String((x as Node).function_name).toLowerCase() in names);
 }
 
+/** What windowedQuery() says of a model: as SqlAnalysis has it (sql/analyze.ts). */
+export interface WindowedAnalysis {
+  error?: { message: string; line?: number };
+  stateful: string[];
+  outputColumns: string[] | null;
+  window?: WindowedQuery;
+  windowed?: boolean;
+}
+
 /**
  * A model whose GROUP BY holds a window call, analysed (undefined: no window call, the model is
  * analysed as any other). What a windowed model may not do is in `stateful`, with the reason.
  */
-export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: Node, aggs: Set<string>): Promise<SqlAnalysis | undefined> {
+export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: Node, aggs: Set<string>): Promise<WindowedAnalysis | undefined> {
   const root = ast.statements[0].node as Node;
   if (root.type !== 'SELECT_NODE') return undefined;
   const groups = (root.group_expressions ?? []) as Node[];
   const calls = groups.filter((g) => isCall(g, WINDOW_CALLS));
   if (calls.length === 0) return undefined;
-  const problems: string[] = [];
   const call = calls[0];
   const fn = String(call.function_name).toLowerCase();
   const spec = WINDOW_CALLS[fn];
+  const outputColumns = outputNames(root);
+  const problems = windowProblems(root, calls, fn);
+  if (problems.length) return { stateful: [...new Set(problems)], outputColumns, windowed: true };
+
+  // The input: the model's FROM and WHERE, every column.
+  if (root.from_table?.type === 'SUBQUERY' && !root.from_table.alias) root.from_table.alias = '__sluice_in';
+  const qualifier = String(root.from_table?.alias || root.from_table?.table_name || '');
+  const inputAst = structuredClone(ast) as Node;
+  const inNode = inputAst.statements[0].node as Node;
+  Object.assign(inNode, { select_list: [star()], group_expressions: [], group_sets: [], having: null, modifiers: [], qualify: null });
+  const ctx: Ctx = { aggs, stateful: [], cteMsg: new Set(), sq: 0 };
+  if (!rewriteQuery(inNode, ctx)) {
+    return { error: { message: 'a model must read from incoming, {{ source(...) }} or {{ ref(...) }}' }, stateful: [], outputColumns };
+  }
+  if (ctx.stateful.length) return { stateful: [...new Set(ctx.stateful)], outputColumns, windowed: true };
+
+  const args = call.children as Node[];
+  const [timeNode, ...params] = fn === 'time_bucket' ? [args[1], args[0]] : args;
+  const processing =
+    (timeNode.class === 'FUNCTION' && PROCESSING_TIME.has(String(timeNode.function_name).toLowerCase()) && (timeNode.children as Node[]).length === 0) ||
+    (timeNode.class === 'COLUMN_REF' && (timeNode.column_names as string[]).length === 1 && String(timeNode.column_names[0]).toLowerCase() === 'current_timestamp');
+  if (processing && fn === 'time_bucket') {
+    return { stateful: ['time_bucket() over processing time would be evaluated again when the window closes: write TUMBLE(PROCTIME(), size)'], outputColumns, windowed: true };
+  }
+  const time = await exprSql(conn, timeNode);
+  const p = await Promise.all(params.map((x) => exprSql(conn, x)));
+  // GROUP BY 1 and GROUP BY <alias> name the select list's expressions: the keys are those.
+  const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, resolveGroupKey(g, root.select_list as Node[]))));
+  const { perRow, names } = await readsPerRow(conn, root, aggs);
+  const emit = emitTree(ast, qualifier, fn);
+  const written = callText(sql, Number(call.query_location)) ?? `${fn}(${(fn === 'time_bucket' ? [p[0], time] : [time, ...p]).join(', ')})`;
+  const window: WindowedQuery = {
+    kind: spec.kind,
+    written,
+    time,
+    processing,
+    ...(spec.kind === 'tumble' ? { size: p[0] } : spec.kind === 'hop' ? { slide: p[0], size: p[1] } : { gap: p[0] }),
+    keys,
+    names,
+    qualifier,
+    input: await deserialize(conn, inputAst),
+    perRow,
+    emit: await deserialize(conn, emit.ast),
+  };
+  return { stateful: [], outputColumns: emit.outputColumns, window };
+}
+
+/** What a windowed model does that the engine cannot run windowed, each with the reason. */
+function windowProblems(root: Node, calls: Node[], fn: string): string[] {
+  const problems: string[] = [];
+  const call = calls[0];
+  const spec = WINDOW_CALLS[fn];
+  const groups = (root.group_expressions ?? []) as Node[];
   if (calls.length > 1) problems.push('a model groups by one window');
   if ((call.children as Node[]).length !== spec.args) {
     problems.push(fn === 'time_bucket' ? 'time_bucket(size, time) takes two arguments in a windowed model (no offset or origin)' : `${fn.toUpperCase()} takes ${spec.args} arguments`);
@@ -110,30 +171,14 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
       problems.push(`${String(x.function_name).toUpperCase()} must repeat the arguments of the model's ${fn.toUpperCase()}(...)`);
     }
   });
-  const outputColumns = outputNames(root);
-  if (problems.length) return { stateful: [...new Set(problems)], outputColumns, windowed: true };
+  return problems;
+}
 
-  // The input: the model's FROM and WHERE, every column.
-  if (root.from_table?.type === 'SUBQUERY' && !root.from_table.alias) root.from_table.alias = '__sluice_in';
-  const qualifier = String(root.from_table?.alias || root.from_table?.table_name || '');
-  const inputAst = structuredClone(ast) as Node;
-  const inNode = inputAst.statements[0].node as Node;
-  Object.assign(inNode, { select_list: [star()], group_expressions: [], group_sets: [], having: null, modifiers: [], qualify: null });
-  const ctx: Ctx = { aggs, stateful: [], cteMsg: new Set(), sq: 0 };
-  if (!rewriteQuery(inNode, ctx)) {
-    return { error: { message: 'a model must read from incoming, {{ source(...) }} or {{ ref(...) }}' }, stateful: [], outputColumns };
-  }
-  if (ctx.stateful.length) return { stateful: [...new Set(ctx.stateful)], outputColumns, windowed: true };
-
-  const args = call.children as Node[];
-  const [timeNode, ...params] = fn === 'time_bucket' ? [args[1], args[0]] : args;
-  const time = await exprSql(conn, timeNode);
-  const processing =
-    (timeNode.class === 'FUNCTION' && PROCESSING_TIME.has(String(timeNode.function_name).toLowerCase()) && (timeNode.children as Node[]).length === 0) ||
-    (timeNode.class === 'COLUMN_REF' && (timeNode.column_names as string[]).length === 1 && String(timeNode.column_names[0]).toLowerCase() === 'current_timestamp');
-  const p = await Promise.all(params.map((x) => exprSql(conn, x)));
-  // GROUP BY 1 and GROUP BY <alias> name the select list's expressions: the keys are those.
-  const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, resolveGroupKey(g, root.select_list as Node[]))));
+/**
+ * What the aggregation evaluates per row (the aggregates' arguments, FILTER conditions and
+ * ORDER BY expressions) and the names it reads (lower case).
+ */
+async function readsPerRow(conn: DuckDBConnection, root: Node, aggs: Set<string>): Promise<{ perRow: string[]; names: string[] }> {
   const perRowNodes: Node[] = [];
   walkExpr([root.select_list, root.having], (x) => {
     if (x.class === 'FUNCTION' && aggs.has(String(x.function_name).toLowerCase())) {
@@ -147,8 +192,14 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   walkExpr([root.select_list, root.group_expressions, root.having, root.modifiers], (x) => {
     if (x.class === 'COLUMN_REF') for (const n of x.column_names as string[]) names.add(n.toLowerCase());
   });
+  return { perRow, names: [...names] };
+}
 
-  // The emission: the same aggregation over the closing windows' rows.
+/**
+ * The emission: the model's aggregation over CLOSING (aliased as the model's input), its window
+ * calls replaced by the window's columns, which it also outputs last.
+ */
+function emitTree(ast: Node, qualifier: string, fn: string): { ast: Node; outputColumns: string[] | null } {
   const emitAst = structuredClone(ast) as Node;
   const e = emitAst.statements[0].node as Node;
   e.cte_map = { map: [] };
@@ -162,32 +213,8 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   }
   replaceBounds([e.select_list, e.having, e.modifiers]);
   e.select_list.push(colref([WINDOW_COLUMNS.start], WINDOW_COLUMNS.start), colref([WINDOW_COLUMNS.end], WINDOW_COLUMNS.end));
-
-  if (processing && fn === 'time_bucket') {
-    return { stateful: ['time_bucket() over processing time would be evaluated again when the window closes: write TUMBLE(PROCTIME(), size)'], outputColumns, windowed: true };
-  }
-  const written = callText(sql, Number(call.query_location)) ?? `${fn}(${(fn === 'time_bucket' ? [p[0], time] : [time, ...p]).join(', ')})`;
-  const window: WindowedQuery = {
-    kind: spec.kind,
-    written,
-    time,
-    processing,
-    ...(spec.kind === 'tumble' ? { size: p[0] } : spec.kind === 'hop' ? { slide: p[0], size: p[1] } : { gap: p[0] }),
-    keys,
-    names: [...names],
-    qualifier,
-    input: await deserialize(conn, inputAst),
-    perRow,
-    emit: await deserialize(conn, emitAst),
-  };
   const shown = outputNames(e);
-  return { stateful: [], outputColumns: shown ? shown.slice(0, -2) : null, window };
-}
-
-/** The line of a model's window call, for messages about it. */
-export function windowLine(sql: string, w: WindowedQuery): number | undefined {
-  const at = sql.search(new RegExp(w.written.split('(')[0], 'i'));
-  return at < 0 ? undefined : lineAt(sql, at);
+  return { ast: emitAst, outputColumns: shown ? shown.slice(0, -2) : null };
 }
 
 /** The text of the call at `at` in `sql`, up to its closing parenthesis. */
