@@ -85,6 +85,11 @@ FROM incoming
 WHERE amount > 1000
 GROUP BY time_bucket(INTERVAL '10 seconds', ts::TIMESTAMP)
 `,
+  'models/revenue_5m.sql': `-- A windowed model over a windowed one: five-minute revenue from the one-minute windows.
+SELECT TUMBLE_START(window_start, INTERVAL '5' MINUTE) AS five, currency, sum(revenue) AS revenue, sum(orders) AS orders
+FROM {{ ref('revenue') }}
+GROUP BY TUMBLE(window_start, INTERVAL '5' MINUTE), currency
+`,
   'models/revenue_eur.sql': `-- A stateless model reading a windowed one.
 SELECT window_start, currency, revenue / 100.0 AS revenue_units FROM {{ ref('revenue') }} WHERE currency = 'EUR'
 `,
@@ -107,5 +112,6 @@ export const BATCH_QUERIES = {
       b AS (SELECT *, sum(fresh) OVER (PARTITION BY "user" ORDER BY t ROWS UNBOUNDED PRECEDING) AS sid FROM a)
     SELECT min(t) AS session_start, max(t) + INTERVAL 30 SECOND AS session_end, "user", count(*) AS clicks, min(id) AS first_id, max(id) AS last_id FROM b GROUP BY "user", sid`,
   buckets: `SELECT time_bucket(INTERVAL '10 seconds', ts::TIMESTAMP) AS bucket, count(*) AS n, max(amount) AS top FROM events WHERE amount > 1000 GROUP BY 1`,
+  revenue_5m: `SELECT time_bucket(INTERVAL 5 MINUTE, ts::TIMESTAMP) AS five, currency, sum(amount) AS revenue, count(*) AS orders FROM events GROUP BY 1, 2`,
   revenue_eur: `SELECT time_bucket(INTERVAL 1 MINUTE, ts::TIMESTAMP) AS window_start, currency, sum(amount) / 100.0 AS revenue_units FROM events WHERE currency = 'EUR' GROUP BY 1, 2`,
 };

@@ -10,6 +10,11 @@
 // room for six sources and their files; UV_THREADPOOL_SIZE set by the user wins.
 if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
 
+// Time is UTC, whatever the machine's zone: DuckDB (built without ICU here) converts a
+// TIMESTAMP WITH TIME ZONE, and text without an offset cast to one, in the process's zone, so
+// a model's output would depend on where it runs. Logs show UTC times too.
+process.env.TZ = 'UTC';
+
 (async () => {
   // First, before the heavy modules load: a stop signal during start-up is kept (see stop-signals).
   await import('../dist/cli/stop-signals.js');

@@ -154,7 +154,9 @@ export class BatchExecutor {
       const op = this.windows.get(m.name);
       const table = `${MODEL_SCHEMA}.${ident(m.name)}`;
       if (op) {
-        await op.run({ shape: this.shape.key, partitions: [], closeAll: mode === 'end', tick: mode === 'tick' });
+        // A windowed model over models closing before it takes their last rows first.
+        const input = m.refs.length > 0 && m.refs.every((r) => produced.has(r)) && !readsBatchDirectly(m.sql);
+        await op.run({ shape: this.shape.key, partitions: [], closeAll: mode === 'end', tick: mode === 'tick', input });
         if (!(await this.tableExists(m.name))) {
           rows.set(m.name, 0);
           continue;

@@ -38,6 +38,20 @@ export interface WindowCheckpoint {
   revisions?: Record<string, number>;
 }
 
+/**
+ * The event time `expr` (of DuckDB type `type`) as a TIMESTAMP in UTC, whatever the machine's
+ * time zone: ISO 8601 text with an offset (`+02:00`) is moved to UTC (a plain cast would drop
+ * the offset), text without one is UTC (`Z` or nothing); a TIMESTAMP WITH TIME ZONE is taken at
+ * its instant.
+ */
+function eventTime(expr: string, type: string): string {
+  if (type === 'VARCHAR' || type === 'JSON') {
+    return `CASE WHEN regexp_matches(${expr}, ':\\d\\d(\\.\\d+)?[+-]\\d\\d(:?\\d\\d)?$') THEN make_timestamp(epoch_us(CAST(${expr} AS TIMESTAMPTZ))) ELSE CAST(${expr} AS TIMESTAMP) END`;
+  }
+  if (type === 'TIMESTAMP WITH TIME ZONE') return `make_timestamp(epoch_us(${expr}))`;
+  return `CAST(${expr} AS TIMESTAMP)`;
+}
+
 /** A windowed model's intervals in microseconds. */
 export interface WindowIntervals {
   size: number;
@@ -136,8 +150,8 @@ export class WindowOperator {
   private files: string[] = [];
   private revisions = new Map<number, number>();
   private pending?: Pending;
-  /** Input columns the state keeps, per input schema. */
-  private columns = new Map<string, string[]>();
+  /** Per input schema: the input columns the state keeps, and the event time as a UTC TIMESTAMP (SQL). */
+  private columns = new Map<string, { cols: string[]; time: string }>();
   private us!: WindowIntervals;
   readonly counts: WindowCounts = { late: { drop: 0, dlq: 0, update: 0 } };
 
@@ -227,7 +241,16 @@ export class WindowOperator {
    * `closeAll`: the input ended; every window closes. Returns messages refused (late, under
    * `late: dlq`), which leave the batch.
    */
-  async run(opts: { batch?: string; shape: string; partitions: PartitionRun[]; assigned?: string[]; closeAll?: boolean; tick?: boolean }): Promise<{ refused?: MessageFailure[] }> {
+  async run(opts: {
+    batch?: string;
+    shape: string;
+    partitions: PartitionRun[];
+    assigned?: string[];
+    closeAll?: boolean;
+    tick?: boolean;
+    /** With closeAll: the model reads what models closing before it emitted: take those rows first. */
+    input?: boolean;
+  }): Promise<{ refused?: MessageFailure[] }> {
     const closeAll = opts.closeAll === true;
     const tick = opts.tick === true;
     const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
@@ -235,7 +258,7 @@ export class WindowOperator {
     let updates: number[] = [];
     let updatedRows = 0;
     let added = 0;
-    if (closeAll || tick) {
+    if ((closeAll || tick) && !opts.input) {
       // No new rows: the end of the input, or time passing (processing time, idle partitions).
       if (!this.stateExists) {
         this.pending = { parts, wm: this.fired, dropped, updates, updatedRows, added, closeAll };
@@ -296,19 +319,22 @@ export class WindowOperator {
   /** This batch's rows of the model's input, with the event time and window columns, in `fresh`. */
   private async buffer(shape: string): Promise<number> {
     this.freshShape = shape;
-    let cols = this.columns.get(shape);
-    if (!cols) {
+    const q = ident(this.w.qualifier);
+    let input = this.columns.get(shape);
+    if (!input) {
       const d = await this.conn.runAndReadAll(`DESCRIBE (${this.w.input})`);
       const wanted = new Set(this.w.names);
-      cols = d
+      const cols = d
         .getRows()
         .map((r) => String(r[0]))
         .filter((c) => c !== MSG_COL && wanted.has(c.toLowerCase()));
-      this.columns.set(shape, cols);
+      const t = this.w.processing ? '' : String((await this.conn.runAndReadAll(`DESCRIBE (SELECT ${this.w.time} FROM (${this.w.input}) AS ${q})`)).getRows()[0][1]);
+      input = { cols, time: eventTime(this.w.time, t) };
+      this.columns.set(shape, input);
     }
-    const q = ident(this.w.qualifier);
+    const cols = input.cols;
     // Processing time: when the engine handles the batch.
-    const time = this.w.processing ? ts(this.clock.now() * 1000) : `CAST(${this.w.time} AS TIMESTAMP)`;
+    const time = this.w.processing ? ts(this.clock.now() * 1000) : input.time;
     const extra = [
       `${time} AS ${this.tsCol}`,
       ...this.w.keys.map((k, i) => `${k} AS ${W.key}${i}`),

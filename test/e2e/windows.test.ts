@@ -14,7 +14,7 @@ import { compareWithBatch, loadEvents, WINDOW_MODELS, WINDOW_MODELS_YML, writeCl
 const root = tempDir('sluice-windows-');
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
-const MODELS = ['revenue', 'moving', 'sessions', 'buckets', 'revenue_eur'];
+const MODELS = ['revenue', 'moving', 'sessions', 'buckets', 'revenue_5m', 'revenue_eur'];
 
 function project(name: string, events: number, source = ''): string {
   const p = path.join(root, name);
@@ -156,6 +156,35 @@ describe('late events', () => {
       expect(d.model).toBe('per_minute');
     }
     expect(outputRows(p).every((r) => r.n === 12)).toBe(true);
+  });
+
+  it('event times are UTC whatever the machine time zone: an ISO offset is applied, a TIMESTAMPTZ is taken at its instant', async () => {
+    const p = path.join(root, 'time-zones');
+    const ev = [
+      { ts: '2026-01-01T02:00:30+02:00', v: 1 }, // 00:00:30 UTC
+      { ts: '2026-01-01T00:00:40Z', v: 2 },
+      { ts: '2026-01-01 00:01:10', v: 4 }, // no offset: UTC
+      { ts: '2025-12-31T19:01:20-05:00', v: 8 }, // 00:01:20 UTC
+    ];
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+      'models/per_minute.sql': "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, sum(v) AS total FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+      'models/per_minute_tz.sql': "SELECT TUMBLE_START(ts::TIMESTAMPTZ, INTERVAL '1' MINUTE) AS minute, sum(v) AS total FROM incoming GROUP BY TUMBLE(ts::TIMESTAMPTZ, INTERVAL '1' MINUTE)\n",
+      'data/events.ndjson': `${ev.map((e) => JSON.stringify(e)).join('\n')}\n`,
+    });
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: { TZ: 'America/New_York' } });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    for (const m of ['per_minute', 'per_minute_tz']) {
+      const dir = path.join(p, 'output', m);
+      const rows = fs
+        .readdirSync(dir)
+        .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
+        .map((l) => JSON.parse(l) as { minute: string; total: number })
+        .map((x) => `${String(x.minute).slice(0, 19)} ${x.total}`)
+        .sort();
+      expect(rows, m).toEqual(['2026-01-01 00:00:00 3', '2026-01-01 00:01:00 12']);
+    }
   });
 
   it('late: update re-emits the corrected window with the next revision, and dead-letters what is past allowed_lateness', async () => {
