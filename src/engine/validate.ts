@@ -50,6 +50,21 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     if (analysis.window) {
       const r = await windowIntervals(conn, analysis.window, m.window ?? DEFAULT_WINDOW_SETTINGS);
       if ('problem' in r) issues.push({ ...(m.window ? at : { file: m.file }), message: `model ${m.name}: ${r.problem}` });
+      // A window's row comes from many messages: there is no one message to dead-letter for it.
+      for (const t of m.dataTests.filter((x) => x.onFailure === 'dlq')) {
+        issues.push({
+          file: t.file ?? m.file,
+          line: t.line,
+          message: `data test ${t.name} of windowed model ${m.name}: on_failure: dlq needs a row's message, and a window's row has many; use warn or fail`,
+        });
+      }
+      if (m.contract) {
+        issues.push({
+          file: m.contract.file ?? m.file,
+          line: m.contract.line,
+          message: `model ${m.name} is windowed: schema contracts (overrides.${m.name}.contract, typed columns) are not applied to windowed models yet; remove them, or check the columns in a stateless model that refs it`,
+        });
+      }
     } else if (m.window && !analysis.error) {
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }

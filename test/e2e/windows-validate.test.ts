@@ -138,4 +138,17 @@ GROUP BY u.name, TUMBLE(e.ts, INTERVAL '1' MINUTE)
     expect(v.stderr).toContain("  models/hop.sql: model hop: a hopping window's size must be at least its slide\n");
     expect(v.stderr).toContain('  config/models.yml:3: overrides.plain.window: model plain has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing\n');
   });
+
+  it('a windowed model refuses data tests with on_failure: dlq and schema contracts, saying why', async () => {
+    const p = project('tests-and-contracts', {
+      'config/models.yml':
+        'overrides:\n  per_minute:\n    columns:\n      - { name: n, tests: [{ range: { min: 1, on_failure: dlq } }] }\n  typed:\n    contract: { new_columns: freeze }\n    columns:\n      - { name: n, type: BIGINT }\n',
+      'models/per_minute.sql': PER_MINUTE,
+      'models/typed.sql': "SELECT count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+    });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    expect(v.stderr).toMatch(/config\/models\.yml:4: data test \S+ of windowed model per_minute: on_failure: dlq needs a row's message, and a window's row has many; use warn or fail/);
+    expect(v.stderr).toMatch(/model typed is windowed: schema contracts \(overrides\.typed\.contract, typed columns\) are not applied to windowed models yet/);
+  });
 });
