@@ -8,6 +8,9 @@ export async function openDuckDB(settings: { threads?: number; memory_limit?: st
   // it, and two connections run at once. Leave a core to JavaScript (source client, scanner).
   config.threads = String(settings.threads ?? Math.max(1, os.availableParallelism() - 1));
   config.memory_limit = settings.memory_limit ?? defaultMemoryLimit();
+  // Every file read (a WAL segment, a state file) is read once and then deleted: caching them
+  // only grew memory with the run's length.
+  config.enable_external_file_cache = 'false';
   const instance = await DuckDBInstance.create(':memory:', config);
   const conn = await instance.connect();
   return { instance, conn };
