@@ -108,10 +108,12 @@ const summary = {
   events_per_s: Math.round(N / secs),
   peak: { rss_mib: Math.round(peak((s) => s.rss) / MiB), state_rows: peak((s) => s.stateRows), state_kib: Math.round(peak((s) => s.stateBytes) / 1024), open_windows: peak((s) => s.open) },
   by_fifth: fifths,
+  malloc_arena_max: process.env.MALLOC_ARENA_MAX ?? 'unset (glibc default: 8 per core)',
   machine: { cpu: os.cpus()[0]?.model ?? 'unknown', cpus: os.cpus().length, mem_total_gib: Number((os.totalmem() / 2 ** 30).toFixed(1)), node: process.version },
 };
-console.log(`\nran ${secs.toFixed(1)} s (${summary.events_per_s.toLocaleString('en-US')} events/s); by fifth of the input (largest sample in each):`);
+console.log(`\nMALLOC_ARENA_MAX ${summary.malloc_arena_max}`);
+console.log(`ran ${secs.toFixed(1)} s (${summary.events_per_s.toLocaleString('en-US')} events/s); by fifth of the input (largest sample in each):`);
 for (const f of fifths) console.log(`  ${f.fifth}/5: RSS ${f.rss_mib} MiB, state ${f.state_rows} rows in ${f.state_kib} KiB of files, ${f.open_windows} open windows (${f.samples} samples)`);
 console.log(`peak: RSS ${summary.peak.rss_mib} MiB, state ${summary.peak.state_rows} rows, ${summary.peak.state_kib} KiB, ${summary.peak.open_windows} open windows`);
 fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
-fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'windows-soak.json'), `${JSON.stringify(summary, null, 2)}\n`);
+fs.writeFileSync(path.join(ROOT, 'bench', 'results', `windows-soak${process.env.MALLOC_ARENA_MAX ? `-arena${process.env.MALLOC_ARENA_MAX}` : ''}.json`), `${JSON.stringify(summary, null, 2)}\n`);
