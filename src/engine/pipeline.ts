@@ -228,6 +228,12 @@ export class Pipeline {
     try {
       await source.open(start.position);
       this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
+      if (this.executor.windows.size && srcDef.spec.workerScoped) {
+        this.log.warn(
+          { models: [...this.executor.windows.ops.keys()], worker: this.workerId },
+          "windowed models keep this worker's own state: run one worker for this source, or each worker emits windows over only the events it reads (docs/windows.md, several workers)",
+        );
+      }
       if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
       const ended = await this.loop(source, batcher, srcDef.name);
       // A finite source read to its end: every open window closes.

@@ -116,7 +116,7 @@ interface Pending {
   dropped: number;
   /** Windows (start, µs) re-emitted for late updates. */
   updates: number[];
-  /** Late rows taken into those windows. */
+  /** Late messages taken into those windows. */
   updatedRows: number;
   /** Rows in `new`. */
   added: number;
@@ -272,7 +272,7 @@ export class WindowOperator {
       dropped = refused.dropped;
       updates = refused.updates;
       updatedRows = refused.updatedRows;
-      added -= dropped;
+      added -= refused.droppedRows ?? 0;
       if (this.settings.maxGroupsPerWindow) {
         const over = await this.overCap(this.settings.maxGroupsPerWindow);
         if (over.length) return { refused: over };
@@ -349,7 +349,7 @@ export class WindowOperator {
   }
 
   /** Sorts out this batch's late rows (and rows without an event time) by the `late` policy. */
-  private async lateRows(fired: number): Promise<{ failures: MessageFailure[]; dropped: number; updates: number[]; updatedRows: number; max: number | null }> {
+  private async lateRows(fired: number): Promise<{ failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedRows: number; max: number | null }> {
     const failures: MessageFailure[] = [];
     const seen = new Set<number>();
     const late = this.lateSql(fired);
@@ -371,18 +371,19 @@ export class WindowOperator {
     if (rows.length === 0) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
     const policy = this.settings.late;
     const at = new Date(fired / 1000).toISOString();
+    // Late events are counted as messages, whatever the policy (a message may give several rows).
     if (policy === 'drop') {
-      await this.conn.run(`DELETE FROM ${this.fresh} WHERE ${late}`);
-      return { failures, dropped: rows.length, updates: [], updatedRows: 0, max };
+      const gone = await this.conn.run(`DELETE FROM ${this.fresh} WHERE ${late}`);
+      return { failures, dropped: new Set(rows.map((x) => x.msg)).size, droppedRows: Number(gone.rowsChanged), updates: [], updatedRows: 0, max };
     }
     const updates = new Set<number>();
-    let updatedRows = 0;
+    const updatedMsgs = new Set<number>();
     for (const x of rows) {
       // Kept for an update while the window's state is held: until its end plus allowed_lateness.
       const held = policy === 'update' && x.start + this.us.size + this.us.allowed > fired;
       if (held) {
         updates.add(x.start);
-        updatedRows++;
+        updatedMsgs.add(x.msg);
         continue;
       }
       if (seen.has(x.msg)) continue;
@@ -394,7 +395,7 @@ export class WindowOperator {
       failures.push({ index: x.msg, stage: 'transform', model: this.model, error: why });
       this.lateMsgs.add(x.msg);
     }
-    return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows, max };
+    return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows: updatedMsgs.size, max };
   }
 
   /**
