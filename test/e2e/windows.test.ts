@@ -90,6 +90,72 @@ describe('windowed models', () => {
   }, 300_000);
 });
 
+describe('offline tools', () => {
+  function toolsProject(): string {
+    const p = path.join(root, 'tools');
+    const at = (m: number, s: number) => new Date(Date.UTC(2026, 0, 1, 0, m, s)).toISOString();
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+      'config/models.yml': 'overrides:\n  per_minute:\n    description: clicks per user per minute\n    window:\n      lateness: 5 seconds\n',
+      'models/per_minute.sql': 'SELECT TUMBLE_START(ts, INTERVAL \'1\' MINUTE) AS minute, "user", count(*) AS clicks FROM incoming GROUP BY TUMBLE(ts, INTERVAL \'1\' MINUTE), "user"\n',
+      'models/busy.sql': 'SELECT minute, "user" FROM {{ ref(\'per_minute\') }} WHERE clicks >= 2\n',
+      'tests/sample.json': JSON.stringify([
+        { ts: at(0, 1), user: 'a' },
+        { ts: at(0, 30), user: 'a' },
+        { ts: at(0, 40), user: 'b' },
+        { ts: at(1, 5), user: 'a' },
+      ]),
+      'tests/windows.yml': `unit_tests:
+  - name: two_minutes
+    messages:
+      - { ts: '${at(0, 1)}', user: a }
+      - { ts: '${at(0, 59)}', user: a }
+      - { ts: '${at(1, 0)}', user: b }
+    expect:
+      per_minute:
+        - { minute: '2026-01-01T00:00:00Z', user: a, clicks: 2 }
+        - { minute: '2026-01-01T00:01:00Z', user: b, clicks: 1 }
+      busy:
+        - { minute: '2026-01-01T00:00:00Z', user: a }
+`,
+      'data/events.ndjson': '',
+    });
+    return p;
+  }
+
+  it('sluice test runs windowed models over the fixture, closing every window at its end, and their unit tests pass', async () => {
+    const p = toolsProject();
+    const r = await sluiceAsync(['test', '--project', p, '--format', 'json']);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    const out = JSON.parse(r.stdout) as { models: Record<string, Record<string, unknown>[]>; unit_tests: { test: string; passed: boolean }[] };
+    const rows = (m: string) => out.models[m].map((x) => JSON.stringify(x)).sort();
+    expect(rows('per_minute')).toEqual(
+      [
+        { minute: '2026-01-01T00:00:00.000Z', user: 'a', clicks: 2 },
+        { minute: '2026-01-01T00:00:00.000Z', user: 'b', clicks: 1 },
+        { minute: '2026-01-01T00:01:00.000Z', user: 'a', clicks: 1 },
+      ]
+        .map((x) => JSON.stringify(x))
+        .sort(),
+    );
+    expect(rows('busy')).toEqual([JSON.stringify({ minute: '2026-01-01T00:00:00.000Z', user: 'a' })]);
+    expect(out.unit_tests.map((u) => [u.test, u.passed])).toEqual([['two_minutes', true]]);
+  });
+
+  it('the docs site shows a windowed model with its badge and its window', async () => {
+    const p = toolsProject();
+    const r = await sluiceAsync(['docs', 'generate', '--project', p]);
+    expect(r.code, r.stderr).toBe(0);
+    const html = fs.readFileSync(path.join(p, '.sluice', 'docs', 'index.html'), 'utf8');
+    expect(html).toContain('<span class="badge windowed">windowed</span>');
+    expect(html).toMatch(/<tr><th>window<\/th><td>TUMBLE\(ts, INTERVAL &#39;1&#39; MINUTE\) per &quot;user&quot; · watermark: max event time - 5 seconds/);
+    const lineage = JSON.parse(fs.readFileSync(path.join(p, '.sluice', 'docs', 'lineage.json'), 'utf8')) as { nodes: { id: string; window?: string }[] };
+    expect(lineage.nodes.find((n) => n.id === 'model.per_minute')?.window).toMatch(/^TUMBLE/);
+    expect(lineage.nodes.find((n) => n.id === 'model.busy')?.window).toBeUndefined();
+  });
+});
+
 describe('late events', () => {
   // Tumbling one-minute windows, no out-of-orderness allowed. Minutes 0..9 have 12 events each,
   // in order; after minute m's events (m >= 3) comes one event of minute m - 2, whose window
