@@ -43,6 +43,18 @@ export function writeClicks(file, from, to) {
   }
 }
 
+/** `<dir>/clicks-<n>.ndjson` with events 0..n-1, generated the first time it is asked for. */
+export function clicksFile(dir, n) {
+  const file = path.join(dir, `clicks-${n}.ndjson`);
+  if (!fs.existsSync(file)) {
+    const t0 = performance.now();
+    writeClicks(`${file}.tmp`, 0, n);
+    fs.renameSync(`${file}.tmp`, file);
+    console.log(`generated ${file} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  return file;
+}
+
 /** The windowed models (and one stateless model reading a windowed one), as model files. */
 export const WINDOW_MODELS = {
   'models/revenue.sql': `-- Revenue per currency per minute (tumbling), with a spread of aggregates.

@@ -6,14 +6,13 @@
 // polled every 50 ms.
 //
 //   node bench/run.mjs [file] [--messages 500000] [--runs 3] [--batch-size B (none: no batch keys)] [--contract 1 | --data-tests 1]
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance, version as duckdbVersion } from '@duckdb/node-api';
-import { arg, cleanupOnInterrupt, median, trackPeakRss } from './lib.mjs';
+import { arg, cleanupOnInterrupt, median, timedChild } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { scaffold } from '../dist/cli/init.js';
 
@@ -130,28 +129,7 @@ function generate() {
 /** The child and temp dir in flight, so an interrupt can stop and remove them. */
 const inFlight = cleanupOnInterrupt();
 
-function timed(label, args) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    inFlight.child = child;
-    let out = '';
-    const keep = (d) => {
-      out += d;
-      if (out.length > 64_000) out = out.slice(-32_000);
-    };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    const peak = trackPeakRss(child, 50);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      const secs = (performance.now() - t0) / 1000;
-      inFlight.child = undefined;
-      if (code !== 0) reject(new Error(`${label} exited ${signal ?? code}:\n${out.slice(-4000)}`));
-      else resolve({ secs, peak: peak() });
-    });
-  });
-}
+const timed = (label, args) => timedChild(label, args, ROOT, inFlight);
 
 /** Rows and files per model under `dir`: `<dir>/<model>/**\/*.parquet` (sluice) or `<dir>/<model>.parquet` (baseline). */
 async function countRows(globs) {

@@ -706,3 +706,31 @@ export function cleanupOnInterrupt() {
   });
   return inFlight;
 }
+
+/**
+ * Runs `node <args>` in `cwd` as a child process, timed from spawn to exit, its peak RSS by
+ * VmHWM; rejects with the end of its output when it fails. `inFlight` (cleanupOnInterrupt) holds
+ * the child while it runs, so an interrupt stops it.
+ */
+export function timedChild(label, args, cwd, inFlight) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(process.execPath, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    inFlight.child = child;
+    let out = '';
+    const keep = (d) => {
+      out += d;
+      if (out.length > 64_000) out = out.slice(-32_000);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    const peak = trackPeakRss(child, 50);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      const secs = (performance.now() - t0) / 1000;
+      inFlight.child = undefined;
+      if (code !== 0) reject(new Error(`${label} exited ${signal ?? code}:\n${out.slice(-4000)}`));
+      else resolve({ secs, peak: peak() });
+    });
+  });
+}

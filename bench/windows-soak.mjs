@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { arg, checkFlags, cleanupOnInterrupt } from './lib.mjs';
-import { LATENESS, WINDOW_MODELS, writeClicks } from './clicks.mjs';
+import { LATENESS, WINDOW_MODELS, clicksFile } from './clicks.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 2 ** 20;
@@ -21,13 +21,7 @@ checkFlags('windows_soak', ['messages']);
 const N = arg('messages', 5_000_000);
 const MODELS = ['revenue', 'sessions'];
 
-const input = path.join(ROOT, 'bench', 'data', `clicks-${N}.ndjson`);
-if (!fs.existsSync(input)) {
-  const t0 = performance.now();
-  writeClicks(`${input}.tmp`, 0, N);
-  fs.renameSync(`${input}.tmp`, input);
-  console.log(`generated ${input} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-}
+const input = clicksFile(path.join(ROOT, 'bench', 'data'), N);
 const inFlight = cleanupOnInterrupt();
 
 const freePort = () =>

@@ -6,14 +6,13 @@
 // Each run's outputs are checked to be the same rows before its times count.
 //
 //   node bench/run.mjs windows [--messages 1000000] [--runs 3] [--model revenue|moving|sessions|buckets|all]
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance, version as duckdbVersion } from '@duckdb/node-api';
-import { checkFlags, arg, cleanupOnInterrupt, median, trackPeakRss } from './lib.mjs';
-import { WINDOW_MODELS, LATENESS, writeClicks } from './clicks.mjs';
+import { checkFlags, arg, cleanupOnInterrupt, median, timedChild } from './lib.mjs';
+import { WINDOW_MODELS, LATENESS, clicksFile } from './clicks.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 2 ** 20;
@@ -36,37 +35,11 @@ const lit = (s) => `'${s.replace(/'/g, "''")}'`;
 const fmtRate = (r) => Math.round(r).toLocaleString('en-US');
 
 const dataDir = path.join(ROOT, 'bench', 'data');
-const input = path.join(dataDir, `clicks-${N}.ndjson`);
-if (!fs.existsSync(input)) {
-  const t0 = performance.now();
-  writeClicks(`${input}.tmp`, 0, N);
-  fs.renameSync(`${input}.tmp`, input);
-  console.log(`generated ${input} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-}
+const input = clicksFile(dataDir, N);
 
 const inFlight = cleanupOnInterrupt();
 
-function timed(label, args) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    inFlight.child = child;
-    let out = '';
-    const keep = (d) => {
-      out += d;
-      if (out.length > 64_000) out = out.slice(-32_000);
-    };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    const peak = trackPeakRss(child, 50);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      inFlight.child = undefined;
-      if (code !== 0) reject(new Error(`${label} exited ${signal ?? code}:\n${out.slice(-4000)}`));
-      else resolve({ secs: (performance.now() - t0) / 1000, peak: peak() });
-    });
-  });
-}
+const timed = (label, args) => timedChild(label, args, ROOT, inFlight);
 
 /** Rows only in one of the two outputs, per model (0 and 0: the same rows). */
 async function compare(sluiceDir, baseDir) {

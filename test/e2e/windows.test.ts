@@ -14,6 +14,17 @@ import { compareWithBatch, loadEvents, WINDOW_MODELS, WINDOW_MODELS_YML, writeCl
 const root = tempDir('sluice-windows-');
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
+/** A model's rows in a project's JSONL output (none while it has no file). */
+function jsonlRows<T = Record<string, unknown>>(p: string, model: string): T[] {
+  const dir = path.join(p, 'output', model);
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.jsonl'))
+    .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
+    .map((l) => JSON.parse(l) as T);
+}
+
 const MODELS = ['revenue', 'moving', 'sessions', 'buckets', 'revenue_5m', 'revenue_eur'];
 
 function project(name: string, events: number, source = ''): string {
@@ -185,14 +196,7 @@ describe('late events', () => {
     return p;
   }
 
-  function outputRows(p: string): Record<string, unknown>[] {
-    const dir = path.join(p, 'output', 'per_minute');
-    return fs
-      .readdirSync(dir)
-      .filter((f) => f.endsWith('.jsonl'))
-      .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  }
+  const outputRows = (p: string) => jsonlRows(p, 'per_minute');
 
   async function runLate(p: string): Promise<Record<string, unknown>> {
     const r = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-json']);
@@ -242,11 +246,7 @@ describe('late events', () => {
     const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: { TZ: 'America/New_York' } });
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     for (const m of ['per_minute', 'per_minute_tz']) {
-      const dir = path.join(p, 'output', m);
-      const rows = fs
-        .readdirSync(dir)
-        .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-        .map((l) => JSON.parse(l) as { minute: string; total: number })
+      const rows = jsonlRows<{ minute: string; total: number }>(p, m)
         .map((x) => `${String(x.minute).slice(0, 19)} ${x.total}`)
         .sort();
       expect(rows, m).toEqual(['2026-01-01 00:00:00 3', '2026-01-01 00:01:00 12']);
@@ -293,11 +293,7 @@ describe('limits and processing time', () => {
     const p = capProject('cap-dlq', 'dlq');
     const r = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-json']);
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
-    const dir = path.join(p, 'output', 'per_minute');
-    const rows = fs
-      .readdirSync(dir)
-      .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-      .map((l) => JSON.parse(l) as { minute: string; currency: string; n: number });
+    const rows = jsonlRows<{ minute: string; currency: string; n: number }>(p, 'per_minute');
     // Each minute keeps the two currencies that came first (EUR, USD); GBP's four messages a minute are dead-lettered.
     expect(rows.map((x) => `${x.minute.slice(14, 16)} ${x.currency} ${x.n}`).sort()).toEqual(['00', '01', '02', '03', '04'].flatMap((m) => [`${m} EUR 4`, `${m} USD 4`]));
     const dead = projectDeadLetters(p);
@@ -334,15 +330,7 @@ describe('limits and processing time', () => {
         await new Promise((r) => setTimeout(r, 100));
       }
       // No more input: the last second's window closes on time alone.
-      const dir = path.join(p, 'output', 'per_second');
-      const total = () =>
-        fs.existsSync(dir)
-          ? fs
-              .readdirSync(dir)
-              .filter((f) => f.endsWith('.jsonl'))
-              .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-              .reduce((n, l) => n + (JSON.parse(l) as { n: number }).n, 0)
-          : 0;
+      const total = () => jsonlRows<{ n: number }>(p, 'per_second').reduce((n, x) => n + x.n, 0);
       await until(() => total() === 20, 20_000, 100, 'every event in a closed window, the source quiet');
       expect(total()).toBe(20);
     } finally {
