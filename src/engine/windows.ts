@@ -266,8 +266,9 @@ export class WindowOperator {
       }
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT * FROM ${this.state} WHERE false`);
     } else {
-      added = await this.buffer(opts.shape);
+      await this.buffer(opts.shape);
       const refused = await this.lateRows(this.fired);
+      added = refused.rows;
       if (refused.failures.length) return { refused: refused.failures };
       dropped = refused.dropped;
       updates = refused.updates;
@@ -317,7 +318,7 @@ export class WindowOperator {
   }
 
   /** This batch's rows of the model's input, with the event time and window columns, in `fresh`. */
-  private async buffer(shape: string): Promise<number> {
+  private async buffer(shape: string): Promise<void> {
     this.freshShape = shape;
     const q = ident(this.w.qualifier);
     let input = this.columns.get(shape);
@@ -341,44 +342,42 @@ export class WindowOperator {
       ...(this.w.kind === 'tumble' ? [`time_bucket(${this.w.size}, ${time}) AS ${W.start}`] : []),
       ...(this.w.kind === 'hop' ? [`time_bucket(${this.w.slide}, ${time}) AS ${W.last}`] : []),
     ];
-    // Made empty, then filled: an INSERT reports its row count (CREATE TABLE AS does not).
-    const select = `SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`;
-    await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS ${select} LIMIT 0`);
-    const r = await this.conn.run(`INSERT INTO ${this.fresh} ${select}`);
-    return Number(r.rowsChanged);
+    // CREATE TABLE AS reports no row count: lateRows() counts the rows in its one scan.
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`);
   }
 
   /** Sorts out this batch's late rows (and rows without an event time) by the `late` policy. */
-  private async lateRows(fired: number): Promise<{ failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedRows: number; max: number | null }> {
+  private async lateRows(fired: number): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedRows: number; max: number | null }> {
     const failures: MessageFailure[] = [];
     const seen = new Set<number>();
     const late = this.lateSql(fired);
     // One scan for the common case: no row without an event time, none late.
-    const [nullCount, lateCount, maxTs] = (
-      await this.conn.runAndReadAll(`SELECT count(*) FILTER (WHERE ${this.tsCol} IS NULL), count(*) FILTER (WHERE ${late}), epoch_us(max(${this.tsCol})) FROM ${this.fresh}`)
+    const [total, nullCount, lateCount, maxTs] = (
+      await this.conn.runAndReadAll(`SELECT count(*), count(*) FILTER (WHERE ${this.tsCol} IS NULL), count(*) FILTER (WHERE ${late}), epoch_us(max(${this.tsCol})) FROM ${this.fresh}`)
     ).getRows()[0];
     const max = maxTs === null ? null : Number(maxTs);
-    if (Number(nullCount) === 0 && Number(lateCount) === 0) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
+    const rows = Number(total);
+    if (Number(nullCount) === 0 && Number(lateCount) === 0) return { rows, failures, dropped: 0, updates: [], updatedRows: 0, max };
     const nulls = await this.conn.runAndReadAll(`SELECT DISTINCT ${MSG_COL} FROM ${this.fresh} WHERE ${this.tsCol} IS NULL`);
     for (const [m] of nulls.getRows()) {
       seen.add(Number(m));
       failures.push({ index: Number(m), stage: 'transform', model: this.model, error: `the event time (${this.w.time}) is NULL: the event belongs to no window` });
     }
-    if (fired === NEG) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
+    if (fired === NEG) return { rows, failures, dropped: 0, updates: [], updatedRows: 0, max };
     const start = this.w.kind === 'tumble' ? W.start : this.w.kind === 'hop' ? W.last : this.tsCol;
     const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL}, epoch_us(${start}) FROM ${this.fresh} WHERE ${late}`);
-    const rows = r.getRows().map(([m, s]) => ({ msg: Number(m), start: Number(s) }));
-    if (rows.length === 0) return { failures, dropped: 0, updates: [], updatedRows: 0, max };
+    const found = r.getRows().map(([m, s]) => ({ msg: Number(m), start: Number(s) }));
+    if (found.length === 0) return { rows, failures, dropped: 0, updates: [], updatedRows: 0, max };
     const policy = this.settings.late;
     const at = new Date(fired / 1000).toISOString();
     // Late events are counted as messages, whatever the policy (a message may give several rows).
     if (policy === 'drop') {
       const gone = await this.conn.run(`DELETE FROM ${this.fresh} WHERE ${late}`);
-      return { failures, dropped: new Set(rows.map((x) => x.msg)).size, droppedRows: Number(gone.rowsChanged), updates: [], updatedRows: 0, max };
+      return { rows, failures, dropped: new Set(found.map((x) => x.msg)).size, droppedRows: Number(gone.rowsChanged), updates: [], updatedRows: 0, max };
     }
     const updates = new Set<number>();
     const updatedMsgs = new Set<number>();
-    for (const x of rows) {
+    for (const x of found) {
       // Kept for an update while the window's state is held: until its end plus allowed_lateness.
       const held = policy === 'update' && x.start + this.us.size + this.us.allowed > fired;
       if (held) {
@@ -395,7 +394,7 @@ export class WindowOperator {
       failures.push({ index: x.msg, stage: 'transform', model: this.model, error: why });
       this.lateMsgs.add(x.msg);
     }
-    return { failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows: updatedMsgs.size, max };
+    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows: updatedMsgs.size, max };
   }
 
   /**
