@@ -397,8 +397,10 @@ export class BatchExecutor {
     return { ok: true };
   }
 
+  /** No message of the batch goes on: no model's rows, and no window takes any of the batch's. */
   private async clearOutputs(): Promise<void> {
     for (const m of this.models) await this.conn.run(`DROP TABLE IF EXISTS ${MODEL_SCHEMA}.${ident(m.name)}`);
+    for (const op of this.windows.ops.values()) op.beginBatch();
   }
 
   /** Writes a model's rows of the last batch to a Parquet file, with the message index column. */

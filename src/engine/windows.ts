@@ -167,9 +167,13 @@ export class WindowOperator {
     this.live = `sluice_state.${ident(`${model}__live`)}`;
   }
 
-  /** A new batch (or a batch tried again from the start). */
+  /**
+   * A new batch (or a batch tried again from the start), or a batch none of whose messages goes
+   * on: what an earlier attempt made is forgotten (nothing of it is staged or committed).
+   */
   beginBatch(): void {
     this.lateMsgs.clear();
+    this.pending = undefined;
   }
 
   private get tsCol(): string {

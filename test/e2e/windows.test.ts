@@ -271,6 +271,29 @@ describe('late events', () => {
   });
 });
 
+describe('isolation', () => {
+  it("a message dead-lettered for another model's error is not in any window", async () => {
+    // The first 10 messages lack `extra`, which the stateless model reads: binding fails for the
+    // whole batch (batches of 10), and every message of it is dead-lettered. The windowed model
+    // ran over that batch too before the failure: none of it may reach its state.
+    const p = path.join(root, 'isolation');
+    const lines: string[] = [];
+    for (let i = 0; i < 30; i++) lines.push(JSON.stringify({ ts: new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString(), ...(i >= 10 ? { extra: i } : {}) }));
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  batch_size: 10\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+      'models/a_per_minute.sql': "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+      'models/b_extra.sql': 'SELECT incoming.extra FROM incoming\n',
+      'data/events.ndjson': `${lines.join('\n')}\n`,
+    });
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0']);
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expect(projectDeadLetters(p)).toHaveLength(10);
+    expect(jsonlRows<{ n: number }>(p, 'a_per_minute').map((x) => x.n)).toEqual([20]);
+    expect(jsonlRows(p, 'b_extra')).toHaveLength(20);
+  });
+});
+
 describe('limits and processing time', () => {
   // Three currencies a minute, and a cap of two groups per window.
   function capProject(name: string, policy: string): string {
