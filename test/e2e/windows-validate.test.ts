@@ -146,9 +146,21 @@ GROUP BY u.name, TUMBLE(e.ts, INTERVAL '1' MINUTE)
       'models/per_minute.sql': PER_MINUTE,
       'models/typed.sql': "SELECT count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
     });
+    // (a stateless model's dlq test beside a windowed model of the same source: see the next test)
     const v = await cli(p, 'validate');
     expect(v.code).toBe(2);
     expect(v.stderr).toMatch(/config\/models\.yml:4: data test \S+ of windowed model per_minute: on_failure: dlq needs a row's message, and a window's row has many; use warn or fail/);
     expect(v.stderr).toMatch(/model typed is windowed: schema contracts \(overrides\.typed\.contract, typed columns\) are not applied to windowed models yet/);
+  });
+
+  it('a data test with on_failure: dlq on a stateless model is refused beside a windowed model of the same source (the message would stay in the windows)', async () => {
+    const p = project('dlq-beside-windows', {
+      'config/models.yml': 'overrides:\n  plain:\n    columns:\n      - { name: v, tests: [{ range: { min: 0, on_failure: dlq } }] }\n',
+      'models/per_minute.sql': PER_MINUTE,
+      'models/plain.sql': 'SELECT user_id, v FROM incoming\n',
+    });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    expect(v.stderr).toMatch(/config\/models\.yml:4: data test \S+ of model plain: on_failure: dlq is not supported yet beside a windowed model of the same source \(per_minute\)/);
   });
 });
