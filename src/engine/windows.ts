@@ -292,7 +292,11 @@ export class WindowOperator {
     const updated = updates.length ? ` OR ${W.start} IN (${updates.map(ts).join(', ')})` : '';
     const emitted = `((${W.end} > ${ts(fired)} AND ${W.end} <= ${ts(wm)})${updated})`;
     let closing: string;
-    if (this.w.kind === 'session') {
+    if (!closeAll && wm <= fired && updates.length === 0) {
+      // The watermark did not move: no window closes (a session started since has its end past
+      // the watermark, as no row older than it is taken). The emission runs over no row.
+      closing = `SELECT * FROM (${this.windowsOf(this.fresh)}) WHERE false`;
+    } else if (this.w.kind === 'session') {
       await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_sessions AS ${this.sessionsOf(this.all())}`);
       closing = `SELECT * FROM __sluice_sessions WHERE ${W.end} <= ${ts(wm)}`;
     } else {
