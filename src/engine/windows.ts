@@ -94,8 +94,9 @@ export async function windowIntervals(conn: DuckDBConnection, w: WindowedQuery, 
     if (months !== 0 && !(k === 'size' && w.kind === 'tumble')) return { problem: `${k} ${sql} counts months, which have no fixed length: give it in days or less` };
     us[k] = n;
   }
-  if (s.late === 'update' && w.kind !== 'tumble')
-    return { problem: `late: update re-emits tumbling windows only; ${w.kind === 'hop' ? 'a hopping' : 'a session'} window takes late: drop or late: dlq` };
+  if (s.late === 'update' && w.kind === 'session') {
+    return { problem: 'late: update re-emits tumbling and hopping windows; a session window takes late: drop or late: dlq (a late event can merge sessions already emitted)' };
+  }
   if (w.kind === 'hop' && us.size < us.slide) return { problem: "a hopping window's size must be at least its slide" };
   if (s.maxSessionDuration && w.kind !== 'session') return { problem: 'max_session_duration is for session windows' };
   return us;
@@ -302,19 +303,17 @@ export class WindowOperator {
     } else {
       // Rows of the state and of this batch that may be in a closing window: those whose last window closes after `fired`.
       const col = this.w.kind === 'tumble' ? W.start : W.last;
-      const open = `${this.endOf(col)} > ${ts(fired)}${updated}`;
+      // A hopping row is in an updated window when its last window ends after the window's start.
+      const reopened = updates.length === 0 ? '' : this.w.kind === 'tumble' ? updated : ` OR ${this.endOf(col)} > ${ts(updates[0])}`;
+      const open = `${this.endOf(col)} > ${ts(fired)}${reopened}`;
       const rows = this.stateExists ? `(SELECT * FROM ${this.state} WHERE ${open} UNION ALL BY NAME SELECT * FROM ${this.fresh})` : this.fresh;
       closing = `SELECT * FROM (${this.windowsOf(rows)}) WHERE ${emitted}`;
     }
     await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${closing}`);
     const msg = opts.partitions.at(-1)?.hi ?? 0;
-    const revision =
-      this.settings.late !== 'update'
-        ? ''
-        : updates.length === 0
-          ? ', 0::INTEGER AS _revision'
-          : `, CASE ${updates.map((u) => `WHEN ${W.start} = ${ts(u)} THEN ${(this.revisions.get(u) ?? 0) + 1}`).join(' ')} ELSE 0 END::INTEGER AS _revision`;
-    await this.conn.run(`CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(this.model)} AS SELECT * EXCLUDE (${W.start}, ${W.end})${revision}, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.w.emit})`);
+    await this.conn.run(
+      `CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(this.model)} AS SELECT * EXCLUDE (${W.start}, ${W.end})${this.revisionSql(updates)}, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.w.emit})`,
+    );
     let after = wm;
     if (closeAll) {
       const r = await this.conn.runAndReadAll(`SELECT epoch_us(max(${W.end})) FROM ${CLOSING}`);
@@ -323,6 +322,13 @@ export class WindowOperator {
     }
     this.pending = { parts, wm: after, dropped, updates, updatedRows, added, closeAll };
     return {};
+  }
+
+  /** Under late: update, the `_revision` column of emitted rows: the next for `updates`' windows, 0 for the others. */
+  private revisionSql(updates: number[]): string {
+    if (this.settings.late !== 'update') return '';
+    if (updates.length === 0) return ', 0::INTEGER AS _revision';
+    return `, CASE ${updates.map((u) => `WHEN ${W.start} = ${ts(u)} THEN ${(this.revisions.get(u) ?? 0) + 1}`).join(' ')} ELSE 0 END::INTEGER AS _revision`;
   }
 
   /** This batch's rows of the model's input, with the event time and window columns, in `fresh`. */
@@ -358,7 +364,10 @@ export class WindowOperator {
   private async lateRows(fired: number): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedRows: number; max: number | null }> {
     const failures: MessageFailure[] = [];
     const seen = new Set<number>();
-    const late = this.lateSql(fired);
+    // Hopping windows under late: update: a row may update an emitted window while its later
+    // windows are still open; only a row older than the watermark can be in an emitted one.
+    const hopUpdate = this.w.kind === 'hop' && this.settings.late === 'update';
+    const late = hopUpdate && fired !== NEG ? `${this.tsCol} < ${ts(fired)}` : this.lateSql(fired);
     // One scan for the common case: no row without an event time, none late.
     const [total, nullCount, lateCount, maxTs] = (
       await this.conn.runAndReadAll(`SELECT count(*), count(*) FILTER (WHERE ${this.tsCol} IS NULL), count(*) FILTER (WHERE ${late}), epoch_us(max(${this.tsCol})) FROM ${this.fresh}`)
@@ -385,6 +394,7 @@ export class WindowOperator {
     }
     const updates = new Set<number>();
     const updatedMsgs = new Set<number>();
+    if (hopUpdate) return this.hopUpdates(rows, failures, seen, fired, max);
     for (const x of found) {
       // Kept for an update while the window's state is held: until its end plus allowed_lateness.
       const held = policy === 'update' && x.start + this.us.size + this.us.allowed > fired;
@@ -438,6 +448,50 @@ export class WindowOperator {
       );
     }
     return rows.map(([m, w]) => ({ index: Number(m), stage: 'transform' as const, model: this.model, error: `${where(w)} already holds max_groups_per_window (${cap}) groups; on_max_groups: dlq` }));
+  }
+
+  /**
+   * late: update on hopping windows. A row joins every window it belongs to that is still held:
+   * the open ones, and the emitted ones whose end plus allowed_lateness the watermark has not
+   * passed (emitted again, with the next revision). A row none of whose windows is held any
+   * more is dead-lettered. Every message with a row in an emitted window counts as an update.
+   */
+  private async hopUpdates(
+    rows: number,
+    failures: MessageFailure[],
+    seen: Set<number>,
+    fired: number,
+    max: number | null,
+  ): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; updates: number[]; updatedRows: number; max: number | null }> {
+    const allowed = `to_microseconds(${this.us.allowed}::BIGINT)`;
+    const windows = `SELECT ${MSG_COL}, ${W.start}, ${W.end} FROM (${this.windowsOf(this.fresh)})`;
+    const r = await this.conn.runAndReadAll(
+      `SELECT ${MSG_COL}, list(DISTINCT epoch_us(${W.start})) FILTER (WHERE ${W.end} <= ${ts(fired)} AND ${W.end} + ${allowed} > ${ts(fired)}), bool_or(${W.end} > ${ts(fired)} OR ${W.end} + ${allowed} > ${ts(fired)})
+       FROM (${windows}) GROUP BY ALL HAVING bool_or(${W.end} <= ${ts(fired)})`,
+    );
+    const updates = new Set<number>();
+    let updated = 0;
+    const at = new Date(fired / 1000).toISOString();
+    for (const [m, starts, held] of r.getRows()) {
+      const msg = Number(m);
+      if (!held) {
+        if (seen.has(msg)) continue;
+        seen.add(msg);
+        failures.push({
+          index: msg,
+          stage: 'transform',
+          model: this.model,
+          error: `late event: its windows were emitted when the watermark passed ${at} and their state is gone (allowed_lateness ${this.settings.allowedLateness}); late: update`,
+        });
+        this.lateMsgs.add(msg);
+        continue;
+      }
+      const list = ((starts as { items?: unknown[] } | null)?.items ?? []).map(Number);
+      if (list.length === 0) continue;
+      for (const s of list) updates.add(s);
+      updated++;
+    }
+    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows: updated, max };
   }
 
   /**

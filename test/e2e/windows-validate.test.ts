@@ -106,22 +106,15 @@ GROUP BY u.name, TUMBLE(e.ts, INTERVAL '1' MINUTE)
     );
   });
 
-  it.each([
-    ['SESSION', 'sessions', SESSIONS, 'a session window takes late: drop or late: dlq'],
-    [
-      'HOP',
-      'moving',
-      "SELECT HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) AS s, count(*) AS n FROM incoming GROUP BY HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)\n",
-      'a hopping window takes late: drop or late: dlq',
-    ],
-  ])('late: update on a %s model: validate refuses it naming config/models.yml, the key and the line, and so does run', async (_kind, model, sql, advice) => {
-    const p = project(`late-update-${model}`, { 'config/models.yml': `overrides:\n  ${model}:\n    window:\n      late: update\n`, [`models/${model}.sql`]: sql });
+  it('late: update on a SESSION model: validate refuses it naming config/models.yml, the key and the line, and so does run', async () => {
+    const p = project('late-update-sessions', { 'config/models.yml': 'overrides:\n  sessions:\n    window:\n      late: update\n', 'models/sessions.sql': SESSIONS });
+    const why = 'late: update re-emits tumbling and hopping windows; a session window takes late: drop or late: dlq (a late event can merge sessions already emitted)';
     const v = await cli(p, 'validate');
     expect(v.code).toBe(2);
-    expect(v.stderr).toContain(`  config/models.yml:3: overrides.${model}.window: model ${model}: late: update re-emits tumbling windows only; ${advice}\n`);
+    expect(v.stderr).toContain(`  config/models.yml:3: overrides.sessions.window: model sessions: ${why}\n`);
     const r = await cli(p, 'run', '--port', '0');
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain(`late: update re-emits tumbling windows only; ${advice}`);
+    expect(r.stderr).toContain(why);
     expect(fs.existsSync(path.join(p, 'output'))).toBe(false);
   });
 

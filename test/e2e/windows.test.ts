@@ -184,13 +184,15 @@ describe('late events', () => {
     return `${lines.join('\n')}\n`;
   }
 
-  function lateProject(policy: string, extra = ''): string {
-    const p = path.join(root, `late-${policy}`);
+  const TUMBLING = "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, count(*) AS n, sum(v) AS total FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n";
+
+  function lateProject(policy: string, extra = '', sql = TUMBLING, name = `late-${policy}`): string {
+    const p = path.join(root, name);
     writeFiles(p, {
       'config/sources.yml': 'source:\n  type: file\n  path: data\n  batch_size: 10\n  dlq: .sluice/dlq\n',
       'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
       'config/models.yml': `overrides:\n  per_minute:\n    window:\n      late: ${policy}\n${extra}`,
-      'models/per_minute.sql': "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, count(*) AS n, sum(v) AS total FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+      'models/per_minute.sql': sql,
       'data/events.ndjson': lateInput(),
     });
     return p;
@@ -268,6 +270,38 @@ describe('late events', () => {
     const dead = projectDeadLetters(p);
     expect(dead).toHaveLength(2);
     expect(dead[0].error).toMatch(/its state is gone \(allowed_lateness 3 minutes\); late: update/);
+  });
+
+  it('late: update on hopping windows re-emits every emitted window still held that a late event belongs to; the latest revisions equal the batch query', async () => {
+    const hop = "SELECT HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '3' MINUTE) AS minute, count(*) AS n, sum(v) AS total FROM incoming GROUP BY HOP(ts, INTERVAL '1' MINUTE, INTERVAL '3' MINUTE)\n";
+    const p = lateProject('update', '      allowed_lateness: 2 minutes\n', hop, 'late-update-hop');
+    const done = await runLate(p);
+    // Minute m-2's late event (m = 3..9) lands in the windows starting m-4, m-3 (emitted, held:
+    // updated) and m-2 (open); the two of minute 0 after minute 9: every window of theirs is gone.
+    expect(done.late).toEqual({ per_minute: { drop: 0, dlq: 2, update: 7 } });
+    const dead = projectDeadLetters(p);
+    expect(dead.map((d) => JSON.parse(d.payload).v)).toEqual([1000, 1000]);
+    const rows = outputRows(p) as { minute: string; n: number; total: number; _revision: number }[];
+    const latest = new Map<string, { n: number; total: number; _revision: number }>();
+    for (const r of rows) if ((latest.get(r.minute)?._revision ?? -1) < r._revision) latest.set(r.minute, r);
+    // A window spans three minutes, so two late events can update it: revisions 1 and 2.
+    expect(new Set(rows.map((r) => r._revision))).toEqual(new Set([0, 1, 2]));
+    const db = await DuckDBInstance.create(':memory:');
+    const conn = await db.connect();
+    try {
+      await conn.run(
+        `CREATE TABLE events AS SELECT * FROM read_json('${path.join(p, 'data', 'events.ndjson')}', columns = {id: 'BIGINT', ts: 'VARCHAR', v: 'BIGINT', late: 'BOOLEAN'}) WHERE v <> 1000`,
+      );
+      const batch = await conn.runAndReadAll(
+        `SELECT strftime(s, '%Y-%m-%d %H:%M:%S') AS minute, count(*) AS n, sum(v) AS total FROM (SELECT *, unnest(generate_series(time_bucket(INTERVAL 1 MINUTE, ts::TIMESTAMP) - INTERVAL 2 MINUTE, time_bucket(INTERVAL 1 MINUTE, ts::TIMESTAMP), INTERVAL 1 MINUTE)) AS s FROM events) GROUP BY s ORDER BY s`,
+      );
+      const expected = batch.getRowObjectsJson().map((r) => `${r.minute} ${r.n} ${r.total}`);
+      const got = [...latest].map(([m, r]) => `${String(m).slice(0, 19)} ${r.n} ${r.total}`).sort();
+      expect(got).toEqual(expected);
+    } finally {
+      conn.closeSync();
+      db.closeSync();
+    }
   });
 });
 
