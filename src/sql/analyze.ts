@@ -1,22 +1,13 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { lineAt, outputNames, rewriteQuery, serialize, walkExpr, type Ctx, type Node } from './parse-tree.js';
-import { windowedQuery, type WindowedQuery } from './windows.js';
+import { windowedQuery, type WindowedAnalysis } from './windows.js';
 
 export { MESSAGE_COL, MSG_COL, RESERVED_COLUMNS, reservedColumn, ROW_COL, WINDOW_COLUMNS } from './parse-tree.js';
 
-export interface SqlAnalysis {
-  /** Parse error, with the 1-based line in the rendered SQL when DuckDB reports a position. */
-  error?: { message: string; line?: number };
-  /** Why the model is stateful (empty = stateless). */
-  stateful: string[];
-  /** Output column names when they can be read from the SELECT list (null with `*`). */
-  outputColumns: string[] | null;
+/** What analyzeSql() says of a model (the fields it shares with a windowed one: see WindowedAnalysis). */
+export interface SqlAnalysis extends WindowedAnalysis {
   /** The model rewritten to carry MSG_COL through to its output (a windowed model: see `window`). */
   rewritten?: string;
-  /** A model that aggregates over windows of event time (sql/windows.ts). */
-  window?: WindowedQuery;
-  /** The model groups by a window but does something a windowed model cannot (in `stateful`). */
-  windowed?: boolean;
 }
 
 let aggregateNames: Set<string> | undefined;

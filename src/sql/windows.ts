@@ -73,12 +73,17 @@ function isCall(x: unknown, names: Record<string, unknown>): x is Node {
   return Boolean(x && typeof x === 'object' && (x as Node).class === 'FUNCTION' && String((x as Node).function_name).toLowerCase() in names);
 }
 
-/** What windowedQuery() says of a model: as SqlAnalysis has it (sql/analyze.ts). */
+/** What windowedQuery() says of a model; analyze.ts's SqlAnalysis extends it. */
 export interface WindowedAnalysis {
+  /** Parse error, with the 1-based line in the rendered SQL when DuckDB reports a position. */
   error?: { message: string; line?: number };
+  /** Why the model cannot run (empty: stateless, or windowed). */
   stateful: string[];
+  /** Output column names when they can be read from the SELECT list (null with `*`). */
   outputColumns: string[] | null;
+  /** A model that aggregates over windows of event time. */
   window?: WindowedQuery;
+  /** The model groups by a window but does something a windowed model cannot (in `stateful`). */
   windowed?: boolean;
 }
 
