@@ -402,6 +402,9 @@ export class Pipeline {
         if (this.flusher.failures.size > 0) await this.backpressure();
         pending = signal.aborted ? Promise.resolve(null) : next();
         if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName, { read: cur.readMs, wait });
+        // A source with nothing to read hands over empty batches (every batch_timeout_ms): they
+        // must not keep the windows' tick from running.
+        else await this.tick(source, sourceName);
         await this.flusher.flushDue();
       }
     } finally {
@@ -440,8 +443,13 @@ export class Pipeline {
       const r = await Promise.race([pending, tick]);
       cancel();
       if (r !== TICK) return r;
-      if (!this.opts.signal.aborted && this.executor.windows.wouldAdvance()) await this.windowPass('tick', source, sourceName);
+      await this.tick(source, sourceName);
     }
+  }
+
+  /** Closes what time alone closes (a windows pass), when some window would close now. */
+  private async tick(source: Source, sourceName: string): Promise<void> {
+    if (!this.opts.signal.aborted && this.executor.windows.wouldAdvance()) await this.windowPass('tick', source, sourceName);
   }
 
   private async readAndPrepare(batcher: Batcher, lane: number): Promise<ReadBatch | null> {

@@ -118,7 +118,7 @@ interface Pending {
   /** Windows (start, µs) re-emitted for late updates. */
   updates: number[];
   /** Late messages taken into those windows. */
-  updatedRows: number;
+  updatedMessages: number;
   /** Rows in `new`. */
   added: number;
   /** A state file staged for this batch, and whether it is a compaction (the whole state). */
@@ -261,12 +261,12 @@ export class WindowOperator {
     const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
     let dropped = 0;
     let updates: number[] = [];
-    let updatedRows = 0;
+    let updatedMessages = 0;
     let added = 0;
     if ((closeAll || tick) && !opts.input) {
       // No new rows: the end of the input, or time passing (processing time, idle partitions).
       if (!this.stateExists) {
-        this.pending = { parts, wm: this.fired, dropped, updates, updatedRows, added, closeAll };
+        this.pending = { parts, wm: this.fired, dropped, updates, updatedMessages, added, closeAll };
         return {};
       }
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT * FROM ${this.state} WHERE false`);
@@ -277,7 +277,7 @@ export class WindowOperator {
       if (refused.failures.length) return { refused: refused.failures };
       dropped = refused.dropped;
       updates = refused.updates;
-      updatedRows = refused.updatedRows;
+      updatedMessages = refused.updatedMessages;
       added -= refused.droppedRows ?? 0;
       if (this.settings.maxGroupsPerWindow) {
         const over = await this.overCap(this.settings.maxGroupsPerWindow);
@@ -320,7 +320,7 @@ export class WindowOperator {
       const v = r.getRows()[0][0];
       after = v === null ? fired : Math.max(fired, Number(v));
     }
-    this.pending = { parts, wm: after, dropped, updates, updatedRows, added, closeAll };
+    this.pending = { parts, wm: after, dropped, updates, updatedMessages, added, closeAll };
     return {};
   }
 
@@ -361,7 +361,7 @@ export class WindowOperator {
   }
 
   /** Sorts out this batch's late rows (and rows without an event time) by the `late` policy. */
-  private async lateRows(fired: number): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedRows: number; max: number | null }> {
+  private async lateRows(fired: number): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedMessages: number; max: number | null }> {
     const failures: MessageFailure[] = [];
     const seen = new Set<number>();
     // Hopping windows under late: update: a row may update an emitted window while its later
@@ -374,23 +374,23 @@ export class WindowOperator {
     ).getRows()[0];
     const max = maxTs === null ? null : Number(maxTs);
     const rows = Number(total);
-    if (Number(nullCount) === 0 && Number(lateCount) === 0) return { rows, failures, dropped: 0, updates: [], updatedRows: 0, max };
+    if (Number(nullCount) === 0 && Number(lateCount) === 0) return { rows, failures, dropped: 0, updates: [], updatedMessages: 0, max };
     const nulls = await this.conn.runAndReadAll(`SELECT DISTINCT ${MSG_COL} FROM ${this.fresh} WHERE ${this.tsCol} IS NULL`);
     for (const [m] of nulls.getRows()) {
       seen.add(Number(m));
       failures.push({ index: Number(m), stage: 'transform', model: this.model, error: `the event time (${this.w.time}) is NULL: the event belongs to no window` });
     }
-    if (fired === NEG) return { rows, failures, dropped: 0, updates: [], updatedRows: 0, max };
+    if (fired === NEG) return { rows, failures, dropped: 0, updates: [], updatedMessages: 0, max };
     const start = this.w.kind === 'tumble' ? W.start : this.w.kind === 'hop' ? W.last : this.tsCol;
     const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL}, epoch_us(${start}) FROM ${this.fresh} WHERE ${late}`);
     const found = r.getRows().map(([m, s]) => ({ msg: Number(m), start: Number(s) }));
-    if (found.length === 0) return { rows, failures, dropped: 0, updates: [], updatedRows: 0, max };
+    if (found.length === 0) return { rows, failures, dropped: 0, updates: [], updatedMessages: 0, max };
     const policy = this.settings.late;
     const at = new Date(fired / 1000).toISOString();
     // Late events are counted as messages, whatever the policy (a message may give several rows).
     if (policy === 'drop') {
       const gone = await this.conn.run(`DELETE FROM ${this.fresh} WHERE ${late}`);
-      return { rows, failures, dropped: new Set(found.map((x) => x.msg)).size, droppedRows: Number(gone.rowsChanged), updates: [], updatedRows: 0, max };
+      return { rows, failures, dropped: new Set(found.map((x) => x.msg)).size, droppedRows: Number(gone.rowsChanged), updates: [], updatedMessages: 0, max };
     }
     const updates = new Set<number>();
     const updatedMsgs = new Set<number>();
@@ -412,7 +412,7 @@ export class WindowOperator {
       failures.push({ index: x.msg, stage: 'transform', model: this.model, error: why });
       this.lateMsgs.add(x.msg);
     }
-    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows: updatedMsgs.size, max };
+    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedMessages: updatedMsgs.size, max };
   }
 
   /**
@@ -462,7 +462,7 @@ export class WindowOperator {
     seen: Set<number>,
     fired: number,
     max: number | null,
-  ): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; updates: number[]; updatedRows: number; max: number | null }> {
+  ): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; updates: number[]; updatedMessages: number; max: number | null }> {
     const allowed = `to_microseconds(${this.us.allowed}::BIGINT)`;
     const windows = `SELECT ${MSG_COL}, ${W.start}, ${W.end} FROM (${this.windowsOf(this.fresh)})`;
     const r = await this.conn.runAndReadAll(
@@ -491,7 +491,7 @@ export class WindowOperator {
       for (const s of list) updates.add(s);
       updated++;
     }
-    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedRows: updated, max };
+    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedMessages: updated, max };
   }
 
   /**
@@ -596,7 +596,10 @@ export class WindowOperator {
     // Rows of emitted sessions (a session never takes a row once emitted: see lateSql).
     const keys = this.w.keys.map((_, i) => `${W.key}${i}`);
     await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_done AS SELECT DISTINCT ${[...keys, W.start, W.end].join(', ')} FROM (${this.sessionsOf(table)}) WHERE ${W.end} <= ${ts(wm)}`);
-    const match = [...keys.map((k) => `t.${k} IS NOT DISTINCT FROM d.${k}`), `t.${this.tsCol} >= d.${W.start}`, `t.${this.tsCol} < d.${W.end}`].join(' AND ');
+    // A session's rows run from its start to its last event (its end less the gap): under
+    // max_session_duration the next session of the key may start before this one's end.
+    const last = `d.${W.end} - to_microseconds(${this.us.gap}::BIGINT)`;
+    const match = [...keys.map((k) => `t.${k} IS NOT DISTINCT FROM d.${k}`), `t.${this.tsCol} >= d.${W.start}`, `t.${this.tsCol} <= ${last}`].join(' AND ');
     await this.conn.run(`DELETE FROM ${table} t WHERE EXISTS (SELECT 1 FROM __sluice_done d WHERE ${match})`);
   }
 
@@ -622,7 +625,7 @@ export class WindowOperator {
     this.fired = p.wm;
     this.parts = p.parts;
     this.counts.late.drop += p.dropped;
-    this.counts.late.update += p.updatedRows;
+    this.counts.late.update += p.updatedMessages;
     this.counts.late.dlq += this.lateMsgs.size;
     this.lateMsgs.clear();
   }

@@ -129,4 +129,45 @@ describe('windowed models over Kafka', () => {
       db.closeSync();
     }
   }, 600_000);
+
+  it('an assigned partition with no event holds the watermark back until idle_timeout, then the windows close on time alone', async () => {
+    const topic = uniqueTopic('sluice-idle');
+    await ensureTopic(mk.admin, topic);
+    // Two minutes of events, all in partition 0: partitions 1-3 are assigned and empty.
+    const at = (s: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, s)).toISOString();
+    await produce(
+      mk.producer,
+      topic,
+      Array.from({ length: 24 }, (_, i) => ({ partition: 0, value: JSON.stringify({ ts: at(i * 5) }) })),
+    );
+    const run = async (name: string, idle: string, waitMs: number) => {
+      const p = path.join(root, name);
+      writeFiles(p, {
+        'config/sources.yml': `source:\n  type: kafka\n  brokers: ${mk.brokers}\n  topics: [${topic}]\n  group_id: g-${name}-${topic}\n  session_timeout_ms: 4000\n  rebalance_timeout_ms: 4000\n  heartbeat_interval_ms: 400\n  max_wait_ms: 100\n  dlq: .sluice/dlq\n`,
+        'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+        'config/models.yml': `max_age_seconds: 0.2\noverrides:\n  per_minute:\n    window:\n      idle_timeout: ${idle}\n`,
+        'models/per_minute.sql': "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+      });
+      const w = sluiceBg(['run', '--project', p, '--port', '0'], { env: { SLUICE_WORKER_ID: 'w1' } });
+      try {
+        await until(() => groupCaughtUp(mk.admin, `g-${name}-${topic}`, topic), 60_000, 100);
+        await new Promise((r) => setTimeout(r, waitMs));
+        const dir = path.join(p, 'output', 'per_minute');
+        return fs.existsSync(dir)
+          ? fs
+              .readdirSync(dir)
+              .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
+              .map((l) => JSON.parse(l) as { minute: string; n: number })
+          : [];
+      } finally {
+        w.kill('SIGTERM');
+        await waitExit(w, 60_000);
+      }
+    };
+    // Held back: the empty partitions are not idle yet, so minute 0 does not close.
+    expect(await run('not-idle', '10 minutes', 4000)).toEqual([]);
+    // Idle after 2 s: the tick closes minute 0 (the watermark is 00:01:55, partition 0's alone).
+    const rows = await run('idle', '2 seconds', 6000);
+    expect(rows.map((r) => `${String(r.minute).slice(11, 19)} ${r.n}`)).toEqual(['00:00:00 12']);
+  }, 180_000);
 });

@@ -305,6 +305,28 @@ describe('late events', () => {
   });
 });
 
+describe('session cap', () => {
+  it('max_session_duration cuts sessions at multiples of the duration: a user clicking every 10 s for 5 minutes has 3 sessions under a 2-minute cap', async () => {
+    const p = path.join(root, 'session-cap');
+    const lines = Array.from({ length: 30 }, (_, i) => JSON.stringify({ ts: new Date(Date.UTC(2026, 0, 1, 0, 0, 5 + i * 10)).toISOString(), user: 'a' }));
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+      'config/models.yml': 'overrides:\n  capped:\n    window:\n      max_session_duration: 2 minutes\n',
+      'models/capped.sql':
+        "SELECT SESSION_START(ts, INTERVAL '30' SECOND) AS s, SESSION_END(ts, INTERVAL '30' SECOND) AS e, \"user\", count(*) AS n FROM incoming GROUP BY SESSION(ts, INTERVAL '30' SECOND), \"user\"\n",
+      'models/uncapped.sql': "SELECT SESSION_START(ts, INTERVAL '30' SECOND) AS s, count(*) AS n FROM incoming GROUP BY SESSION(ts, INTERVAL '30' SECOND)\n",
+      'data/events.ndjson': `${lines.join('\n')}\n`,
+    });
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0']);
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    const show = (x: { s: string; e?: string; n: number }) => `${x.s.slice(11, 19)} ${x.e ? x.e.slice(11, 19) : ''} ${x.n}`.replace('  ', ' ');
+    // Cut at 00:02:00 and 00:04:00: 00:00:05-00:01:55 (12 clicks), 00:02:05-00:03:55 (12), 00:04:05-00:04:55 (6).
+    expect(jsonlRows<{ s: string; e: string; n: number }>(p, 'capped').map(show).sort()).toEqual(['00:00:05 00:02:25 12', '00:02:05 00:04:25 12', '00:04:05 00:05:25 6']);
+    expect(jsonlRows<{ s: string; n: number }>(p, 'uncapped').map(show)).toEqual(['00:00:05 30']);
+  });
+});
+
 describe('isolation', () => {
   it("a message dead-lettered for another model's error is not in any window", async () => {
     // The first 10 messages lack `extra`, which the stateless model reads: binding fails for the
