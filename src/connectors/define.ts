@@ -57,6 +57,12 @@ export interface SourceDefinitionOf<S extends z.ZodType> {
   metadata: readonly MetadataColumn[];
   /** Each worker gets its own WAL directory and file names (competing consumers of a queue). */
   workerScoped?: boolean;
+  /**
+   * Its messages come in partitions (MessageMeta topic and partition, an `offset` in coords)
+   * that a consumer group divides among its workers, and Source.partitions() says which this
+   * worker reads: a shared window state store can move a partition's window state with it.
+   */
+  partitioned?: boolean;
   create(cfg: z.output<S>, ctx: ConnectorContext): Promise<Source>;
   /** Opens the source's dead-letter queue (undefined: none configured). */
   createDlq?(cfg: z.output<S>, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined>;
@@ -97,6 +103,7 @@ export interface SourceDefinition {
   readonly dlq: SourceDlq;
   readonly metadata: readonly MetadataColumn[];
   readonly workerScoped: boolean;
+  readonly partitioned: boolean;
   create(cfg: ConnectorConfig, ctx: ConnectorContext): Promise<Source>;
   createDlq?(cfg: ConnectorConfig, ctx: ConnectorContext): Promise<DeadLetterQueue | undefined>;
   planner?(cfg: ConnectorConfig, ctx: ConnectorContext): Promise<InfraPlanner>;
@@ -134,6 +141,7 @@ export function defineSource<S extends z.ZodType>(def: SourceDefinitionOf<S>): S
     dlq: def.dlq,
     metadata: def.metadata,
     workerScoped: def.workerScoped ?? false,
+    partitioned: def.partitioned ?? false,
     create: (cfg, ctx) => def.create(typed<S>(cfg), ctx),
     createDlq: createDlq && ((cfg, ctx) => createDlq(typed<S>(cfg), ctx)),
     planner: planner && ((cfg, ctx) => planner(typed<S>(cfg), ctx)),

@@ -108,6 +108,8 @@ export interface PreparedBatch {
   partitions?: PartitionRun[];
   /** The partitions the source reads (Source.partitions), when it has them and a windowed model needs them. */
   assigned?: string[];
+  /** Messages the models skip: a shared window state store says another worker handled them, or holds their partition (see WindowSet.begin). */
+  skip?: Set<number>;
   /** Messages that failed to decode (their failures are in `failures`). */
   bad: Set<number>;
   failures: MessageFailure[];

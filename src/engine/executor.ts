@@ -10,7 +10,8 @@ import type { Structure } from './structure.js';
 import { asInfraError } from './infra-errors.js';
 import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractReport, type ModelContract } from './contracts.js';
 import { stopwatch } from './batch-load.js';
-import { DEFAULT_WINDOW_SETTINGS, WindowOperator, WindowSet, type WindowSettings } from './windows.js';
+import { DEFAULT_WINDOW_SETTINGS, WindowOperator, type WindowSettings } from './windows.js';
+import { WindowSet } from './window-set.js';
 import type { WindowedQuery } from '../sql/windows.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { BatchDecoder, partitionRuns, cleanError, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
@@ -191,6 +192,7 @@ export class BatchExecutor {
    * or readOutput().
    */
   async execute(p: PreparedBatch, targets?: Map<string, string>): Promise<BatchOutcome> {
+    if (p.skip?.size) await this.skipMessages(p, p.skip);
     const written = new Set<string>();
     const { failures, structure } = p;
     const rows = new Map<string, number>();
@@ -256,6 +258,21 @@ export class BatchExecutor {
     }
     this.report.changes.push(...this.schemas.drainChanges());
     return { failures, rows, attempts, timings, written, structure, contract: this.report };
+  }
+
+  /** Takes messages out of a batch before the models run (see PreparedBatch.skip): no row, no failure. */
+  private async skipMessages(p: PreparedBatch, skip: Set<number>): Promise<void> {
+    for (let i = p.failures.length - 1; i >= 0; i--) if (skip.has(p.failures[i].index)) p.failures.splice(i, 1);
+    if (!p.batch) return;
+    const ids = [...skip].sort((a, b) => a - b);
+    const ranges: string[] = [];
+    for (let i = 0; i < ids.length; ) {
+      let j = i;
+      while (j + 1 < ids.length && ids[j + 1] === ids[j] + 1) j++;
+      ranges.push(`${MSG_COL} BETWEEN ${ids[i]} AND ${ids[j]}`);
+      i = j + 1;
+    }
+    await this.conn.run(`DELETE FROM ${p.batch} WHERE ${ranges.join(' OR ')}`);
   }
 
   private async batchIds(): Promise<number[]> {

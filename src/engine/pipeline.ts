@@ -12,7 +12,8 @@ import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
 import { SinkRunner } from './sink-runner.js';
-import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type PreparedBatch } from './executor.js';
+import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type CompiledModel, type PreparedBatch } from './executor.js';
+import { PgWindowStore } from './window-store.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
 import { asInfraError } from './infra-errors.js';
@@ -200,6 +201,7 @@ export class Pipeline {
     this.loadConn = await this.instance.connect();
     this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy), this.clock);
     await this.executor.init();
+    if (project.windowState && this.executor.windows.size) await this.openWindowStore(project.windowState, srcDef, compiled);
     this.tests = await BatchTests.create(this.conn, project, this.models, this.log);
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
@@ -228,7 +230,7 @@ export class Pipeline {
     try {
       await source.open(start.position);
       this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
-      if (this.executor.windows.size && srcDef.spec.workerScoped) {
+      if (this.executor.windows.size && srcDef.spec.workerScoped && !this.executor.windows.stored) {
         this.log.warn(
           { models: [...this.executor.windows.ops.keys()], worker: this.workerId },
           "windowed models keep this worker's own state: run one worker for this source, or each worker emits windows over only the events it reads (docs/windows.md, several workers)",
@@ -302,10 +304,38 @@ export class Pipeline {
     return start;
   }
 
+  /**
+   * sluice.yml window_state: the windowed models keep each source partition's state in a shared
+   * store too (see WindowSet), so that a partition moving to another worker takes it along.
+   */
+  private async openWindowStore(cfg: { postgres: string; table: string }, srcDef: NamedSource, compiled: CompiledModel[]): Promise<void> {
+    if (!srcDef.spec.partitioned) {
+      throw new SluiceError(
+        'CONFIG',
+        `sluice.yml: window_state moves a partition's window state between the workers of a consumer group; source ${srcDef.name} (${srcDef.type}) is not read in partitions: remove window_state and run one worker`,
+      );
+    }
+    const chained = compiled.find((m) => m.window && m.refs.some((r) => compiled.find((x) => x.name === r)?.window));
+    if (chained) {
+      throw new SluiceError(
+        'CONFIG',
+        `${chained.file}: with window_state, a windowed model cannot read another windowed model yet (its input rows have no source partition): run it without window_state`,
+      );
+    }
+    const store = new PgWindowStore(cfg.postgres, cfg.table, `${this.opts.project.name}/${srcDef.name}`, this.workerId, this.log);
+    this.windowStore = store;
+    await store.init();
+    this.executor.windows.useStore(store, this.log);
+    this.log.info({ table: cfg.table, worker: this.workerId }, "windowed models keep each partition's state in the shared window state store");
+  }
+
   /** Closes the sinks, the DLQ and DuckDB (each once); after a failure, close errors are only logged. */
   private async release(afterFailure: boolean): Promise<void> {
     const dlq = this.dlq;
+    const store = this.windowStore;
+    this.windowStore = undefined;
     const closing: Array<[string, () => Promise<void>]> = [
+      ['the window state store', async () => store?.close()],
       ...[...this.sinks].map(([name, s]): [string, () => Promise<void>] => [`sink ${name}`, () => s.sink.close()]),
       ['the DLQ', async () => dlq?.close()],
     ];
@@ -481,11 +511,16 @@ export class Pipeline {
     const dlqBefore = this.dlq?.mark();
     let prepared: PreparedBatch | undefined = first;
     let dlqTouched = false;
+    if (this.executor.windows.stored) {
+      // A shared window state store: partitions this worker lost or newly reads (see WindowSet.begin).
+      const skip = await this.executor.windows.begin(source.partitions?.(), batch.messages, first?.partitions, this.opts.signal);
+      if (first) first.skip = skip;
+    }
     const staged = await this.stallGuard.run(
       'writing a batch to the WAL',
       async () => {
         // After a failure the batch is decoded again: isolating bad messages changes its tables.
-        if (first && !prepared) prepared = { ...(await this.executor.prepare(batch.messages, first.lane, batch.block)), assigned: first.assigned };
+        if (first && !prepared) prepared = { ...(await this.executor.prepare(batch.messages, first.lane, batch.block)), assigned: first.assigned, skip: first.skip };
         const p = prepared;
         prepared = undefined;
         return this.stageBatch(batch, p ?? pass!, () => (dlqTouched = true));
@@ -508,6 +543,8 @@ export class Pipeline {
     } catch (err) {
       throw new SluiceError('INTERNAL', `applying window state after batch ${this.wal.state.seq} committed failed (a restart restores it from the commit): ${errorMessage(err)}`);
     }
+    // Before the ack: the shared store is never behind the source's committed position.
+    await this.executor.windows.publish(this.opts.signal);
     if (this.executor.windows.size) await this.windowMetrics();
     for (const r of records) {
       this.metrics.deadLettered.inc({ stage: r.stage });
@@ -654,6 +691,8 @@ export class Pipeline {
   }
 
   private windowStatsAt = 0;
+  /** The shared window state store (sluice.yml window_state), while open. */
+  private windowStore?: PgWindowStore;
 
   private updateGauges(): void {
     this.metrics.walBytes.set(this.wal.totalBytes());

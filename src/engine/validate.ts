@@ -75,6 +75,10 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
           message: `model ${m.name} is windowed: schema contracts (overrides.${m.name}.contract, typed columns) are not applied to windowed models yet; remove them, or check the columns in a stateless model that refs it`,
         });
       }
+      if (project.windowState) {
+        const windowedRef = m.refs.find((r) => reports.some((x) => x.model.name === r && x.analysis.window));
+        issues.push(...windowStateIssues(m, analysis.window.keys, windowedRef));
+      }
     } else if (m.window && !analysis.error) {
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
@@ -83,7 +87,37 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       if (sink) issues.push(...(await missingColumns(conn, m, sink, analysis.outputColumns)));
     }
   }
+  const ws = project.windowState;
+  const unpartitioned = project.sources.find((s) => !s.spec.partitioned);
+  if (ws && unpartitioned && reports.some((r) => r.analysis.window)) {
+    issues.push({
+      ...ws.at,
+      key: 'window_state',
+      message: `window_state moves a partition's window state between the workers of a consumer group; source ${unpartitioned.name} (${unpartitioned.type}) is not read in partitions: remove window_state and run one worker`,
+    });
+  }
   return { issues, reports };
+}
+
+/**
+ * sluice.yml window_state (several workers, each partition's window state moving with it): the
+ * workers give what one worker gives when every group's events are in one partition. Checked
+ * where it can be: the source is read in partitions; the model groups by something besides the
+ * window (a window over every key has events in every partition); its input carries partitions
+ * (not another windowed model's rows). That the producer partitions by the group key cannot be
+ * checked here (docs/windows.md, several workers).
+ */
+function windowStateIssues(m: ModelDef, keys: string[], windowedRef: string | undefined): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  if (keys.length === 0) {
+    issues.push({
+      file: m.file,
+      message: `model ${m.name} groups by the window alone: with window_state each worker would emit its own partial windows. Group by the key the producer partitions by as well (or run one worker, without window_state)`,
+    });
+  }
+  if (windowedRef)
+    issues.push({ file: m.file, message: `model ${m.name} reads windowed model ${windowedRef}: with window_state a windowed model cannot read another one yet (its rows have no source partition)` });
+  return issues;
 }
 
 /** What a sink asks of a model's columns (partition keys, key columns, expressions) that the model lacks. */

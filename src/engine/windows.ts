@@ -10,6 +10,7 @@ import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure, PartitionRun } from './decoder.js';
 import type { WindowSettings } from '../project/project-types.js';
+import type { PartitionSnapshot } from './window-store.js';
 
 export { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project-types.js';
 
@@ -26,12 +27,26 @@ export { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project
 // so that a restart rebuilds exactly the state of the last commit. Files are compacted into
 // one (the live state) every COMPACT_AFTER batches.
 
+/**
+ * A source partition as a windowed model tracks it: its largest event time, and when (clock ms)
+ * it last had a message. With a shared state store (several workers) also the watermark its
+ * windows were emitted at (µs; null: none yet), the store epoch this worker holds it under, and
+ * the offset after its last message the state reflects.
+ */
+export interface PartState {
+  max: number | null;
+  seen: number;
+  fired?: number | null;
+  epoch?: number;
+  offset?: number | null;
+}
+
 /** A windowed model's part of the WAL checkpoint. Times are microseconds since the epoch. */
 export interface WindowCheckpoint {
-  /** Windows ending at or before this were emitted (null: none yet). */
+  /** Windows ending at or before this were emitted (null: none yet); with a state store, the lowest of the partitions'. */
   fired: number | null;
-  /** Per source partition: the largest event time seen, and when (clock ms) it last had a message. */
-  parts: Record<string, { max: number | null; seen: number }>;
+  /** Per source partition (see PartState). */
+  parts: Record<string, PartState>;
   /** The state files (names in the model's state directory) whose rows, less those evicted, are the state. */
   files: string[];
   /** Windows re-emitted by late updates: window start -> its last revision. */
@@ -112,7 +127,8 @@ export interface WindowCounts {
 
 /** The result of one attempt at a batch, kept until it commits. */
 interface Pending {
-  parts: Map<string, { max: number | null; seen: number }>;
+  /** The partitions once the batch commits (with a state store, each one's `fired` advanced). */
+  parts: Map<string, PartState>;
   wm: number;
   dropped: number;
   /** Windows (start, µs) re-emitted for late updates. */
@@ -124,10 +140,23 @@ interface Pending {
   /** A state file staged for this batch, and whether it is a compaction (the whole state). */
   staged?: { file: string; compact: boolean };
   closeAll: boolean;
+  /** Made by stage() for a compaction alone (partitions moved; the models did not run). */
+  synthetic?: boolean;
 }
 
 const NEG = Number.NEGATIVE_INFINITY;
 const POS = Number.POSITIVE_INFINITY;
+
+/** The source partition of message `msg` (SQL), from the batch's runs (in message order). */
+function partOf(runs: PartitionRun[], msg: string): string {
+  if (runs.length === 0) return `''`;
+  if (new Set(runs.map((r) => r.part)).size === 1) return lit(runs[0].part);
+  return `CASE ${runs.map((r) => `WHEN ${msg} <= ${r.hi} THEN ${lit(r.part)}`).join(' ')} ELSE '' END`;
+}
+
+function nullIfNeg(us: number): number | null {
+  return us === NEG ? null : us;
+}
 
 function ts(us: number): string {
   if (us === NEG) return `'-infinity'::TIMESTAMP`;
@@ -147,7 +176,7 @@ export class WindowOperator {
   /** Rows in the state after the last commit. */
   private rows = 0;
   private fired = NEG;
-  private parts = new Map<string, { max: number | null; seen: number }>();
+  private parts = new Map<string, PartState>();
   private files: string[] = [];
   private revisions = new Map<number, number>();
   private pending?: Pending;
@@ -155,6 +184,16 @@ export class WindowOperator {
   private columns = new Map<string, { cols: string[]; time: string }>();
   private us!: WindowIntervals;
   readonly counts: WindowCounts = { late: { drop: 0, dlq: 0, update: 0 } };
+  /**
+   * With a shared state store (sluice.yml window_state): each state row carries its source
+   * partition (WINDOW_COLUMNS.part) and each partition its own `fired`, so that a partition's
+   * state can move to another worker, and come from one.
+   */
+  partitioned = false;
+  /** Partitions came or went since the last commit: the next stage rewrites the state file. */
+  private compactNext = false;
+  /** Partitions whose rows changed since their last write to the state store. */
+  readonly rowsDirty = new Set<string>();
 
   constructor(
     private readonly conn: DuckDBConnection,
@@ -193,18 +232,42 @@ export class WindowOperator {
     return `(${start} + ${this.w.size})`;
   }
 
-  /** A row whose every window was emitted at watermark `fired` (SQL over the state's columns). */
-  private lateSql(fired: number): string {
-    if (fired === NEG) return 'false';
-    if (this.w.kind === 'tumble') return `${this.endOf(W.start)} <= ${ts(fired)}`;
-    if (this.w.kind === 'hop') return `${this.endOf(W.last)} <= ${ts(fired)}`;
-    return `${this.tsCol} < ${ts(fired)}`;
+  /**
+   * The watermark the windows of a row were emitted at (SQL over a state row): `fired`, or with a
+   * state store, that of the row's partition in `parts` (one value while they agree).
+   */
+  private firedSql(fired: number, parts: Map<string, PartState>): string {
+    if (!this.partitioned) return ts(fired);
+    const vals = new Set([...parts.values()].map((p) => p.fired ?? NEG));
+    if (vals.size <= 1) return ts(vals.size ? [...vals][0] : NEG);
+    return `CASE ${W.part} ${[...parts].map(([k, v]) => `WHEN ${lit(k)} THEN ${ts(v.fired ?? NEG)}`).join(' ')} ELSE ${ts(NEG)} END`;
   }
 
-  /** Rows of windows whose state is dropped once the watermark is at `wm` (tumbling and hopping windows). */
-  private evictedSql(wm: number): string {
+  /** The lowest watermark any partition's windows were emitted at (NEG: none, or no partition). */
+  private static minFired(parts: Map<string, PartState>): number {
+    let m = POS;
+    for (const p of parts.values()) m = Math.min(m, p.fired ?? NEG);
+    return m === POS ? NEG : m;
+  }
+
+  /** True when no window was emitted yet (of any partition). */
+  private noneFired(): boolean {
+    return this.partitioned ? [...this.parts.values()].every((p) => (p.fired ?? NEG) === NEG) : this.fired === NEG;
+  }
+
+  /** A row whose every window was emitted (SQL over the state's columns). */
+  private lateSql(): string {
+    if (this.noneFired()) return 'false';
+    const f = this.firedSql(this.fired, this.parts);
+    if (this.w.kind === 'tumble') return `${this.endOf(W.start)} <= ${f}`;
+    if (this.w.kind === 'hop') return `${this.endOf(W.last)} <= ${f}`;
+    return `${this.tsCol} < ${f}`;
+  }
+
+  /** Rows of windows whose state is dropped once the watermark is at `f` (SQL; tumbling and hopping windows). */
+  private evictedSql(f: string): string {
     const col = this.w.kind === 'tumble' ? W.start : W.last;
-    return `${this.endOf(col)} + to_microseconds(${this.us.allowed}::BIGINT) <= ${ts(wm)}`;
+    return `${this.endOf(col)} + to_microseconds(${this.us.allowed}::BIGINT) <= ${f}`;
   }
 
   /** The session partitioning: the model's other group keys and, with max_session_duration, the period. */
@@ -267,11 +330,12 @@ export class WindowOperator {
       // No new rows: the end of the input, or time passing (processing time, idle partitions).
       if (!this.stateExists) {
         this.pending = { parts, wm: this.fired, dropped, updates, updatedMessages, added, closeAll };
+        this.settle(parts, this.fired);
         return {};
       }
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT * FROM ${this.state} WHERE false`);
     } else {
-      await this.buffer(opts.shape);
+      await this.buffer(opts.shape, opts.partitions);
       const refused = await this.lateRows(this.fired);
       added = refused.rows;
       if (refused.failures.length) return { refused: refused.failures };
@@ -291,7 +355,7 @@ export class WindowOperator {
     const wm = closeAll ? POS : this.watermark(parts);
     const fired = this.fired;
     const updated = updates.length ? ` OR ${W.start} IN (${updates.map(ts).join(', ')})` : '';
-    const emitted = `((${W.end} > ${ts(fired)} AND ${W.end} <= ${ts(wm)})${updated})`;
+    const emitted = `((${W.end} > ${this.firedSql(fired, parts)} AND ${W.end} <= ${ts(wm)})${updated})`;
     let closing: string;
     if (!closeAll && wm <= fired && updates.length === 0) {
       // The watermark did not move: no window closes (a session started since has its end past
@@ -321,7 +385,14 @@ export class WindowOperator {
       after = v === null ? fired : Math.max(fired, Number(v));
     }
     this.pending = { parts, wm: after, dropped, updates, updatedMessages, added, closeAll };
+    this.settle(parts, after);
     return {};
+  }
+
+  /** With a state store: each partition's windows are emitted up to `wm` once the batch commits. */
+  private settle(parts: Map<string, PartState>, wm: number): void {
+    if (!this.partitioned) return;
+    for (const p of parts.values()) p.fired = Math.max(p.fired ?? NEG, wm);
   }
 
   /** Under late: update, the `_revision` column of emitted rows: the next for `updates`' windows, 0 for the others. */
@@ -332,7 +403,7 @@ export class WindowOperator {
   }
 
   /** This batch's rows of the model's input, with the event time and window columns, in `fresh`. */
-  private async buffer(shape: string): Promise<void> {
+  private async buffer(shape: string, runs: PartitionRun[]): Promise<void> {
     this.freshShape = shape;
     const q = ident(this.w.qualifier);
     let input = this.columns.get(shape);
@@ -355,6 +426,7 @@ export class WindowOperator {
       ...this.w.keys.map((k, i) => `${k} AS ${W.key}${i}`),
       ...(this.w.kind === 'tumble' ? [`time_bucket(${this.w.size}, ${time}) AS ${W.start}`] : []),
       ...(this.w.kind === 'hop' ? [`time_bucket(${this.w.slide}, ${time}) AS ${W.last}`] : []),
+      ...(this.partitioned ? [`${partOf(runs, `${q}.${MSG_COL}`)} AS ${W.part}`] : []),
     ];
     // CREATE TABLE AS reports no row count: lateRows() counts the rows in its one scan.
     await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`);
@@ -367,7 +439,7 @@ export class WindowOperator {
     // Hopping windows under late: update: a row may update an emitted window while its later
     // windows are still open; only a row older than the watermark can be in an emitted one.
     const hopUpdate = this.w.kind === 'hop' && this.settings.late === 'update';
-    const late = hopUpdate && fired !== NEG ? `${this.tsCol} < ${ts(fired)}` : this.lateSql(fired);
+    const late = hopUpdate && !this.noneFired() ? `${this.tsCol} < ${this.firedSql(fired, this.parts)}` : this.lateSql();
     // One scan for the common case: no row without an event time, none late.
     const [total, nullCount, lateCount, maxTs] = (
       await this.conn.runAndReadAll(`SELECT count(*), count(*) FILTER (WHERE ${this.tsCol} IS NULL), count(*) FILTER (WHERE ${late}), epoch_us(max(${this.tsCol})) FROM ${this.fresh}`)
@@ -380,10 +452,10 @@ export class WindowOperator {
       seen.add(Number(m));
       failures.push({ index: Number(m), stage: 'transform', model: this.model, error: `the event time (${this.w.time}) is NULL: the event belongs to no window` });
     }
-    if (fired === NEG) return { rows, failures, dropped: 0, updates: [], updatedMessages: 0, max };
+    if (this.noneFired()) return { rows, failures, dropped: 0, updates: [], updatedMessages: 0, max };
     const start = this.w.kind === 'tumble' ? W.start : this.w.kind === 'hop' ? W.last : this.tsCol;
-    const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL}, epoch_us(${start}) FROM ${this.fresh} WHERE ${late}`);
-    const found = r.getRows().map(([m, s]) => ({ msg: Number(m), start: Number(s) }));
+    const r = await this.conn.runAndReadAll(`SELECT ${MSG_COL}, epoch_us(${start}), epoch_us(${this.firedSql(fired, this.parts)}) FROM ${this.fresh} WHERE ${late}`);
+    const found = r.getRows().map(([m, s, f]) => ({ msg: Number(m), start: Number(s), fired: Number(f) }));
     if (found.length === 0) return { rows, failures, dropped: 0, updates: [], updatedMessages: 0, max };
     const policy = this.settings.late;
     const at = new Date(fired / 1000).toISOString();
@@ -397,7 +469,7 @@ export class WindowOperator {
     if (hopUpdate) return this.hopUpdates(rows, failures, seen, fired, max);
     for (const x of found) {
       // Kept for an update while the window's state is held: until its end plus allowed_lateness.
-      const held = policy === 'update' && x.start + this.us.size + this.us.allowed > fired;
+      const held = policy === 'update' && x.start + this.us.size + this.us.allowed > x.fired;
       if (held) {
         updates.add(x.start);
         updatedMsgs.add(x.msg);
@@ -464,10 +536,11 @@ export class WindowOperator {
     max: number | null,
   ): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; updates: number[]; updatedMessages: number; max: number | null }> {
     const allowed = `to_microseconds(${this.us.allowed}::BIGINT)`;
+    const f = this.firedSql(fired, this.parts);
     const windows = `SELECT ${MSG_COL}, ${W.start}, ${W.end} FROM (${this.windowsOf(this.fresh)})`;
     const r = await this.conn.runAndReadAll(
-      `SELECT ${MSG_COL}, list(DISTINCT epoch_us(${W.start})) FILTER (WHERE ${W.end} <= ${ts(fired)} AND ${W.end} + ${allowed} > ${ts(fired)}), bool_or(${W.end} > ${ts(fired)} OR ${W.end} + ${allowed} > ${ts(fired)})
-       FROM (${windows}) GROUP BY ALL HAVING bool_or(${W.end} <= ${ts(fired)})`,
+      `SELECT ${MSG_COL}, list(DISTINCT epoch_us(${W.start})) FILTER (WHERE ${W.end} <= ${f} AND ${W.end} + ${allowed} > ${f}), bool_or(${W.end} > ${f} OR ${W.end} + ${allowed} > ${f})
+       FROM (${windows}) GROUP BY ALL HAVING bool_or(${W.end} <= ${f})`,
     );
     const updates = new Set<number>();
     let updated = 0;
@@ -501,13 +574,14 @@ export class WindowOperator {
    * event, holding the watermark back until it has one or goes idle; one no longer read is
    * dropped.
    */
-  private async advance(parts: Map<string, { max: number | null; seen: number }>, runs: PartitionRun[], max: number | null, assigned: string[] | undefined): Promise<void> {
+  private async advance(parts: Map<string, PartState>, runs: PartitionRun[], max: number | null, assigned: string[] | undefined): Promise<void> {
     const now = this.clock.now();
     const names = [...new Set(runs.map((r) => r.part))];
-    if (assigned) {
+    // With a state store, the partitions held are those claimed (see WindowSet): none is added here.
+    if (assigned && !this.partitioned) {
       const keep = new Set([...assigned, ...names]);
       for (const p of [...parts.keys()]) if (!keep.has(p)) parts.delete(p);
-      for (const p of assigned) if (!parts.has(p)) parts.set(p, { max: null, seen: now });
+      for (const p of assigned) if (!parts.has(p)) parts.set(p, this.newPart(now));
     }
     // One partition: the batch's largest event time, found with the late rows.
     const maxima: unknown[][] =
@@ -519,16 +593,25 @@ export class WindowOperator {
             )
           ).getRows();
     for (const [p, max] of maxima) {
-      if (max === null) continue;
-      const x = parts.get(String(p)) ?? { max: null, seen: now };
+      if (max === null || (this.partitioned && !parts.has(String(p)))) continue;
+      const x = parts.get(String(p)) ?? this.newPart(now);
       x.max = x.max === null ? Number(max) : Math.max(x.max, Number(max));
       x.seen = now;
       parts.set(String(p), x);
     }
   }
 
-  /** The watermark: the minimum over the active partitions of their largest event time, less the lateness; never going back. */
-  private watermark(parts: Map<string, { max: number | null; seen: number }>): number {
+  /** A partition first seen (with a state store, one that brings no state: none of its windows was emitted). */
+  private newPart(now: number): PartState {
+    return this.partitioned ? { max: null, seen: now, fired: null } : { max: null, seen: now };
+  }
+
+  /**
+   * The watermark: the minimum over the active partitions of their largest event time, less the
+   * lateness; never going back (with a state store, never below the lowest partition's `fired`:
+   * each partition's own never goes back, see settle()).
+   */
+  private watermark(parts: Map<string, PartState>): number {
     const now = this.clock.now();
     if (this.w.processing) return Math.max(this.fired, now * 1000 - this.us.lateness);
     const active = [...parts.values()].filter((p) => now - p.seen <= this.us.idle / 1000);
@@ -541,14 +624,31 @@ export class WindowOperator {
   }
 
   /** Makes this batch's state durable in `dir` (before the WAL commit); returns the checkpoint it commits. */
-  async stage(seq: number, dir: string): Promise<WindowCheckpoint> {
-    const p = this.pending;
+  async stage(seq: number, dir: string, offsets?: ReadonlyMap<string, number>): Promise<WindowCheckpoint> {
+    let p = this.pending;
+    // With a state store: the offset after each partition's last message of the batch.
+    if (offsets?.size && !p)
+      p = this.pending = { parts: new Map([...this.parts].map(([k, v]) => [k, { ...v }])), wm: this.fired, dropped: 0, updates: [], updatedMessages: 0, added: 0, closeAll: false, synthetic: true };
+    if (p)
+      for (const [part, o] of offsets ?? []) {
+        const x = p.parts.get(part);
+        if (x) x.offset = o;
+      }
+    // Partitions came or went (a state store), though the models did not run: the state is rewritten.
+    if (!p && this.compactNext) {
+      p = { parts: this.parts, wm: this.fired, dropped: 0, updates: [], updatedMessages: 0, added: 0, closeAll: false, synthetic: true };
+      this.pending = p;
+    }
     // Not run (no message of the batch decoded): nothing changed.
     if (!p) return this.checkpoint();
     let files = this.files;
-    if (p.added > 0 || (p.closeAll && this.files.length)) {
+    if (p.synthetic && !this.stateExists) {
+      // No state left: no file.
+      p.staged = { file: '', compact: true };
+      files = [];
+    } else if (p.added > 0 || (p.closeAll && this.files.length) || this.compactNext) {
       await fsp.mkdir(dir, { recursive: true });
-      const compact = p.closeAll || this.files.length + 1 >= COMPACT_AFTER;
+      const compact = p.closeAll || this.compactNext || this.files.length + 1 >= COMPACT_AFTER;
       const name = `${String(seq).padStart(12, '0')}${compact ? '-state' : ''}.parquet`;
       const tmp = path.join(dir, `.${name}.tmp`);
       const rows = compact ? await this.liveAfter(p) : this.fresh;
@@ -562,7 +662,7 @@ export class WindowOperator {
     const revisions = new Map(this.revisions);
     for (const u of p.updates) revisions.set(u, (revisions.get(u) ?? 0) + 1);
     return {
-      fired: p.wm === NEG ? null : p.wm,
+      fired: this.partitioned ? nullIfNeg(WindowOperator.minFired(p.parts)) : nullIfNeg(p.wm),
       parts: Object.fromEntries(p.parts),
       files,
       ...(revisions.size ? { revisions: Object.fromEntries([...revisions].map(([k, v]) => [String(k), v])) } : {}),
@@ -572,7 +672,7 @@ export class WindowOperator {
   /** The checkpoint of the state as committed. */
   private checkpoint(): WindowCheckpoint {
     return {
-      fired: this.fired === NEG ? null : this.fired,
+      fired: nullIfNeg(this.fired),
       parts: Object.fromEntries(this.parts),
       files: this.files,
       ...(this.revisions.size ? { revisions: Object.fromEntries([...this.revisions].map(([k, v]) => [String(k), v])) } : {}),
@@ -581,21 +681,22 @@ export class WindowOperator {
 
   /** The state as it is once this batch is applied (a compaction writes it). */
   private async liveAfter(p: Pending): Promise<string> {
-    await this.conn.run(`CREATE OR REPLACE TABLE ${this.live} AS SELECT * FROM ${this.all()}`);
-    await this.evict(this.live, p.wm);
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.live} AS SELECT * FROM ${p.synthetic ? this.state : this.all()}`);
+    await this.evict(this.live, p.wm, p.parts);
     return this.live;
   }
 
-  /** Deletes from `table` the rows no window needs any more at watermark `wm`. */
-  private async evict(table: string, wm: number): Promise<void> {
-    if (wm === NEG) return;
+  /** Deletes from `table` the rows no window needs any more at watermark `wm` (with a state store, each partition's own in `parts`). */
+  private async evict(table: string, wm: number, parts: Map<string, PartState>): Promise<void> {
+    if (this.partitioned ? [...parts.values()].every((p) => (p.fired ?? NEG) === NEG) : wm === NEG) return;
+    const f = this.firedSql(wm, parts);
     if (this.w.kind !== 'session') {
-      await this.conn.run(`DELETE FROM ${table} WHERE ${this.evictedSql(wm)}`);
+      await this.conn.run(`DELETE FROM ${table} WHERE ${this.evictedSql(f)}`);
       return;
     }
     // Rows of emitted sessions (a session never takes a row once emitted: see lateSql).
-    const keys = this.w.keys.map((_, i) => `${W.key}${i}`);
-    await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_done AS SELECT DISTINCT ${[...keys, W.start, W.end].join(', ')} FROM (${this.sessionsOf(table)}) WHERE ${W.end} <= ${ts(wm)}`);
+    const keys = [...this.w.keys.map((_, i) => `${W.key}${i}`), ...(this.partitioned ? [W.part] : [])];
+    await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_done AS SELECT DISTINCT ${[...keys, W.start, W.end].join(', ')} FROM (${this.sessionsOf(table)}) WHERE ${W.end} <= ${f}`);
     // A session's rows run from its start to its last event (its end less the gap): under
     // max_session_duration the next session of the key may start before this one's end.
     const last = `d.${W.end} - to_microseconds(${this.us.gap}::BIGINT)`;
@@ -608,21 +709,29 @@ export class WindowOperator {
     const p = this.pending;
     if (!p) return;
     this.pending = undefined;
-    if (p.staged?.compact) {
+    if (this.partitioned && p.added > 0 && !p.synthetic) {
+      for (const [part] of (await this.conn.runAndReadAll(`SELECT DISTINCT ${W.part} FROM ${this.fresh}`)).getRows()) this.rowsDirty.add(String(part));
+    }
+    if (p.staged?.compact && p.staged.file === '') {
+      // Nothing left to keep (see stage()).
+    } else if (p.staged?.compact) {
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.live}`);
       await this.conn.run(`DROP TABLE ${this.live}`);
       this.stateExists = true;
+      this.freshCols = undefined;
     } else if (p.added > 0) {
       await this.appendFresh();
-      await this.evict(this.state, p.wm);
-    } else if (this.stateExists) await this.evict(this.state, p.wm);
+      await this.evict(this.state, p.wm, p.parts);
+    } else if (this.stateExists) await this.evict(this.state, p.wm, p.parts);
+    this.compactNext = false;
     const old = this.files;
-    if (p.staged) this.files = p.staged.compact ? [p.staged.file] : [...this.files, p.staged.file];
+    if (p.staged) this.files = p.staged.compact ? (p.staged.file ? [p.staged.file] : []) : [...this.files, p.staged.file];
     if (p.staged?.compact) for (const f of old) await fsp.rm(path.join(dir, f), { force: true });
     for (const u of p.updates) this.revisions.set(u, (this.revisions.get(u) ?? 0) + 1);
-    for (const u of [...this.revisions.keys()]) if (u + this.us.size + this.us.allowed <= p.wm) this.revisions.delete(u);
+    const floor = this.partitioned ? WindowOperator.minFired(p.parts) : p.wm;
+    for (const u of [...this.revisions.keys()]) if (u + this.us.size + this.us.allowed <= floor) this.revisions.delete(u);
     this.rows = await this.countRows();
-    this.fired = p.wm;
+    this.fired = this.partitioned ? WindowOperator.minFired(p.parts) : p.wm;
     this.parts = p.parts;
     this.counts.late.drop += p.dropped;
     this.counts.late.update += p.updatedMessages;
@@ -667,6 +776,7 @@ export class WindowOperator {
   async restore(cp: WindowCheckpoint | undefined, dir: string): Promise<void> {
     this.fired = cp?.fired ?? NEG;
     this.parts = new Map(Object.entries(cp?.parts ?? {}));
+    if (this.partitioned) for (const p of this.parts.values()) if (p.fired === undefined) p.fired = cp?.fired ?? null;
     this.files = cp?.files ?? [];
     this.revisions = new Map(Object.entries(cp?.revisions ?? {}).map(([k, v]) => [Number(k), v]));
     const listed = new Set(this.files);
@@ -676,8 +786,76 @@ export class WindowOperator {
     if (this.files.length === 0) return;
     await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM read_parquet(${fileList(this.files.map((f) => path.join(dir, f)))}, union_by_name = true)`);
     this.stateExists = true;
-    await this.evict(this.state, this.fired);
+    if (this.partitioned) {
+      const cols = (await this.conn.runAndReadAll(`DESCRIBE ${this.state}`)).getRows().map((r) => String(r[0]));
+      if (!cols.includes(W.part)) {
+        throw new SluiceError(
+          'CONFIG',
+          `model ${this.model}: its window state in ${dir} was written without window_state (a state store), and does not say which partition each row came from; run without window_state until its windows have closed, or remove the WAL directory to start this worker's windows afresh`,
+        );
+      }
+      // Every partition held is written to the store at the next batch (a crash may have come between a WAL commit and the store's write).
+      for (const p of this.parts.keys()) this.rowsDirty.add(p);
+    }
+    await this.evict(this.state, this.fired, this.parts);
     this.rows = await this.countRows();
+  }
+
+  /** The revision of each window re-emitted by late updates (null: none). */
+  revisionsOf(): Record<string, number> | null {
+    return this.revisions.size ? Object.fromEntries([...this.revisions].map(([k, v]) => [String(k), v])) : null;
+  }
+
+  /** With a state store: the partitions whose state this model holds. */
+  held(): ReadonlyMap<string, PartState> {
+    return this.parts;
+  }
+
+  /** With a state store: forgets a partition (it moved to another worker): its rows and watermark. */
+  async dropPart(part: string): Promise<void> {
+    this.parts.delete(part);
+    this.rowsDirty.delete(part);
+    if (this.stateExists) await this.conn.run(`DELETE FROM ${this.state} WHERE ${W.part} = ${lit(part)}`);
+    this.compactNext = true;
+    this.fired = WindowOperator.minFired(this.parts);
+    this.rows = await this.countRows();
+  }
+
+  /** With a state store: takes a partition's state as the store holds it (in place of any held), under `snap.epoch`. */
+  async loadPart(part: string, snap: PartitionSnapshot, tmpDir: string): Promise<void> {
+    if (this.stateExists) await this.conn.run(`DELETE FROM ${this.state} WHERE ${W.part} = ${lit(part)}`);
+    if (snap.rows && snap.rows.length > 0) {
+      await fsp.mkdir(tmpDir, { recursive: true });
+      const tmp = path.join(tmpDir, `.load-${process.pid}.parquet.tmp`);
+      await fsp.writeFile(tmp, snap.rows);
+      try {
+        const rel = `(SELECT * FROM read_parquet(${lit(tmp)}) WHERE ${W.part} = ${lit(part)})`;
+        await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS ${this.stateExists ? `SELECT * FROM ${this.state} UNION ALL BY NAME SELECT * FROM ${rel}` : `SELECT * FROM ${rel}`}`);
+      } finally {
+        await fsp.rm(tmp, { force: true });
+      }
+      this.stateExists = true;
+      this.freshCols = undefined;
+    }
+    this.parts.set(part, { max: snap.max, seen: this.clock.now(), fired: snap.fired, epoch: snap.epoch, offset: snap.offset });
+    for (const [k, v] of Object.entries(snap.revisions ?? {})) this.revisions.set(Number(k), Math.max(v, this.revisions.get(Number(k)) ?? 0));
+    if (this.stateExists) await this.evict(this.state, this.fired, new Map([[part, this.parts.get(part)!]]));
+    this.compactNext = true;
+    this.fired = WindowOperator.minFired(this.parts);
+    this.rows = await this.countRows();
+  }
+
+  /** With a state store: a partition's rows as Parquet (empty: none). */
+  async exportPart(part: string, tmpDir: string): Promise<Buffer> {
+    if (!this.stateExists) return Buffer.alloc(0);
+    await fsp.mkdir(tmpDir, { recursive: true });
+    const tmp = path.join(tmpDir, `.export-${process.pid}.parquet.tmp`);
+    try {
+      await this.conn.run(`COPY (SELECT * FROM ${this.state} WHERE ${W.part} = ${lit(part)}) TO ${lit(tmp)} (FORMAT parquet, COMPRESSION zstd)`);
+      return await fsp.readFile(tmp);
+    } finally {
+      await fsp.rm(tmp, { force: true });
+    }
   }
 
   private async countRows(): Promise<number> {
@@ -715,64 +893,5 @@ export class WindowOperator {
   /** The watermark (µs), null before the first event. */
   get watermarkUs(): number | null {
     return this.fired === NEG ? null : this.fired;
-  }
-}
-
-/** The windowed models of a run, their state together. */
-export class WindowSet {
-  constructor(
-    readonly ops: Map<string, WindowOperator>,
-    private dir = '',
-  ) {}
-
-  get size(): number {
-    return this.ops.size;
-  }
-
-  get(model: string): WindowOperator | undefined {
-    return this.ops.get(model);
-  }
-
-  private dirOf(model: string): string {
-    return path.join(this.dir, 'state', model);
-  }
-
-  async restore(cp: Record<string, WindowCheckpoint> | undefined, walDir: string): Promise<void> {
-    this.dir = walDir;
-    for (const [m, op] of this.ops) await op.restore(cp?.[m], this.dirOf(m));
-  }
-
-  async stage(seq: number): Promise<Record<string, WindowCheckpoint> | undefined> {
-    if (this.ops.size === 0) return undefined;
-    if (!this.dir) throw new SluiceError('INTERNAL', 'window state staged before the WAL directory was known (restore() first)');
-    const out: Record<string, WindowCheckpoint> = {};
-    for (const [m, op] of this.ops) out[m] = await op.stage(seq, this.dirOf(m));
-    return out;
-  }
-
-  async commit(): Promise<void> {
-    for (const [m, op] of this.ops) await op.commit(this.dirOf(m));
-  }
-
-  async abandon(): Promise<void> {
-    for (const [m, op] of this.ops) await op.abandon(this.dirOf(m));
-  }
-
-  holdsState(): boolean {
-    return [...this.ops.values()].some((op) => op.holdsState());
-  }
-
-  /** True when time passing alone would close a window now (see WindowOperator.wouldAdvance). */
-  wouldAdvance(): boolean {
-    return [...this.ops.values()].some((op) => op.wouldAdvance());
-  }
-
-  /** True when a model's windows close with time alone: processing time, or partitions that may go idle. */
-  get ticks(): boolean {
-    return this.ops.size > 0;
-  }
-
-  async stats(model: string): Promise<{ rows: number; windows: number; bytes: number }> {
-    return this.ops.get(model)!.stats(this.dirOf(model));
   }
 }

@@ -11,6 +11,8 @@ export interface ProjectFile {
   target: ActiveTarget | undefined;
   /** The environment the other config files are interpolated with: the target's vars under the process's. */
   fileEnv: NodeJS.ProcessEnv;
+  /** Where sluice.yml sets window_state (for the checks of validate). */
+  windowStateAt?: { file: string; line?: number };
 }
 
 /**
@@ -23,5 +25,6 @@ export function readProjectFile(dir: string, env: NodeJS.ProcessEnv, wanted: str
   const projVal = projYaml?.value && typeof projYaml.value === 'object' && !Array.isArray(projYaml.value) ? { ...(projYaml.value as Record<string, unknown>) } : (projYaml?.value ?? {});
   const target = resolveTarget(projYaml, projVal as Record<string, unknown>, wanted ?? (env.SLUICE_TARGET || undefined), issues);
   const proj = projYaml?.value !== undefined ? checkSchema(projYaml, projectSchema, projVal, [], issues) : {};
-  return { proj, target, fileEnv: targetEnv(env, target) };
+  const windowStateAt = proj?.window_state ? { file: show(projFile), line: projYaml?.lineOf(['window_state']) } : undefined;
+  return { proj, target, fileEnv: targetEnv(env, target), windowStateAt };
 }

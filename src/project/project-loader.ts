@@ -36,7 +36,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   }
 
   // Files are read in this order, which is also the order their issues are reported in.
-  const { proj, target, fileEnv } = readProjectFile(dir, env, opts.target, issues, show);
+  const { proj, target, fileEnv, windowStateAt } = readProjectFile(dir, env, opts.target, issues, show);
   const connectorFiles = { env: fileEnv, target, issues, show };
   const sources = loadSources(configDir, connectorFiles);
   const { sinks, declared: sinkNames } = loadSinks(configDir, connectorFiles);
@@ -59,6 +59,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   remapTargetIssues(issues, target);
   for (const c of [...sources, ...sinks]) registerConfigSecrets(c.cfg);
   registerConfigSecrets(references);
+  if (proj?.window_state) registerConfigSecrets(proj.window_state);
   if (issues.length) throw new ConfigError(issues);
 
   return {
@@ -72,6 +73,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
     port: proj?.server?.port ?? DEFAULT_PORT,
     duckdb: proj?.duckdb ?? {},
     nodeMaxHeapMb: proj?.node?.max_heap_mb,
+    ...(proj?.window_state ? { windowState: { postgres: proj.window_state.postgres, table: proj.window_state.table ?? 'sluice_window_state', at: windowStateAt! } } : {}),
     infraErrors: { maxBackoffMs: proj?.infra_errors?.max_backoff_ms ?? 30_000, giveUpAfterSeconds: proj?.infra_errors?.give_up_after_seconds ?? 0 },
     sources,
     sinks,

@@ -38,6 +38,14 @@ export const projectSchema = z
       })
       .strict()
       .optional(),
+    window_state: z
+      .object({
+        postgres: z.string().min(1).describe("a PostgreSQL URL: where the workers of a consumer group keep each partition's window state, so that it moves with the partition"),
+        table: z.string().min(1).optional().describe('the table (default sluice_window_state; created when missing)'),
+      })
+      .strict()
+      .optional()
+      .describe("windowed models' state shared by several workers (docs/windows.md, several workers)"),
     node: z
       .object({
         max_heap_mb: z.number().int().min(64).optional().describe("the Node.js heap limit of `sluice run` in MiB (default: Node's own, about 4 GiB); sluice runs itself as a child with it"),

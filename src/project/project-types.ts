@@ -108,6 +108,8 @@ export interface Project {
   walMaxBytes: number;
   port: number;
   duckdb: { threads?: number; memory_limit?: string };
+  /** sluice.yml window_state: a shared store of windowed models' state per source partition. */
+  windowState?: { postgres: string; table: string; at: { file: string; line?: number } };
   /** node.max_heap_mb: the heap limit `sluice run` gives itself (see src/cli/heap.ts). */
   nodeMaxHeapMb?: number;
   /** How long an infrastructure failure (full disk, IO error) is waited out, and how often it is retried. */

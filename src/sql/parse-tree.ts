@@ -10,9 +10,9 @@ export const MSG_COL = '__sluice_msg';
 export const ROW_COL = '__sluice_row';
 export const MESSAGE_COL = '__sluice_message';
 /** A windowed model's columns in its state and its closing windows (sql/windows.ts). */
-export const WINDOW_COLUMNS = { time: '__sluice_ts', start: '__sluice_ws', end: '__sluice_we', last: '__sluice_wl', key: '__sluice_k' } as const;
+export const WINDOW_COLUMNS = { time: '__sluice_ts', start: '__sluice_ws', end: '__sluice_we', last: '__sluice_wl', key: '__sluice_k', part: '__sluice_part' } as const;
 /** Column names sluice keeps for its own: neither a message's top-level field nor a model's column may take one. */
-export const RESERVED_COLUMNS: readonly string[] = [MSG_COL, ROW_COL, MESSAGE_COL, WINDOW_COLUMNS.time, WINDOW_COLUMNS.start, WINDOW_COLUMNS.end, WINDOW_COLUMNS.last];
+export const RESERVED_COLUMNS: readonly string[] = [MSG_COL, ROW_COL, MESSAGE_COL, WINDOW_COLUMNS.time, WINDOW_COLUMNS.start, WINDOW_COLUMNS.end, WINDOW_COLUMNS.last, WINDOW_COLUMNS.part];
 
 /** The reserved name `name` takes (compared as DuckDB does, ignoring case), if any. */
 export function reservedColumn(name: string): string | undefined {

@@ -156,4 +156,23 @@ GROUP BY u.name, TUMBLE(e.ts, INTERVAL '1' MINUTE)
     expect(v.code).toBe(2);
     expect(v.stderr).toMatch(/config\/models\.yml:4: data test \S+ of model plain: on_failure: dlq is not supported yet beside a windowed model of the same source \(per_minute\)/);
   });
+  it('window_state (several workers) is refused where workers could not give what one worker gives: a source not read in partitions, a window over every key, a windowed model over another', async () => {
+    const p = project('window-state', {
+      'sluice.yml': 'name: ws\n# shared state\nwindow_state:\n  postgres: postgres://127.0.0.1:5432/test\n',
+      'models/per_minute.sql': PER_MINUTE,
+      'models/all_users.sql': "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS minute, count(*) AS n FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\n",
+      'models/per_hour.sql': "SELECT user_id, TUMBLE_START(minute, INTERVAL '1' HOUR) AS hour, sum(n) AS n FROM {{ ref('per_minute') }} GROUP BY user_id, TUMBLE(minute, INTERVAL '1' HOUR)\n",
+    });
+    const v = await cli(p, 'validate');
+    expect(v.code).toBe(2);
+    expect(v.stderr).toContain('sluice.yml:3: window_state: window_state moves a partition\'s window state between the workers of a consumer group; source default (file) is not read in partitions');
+    expect(v.stderr).toContain('models/all_users.sql: model all_users groups by the window alone: with window_state each worker would emit its own partial windows');
+    expect(v.stderr).toContain('models/per_hour.sql: model per_hour reads windowed model per_minute: with window_state a windowed model cannot read another one yet');
+    expect(v.stderr).not.toContain('models/per_minute.sql');
+    // Without window_state the same models are fine for one worker.
+    fs.rmSync(path.join(p, 'sluice.yml'));
+    const ok = await cli(p, 'validate');
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+  });
 });

@@ -9,6 +9,7 @@ export const kafkaSource = defineSource({
   dlq: { kind: 'broker' },
   metadata: ['_topic', '_key', '_partition', '_offset', '_timestamp', '_headers'],
   workerScoped: true,
+  partitioned: true,
   async create(cfg, ctx) {
     const { KafkaSource } = await import('./kafka-source.js');
     return new KafkaSource(cfg, ctx);

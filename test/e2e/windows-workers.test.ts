@@ -1,0 +1,183 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { DuckDBInstance } from '@duckdb/node-api';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
+import { lockPostgres } from '../helpers/sql-db.js';
+import { clickEvent, LATENESS } from '../helpers/window-data.js';
+
+// Several workers of one consumer group running windowed models, with their state in the
+// shared window state store (sluice.yml window_state, on the real PostgreSQL): the topic is
+// keyed by user and every model groups by user, so a partition's windows are whole wherever it
+// is read. A second worker joins part-way (a rebalance moves two partitions and their state to
+// it), is SIGKILLed (its partitions go back to the first worker, with the state it committed),
+// and comes back. The windows they emit together are exactly those one worker emits alone,
+// without the store, over the same topic.
+
+const PG = 'postgres://postgres@127.0.0.1:5432/test';
+let mk: MockKafka;
+let release: (() => void) | undefined;
+const root = tempDir('sluice-windows-workers-');
+
+// postgres-outage.test.ts stops PostgreSQL: not while this file runs.
+beforeAll(async () => {
+  release = await lockPostgres();
+  mk = await startMockKafka();
+}, 16 * 60_000);
+afterAll(async () => {
+  release?.();
+  await mk?.stop();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+const MODELS: Record<string, string> = {
+  'models/user_minute.sql': `SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS window_start, "user", count(*) AS clicks, sum(amount) AS amount, list(id ORDER BY id)[1:3] AS first_ids
+FROM incoming GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), "user"
+`,
+  'models/user_moving.sql': `SELECT HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) AS window_start, "user", avg(amount) AS avg_amount, count(*) AS clicks
+FROM incoming GROUP BY HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE), "user"
+`,
+  'models/user_sessions.sql': `SELECT SESSION_START(ts, INTERVAL '30' SECOND) AS session_start, SESSION_END(ts, INTERVAL '30' SECOND) AS session_end, "user", count(*) AS clicks, min(id) AS first_id, max(id) AS last_id
+FROM incoming GROUP BY SESSION(ts, INTERVAL '30' SECOND), "user"
+`,
+};
+const NAMES = Object.keys(MODELS).map((f) => path.basename(f, '.sql'));
+
+function project(name: string, topic: string, table?: string): string {
+  const p = path.join(root, name);
+  writeFiles(p, {
+    'sluice.yml': `name: ${name}\n${table ? `window_state:\n  postgres: ${PG}\n  table: ${table}\n` : ''}`,
+    'config/sources.yml': `source:\n  type: kafka\n  brokers: ${mk.brokers}\n  topics: [${topic}]\n  group_id: g-${name}-${topic}\n  session_timeout_ms: 4000\n  rebalance_timeout_ms: 4000\n  heartbeat_interval_ms: 400\n  max_wait_ms: 100\n  batch_size: 1000\n  batch_timeout_ms: 200\n  dlq: .sluice/dlq\n`,
+    'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+    'config/models.yml': `max_age_seconds: 0.5\noverrides:\n${NAMES.map((m) => `  ${m}:\n    window:\n      lateness: ${LATENESS}\n`).join('')}`,
+    ...MODELS,
+  });
+  return p;
+}
+
+/** Events from..to-1 of the clickstream, keyed by user: a user's events stay in one partition, in order of writing. */
+function events(from: number, to: number): { key: string; value: string }[] {
+  return Array.from({ length: to - from }, (_, i) => {
+    const value = clickEvent(from + i);
+    return { key: (JSON.parse(value) as { user: string }).user, value };
+  });
+}
+
+/** One event per user an hour after the rest: every partition's watermark passes every window of the data. */
+function closers(): { key: string; value: string }[] {
+  return Array.from({ length: 300 }, (_, u) => ({
+    key: `u${u}`,
+    value: JSON.stringify({ id: 10_000_000 + u, ts: '2030-01-01T00:00:00Z', user: `u${u}`, currency: 'EUR', amount: 1, page: '/p/0' }),
+  }));
+}
+
+/** Partitions a worker holds now (its last assignment in the log). */
+function owned(w: { err: () => string }): string[] | undefined {
+  const lines = w
+    .err()
+    .split('\n')
+    .filter((l) => l.includes('Kafka partitions assigned'));
+  return lines.length ? (JSON.parse(lines[lines.length - 1]) as { partitions: string[] }).partitions : undefined;
+}
+
+function start(p: string, id: string) {
+  return sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id } });
+}
+
+describe('windowed models over several workers', () => {
+  it('two workers with a shared state store, a rebalance, a SIGKILL and a restart, emit exactly the windows one worker emits', async () => {
+    const topic = uniqueTopic('sluice-winw');
+    await ensureTopic(mk.admin, topic);
+    const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
+    const pgc = new pg.Client({ connectionString: PG });
+    await pgc.connect();
+    try {
+      await pgc.query(`DROP TABLE IF EXISTS ${table}`);
+      await produce(mk.producer, topic, events(0, 20_000));
+
+      const shared = project('shared', topic, table);
+      const group = `g-shared-${topic}`;
+      const caughtUp = () => groupCaughtUp(mk.admin, group, topic);
+      const workers: ReturnType<typeof start>[] = [];
+      const t0 = Date.now();
+      try {
+        // w1 alone reads the first part and holds all four partitions' state.
+        const w1 = start(shared, 'w1');
+        workers.push(w1);
+        await until(() => owned(w1)?.length === 4, 60_000, 100);
+        await until(caughtUp, 120_000, 200);
+        // w2 joins: two partitions move to it, with their state from the store.
+        let w2 = start(shared, 'w2');
+        workers.push(w2);
+        await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
+        await produce(mk.producer, topic, events(20_000, 40_000));
+        await until(caughtUp, 120_000, 200);
+        // w2 dies: its partitions go back to w1, with the state w2 committed.
+        await produce(mk.producer, topic, events(40_000, 50_000));
+        await new Promise((r) => setTimeout(r, 300));
+        w2.kill('SIGKILL');
+        await waitExit(w2, 30_000);
+        await until(() => owned(w1)?.length === 4, 60_000, 100);
+        await produce(mk.producer, topic, events(50_000, 60_000));
+        await until(caughtUp, 120_000, 200);
+        // w2 comes back (its WAL still holds rows to deliver), and takes two partitions again.
+        w2 = start(shared, 'w2');
+        workers.push(w2);
+        await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
+        await produce(mk.producer, topic, [...events(60_000, 70_000), ...closers()]);
+        await until(caughtUp, 120_000, 200);
+      } catch (err) {
+        for (const w of workers) console.log(w.err().slice(-4000));
+        throw err;
+      } finally {
+        for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGTERM');
+      }
+      for (const w of [workers[0], workers[2]]) expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+      const claims = workers.reduce((n, w) => n + (w.err().match(/claimed a partition's window state/g)?.length ?? 0), 0);
+      console.log(`windows over two workers: ${claims} partition claims, ${Date.now() - t0} ms`);
+      // w1 claimed four; w2 two at each start; w1 took w2's back after the kill.
+      expect(claims).toBeGreaterThanOrEqual(10);
+
+      // One worker alone, without the store, over the same topic.
+      const solo = project('solo', topic);
+      const w = start(solo, 'solo');
+      try {
+        await until(() => groupCaughtUp(mk.admin, `g-solo-${topic}`, topic), 120_000, 200);
+      } finally {
+        w.kill('SIGTERM');
+      }
+      expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+
+      const db = await DuckDBInstance.create(':memory:');
+      const conn = await db.connect();
+      try {
+        for (const m of NAMES) {
+          const rel = (p: string) => `(SELECT * FROM read_parquet('${path.join(p, 'output', m)}/**/*.parquet'))`;
+          const n = async (q: string) => Number((await conn.runAndReadAll(q)).getRows()[0][0]);
+          const total = await n(`SELECT count(*) FROM ${rel(solo)}`);
+          expect(total, `${m}: one worker emitted windows`).toBeGreaterThan(100);
+          expect({
+            model: m,
+            workers: await n(`SELECT count(*) FROM ${rel(shared)}`),
+            extra: await n(`SELECT count(*) FROM (FROM ${rel(shared)} EXCEPT ALL FROM ${rel(solo)})`),
+            missing: await n(`SELECT count(*) FROM (FROM ${rel(solo)} EXCEPT ALL FROM ${rel(shared)})`),
+          }).toEqual({ model: m, workers: total, extra: 0, missing: 0 });
+        }
+      } finally {
+        conn.closeSync();
+        db.closeSync();
+      }
+      // The store holds each model's state per partition, written by the workers.
+      const r = await pgc.query(`SELECT model, count(*) AS parts, max(epoch) AS epochs FROM ${table} GROUP BY model ORDER BY model`);
+      expect(r.rows.map((x: { model: string; parts: string }) => [x.model, Number(x.parts)])).toEqual(
+        NAMES.slice()
+          .sort()
+          .map((m) => [m, 4]),
+      );
+    } finally {
+      await pgc.end();
+    }
+  }, 600_000);
+});
