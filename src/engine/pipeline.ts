@@ -624,7 +624,6 @@ export class Pipeline {
     await Promise.all(touched.map((m) => this.wal.publishSegment(m, seq, first, last, paths.get(m)!.tmp, paths.get(m)!.final)));
     const records = await this.deadLetter(batch, outcome, dlqTouched);
     outcome.timings.stage = Math.round(performance.now() - stageStart);
-    crashPoint('before-commit');
     const commitStart = performance.now();
     let windows: Checkpoint['windows'];
     try {
@@ -632,6 +631,9 @@ export class Pipeline {
     } catch (err) {
       throw asInfraError(err, 'writing window state') ?? err;
     }
+    // A shared window state store: the state goes there now, committed right after the WAL commit.
+    await this.executor.windows.write();
+    crashPoint('before-commit');
     const checkpoint: Checkpoint = { position: batch.position, dlq: this.dlq?.mark(), structure: outcome.structure, schemas: this.executor.schemas.snapshot(), ...(windows ? { windows } : {}) };
     try {
       await this.wal.commit(seq, checkpoint, touched);

@@ -19,10 +19,11 @@ import type { WindowCheckpoint, WindowOperator } from './windows.js';
  *   reads (loading their state), and says which of the batch's messages to skip: those of a
  *   partition not held, and those below a claimed partition's offset (its previous owner's WAL
  *   has them);
- * - the batch runs, and its WAL commit records the state with each partition's next offset;
- * - publish() then writes the partitions whose state changed and commits the store's
- *   transaction, before the batch is acked (so the store is never behind the source's
- *   committed offset).
+ * - the batch runs; before its WAL commit (which records the state with each partition's next
+ *   offset), write() writes the partitions whose state changed, in the store's transaction;
+ * - after the WAL commit, publish() commits that transaction, before the batch is acked (so the
+ *   store is never behind the source's committed offset). A crash between the two commits is
+ *   the one moment the store is a batch behind this worker's WAL (see docs/windows.md).
  */
 export class WindowSet {
   private store?: PgWindowStore;
@@ -36,6 +37,8 @@ export class WindowSet {
   /** Partitions claimed in the open transaction (not committed in the store yet). */
   private claimed = new Set<string>();
   private locked = false;
+  /** What write() wrote in the open transaction (publish() commits it). */
+  private staged?: PartitionWrite[];
 
   constructor(
     readonly ops: Map<string, WindowOperator>,
@@ -147,6 +150,7 @@ export class WindowSet {
     const again = await store.begin(models, [...keep, ...claims]);
     this.locked = true;
     this.claimed = new Set();
+    this.staged = undefined;
     for (const part of keep) {
       if ((await this.ownership(part, again)) === 'lost') {
         this.log?.warn({ partition: part }, "another worker claimed this partition's window state; it is claimed back (the source still assigns it here)");
@@ -197,10 +201,10 @@ export class WindowSet {
   private async writesOf(part: string, all = false): Promise<PartitionWrite[]> {
     const out: PartitionWrite[] = [];
     for (const [m, op] of this.ops) {
-      const st = op.held().get(part);
+      const st = op.heldAfter().get(part);
       if (!st || st.epoch === undefined) continue;
-      const meta = JSON.stringify([st.offset ?? null, st.fired ?? null, st.max]);
-      const rows = op.rowsDirty.has(part);
+      const meta = JSON.stringify([st.offset ?? null, Number.isFinite(st.fired) ? st.fired : null, st.max]);
+      const rows = op.dirtyAfter(part);
       if (!all && !rows && this.written.get(`${m}\0${part}`) === meta) continue;
       out.push({
         model: m,
@@ -217,13 +221,42 @@ export class WindowSet {
   }
 
   /**
-   * Store mode, after the batch's WAL commit and commit(): writes what changed and commits the
-   * store's transaction (see the class comment). Retries until it works or `signal` aborts.
+   * Store mode, after the batch is staged and before its WAL commit: writes the partitions whose
+   * state changes, in the open transaction. A failure here is left to publish(), which writes
+   * everything again once the batch committed.
+   */
+  async write(): Promise<void> {
+    if (!this.store || !this.locked) return;
+    try {
+      const writes: PartitionWrite[] = [];
+      for (const part of this.held()) writes.push(...(await this.writesOf(part, this.claimed.has(part))));
+      await this.store.write(writes);
+      this.staged = writes;
+    } catch (err) {
+      this.log?.warn({ err: new Error(errorMessage(err)) }, 'window state store: writing failed; written again after the WAL commit');
+      this.locked = false;
+      this.staged = undefined;
+      await this.store.finish(false).catch(() => {});
+    }
+  }
+
+  /**
+   * Store mode, after the batch's WAL commit and commit(): commits what write() wrote (or, after
+   * a failure, locks the partitions again and writes them whole) before the batch is acked.
+   * Retries until it works or `signal` aborts.
    */
   async publish(signal: AbortSignal): Promise<void> {
     if (!this.store) return;
     const store = this.store;
     await this.untilItWorks('writing window state', signal, async () => {
+      if (this.locked && this.staged) {
+        const writes = this.staged;
+        await store.finish(true);
+        this.locked = false;
+        this.staged = undefined;
+        this.wrote(writes);
+        return;
+      }
       if (!this.locked) {
         // A failed attempt's transaction is gone: lock again and check the partitions are still ours.
         const current = await store.begin([...this.ops.keys()], this.held());
@@ -237,12 +270,17 @@ export class WindowSet {
       await store.write(writes);
       await store.finish(true);
       this.locked = false;
-      this.claimed = new Set();
-      for (const w of writes) {
-        this.written.set(`${w.model}\0${w.part}`, JSON.stringify([w.offset, w.fired, w.max]));
-        if (w.rows) this.ops.get(w.model)!.rowsDirty.delete(w.part);
-      }
+      this.wrote(writes);
     });
+  }
+
+  /** After a store commit: what it holds now. */
+  private wrote(writes: PartitionWrite[]): void {
+    this.claimed = new Set();
+    for (const w of writes) {
+      this.written.set(`${w.model}\0${w.part}`, JSON.stringify([w.offset, w.fired, w.max]));
+      if (w.rows) this.ops.get(w.model)!.rowsDirty.delete(w.part);
+    }
   }
 
   private async untilItWorks(what: string, signal: AbortSignal, fn: () => Promise<void>): Promise<void> {
@@ -253,6 +291,7 @@ export class WindowSet {
         return;
       } catch (err) {
         this.locked = false;
+        this.staged = undefined;
         await this.store!.finish(false).catch(() => {});
         if (signal.aborted || (err instanceof SluiceError && err.code === 'INTERNAL')) throw err;
         const delayMs = pause(attempt);

@@ -142,6 +142,8 @@ interface Pending {
   closeAll: boolean;
   /** Made by stage() for a compaction alone (partitions moved; the models did not run). */
   synthetic?: boolean;
+  /** With a state store: the partitions this batch added rows to (set by stage()). */
+  dirty?: Set<string>;
 }
 
 const NEG = Number.NEGATIVE_INFINITY;
@@ -641,6 +643,9 @@ export class WindowOperator {
     }
     // Not run (no message of the batch decoded): nothing changed.
     if (!p) return this.checkpoint();
+    if (this.partitioned && p.added > 0 && !p.synthetic) {
+      p.dirty = new Set((await this.conn.runAndReadAll(`SELECT DISTINCT ${W.part} FROM ${this.fresh}`)).getRows().map((r) => String(r[0])));
+    }
     let files = this.files;
     if (p.synthetic && !this.stateExists) {
       // No state left: no file.
@@ -709,9 +714,7 @@ export class WindowOperator {
     const p = this.pending;
     if (!p) return;
     this.pending = undefined;
-    if (this.partitioned && p.added > 0 && !p.synthetic) {
-      for (const [part] of (await this.conn.runAndReadAll(`SELECT DISTINCT ${W.part} FROM ${this.fresh}`)).getRows()) this.rowsDirty.add(String(part));
-    }
+    for (const part of p.dirty ?? []) this.rowsDirty.add(part);
     if (p.staged?.compact && p.staged.file === '') {
       // Nothing left to keep (see stage()).
     } else if (p.staged?.compact) {
@@ -811,6 +814,16 @@ export class WindowOperator {
     return this.parts;
   }
 
+  /** With a state store: the partitions as they are once the batch staged commits (as held() without one). */
+  heldAfter(): ReadonlyMap<string, PartState> {
+    return this.pending?.parts ?? this.parts;
+  }
+
+  /** With a state store: partitions whose rows changed since their last write to the store, the batch staged included. */
+  dirtyAfter(part: string): boolean {
+    return this.rowsDirty.has(part) || (this.pending?.dirty?.has(part) ?? false);
+  }
+
   /** With a state store: forgets a partition (it moved to another worker): its rows and watermark. */
   async dropPart(part: string): Promise<void> {
     this.parts.delete(part);
@@ -845,13 +858,23 @@ export class WindowOperator {
     this.rows = await this.countRows();
   }
 
-  /** With a state store: a partition's rows as Parquet (empty: none). */
+  /**
+   * With a state store: a partition's rows as Parquet (empty: none), as they are once the batch
+   * staged commits. Rows the watermark has passed may be among them: a load evicts them.
+   */
   async exportPart(part: string, tmpDir: string): Promise<Buffer> {
-    if (!this.stateExists) return Buffer.alloc(0);
+    const p = this.pending;
+    let rel: string;
+    if (p?.staged?.compact) {
+      if (p.staged.file === '') return Buffer.alloc(0);
+      rel = this.live;
+    } else if (p && !p.synthetic && p.added > 0) rel = this.all();
+    else if (this.stateExists) rel = this.state;
+    else return Buffer.alloc(0);
     await fsp.mkdir(tmpDir, { recursive: true });
     const tmp = path.join(tmpDir, `.export-${process.pid}.parquet.tmp`);
     try {
-      await this.conn.run(`COPY (SELECT * FROM ${this.state} WHERE ${W.part} = ${lit(part)}) TO ${lit(tmp)} (FORMAT parquet, COMPRESSION zstd)`);
+      await this.conn.run(`COPY (SELECT * FROM ${rel} WHERE ${W.part} = ${lit(part)}) TO ${lit(tmp)} (FORMAT parquet, COMPRESSION zstd)`);
       return await fsp.readFile(tmp);
     } finally {
       await fsp.rm(tmp, { force: true });

@@ -165,7 +165,7 @@ GROUP BY u.name, TUMBLE(e.ts, INTERVAL '1' MINUTE)
     });
     const v = await cli(p, 'validate');
     expect(v.code).toBe(2);
-    expect(v.stderr).toContain('sluice.yml:3: window_state: window_state moves a partition\'s window state between the workers of a consumer group; source default (file) is not read in partitions');
+    expect(v.stderr).toContain("sluice.yml:3: window_state: window_state moves a partition's window state between the workers of a consumer group; source default (file) is not read in partitions");
     expect(v.stderr).toContain('models/all_users.sql: model all_users groups by the window alone: with window_state each worker would emit its own partial windows');
     expect(v.stderr).toContain('models/per_hour.sql: model per_hour reads windowed model per_minute: with window_state a windowed model cannot read another one yet');
     expect(v.stderr).not.toContain('models/per_minute.sql');

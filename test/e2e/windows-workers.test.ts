@@ -82,8 +82,8 @@ function owned(w: { err: () => string }): string[] | undefined {
   return lines.length ? (JSON.parse(lines[lines.length - 1]) as { partitions: string[] }).partitions : undefined;
 }
 
-function start(p: string, id: string) {
-  return sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id } });
+function start(p: string, id: string, env: NodeJS.ProcessEnv = {}) {
+  return sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id, ...env } });
 }
 
 describe('windowed models over several workers', () => {
@@ -108,18 +108,18 @@ describe('windowed models over several workers', () => {
         workers.push(w1);
         await until(() => owned(w1)?.length === 4, 60_000, 100);
         await until(caughtUp, 120_000, 200);
-        // w2 joins: two partitions move to it, with their state from the store.
-        let w2 = start(shared, 'w2');
+        // w2 joins: two partitions move to it, with their state from the store. It SIGKILLs
+        // itself at its sixth batch, with the batch's state written to the store but neither
+        // the store's transaction nor the WAL committed.
+        let w2 = start(shared, 'w2', { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '6' });
         workers.push(w2);
         await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
         await produce(mk.producer, topic, events(20_000, 40_000));
-        await until(caughtUp, 120_000, 200);
-        // w2 dies: its partitions go back to w1, with the state w2 committed.
-        await produce(mk.producer, topic, events(40_000, 50_000));
-        await new Promise((r) => setTimeout(r, 300));
-        w2.kill('SIGKILL');
-        await waitExit(w2, 30_000);
+        const crash = await waitExit(w2, 90_000);
+        expect(crash, w2.err().slice(-3000)).toEqual({ code: null, signal: 'SIGKILL' });
+        // Its partitions go back to w1, with the state w2 committed before.
         await until(() => owned(w1)?.length === 4, 60_000, 100);
+        await produce(mk.producer, topic, events(40_000, 50_000));
         await produce(mk.producer, topic, events(50_000, 60_000));
         await until(caughtUp, 120_000, 200);
         // w2 comes back (its WAL still holds rows to deliver), and takes two partitions again.
