@@ -75,10 +75,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
           message: `model ${m.name} is windowed: schema contracts (overrides.${m.name}.contract, typed columns) are not applied to windowed models yet; remove them, or check the columns in a stateless model that refs it`,
         });
       }
-      if (project.windowState) {
-        const windowedRef = m.refs.find((r) => reports.some((x) => x.model.name === r && x.analysis.window));
-        issues.push(...windowStateIssues(m, analysis.window.keys, windowedRef));
-      }
+      if (project.windowState) issues.push(...windowStateIssues(m, analysis.window.keys, reports));
     } else if (m.window && !analysis.error) {
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
@@ -87,15 +84,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       if (sink) issues.push(...(await missingColumns(conn, m, sink, analysis.outputColumns)));
     }
   }
-  const ws = project.windowState;
-  const unpartitioned = project.sources.find((s) => !s.spec.partitioned);
-  if (ws && unpartitioned && reports.some((r) => r.analysis.window)) {
-    issues.push({
-      ...ws.at,
-      key: 'window_state',
-      message: `window_state moves a partition's window state between the workers of a consumer group; source ${unpartitioned.name} (${unpartitioned.type}) is not read in partitions: remove window_state and run one worker`,
-    });
-  }
+  issues.push(...unpartitionedSources(project, reports));
   return { issues, reports };
 }
 
@@ -107,8 +96,9 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
  * (not another windowed model's rows). That the producer partitions by the group key cannot be
  * checked here (docs/windows.md, several workers).
  */
-function windowStateIssues(m: ModelDef, keys: string[], windowedRef: string | undefined): ConfigIssue[] {
+function windowStateIssues(m: ModelDef, keys: string[], reports: ModelReport[]): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
+  const windowedRef = m.refs.find((r) => reports.some((x) => x.model.name === r && x.analysis.window));
   if (keys.length === 0) {
     issues.push({
       file: m.file,
@@ -118,6 +108,20 @@ function windowStateIssues(m: ModelDef, keys: string[], windowedRef: string | un
   if (windowedRef)
     issues.push({ file: m.file, message: `model ${m.name} reads windowed model ${windowedRef}: with window_state a windowed model cannot read another one yet (its rows have no source partition)` });
   return issues;
+}
+
+/** window_state over a source that is not read in partitions (with a windowed model): see windowStateIssues. */
+function unpartitionedSources(project: Project, reports: ModelReport[]): ConfigIssue[] {
+  const ws = project.windowState;
+  const unpartitioned = project.sources.find((s) => !s.spec.partitioned);
+  if (!ws || !unpartitioned || !reports.some((r) => r.analysis.window)) return [];
+  return [
+    {
+      ...ws.at,
+      key: 'window_state',
+      message: `window_state moves a partition's window state between the workers of a consumer group; source ${unpartitioned.name} (${unpartitioned.type}) is not read in partitions: remove window_state and run one worker`,
+    },
+  ];
 }
 
 /** What a sink asks of a model's columns (partition keys, key columns, expressions) that the model lacks. */
