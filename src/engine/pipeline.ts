@@ -228,6 +228,8 @@ export class Pipeline {
 
     let clean = false;
     try {
+      // A shared window state store catches up with this worker's last commit before the source commits its position.
+      await this.executor.windows.resync(signal);
       await source.open(start.position);
       this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
       if (this.executor.windows.size && srcDef.spec.workerScoped && !this.executor.windows.stored) {
@@ -479,7 +481,9 @@ export class Pipeline {
 
   /** Closes what time alone closes (a windows pass), when some window would close now. */
   private async tick(source: Source, sourceName: string): Promise<void> {
-    if (!this.opts.signal.aborted && this.executor.windows.wouldAdvance()) await this.windowPass('tick', source, sourceName);
+    if (this.opts.signal.aborted) return;
+    // With a shared window state store, a change of assignment is claimed (or let go) without waiting for a message.
+    if (this.executor.windows.wouldAdvance() || this.executor.windows.assignmentChanged(source.partitions?.())) await this.windowPass('tick', source, sourceName);
   }
 
   private async readAndPrepare(batcher: Batcher, lane: number): Promise<ReadBatch | null> {
@@ -632,7 +636,7 @@ export class Pipeline {
       throw asInfraError(err, 'writing window state') ?? err;
     }
     // A shared window state store: the state goes there now, committed right after the WAL commit.
-    await this.executor.windows.write();
+    await this.executor.windows.write(this.opts.signal);
     crashPoint('before-commit');
     const checkpoint: Checkpoint = { position: batch.position, dlq: this.dlq?.mark(), structure: outcome.structure, schemas: this.executor.schemas.snapshot(), ...(windows ? { windows } : {}) };
     try {

@@ -176,8 +176,9 @@ export class WindowSet {
 
   /**
    * Whether a partition held is still this worker's: the store has it under this worker's
-   * epoch; or under an older one of this worker (a claim whose transaction failed after the
-   * batch that ran with it committed): it is taken back.
+   * epoch; or under an older epoch, whoever's (a claim of this worker whose transaction failed
+   * after the batch that ran with it committed: epochs only grow by claims, so nobody claimed it
+   * since): it is taken back.
    */
   private async ownership(part: string, current: Map<string, { owner: string; epoch: number }>): Promise<'mine' | 'lost'> {
     const store = this.store!;
@@ -187,7 +188,7 @@ export class WindowSet {
       const row = current.get(`${m}\0${part}`);
       if (epoch === undefined) return 'lost';
       if (row && row.epoch === epoch && row.owner === store.worker) continue;
-      if (!row || (row.owner === store.worker && row.epoch < epoch)) {
+      if (!row || row.epoch < epoch) {
         back = true;
         continue;
       }
@@ -222,22 +223,68 @@ export class WindowSet {
 
   /**
    * Store mode, after the batch is staged and before its WAL commit: writes the partitions whose
-   * state changes, in the open transaction. A failure here is left to publish(), which writes
-   * everything again once the batch committed.
+   * state changes, in the open transaction. When the transaction was lost (the connection
+   * dropped), the partitions are locked again first; one that another worker claimed meanwhile
+   * stops the run before anything of the batch is committed (a restart goes on from the last
+   * commit). Retries until it works or `signal` aborts.
    */
-  async write(): Promise<void> {
-    if (!this.store || !this.locked) return;
-    try {
+  async write(signal: AbortSignal): Promise<void> {
+    if (!this.store) return;
+    const store = this.store;
+    await this.untilItWorks('writing window state', signal, async () => {
+      if (!this.locked) {
+        const current = await store.begin([...this.ops.keys()], this.held());
+        this.locked = true;
+        for (const part of this.held()) {
+          if ((await this.ownership(part, current)) === 'lost') {
+            throw new SluiceError(
+              'INTERNAL',
+              `another worker claimed partition ${part}'s window state while this worker ran a batch of it: the batch is not committed; a restart goes on from the last commit`,
+            );
+          }
+          // Claims the lost transaction undid are taken back above; their state is written whole.
+          for (const op of this.ops.values()) op.rowsDirty.add(part);
+        }
+      }
       const writes: PartitionWrite[] = [];
       for (const part of this.held()) writes.push(...(await this.writesOf(part, this.claimed.has(part))));
-      await this.store.write(writes);
+      await store.write(writes);
       this.staged = writes;
-    } catch (err) {
-      this.log?.warn({ err: new Error(errorMessage(err)) }, 'window state store: writing failed; written again after the WAL commit');
+    });
+  }
+
+  /**
+   * Store mode, at start, before the source is opened: the state of the partitions this worker
+   * held at its last commit goes to the store (a crash may have come between that commit and
+   * the store's), so that the store is not behind the position the source commits at once.
+   * Partitions another worker has claimed since are let go.
+   */
+  async resync(signal: AbortSignal): Promise<void> {
+    if (!this.store || this.held().length === 0) return;
+    const store = this.store;
+    await this.untilItWorks('writing window state at start', signal, async () => {
+      const current = await store.begin([...this.ops.keys()], this.held());
+      this.locked = true;
+      const writes: PartitionWrite[] = [];
+      const lost: string[] = [];
+      for (const part of this.held()) {
+        if ((await this.ownership(part, current)) === 'lost') lost.push(part);
+        else writes.push(...(await this.writesOf(part, true)));
+      }
+      await store.write(writes);
+      await store.finish(true);
       this.locked = false;
-      this.staged = undefined;
-      await this.store.finish(false).catch(() => {});
-    }
+      this.wrote(writes);
+      for (const part of lost) await this.drop(part);
+      if (lost.length) this.log?.info({ partitions: lost }, 'partitions another worker claimed while this one was down: their state here is let go');
+    });
+  }
+
+  /** Store mode: the source's assignment differs from the partitions held (a windows pass claims or lets go). */
+  assignmentChanged(assigned: string[] | undefined): boolean {
+    if (!this.store || assigned === undefined) return false;
+    const held = this.held();
+    return held.length !== assigned.length || assigned.some((p) => !held.includes(p));
   }
 
   /**

@@ -64,11 +64,19 @@ export class PgWindowStore {
   }
 
   private async conn(): Promise<pg.Client> {
+    // The transaction's connection dropped: its locks are gone, and what it wrote with them.
+    if (this.open && !this.client) {
+      this.open = false;
+      throw new SluiceError('CONNECT', 'the window state store connection was lost in the middle of a transaction', { retryable: true });
+    }
     if (this.client) return this.client;
     const c = new pg.Client({ connectionString: this.url, connectionTimeoutMillis: 10_000 });
     // A dropped connection fails the query in flight; the next call connects again.
     c.on('error', (err) => {
       this.log.warn({ err: new Error(errorMessage(err)) }, 'window state store connection lost');
+      if (this.client === c) this.client = undefined;
+    });
+    c.on('end', () => {
       if (this.client === c) this.client = undefined;
     });
     try {
@@ -101,6 +109,8 @@ export class PgWindowStore {
     if (this.open) await this.finish(false);
     await c.query('BEGIN');
     this.open = true;
+    // A claim waits for the batch another worker runs with the partition; not for ever.
+    await c.query("SET LOCAL lock_timeout = '30s'");
     const out = new Map<string, { owner: string; epoch: number }>();
     if (parts.length === 0) return out;
     const r = await c.query(`SELECT model, part, owner, epoch FROM ${this.t} WHERE scope = $1 AND model = ANY($2) AND part = ANY($3) ORDER BY model, part FOR UPDATE`, [this.scope, models, parts]);
@@ -145,7 +155,7 @@ export class PgWindowStore {
     for (const w of writes) {
       const r = await c.query(
         `UPDATE ${this.t} SET next_offset = $5, fired = $6, max_time = $7, revisions = $8, rows = COALESCE($9, rows), owner = $10, updated_at = now()
-         WHERE scope = $1 AND model = $2 AND part = $3 AND epoch = $4`,
+         WHERE scope = $1 AND model = $2 AND part = $3 AND epoch = $4 AND owner = $10`,
         [this.scope, w.model, w.part, w.epoch, w.offset, w.fired, w.max, w.revisions ? JSON.stringify(w.revisions) : null, w.rows ?? null, this.owner],
       );
       if (r.rowCount !== 1) throw new SluiceError('INTERNAL', `window state of ${w.model} partition ${w.part} was claimed by another worker while this one held it locked`);
@@ -155,9 +165,8 @@ export class PgWindowStore {
   /** Commits (or rolls back) the open transaction. */
   async finish(commit: boolean): Promise<void> {
     if (!this.open) return;
+    const c = await this.conn();
     this.open = false;
-    const c = this.client;
-    if (!c) return;
     await c.query(commit ? 'COMMIT' : 'ROLLBACK');
   }
 

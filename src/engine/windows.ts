@@ -539,7 +539,7 @@ export class WindowOperator {
   ): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; updates: number[]; updatedMessages: number; max: number | null }> {
     const allowed = `to_microseconds(${this.us.allowed}::BIGINT)`;
     const f = this.firedSql(fired, this.parts);
-    const windows = `SELECT ${MSG_COL}, ${W.start}, ${W.end} FROM (${this.windowsOf(this.fresh)})`;
+    const windows = `SELECT ${MSG_COL}, ${W.start}, ${W.end}${this.partitioned ? `, ${W.part}` : ''} FROM (${this.windowsOf(this.fresh)})`;
     const r = await this.conn.runAndReadAll(
       `SELECT ${MSG_COL}, list(DISTINCT epoch_us(${W.start})) FILTER (WHERE ${W.end} <= ${f} AND ${W.end} + ${allowed} > ${f}), bool_or(${W.end} > ${f} OR ${W.end} + ${allowed} > ${f})
        FROM (${windows}) GROUP BY ALL HAVING bool_or(${W.end} <= ${f})`,
@@ -772,7 +772,7 @@ export class WindowOperator {
   async abandon(dir: string): Promise<void> {
     const staged = this.pending?.staged;
     this.pending = undefined;
-    if (staged) await fsp.rm(path.join(dir, staged.file), { force: true });
+    if (staged?.file) await fsp.rm(path.join(dir, staged.file), { force: true });
   }
 
   /** Restores the state of the last commit (and removes files no commit lists). */
@@ -852,7 +852,8 @@ export class WindowOperator {
     }
     this.parts.set(part, { max: snap.max, seen: this.clock.now(), fired: snap.fired, epoch: snap.epoch, offset: snap.offset });
     for (const [k, v] of Object.entries(snap.revisions ?? {})) this.revisions.set(Number(k), Math.max(v, this.revisions.get(Number(k)) ?? 0));
-    if (this.stateExists) await this.evict(this.state, this.fired, new Map([[part, this.parts.get(part)!]]));
+    // Each partition's rows at its own watermark (the other partitions' rows stay as they are).
+    if (this.stateExists) await this.evict(this.state, this.fired, this.parts);
     this.compactNext = true;
     this.fired = WindowOperator.minFired(this.parts);
     this.rows = await this.countRows();
