@@ -46,7 +46,7 @@ FROM incoming GROUP BY SESSION(ts, INTERVAL '30' SECOND), "user"
 const NAMES = Object.keys(MODELS).map((f) => path.basename(f, '.sql'));
 
 function project(name: string, topic: string, table?: string): string {
-  const p = path.join(root, name);
+  const p = path.join(root, `${name}-${topic}`);
   writeFiles(p, {
     'sluice.yml': `name: ${name}\n${table ? `window_state:\n  postgres: ${PG}\n  table: ${table}\n` : ''}`,
     'config/sources.yml': `source:\n  type: kafka\n  brokers: ${mk.brokers}\n  topics: [${topic}]\n  group_id: g-${name}-${topic}\n  session_timeout_ms: 4000\n  rebalance_timeout_ms: 4000\n  heartbeat_interval_ms: 400\n  max_wait_ms: 100\n  batch_size: 1000\n  batch_timeout_ms: 200\n  dlq: .sluice/dlq\n`,
@@ -82,8 +82,63 @@ function owned(w: { err: () => string }): string[] | undefined {
   return lines.length ? (JSON.parse(lines[lines.length - 1]) as { partitions: string[] }).partitions : undefined;
 }
 
+/** Waits until the two workers hold two partitions each and no assignment changed for 3 s (the mock cluster may rebalance more than once). */
+async function settled(a: { err: () => string }, b: { err: () => string }): Promise<void> {
+  const count = () => `${a.err().split('Kafka partitions assigned').length}/${b.err().split('Kafka partitions assigned').length}`;
+  let seen = '';
+  let since = Date.now();
+  await until(
+    () => {
+      const now = count();
+      if (now !== seen) {
+        seen = now;
+        since = Date.now();
+      }
+      return owned(a)?.length === 2 && owned(b)?.length === 2 && Date.now() - since > 3000;
+    },
+    60_000,
+    100,
+  );
+}
+
 function start(p: string, id: string, env: NodeJS.ProcessEnv = {}) {
   return sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id, ...env } });
+}
+
+/** One worker alone, without the store, over the whole topic: the project it ran. */
+async function solo(topic: string): Promise<string> {
+  const p = project('solo', topic);
+  const w = start(p, 'solo');
+  try {
+    await until(() => groupCaughtUp(mk.admin, `g-solo-${topic}`, topic), 120_000, 200);
+  } finally {
+    w.kill('SIGTERM');
+  }
+  expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+  return p;
+}
+
+/** Every model's windows in `shared`'s output are exactly those in `alone`'s. */
+async function expectSameWindows(shared: string, alone: string): Promise<void> {
+  const db = await DuckDBInstance.create(':memory:');
+  const conn = await db.connect();
+  try {
+    for (const m of NAMES) {
+      const rel = (p: string) => `(SELECT * FROM read_parquet('${path.join(p, 'output', m)}/**/*.parquet'))`;
+      const n = async (q: string) => Number((await conn.runAndReadAll(q)).getRows()[0][0]);
+      const total = await n(`SELECT count(*) FROM ${rel(alone)}`);
+      expect(total, `${m}: one worker emitted windows`).toBeGreaterThan(100);
+      expect({
+        model: m,
+        workers: await n(`SELECT count(*) FROM ${rel(shared)}`),
+        extra: await n(`SELECT count(*) FROM (FROM ${rel(shared)} EXCEPT ALL FROM ${rel(alone)})`),
+        missing: await n(`SELECT count(*) FROM (FROM ${rel(alone)} EXCEPT ALL FROM ${rel(shared)})`),
+      }).toEqual({ model: m, workers: total, extra: 0, missing: 0 });
+    }
+  } finally {
+    conn.closeSync();
+    db.closeSync();
+  }
 }
 
 describe('windowed models over several workers', () => {
@@ -141,34 +196,7 @@ describe('windowed models over several workers', () => {
       expect(claims).toBeGreaterThanOrEqual(10);
 
       // One worker alone, without the store, over the same topic.
-      const solo = project('solo', topic);
-      const w = start(solo, 'solo');
-      try {
-        await until(() => groupCaughtUp(mk.admin, `g-solo-${topic}`, topic), 120_000, 200);
-      } finally {
-        w.kill('SIGTERM');
-      }
-      expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
-
-      const db = await DuckDBInstance.create(':memory:');
-      const conn = await db.connect();
-      try {
-        for (const m of NAMES) {
-          const rel = (p: string) => `(SELECT * FROM read_parquet('${path.join(p, 'output', m)}/**/*.parquet'))`;
-          const n = async (q: string) => Number((await conn.runAndReadAll(q)).getRows()[0][0]);
-          const total = await n(`SELECT count(*) FROM ${rel(solo)}`);
-          expect(total, `${m}: one worker emitted windows`).toBeGreaterThan(100);
-          expect({
-            model: m,
-            workers: await n(`SELECT count(*) FROM ${rel(shared)}`),
-            extra: await n(`SELECT count(*) FROM (FROM ${rel(shared)} EXCEPT ALL FROM ${rel(solo)})`),
-            missing: await n(`SELECT count(*) FROM (FROM ${rel(solo)} EXCEPT ALL FROM ${rel(shared)})`),
-          }).toEqual({ model: m, workers: total, extra: 0, missing: 0 });
-        }
-      } finally {
-        conn.closeSync();
-        db.closeSync();
-      }
+      await expectSameWindows(shared, await solo(topic));
       // The store holds each model's state per partition, written by the workers.
       const r = await pgc.query(`SELECT model, count(*) AS parts, max(epoch) AS epochs FROM ${table} GROUP BY model ORDER BY model`);
       expect(r.rows.map((x: { model: string; parts: string }) => [x.model, Number(x.parts)])).toEqual(
@@ -176,6 +204,56 @@ describe('windowed models over several workers', () => {
           .sort()
           .map((m) => [m, 4]),
       );
+    } finally {
+      await pgc.end();
+    }
+  }, 600_000);
+  it("a worker holding partitions whose watermarks differ (one taken over from a worker that ran ahead) emits each partition's windows at its own, and the two workers still emit what one does", async () => {
+    const topic = uniqueTopic('sluice-winw2');
+    await ensureTopic(mk.admin, topic);
+    const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
+    // A user's partition: a function of the user alone (every group's events in one partition).
+    const partitionOf = (user: string) => Math.floor(Number(user.slice(1)) / 4) % 4;
+    const keyed = (list: { key: string; value: string }[]) => list.map((m) => ({ ...m, partition: partitionOf(m.key) }));
+    const pgc = new pg.Client({ connectionString: PG });
+    await pgc.connect();
+    try {
+      await pgc.query(`DROP TABLE IF EXISTS ${table}`);
+      await produce(mk.producer, topic, keyed(events(0, 20_000)));
+      const shared = project('shared', topic, table);
+      const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
+      const workers: ReturnType<typeof start>[] = [];
+      try {
+        const w1 = start(shared, 'w1');
+        workers.push(w1);
+        await until(() => owned(w1)?.length === 4, 60_000, 100);
+        await until(caughtUp, 120_000, 200);
+        const w2 = start(shared, 'w2');
+        workers.push(w2);
+        await settled(w1, w2);
+        // Ten more minutes, only for w2's partitions: their watermarks run ahead of w1's.
+        const ahead = new Set(owned(w2)!.map((p) => Number(p.split(':').pop())));
+        await produce(
+          mk.producer,
+          topic,
+          keyed(events(20_000, 40_000)).filter((m) => ahead.has(m.partition)),
+        );
+        await until(caughtUp, 120_000, 200);
+        expect(owned(w2)!.map((p) => Number(p.split(':').pop())).sort(), 'no rebalance since').toEqual([...ahead].sort());
+        // w2 stops: w1 takes its partitions, with their later watermarks, beside its own.
+        w2.kill('SIGTERM');
+        expect(await waitExit(w2, 60_000), w2.err().slice(-3000)).toEqual({ code: 0, signal: null });
+        await until(() => owned(w1)?.length === 4, 60_000, 100);
+        await produce(mk.producer, topic, keyed([...events(40_000, 50_000), ...closers()]));
+        await until(caughtUp, 120_000, 200);
+      } catch (err) {
+        for (const w of workers) console.log(w.err().slice(-4000));
+        throw err;
+      } finally {
+        for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGTERM');
+      }
+      expect(await waitExit(workers[0], 60_000), workers[0].err().slice(-3000)).toEqual({ code: 0, signal: null });
+      await expectSameWindows(shared, await solo(topic));
     } finally {
       await pgc.end();
     }
