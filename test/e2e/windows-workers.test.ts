@@ -239,7 +239,12 @@ describe('windowed models over several workers', () => {
           keyed(events(20_000, 40_000)).filter((m) => ahead.has(m.partition)),
         );
         await until(caughtUp, 120_000, 200);
-        expect(owned(w2)!.map((p) => Number(p.split(':').pop())).sort(), 'no rebalance since').toEqual([...ahead].sort());
+        expect(
+          owned(w2)!
+            .map((p) => Number(p.split(':').pop()))
+            .sort(),
+          'no rebalance since',
+        ).toEqual([...ahead].sort());
         // w2 stops: w1 takes its partitions, with their later watermarks, beside its own.
         w2.kill('SIGTERM');
         expect(await waitExit(w2, 60_000), w2.err().slice(-3000)).toEqual({ code: 0, signal: null });
