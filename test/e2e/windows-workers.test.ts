@@ -5,6 +5,8 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
+import { execSync } from 'node:child_process';
+import { clearOutage, listening, markOutage } from '../helpers/pg-outage.js';
 import { lockPostgres } from '../helpers/sql-db.js';
 import { clickEvent, LATENESS } from '../helpers/window-data.js';
 
@@ -27,6 +29,7 @@ beforeAll(async () => {
   mk = await startMockKafka();
 }, 16 * 60_000);
 afterAll(async () => {
+  await startPostgres();
   release?.();
   await mk?.stop();
   fs.rmSync(root, { recursive: true, force: true });
@@ -63,6 +66,15 @@ function events(from: number, to: number): { key: string; value: string }[] {
     const value = clickEvent(from + i);
     return { key: (JSON.parse(value) as { user: string }).user, value };
   });
+}
+
+const cluster = () => `pg_ctlcluster --skip-systemctl-redirect ${fs.readdirSync('/etc/postgresql')[0]} main`;
+
+async function startPostgres(): Promise<void> {
+  clearOutage();
+  if (await listening(5432)) return;
+  execSync(`${cluster()} start`, { stdio: 'ignore' });
+  await until(() => listening(5432), 60_000, 200);
 }
 
 /** One event per user an hour after the rest: every partition's watermark passes every window of the data. */
@@ -262,5 +274,42 @@ describe('windowed models over several workers', () => {
     } finally {
       await pgc.end();
     }
+  }, 600_000);
+  it('the state store (PostgreSQL) stopped for a few seconds mid-run: the worker holds its batch, waits, goes on, and emits what one worker without the store does', async () => {
+    const topic = uniqueTopic('sluice-winw3');
+    await ensureTopic(mk.admin, topic);
+    const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
+    const pgc = new pg.Client({ connectionString: PG });
+    await pgc.connect();
+    await pgc.query(`DROP TABLE IF EXISTS ${table}`);
+    await pgc.end();
+    await produce(mk.producer, topic, events(0, 20_000));
+    const shared = project('shared', topic, table);
+    const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
+    const w1 = start(shared, 'w1');
+    try {
+      await until(caughtUp, 120_000, 200);
+      // More events, and the store goes away while they are read.
+      const more = produce(mk.producer, topic, events(20_000, 40_000));
+      await new Promise((r) => setTimeout(r, 300));
+      markOutage();
+      execSync(`${cluster()} stop -m fast`, { stdio: 'ignore' });
+      await more;
+      await new Promise((r) => setTimeout(r, 5000));
+      await startPostgres();
+      await until(caughtUp, 120_000, 200);
+      await produce(mk.producer, topic, closers());
+      await until(caughtUp, 120_000, 200);
+    } catch (err) {
+      console.log(w1.err().slice(-4000));
+      throw err;
+    } finally {
+      await startPostgres();
+      if (w1.exitCode === null) w1.kill('SIGTERM');
+    }
+    expect(await waitExit(w1, 60_000), w1.err().slice(-3000)).toEqual({ code: 0, signal: null });
+    // The outage reached the store's path: the worker retried it.
+    expect(w1.err()).toMatch(/window state store: .* failed; retrying/);
+    await expectSameWindows(shared, await solo(topic));
   }, 600_000);
 });
