@@ -13,9 +13,8 @@
 // --max-buffer-bytes set those keys by themselves.
 //
 //   node bench/kafka.mjs [--messages 200000] [--runs 5] [--batch-size B] [--max-bytes-per-partition N] [--max-buffer-bytes N] [--threads T] [--debug 1]
-import { spawn } from 'node:child_process';
 import { Kafka, logLevel } from 'kafkajs';
-import { batchKeys, describeSluiceKeys, drainBench, drainFlags, keysYaml, orderBodies } from './lib.mjs';
+import { batchKeys, describeSluiceKeys, drainBench, drainFlags, keysYaml, orderBodies, startKafkaMock } from './lib.mjs';
 import { orderMessage } from '../dist/connectors/generator/generator-source.js';
 import { kafkaSourceSchema } from '../dist/connectors/kafka/kafka-config.js';
 
@@ -41,26 +40,7 @@ const BARE_MAX_BYTES_PER_PARTITION = MAX_BYTES_PER_PARTITION ?? DEFAULT_MAX_BYTE
 // The keys sluice's block sets beyond the connection ({} at its defaults; keysYaml skips undefined).
 const sluiceKeys = { ...batchKeys(flags), max_bytes_per_partition: MAX_BYTES_PER_PARTITION, max_buffer_bytes: MAX_BUFFER_BYTES };
 
-/** The mock cluster under `sh`, killed when this process's stdin pipe to it closes. */
-async function startMock() {
-  const script =
-    'command -v kcat >/dev/null || exit 127; kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; echo "kcat pid $k" >&2; cat >/dev/null; kill $k 2>/dev/null';
-  const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
-  let pid = 0;
-  const brokers = await new Promise((resolve, reject) => {
-    let err = '';
-    child.stderr.on('data', (d) => {
-      if (err.length < 20_000) err += d;
-      pid ||= Number(/kcat pid (\d+)/.exec(err)?.[1] ?? 0);
-      const m = /(?:replaced with|bootstrap\.servers=)\s*(\S+)/.exec(err);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`kcat exited ${code}: ${err} (is kcat installed? apt-get install -y kcat)`)));
-  });
-  return { brokers, pid, stop: () => child.stdin.end() };
-}
-
-const mock = process.env.SLUICE_BENCH_KAFKA ? undefined : await startMock();
+const mock = process.env.SLUICE_BENCH_KAFKA ? undefined : await startKafkaMock();
 const BROKERS = process.env.SLUICE_BENCH_KAFKA ?? mock.brokers;
 const kafka = new Kafka({ brokers: BROKERS.split(','), clientId: 'sluice-bench', logLevel: logLevel.NOTHING });
 const admin = kafka.admin();

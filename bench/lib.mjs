@@ -189,7 +189,7 @@ async function logTime(s, msg) {
  * up to n messages; returns the log time (ms) of the line that got there. Reads sluice's stderr
  * only: polling its /metrics instead cost it ~2.5 ms of CPU a request, on its JavaScript thread.
  */
-async function untilCommitted(s, n) {
+export async function untilCommitted(s, n) {
   let seen = 0;
   let acked = 0;
   for (;;) {
@@ -733,4 +733,23 @@ export function timedChild(label, args, cwd, inFlight) {
       else resolve({ secs, peak: peak() });
     });
   });
+}
+
+/** The mock cluster under `sh`, killed when this process's stdin pipe to it closes. */
+export async function startKafkaMock() {
+  const script =
+    'command -v kcat >/dev/null || exit 127; kcat -b localhost:0 -X test.mock.num.brokers=3 -C -t sluice-keepalive -q >/dev/null & k=$!; echo "kcat pid $k" >&2; cat >/dev/null; kill $k 2>/dev/null';
+  const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let pid = 0;
+  const brokers = await new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr.on('data', (d) => {
+      if (err.length < 20_000) err += d;
+      pid ||= Number(/kcat pid (\d+)/.exec(err)?.[1] ?? 0);
+      const m = /(?:replaced with|bootstrap\.servers=)\s*(\S+)/.exec(err);
+      if (m) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`kcat exited ${code}: ${err} (is kcat installed? apt-get install -y kcat)`)));
+  });
+  return { brokers, pid, stop: () => child.stdin.end() };
 }

@@ -8,6 +8,7 @@
 //   npm run bench -- hostile_neighbour              # a source fed hostile input beside a normal one (file sources)
 //   npm run bench -- windows                        # windowed models against plain DuckDB's GROUP BY over the same file
 //   npm run bench -- windows_soak                   # 5M events through windowed models: RSS and state over time
+//   npm run bench -- windows_store                  # windows over Kafka with window_state (PostgreSQL) against without
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',
@@ -19,6 +20,7 @@ const benches = {
   hostile_neighbour: './hostile-neighbour.mjs',
   windows: './windows.mjs',
   windows_soak: './windows-soak.mjs',
+  windows_store: './windows-store.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {

@@ -685,6 +685,13 @@ export class Pipeline {
       late[model] = { ...now };
       if (op.watermarkUs !== null) this.metrics.watermarkLag.set({ model }, Math.max(0, (this.clock.now() * 1000 - op.watermarkUs) / 1e6));
     }
+    const windows = this.executor.windows;
+    if (windows.stored) {
+      this.metrics.windowPartitions.set(windows.partitionsHeld);
+      const claims = windows.claims - this.claimsCounted;
+      if (claims > 0) this.metrics.windowClaims.inc(claims);
+      this.claimsCounted = windows.claims;
+    }
     // The state's size costs a scan of it: measured every few seconds.
     if (this.clock.now() - this.windowStatsAt < 5000) return;
     this.windowStatsAt = this.clock.now();
@@ -697,6 +704,8 @@ export class Pipeline {
   }
 
   private windowStatsAt = 0;
+  /** Claims already counted in sluice_window_state_claims_total. */
+  private claimsCounted = 0;
   /** The shared window state store (sluice.yml window_state), while open. */
   private windowStore?: PgWindowStore;
 

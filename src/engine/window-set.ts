@@ -37,6 +37,8 @@ export class WindowSet {
   /** Partitions claimed in the open transaction (not committed in the store yet). */
   private claimed = new Set<string>();
   private locked = false;
+  /** Partitions claimed since the start (a metric). */
+  claims = 0;
   /** What write() wrote in the open transaction (publish() commits it). */
   private staged?: PartitionWrite[];
 
@@ -170,6 +172,7 @@ export class WindowSet {
       if (floor !== undefined) this.floors.set(part, floor);
       else this.floors.delete(part);
       this.claimed.add(part);
+      this.claims++;
       this.log?.info({ partition: part, offset: floor ?? null }, "claimed a partition's window state");
     }
   }
@@ -278,6 +281,11 @@ export class WindowSet {
       for (const part of lost) await this.drop(part);
       if (lost.length) this.log?.info({ partitions: lost }, 'partitions another worker claimed while this one was down: their state here is let go');
     });
+  }
+
+  /** Store mode: how many partitions' state this worker holds. */
+  get partitionsHeld(): number {
+    return this.held().length;
   }
 
   /** Store mode: the source's assignment differs from the partitions held (a windows pass claims or lets go). */

@@ -107,6 +107,16 @@ export class Metrics {
     labelNames: ['model'],
     registers: [this.registry],
   });
+  readonly windowPartitions = new client.Gauge({
+    name: 'sluice_window_partitions_held',
+    help: 'With window_state: the source partitions whose window state this worker holds',
+    registers: [this.registry],
+  });
+  readonly windowClaims = new client.Counter({
+    name: 'sluice_window_state_claims_total',
+    help: "With window_state: partitions' window state this worker claimed from the store (a rebalance handed them over)",
+    registers: [this.registry],
+  });
   readonly windowOpen = new client.Gauge({ name: 'sluice_window_open_windows', help: 'Windows (or sessions) a windowed model holds rows of', labelNames: ['model'], registers: [this.registry] });
   readonly watermarkLag = new client.Gauge({
     name: 'sluice_watermark_lag_seconds',

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
 import { execSync } from 'node:child_process';
 import { clearOutage, listening, markOutage } from '../helpers/pg-outage.js';
@@ -113,8 +113,15 @@ async function settled(a: { err: () => string }, b: { err: () => string }): Prom
   );
 }
 
-function start(p: string, id: string, env: NodeJS.ProcessEnv = {}) {
-  return sluiceBg(['run', '--project', p, '--port', '0', '--log-json'], { env: { SLUICE_WORKER_ID: id, ...env } });
+function start(p: string, id: string, env: NodeJS.ProcessEnv = {}, port = 0) {
+  return sluiceBg(['run', '--project', p, '--port', String(port), '--log-json'], { env: { SLUICE_WORKER_ID: id, ...env } });
+}
+
+/** A metric's value on a worker's /metrics (undefined: not there). */
+async function metric(port: number, name: string): Promise<number | undefined> {
+  const body = (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(body);
+  return m ? Number(m[1]) : undefined;
 }
 
 /** One worker alone, without the store, over the whole topic: the project it ran. */
@@ -162,7 +169,7 @@ describe('windowed models over several workers', () => {
     await pgc.connect();
     try {
       await pgc.query(`DROP TABLE IF EXISTS ${table}`);
-      await produce(mk.producer, topic, events(0, 20_000));
+      await produce(mk.producer, topic, events(0, 12_000));
 
       const shared = project('shared', topic, table);
       const group = `g-shared-${topic}`;
@@ -176,24 +183,23 @@ describe('windowed models over several workers', () => {
         await until(() => owned(w1)?.length === 4, 60_000, 100);
         await until(caughtUp, 120_000, 200);
         // w2 joins: two partitions move to it, with their state from the store. It SIGKILLs
-        // itself at its sixth batch, with the batch's state written to the store but neither
+        // itself at its fourth batch, with the batch's state written to the store but neither
         // the store's transaction nor the WAL committed.
-        let w2 = start(shared, 'w2', { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '6' });
+        let w2 = start(shared, 'w2', { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '4' });
         workers.push(w2);
         await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
-        await produce(mk.producer, topic, events(20_000, 40_000));
+        await produce(mk.producer, topic, events(12_000, 24_000));
         const crash = await waitExit(w2, 90_000);
         expect(crash, w2.err().slice(-3000)).toEqual({ code: null, signal: 'SIGKILL' });
         // Its partitions go back to w1, with the state w2 committed before.
         await until(() => owned(w1)?.length === 4, 60_000, 100);
-        await produce(mk.producer, topic, events(40_000, 50_000));
-        await produce(mk.producer, topic, events(50_000, 60_000));
+        await produce(mk.producer, topic, events(24_000, 30_000));
         await until(caughtUp, 120_000, 200);
         // w2 comes back (its WAL still holds rows to deliver), and takes two partitions again.
         w2 = start(shared, 'w2');
         workers.push(w2);
         await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
-        await produce(mk.producer, topic, [...events(60_000, 70_000), ...closers()]);
+        await produce(mk.producer, topic, [...events(30_000, 36_000), ...closers()]);
         await until(caughtUp, 120_000, 200);
       } catch (err) {
         for (const w of workers) console.log(w.err().slice(-4000));
@@ -231,12 +237,13 @@ describe('windowed models over several workers', () => {
     await pgc.connect();
     try {
       await pgc.query(`DROP TABLE IF EXISTS ${table}`);
-      await produce(mk.producer, topic, keyed(events(0, 20_000)));
+      await produce(mk.producer, topic, keyed(events(0, 12_000)));
       const shared = project('shared', topic, table);
       const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
       const workers: ReturnType<typeof start>[] = [];
       try {
-        const w1 = start(shared, 'w1');
+        const port = await freePort();
+        const w1 = start(shared, 'w1', {}, port);
         workers.push(w1);
         await until(() => owned(w1)?.length === 4, 60_000, 100);
         await until(caughtUp, 120_000, 200);
@@ -248,7 +255,7 @@ describe('windowed models over several workers', () => {
         await produce(
           mk.producer,
           topic,
-          keyed(events(20_000, 40_000)).filter((m) => ahead.has(m.partition)),
+          keyed(events(12_000, 24_000)).filter((m) => ahead.has(m.partition)),
         );
         await until(caughtUp, 120_000, 200);
         expect(
@@ -261,8 +268,11 @@ describe('windowed models over several workers', () => {
         w2.kill('SIGTERM');
         expect(await waitExit(w2, 60_000), w2.err().slice(-3000)).toEqual({ code: 0, signal: null });
         await until(() => owned(w1)?.length === 4, 60_000, 100);
-        await produce(mk.producer, topic, keyed([...events(40_000, 50_000), ...closers()]));
+        await produce(mk.producer, topic, keyed([...events(24_000, 30_000), ...closers()]));
         await until(caughtUp, 120_000, 200);
+        // w1 holds the four partitions, and claimed each of them at least once (w2's two twice over).
+        expect(await until(() => metric(port, 'sluice_window_partitions_held'), 10_000)).toBe(4);
+        expect(await metric(port, 'sluice_window_state_claims_total')).toBeGreaterThanOrEqual(6);
       } catch (err) {
         for (const w of workers) console.log(w.err().slice(-4000));
         throw err;
@@ -283,14 +293,14 @@ describe('windowed models over several workers', () => {
     await pgc.connect();
     await pgc.query(`DROP TABLE IF EXISTS ${table}`);
     await pgc.end();
-    await produce(mk.producer, topic, events(0, 20_000));
+    await produce(mk.producer, topic, events(0, 10_000));
     const shared = project('shared', topic, table);
     const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
     const w1 = start(shared, 'w1');
     try {
       await until(caughtUp, 120_000, 200);
       // More events, and the store goes away while they are read.
-      const more = produce(mk.producer, topic, events(20_000, 40_000));
+      const more = produce(mk.producer, topic, events(10_000, 20_000));
       await new Promise((r) => setTimeout(r, 300));
       markOutage();
       execSync(`${cluster()} stop -m fast`, { stdio: 'ignore' });
