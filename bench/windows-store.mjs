@@ -6,7 +6,7 @@
 // The ratio is the drain rate with the store over the rate without: what keeping each
 // partition's state in PostgreSQL costs a worker. The broker is librdkafka's mock cluster (kcat).
 //
-//   node bench/run.mjs windows_store [--messages 200000] [--runs 3]
+//   node bench/run.mjs windows_store [--messages 100000] [--runs 3]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,7 +17,7 @@ import { clickEvent, LATENESS } from './clicks.mjs';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
 checkFlags('windows_store', ['messages', 'runs']);
-const N = arg('messages', 200_000);
+const N = arg('messages', 100_000);
 const RUNS = arg('runs', 3);
 const PG = 'postgres://postgres@127.0.0.1:5432/test';
 const TABLE = `bench_window_state_${process.pid}`;
@@ -44,6 +44,9 @@ for (let i = 0; i < N; i += 20_000) {
   }
   await producer.send({ topic: TOPIC, acks: -1, messages });
 }
+let kept = 0;
+for (const p of await admin.fetchTopicOffsets(TOPIC)) kept += Number(p.high) - Number(p.low);
+if (kept !== N) throw new Error(`the broker kept ${kept} of ${N} messages; use fewer --messages`);
 const db = new pg.Client({ connectionString: PG });
 await db.connect();
 
