@@ -201,13 +201,14 @@ export class Pipeline {
     this.loadConn = await this.instance.connect();
     this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy), this.clock);
     await this.executor.init();
-    if (project.windowState && this.executor.windows.size) await this.openWindowStore(project.windowState, srcDef, compiled);
     this.tests = await BatchTests.create(this.conn, project, this.models, this.log);
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
     this.source = source;
     const batcher = new Batcher(source, batchingOf(srcDef.cfg), this.clock);
     if (this.opts.dryRun) return this.dryRun(source, batcher);
+    // Not for a dry run: it writes nothing anywhere (its windows keep their state in memory).
+    if (project.windowState && this.executor.windows.size) await this.openWindowStore(project.windowState, srcDef, compiled);
 
     const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
     await this.connectSinks(scopedCtx);

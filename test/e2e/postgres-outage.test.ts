@@ -1,10 +1,9 @@
-import { execSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { lockPostgres, pgQuery } from '../helpers/sql-db.js';
-import { clearOutage, listening, markOutage } from '../helpers/pg-outage.js';
+import { listening, startPostgres, stopPostgres } from '../helpers/pg-outage.js';
 
 // PostgreSQL goes away for 30 seconds in the middle of a run (the real server, stopped and
 // started with pg_ctlcluster). The pipeline keeps reading into its WAL, /readyz turns red, memory
@@ -13,14 +12,6 @@ import { clearOutage, listening, markOutage } from '../helpers/pg-outage.js';
 
 const OUTAGE_MS = 30_000;
 const RATE = 300;
-const cluster = () => `pg_ctlcluster --skip-systemctl-redirect ${fs.readdirSync('/etc/postgresql')[0]} main`;
-
-async function startPostgres(): Promise<void> {
-  clearOutage();
-  if (await listening(5432)) return;
-  execSync(`${cluster()} start`, { stdio: 'ignore' });
-  await until(() => listening(5432), 60_000, 200);
-}
 
 let release: () => void = () => {};
 beforeAll(async () => {
@@ -77,8 +68,7 @@ describe('postgres outage', () => {
       const beforeOutage = await rowsInPg();
 
       phase = 'outage';
-      markOutage();
-      execSync(`${cluster()} stop`, { stdio: 'ignore' });
+      stopPostgres();
       stopped = true;
       const outageStart = Date.now();
       const red = await until(async () => ((await ready()) === 503 ? true : undefined), 20_000, 200);

@@ -5,8 +5,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
-import { execSync } from 'node:child_process';
-import { clearOutage, listening, markOutage } from '../helpers/pg-outage.js';
+import { startPostgres, stopPostgres } from '../helpers/pg-outage.js';
 import { lockPostgres } from '../helpers/sql-db.js';
 import { clickEvent, LATENESS } from '../helpers/window-data.js';
 
@@ -66,15 +65,6 @@ function events(from: number, to: number): { key: string; value: string }[] {
     const value = clickEvent(from + i);
     return { key: (JSON.parse(value) as { user: string }).user, value };
   });
-}
-
-const cluster = () => `pg_ctlcluster --skip-systemctl-redirect ${fs.readdirSync('/etc/postgresql')[0]} main`;
-
-async function startPostgres(): Promise<void> {
-  clearOutage();
-  if (await listening(5432)) return;
-  execSync(`${cluster()} start`, { stdio: 'ignore' });
-  await until(() => listening(5432), 60_000, 200);
 }
 
 /** One event per user an hour after the rest: every partition's watermark passes every window of the data. */
@@ -302,8 +292,7 @@ describe('windowed models over several workers', () => {
       // More events, and the store goes away while they are read.
       const more = produce(mk.producer, topic, events(10_000, 20_000));
       await new Promise((r) => setTimeout(r, 300));
-      markOutage();
-      execSync(`${cluster()} stop -m fast`, { stdio: 'ignore' });
+      stopPostgres('fast');
       await more;
       await new Promise((r) => setTimeout(r, 5000));
       await startPostgres();

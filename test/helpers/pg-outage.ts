@@ -1,3 +1,4 @@
+import { execSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -48,4 +49,25 @@ export function outageInProgress(): boolean {
   if (alive(pid)) return true;
   clearOutage();
   return false;
+}
+
+/** The local cluster's pg_ctlcluster command (start, stop). */
+export const cluster = (): string => `pg_ctlcluster --skip-systemctl-redirect ${fs.readdirSync('/etc/postgresql')[0]} main`;
+
+/** Stops PostgreSQL on purpose: marks the outage first (see markOutage). `-m fast` drops the connections at once. */
+export function stopPostgres(mode: 'smart' | 'fast' = 'smart'): void {
+  markOutage();
+  execSync(`${cluster()} stop${mode === 'fast' ? ' -m fast' : ''}`, { stdio: 'ignore' });
+}
+
+/** Starts PostgreSQL again (when down) and waits until it listens; clears the outage marker. */
+export async function startPostgres(): Promise<void> {
+  clearOutage();
+  if (await listening(5432)) return;
+  execSync(`${cluster()} start`, { stdio: 'ignore' });
+  const deadline = Date.now() + 60_000;
+  while (!(await listening(5432))) {
+    if (Date.now() > deadline) throw new Error('PostgreSQL did not start within 60 s');
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
