@@ -120,9 +120,10 @@ export interface Source {
    * The partitions this worker reads now, as `topic/partition` (MessageMeta's topic and
    * partition). A windowed model's watermark waits for each of them until it has an event or
    * has been idle for idle_timeout, so that a partition read late does not find its windows
-   * already closed. Optional: a source without partitions omits it.
+   * already closed. Undefined until the source knows its first assignment (a consumer group's
+   * first join). Optional: a source without partitions omits it.
    */
-  partitions?(): string[];
+  partitions?(): string[] | undefined;
   /** False while the source has lost its connection (optional: sources without one omit it). */
   healthy?(): boolean;
   /**

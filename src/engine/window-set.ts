@@ -126,7 +126,8 @@ export class WindowSet {
   private async claim(assigned: string[] | undefined): Promise<void> {
     const store = this.store!;
     const models = [...this.ops.keys()];
-    const now = new Set(assigned ?? []);
+    // Before the source knows its assignment (a first join), the partitions held stay held.
+    const now = new Set(assigned ?? this.held());
     // First, in a transaction of its own: the partitions the source no longer reads. Their last
     // state goes to the store (when they are still this worker's) before they are let go.
     const revoked = this.held().filter((p) => !now.has(p));

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
-import { lockPostgres, pgQuery } from '../helpers/sql-db.js';
+import { lockPostgresExclusive, pgQuery } from '../helpers/sql-db.js';
 import { listening, startPostgres, stopPostgres } from '../helpers/pg-outage.js';
 
 // PostgreSQL goes away for 30 seconds in the middle of a run (the real server, stopped and
@@ -15,7 +15,7 @@ const RATE = 300;
 
 let release: () => void = () => {};
 beforeAll(async () => {
-  release = await lockPostgres();
+  release = await lockPostgresExclusive();
   await startPostgres();
 }, 16 * 60_000);
 afterAll(async () => {

@@ -4,7 +4,7 @@ import pg from 'pg';
 import mysql from 'mysql2/promise';
 import { afterAll, expect } from 'vitest';
 import { sluice, tempDir, writeFiles, type CliResult } from './cli.js';
-import { machineLock } from './machine-lock.js';
+import { machineLock, sharedMachineLock } from './machine-lock.js';
 
 // Access to the machine's PostgreSQL (127.0.0.1:5432, trust, db `test`) and MariaDB
 // (127.0.0.1:3306, root without a password, db `test`) for the SQL sink tests, and a lock that
@@ -48,11 +48,16 @@ export async function myRows(table: string, orderBy = '1'): Promise<Record<strin
 }
 
 /**
- * Holds the machine-wide PostgreSQL test lock until the returned release is called: test files
- * that use PostgreSQL take it for their whole run, so the outage test never stops the server
- * while another PostgreSQL test file runs.
+ * Holds the machine-wide PostgreSQL test lock, shared, until the returned release is called: test
+ * files that use PostgreSQL take it for their whole run (several at once), so that a test that
+ * stops the server (lockPostgresExclusive) never does it while one of them runs.
  */
 export function lockPostgres(timeoutMs = 15 * 60_000): Promise<() => void> {
+  return sharedMachineLock('postgres', timeoutMs);
+}
+
+/** Holds the PostgreSQL test lock alone (no shared holder): for a test that stops the server. */
+export function lockPostgresExclusive(timeoutMs = 15 * 60_000): Promise<() => void> {
   return machineLock('postgres', timeoutMs);
 }
 

@@ -453,16 +453,18 @@ export class KafkaSource implements Source {
     };
   }
 
+  /** The partitions assigned now (undefined before the first assignment: not known yet). */
+  partitions(): string[] | undefined {
+    if (this.generation === 0) return undefined;
+    return this.queue.assignment().map((p) => `${p.topic}/${p.partition}`);
+  }
+
   /**
    * Per assigned partition, the messages after the last one handed to the engine: the high
    * watermark minus where reading stands, the further of what this worker handed out and the
    * group's committed offset (a partition that was away and came back may have moved on
    * elsewhere), else the start position. The offsets are asked of the cluster.
    */
-  partitions(): string[] {
-    return this.queue.assignment().map((p) => `${p.topic}/${p.partition}`);
-  }
-
   async lag(): Promise<SourceLag[]> {
     if (this.closing || !this.admin) throw new Error('not connected');
     const run = this.lagNow(this.admin);
