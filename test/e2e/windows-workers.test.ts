@@ -1,12 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, httpGet, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
 import { startPostgres, stopPostgres } from '../helpers/pg-outage.js';
-import { lockPostgres, lockPostgresExclusive } from '../helpers/sql-db.js';
+import { lockPostgres, lockPostgresExclusive, pgQuery } from '../helpers/sql-db.js';
 import { clickEvent, LATENESS } from '../helpers/window-data.js';
 
 // Several workers of one consumer group running windowed models, with their state in the
@@ -52,6 +51,15 @@ function project(name: string, topic: string, table?: string): string {
     ...MODELS,
   });
   return p;
+}
+
+/** A fresh topic, and a table of the state store of its own (dropped if there). */
+async function fresh(prefix: string): Promise<{ topic: string; table: string }> {
+  const topic = uniqueTopic(prefix);
+  await ensureTopic(mk.admin, topic);
+  const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
+  await pgQuery(`DROP TABLE IF EXISTS ${table}`);
+  return { topic, table };
 }
 
 /** Events from..to-1 of the clickstream, keyed by user: a user's events stay in one partition, in order of writing. */
@@ -163,69 +171,60 @@ describe('windowed models over several workers', () => {
     'two workers with a shared state store, a rebalance, a SIGKILL and a restart, emit exactly the windows one worker emits',
     () =>
       holding(lockPostgres, async () => {
-        const topic = uniqueTopic('sluice-winw');
-        await ensureTopic(mk.admin, topic);
-        const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
-        const pgc = new pg.Client({ connectionString: PG });
-        await pgc.connect();
+        const { topic, table } = await fresh('sluice-winw');
+        await produce(mk.producer, topic, events(0, 12_000));
+
+        const shared = project('shared', topic, table);
+        const group = `g-shared-${topic}`;
+        const caughtUp = () => groupCaughtUp(mk.admin, group, topic);
+        const workers: ReturnType<typeof start>[] = [];
+        const t0 = Date.now();
         try {
-          await pgc.query(`DROP TABLE IF EXISTS ${table}`);
-          await produce(mk.producer, topic, events(0, 12_000));
-
-          const shared = project('shared', topic, table);
-          const group = `g-shared-${topic}`;
-          const caughtUp = () => groupCaughtUp(mk.admin, group, topic);
-          const workers: ReturnType<typeof start>[] = [];
-          const t0 = Date.now();
-          try {
-            // w1 alone reads the first part and holds all four partitions' state.
-            const w1 = start(shared, 'w1');
-            workers.push(w1);
-            await until(() => owned(w1)?.length === 4, 60_000, 100);
-            await until(caughtUp, 120_000, 200);
-            // w2 joins: two partitions move to it, with their state from the store. It SIGKILLs
-            // itself at its fourth batch, with the batch's state written to the store but neither
-            // the store's transaction nor the WAL committed.
-            let w2 = start(shared, 'w2', { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '4' });
-            workers.push(w2);
-            await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
-            await produce(mk.producer, topic, events(12_000, 24_000));
-            const crash = await waitExit(w2, 90_000);
-            expect(crash, w2.err().slice(-3000)).toEqual({ code: null, signal: 'SIGKILL' });
-            // Its partitions go back to w1, with the state w2 committed before.
-            await until(() => owned(w1)?.length === 4, 60_000, 100);
-            await produce(mk.producer, topic, events(24_000, 30_000));
-            await until(caughtUp, 120_000, 200);
-            // w2 comes back (its WAL still holds rows to deliver), and takes two partitions again.
-            w2 = start(shared, 'w2');
-            workers.push(w2);
-            await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
-            await produce(mk.producer, topic, [...events(30_000, 36_000), ...closers()]);
-            await until(caughtUp, 120_000, 200);
-          } catch (err) {
-            for (const w of workers) console.log(w.err().slice(-4000));
-            throw err;
-          } finally {
-            for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGTERM');
-          }
-          for (const w of [workers[0], workers[2]]) expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
-          const claims = workers.reduce((n, w) => n + (w.err().match(/claimed a partition's window state/g)?.length ?? 0), 0);
-          console.log(`windows over two workers: ${claims} partition claims, ${Date.now() - t0} ms`);
-          // w1 claimed four; w2 two at each start; w1 took w2's back after the kill.
-          expect(claims).toBeGreaterThanOrEqual(10);
-
-          // One worker alone, without the store, over the same topic.
-          await expectSameWindows(shared, await solo(topic));
-          // The store holds each model's state per partition, written by the workers.
-          const r = await pgc.query(`SELECT model, count(*) AS parts, max(epoch) AS epochs FROM ${table} GROUP BY model ORDER BY model`);
-          expect(r.rows.map((x: { model: string; parts: string }) => [x.model, Number(x.parts)])).toEqual(
-            NAMES.slice()
-              .sort()
-              .map((m) => [m, 4]),
-          );
+          // w1 alone reads the first part and holds all four partitions' state.
+          const w1 = start(shared, 'w1');
+          workers.push(w1);
+          await until(() => owned(w1)?.length === 4, 60_000, 100);
+          await until(caughtUp, 120_000, 200);
+          // w2 joins: two partitions move to it, with their state from the store. It SIGKILLs
+          // itself at its fourth batch, with the batch's state written to the store but neither
+          // the store's transaction nor the WAL committed.
+          let w2 = start(shared, 'w2', { SLUICE_CRASH_AT: 'before-commit', SLUICE_CRASH_AFTER: '4' });
+          workers.push(w2);
+          await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
+          await produce(mk.producer, topic, events(12_000, 24_000));
+          const crash = await waitExit(w2, 90_000);
+          expect(crash, w2.err().slice(-3000)).toEqual({ code: null, signal: 'SIGKILL' });
+          // Its partitions go back to w1, with the state w2 committed before.
+          await until(() => owned(w1)?.length === 4, 60_000, 100);
+          await produce(mk.producer, topic, events(24_000, 30_000));
+          await until(caughtUp, 120_000, 200);
+          // w2 comes back (its WAL still holds rows to deliver), and takes two partitions again.
+          w2 = start(shared, 'w2');
+          workers.push(w2);
+          await until(() => owned(w1)?.length === 2 && owned(w2)?.length === 2, 60_000, 100);
+          await produce(mk.producer, topic, [...events(30_000, 36_000), ...closers()]);
+          await until(caughtUp, 120_000, 200);
+        } catch (err) {
+          for (const w of workers) console.log(w.err().slice(-4000));
+          throw err;
         } finally {
-          await pgc.end();
+          for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGTERM');
         }
+        for (const w of [workers[0], workers[2]]) expect(await waitExit(w, 60_000), w.err().slice(-3000)).toEqual({ code: 0, signal: null });
+        const claims = workers.reduce((n, w) => n + (w.err().match(/claimed a partition's window state/g)?.length ?? 0), 0);
+        console.log(`windows over two workers: ${claims} partition claims, ${Date.now() - t0} ms`);
+        // w1 claimed four; w2 two at each start; w1 took w2's back after the kill.
+        expect(claims).toBeGreaterThanOrEqual(10);
+
+        // One worker alone, without the store, over the same topic.
+        await expectSameWindows(shared, await solo(topic));
+        // The store holds each model's state per partition, written by the workers.
+        const stored = await pgQuery<{ model: string; parts: string }>(`SELECT model, count(*) AS parts FROM ${table} GROUP BY model ORDER BY model`);
+        expect(stored.map((x) => [x.model, Number(x.parts)])).toEqual(
+          NAMES.slice()
+            .sort()
+            .map((m) => [m, 4]),
+        );
       }),
     600_000,
   );
@@ -233,63 +232,54 @@ describe('windowed models over several workers', () => {
     "a worker holding partitions whose watermarks differ (one taken over from a worker that ran ahead) emits each partition's windows at its own, and the two workers still emit what one does",
     () =>
       holding(lockPostgres, async () => {
-        const topic = uniqueTopic('sluice-winw2');
-        await ensureTopic(mk.admin, topic);
-        const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
+        const { topic, table } = await fresh('sluice-winw2');
         // A user's partition: a function of the user alone (every group's events in one partition).
         const partitionOf = (user: string) => Math.floor(Number(user.slice(1)) / 4) % 4;
         const keyed = (list: { key: string; value: string }[]) => list.map((m) => ({ ...m, partition: partitionOf(m.key) }));
-        const pgc = new pg.Client({ connectionString: PG });
-        await pgc.connect();
+        await produce(mk.producer, topic, keyed(events(0, 12_000)));
+        const shared = project('shared', topic, table);
+        const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
+        const workers: ReturnType<typeof start>[] = [];
         try {
-          await pgc.query(`DROP TABLE IF EXISTS ${table}`);
-          await produce(mk.producer, topic, keyed(events(0, 12_000)));
-          const shared = project('shared', topic, table);
-          const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
-          const workers: ReturnType<typeof start>[] = [];
-          try {
-            const port = await freePort();
-            const w1 = start(shared, 'w1', {}, port);
-            workers.push(w1);
-            await until(() => owned(w1)?.length === 4, 60_000, 100);
-            await until(caughtUp, 120_000, 200);
-            const w2 = start(shared, 'w2');
-            workers.push(w2);
-            await settled(w1, w2);
-            // Ten more minutes, only for w2's partitions: their watermarks run ahead of w1's.
-            const ahead = new Set(owned(w2)!.map((p) => Number(p.split(':').pop())));
-            await produce(
-              mk.producer,
-              topic,
-              keyed(events(12_000, 24_000)).filter((m) => ahead.has(m.partition)),
-            );
-            await until(caughtUp, 120_000, 200);
-            expect(
-              owned(w2)!
-                .map((p) => Number(p.split(':').pop()))
-                .sort(),
-              'no rebalance since',
-            ).toEqual([...ahead].sort());
-            // w2 stops: w1 takes its partitions, with their later watermarks, beside its own.
-            w2.kill('SIGTERM');
-            expect(await waitExit(w2, 60_000), w2.err().slice(-3000)).toEqual({ code: 0, signal: null });
-            await until(() => owned(w1)?.length === 4, 60_000, 100);
-            await produce(mk.producer, topic, keyed([...events(24_000, 30_000), ...closers()]));
-            await until(caughtUp, 120_000, 200);
-            // w1 holds the four partitions, and claimed each of them at least once (w2's two twice over).
-            expect(await until(() => metric(port, 'sluice_window_partitions_held'), 10_000)).toBe(4);
-            expect(await metric(port, 'sluice_window_state_claims_total')).toBeGreaterThanOrEqual(6);
-          } catch (err) {
-            for (const w of workers) console.log(w.err().slice(-4000));
-            throw err;
-          } finally {
-            for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGTERM');
-          }
-          expect(await waitExit(workers[0], 60_000), workers[0].err().slice(-3000)).toEqual({ code: 0, signal: null });
-          await expectSameWindows(shared, await solo(topic));
+          const port = await freePort();
+          const w1 = start(shared, 'w1', {}, port);
+          workers.push(w1);
+          await until(() => owned(w1)?.length === 4, 60_000, 100);
+          await until(caughtUp, 120_000, 200);
+          const w2 = start(shared, 'w2');
+          workers.push(w2);
+          await settled(w1, w2);
+          // Ten more minutes, only for w2's partitions: their watermarks run ahead of w1's.
+          const ahead = new Set(owned(w2)!.map((p) => Number(p.split(':').pop())));
+          await produce(
+            mk.producer,
+            topic,
+            keyed(events(12_000, 24_000)).filter((m) => ahead.has(m.partition)),
+          );
+          await until(caughtUp, 120_000, 200);
+          expect(
+            owned(w2)!
+              .map((p) => Number(p.split(':').pop()))
+              .sort(),
+            'no rebalance since',
+          ).toEqual([...ahead].sort());
+          // w2 stops: w1 takes its partitions, with their later watermarks, beside its own.
+          w2.kill('SIGTERM');
+          expect(await waitExit(w2, 60_000), w2.err().slice(-3000)).toEqual({ code: 0, signal: null });
+          await until(() => owned(w1)?.length === 4, 60_000, 100);
+          await produce(mk.producer, topic, keyed([...events(24_000, 30_000), ...closers()]));
+          await until(caughtUp, 120_000, 200);
+          // w1 holds the four partitions, and claimed each of them at least once (w2's two twice over).
+          expect(await until(() => metric(port, 'sluice_window_partitions_held'), 10_000)).toBe(4);
+          expect(await metric(port, 'sluice_window_state_claims_total')).toBeGreaterThanOrEqual(6);
+        } catch (err) {
+          for (const w of workers) console.log(w.err().slice(-4000));
+          throw err;
         } finally {
-          await pgc.end();
+          for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGTERM');
         }
+        expect(await waitExit(workers[0], 60_000), workers[0].err().slice(-3000)).toEqual({ code: 0, signal: null });
+        await expectSameWindows(shared, await solo(topic));
       }),
     600_000,
   );
@@ -297,13 +287,7 @@ describe('windowed models over several workers', () => {
     'the state store (PostgreSQL) stopped for a few seconds mid-run: the worker holds its batch, waits, goes on, and emits what one worker without the store does',
     () =>
       holding(lockPostgresExclusive, async () => {
-        const topic = uniqueTopic('sluice-winw3');
-        await ensureTopic(mk.admin, topic);
-        const table = `win_state_${topic.replaceAll(/[^a-z0-9]/gi, '_')}`.toLowerCase().slice(0, 60);
-        const pgc = new pg.Client({ connectionString: PG });
-        await pgc.connect();
-        await pgc.query(`DROP TABLE IF EXISTS ${table}`);
-        await pgc.end();
+        const { topic, table } = await fresh('sluice-winw3');
         await produce(mk.producer, topic, events(0, 10_000));
         const shared = project('shared', topic, table);
         const caughtUp = () => groupCaughtUp(mk.admin, `g-shared-${topic}`, topic);
