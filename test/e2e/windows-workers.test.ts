@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, httpGet, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { ensureTopic, groupCaughtUp, produce, startMockKafka, uniqueTopic, type MockKafka } from '../helpers/kafka.js';
 import { startPostgres, stopPostgres } from '../helpers/pg-outage.js';
 import { lockPostgres, lockPostgresExclusive, pgQuery } from '../helpers/sql-db.js';
@@ -302,8 +302,6 @@ describe('windowed models over several workers', () => {
           await new Promise((r) => setTimeout(r, 5000));
           await startPostgres();
           await until(caughtUp, 120_000, 200);
-          await produce(mk.producer, topic, closers());
-          await until(caughtUp, 120_000, 200);
         } catch (err) {
           console.log(w1.err().slice(-4000));
           throw err;
@@ -314,8 +312,32 @@ describe('windowed models over several workers', () => {
         expect(await waitExit(w1, 60_000), w1.err().slice(-3000)).toEqual({ code: 0, signal: null });
         // The outage reached the store's path: the worker retried it.
         expect(w1.err()).toMatch(/window state store: .* failed; retrying/);
+        // w1 again, with the four partitions' state in its WAL and still its own in the store: it
+        // keeps them (written to the store at start, nothing let go, nothing claimed from the store).
+        const again = start(shared, 'w1');
+        try {
+          await until(() => owned(again)?.length === 4, 60_000, 100);
+          await produce(mk.producer, topic, closers());
+          await until(caughtUp, 120_000, 200);
+        } finally {
+          again.kill('SIGTERM');
+        }
+        expect(await waitExit(again, 60_000), again.err().slice(-3000)).toEqual({ code: 0, signal: null });
+        expect(again.err()).not.toContain('partitions revoked');
+        expect(again.err()).not.toContain("claimed a partition's window state");
         await expectSameWindows(shared, await solo(topic));
       }),
     600_000,
   );
+  it('a dry run with window_state opens no state store: it reads a batch and prints it, with the store unreachable', async () => {
+    const topic = uniqueTopic('sluice-winw4');
+    await ensureTopic(mk.admin, topic);
+    await produce(mk.producer, topic, events(0, 500));
+    const p = project('dry', topic);
+    // A store on a port nothing listens on: opening it would fail the run.
+    fs.writeFileSync(path.join(p, 'sluice.yml'), 'name: dry\nwindow_state:\n  postgres: postgres://postgres@127.0.0.1:1/test\n');
+    const r = await sluiceAsync(['run', '--project', p, '--dry-run', '--port', '0'], { timeout: 90_000 });
+    expect(r.stderr).not.toContain('window state store');
+    expect({ code: r.code, stdout: r.stdout.includes('user_minute') }).toEqual({ code: 0, stdout: true });
+  });
 });
