@@ -109,9 +109,6 @@ export async function windowIntervals(conn: DuckDBConnection, w: WindowedQuery, 
     if (months !== 0 && !(k === 'size' && w.kind === 'tumble')) return { problem: `${k} ${sql} counts months, which have no fixed length: give it in days or less` };
     us[k] = n;
   }
-  if (s.late === 'update' && w.kind === 'session') {
-    return { problem: 'late: update re-emits tumbling and hopping windows; a session window takes late: drop or late: dlq (a late event can merge sessions already emitted)' };
-  }
   if (w.kind === 'hop' && us.size < us.slide) return { problem: "a hopping window's size must be at least its slide" };
   if (s.maxSessionDuration && w.kind !== 'session') return { problem: 'max_session_duration is for session windows' };
   return us;
@@ -144,6 +141,8 @@ interface Pending {
   synthetic?: boolean;
   /** With a state store: the partitions this batch added rows to (set by stage()). */
   dirty?: Set<string>;
+  /** Session windows under late: update: the state after the batch is in WindowOperator.revs (its rows' revisions changed). */
+  rewrite?: boolean;
 }
 
 const NEG = Number.NEGATIVE_INFINITY;
@@ -207,6 +206,15 @@ export class WindowOperator {
     this.state = `sluice_state.${ident(model)}`;
     this.fresh = `sluice_state.${ident(`${model}__new`)}`;
     this.live = `sluice_state.${ident(`${model}__live`)}`;
+    this.revs = `sluice_state.${ident(`${model}__revs`)}`;
+  }
+
+  /** Session windows under late: update: the state and the batch's rows, with their revisions as this batch emits them (see sessionClosing). */
+  private readonly revs: string;
+
+  /** A session window under late: update: late events reopen emitted sessions, which may merge. */
+  private get sessionUpdate(): boolean {
+    return this.w.kind === 'session' && this.settings.late === 'update';
   }
 
   /**
@@ -328,6 +336,7 @@ export class WindowOperator {
     let updates: number[] = [];
     let updatedMessages = 0;
     let added = 0;
+    let reopen = false;
     if ((closeAll || tick) && !opts.input) {
       // No new rows: the end of the input, or time passing (processing time, idle partitions).
       if (!this.stateExists) {
@@ -343,6 +352,7 @@ export class WindowOperator {
       if (refused.failures.length) return { refused: refused.failures };
       dropped = refused.dropped;
       updates = refused.updates;
+      reopen = refused.reopen === true;
       updatedMessages = refused.updatedMessages;
       added -= refused.droppedRows ?? 0;
       if (this.settings.maxGroupsPerWindow) {
@@ -356,16 +366,83 @@ export class WindowOperator {
     }
     const wm = closeAll ? POS : this.watermark(parts);
     const fired = this.fired;
+    const { closing, rewrite } = await this.closingSql(fired, wm, parts, updates, reopen, closeAll);
+    await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${closing}`);
+    const msg = opts.partitions.at(-1)?.hi ?? 0;
+    const windowCols = [W.start, W.end, ...(this.w.kind === 'session' ? [W.rev, W.retracted] : [])];
+    await this.conn.run(
+      `CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(this.model)} AS SELECT * EXCLUDE (${windowCols.join(', ')})${this.revisionSql(updates)}, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.w.emit})`,
+    );
+    let after = wm;
+    if (closeAll) {
+      const r = await this.conn.runAndReadAll(`SELECT epoch_us(max(${W.end})) FROM ${CLOSING}`);
+      const v = r.getRows()[0][0];
+      after = v === null ? fired : Math.max(fired, Number(v));
+    }
+    this.pending = { parts, wm: after, dropped, updates, updatedMessages, added, closeAll, rewrite };
+    this.settle(parts, after);
+    return {};
+  }
+
+  /**
+   * The closing rows of a session window under late: update (`f`: the watermark its windows were
+   * emitted at, SQL over a row; `wm`: the new watermark; `reopen`: this batch holds late events).
+   * A late event joins the state while it can merge with no session already evicted (see
+   * lateRows), and may extend an emitted session or bridge two. Emitted are the sessions closing
+   * now and every session holding a late event (again); retracted, with `_retracted`, are the
+   * emitted sessions a late event changed whose start (with the keys: the session's identity in
+   * a sink) is not emitted now. An emitted row's revision is one more than the highest its rows'
+   * sessions were emitted or retracted at (0: first emitted), kept per state row (rowRev; NULL
+   * is 0 once the row's session was emitted), so that a later version of a session always
+   * carries a higher revision, as sessions only ever merge. Returns the CLOSING query and whether
+   * revisions changed (the state is then rewritten from `revs`).
+   */
+  private async sessionClosing(f: string, wm: number, reopen: boolean): Promise<{ closing: string; rewrite: boolean }> {
+    const ids = [...this.w.keys.map((_, i) => `${W.key}${i}`), ...(this.partitioned ? [W.part] : [])];
+    const helpers = ['__os', '__oe', '__eff', '__late', '__slate', '__rrev', '__e', '__r'];
+    // The state's rows with the session each was in (before this batch), and the batch's rows.
+    const old = this.stateExists
+      ? `SELECT * EXCLUDE (${W.start}, ${W.end}), ${W.start} AS __os, ${W.end} AS __oe, coalesce(${W.rowRev}, CASE WHEN ${W.end} <= ${f} THEN 0 ELSE -1 END) AS __eff, false AS __late FROM (${this.sessionsOf(this.state)}) UNION ALL BY NAME `
+      : '';
+    const rows = `(${old}SELECT *, NULL::TIMESTAMP AS __os, NULL::TIMESTAMP AS __oe, -1 AS __eff, ${reopen ? `${this.tsCol} < ${f}` : 'false'} AS __late FROM ${this.fresh})`;
+    const id = (c: string) => `PARTITION BY ${[...ids, c].join(', ')}`;
+    const same = [...ids.map((k) => `i.${k} IS NOT DISTINCT FROM e.${k}`), 'i.__is = e.__os'].join(' AND ');
+    await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_sessions AS
+      WITH s AS (SELECT *, bool_or(__late) OVER (${id(W.start)}) AS __slate, (max(__eff) OVER (${id(W.start)}) + 1)::INTEGER AS ${W.rev},
+                        (max(__eff) OVER (${id('__os')}) + 1)::INTEGER AS __rrev FROM (${this.sessionsOf(rows)})),
+           e AS (SELECT *, ${W.end} <= ${ts(wm)} AND (${W.end} > ${f} OR __slate) AS __e, coalesce(__oe <= ${f}, false) AND __slate AS __rc FROM s)
+      SELECT e.* EXCLUDE (__rc), e.__rc AND i.__is IS NULL AS __r
+      FROM e LEFT JOIN (SELECT DISTINCT ${ids.length ? `${ids.join(', ')}, ` : ''}${W.start} AS __is FROM e WHERE __e) i ON ${same}`);
+    const changed = Number((await this.conn.runAndReadAll(`SELECT count(*) FROM __sluice_sessions WHERE (__e AND ${W.rev} > 0) OR __r`)).getRows()[0][0]);
+    if (changed > 0) {
+      await this.conn.run(
+        `CREATE OR REPLACE TABLE ${this.revs} AS SELECT * EXCLUDE (${[W.start, W.end, W.rev, W.rowRev, ...helpers].join(', ')}),
+           CASE WHEN __e AND ${W.rev} > 0 THEN ${W.rev} WHEN __r THEN __rrev ELSE ${W.rowRev} END::INTEGER AS ${W.rowRev} FROM __sluice_sessions`,
+      );
+    }
+    const closing =
+      `SELECT *, false AS ${W.retracted} FROM __sluice_sessions WHERE __e UNION ALL BY NAME ` +
+      `SELECT * EXCLUDE (${W.start}, ${W.end}, ${W.rev}), __os AS ${W.start}, __oe AS ${W.end}, __rrev AS ${W.rev}, true AS ${W.retracted} FROM __sluice_sessions WHERE __r`;
+    return { closing, rewrite: changed > 0 };
+  }
+
+  /** The query of the rows of the windows closing (CLOSING), and whether the state's revisions changed (see sessionClosing). */
+  private async closingSql(fired: number, wm: number, parts: Map<string, PartState>, updates: number[], reopen: boolean, closeAll: boolean): Promise<{ closing: string; rewrite: boolean }> {
     const updated = updates.length ? ` OR ${W.start} IN (${updates.map(ts).join(', ')})` : '';
     const emitted = `((${W.end} > ${this.firedSql(fired, parts)} AND ${W.end} <= ${ts(wm)})${updated})`;
     let closing: string;
-    if (!closeAll && wm <= fired && updates.length === 0) {
+    let rewrite = false;
+    // A session's emitted rows carry their revision and retraction (see sessionClosing).
+    const sessionCols = this.w.kind === 'session' ? `, 0::INTEGER AS ${W.rev}, false AS ${W.retracted}` : '';
+    if (!closeAll && wm <= fired && updates.length === 0 && !reopen) {
       // The watermark did not move: no window closes (a session started since has its end past
       // the watermark, as no row older than it is taken). The emission runs over no row.
-      closing = `SELECT * FROM (${this.windowsOf(this.fresh)}) WHERE false`;
+      closing = `SELECT *${sessionCols} FROM (${this.windowsOf(this.fresh)}) WHERE false`;
+    } else if (this.sessionUpdate) {
+      ({ closing, rewrite } = await this.sessionClosing(this.firedSql(fired, parts), wm, reopen));
     } else if (this.w.kind === 'session') {
       await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_sessions AS ${this.sessionsOf(this.all())}`);
-      closing = `SELECT * FROM __sluice_sessions WHERE ${W.end} <= ${ts(wm)}`;
+      closing = `SELECT *${sessionCols} FROM __sluice_sessions WHERE ${W.end} <= ${ts(wm)}`;
     } else {
       // Rows of the state and of this batch that may be in a closing window: those whose last window closes after `fired`.
       const col = this.w.kind === 'tumble' ? W.start : W.last;
@@ -375,20 +452,7 @@ export class WindowOperator {
       const rows = this.stateExists ? `(SELECT * FROM ${this.state} WHERE ${open} UNION ALL BY NAME SELECT * FROM ${this.fresh})` : this.fresh;
       closing = `SELECT * FROM (${this.windowsOf(rows)}) WHERE ${emitted}`;
     }
-    await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${CLOSING} AS ${closing}`);
-    const msg = opts.partitions.at(-1)?.hi ?? 0;
-    await this.conn.run(
-      `CREATE OR REPLACE TABLE ${MODEL_SCHEMA}.${ident(this.model)} AS SELECT * EXCLUDE (${W.start}, ${W.end})${this.revisionSql(updates)}, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.w.emit})`,
-    );
-    let after = wm;
-    if (closeAll) {
-      const r = await this.conn.runAndReadAll(`SELECT epoch_us(max(${W.end})) FROM ${CLOSING}`);
-      const v = r.getRows()[0][0];
-      after = v === null ? fired : Math.max(fired, Number(v));
-    }
-    this.pending = { parts, wm: after, dropped, updates, updatedMessages, added, closeAll };
-    this.settle(parts, after);
-    return {};
+    return { closing, rewrite };
   }
 
   /** With a state store: each partition's windows are emitted up to `wm` once the batch commits. */
@@ -400,6 +464,7 @@ export class WindowOperator {
   /** Under late: update, the `_revision` column of emitted rows: the next for `updates`' windows, 0 for the others. */
   private revisionSql(updates: number[]): string {
     if (this.settings.late !== 'update') return '';
+    if (this.w.kind === 'session') return `, ${W.rev} AS _revision, ${W.retracted} AS _retracted`;
     if (updates.length === 0) return ', 0::INTEGER AS _revision';
     return `, CASE ${updates.map((u) => `WHEN ${W.start} = ${ts(u)} THEN ${(this.revisions.get(u) ?? 0) + 1}`).join(' ')} ELSE 0 END::INTEGER AS _revision`;
   }
@@ -429,13 +494,16 @@ export class WindowOperator {
       ...(this.w.kind === 'tumble' ? [`time_bucket(${this.w.size}, ${time}) AS ${W.start}`] : []),
       ...(this.w.kind === 'hop' ? [`time_bucket(${this.w.slide}, ${time}) AS ${W.last}`] : []),
       ...(this.partitioned ? [`${partOf(runs, `${q}.${MSG_COL}`)} AS ${W.part}`] : []),
+      ...(this.sessionUpdate ? [`NULL::INTEGER AS ${W.rowRev}`] : []),
     ];
     // CREATE TABLE AS reports no row count: lateRows() counts the rows in its one scan.
     await this.conn.run(`CREATE OR REPLACE TABLE ${this.fresh} AS SELECT ${[...cols.map((c) => `${q}.${ident(c)}`), ...extra, `${q}.${MSG_COL}`].join(', ')} FROM (${this.w.input}) AS ${q}`);
   }
 
   /** Sorts out this batch's late rows (and rows without an event time) by the `late` policy. */
-  private async lateRows(fired: number): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedMessages: number; max: number | null }> {
+  private async lateRows(
+    fired: number,
+  ): Promise<{ rows: number; failures: MessageFailure[]; dropped: number; droppedRows?: number; updates: number[]; updatedMessages: number; max: number | null; reopen?: boolean }> {
     const failures: MessageFailure[] = [];
     const seen = new Set<number>();
     // Hopping windows under late: update: a row may update an emitted window while its later
@@ -471,9 +539,12 @@ export class WindowOperator {
     if (hopUpdate) return this.hopUpdates(rows, failures, seen, fired, max);
     for (const x of found) {
       // Kept for an update while the window's state is held: until its end plus allowed_lateness.
+      // A session's event (x.start is its time; size 0): while no session it could merge with
+      // has been evicted (a session's rows go at its end plus allowed_lateness, and an event
+      // merges only with a session whose end is after it).
       const held = policy === 'update' && x.start + this.us.size + this.us.allowed > x.fired;
       if (held) {
-        updates.add(x.start);
+        if (this.w.kind !== 'session') updates.add(x.start);
         updatedMsgs.add(x.msg);
         continue;
       }
@@ -486,7 +557,7 @@ export class WindowOperator {
       failures.push({ index: x.msg, stage: 'transform', model: this.model, error: why });
       this.lateMsgs.add(x.msg);
     }
-    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedMessages: updatedMsgs.size, max };
+    return { rows, failures, dropped: 0, updates: [...updates].sort((a, b) => a - b), updatedMessages: updatedMsgs.size, max, reopen: updatedMsgs.size > 0 && this.w.kind === 'session' };
   }
 
   /**
@@ -651,9 +722,9 @@ export class WindowOperator {
       // No state left: no file.
       p.staged = { file: '', compact: true };
       files = [];
-    } else if (p.added > 0 || (p.closeAll && this.files.length) || this.compactNext) {
+    } else if (p.added > 0 || (p.closeAll && this.files.length) || this.compactNext || p.rewrite) {
       await fsp.mkdir(dir, { recursive: true });
-      const compact = p.closeAll || this.compactNext || this.files.length + 1 >= COMPACT_AFTER;
+      const compact = p.closeAll || this.compactNext || p.rewrite === true || this.files.length + 1 >= COMPACT_AFTER;
       const name = `${String(seq).padStart(12, '0')}${compact ? '-state' : ''}.parquet`;
       const tmp = path.join(dir, `.${name}.tmp`);
       const rows = compact ? await this.liveAfter(p) : this.fresh;
@@ -686,7 +757,7 @@ export class WindowOperator {
 
   /** The state as it is once this batch is applied (a compaction writes it). */
   private async liveAfter(p: Pending): Promise<string> {
-    await this.conn.run(`CREATE OR REPLACE TABLE ${this.live} AS SELECT * FROM ${p.synthetic ? this.state : this.all()}`);
+    await this.conn.run(`CREATE OR REPLACE TABLE ${this.live} AS SELECT * FROM ${p.synthetic ? this.state : p.rewrite ? this.revs : this.all()}`);
     await this.evict(this.live, p.wm, p.parts);
     return this.live;
   }
@@ -699,9 +770,12 @@ export class WindowOperator {
       await this.conn.run(`DELETE FROM ${table} WHERE ${this.evictedSql(f)}`);
       return;
     }
-    // Rows of emitted sessions (a session never takes a row once emitted: see lateSql).
+    // Rows of emitted sessions (a session never takes a row once emitted, unless late: update
+    // keeps them: see lateRows).
     const keys = [...this.w.keys.map((_, i) => `${W.key}${i}`), ...(this.partitioned ? [W.part] : [])];
-    await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_done AS SELECT DISTINCT ${[...keys, W.start, W.end].join(', ')} FROM (${this.sessionsOf(table)}) WHERE ${W.end} <= ${f}`);
+    // Under late: update, an emitted session's rows stay until its end plus allowed_lateness.
+    const done = this.sessionUpdate ? `${W.end} + to_microseconds(${this.us.allowed}::BIGINT) <= ${f}` : `${W.end} <= ${f}`;
+    await this.conn.run(`CREATE OR REPLACE TEMP TABLE __sluice_done AS SELECT DISTINCT ${[...keys, W.start, W.end].join(', ')} FROM (${this.sessionsOf(table)}) WHERE ${done}`);
     // A session's rows run from its start to its last event (its end less the gap): under
     // max_session_duration the next session of the key may start before this one's end.
     const last = `d.${W.end} - to_microseconds(${this.us.gap}::BIGINT)`;
@@ -720,6 +794,7 @@ export class WindowOperator {
     } else if (p.staged?.compact) {
       await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.live}`);
       await this.conn.run(`DROP TABLE ${this.live}`);
+      if (p.rewrite) await this.conn.run(`DROP TABLE IF EXISTS ${this.revs}`);
       this.stateExists = true;
       this.freshCols = undefined;
     } else if (p.added > 0) {
@@ -789,6 +864,8 @@ export class WindowOperator {
     if (this.files.length === 0) return;
     await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM read_parquet(${fileList(this.files.map((f) => path.join(dir, f)))}, union_by_name = true)`);
     this.stateExists = true;
+    // State written under another late policy has no revisions: none of its sessions was updated.
+    if (this.sessionUpdate) await this.conn.run(`ALTER TABLE ${this.state} ADD COLUMN IF NOT EXISTS ${W.rowRev} INTEGER`);
     if (this.partitioned) {
       const cols = (await this.conn.runAndReadAll(`DESCRIBE ${this.state}`)).getRows().map((r) => String(r[0]));
       if (!cols.includes(W.part)) {
@@ -849,6 +926,7 @@ export class WindowOperator {
       }
       this.stateExists = true;
       this.freshCols = undefined;
+      if (this.sessionUpdate) await this.conn.run(`ALTER TABLE ${this.state} ADD COLUMN IF NOT EXISTS ${W.rowRev} INTEGER`);
     }
     this.parts.set(part, { max: snap.max, seen: this.clock.now(), fired: snap.fired, epoch: snap.epoch, offset: snap.offset });
     for (const [k, v] of Object.entries(snap.revisions ?? {})) this.revisions.set(Number(k), Math.max(v, this.revisions.get(Number(k)) ?? 0));

@@ -109,7 +109,9 @@ const windowSchema = z
     late: z
       .enum(['drop', 'dlq', 'update'])
       .optional()
-      .describe('an event whose window was already emitted: drop it (counted), dead-letter it (default), or update the window (tumbling and hopping windows: re-emitted with the next _revision)'),
+      .describe(
+        'an event whose window was already emitted: drop it (counted), dead-letter it (default), or update the window (re-emitted with the next _revision; a session window also retracts, with _retracted, the sessions a late event merged away)',
+      ),
     allowed_lateness: durationSchema.optional().describe('with late: update, how long after its end a window can still be updated (default 0)'),
     max_session_duration: durationSchema.optional().describe('session windows: sessions are cut at multiples of this duration (from the epoch), so none is longer'),
     max_groups_per_window: z.number().int().positive().optional().describe('the most groups one window may hold (default: no limit)'),

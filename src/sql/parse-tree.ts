@@ -10,9 +10,33 @@ export const MSG_COL = '__sluice_msg';
 export const ROW_COL = '__sluice_row';
 export const MESSAGE_COL = '__sluice_message';
 /** A windowed model's columns in its state and its closing windows (sql/windows.ts). */
-export const WINDOW_COLUMNS = { time: '__sluice_ts', start: '__sluice_ws', end: '__sluice_we', last: '__sluice_wl', key: '__sluice_k', part: '__sluice_part' } as const;
+export const WINDOW_COLUMNS = {
+  time: '__sluice_ts',
+  start: '__sluice_ws',
+  end: '__sluice_we',
+  last: '__sluice_wl',
+  key: '__sluice_k',
+  part: '__sluice_part',
+  /** Session windows: the emitted row's revision, and whether it retracts the session (see WindowOperator.sessionClosing). */
+  rev: '__sluice_wr',
+  retracted: '__sluice_wx',
+  /** Session windows under late: update: a state row's revision, as last emitted (NULL: 0 once emitted). */
+  rowRev: '__sluice_rr',
+} as const;
 /** Column names sluice keeps for its own: neither a message's top-level field nor a model's column may take one. */
-export const RESERVED_COLUMNS: readonly string[] = [MSG_COL, ROW_COL, MESSAGE_COL, WINDOW_COLUMNS.time, WINDOW_COLUMNS.start, WINDOW_COLUMNS.end, WINDOW_COLUMNS.last, WINDOW_COLUMNS.part];
+export const RESERVED_COLUMNS: readonly string[] = [
+  MSG_COL,
+  ROW_COL,
+  MESSAGE_COL,
+  WINDOW_COLUMNS.time,
+  WINDOW_COLUMNS.start,
+  WINDOW_COLUMNS.end,
+  WINDOW_COLUMNS.last,
+  WINDOW_COLUMNS.part,
+  WINDOW_COLUMNS.rev,
+  WINDOW_COLUMNS.retracted,
+  WINDOW_COLUMNS.rowRev,
+];
 
 /** The reserved name `name` takes (compared as DuckDB does, ignoring case), if any. */
 export function reservedColumn(name: string): string | undefined {

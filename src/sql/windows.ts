@@ -42,7 +42,8 @@ export interface WindowedQuery {
   /**
    * The aggregation over relation CLOSING (the rows of the windows being emitted, with their
    * window in WINDOW_COLUMNS.start / .end): the model with its window calls replaced, which also
-   * outputs the window's start and end as WINDOW_COLUMNS.start / .end.
+   * outputs the window's start and end as WINDOW_COLUMNS.start / .end (a session window also
+   * WINDOW_COLUMNS.rev / .retracted).
    */
   emit: string;
 }
@@ -129,7 +130,7 @@ export async function windowedQuery(conn: DuckDBConnection, sql: string, ast: No
   // GROUP BY 1 and GROUP BY <alias> name the select list's expressions: the keys are those.
   const keys = await Promise.all(groups.filter((g) => g !== call).map((g) => exprSql(conn, resolveGroupKey(g, root.select_list as Node[]))));
   const { perRow, names } = await readsPerRow(conn, root, aggs);
-  const emit = emitTree(ast, qualifier, fn);
+  const emit = emitTree(ast, qualifier, fn, spec.kind === 'session');
   const written = callText(sql, Number(call.query_location)) ?? `${fn}(${(fn === 'time_bucket' ? [p[0], time] : [time, ...p]).join(', ')})`;
   const window: WindowedQuery = {
     kind: spec.kind,
@@ -202,24 +203,27 @@ async function readsPerRow(conn: DuckDBConnection, root: Node, aggs: Set<string>
 
 /**
  * The emission: the model's aggregation over CLOSING (aliased as the model's input), its window
- * calls replaced by the window's columns, which it also outputs last.
+ * calls replaced by the window's columns, which it also outputs last (a session window's also
+ * its revision and retraction columns, WINDOW_COLUMNS.rev / .retracted, which CLOSING holds).
  */
-function emitTree(ast: Node, qualifier: string, fn: string): { ast: Node; outputColumns: string[] | null } {
+function emitTree(ast: Node, qualifier: string, fn: string, session: boolean): { ast: Node; outputColumns: string[] | null } {
   const emitAst = structuredClone(ast) as Node;
   const e = emitAst.statements[0].node as Node;
   e.cte_map = { map: [] };
   e.from_table = { type: 'BASE_TABLE', alias: qualifier, sample: null, query_location: 0, schema_name: '', table_name: CLOSING, column_name_alias: [], catalog_name: '', at_clause: null };
   e.where_clause = null;
   const kept = (e.group_expressions as Node[]).filter((g) => !(isCall(g, WINDOW_CALLS) && fn !== 'time_bucket'));
-  e.group_expressions = [...kept, colref([WINDOW_COLUMNS.start]), colref([WINDOW_COLUMNS.end])];
+  // A session's revision and retraction are one value per session: grouping by them splits no group.
+  const added = [WINDOW_COLUMNS.start, WINDOW_COLUMNS.end, ...(session ? [WINDOW_COLUMNS.rev, WINDOW_COLUMNS.retracted] : [])];
+  e.group_expressions = [...kept, ...added.map((c) => colref([c]))];
   e.group_sets = [e.group_expressions.map((_: unknown, i: number) => i)];
   for (const item of e.select_list as Node[]) {
     if (isCall(item, BOUNDS) && !item.alias) item.alias = BOUNDS[String(item.function_name).toLowerCase()].end ? 'window_end' : 'window_start';
   }
   replaceBounds([e.select_list, e.having, e.modifiers]);
-  e.select_list.push(colref([WINDOW_COLUMNS.start], WINDOW_COLUMNS.start), colref([WINDOW_COLUMNS.end], WINDOW_COLUMNS.end));
+  e.select_list.push(...added.map((c) => colref([c], c)));
   const shown = outputNames(e);
-  return { ast: emitAst, outputColumns: shown ? shown.slice(0, -2) : null };
+  return { ast: emitAst, outputColumns: shown ? shown.slice(0, -added.length) : null };
 }
 
 /** The text of the call at `at` in `sql`, up to its closing parenthesis. */

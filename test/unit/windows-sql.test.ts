@@ -153,16 +153,18 @@ FROM incoming GROUP BY user_id, SESSION(ts, INTERVAL '5' MINUTE)`;
 
     const S = '2026-01-01 00:00:10';
     const E = '2026-01-01 00:07:00';
-    await closing(conn(), 'user_id VARCHAR, ts VARCHAR, page VARCHAR', [
-      `('u1', '2026-01-01T00:00:10Z', 'home', '${S}', '${E}')`,
-      `('u1', '2026-01-01T00:02:00Z', 'cart', '${S}', '${E}')`,
-      `('u2', '2026-01-01T00:00:10Z', 'cart', '${S}', '2026-01-01 00:05:10')`,
+    // A session's rows also carry its revision and whether the row retracts it (late: update):
+    // the emission groups by them (one value per session) and outputs them last.
+    await closing(conn(), `user_id VARCHAR, ts VARCHAR, page VARCHAR, ${WINDOW_COLUMNS.rev} INTEGER, ${WINDOW_COLUMNS.retracted} BOOLEAN`, [
+      `('u1', '2026-01-01T00:00:10Z', 'home', 2, false, '${S}', '${E}')`,
+      `('u1', '2026-01-01T00:02:00Z', 'cart', 2, false, '${S}', '${E}')`,
+      `('u2', '2026-01-01T00:00:10Z', 'cart', 0, true, '${S}', '2026-01-01 00:05:10')`,
     ]);
     expect(await run(conn(), w.emit)).toEqual({
-      columns: ['user_id', 's', 'e', 'home', 'clicks', WS, WE],
+      columns: ['user_id', 's', 'e', 'home', 'clicks', WS, WE, WINDOW_COLUMNS.rev, WINDOW_COLUMNS.retracted],
       rows: [
-        ['u1', S, E, '1', '2', S, E],
-        ['u2', S, '2026-01-01 00:05:10', '0', '1', S, '2026-01-01 00:05:10'],
+        ['u1', S, E, '1', '2', S, E, 2, false],
+        ['u2', S, '2026-01-01 00:05:10', '0', '1', S, '2026-01-01 00:05:10', 0, true],
       ],
     });
   });
