@@ -3,7 +3,7 @@ import type { ConfigIssue } from '../errors.js';
 import { analyzeSql, expressionColumns, reservedColumn, type SqlAnalysis } from '../sql/analyze.js';
 import type { ModelDef, NamedSink, Project } from '../project/project-loader.js';
 import { resolveContractTypes } from './contracts.js';
-import { DEFAULT_WINDOW_SETTINGS, windowIntervals } from './windows.js';
+import { DEFAULT_WINDOW_SETTINGS, engineColumns, windowIntervals } from './windows.js';
 
 export interface ModelReport {
   model: ModelDef;
@@ -79,9 +79,12 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     } else if (m.window && !analysis.error) {
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
+    // The engine's columns (_revision, _retracted) are the model's too, for its sinks.
+    const added = analysis.window ? engineColumns(analysis.window, m.window ?? DEFAULT_WINDOW_SETTINGS) : [];
+    const output = analysis.outputColumns && [...analysis.outputColumns, ...added];
     for (const sinkName of m.sinks) {
       const sink = project.sinks.find((s) => s.name === sinkName);
-      if (sink) issues.push(...(await missingColumns(conn, m, sink, analysis.outputColumns)));
+      if (sink) issues.push(...(await missingColumns(conn, m, sink, output)));
     }
   }
   issues.push(...unpartitionedSources(project, reports));

@@ -114,6 +114,12 @@ export async function windowIntervals(conn: DuckDBConnection, w: WindowedQuery, 
   return us;
 }
 
+/** The columns the engine adds to a windowed model's rows: `_revision` under late: update, and a session window's `_retracted`. */
+export function engineColumns(w: WindowedQuery, s: WindowSettings): string[] {
+  if (s.late !== 'update') return [];
+  return w.kind === 'session' ? ['_revision', '_retracted'] : ['_revision'];
+}
+
 /** After how many state files the state is rewritten as one. */
 const COMPACT_AFTER = 16;
 

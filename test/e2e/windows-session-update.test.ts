@@ -1,9 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { afterAll, describe, expect, it } from 'vitest';
-import { jsonLogs, killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { createClient } from 'redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jsonLogs, killRepeatedly, sluice, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
+import { lockPostgres, myQuery, pgQuery } from '../helpers/sql-db.js';
 import { BATCH_QUERIES, WINDOW_MODELS } from '../helpers/window-data.js';
 
 // Session windows under late: update, end to end through the CLI on real files. A late event
@@ -71,12 +73,12 @@ async function batchSessions(file: string, without: Set<number> = new Set()): Pr
   }
 }
 
-function sessionProject(name: string, events: string, window: string, batch: number): string {
+function sessionProject(name: string, events: string, window: string, batch: number, sinks = 'sink:\n  type: jsonl\n  path: ./output\n', models = ''): string {
   const p = path.join(root, name);
   writeFiles(p, {
     'config/sources.yml': `source:\n  type: file\n  path: data\n  batch_size: ${batch}\n  dlq: .sluice/dlq\n`,
-    'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
-    'config/models.yml': `overrides:\n  sessions:\n    window:\n      late: update\n${window}`,
+    'config/sinks.yml': sinks,
+    'config/models.yml': `${models}overrides:\n  sessions:\n    window:\n      late: update\n${window}`,
     'models/sessions.sql': WINDOW_MODELS['models/sessions.sql'],
     'data/events.ndjson': events,
   });
@@ -95,10 +97,10 @@ const at = (s: number) => new Date(T0 + s * 1000).toISOString();
 /**
  * A clickstream of `n` events of 30 users, one every 0.4 s of event time: a user clicks in
  * bursts (two minutes on, a minute off, shifted per user), out of order by up to 8 s; one event
- * in 40 comes late, 20 s to 10 minutes behind the stream (a late one may bridge two sessions
+ * in `lateOneIn` comes late, 20 s to `maxBehind` seconds (10 minutes) behind the stream (a late one may bridge two sessions
  * or move a session's start). Deterministic.
  */
-function clickstream(n: number): string {
+function clickstream(n: number, lateOneIn = 40, maxBehind = 600): string {
   let seed = 7;
   const rand = () => {
     seed = (seed + 0x6d2b79f5) | 0;
@@ -112,7 +114,7 @@ function clickstream(n: number): string {
     let u = Math.floor(rand() * 30);
     // Off for a minute in every three (shifted per user): the next user clicks instead.
     while (Math.floor((now + u * 13) / 60) % 3 === 2) u = (u + 1) % 30;
-    const behind = rand() < 1 / 40 ? 20 + rand() * 580 : rand() * 8;
+    const behind = rand() < 1 / lateOneIn ? 20 + rand() * (maxBehind - 20) : rand() * 8;
     lines.push(JSON.stringify({ id: i, ts: at(Math.round((now - behind) * 1000) / 1000), user: `u${u}` }));
   }
   return `${lines.join('\n')}\n`;
@@ -189,4 +191,78 @@ describe('session windows under late: update', () => {
     expect(rows.some((r) => r._retracted)).toBe(true);
     expect(latest(rows)).toEqual(await batchSessions(path.join(p, 'data', 'events.ndjson')));
   }, 240_000);
+});
+
+describe('session retractions in upserting sinks', () => {
+  // PostgreSQL and MariaDB merge on (user, session_start) and Redis SET on a key made of them,
+  // each with delete_column: _retracted. A flush after every batch: retractions meet rows that
+  // earlier flushes wrote. The tables and keys left are exactly the session query's rows.
+  const id = `${process.pid}`;
+  const table = `sess_${id}`;
+  const redis = createClient({ url: 'redis://127.0.0.1:6379' });
+  let release: () => void = () => {};
+  beforeAll(async () => {
+    release = await lockPostgres();
+    await redis.connect();
+  });
+  afterAll(async () => {
+    await pgQuery(`DROP TABLE IF EXISTS ${table}, ${table}_state`).catch(() => {});
+    await myQuery(`DROP TABLE IF EXISTS ${table}, ${table}_state`).catch(() => {});
+    for (const k of await redis.keys(`sess:${id}:*`)) await redis.del(k);
+    await redis.quit();
+    release();
+  });
+
+  it('postgres and mysql merge and redis set with delete_column: _retracted hold exactly the session query over every event kept', async () => {
+    const merge = (type: string) =>
+      `    type: ${type}\n    database: test\n    table: ${table}\n    state_table: ${table}_state\n    strategy: merge\n    key: [user, session_start]\n    delete_column: _retracted\n    auto_migrate: true\n`;
+    const sinks = `sinks:\n  files:\n    type: jsonl\n    path: ./output\n  pg:\n${merge('postgres')}  my:\n${merge('mysql')}  kv:\n    type: redis\n    key: "sess:${id}:{user}:{session_start}"\n    delete_column: _retracted\n`;
+    const p = sessionProject('sinks', clickstream(1_500, 6, 150), '      lateness: 10 seconds\n      allowed_lateness: 2 minutes\n    sinks: [files, pg, my, kv]\n', 50, sinks, 'max_file_bytes: 1\n');
+    const done = (await run(p)) as { late: { sessions: { update: number } }; flushes: number };
+    expect(done.late.sessions.update).toBeGreaterThan(10);
+    expect(done.flushes).toBeGreaterThan(10);
+    // Retractions of sessions written by earlier flushes.
+    expect(outputRows(p).filter((r) => r._retracted).length).toBeGreaterThan(3);
+    const dead = new Set(projectDeadLetters(p).map((d) => Number(JSON.parse(d.payload).id)));
+    const expected = await batchSessions(path.join(p, 'data', 'events.ndjson'), dead);
+    const form = (r: { user: string; s: string; e: string; clicks: unknown; first_id: unknown; last_id: unknown }) => `${r.user} ${r.s} ${r.e} ${r.clicks} ${r.first_id} ${r.last_id}`;
+    const cols = (fmt: (c: string) => string) => `"user", ${fmt('session_start')} AS s, ${fmt('session_end')} AS e, clicks, first_id, last_id`;
+    const pg = await pgQuery(`SELECT ${cols((c) => `to_char(${c}, 'YYYY-MM-DD HH24:MI:SS')`)} FROM ${table}`);
+    const my = await myQuery(`SELECT ${cols((c) => `DATE_FORMAT(${c}, '%Y-%m-%d %H:%i:%s')`).replace('"user"', '`user`')} FROM ${table}`);
+    expect(pg.map((r) => form(r as never)).sort()).toEqual(expected);
+    expect(my.map((r) => form(r as never)).sort()).toEqual(expected);
+    const keys = await redis.keys(`sess:${id}:*`);
+    const values = (await Promise.all(keys.map((k) => redis.get(k)))).map((v) => JSON.parse(v!) as Row);
+    expect(values.every((v) => v._retracted === false)).toBe(true);
+    expect(values.map((v) => form({ ...v, s: v.session_start.slice(0, 19).replace('T', ' '), e: v.session_end.slice(0, 19).replace('T', ' ') })).sort()).toEqual(expected);
+  });
+});
+
+describe('delete_column in sink configs', () => {
+  it('validate refuses delete_column off merge and off redis set, and a delete_column the model does not have', () => {
+    const sinks = `sinks:
+  pg:
+    type: postgres
+    database: test
+    strategy: append
+    delete_column: _retracted
+  kv:
+    type: redis
+    mode: xadd
+    stream: s
+    delete_column: _retracted
+`;
+    const p = sessionProject('delete-config', '', '', 10, sinks);
+    const r = sluice(['validate', '--project', p]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('config/sinks.yml:6: sinks.pg.delete_column: delete_column is used by merge only');
+    expect(r.stderr).toContain('config/sinks.yml:11: sinks.kv.delete_column: delete_column does not apply to mode xadd');
+    // Under late: drop there is no _retracted column.
+    const merge = 'sinks:\n  pg:\n    type: postgres\n    database: test\n    strategy: merge\n    key: [user, session_start]\n    delete_column: _retracted\n';
+    const q = sessionProject('delete-missing', '', '', 10, merge);
+    fs.writeFileSync(path.join(q, 'config/models.yml'), 'overrides:\n  sessions:\n    window:\n      late: drop\n');
+    const m = sluice(['validate', '--project', q]);
+    expect(m.code).toBe(2);
+    expect(m.stderr).toMatch(/config\/sinks\.yml:7: sinks\.pg\.delete_column: model sessions \(\S*models\/sessions\.sql\) has no column "_retracted"/);
+  });
 });

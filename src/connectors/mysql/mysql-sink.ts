@@ -93,6 +93,7 @@ export class MysqlSink extends TableSink<Connection> {
         await pipeCsv(duck, select, "NULLSTR 'NULL', FORCE_QUOTE *", async (file) => {
           await db.query(this.loadSql(file, merge ? '_sluice_stage' : table.sql, cols));
         });
+        if (merge) for (const sql of this.deleteSql(table.sql)) await db.query(sql);
         if (merge) await db.query(this.mergeSql(table.sql, cols));
         await db.query(
           `INSERT INTO ${store.state.sql} (target, model, name, row_count, fingerprint) VALUES (?, ?, ?, ?, ?)
@@ -119,6 +120,17 @@ export class MysqlSink extends TableSink<Connection> {
     return `LOAD DATA LOCAL INFILE ${lit(file)} INTO TABLE ${into} CHARACTER SET utf8mb4
       FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '"' ESCAPED BY '' LINES TERMINATED BY '\\n'
       (${targets.join(', ')})${sets.length ? ` SET ${sets.join(', ')}` : ''}`;
+  }
+
+  /**
+   * delete_column: the staged rows where it is true delete their key's row, and leave the stage
+   * (the last row of a key wins, see flushSelect).
+   */
+  private deleteSql(table: string): string[] {
+    if (!this.cfg.delete_column) return [];
+    const del = `s.${q(this.cfg.delete_column)}`;
+    const onKeys = this.cfg.key.map((k) => `t.${q(k)} = s.${q(k)}`).join(' AND ');
+    return [`DELETE t FROM ${table} t JOIN _sluice_stage s ON ${onKeys} WHERE ${del} IS TRUE`, `DELETE s FROM _sluice_stage s WHERE ${del} IS TRUE`];
   }
 
   /**

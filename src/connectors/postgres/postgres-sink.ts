@@ -94,7 +94,9 @@ export class PostgresSink extends TableSink<Client> {
       // unique by now, so the rows go straight in, as an append would.
       const direct = strategy === 'append' || (strategy === 'merge' && !(await client.query<{ e: boolean }>(`SELECT EXISTS (SELECT 1 FROM ${table.sql}) AS e`)).rows[0].e);
       if (direct) {
-        await pipeCsv(db, select, '', copyInto(table.sql, names));
+        // Deletions (merge with delete_column) of keys the empty table does not have: nothing to do.
+        const del = strategy === 'merge' && this.cfg.delete_column ? ident(this.cfg.delete_column) : undefined;
+        await pipeCsv(db, del ? `SELECT * FROM (${select}) WHERE ${del} IS NOT TRUE` : select, '', copyInto(table.sql, names));
         lap('copy');
       } else {
         const ord = strategy === 'scd2' ? ', 0::bigint AS _sluice_ord' : '';
@@ -137,11 +139,15 @@ export class PostgresSink extends TableSink<Client> {
     const cmp = this.compareColumns(cols).map(q);
     const onKeys = keys.map((k) => `t.${k} = s.${k}`).join(' AND ');
     const out = ['ANALYZE _sluice_stage'];
+    // delete_column: a row where it is true deletes its key's row (the last row of a key wins, see flushSelect).
+    const del = this.cfg.delete_column ? `s.${q(this.cfg.delete_column)}` : undefined;
+    const kept = del ? ` AND ${del} IS NOT TRUE` : '';
+    if (del) out.push(`DELETE FROM ${table} t USING _sluice_stage s WHERE ${onKeys} AND ${del} IS TRUE`);
     if (others.length) {
       const changed = cmp.length ? ` AND ROW(${cmp.map((n) => `t.${n}`).join(', ')}) IS DISTINCT FROM ROW(${cmp.map((n) => `s.${n}`).join(', ')})` : '';
-      out.push(`UPDATE ${table} t SET ${others.map((n) => `${n} = s.${n}`).join(', ')} FROM _sluice_stage s WHERE ${onKeys}${changed}`);
+      out.push(`UPDATE ${table} t SET ${others.map((n) => `${n} = s.${n}`).join(', ')} FROM _sluice_stage s WHERE ${onKeys}${changed}${kept}`);
     }
-    out.push(`INSERT INTO ${table} (${names.join(', ')}) SELECT ${names.map((n) => `s.${n}`).join(', ')} FROM _sluice_stage s WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${onKeys})`);
+    out.push(`INSERT INTO ${table} (${names.join(', ')}) SELECT ${names.map((n) => `s.${n}`).join(', ')} FROM _sluice_stage s WHERE NOT EXISTS (SELECT 1 FROM ${table} t WHERE ${onKeys})${kept}`);
     return out;
   }
 

@@ -29,6 +29,11 @@ export const redisSinkSchema = z
     mode: z.enum(['set', 'xadd']).default('set').describe('set: one key per row (SET); xadd: one stream entry per row (XADD)'),
     key: templateString('set: the key of a row, a template such as order:{order_id} ({column} = the column as text)').optional(),
     ttl_seconds: z.number().int().positive().optional().describe('set: keys expire after this long (SET ... EX)'),
+    delete_column: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("set: a BOOLEAN column of the model (a session window's _retracted under late: update); a row where it is true deletes its key (DEL) instead of setting it"),
     stream: templateString('xadd: the stream, a constant or a template such as orders:{region}').optional(),
     maxlen: z.number().int().positive().optional().describe('xadd: trim the stream to about this many entries (MAXLEN ~)'),
     field: z.string().min(1).default('payload').describe("xadd: the entry field holding the row's JSON"),
@@ -46,7 +51,7 @@ export const redisSinkSchema = z
   .superRefine((c, ctx) => {
     const need = c.mode === 'set' ? 'key' : 'stream';
     if (c[need] === undefined) ctx.addIssue({ code: 'custom', path: [need], message: `mode ${c.mode} needs ${need}` });
-    const foreign = c.mode === 'set' ? (['stream', 'maxlen'] as const) : (['key', 'ttl_seconds'] as const);
+    const foreign = c.mode === 'set' ? (['stream', 'maxlen'] as const) : (['key', 'ttl_seconds', 'delete_column'] as const);
     for (const k of foreign) if (c[k] !== undefined) ctx.addIssue({ code: 'custom', path: [k], message: `${k} does not apply to mode ${c.mode}` });
   });
 export type RedisSinkConfig = z.output<typeof redisSinkSchema>;

@@ -47,7 +47,7 @@ export const redisSink = defineSink({
   type: 'redis',
   schema: redisSinkSchema,
   description: 'rows to Redis: SET per row (key template, optional TTL) or XADD to a stream',
-  requiredColumns: (cfg) => templateColumns(cfg.mode === 'set' ? cfg.key : cfg.stream),
+  requiredColumns: (cfg) => [...templateColumns(cfg.mode === 'set' ? cfg.key : cfg.stream), ...(cfg.delete_column ? [cfg.delete_column] : [])],
   async create(cfg, ctx) {
     const { RedisSink } = await import('./redis-sink.js');
     return new RedisSink(cfg, ctx);

@@ -1,5 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { SluiceError, errorMessage } from '../../errors.js';
+import { ident } from '../../sql/quote.js';
 import { idPrefix, jsonRowBatches, nullTemplateError, rowId, templateSql } from '../row-json.js';
 import { withTimeout } from '../../util/with-timeout.js';
 import type { ConnectorContext, Sink, SinkWrite } from '../types.js';
@@ -72,12 +73,14 @@ export class RedisSink implements Sink {
   private async writeSet(w: SinkWrite, db: DuckDBConnection, stop: AbortSignal): Promise<void> {
     const template = this.cfg.key!;
     const ttl = this.cfg.ttl_seconds ? ['EX', String(this.cfg.ttl_seconds)] : [];
-    for await (const batch of jsonRowBatches(w, db, [templateSql(template)], this.cfg.batch_rows)) {
+    // delete_column: a row where it is true deletes its key (a pipeline keeps the rows' order: the last of a key wins).
+    const del = this.cfg.delete_column ? [`CASE WHEN ${ident(this.cfg.delete_column)} IS TRUE THEN 'd' END`] : [];
+    for await (const batch of jsonRowBatches(w, db, [templateSql(template), ...del], this.cfg.batch_rows)) {
       stop.throwIfAborted();
       const pipe = this.client!.multi();
       batch.rows.forEach((r, i) => {
         if (r[1] === null) throw nullTemplateError('redis', w, batch.first + i, 'key', template);
-        pipe.addCommand(['SET', r[1], r[0]!, ...ttl]);
+        pipe.addCommand(r[2] === 'd' ? ['DEL', r[1]] : ['SET', r[1], r[0]!, ...ttl]);
       });
       await pipe.execAsPipeline();
     }

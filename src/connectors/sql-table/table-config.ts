@@ -18,6 +18,11 @@ export function tableSinkKeys<S extends readonly [string, ...string[]]>(strategi
       .min(1)
       .optional()
       .describe('merge: a matched row is updated only when one of these changed (default: any non-key column); scd2: the columns whose change makes a new version'),
+    delete_column: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("merge: a BOOLEAN column of the model (a session window's _retracted under late: update); a row where it is true deletes its key's row instead of upserting it"),
     auto_migrate: z.boolean().default(false).describe('create missing columns when a model grows; otherwise a write needing them fails until `sluice apply`'),
     connect_timeout_ms: z.number().int().positive().default(10_000).describe('timeout of one connection attempt'),
   };
@@ -27,6 +32,7 @@ interface TableSinkShape {
   strategy: string;
   key: string[];
   compare_columns?: string[];
+  delete_column?: string;
 }
 
 /** Cross-key checks shared by the SQL-table sinks (used in their schemas' superRefine). */
@@ -34,6 +40,8 @@ export function checkTableSink(c: TableSinkShape, ctx: z.RefinementCtx): void {
   if (c.strategy !== 'append' && c.key.length === 0) ctx.addIssue({ code: 'custom', path: ['key'], message: `strategy ${c.strategy} needs key: the column(s) identifying a row` });
   if (c.strategy === 'append' && c.key.length > 0) ctx.addIssue({ code: 'custom', path: ['key'], message: 'key is used by merge and scd2 only; remove it or set strategy' });
   if (c.strategy === 'append' && c.compare_columns) ctx.addIssue({ code: 'custom', path: ['compare_columns'], message: 'compare_columns is used by merge and scd2 only' });
+  if (c.delete_column !== undefined && c.strategy !== 'merge') ctx.addIssue({ code: 'custom', path: ['delete_column'], message: 'delete_column is used by merge only' });
+  if (c.delete_column !== undefined && c.key.includes(c.delete_column)) ctx.addIssue({ code: 'custom', path: ['delete_column'], message: `"${c.delete_column}" is a key column` });
   for (const col of c.compare_columns ?? []) {
     if (c.key.includes(col)) ctx.addIssue({ code: 'custom', path: ['compare_columns'], message: `"${col}" is a key column; compare_columns lists the other columns` });
   }
@@ -41,5 +49,5 @@ export function checkTableSink(c: TableSinkShape, ctx: z.RefinementCtx): void {
 
 /** Columns a model must produce for a SQL-table sink. */
 export function tableRequiredColumns(c: TableSinkShape & { valid_from_column?: string }): string[] {
-  return [...c.key, ...(c.compare_columns ?? []), ...(c.valid_from_column ? [c.valid_from_column] : [])];
+  return [...c.key, ...(c.compare_columns ?? []), ...(c.valid_from_column ? [c.valid_from_column] : []), ...(c.delete_column ? [c.delete_column] : [])];
 }
