@@ -10,11 +10,9 @@ import { MODEL_SCHEMA } from '../sql/template.js';
 import { cleanError, type BatchOutcome, type MessageFailure } from './executor.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import { maskText } from '../util/secrets.js';
-import type { DataTest, ReferenceDef } from '../project/data-test-config.js';
-import { backoff, sleep } from '../util/retry.js';
+import type { DataTest } from '../project/data-test-config.js';
+import { loadReferences, REF_SCHEMA } from './references.js';
 
-/** Where reference tables live in DuckDB. */
-export const REF_SCHEMA = 'sluice_ref';
 /** Failing rows shown per test (reports, logs, the fail message). */
 const EXAMPLES = 3;
 
@@ -143,79 +141,6 @@ async function named(conn: DuckDBConnection, tests: DataTest[], table: string, s
   }
 }
 
-/** Loads the reference tables the tests need into DuckDB (schema sluice_ref), once. */
-export async function loadReferences(conn: DuckDBConnection, project: Project, names: Set<string>, log?: Logger): Promise<void> {
-  const refs = project.references.filter((r) => names.has(r.name));
-  if (refs.length === 0) return;
-  await conn.run(`CREATE SCHEMA IF NOT EXISTS ${REF_SCHEMA}`);
-  for (const r of refs) {
-    const table = `${REF_SCHEMA}.${ident(r.name)}`;
-    try {
-      if (r.csv !== undefined) {
-        await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_csv(${lit(path.resolve(project.dir, r.csv))}, header = true)`);
-      } else {
-        await loadPostgres(conn, r, table, log);
-      }
-    } catch (err) {
-      if (err instanceof SluiceError && err.code === 'CONNECT') throw err;
-      throw new SluiceError('CONFIG', `${r.file ?? 'config/models.yml'}${r.line ? `:${r.line}` : ''}: reference ${r.name}: ${maskText(cleanError(err))}`);
-    }
-    const n = (await conn.runAndReadAll(`SELECT count(*) FROM ${table}`)).getRowsJS()[0][0];
-    log?.info({ reference: r.name, rows: Number(n), from: r.csv ?? 'postgres' }, 'reference table loaded');
-  }
-}
-
-/** How long a PostgreSQL reference is retried at start while the server cannot be reached. */
-const PG_CONNECT_WINDOW_MS = 60_000;
-
-/** Minimal surface of pg.Client used here. */
-interface PgClientLike {
-  connect(): Promise<unknown>;
-  query(sql: string): Promise<{ rows: Record<string, unknown>[]; fields: { name: string }[] }>;
-  end(): Promise<void>;
-  on(event: 'error', fn: (e: Error) => void): unknown;
-}
-
-async function loadPostgres(conn: DuckDBConnection, r: ReferenceDef, table: string, log?: Logger): Promise<void> {
-  const { default: pg } = await import('pg');
-  const sql = r.query ?? `SELECT * FROM ${r.table!.split('.').map(ident).join('.')}`;
-  const deadline = Date.now() + PG_CONNECT_WINDOW_MS;
-  let result: Awaited<ReturnType<PgClientLike['query']>>;
-  for (let attempt = 1; ; attempt++) {
-    const client: PgClientLike = new pg.Client({ connectionString: r.postgres, connectionTimeoutMillis: 5000 });
-    client.on('error', () => {});
-    try {
-      await client.connect();
-    } catch (err) {
-      await client.end().catch(() => {});
-      if (Date.now() > deadline) throw new SluiceError('CONNECT', `reference ${r.name}: cannot connect to PostgreSQL after ${attempt} attempts: ${maskText(errorMessage(err))}`, { cause: err });
-      log?.warn({ reference: r.name, attempt, err: maskText(errorMessage(err)) }, 'PostgreSQL for a reference table is not reachable; retrying');
-      await sleep(backoff({ initialMs: 500, maxMs: 5000 })(attempt));
-      continue;
-    }
-    try {
-      result = await client.query(`SELECT row_to_json(__r)::text AS j FROM (${sql}) AS __r`);
-      const fields = await client.query(`SELECT * FROM (${sql}) AS __r LIMIT 0`);
-      result.fields = fields.fields;
-    } finally {
-      await client.end().catch(() => {});
-    }
-    break;
-  }
-  if (result.rows.length === 0) {
-    await conn.run(`CREATE OR REPLACE TABLE ${table} (${result.fields.map((f) => `${ident(f.name)} VARCHAR`).join(', ')})`);
-    return;
-  }
-  // Through NDJSON so DuckDB infers the columns' types as it does for CSV.
-  const tmp = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'sluice-ref-')), `${r.name}.ndjson`);
-  try {
-    await fsp.writeFile(tmp, result.rows.map((x) => String(x.j)).join('\n') + '\n');
-    await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_json_auto(${lit(tmp)}, format = 'newline_delimited')`);
-  } finally {
-    await fsp.rm(path.dirname(tmp), { recursive: true, force: true });
-  }
-}
-
 export interface TestSink {
   log: Logger;
   /** Counts failing rows (sluice_data_test_failures_total{model,test}). */
@@ -233,10 +158,10 @@ export class BatchTests {
     private readonly order: string[],
   ) {}
 
-  static async create(conn: DuckDBConnection, project: Project, models: ModelDef[], log?: Logger): Promise<BatchTests | undefined> {
+  static async create(conn: DuckDBConnection, project: Project, models: ModelDef[], log?: Logger, opts: { referencesLoaded?: boolean } = {}): Promise<BatchTests | undefined> {
     const byModel = new Map(models.filter((m) => m.dataTests.length).map((m) => [m.name, m.dataTests]));
     if (byModel.size === 0) return undefined;
-    await loadReferences(conn, project, new Set([...byModel.values()].flat().flatMap((t) => (t.to ? [t.to] : []))), log);
+    if (!opts.referencesLoaded) await loadReferences(conn, project, new Set([...byModel.values()].flat().flatMap((t) => (t.to ? [t.to] : []))), log);
     return new BatchTests(
       conn,
       byModel,

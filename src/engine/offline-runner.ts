@@ -7,6 +7,7 @@ import type { RawMessage } from '../connectors/types.js';
 import type { SourcePolicy } from '../connectors/shared-config.js';
 import { selectModels } from './pipeline.js';
 import { openDuckDB } from './duckdb.js';
+import { referencesNamed, useReferences } from './references.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import { readFixture } from '../project/fixtures.js';
 import type { ContractKind } from './contracts.js';
@@ -78,9 +79,12 @@ export async function runMessages(
   models: ModelDef[],
   inspect?: InspectOutputs,
   policy?: SourcePolicy,
+  project?: Project,
 ): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
   const { conn, instance } = await openDuckDB();
   try {
+    // The reference tables the models name (a database one is read, as at the start of a run).
+    if (project) await useReferences(conn, project, referencesNamed(project, models));
     const ex = new BatchExecutor(conn, await compileModels(conn, models), source, conn, decodeRules(policy));
     await ex.init();
     const outcome = await ex.process(messages);
@@ -116,7 +120,7 @@ export async function runFixtures(project: Project, fixtures: Map<string, string
     if (!file || mine.length === 0) continue;
     const messages = readFixture(file);
     run.messages += messages.length;
-    const { outputs, failures, missing } = await runMessages(src.name, messages, mine, inspect, src.policy);
+    const { outputs, failures, missing } = await runMessages(src.name, messages, mine, inspect, src.policy, project);
     run.missing.push(...missing);
     for (const [k, v] of outputs) run.outputs.set(k, v);
     for (const f of failures) {

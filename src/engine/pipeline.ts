@@ -16,6 +16,7 @@ import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type Comp
 import { PgWindowStore } from './window-store.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
+import { ReferenceTables } from './references.js';
 import { asInfraError } from './infra-errors.js';
 import { dlqDefaultsBesideWal } from '../connectors/registry.js';
 import { asCheckpoint, type Checkpoint } from './checkpoint.js';
@@ -133,6 +134,7 @@ export class Pipeline {
   private executor!: BatchExecutor;
   /** The models' data tests; undefined when none are declared (then batches pay nothing). */
   private tests: BatchTests | undefined;
+  private references: ReferenceTables | undefined;
   private conn!: DuckDBConnection;
   private loadConn!: DuckDBConnection;
   private instance!: DuckDBInstance;
@@ -201,7 +203,8 @@ export class Pipeline {
     this.loadConn = await this.instance.connect();
     this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy), this.clock);
     await this.executor.init();
-    this.tests = await BatchTests.create(this.conn, project, this.models, this.log);
+    this.references = await ReferenceTables.open(this.instance, this.conn, project, this.log);
+    this.tests = await BatchTests.create(this.conn, project, this.models, this.log, { referencesLoaded: true });
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
     this.source = source;
@@ -337,7 +340,10 @@ export class Pipeline {
     const dlq = this.dlq;
     const store = this.windowStore;
     this.windowStore = undefined;
+    const refs = this.references;
+    this.references = undefined;
     const closing: Array<[string, () => Promise<void>]> = [
+      ['the reference tables', async () => refs?.close()],
       ['the window state store', async () => store?.close()],
       ...[...this.sinks].map(([name, s]): [string, () => Promise<void>] => [`sink ${name}`, () => s.sink.close()]),
       ['the DLQ', async () => dlq?.close()],
@@ -516,6 +522,8 @@ export class Pipeline {
     const dlqBefore = this.dlq?.mark();
     let prepared: PreparedBatch | undefined = first;
     let dlqTouched = false;
+    // Reference tables refreshed since the last batch: in place before this one's models run.
+    await this.references?.swap();
     if (this.executor.windows.stored) {
       // A shared window state store: partitions this worker lost or newly reads (see WindowSet.begin).
       const skip = await this.executor.windows.begin(source.partitions?.(), batch.messages, first?.partitions, this.opts.signal);
@@ -713,6 +721,7 @@ export class Pipeline {
   private updateGauges(): void {
     this.metrics.walBytes.set(this.wal.totalBytes());
     this.metrics.ready.set(this.ready().ok ? 1 : 0);
+    this.references?.report(this.metrics);
   }
 
   /**

@@ -4,7 +4,8 @@ import { selectModels } from './pipeline.js';
 import { runMessages, type InspectOutputs } from './offline-runner.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import type { RawMessage } from '../connectors/types.js';
-import { loadReferences, runTests, type TestResult } from './data-tests.js';
+import { runTests, type TestResult } from './data-tests.js';
+import { loadReferences } from './references.js';
 import type { UnitTest } from '../project/data-test-config.js';
 
 /**
@@ -43,7 +44,7 @@ export async function runUnitTests(project: Project, only?: ModelDef[]): Promise
       const wanted = [...test.expect.keys()].filter((m) => project.models.find((x) => x.name === m)?.source === source);
       if (wanted.length === 0) continue;
       const messages: RawMessage[] = payloads.map((payload, index) => ({ payload, coords: { unit_test: test.name, source, index } }));
-      const r = await runMessages(source, messages, selectModels(project, wanted), undefined, project.sources.find((s) => s.name === source)?.policy);
+      const r = await runMessages(source, messages, selectModels(project, wanted), undefined, project.sources.find((s) => s.name === source)?.policy, project);
       for (const [k, v] of r.outputs) actual.set(k, v);
       for (const f of r.failures) problems.push(`message ${f.index + 1} of ${source} failed [${f.stage}${f.model ? ` in ${f.model}` : ''}]: ${f.error}`);
     }

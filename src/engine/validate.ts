@@ -27,6 +27,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       issues.push({ file: m.file, line: analysis.error.line, message: analysis.error.message });
       continue;
     }
+    issues.push(...unknownTables(m, analysis.tables ?? [], project));
     if (analysis.outputColumns) {
       const reserved = analysis.outputColumns.find((c) => reservedColumn(c) !== undefined);
       if (reserved) issues.push({ file: m.file, message: `model ${m.name} has a column named ${reserved}, a name sluice keeps for its own use; rename it in the model's SELECT` });
@@ -89,6 +90,17 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
   }
   issues.push(...unpartitionedSources(project, reports));
   return { issues, reports };
+}
+
+/** The tables a model names that are not reference tables (a typo, or a reference not declared). */
+function unknownTables(m: ModelDef, tables: string[], project: Project): ConfigIssue[] {
+  const declared = new Set(project.references.map((r) => r.name.toLowerCase()));
+  return tables
+    .filter((t) => !declared.has(t))
+    .map((t) => ({
+      file: m.file,
+      message: `model ${m.name} reads table "${t}", which is not a reference table: declare it under references: in config/models.yml (declared: ${project.references.map((r) => r.name).join(', ') || 'none'}), or read a source with {{ source(...) }} or a model with {{ ref(...) }}`,
+    }));
 }
 
 /**

@@ -117,6 +117,25 @@ export class Metrics {
     help: "With window_state: partitions' window state this worker claimed from the store (a rebalance handed them over)",
     registers: [this.registry],
   });
+  readonly referenceVersion = new client.Gauge({
+    name: 'sluice_reference_version',
+    help: 'The version of a reference table the models join: 1 as loaded at start, one more for each refresh swapped in',
+    labelNames: ['reference'],
+    registers: [this.registry],
+  });
+  readonly referenceAge = new client.Gauge({
+    name: 'sluice_reference_age_seconds',
+    help: 'Seconds since the version of a reference table in use was loaded',
+    labelNames: ['reference'],
+    registers: [this.registry],
+  });
+  readonly referenceRows = new client.Gauge({ name: 'sluice_reference_rows', help: 'Rows of the version of a reference table in use', labelNames: ['reference'], registers: [this.registry] });
+  readonly referenceRefreshFailures = new client.Counter({
+    name: 'sluice_reference_refresh_failures_total',
+    help: 'Refreshes of a reference table that failed (its last version stayed in use)',
+    labelNames: ['reference'],
+    registers: [this.registry],
+  });
   readonly windowOpen = new client.Gauge({ name: 'sluice_window_open_windows', help: 'Windows (or sessions) a windowed model holds rows of', labelNames: ['model'], registers: [this.registry] });
   readonly watermarkLag = new client.Gauge({
     name: 'sluice_watermark_lag_seconds',

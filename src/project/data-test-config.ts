@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { ConfigIssue } from '../errors.js';
+import { durationSchema } from './duration.js';
 import { checkSchema, type YamlFile } from './yaml-file.js';
 
 /** What happens during `run` when a data test finds failing rows. */
@@ -29,13 +30,22 @@ export interface DataTest {
   line?: number;
 }
 
-/** A reference table for `relationships` tests: a CSV file of the project, or a PostgreSQL table/query. */
+/**
+ * A reference table (config/models.yml references:): a file of the project (CSV, Parquet,
+ * JSON) or a PostgreSQL / MySQL table or query, loaded into DuckDB at start for models to join
+ * and for `relationships` tests; refreshed every `refresh_interval` (interval text) when set.
+ */
 export interface ReferenceDef {
   name: string;
   csv?: string;
+  parquet?: string;
+  json?: string;
   postgres?: string;
+  mysql?: string;
   table?: string;
   query?: string;
+  refresh_interval?: string;
+  max_rows: number;
   file?: string;
   line?: number;
 }
@@ -112,18 +122,29 @@ export const modelTestSchema = z
   })
   .strict();
 
+/** The keys of a reference table naming where it is read from (exactly one). */
+const REFERENCE_FROM = ['csv', 'parquet', 'json', 'postgres', 'mysql'] as const;
+
 export const referenceSchema = z
   .object({
     csv: z.string().min(1).optional().describe('a CSV file with a header row, relative to the project directory'),
-    postgres: z.string().min(1).optional().describe('a PostgreSQL connection URL; the table or query is read once at start'),
-    table: z.string().min(1).optional().describe('with postgres: the table to load'),
-    query: z.string().min(1).optional().describe('with postgres: a SELECT to load instead of a table'),
+    parquet: z.string().min(1).optional().describe('a Parquet file (or glob), relative to the project directory'),
+    json: z.string().min(1).optional().describe('a JSON file (an array, or one object a line), relative to the project directory'),
+    postgres: z.string().min(1).optional().describe('a PostgreSQL connection URL, with table: or query:'),
+    mysql: z.string().min(1).optional().describe('a MySQL / MariaDB connection URL, with table: or query:'),
+    table: z.string().min(1).optional().describe('with postgres or mysql: the table to load'),
+    query: z.string().min(1).optional().describe('with postgres or mysql: a SELECT to load instead of a table'),
+    refresh_interval: durationSchema.optional().describe('load it again this often, swapped in whole between two batches (default: loaded once, at start)'),
+    max_rows: z.number().int().positive().default(1_000_000).describe('a reference with more rows is refused (at start) or not swapped in (a refresh), with its size'),
   })
   .strict()
   .superRefine((r, ctx) => {
-    if ((r.csv === undefined) === (r.postgres === undefined)) ctx.addIssue({ code: 'custom', message: 'needs exactly one of csv: or postgres:' });
-    if (r.postgres !== undefined && (r.table === undefined) === (r.query === undefined)) ctx.addIssue({ code: 'custom', message: 'postgres needs exactly one of table: or query:' });
-    if (r.csv !== undefined && (r.table !== undefined || r.query !== undefined)) ctx.addIssue({ code: 'custom', message: 'table: and query: go with postgres:, not csv:' });
+    const from = REFERENCE_FROM.filter((k) => r[k] !== undefined);
+    if (from.length !== 1) ctx.addIssue({ code: 'custom', message: `needs exactly one of ${REFERENCE_FROM.map((k) => `${k}:`).join(', ')}` });
+    const db = r.postgres !== undefined || r.mysql !== undefined;
+    if (db && (r.table === undefined) === (r.query === undefined))
+      ctx.addIssue({ code: 'custom', message: `${r.postgres !== undefined ? 'postgres' : 'mysql'} needs exactly one of table: or query:` });
+    if (!db && (r.table !== undefined || r.query !== undefined)) ctx.addIssue({ code: 'custom', message: 'table: and query: go with postgres: or mysql:, not a file' });
   });
 
 /**

@@ -42,17 +42,20 @@ export function readModelsFile(configDir: string, env: NodeJS.ProcessEnv, issues
   return { yaml, cfg, shown: show(modFile) };
 }
 
-/** The reference tables under `references:`; a CSV file that does not exist is an issue. */
+/** The reference tables under `references:`; a file that does not exist is an issue. */
 export function referencesOf(models: ModelsFile, dir: string, issues: ConfigIssue[]): ReferenceDef[] {
   const modYaml = models.yaml;
   const references: ReferenceDef[] = Object.entries(models.cfg?.references ?? {}).map(([name, r]) => ({ name, ...r, file: modYaml?.file, line: modYaml?.lineOf(['references', name]) }));
   for (const r of references) {
-    if (r.csv !== undefined && !fs.existsSync(path.resolve(dir, r.csv)))
+    const key = (['csv', 'parquet', 'json'] as const).find((k) => r[k] !== undefined);
+    const file = key && r[key]!;
+    // A glob (Parquet) is checked when it is read.
+    if (key && file && !/[*?[]/.test(file) && !fs.existsSync(path.resolve(dir, file)))
       issues.push({
         file: r.file!,
-        line: modYaml?.lineOf(['references', r.name, 'csv']),
-        key: `references.${r.name}.csv`,
-        message: `${r.csv} does not exist (paths are relative to the project directory)`,
+        line: modYaml?.lineOf(['references', r.name, key]),
+        key: `references.${r.name}.${key}`,
+        message: `${file} does not exist (paths are relative to the project directory)`,
       });
   }
   return references;

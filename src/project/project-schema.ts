@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { columnTypeSchema, contractSchema } from './contract-config.js';
+import { durationSchema } from './duration.js';
 import { columnTestSchema, modelTestSchema, referenceSchema } from './data-test-config.js';
 
 // The schemas of sluice.yml and config/models.yml, and the defaults of what they leave out.
@@ -66,41 +67,6 @@ const flushKeys = {
   max_file_bytes: z.number().int().positive().optional().describe('flush a model once its WAL holds this many bytes'),
   max_age_seconds: z.number().positive().optional().describe('flush a model once its oldest WAL row is this old'),
 };
-
-const DURATION_UNITS: Record<string, string> = {
-  us: 'microseconds',
-  microsecond: 'microseconds',
-  microseconds: 'microseconds',
-  ms: 'milliseconds',
-  millisecond: 'milliseconds',
-  milliseconds: 'milliseconds',
-  s: 'seconds',
-  sec: 'seconds',
-  second: 'seconds',
-  seconds: 'seconds',
-  m: 'minutes',
-  min: 'minutes',
-  minute: 'minutes',
-  minutes: 'minutes',
-  h: 'hours',
-  hour: 'hours',
-  hours: 'hours',
-  d: 'days',
-  day: 'days',
-  days: 'days',
-};
-
-/** A duration: a number of seconds, or a number and a unit ('500 ms', '10 seconds', '5m', '1 hour'); as interval text. */
-export const durationSchema = z.union([z.number().nonnegative(), z.string()]).transform((v, ctx) => {
-  if (typeof v === 'number') return `${v} seconds`;
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$/.exec(v);
-  const unit = m ? DURATION_UNITS[m[2].toLowerCase()] : undefined;
-  if (!m || !unit) {
-    ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration: a number of seconds, or a number and a unit (ms, s, m, h, d), such as '10 seconds'` });
-    return z.NEVER;
-  }
-  return `${m[1]} ${unit}`;
-});
 
 const windowSchema = z
   .object({

@@ -8,6 +8,28 @@ export { MESSAGE_COL, MSG_COL, RESERVED_COLUMNS, reservedColumn, ROW_COL, WINDOW
 export interface SqlAnalysis extends WindowedAnalysis {
   /** The model rewritten to carry MSG_COL through to its output (a windowed model: see `window`). */
   rewritten?: string;
+  /** Tables the model names without a schema that are not incoming or a CTE (reference tables, say). */
+  tables?: string[];
+}
+
+/**
+ * The tables a statement names without a schema, less `incoming` and its CTEs' names. A quoted
+ * file name (`FROM 'rates.csv'`) is DuckDB reading that file, not a table.
+ */
+function namedTables(ast: Node): string[] {
+  const tables = new Set<string>();
+  const ctes = new Set<string>(['incoming']);
+  const walk = (x: unknown): void => {
+    if (Array.isArray(x)) for (const v of x) walk(v);
+    else if (x && typeof x === 'object') {
+      const n = x as Node;
+      if (n.type === 'BASE_TABLE' && !n.schema_name && !n.catalog_name && typeof n.table_name === 'string' && !/[./\\]/.test(n.table_name)) tables.add(n.table_name.toLowerCase());
+      for (const c of (n.cte_map?.map ?? []) as Node[]) ctes.add(String(c.key).toLowerCase());
+      for (const v of Object.values(n)) walk(v);
+    }
+  };
+  walk(ast);
+  return [...tables].filter((t) => !ctes.has(t));
 }
 
 let aggregateNames: Set<string> | undefined;
@@ -37,8 +59,9 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
   }
   const aggs = await aggregates(conn);
   const root = statements[0].node as Node;
+  const tables = namedTables(ast);
   const windowed = await windowedQuery(conn, sql, ast, aggs);
-  if (windowed) return windowed;
+  if (windowed) return { ...windowed, tables };
   const stateful: string[] = [];
   const ctx: Ctx = { aggs, stateful, cteMsg: new Set(), sq: 0 };
   const outputColumns = outputNames(root);
@@ -51,7 +74,7 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
     };
   }
   const r = await conn.runAndReadAll(`SELECT json_deserialize_sql($1::VARCHAR)`, [JSON.stringify(ast)]);
-  return { stateful: [...new Set(stateful)], outputColumns, rewritten: String(r.getRows()[0][0]) };
+  return { stateful: [...new Set(stateful)], outputColumns, rewritten: String(r.getRows()[0][0]), tables };
 }
 
 /**
