@@ -1,15 +1,11 @@
-import fsp from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import type { DuckDBConnection } from '@duckdb/node-api';
 import type { Logger } from 'pino';
-import { SluiceError, errorMessage } from '../errors.js';
+import { SluiceError } from '../errors.js';
 import { MSG_COL } from '../sql/analyze.js';
 import { fileList, ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
 import { cleanError, type BatchOutcome, type MessageFailure } from './executor.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
-import { maskText } from '../util/secrets.js';
 import type { DataTest } from '../project/data-test-config.js';
 import { loadReferences, REF_SCHEMA } from './references.js';
 
