@@ -2,14 +2,14 @@ import { SluiceError } from '../errors.js';
 import type { Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
 
-export type NodeKind = 'source' | 'model' | 'sink';
+export type NodeKind = 'source' | 'reference' | 'model' | 'sink';
 
 export interface LineageNode {
   /** `source.orders`, `model.orders`, `sink.lake`: a model and a source may share a name. */
   id: string;
   kind: NodeKind;
   name: string;
-  /** Connector type of a source or sink. */
+  /** Connector type of a source or sink; where a reference table is read from (csv, postgres, ...). */
   type?: string;
   file?: string;
   line?: number;
@@ -29,13 +29,21 @@ export interface Lineage {
 
 export const nodeId = (kind: NodeKind, name: string): string => `${kind}.${name}`;
 
+/** Where a reference table is read from. */
+function referenceType(r: Project['references'][number]): string {
+  return (['csv', 'parquet', 'json', 'postgres', 'mysql'] as const).find((k) => r[k] !== undefined) ?? 'reference';
+}
+
 /**
- * The project's graph: each source -> the models that read it (source() or `incoming`), model ->
- * the models that ref() it, model -> its sinks. Nodes in order: sources, models in DAG order, sinks.
+ * The project's graph: each source -> the models that read it (source() or `incoming`), each
+ * reference table -> the models that join it (`tables`: the tables each model names, see
+ * analyzeSql), model -> the models that ref() it, model -> its sinks. Nodes in order: sources,
+ * reference tables, models in DAG order, sinks.
  */
-export function buildLineage(project: Project, windows: ReadonlyMap<string, string> = new Map()): Lineage {
+export function buildLineage(project: Project, windows: ReadonlyMap<string, string> = new Map(), tables: ReadonlyMap<string, string[]> = new Map()): Lineage {
   const nodes: LineageNode[] = [
     ...project.sources.map((s) => ({ id: nodeId('source', s.name), kind: 'source' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
+    ...project.references.map((r) => ({ id: nodeId('reference', r.name), kind: 'reference' as const, name: r.name, type: referenceType(r), file: r.file, line: r.line })),
     ...project.models.map((m) => ({ id: nodeId('model', m.name), kind: 'model' as const, name: m.name, file: m.file, ...(windows.has(m.name) ? { window: windows.get(m.name) } : {}) })),
     ...project.sinks.map((s) => ({ id: nodeId('sink', s.name), kind: 'sink' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
   ];
@@ -47,6 +55,10 @@ export function buildLineage(project: Project, windows: ReadonlyMap<string, stri
     const direct = new Set(m.rendered.sources.map((s) => s.name));
     if (m.rendered.usesIncoming && m.source) direct.add(m.source);
     for (const s of direct) add(nodeId('source', s), nodeId('model', m.name));
+    for (const t of tables.get(m.name) ?? []) {
+      const r = project.references.find((x) => x.name.toLowerCase() === t);
+      if (r) add(nodeId('reference', r.name), nodeId('model', m.name));
+    }
     for (const r of m.refs) add(nodeId('model', r), nodeId('model', m.name));
     for (const s of m.sinks) add(nodeId('model', m.name), nodeId('sink', s));
   }
@@ -105,15 +117,20 @@ export function mermaid(g: Lineage): string {
   const id = (x: string) => x.replace(/[^A-Za-z0-9_]/g, '_');
   const clean = (x: string) => x.replace(/[<>]/g, '').replaceAll('"', "'");
   const text = (n: LineageNode) => `"${clean(`${n.name}${n.type ? ` (${n.type})` : ''}`)}${n.window ? `<br/>${clean(n.window.split(' · ')[0])}` : ''}"`;
-  const shape = (n: LineageNode) => (n.kind === 'source' ? `([${text(n)}])` : n.kind === 'sink' ? `[(${text(n)})]` : `[${text(n)}]`);
+  const shape = (n: LineageNode) => (n.kind === 'source' ? `([${text(n)}])` : n.kind === 'sink' ? `[(${text(n)})]` : n.kind === 'reference' ? `[/${text(n)}/]` : `[${text(n)}]`);
   const lines = ['flowchart LR'];
   for (const n of g.nodes) lines.push(`  ${id(n.id)}${shape(n)}`);
   for (const e of g.edges) lines.push(`  ${id(e.from)} --> ${id(e.to)}`);
-  for (const k of ['source', 'model', 'sink'] as const) {
+  for (const k of ['source', 'reference', 'model', 'sink'] as const) {
     const members = g.nodes.filter((n) => n.kind === k).map((n) => id(n.id));
     if (members.length) lines.push(`  class ${members.join(',')} ${k}`);
   }
-  lines.push('  classDef source fill:#e0f2fe,stroke:#0369a1', '  classDef model fill:#fef9c3,stroke:#a16207', '  classDef sink fill:#dcfce7,stroke:#15803d');
+  lines.push(
+    '  classDef source fill:#e0f2fe,stroke:#0369a1',
+    '  classDef reference fill:#f3e8ff,stroke:#7e22ce',
+    '  classDef model fill:#fef9c3,stroke:#a16207',
+    '  classDef sink fill:#dcfce7,stroke:#15803d',
+  );
   return lines.join('\n');
 }
 
@@ -125,16 +142,16 @@ export interface LineageOptions {
 }
 
 /** What `sluice lineage` prints. */
-export function renderLineage(project: Project, o: LineageOptions, windows?: ReadonlyMap<string, string>): string {
+export function renderLineage(project: Project, o: LineageOptions, windows?: ReadonlyMap<string, string>, tables?: ReadonlyMap<string, string[]>): string {
   if (o.upstream && o.downstream) throw new SluiceError('USAGE', 'use --upstream or --downstream, not both (neither shows both sides)');
   if ((o.upstream || o.downstream) && !o.model) throw new SluiceError('USAGE', '--upstream and --downstream need --model');
-  const all = buildLineage(project, windows);
+  const all = buildLineage(project, windows, tables);
   const direction = o.upstream ? 'upstream' : o.downstream ? 'downstream' : 'both';
   const g = o.model ? focusLineage(all, o.model, direction) : all;
   if (o.format === 'json') return JSON.stringify({ project: project.name, ...g }, null, 2);
   if (o.format === 'mermaid') return mermaid(g);
   if (!o.model) {
-    const roots = g.nodes.filter((n) => n.kind === 'source').map((n) => n.id);
+    const roots = g.nodes.filter((n) => n.kind === 'source' || n.kind === 'reference').map((n) => n.id);
     const orphans = g.nodes.filter((n) => n.kind === 'model' && !g.edges.some((e) => e.to === n.id)).map((n) => n.id);
     return asciiTree(g, [...roots, ...orphans], 'downstream');
   }

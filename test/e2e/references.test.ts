@@ -97,6 +97,13 @@ LEFT JOIN regions AS g ON g.code = c.country
       conn.closeSync();
       db.closeSync();
     }
+    // The lineage shows each reference feeding the model that joins it; the docs site has a section for each.
+    const lineage = JSON.parse(sluice(['lineage', '--project', p, '--format', 'json']).stdout) as { nodes: { id: string; type?: string }[]; edges: { from: string; to: string }[] };
+    expect(lineage.nodes.filter((n) => n.id.startsWith('reference.')).map((n) => `${n.id} ${n.type}`)).toEqual(['reference.customers csv', 'reference.rates parquet', 'reference.regions json']);
+    expect(lineage.edges.filter((e) => e.from.startsWith('reference.'))).toEqual(['customers', 'rates', 'regions'].map((r) => ({ from: `reference.${r}`, to: 'model.enriched' })));
+    expect(sluice(['docs', 'generate', '--project', p]).code).toBe(0);
+    const site = fs.readFileSync(path.join(p, '.sluice', 'docs', 'index.html'), 'utf8');
+    for (const r of ['customers', 'rates', 'regions']) expect(site).toContain(`<section class="reference" id="reference-${r}"`);
     // sluice test joins the fixture with the same references.
     const t = sluice(['test', '--project', p]);
     expect(t.code, t.stderr).toBe(0);

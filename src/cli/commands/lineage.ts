@@ -6,20 +6,25 @@ import { analyzeSql } from '../../sql/analyze.js';
 import { windowSummary } from '../format.js';
 import type { Project } from '../../project/project-loader.js';
 
-/** Each windowed model's window in one line (models whose SQL does not parse are left out). */
-export async function windowSummaries(project: Project): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
+/**
+ * Each windowed model's window in one line, and the tables each model names (reference tables);
+ * models whose SQL does not parse are left out.
+ */
+export async function modelSummaries(project: Project): Promise<{ windows: Map<string, string>; tables: Map<string, string[]> }> {
+  const windows = new Map<string, string>();
+  const tables = new Map<string, string[]>();
   const { instance, conn } = await openDuckDB({ threads: 1 });
   try {
     for (const m of project.models) {
       const a = await analyzeSql(conn, m.rendered.sql);
-      if (a.window) out.set(m.name, windowSummary(a.window, m.window));
+      if (a.window) windows.set(m.name, windowSummary(a.window, m.window));
+      if (a.tables?.length) tables.set(m.name, a.tables);
     }
   } finally {
     conn.closeSync();
     instance.closeSync();
   }
-  return out;
+  return { windows, tables };
 }
 import type { CliContext, CommonOpts } from './context.js';
 
@@ -32,6 +37,7 @@ export function registerLineage(program: Command, { withProject, projectOpts, ou
     .addOption(new Option('--format <format>', 'ascii tree, mermaid flowchart or JSON nodes and edges').choices(['ascii', 'mermaid', 'json']).default('ascii'))
     .action(async (o: CommonOpts & { model?: string; upstream?: boolean; downstream?: boolean; format: 'ascii' | 'mermaid' | 'json' }) => {
       const project = loadProject(projectOpts(o));
-      out(renderLineage(project, o, await windowSummaries(project)));
+      const { windows, tables } = await modelSummaries(project);
+      out(renderLineage(project, o, windows, tables));
     });
 }

@@ -136,6 +136,7 @@ svg .edge.hl{stroke:#0f172a;stroke-width:2.4}
 svg .node rect{stroke-width:1.5}
 svg .node.source rect{fill:#e0f2fe;stroke:#0369a1}
 svg .node.model rect{fill:#fef9c3;stroke:#a16207}
+svg .node.reference rect{fill:#f3e8ff;stroke:#7e22ce}
 svg .node.sink rect{fill:#dcfce7;stroke:#15803d}
 svg .node text{text-anchor:middle;font-family:system-ui,sans-serif}
 svg .node .kind{font-size:10px;fill:#475569}
@@ -145,7 +146,7 @@ svg.focus .node.hl{opacity:1}
 svg.focus .edge{opacity:.25}
 svg.focus .edge.hl{opacity:1}
 .badge{display:inline-block;font-size:11px;font-weight:600;padding:1px 8px;border-radius:999px;vertical-align:middle}
-.badge.model{background:#fef9c3;color:#854d0e}.badge.source{background:#e0f2fe;color:#075985}.badge.sink{background:#dcfce7;color:#166534}
+.badge.model{background:#fef9c3;color:#854d0e}.badge.reference{background:#f3e8ff;color:#6b21a8}.badge.source{background:#e0f2fe;color:#075985}.badge.sink{background:#dcfce7;color:#166534}
 .badge.stateless{background:#f1f5f9;color:#334155}.badge.windowed{background:#e0f2fe;color:#075985}.badge.stateful{background:#fee2e2;color:#991b1b}
 .declared{font-size:11px;color:#475569;border:1px solid #cbd5e1;border-radius:4px;padding:0 4px}
 .description{margin:0 0 8px}
@@ -200,10 +201,30 @@ function windowsOf(reports: ModelReport[]): Map<string, string> {
   return new Map(reports.filter((r) => r.analysis.window).map((r) => [r.model.name, windowSummary(r.analysis.window!, r.model.window)]));
 }
 
+/** The tables (reference tables) each model names, for the lineage. */
+function tablesOf(reports: ModelReport[]): Map<string, string[]> {
+  return new Map(reports.filter((r) => r.analysis.tables?.length).map((r) => [r.model.name, r.analysis.tables!]));
+}
+
+/** A reference table's section: where it is read from, how often, and the models joining it. */
+function referenceSection(r: Project['references'][number], g: Lineage): string {
+  const id = nodeId('reference', r.name);
+  const from = g.nodes.find((n) => n.id === id)?.type ?? '';
+  const read = r.csv ?? r.parquet ?? r.json ?? r.table ?? r.query ?? '';
+  return `<section class="reference" id="${esc(anchor(id))}" data-name="${esc(r.name)}">
+<h2><span class="badge reference">reference</span> ${esc(r.name)} <small>(${esc(from)})</small></h2>
+<table class="kv"><tr><th>declared in</th><td><code>${esc(r.file ?? 'config/models.yml')}</code></td></tr>
+<tr><th>reads</th><td><code>${esc(read)}</code></td></tr>
+<tr><th>refreshed</th><td>${esc(r.refresh_interval ? `every ${r.refresh_interval}` : 'at start only')}</td></tr>
+<tr><th>max_rows</th><td>${r.max_rows}</td></tr>
+<tr><th>joined by</th><td>${links(g.edges.filter((e) => e.from === id).map((e) => e.to))}</td></tr></table>
+</section>`;
+}
+
 /** The whole site: one self-contained HTML page (inline CSS, JS and SVG; nothing fetched). */
 export function renderSite(input: DocsInput): string {
   const { project, reports } = input;
-  const g = buildLineage(project, windowsOf(reports));
+  const g = buildLineage(project, windowsOf(reports), tablesOf(reports));
   const connector = (kind: 'source' | 'sink', s: { name: string; type: string; file: string; cfg: Record<string, unknown> }) => {
     const id = nodeId(kind, s.name);
     const edges = kind === 'source' ? g.edges.filter((e) => e.from === id).map((e) => e.to) : g.edges.filter((e) => e.to === id).map((e) => e.from);
@@ -216,7 +237,7 @@ ${fixture ? `<tr><th>fixture</th><td><code>${esc(path.relative(project.dir, fixt
 <h3>Settings</h3>${configTable(s.cfg)}
 </section>`;
   };
-  const navList = (kind: 'source' | 'model' | 'sink', names: string[]) =>
+  const navList = (kind: 'source' | 'reference' | 'model' | 'sink', names: string[]) =>
     `<h4>${kind}s</h4><ul>${names.map((n) => `<li data-name="${esc(n)}"><a href="#${esc(anchor(nodeId(kind, n)))}">${esc(n)}</a></li>`).join('')}</ul>`;
   const stamp = input.generatedAt.toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
   return `<!doctype html>
@@ -236,6 +257,14 @@ ${navList(
   'source',
   project.sources.map((s) => s.name),
 )}
+${
+  project.references.length
+    ? navList(
+        'reference',
+        project.references.map((r) => r.name),
+      )
+    : ''
+}
 ${navList(
   'model',
   project.models.map((m) => m.name),
@@ -253,6 +282,7 @@ ${navList(
 </section>
 ${reports.map((r) => modelSection(input, g, r)).join('\n')}
 ${project.sources.map((s) => connector('source', s)).join('\n')}
+${project.references.map((r) => referenceSection(r, g)).join('\n')}
 ${project.sinks.map((s) => connector('sink', s)).join('\n')}
 </main>
 <script>${JS}</script>
@@ -268,7 +298,7 @@ export async function writeSite(input: DocsInput, outDir: string): Promise<strin
   const tmp = `${page}.tmp`;
   await fsp.writeFile(tmp, renderSite(input));
   await fsp.rename(tmp, page);
-  await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project, windowsOf(input.reports)), null, 2) + '\n');
+  await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project, windowsOf(input.reports), tablesOf(input.reports)), null, 2) + '\n');
   return page;
 }
 
