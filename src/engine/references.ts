@@ -1,6 +1,8 @@
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import type { Logger } from 'pino';
 import { SluiceError, errorMessage } from '../errors.js';
@@ -42,15 +44,22 @@ function where(r: ReferenceDef): string {
  * database that cannot be reached is retried (0: one attempt).
  */
 export async function loadReference(conn: DuckDBConnection, dir: string, r: ReferenceDef, table: string, opts: { connectWindowMs: number; log?: Logger }): Promise<number> {
+  let fetched: string | undefined;
   try {
-    const file = (x: string) => lit(path.resolve(dir, x));
-    if (r.csv !== undefined) await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_csv(${file(r.csv)}, header = true)`);
-    else if (r.parquet !== undefined) await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_parquet(${file(r.parquet)})`);
-    else if (r.json !== undefined) await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_json_auto(${file(r.json)})`);
+    const file = async (x: string) => {
+      if (!x.startsWith('s3://')) return lit(path.resolve(dir, x));
+      fetched = await fetchS3(r, x);
+      return lit(fetched);
+    };
+    if (r.csv !== undefined) await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_csv(${await file(r.csv)}, header = true)`);
+    else if (r.parquet !== undefined) await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_parquet(${await file(r.parquet)})`);
+    else if (r.json !== undefined) await conn.run(`CREATE OR REPLACE TABLE ${table} AS SELECT * FROM read_json_auto(${await file(r.json)})`);
     else await loadFromDatabase(conn, r, table, opts);
   } catch (err) {
     if (err instanceof SluiceError && err.code === 'CONNECT') throw err;
     throw new SluiceError('CONFIG', `${where(r)}: ${maskText(cleanError(err))}`);
+  } finally {
+    if (fetched) await fsp.rm(path.dirname(fetched), { recursive: true, force: true });
   }
   const rows = Number((await conn.runAndReadAll(`SELECT count(*) FROM ${table}`)).getRowsJS()[0][0]);
   if (rows > r.max_rows) {
@@ -58,6 +67,30 @@ export async function loadReference(conn: DuckDBConnection, dir: string, r: Refe
     throw new SluiceError('CONFIG', `${where(r)}: ${rows} rows, over max_rows (${r.max_rows}); raise max_rows if the memory is there, or load fewer rows (query:)`);
   }
   return rows;
+}
+
+/** Downloads s3://bucket/key into a temp directory of its own (the caller removes it); returns the file. */
+async function fetchS3(r: ReferenceDef, url: string): Promise<string> {
+  const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(url);
+  if (!m) throw new Error(`${url} is not s3://<bucket>/<key>`);
+  const { S3Client, GetObjectCommand } = await import('@aws-sdk/client-s3');
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  const client = new S3Client({
+    region: r.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    ...(r.endpoint ? { endpoint: r.endpoint } : {}),
+    forcePathStyle: r.force_path_style ?? false,
+  });
+  const tmp = path.join(await fsp.mkdtemp(path.join(os.tmpdir(), 'sluice-ref-')), path.basename(m[2]));
+  try {
+    const got = await client.send(new GetObjectCommand({ Bucket: m[1], Key: m[2] }));
+    await pipeline(got.Body as NodeJS.ReadableStream, fs.createWriteStream(tmp));
+    return tmp;
+  } catch (err) {
+    await fsp.rm(path.dirname(tmp), { recursive: true, force: true });
+    throw new Error(`reading ${url}: ${errorMessage(err)}`);
+  } finally {
+    client.destroy();
+  }
 }
 
 /** The rows of a table or query, read as JSON objects: DuckDB infers the column types as it does for a file. */

@@ -46,6 +46,9 @@ export interface ReferenceDef {
   query?: string;
   refresh_interval?: string;
   max_rows: number;
+  endpoint?: string;
+  region?: string;
+  force_path_style?: boolean;
   file?: string;
   line?: number;
 }
@@ -127,9 +130,12 @@ const REFERENCE_FROM = ['csv', 'parquet', 'json', 'postgres', 'mysql'] as const;
 
 export const referenceSchema = z
   .object({
-    csv: z.string().min(1).optional().describe('a CSV file with a header row, relative to the project directory'),
-    parquet: z.string().min(1).optional().describe('a Parquet file (or glob), relative to the project directory'),
-    json: z.string().min(1).optional().describe('a JSON file (an array, or one object a line), relative to the project directory'),
+    csv: z.string().min(1).optional().describe('a CSV file with a header row: relative to the project directory, or s3://bucket/key'),
+    parquet: z.string().min(1).optional().describe('a Parquet file (or a local glob): relative to the project directory, or s3://bucket/key'),
+    json: z.string().min(1).optional().describe('a JSON file (an array, or one object a line): relative to the project directory, or s3://bucket/key'),
+    endpoint: z.string().url().optional().describe('an s3:// file: the S3-compatible endpoint URL (MinIO, s3rver); default AWS'),
+    region: z.string().min(1).optional().describe('an s3:// file: the region (default: AWS_REGION, else us-east-1)'),
+    force_path_style: z.boolean().optional().describe('an s3:// file: address buckets as <endpoint>/<bucket> (MinIO, s3rver)'),
     postgres: z.string().min(1).optional().describe('a PostgreSQL connection URL, with table: or query:'),
     mysql: z.string().min(1).optional().describe('a MySQL / MariaDB connection URL, with table: or query:'),
     table: z.string().min(1).optional().describe('with postgres or mysql: the table to load'),
@@ -145,6 +151,10 @@ export const referenceSchema = z
     if (db && (r.table === undefined) === (r.query === undefined))
       ctx.addIssue({ code: 'custom', message: `${r.postgres !== undefined ? 'postgres' : 'mysql'} needs exactly one of table: or query:` });
     if (!db && (r.table !== undefined || r.query !== undefined)) ctx.addIssue({ code: 'custom', message: 'table: and query: go with postgres: or mysql:, not a file' });
+    const s3 = [r.csv, r.parquet, r.json].some((f) => f?.startsWith('s3://'));
+    for (const k of ['endpoint', 'region', 'force_path_style'] as const) {
+      if (r[k] !== undefined && !s3) ctx.addIssue({ code: 'custom', path: [k], message: `${k} applies to an s3:// file only` });
+    }
   });
 
 /**

@@ -50,7 +50,7 @@ export function referencesOf(models: ModelsFile, dir: string, issues: ConfigIssu
     const key = (['csv', 'parquet', 'json'] as const).find((k) => r[k] !== undefined);
     const file = key && r[key]!;
     // A glob (Parquet) is checked when it is read.
-    if (key && file && !/[*?[]/.test(file) && !fs.existsSync(path.resolve(dir, file)))
+    if (key && file && !file.startsWith('s3://') && !/[*?[]/.test(file) && !fs.existsSync(path.resolve(dir, file)))
       issues.push({
         file: r.file!,
         line: modYaml?.lineOf(['references', r.name, key]),

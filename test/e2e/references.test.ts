@@ -4,6 +4,8 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, jsonLogs, sluice, sluiceAsync, sluiceBg, tempDir, until, untilEvent, waitExit, writeFiles } from '../helpers/cli.js';
 import { metric, scrape } from '../helpers/metrics.js';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { startS3 } from '../helpers/s3.js';
 import { lockPostgres, myQuery, pgQuery } from '../helpers/sql-db.js';
 
 // Lookup joins: models join reference tables (config/models.yml references:) by name. Files of
@@ -131,6 +133,38 @@ LEFT JOIN regions AS g ON g.code = c.country
     const q = await sluiceAsync(['run', '--project', p, '--port', '0']);
     expect(q.code).toBe(2);
     expect(q.stderr.trim().split('\n').at(-1)).toMatch(new RegExp(`^error: ${p}/config/models.yml:2: reference customers: .*no_such_table_${id}.* does not exist`));
+  });
+
+  it('a reference file on S3 (s3rver) is read at start', async () => {
+    const s3 = await startS3();
+    try {
+      await s3.createBucket('refs');
+      await s3.client.send(new PutObjectCommand({ Bucket: 'refs', Key: 'crm/customers.csv', Body: 'id,name\n0,zero\n1,one\n' }));
+      const p = path.join(root, 's3');
+      writeFiles(p, {
+        'config/sources.yml': 'source:\n  type: file\n  path: data\n',
+        'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+        'config/models.yml': `references:\n  customers:\n    csv: s3://refs/crm/customers.csv\n    endpoint: ${s3.endpoint}\n    force_path_style: true\n`,
+        'models/enriched.sql': 'SELECT o.id, c.name FROM incoming AS o LEFT JOIN customers AS c ON c.id = o.customer\n',
+        'data/orders.ndjson': `${ORDERS.slice(0, 3)
+          .map((o) => JSON.stringify(o))
+          .join('\n')}\n`,
+      });
+      const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: s3.env });
+      expect(r.code, r.stderr.slice(-2000)).toBe(0);
+      expect(rows(p, 'enriched').sort((a, b) => Number(a.id) - Number(b.id))).toEqual([
+        { id: 0, name: 'zero' },
+        { id: 1, name: 'one' },
+        { id: 2, name: null },
+      ]);
+      // An object that is not there: one line at start.
+      fs.writeFileSync(path.join(p, 'config/models.yml'), `references:\n  customers:\n    csv: s3://refs/crm/nope.csv\n    endpoint: ${s3.endpoint}\n    force_path_style: true\n`);
+      const q = await sluiceAsync(['run', '--project', p, '--port', '0'], { env: s3.env });
+      expect(q.code).toBe(2);
+      expect(q.stderr.trim().split('\n').at(-1)).toMatch(/^error: .*config\/models\.yml:2: reference customers: reading s3:\/\/refs\/crm\/nope\.csv: .*(NoSuchKey|does not exist)/);
+    } finally {
+      await s3.stop();
+    }
   });
 
   it('validate names a table a model reads that is not a declared reference', () => {
