@@ -16,7 +16,7 @@ import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type Comp
 import { PgWindowStore } from './window-store.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
-import { ReferenceTables } from './references.js';
+import { ReferenceTables, referencesNamed } from './references.js';
 import { asInfraError } from './infra-errors.js';
 import { dlqDefaultsBesideWal } from '../connectors/registry.js';
 import { asCheckpoint, type Checkpoint } from './checkpoint.js';
@@ -203,7 +203,9 @@ export class Pipeline {
     this.loadConn = await this.instance.connect();
     this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy), this.clock);
     await this.executor.init();
-    this.references = await ReferenceTables.open(this.instance, this.conn, project, this.log);
+    // The references this pipeline's models name, and those its data tests check against.
+    const refNames = new Set([...referencesNamed(project, this.models), ...this.models.flatMap((m) => m.dataTests.flatMap((t) => (t.to ? [t.to] : [])))]);
+    this.references = await ReferenceTables.open(this.instance, this.conn, project, refNames, this.log);
     this.tests = await BatchTests.create(this.conn, project, this.models, this.log, { referencesLoaded: true });
 
     const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));

@@ -235,20 +235,24 @@ export class ReferenceTables {
     private readonly now: () => number,
   ) {}
 
-  /** Loads every declared reference into `conn`'s DuckDB and starts the refreshes. */
-  static async open(instance: DuckDBInstance, conn: DuckDBConnection, project: Project, log: Logger, now: () => number = Date.now): Promise<ReferenceTables | undefined> {
-    if (project.references.length === 0) return undefined;
-    const refreshing = project.references.some((r) => r.refresh_interval !== undefined);
+  /**
+   * Loads the references `names` (those a pipeline's models and data tests use) into `conn`'s
+   * DuckDB and starts their refreshes.
+   */
+  static async open(instance: DuckDBInstance, conn: DuckDBConnection, project: Project, names: Set<string>, log: Logger, now: () => number = Date.now): Promise<ReferenceTables | undefined> {
+    const used = project.references.filter((r) => names.has(r.name));
+    if (used.length === 0) return undefined;
+    const refreshing = used.some((r) => r.refresh_interval !== undefined);
     const refs = new ReferenceTables(conn, refreshing ? await instance.connect() : undefined, project, log, now);
     await conn.run(`CREATE SCHEMA IF NOT EXISTS ${REF_SCHEMA}`);
-    for (const r of project.references) {
+    for (const r of used) {
       const rows = await loadReference(conn, project.dir, r, refs.table(r.name), { connectWindowMs: CONNECT_WINDOW_MS, log });
       refs.states.set(r.name, { version: 1, rows, loadedAt: now(), refreshFailures: 0 });
       log.info({ reference: r.name, rows, from: origin(r), refresh: r.refresh_interval ?? 'never' }, 'reference table loaded');
     }
     // A model names a reference as a table: DuckDB looks it up in sluice_ref after main.
     await conn.run(`SET search_path = 'main,${REF_SCHEMA}'`);
-    for (const r of project.references) {
+    for (const r of used) {
       if (r.refresh_interval === undefined) continue;
       const every = Math.max(100, durationMs(r.refresh_interval));
       const t = setInterval(() => refs.refresh(r), every);
