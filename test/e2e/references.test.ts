@@ -4,6 +4,7 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, jsonLogs, sluice, sluiceAsync, sluiceBg, tempDir, until, untilEvent, waitExit, writeFiles } from '../helpers/cli.js';
 import { metric, scrape } from '../helpers/metrics.js';
+import { jsonlRows } from '../helpers/output.js';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { startS3 } from '../helpers/s3.js';
 import { lockPostgres, myQuery, pgQuery } from '../helpers/sql-db.js';
@@ -29,15 +30,7 @@ afterAll(async () => {
   release();
 });
 
-function rows(p: string, model: string): Record<string, unknown>[] {
-  const dir = path.join(p, 'output', model);
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
-    .filter((f) => f.endsWith('.jsonl'))
-    .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
+const rows = jsonlRows;
 
 const ORDERS = Array.from({ length: 500 }, (_, i) => ({ id: i, customer: i % 7, ccy: ['EUR', 'USD', 'GBP', 'JPY'][i % 4], amount: i * 3 }));
 

@@ -5,6 +5,7 @@ import { createClient } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonLogs, killRepeatedly, sluice, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
+import { jsonlRows } from '../helpers/output.js';
 import { lockPostgres, myQuery, pgQuery } from '../helpers/sql-db.js';
 import { BATCH_QUERIES, WINDOW_MODELS } from '../helpers/window-data.js';
 
@@ -29,15 +30,7 @@ interface Row {
   _retracted: boolean;
 }
 
-function outputRows(p: string): Row[] {
-  const dir = path.join(p, 'output', 'sessions');
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
-    .filter((f) => f.endsWith('.jsonl'))
-    .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-    .map((l) => JSON.parse(l) as Row);
-}
+const outputRows = (p: string) => jsonlRows<Row>(p, 'sessions');
 
 /** The latest version of each session (user, start), less the retracted ones, as "user start end clicks first last". */
 function latest(rows: Row[]): string[] {

@@ -4,6 +4,7 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
 import { jsonLogs, killRepeatedly, sluice, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
+import { jsonlRows } from '../helpers/output.js';
 import { compareWithBatch, loadEvents, WINDOW_MODELS, WINDOW_MODELS_YML, writeClicks } from '../helpers/window-data.js';
 
 // Windowed aggregation, end to end through the CLI on real files: each kind of window gives
@@ -13,17 +14,6 @@ import { compareWithBatch, loadEvents, WINDOW_MODELS, WINDOW_MODELS_YML, writeCl
 
 const root = tempDir('sluice-windows-');
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
-
-/** A model's rows in a project's JSONL output (none while it has no file). */
-function jsonlRows<T = Record<string, unknown>>(p: string, model: string): T[] {
-  const dir = path.join(p, 'output', model);
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
-    .filter((f) => f.endsWith('.jsonl'))
-    .flatMap((f) => fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean))
-    .map((l) => JSON.parse(l) as T);
-}
 
 const MODELS = ['revenue', 'moving', 'sessions', 'buckets', 'revenue_5m', 'revenue_eur'];
 
