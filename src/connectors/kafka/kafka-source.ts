@@ -372,7 +372,7 @@ export class KafkaSource implements Source {
         }
         if (Date.now() - rebalancingSince > this.revokeTimeout) {
           this.log.warn(
-            { partition: fetch.tp, revoke_timeout_ms: this.revokeTimeout },
+            { partition: fetch.tp, offsets: `${fetch.messages[0]?.offset}..${fetch.messages[fetch.messages.length - 1]?.offset}`, revoke_timeout_ms: this.revokeTimeout },
             'a rebalance waited too long for batches in flight; letting the partition go uncommitted (its new owner may read them again)',
           );
           this.queue.release(fetch);
