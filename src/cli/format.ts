@@ -1,5 +1,6 @@
 import type { SqlAnalysis } from '../sql/analyze.js';
 import type { WindowedQuery } from '../sql/windows.js';
+import type { IntervalJoinQuery } from '../sql/joins.js';
 import { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project-types.js';
 /** Renders rows as an aligned text table. */
 export function formatTable(columns: { name: string; type?: string }[], rows: Record<string, unknown>[], maxWidth = 40): string {
@@ -21,9 +22,10 @@ export function formatTable(columns: { name: string; type?: string }[], rows: Re
 }
 
 /** "stateless", "windowed: the window, watermark and late policy", or "stateful: why". */
-export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window'>, settings?: WindowSettings): string {
+export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window' | 'join'>, settings?: WindowSettings): string {
   if (analysis.stateful.length) return `stateful: ${analysis.stateful.join('; ')}`;
   if (analysis.window) return `windowed: ${windowSummary(analysis.window, settings)}`;
+  if (analysis.join) return `stream join: ${joinSummary(analysis.join, settings)}`;
   return 'stateless';
 }
 
@@ -34,5 +36,13 @@ export function windowSummary(w: WindowedQuery, settings: WindowSettings = DEFAU
   if (s.late === 'update') parts.push(`allowed_lateness ${s.allowedLateness}`);
   if (s.maxSessionDuration) parts.push(`max_session_duration ${s.maxSessionDuration}`);
   if (s.maxGroupsPerWindow) parts.push(`max_groups_per_window ${s.maxGroupsPerWindow} (${s.onMaxGroups})`);
+  return parts.join(' · ');
+}
+
+/** A stream join's kind, inputs, bound, watermark and late policy, in one line. */
+export function joinSummary(j: IntervalJoinQuery, settings: WindowSettings = DEFAULT_WINDOW_SETTINGS): string {
+  const s = settings;
+  const parts = [`${j.kind} join of ${j.left.alias} and ${j.right.alias} on ${j.written}`, `watermark: max time - ${s.lateness}`, `idle partitions after ${s.idleTimeout}`, `late: ${s.late}`];
+  if (s.late === 'reopen') parts.push(`allowed_lateness ${s.allowedLateness}`);
   return parts.join(' · ');
 }

@@ -11,8 +11,10 @@ import { asInfraError } from './infra-errors.js';
 import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractReport, type ModelContract } from './contracts.js';
 import { stopwatch } from './batch-load.js';
 import { DEFAULT_WINDOW_SETTINGS, WindowOperator, type WindowSettings } from './windows.js';
-import { WindowSet } from './window-set.js';
+import { WindowSet, type StateOperator } from './window-set.js';
+import { JoinOperator } from './joins.js';
 import type { WindowedQuery } from '../sql/windows.js';
+import type { IntervalJoinQuery } from '../sql/joins.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { BatchDecoder, partitionRuns, cleanError, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
 
@@ -33,12 +35,15 @@ export interface CompiledModel {
   contract?: ModelContract;
   /** A windowed aggregation (engine/windows.ts runs it; `sql` is then its input). */
   window?: WindowedQuery;
-  /** A windowed model's settings (config/models.yml `overrides.<model>.window`). */
+  /** A windowed model's or a stream join's settings (config/models.yml `overrides.<model>.window`). */
   windowSettings?: WindowSettings;
+  /** A stream-stream interval join (engine/joins.ts runs it; `sql` then holds its two inputs). */
+  join?: IntervalJoinQuery;
 }
 
 /** The SQL text of a model in which metadata columns may be mentioned. */
 function modelText(m: CompiledModel): string[] {
+  if (m.join) return [m.join.left.input, m.join.right.input, m.join.left.time, m.join.right.time, m.join.emit];
   return m.window ? [m.sql, m.window.time, ...m.window.keys, m.window.emit] : [m.sql];
 }
 
@@ -71,6 +76,12 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     if (typeIssues.length) throw new SluiceError('CONFIG', typeIssues.map((i) => `${i.file}${i.line ? `:${i.line}` : ''}: ${i.key}: ${i.message}`).join('\n'));
     if (a.window) {
       out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.window.input, stateful: [], outputColumns: a.outputColumns, window: a.window, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      continue;
+    }
+    if (a.join) {
+      // `sql`: the two inputs, for what reads it to see which relations the model reads (it never runs as such).
+      const sql = `${a.join.left.input}\n${a.join.right.input}`;
+      out.push({ name: m.name, file: m.file, refs: m.refs, sql, stateful: [], outputColumns: a.outputColumns, join: a.join, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
       continue;
     }
     out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns, contract: m.contract });
@@ -116,7 +127,13 @@ export class BatchExecutor {
   ) {
     this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed(modelText(m))]));
     this.decoder = new BatchDecoder(loadConn, metaColumnsUsed(models.flatMap(modelText)), rules);
-    this.windows = new WindowSet(new Map(models.filter((m) => m.window).map((m) => [m.name, new WindowOperator(conn, m.name, m.window!, m.windowSettings ?? DEFAULT_WINDOW_SETTINGS, clock)])));
+    const ops = new Map<string, StateOperator>();
+    for (const m of models) {
+      const s = m.windowSettings ?? DEFAULT_WINDOW_SETTINGS;
+      if (m.window) ops.set(m.name, new WindowOperator(conn, m.name, m.window, s, clock));
+      else if (m.join) ops.set(m.name, new JoinOperator(conn, m.name, m.join, s, clock));
+    }
+    this.windows = new WindowSet(ops);
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
   }
 
@@ -369,7 +386,7 @@ export class BatchExecutor {
     const out = new Map<string, string>();
     for (const m of this.models) {
       const t = targets.get(m.name);
-      if (t && !referenced.has(m.name) && !m.window) out.set(m.name, t);
+      if (t && !referenced.has(m.name) && !m.window && !m.join) out.set(m.name, t);
     }
     return out;
   }

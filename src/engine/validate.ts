@@ -4,6 +4,7 @@ import { analyzeSql, expressionColumns, reservedColumn, type SqlAnalysis } from 
 import type { ModelDef, NamedSink, Project } from '../project/project-loader.js';
 import { resolveContractTypes } from './contracts.js';
 import { DEFAULT_WINDOW_SETTINGS, engineColumns, windowIntervals } from './windows.js';
+import { SETTINGS_ONLY } from './joins.js';
 
 export interface ModelReport {
   model: ModelDef;
@@ -40,8 +41,8 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     }
     if (analysis.stateful.length && !opts.allowStateful) {
       issues.push(
-        analysis.windowed
-          ? { file: m.file, message: `model ${m.name} groups by a window, but ${analysis.stateful.join('; ')}` }
+        analysis.windowed || analysis.joined
+          ? { file: m.file, message: `model ${m.name} ${analysis.joined ? 'joins two streams' : 'groups by a window'}, but ${analysis.stateful.join('; ')}` }
           : {
               file: m.file,
               message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; an aggregation across messages needs a window: GROUP BY TUMBLE(ts, size), HOP(ts, slide, size), SESSION(ts, gap) or time_bucket(size, ts)`,
@@ -49,26 +50,12 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       );
     }
     const at = { file: m.windowAt?.file ?? m.file, line: m.windowAt?.line, key: `overrides.${m.name}.window` };
+    if (analysis.window && m.window?.late === 'reopen') issues.push({ ...at, message: `model ${m.name}: late: reopen is for stream joins; a window takes drop, dlq or update` });
+    if (analysis.join) issues.push(...(await joinIssues(conn, m, at, project)));
+    if (analysis.window || analysis.join) issues.push(...dlqTestIssues(m, analysis.window ? 'windowed model' : 'stream join', project, dlqTests));
     if (analysis.window) {
       const r = await windowIntervals(conn, analysis.window, m.window ?? DEFAULT_WINDOW_SETTINGS);
       if ('problem' in r) issues.push({ ...(m.window ? at : { file: m.file }), message: `model ${m.name}: ${r.problem}` });
-      // A window's row comes from many messages: there is no one message to dead-letter for it;
-      // and a message a data test dead-letters after the models ran would stay in the windows.
-      for (const other of project.models.filter((x) => x.source === m.source)) {
-        for (const t of other.dataTests.filter((x) => x.onFailure === 'dlq')) {
-          // Once per test, however many windowed models share the source.
-          if (dlqTests.has(t)) continue;
-          dlqTests.add(t);
-          issues.push({
-            file: t.file ?? other.file,
-            line: t.line,
-            message:
-              other === m
-                ? `data test ${t.name} of windowed model ${m.name}: on_failure: dlq needs a row's message, and a window's row has many; use warn or fail`
-                : `data test ${t.name} of model ${other.name}: on_failure: dlq is not supported yet beside a windowed model of the same source (${m.name}): the message would stay in its windows; use warn or fail`,
-          });
-        }
-      }
       if (m.contract) {
         issues.push({
           file: m.contract.file ?? m.file,
@@ -77,7 +64,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
         });
       }
       if (project.windowState) issues.push(...windowStateIssues(m, analysis.window.keys, reports));
-    } else if (m.window && !analysis.error) {
+    } else if (m.window && !analysis.error && !analysis.join && !analysis.joined) {
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
     // The engine's columns (_revision, _retracted) are the model's too, for its sinks.
@@ -90,6 +77,55 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
   }
   issues.push(...unpartitionedSources(project, reports));
   return { issues, reports };
+}
+
+/**
+ * Data tests with on_failure: dlq beside a stateful model of the same source (each test once in
+ * `done`): a window's row comes from many messages (a join's from two), so there is no one
+ * message to dead-letter for it; and a message a test dead-letters after the models ran would
+ * stay in the model's state.
+ */
+function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join', project: Project, done: Set<unknown>): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  for (const other of project.models.filter((x) => x.source === m.source)) {
+    for (const t of other.dataTests.filter((x) => x.onFailure === 'dlq')) {
+      if (done.has(t)) continue;
+      done.add(t);
+      issues.push({
+        file: t.file ?? other.file,
+        line: t.line,
+        message:
+          other === m
+            ? `data test ${t.name} of ${what} ${m.name}: on_failure: dlq needs a row's message, and a ${what === 'windowed model' ? "window's row has many" : "join's row has two"}; use warn or fail`
+            : `data test ${t.name} of model ${other.name}: on_failure: dlq is not supported yet beside a ${what} of the same source (${m.name}): the message would stay in its state; use warn or fail`,
+      });
+    }
+  }
+  return issues;
+}
+
+/** What a stream join cannot take: its settings, a state store, a contract. */
+async function joinIssues(conn: DuckDBConnection, m: ModelDef, at: Omit<ConfigIssue, 'message'>, project: Project): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  const s = m.window ?? DEFAULT_WINDOW_SETTINGS;
+  if (s.late === 'update') issues.push({ ...at, message: `model ${m.name} joins two streams: late: update is for windows; a stream join takes drop, dlq or reopen` });
+  if (s.maxSessionDuration || s.maxGroupsPerWindow) issues.push({ ...at, message: `model ${m.name} joins two streams: max_session_duration and max_groups_per_window are for windows` });
+  const r = await windowIntervals(conn, SETTINGS_ONLY, s);
+  if ('problem' in r) issues.push({ ...at, message: `model ${m.name}: ${r.problem}` });
+  if (project.windowState) {
+    issues.push({
+      file: m.file,
+      message: `model ${m.name} joins two streams: its state stays in the worker's WAL directory; window_state (state moving between workers) is not supported for joins yet: run one worker, without window_state`,
+    });
+  }
+  if (m.contract) {
+    issues.push({
+      file: m.contract.file ?? m.file,
+      line: m.contract.line,
+      message: `model ${m.name} joins two streams: schema contracts are not applied to stream joins yet; check the columns in a stateless model that refs it`,
+    });
+  }
+  return issues;
 }
 
 /** The tables a model names that are not reference tables (a typo, or a reference not declared). */

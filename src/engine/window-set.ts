@@ -5,7 +5,11 @@ import type { RawMessage } from '../connectors/types.js';
 import { backoff, sleep } from '../util/retry.js';
 import type { PartitionRun } from './decoder.js';
 import type { PartitionWrite, PgWindowStore } from './window-store.js';
+import type { JoinOperator } from './joins.js';
 import type { WindowCheckpoint, WindowOperator } from './windows.js';
+
+/** A model that keeps state between batches: a windowed aggregation or a stream join. */
+export type StateOperator = WindowOperator | JoinOperator;
 
 /**
  * The windowed models of a run, their state together. By default the state lives in the
@@ -43,7 +47,7 @@ export class WindowSet {
   private staged?: PartitionWrite[];
 
   constructor(
-    readonly ops: Map<string, WindowOperator>,
+    readonly ops: Map<string, StateOperator>,
     private dir = '',
   ) {}
 
@@ -51,7 +55,7 @@ export class WindowSet {
     return this.ops.size;
   }
 
-  get(model: string): WindowOperator | undefined {
+  get(model: string): StateOperator | undefined {
     return this.ops.get(model);
   }
 

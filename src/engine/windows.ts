@@ -51,6 +51,8 @@ export interface WindowCheckpoint {
   files: string[];
   /** Windows re-emitted by late updates: window start -> its last revision. */
   revisions?: Record<string, number>;
+  /** Stream joins: the id the next buffered row gets. */
+  next?: number;
 }
 
 /**
@@ -59,7 +61,7 @@ export interface WindowCheckpoint {
  * the offset), text without one is UTC (`Z` or nothing); a TIMESTAMP WITH TIME ZONE is taken at
  * its instant.
  */
-function eventTime(expr: string, type: string): string {
+export function eventTime(expr: string, type: string): string {
   if (type === 'VARCHAR' || type === 'JSON') {
     return `CASE WHEN regexp_matches(${expr}, ':\\d\\d(\\.\\d+)?[+-]\\d\\d(:?\\d\\d)?$') THEN make_timestamp(epoch_us(CAST(${expr} AS TIMESTAMPTZ))) ELSE CAST(${expr} AS TIMESTAMP) END`;
   }
@@ -120,6 +122,36 @@ export function engineColumns(w: WindowedQuery, s: WindowSettings): string[] {
   return w.kind === 'session' ? ['_revision', '_retracted'] : ['_revision'];
 }
 
+/**
+ * The minimum over the active partitions (seen within idle_timeout) of their largest event time,
+ * less the lateness (µs); over every partition with an event when none is active; undefined
+ * while an active partition has had no event yet (it holds the watermark), or none has had one.
+ */
+export function eventWatermark(parts: readonly PartState[], now: number, us: Pick<WindowIntervals, 'idle' | 'lateness'>): number | undefined {
+  const active = parts.filter((p) => now - p.seen <= us.idle / 1000);
+  if (active.some((p) => p.max === null)) return undefined;
+  const known = parts.filter((p) => p.max !== null);
+  const from = active.length ? active : known;
+  if (from.length === 0) return undefined;
+  return Math.min(...from.map((p) => p.max as number)) - us.lateness;
+}
+
+/** What a stateful model's run() is given (a windowed model's or a stream join's). */
+export interface OperatorRun {
+  batch?: string;
+  /** The executor's key of the input's schema. */
+  shape: string;
+  partitions: PartitionRun[];
+  /** The source partitions read now (undefined: not known). */
+  assigned?: string[];
+  /** The input ended: every window closes (every join row's bound is passed). */
+  closeAll?: boolean;
+  /** Time passed with no message. */
+  tick?: boolean;
+  /** With closeAll: the model reads what models closing before it emitted: take those rows first. */
+  input?: boolean;
+}
+
 /** After how many state files the state is rewritten as one. */
 const COMPACT_AFTER = 16;
 
@@ -151,21 +183,21 @@ interface Pending {
   rewrite?: boolean;
 }
 
-const NEG = Number.NEGATIVE_INFINITY;
-const POS = Number.POSITIVE_INFINITY;
+export const NEG = Number.NEGATIVE_INFINITY;
+export const POS = Number.POSITIVE_INFINITY;
 
 /** The source partition of message `msg` (SQL), from the batch's runs (in message order). */
-function partOf(runs: PartitionRun[], msg: string): string {
+export function partOf(runs: PartitionRun[], msg: string): string {
   if (runs.length === 0) return `''`;
   if (new Set(runs.map((r) => r.part)).size === 1) return lit(runs[0].part);
   return `CASE ${runs.map((r) => `WHEN ${msg} <= ${r.hi} THEN ${lit(r.part)}`).join(' ')} ELSE '' END`;
 }
 
-function nullIfNeg(us: number): number | null {
+export function nullIfNeg(us: number): number | null {
   return us === NEG ? null : us;
 }
 
-function ts(us: number): string {
+export function ts(us: number): string {
   if (us === NEG) return `'-infinity'::TIMESTAMP`;
   if (us === POS) return `'infinity'::TIMESTAMP`;
   return `make_timestamp(${Math.trunc(us)}::BIGINT)`;
@@ -325,16 +357,7 @@ export class WindowOperator {
    * `closeAll`: the input ended; every window closes. Returns messages refused (late, under
    * `late: dlq`), which leave the batch.
    */
-  async run(opts: {
-    batch?: string;
-    shape: string;
-    partitions: PartitionRun[];
-    assigned?: string[];
-    closeAll?: boolean;
-    tick?: boolean;
-    /** With closeAll: the model reads what models closing before it emitted: take those rows first. */
-    input?: boolean;
-  }): Promise<{ refused?: MessageFailure[] }> {
+  async run(opts: OperatorRun): Promise<{ refused?: MessageFailure[] }> {
     const closeAll = opts.closeAll === true;
     const tick = opts.tick === true;
     const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
@@ -693,13 +716,7 @@ export class WindowOperator {
   private watermark(parts: Map<string, PartState>): number {
     const now = this.clock.now();
     if (this.w.processing) return Math.max(this.fired, now * 1000 - this.us.lateness);
-    const active = [...parts.values()].filter((p) => now - p.seen <= this.us.idle / 1000);
-    // A partition read but without an event yet holds the watermark (until it goes idle).
-    if (active.some((p) => p.max === null)) return this.fired;
-    const known = [...parts.values()].filter((p) => p.max !== null) as { max: number; seen: number }[];
-    const from = active.length ? (active as { max: number; seen: number }[]) : known;
-    if (from.length === 0) return this.fired;
-    return Math.max(this.fired, Math.min(...from.map((p) => p.max)) - this.us.lateness);
+    return Math.max(this.fired, eventWatermark([...parts.values()], now, this.us) ?? NEG);
   }
 
   /** Makes this batch's state durable in `dir` (before the WAL commit); returns the checkpoint it commits. */

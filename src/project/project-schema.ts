@@ -73,12 +73,16 @@ const windowSchema = z
     lateness: durationSchema.optional().describe('allowed out-of-orderness: the watermark is the largest event time seen (per partition) less this (default 0)'),
     idle_timeout: durationSchema.optional().describe('a source partition with no message for this long stops holding the watermark back (default 60 seconds)'),
     late: z
-      .enum(['drop', 'dlq', 'update'])
+      .enum(['drop', 'dlq', 'update', 'reopen'])
       .optional()
       .describe(
-        'an event whose window was already emitted: drop it (counted), dead-letter it (default), or update the window (re-emitted with the next _revision; a session window also retracts, with _retracted, the sessions a late event merged away)',
+        'an event whose window was already emitted: drop it (counted), dead-letter it (default), or update the window (re-emitted with the next _revision; a session window also retracts, with _retracted, the sessions a late event merged away); a stream join: a row older than its watermark is dropped, dead-lettered, or (reopen) meets what the buffers still hold',
       ),
-    allowed_lateness: durationSchema.optional().describe('with late: update, how long after its end a window can still be updated (default 0)'),
+    allowed_lateness: durationSchema
+      .optional()
+      .describe(
+        'with late: update, how long after its end a window can still be updated; with late: reopen (a stream join), how long past the watermark its buffers are kept for late rows (default 0)',
+      ),
     max_session_duration: durationSchema.optional().describe('session windows: sessions are cut at multiples of this duration (from the epoch), so none is longer'),
     max_groups_per_window: z.number().int().positive().optional().describe('the most groups one window may hold (default: no limit)'),
     on_max_groups: z.enum(['fail', 'dlq']).optional().describe('past max_groups_per_window: stop the run (default) or dead-letter the messages that would add a group'),

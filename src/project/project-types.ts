@@ -75,7 +75,7 @@ export interface WindowSettings {
   /** A partition with no message for this long stops holding the watermark back. */
   idleTimeout: string;
   /** What happens to an event whose window was already emitted. */
-  late: 'drop' | 'dlq' | 'update';
+  late: 'drop' | 'dlq' | 'update' | 'reopen';
   /** Sessions are cut at multiples of this duration from the epoch (session windows). */
   maxSessionDuration?: string;
   /** Distinct groups one window may hold. */

@@ -1,5 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { lineAt, outputNames, rewriteQuery, serialize, walkExpr, type Ctx, type Node } from './parse-tree.js';
+import { intervalJoinQuery, type IntervalJoinQuery } from './joins.js';
 import { windowedQuery, type WindowedAnalysis } from './windows.js';
 
 export { MESSAGE_COL, MSG_COL, RESERVED_COLUMNS, reservedColumn, ROW_COL, WINDOW_COLUMNS } from './parse-tree.js';
@@ -10,6 +11,10 @@ export interface SqlAnalysis extends WindowedAnalysis {
   rewritten?: string;
   /** Tables the model names without a schema that are not incoming or a CTE (reference tables, say). */
   tables?: string[];
+  /** A stream-stream interval join (engine/joins.ts runs it). */
+  join?: IntervalJoinQuery;
+  /** The model is a stream join but does something one cannot (in `stateful`). */
+  joined?: boolean;
 }
 
 /**
@@ -62,6 +67,8 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
   const tables = namedTables(ast);
   const windowed = await windowedQuery(conn, sql, ast, aggs);
   if (windowed) return { ...windowed, tables };
+  const joined = await intervalJoinQuery(conn, ast, aggs);
+  if (joined) return { ...joined, tables };
   const stateful: string[] = [];
   const ctx: Ctx = { aggs, stateful, cteMsg: new Set(), sq: 0 };
   const outputColumns = outputNames(root);

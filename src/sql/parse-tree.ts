@@ -22,6 +22,9 @@ export const WINDOW_COLUMNS = {
   retracted: '__sluice_wx',
   /** Session windows under late: update: a state row's revision, as last emitted (NULL: 0 once emitted). */
   rowRev: '__sluice_rr',
+  /** Stream joins: a buffered row's id, and whether it has met a row of the other side (see engine/joins.ts). */
+  jid: '__sluice_jid',
+  matched: '__sluice_jm',
 } as const;
 /** Column names sluice keeps for its own: neither a message's top-level field nor a model's column may take one. */
 export const RESERVED_COLUMNS: readonly string[] = [
@@ -36,6 +39,8 @@ export const RESERVED_COLUMNS: readonly string[] = [
   WINDOW_COLUMNS.rev,
   WINDOW_COLUMNS.retracted,
   WINDOW_COLUMNS.rowRev,
+  WINDOW_COLUMNS.jid,
+  WINDOW_COLUMNS.matched,
 ];
 
 /** The reserved name `name` takes (compared as DuckDB does, ignoring case), if any. */
@@ -54,6 +59,19 @@ export async function serialize(conn: DuckDBConnection, sql: string): Promise<No
   const text = String(r.getRows()[0][0]);
   // 2^64-1 marks "no location"; it does not survive a JS number round trip.
   return JSON.parse(text.replaceAll('18446744073709551615', '0')) as Node;
+}
+
+/** A parse tree (of a statement) as SQL. */
+export async function deserialize(conn: DuckDBConnection, ast: Node): Promise<string> {
+  const r = await conn.runAndReadAll(`SELECT json_deserialize_sql($1::VARCHAR)`, [JSON.stringify(ast)]);
+  return String(r.getRows()[0][0]);
+}
+
+/** One expression of a parse tree as SQL. */
+export async function exprSql(conn: DuckDBConnection, node: Node): Promise<string> {
+  const ast = await serialize(conn, 'SELECT 1');
+  ast.statements[0].node.select_list = [{ ...node, alias: '' }];
+  return (await deserialize(conn, ast)).replace(/^SELECT /, '');
 }
 
 /** The 1-based line of a position in the SQL text. */

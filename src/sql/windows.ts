@@ -1,5 +1,5 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { colref, outputNames, rewriteQuery, serialize, walkExpr, WINDOW_COLUMNS, type Ctx, type Node } from './parse-tree.js';
+import { colref, deserialize, exprSql, outputNames, rewriteQuery, walkExpr, WINDOW_COLUMNS, type Ctx, type Node } from './parse-tree.js';
 
 // Windowed aggregation, as streamt (Flink SQL) and DuckDB write it:
 //   GROUP BY TUMBLE(ts, size) | HOP(ts, slide, size) | SESSION(ts, gap) | time_bucket(size, ts)
@@ -287,16 +287,4 @@ function replaceBounds(e: unknown): void {
     return;
   }
   for (const v of Object.values(x)) if (v && typeof v === 'object') replaceBounds(v);
-}
-
-async function deserialize(conn: DuckDBConnection, ast: Node): Promise<string> {
-  const r = await conn.runAndReadAll(`SELECT json_deserialize_sql($1::VARCHAR)`, [JSON.stringify(ast)]);
-  return String(r.getRows()[0][0]);
-}
-
-/** One expression of a parse tree as SQL. */
-async function exprSql(conn: DuckDBConnection, node: Node): Promise<string> {
-  const ast = await serialize(conn, 'SELECT 1');
-  ast.statements[0].node.select_list = [{ ...node, alias: '' }];
-  return (await deserialize(conn, ast)).replace(/^SELECT /, '');
 }

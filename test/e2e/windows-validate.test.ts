@@ -75,7 +75,7 @@ describe('sluice validate: windowed models', () => {
       `overrides.per_minute.window.lateness: "ten seconds" is not a duration: a number of seconds, or a number and a unit (ms, s, m, h, d), such as '10 seconds'`,
     ],
     ['an unknown key', 'latenes: 10 seconds', 'overrides.per_minute.window.latenes: unknown key "latenes" (did you mean "lateness"?)'],
-    ['an unknown late policy', 'late: later', 'overrides.per_minute.window.late: Invalid option: expected one of "drop"|"dlq"|"update"'],
+    ['an unknown late policy', 'late: later', 'overrides.per_minute.window.late: Invalid option: expected one of "drop"|"dlq"|"update"|"reopen"'],
   ])('a window: block with %s is refused with file, line and key', async (name, bad, message) => {
     const p = project(name.replaceAll(' ', '-'), {
       'config/models.yml': `# settings of the windowed model\noverrides:\n  per_minute:\n    description: events per user per minute\n    window:\n      idle_timeout: 30 seconds\n      ${bad}\n`,
