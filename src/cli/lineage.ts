@@ -15,6 +15,8 @@ export interface LineageNode {
   line?: number;
   /** A windowed model's window, watermark and late-data policy (see windowSummary). */
   window?: string;
+  /** A stream join's kind, inputs, bound and late-data policy (see joinSummary). */
+  join?: string;
 }
 
 export interface LineageEdge {
@@ -40,11 +42,23 @@ function referenceType(r: Project['references'][number]): string {
  * analyzeSql), model -> the models that ref() it, model -> its sinks. Nodes in order: sources,
  * reference tables, models in DAG order, sinks.
  */
-export function buildLineage(project: Project, windows: ReadonlyMap<string, string> = new Map(), tables: ReadonlyMap<string, string[]> = new Map()): Lineage {
+export function buildLineage(
+  project: Project,
+  windows: ReadonlyMap<string, string> = new Map(),
+  tables: ReadonlyMap<string, string[]> = new Map(),
+  joins: ReadonlyMap<string, string> = new Map(),
+): Lineage {
   const nodes: LineageNode[] = [
     ...project.sources.map((s) => ({ id: nodeId('source', s.name), kind: 'source' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
     ...project.references.map((r) => ({ id: nodeId('reference', r.name), kind: 'reference' as const, name: r.name, type: referenceType(r), file: r.file, line: r.line })),
-    ...project.models.map((m) => ({ id: nodeId('model', m.name), kind: 'model' as const, name: m.name, file: m.file, ...(windows.has(m.name) ? { window: windows.get(m.name) } : {}) })),
+    ...project.models.map((m) => ({
+      id: nodeId('model', m.name),
+      kind: 'model' as const,
+      name: m.name,
+      file: m.file,
+      ...(windows.has(m.name) ? { window: windows.get(m.name) } : {}),
+      ...(joins.has(m.name) ? { join: joins.get(m.name) } : {}),
+    })),
     ...project.sinks.map((s) => ({ id: nodeId('sink', s.name), kind: 'sink' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
   ];
   const edges: LineageEdge[] = [];
@@ -86,7 +100,7 @@ export function focusLineage(g: Lineage, model: string, direction: 'upstream' | 
   return { nodes: g.nodes.filter((n) => keep.has(n.id)), edges: g.edges.filter((e) => keep.has(e.from) && keep.has(e.to)) };
 }
 
-const label = (n: LineageNode): string => `${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}${n.window ? ` [windowed: ${n.window}]` : ''}`;
+const label = (n: LineageNode): string => `${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}${n.window ? ` [windowed: ${n.window}]` : ''}${n.join ? ` [stream join: ${n.join}]` : ''}`;
 
 /**
  * A readable tree. Downstream: from each root (sources, or the focused model) to the sinks.
@@ -116,7 +130,8 @@ export function asciiTree(g: Lineage, roots: string[], direction: 'upstream' | '
 export function mermaid(g: Lineage): string {
   const id = (x: string) => x.replace(/[^A-Za-z0-9_]/g, '_');
   const clean = (x: string) => x.replace(/[<>]/g, '').replaceAll('"', "'");
-  const text = (n: LineageNode) => `"${clean(`${n.name}${n.type ? ` (${n.type})` : ''}`)}${n.window ? `<br/>${clean(n.window.split(' · ')[0])}` : ''}"`;
+  const text = (n: LineageNode) =>
+    `"${clean(`${n.name}${n.type ? ` (${n.type})` : ''}`)}${n.window ? `<br/>${clean(n.window.split(' · ')[0])}` : ''}${n.join ? `<br/>${clean(n.join.split(' · ')[0])}` : ''}"`;
   const shape = (n: LineageNode) => (n.kind === 'source' ? `([${text(n)}])` : n.kind === 'sink' ? `[(${text(n)})]` : n.kind === 'reference' ? `[/${text(n)}/]` : `[${text(n)}]`);
   const lines = ['flowchart LR'];
   for (const n of g.nodes) lines.push(`  ${id(n.id)}${shape(n)}`);
@@ -142,10 +157,10 @@ export interface LineageOptions {
 }
 
 /** What `sluice lineage` prints. */
-export function renderLineage(project: Project, o: LineageOptions, windows?: ReadonlyMap<string, string>, tables?: ReadonlyMap<string, string[]>): string {
+export function renderLineage(project: Project, o: LineageOptions, windows?: ReadonlyMap<string, string>, tables?: ReadonlyMap<string, string[]>, joins?: ReadonlyMap<string, string>): string {
   if (o.upstream && o.downstream) throw new SluiceError('USAGE', 'use --upstream or --downstream, not both (neither shows both sides)');
   if ((o.upstream || o.downstream) && !o.model) throw new SluiceError('USAGE', '--upstream and --downstream need --model');
-  const all = buildLineage(project, windows, tables);
+  const all = buildLineage(project, windows, tables, joins);
   const direction = o.upstream ? 'upstream' : o.downstream ? 'downstream' : 'both';
   const g = o.model ? focusLineage(all, o.model, direction) : all;
   if (o.format === 'json') return JSON.stringify({ project: project.name, ...g }, null, 2);

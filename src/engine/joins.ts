@@ -11,21 +11,7 @@ import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
 import type { PartitionSnapshot } from './window-store.js';
-import {
-  eventTime,
-  eventWatermark,
-  NEG,
-  nullIfNeg,
-  POS,
-  partOf,
-  ts,
-  windowIntervals,
-  type OperatorRun,
-  type PartState,
-  type WindowCheckpoint,
-  type WindowCounts,
-  type WindowSettings,
-} from './windows.js';
+import { eventTime, eventWatermark, NEG, nullIfNeg, POS, partOf, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // A stream-stream interval join (see sql/joins.ts). Each side's rows are buffered as state, with
 // their time (W.time), an id (W.jid) and, for the outer side of an outer join, whether they met a
@@ -81,9 +67,9 @@ interface Pending {
   emitted: { l: number; r: number };
 }
 
-/** What one join counts (metrics). */
-export interface JoinCounts extends WindowCounts {
-  /** Rows of an outer side emitted without a match, per side. */
+/** What one join counts (metrics): rows late by policy (counted as messages under dlq), and an outer side's rows emitted without a match. */
+export interface JoinCounts {
+  late: { drop: number; dlq: number; reopen: number };
   unmatched: { l: number; r: number };
 }
 
@@ -104,7 +90,7 @@ export class JoinOperator {
   private lateMsgs = new Set<number>();
   private rows = 0;
   private timeSql = new Map<string, string>();
-  readonly counts: JoinCounts = { late: { drop: 0, dlq: 0, update: 0 }, unmatched: { l: 0, r: 0 } };
+  readonly counts: JoinCounts = { late: { drop: 0, dlq: 0, reopen: 0 }, unmatched: { l: 0, r: 0 } };
   /** Rows buffered per side after the last commit (metrics). */
   buffered = { l: 0, r: 0 };
   /** A shared state store is not supported for joins (validate refuses it): never set. */
@@ -366,7 +352,7 @@ export class JoinOperator {
     this.parts = p.parts;
     this.next = p.next;
     this.counts.late.drop += p.dropped;
-    this.counts.late.update += p.reopened;
+    this.counts.late.reopen += p.reopened;
     this.counts.late.dlq += this.lateMsgs.size;
     this.lateMsgs.clear();
   }

@@ -14,6 +14,7 @@ import { crashPoint } from '../util/crash-point.js';
 import { SinkRunner } from './sink-runner.js';
 import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type CompiledModel, type PreparedBatch } from './executor.js';
 import { PgWindowStore } from './window-store.js';
+import { JoinOperator } from './joins.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
 import { ReferenceTables, referencesNamed } from './references.js';
@@ -78,7 +79,7 @@ export interface RunSummary {
   /** With dryRun: what the one batch made (the CLI renders it). */
   dryRun?: DryRunResult;
   /** Windowed models: their late events by policy. */
-  late?: Record<string, { drop: number; dlq: number; update: number }>;
+  late?: Record<string, Record<string, number>>;
 }
 
 /** A dry run's batch: each model's rows, the messages that would be dead-lettered, data test findings. */
@@ -690,10 +691,19 @@ export class Pipeline {
   private async windowMetrics(): Promise<void> {
     const late = (this.summary.late ??= {});
     for (const [model, op] of this.executor.windows.ops) {
-      const before = late[model] ?? { drop: 0, dlq: 0, update: 0 };
-      const now = op.counts.late;
-      for (const policy of ['drop', 'dlq', 'update'] as const) if (now[policy] > before[policy]) this.metrics.windowLate.inc({ model, policy }, now[policy] - before[policy]);
+      const before = late[model] ?? {};
+      const now: Record<string, number> = op.counts.late;
+      for (const [policy, n] of Object.entries(now)) if (n > (before[policy] ?? 0)) this.metrics.windowLate.inc({ model, policy }, n - (before[policy] ?? 0));
       late[model] = { ...now };
+      if (op instanceof JoinOperator) {
+        const counted = (this.unmatchedCounted[model] ??= { l: 0, r: 0 });
+        for (const s of ['l', 'r'] as const) {
+          const side = s === 'l' ? 'left' : 'right';
+          this.metrics.joinBuffered.set({ model, side }, op.buffered[s]);
+          if (op.counts.unmatched[s] > counted[s]) this.metrics.joinUnmatched.inc({ model, side }, op.counts.unmatched[s] - counted[s]);
+          counted[s] = op.counts.unmatched[s];
+        }
+      }
       if (op.watermarkUs !== null) this.metrics.watermarkLag.set({ model }, Math.max(0, (this.clock.now() * 1000 - op.watermarkUs) / 1e6));
     }
     const windows = this.executor.windows;
@@ -715,6 +725,8 @@ export class Pipeline {
   }
 
   private windowStatsAt = 0;
+  /** A stream join's unmatched rows already counted in sluice_join_unmatched_rows_total, per side. */
+  private unmatchedCounted: Record<string, { l: number; r: number }> = {};
   /** Claims already counted in sluice_window_state_claims_total. */
   private claimsCounted = 0;
   /** The shared window state store (sluice.yml window_state), while open. */

@@ -96,8 +96,20 @@ export class Metrics {
   });
   readonly windowLate = new client.Counter({
     name: 'sluice_window_late_events_total',
-    help: "Events of a windowed model whose window was already emitted, by the model's late policy (drop, dlq, update)",
+    help: "Events of a windowed model whose window was already emitted (rows of a stream join older than its watermark), by the model's late policy (drop, dlq, update; reopen)",
     labelNames: ['model', 'policy'],
+    registers: [this.registry],
+  });
+  readonly joinBuffered = new client.Gauge({
+    name: 'sluice_join_buffered_rows',
+    help: 'Rows a stream join holds in its buffer, per side (left or right, as the model writes the join), after the last commit',
+    labelNames: ['model', 'side'],
+    registers: [this.registry],
+  });
+  readonly joinUnmatched = new client.Counter({
+    name: 'sluice_join_unmatched_rows_total',
+    help: "Rows of an outer join's side emitted without a match (once the watermark passed their bound)",
+    labelNames: ['model', 'side'],
     registers: [this.registry],
   });
   readonly windowStateRows = new client.Gauge({ name: 'sluice_window_state_rows', help: 'Rows a windowed model holds for its open windows', labelNames: ['model'], registers: [this.registry] });

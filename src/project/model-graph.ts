@@ -44,7 +44,11 @@ export function assignSources(ordered: ModelDef[], sources: NamedSource[], issue
       const dep = byName.get(r);
       if (dep?.source) feeds.add(dep.source);
     }
-    if (feeds.size > 1) issues.push({ file: m.file, message: `model ${m.name} reads from several sources (${[...feeds].join(', ')}); stream joins need windows, which are not supported yet` });
+    if (feeds.size > 1)
+      issues.push({
+        file: m.file,
+        message: `model ${m.name} reads from several sources (${[...feeds].join(', ')}); a stream join of two sources is not supported yet (each source runs as a pipeline of its own): join two streams one source carries, see docs/joins.md`,
+      });
     m.source = [...feeds][0] ?? sources[0]?.name ?? '';
   }
   for (const s of sources) {

@@ -77,7 +77,7 @@ export async function intervalJoinQuery(conn: DuckDBConnection, ast: Node, aggs:
   for (const [i, side] of [j.left, j.right].entries()) {
     if (side.type === 'SUBQUERY' && !side.alias) side.alias = `__sluice_join_${i === 0 ? 'l' : 'r'}`;
   }
-  const aliases = [j.left, j.right].map((s: Node) => String(s.alias || s.table_name || '').toLowerCase());
+  const aliases = [j.left, j.right].map((s: Node) => aliasesOf(s));
   const bound = await timeBound(conn, j.condition as Node, aliases);
   if (!bound) return undefined;
   const problems: string[] = [];
@@ -154,7 +154,7 @@ interface Bound {
  * one of the other (`a.t BETWEEN b.t - x AND b.t + y`, `a.t >= b.t - x`, ...), each side's time
  * plus or minus a constant interval. Undefined when no conjunct compares the two sides' times.
  */
-async function timeBound(conn: DuckDBConnection, condition: Node, aliases: string[]): Promise<Bound | undefined> {
+async function timeBound(conn: DuckDBConnection, condition: Node, aliases: string[][]): Promise<Bound | undefined> {
   const comparisons: { op: string; a: Node; b: Node }[] = [];
   for (const c of conjuncts(condition)) {
     if (c.class === 'BETWEEN') {
@@ -221,14 +221,21 @@ function conjuncts(x: Node): Node[] {
   return [x];
 }
 
+/** The names (lower case) a FROM item's columns are qualified by: its alias, or a join's relations' aliases. */
+function aliasesOf(x: Node): string[] {
+  if (x.type === 'JOIN') return [...aliasesOf(x.left), ...aliasesOf(x.right)];
+  return [String(x.alias || x.table_name || '').toLowerCase()];
+}
+
 /** Which side an expression reads: 0 or 1, -1 for none, -2 for both or a column of neither (an unqualified one). */
-function sideOf(x: Node, aliases: string[]): number {
+function sideOf(x: Node, aliases: string[][]): number {
   const seen = new Set<number>();
   let unknown = false;
   walkExpr(x, (n) => {
     if (n.class !== 'COLUMN_REF') return;
     const names = n.column_names as string[];
-    const i = names.length >= 2 ? aliases.indexOf(String(names[names.length - 2]).toLowerCase()) : -1;
+    const q = names.length >= 2 ? String(names[names.length - 2]).toLowerCase() : undefined;
+    const i = q === undefined ? -1 : aliases.findIndex((a) => a.includes(q));
     if (i < 0) unknown = true;
     else seen.add(i);
   });

@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
-import { jsonLogs, killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { freePort, jsonLogs, killRepeatedly, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { metric, scrape } from '../helpers/metrics.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
 import { expectEquivalent, jsonlRows, type Comparison } from '../helpers/output.js';
 import { compareJoin, joinSql, ORDERS_SQL, PAYMENTS_SQL, writeOrdersAndPayments } from '../helpers/join-data.js';
@@ -150,15 +151,50 @@ describe('stream joins', () => {
     const [dlq, drop, reopen] = await Promise.all([run('late-dlq', 'late: dlq'), run('late-drop', 'late: drop'), run('late-reopen', 'late: reopen\n      allowed_lateness: 30 minutes')]);
     const byId = (rows: Record<string, unknown>[]) => rows.sort((a, b) => Number(a.id) - Number(b.id));
     expect(byId(dlq.rows)).toEqual(paid);
-    expect(dlq.done.late).toEqual({ paid: { drop: 0, dlq: 1, update: 0 } });
+    expect(dlq.done.late).toEqual({ paid: { drop: 0, dlq: 1, reopen: 0 } });
     const dead = projectDeadLetters(dlq.p);
     expect(dead).toHaveLength(1);
     expect(dead[0].error).toMatch(/late: its time \(p\.ts\) is before the join's watermark 2026-01-01T00:(29|30):00\.000Z; rows it could have met are gone/);
     expect(byId(drop.rows)).toEqual(paid);
-    expect(drop.done.late).toEqual({ paid: { drop: 1, dlq: 0, update: 0 } });
+    expect(drop.done.late).toEqual({ paid: { drop: 1, dlq: 0, reopen: 0 } });
     expect(projectDeadLetters(drop.p)).toEqual([]);
     // Under reopen, order 1 is still buffered (30 minutes past the watermark): the late payment meets it.
     expect(byId(reopen.rows)).toEqual(byId([...paid, { id: 1, paid: 1 }]));
-    expect(reopen.done.late).toEqual({ paid: { drop: 0, dlq: 0, update: 1 } });
+    expect(reopen.done.late).toEqual({ paid: { drop: 0, dlq: 0, reopen: 1 } });
   }, 120_000);
+
+  it.concurrent('metrics: rows buffered per side, and unmatched rows emitted once the watermark passes their bound', async () => {
+    const at = (m: number) => new Date(Date.UTC(2026, 0, 1, 0, m)).toISOString();
+    // Orders 0-9 at minutes 0-9, paid 0-4; then order 100 and its payment at minute 30: the
+    // watermark (lateness 0) at minute 30 lets orders 0-9 go (their bound ends 5 minutes after
+    // them), 5-9 unmatched; order 100 and its payment stay buffered.
+    const lines = [
+      ...Array.from({ length: 10 }, (_, i) => [{ kind: 'order', id: i, ts: at(i), amount: i }, ...(i < 5 ? [{ kind: 'payment', order_id: i, ts: at(i), paid: i }] : [])]).flat(),
+      { kind: 'order', id: 100, ts: at(30), amount: 100 },
+      { kind: 'payment', order_id: 100, ts: at(30), paid: 100 },
+    ];
+    const p = path.join(root, 'metrics');
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n  follow: true\n  dlq: .sluice/dlq\n',
+      'config/sinks.yml': 'sink:\n  type: jsonl\n  path: ./output\n',
+      'models/orders.sql': ORDERS_SQL,
+      'models/payments.sql': PAYMENTS_SQL,
+      'models/paid.sql': "SELECT o.id, p.paid FROM {{ ref('orders') }} o LEFT JOIN {{ ref('payments') }} p ON p.order_id = o.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL 5 MINUTE\n",
+      'data/events.ndjson': `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`,
+    });
+    const port = await freePort();
+    const run = sluiceBg(['run', '--project', p, '--port', String(port)]);
+    try {
+      await until(async () => metric(await scrape(port), 'sluice_join_unmatched_rows_total', { model: 'paid', side: 'left' }) === 5, 30_000, 200);
+      const text = await scrape(port);
+      expect(metric(text, 'sluice_join_unmatched_rows_total', { model: 'paid', side: 'right' })).toBe(0);
+      expect(metric(text, 'sluice_join_buffered_rows', { model: 'paid', side: 'left' })).toBe(1);
+      expect(metric(text, 'sluice_join_buffered_rows', { model: 'paid', side: 'right' })).toBe(1);
+    } finally {
+      run.kill('SIGTERM');
+    }
+    expect(await waitExit(run, 30_000), run.err().slice(-2000)).toEqual({ code: 0, signal: null });
+    const rows = jsonlRows<{ id: number; paid: number | null }>(p, 'paid').sort((a, b) => a.id - b.id);
+    expect(rows).toEqual([...[0, 1, 2, 3, 4].map((i) => ({ id: i, paid: i })), ...[5, 6, 7, 8, 9].map((i) => ({ id: i, paid: null })), { id: 100, paid: 100 }]);
+  }, 60_000);
 });

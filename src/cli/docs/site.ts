@@ -8,7 +8,7 @@ import type { FixtureRun } from '../../engine/offline-runner.js';
 import { esc } from './html.js';
 import { lineageSvg } from './svg.js';
 import { describeTest } from '../../project/data-test-config.js';
-import { windowSummary } from '../format.js';
+import { joinSummary, windowSummary } from '../format.js';
 
 export interface DocsInput {
   project: Project;
@@ -86,6 +86,8 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
     .join('');
   const stateful = r.analysis.stateful;
   const window = r.analysis.window;
+  const join = r.analysis.join;
+  const kind = stateful.length ? 'stateful' : window ? 'windowed' : join ? 'stream join' : 'stateless';
   const units = input.project.unitTests.filter((u) => u.expect.has(m.name)).map((u) => `unit test ${u.name} (${path.relative(input.project.dir, path.resolve(u.file))})`);
   const modelTests = [...testsOf(r, undefined), ...units];
   const fixture = input.fixtureRun?.fixtures.get(m.source);
@@ -93,11 +95,12 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
   const fixtureNote = fixture ? `<li>fixture <code>${esc(path.relative(input.project.dir, fixture))}</code> (run with <code>sluice test</code>): ${rows ?? 0} row${rows === 1 ? '' : 's'}</li>` : '';
   const testItems = modelTests.map((t) => `<li><span class="test">${esc(t)}</span></li>`).join('') + fixtureNote;
   return `<section class="model" id="${esc(anchor(id))}" data-name="${esc(m.name)}">
-<h2><span class="badge model">model</span> ${esc(m.name)} <span class="badge ${stateful.length ? 'stateful' : window ? 'windowed' : 'stateless'}">${stateful.length ? 'stateful' : window ? 'windowed' : 'stateless'}</span></h2>
+<h2><span class="badge model">model</span> ${esc(m.name)} <span class="badge ${kind === 'stream join' ? 'windowed' : kind}">${kind}</span></h2>
 ${m.description ? `<p class="description">${esc(m.description)}</p>` : '<p class="description none">No description: add one in config/models.yml (overrides.' + esc(m.name) + '.description) or with {{ config(description=...) }}.</p>'}
 ${stateful.length ? `<ul class="reasons">${stateful.map((s) => `<li>${esc(s)}</li>`).join('')}</ul>` : ''}
 <table class="kv">
 ${window ? `<tr><th>window</th><td>${esc(windowSummary(window, m.window))}</td></tr>` : ''}
+${join ? `<tr><th>join</th><td>${esc(joinSummary(join, m.window))}</td></tr>` : ''}
 <tr><th>file</th><td><code>${esc(m.file)}</code></td></tr>
 <tr><th>source</th><td>${links(m.source ? [nodeId('source', m.source)] : [])}</td></tr>
 <tr><th>reads</th><td>${links(up)}</td></tr>
@@ -201,6 +204,11 @@ function windowsOf(reports: ModelReport[]): Map<string, string> {
   return new Map(reports.filter((r) => r.analysis.window).map((r) => [r.model.name, windowSummary(r.analysis.window!, r.model.window)]));
 }
 
+/** Each stream join in one line, for the lineage. */
+function joinsOf(reports: ModelReport[]): Map<string, string> {
+  return new Map(reports.filter((r) => r.analysis.join).map((r) => [r.model.name, joinSummary(r.analysis.join!, r.model.window)]));
+}
+
 /** The tables (reference tables) each model names, for the lineage. */
 function tablesOf(reports: ModelReport[]): Map<string, string[]> {
   return new Map(reports.filter((r) => r.analysis.tables?.length).map((r) => [r.model.name, r.analysis.tables!]));
@@ -224,7 +232,7 @@ function referenceSection(r: Project['references'][number], g: Lineage): string 
 /** The whole site: one self-contained HTML page (inline CSS, JS and SVG; nothing fetched). */
 export function renderSite(input: DocsInput): string {
   const { project, reports } = input;
-  const g = buildLineage(project, windowsOf(reports), tablesOf(reports));
+  const g = buildLineage(project, windowsOf(reports), tablesOf(reports), joinsOf(reports));
   const connector = (kind: 'source' | 'sink', s: { name: string; type: string; file: string; cfg: Record<string, unknown> }) => {
     const id = nodeId(kind, s.name);
     const edges = kind === 'source' ? g.edges.filter((e) => e.from === id).map((e) => e.to) : g.edges.filter((e) => e.to === id).map((e) => e.from);
@@ -298,7 +306,7 @@ export async function writeSite(input: DocsInput, outDir: string): Promise<strin
   const tmp = `${page}.tmp`;
   await fsp.writeFile(tmp, renderSite(input));
   await fsp.rename(tmp, page);
-  await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project, windowsOf(input.reports), tablesOf(input.reports)), null, 2) + '\n');
+  await fsp.writeFile(path.join(outDir, 'lineage.json'), JSON.stringify(buildLineage(input.project, windowsOf(input.reports), tablesOf(input.reports), joinsOf(input.reports)), null, 2) + '\n');
   return page;
 }
 

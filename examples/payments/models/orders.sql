@@ -1,0 +1,3 @@
+SELECT order_id, customer_id, amount_cents, CAST(ts AS TIMESTAMP) AS ordered_at
+FROM incoming
+WHERE kind = 'order'

@@ -1,0 +1,3 @@
+SELECT order_id, method, amount_cents, CAST(ts AS TIMESTAMP) AS paid_at
+FROM incoming
+WHERE kind = 'payment'
