@@ -9,6 +9,7 @@
 //   npm run bench -- windows                        # windowed models against plain DuckDB's GROUP BY over the same file
 //   npm run bench -- windows_soak                   # 5M events through windowed models: RSS and state over time
 //   npm run bench -- windows_store                  # windows over Kafka with window_state (PostgreSQL) against without
+//   npm run bench -- joins [--soak]                 # a stream join against plain DuckDB's join over the same file (--soak: RSS and buffers over time)
 const benches = {
   file: './file.mjs',
   rabbitmq: './rabbitmq.mjs',
@@ -21,6 +22,7 @@ const benches = {
   windows: './windows.mjs',
   windows_soak: './windows-soak.mjs',
   windows_store: './windows-store.mjs',
+  joins: './joins.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {
