@@ -22,10 +22,14 @@ export function formatTable(columns: { name: string; type?: string }[], rows: Re
 }
 
 /** "stateless", "windowed: the window, watermark and late policy", or "stateful: why". */
-export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window' | 'join'>, settings?: WindowSettings): string {
+export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window' | 'join' | 'dedup'>, settings?: WindowSettings): string {
   if (analysis.stateful.length) return `stateful: ${analysis.stateful.join('; ')}`;
   if (analysis.window) return `windowed: ${windowSummary(analysis.window, settings)}`;
   if (analysis.join) return `stream join: ${joinSummary(analysis.join, settings)}`;
+  if (analysis.dedup) {
+    const s = settings ?? DEFAULT_WINDOW_SETTINGS;
+    return `deduplicating: the first row per ${analysis.dedup.keys.join(', ')} by ${analysis.dedup.time} · ttl ${s.ttl ?? '(not set)'} · watermark: max time - ${s.lateness} · late: ${s.late}`;
+  }
   return 'stateless';
 }
 

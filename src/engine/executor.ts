@@ -13,6 +13,8 @@ import { stopwatch } from './batch-load.js';
 import { DEFAULT_WINDOW_SETTINGS, WindowOperator, type WindowSettings } from './windows.js';
 import { WindowSet, type StateOperator } from './window-set.js';
 import { JoinOperator } from './joins.js';
+import { DedupOperator } from './dedup.js';
+import type { DedupQuery } from '../sql/dedup.js';
 import type { WindowedQuery } from '../sql/windows.js';
 import type { IntervalJoinQuery } from '../sql/joins.js';
 import { systemClock, type Clock } from '../util/clock.js';
@@ -39,6 +41,8 @@ export interface CompiledModel {
   windowSettings?: WindowSettings;
   /** A stream-stream interval join (engine/joins.ts runs it; `sql` then holds its two inputs). */
   join?: IntervalJoinQuery;
+  /** Deduplication over time (engine/dedup.ts runs it; `sql` is then its input). */
+  dedup?: DedupQuery;
 }
 
 /** The SQL text of a model in which metadata columns may be mentioned. */
@@ -76,6 +80,10 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     if (typeIssues.length) throw new SluiceError('CONFIG', typeIssues.map((i) => `${i.file}${i.line ? `:${i.line}` : ''}: ${i.key}: ${i.message}`).join('\n'));
     if (a.window) {
       out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.window.input, stateful: [], outputColumns: a.outputColumns, window: a.window, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      continue;
+    }
+    if (a.dedup) {
+      out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.dedup.input, stateful: [], outputColumns: a.outputColumns, dedup: a.dedup, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
       continue;
     }
     if (a.join) {
@@ -132,6 +140,7 @@ export class BatchExecutor {
       const s = m.windowSettings ?? DEFAULT_WINDOW_SETTINGS;
       if (m.window) ops.set(m.name, new WindowOperator(conn, m.name, m.window, s, clock));
       else if (m.join) ops.set(m.name, new JoinOperator(conn, m.name, m.join, s, clock));
+      else if (m.dedup) ops.set(m.name, new DedupOperator(conn, m.name, m.dedup, s, clock));
     }
     this.windows = new WindowSet(ops);
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
@@ -386,7 +395,7 @@ export class BatchExecutor {
     const out = new Map<string, string>();
     for (const m of this.models) {
       const t = targets.get(m.name);
-      if (t && !referenced.has(m.name) && !m.window && !m.join) out.set(m.name, t);
+      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup) out.set(m.name, t);
     }
     return out;
   }

@@ -15,6 +15,7 @@ import { SinkRunner } from './sink-runner.js';
 import { BatchExecutor, compileModels, decodeRules, type BatchOutcome, type CompiledModel, type PreparedBatch } from './executor.js';
 import { PgWindowStore } from './window-store.js';
 import { JoinOperator } from './joins.js';
+import { DedupOperator } from './dedup.js';
 import { reportContracts } from './contracts.js';
 import { BatchTests, type TestSink } from './data-tests.js';
 import { ReferenceTables, referencesNamed } from './references.js';
@@ -695,6 +696,12 @@ export class Pipeline {
       const now: Record<string, number> = op.counts.late;
       for (const [policy, n] of Object.entries(now)) if (n > (before[policy] ?? 0)) this.metrics.windowLate.inc({ model, policy }, n - (before[policy] ?? 0));
       late[model] = { ...now };
+      if (op instanceof DedupOperator) {
+        this.metrics.dedupKeys.set({ model }, op.keys);
+        const counted = this.duplicatesCounted[model] ?? 0;
+        if (op.counts.duplicates > counted) this.metrics.dedupDuplicates.inc({ model }, op.counts.duplicates - counted);
+        this.duplicatesCounted[model] = op.counts.duplicates;
+      }
       if (op instanceof JoinOperator) {
         const counted = (this.unmatchedCounted[model] ??= { l: 0, r: 0 });
         for (const s of ['l', 'r'] as const) {
@@ -727,6 +734,8 @@ export class Pipeline {
   private windowStatsAt = 0;
   /** A stream join's unmatched rows already counted in sluice_join_unmatched_rows_total, per side. */
   private unmatchedCounted: Record<string, { l: number; r: number }> = {};
+  /** A deduplicating model's duplicates already counted in sluice_dedup_duplicates_total. */
+  private duplicatesCounted: Record<string, number> = {};
   /** Claims already counted in sluice_window_state_claims_total. */
   private claimsCounted = 0;
   /** The shared window state store (sluice.yml window_state), while open. */

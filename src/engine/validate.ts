@@ -5,6 +5,7 @@ import type { ModelDef, NamedSink, Project } from '../project/project-loader.js'
 import { resolveContractTypes } from './contracts.js';
 import { DEFAULT_WINDOW_SETTINGS, engineColumns, windowIntervals } from './windows.js';
 import { SETTINGS_ONLY } from './joins.js';
+import { lit } from '../sql/quote.js';
 
 export interface ModelReport {
   model: ModelDef;
@@ -41,8 +42,8 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     }
     if (analysis.stateful.length && !opts.allowStateful) {
       issues.push(
-        analysis.windowed || analysis.joined
-          ? { file: m.file, message: `model ${m.name} ${analysis.joined ? 'joins two streams' : 'groups by a window'}, but ${analysis.stateful.join('; ')}` }
+        analysis.windowed || analysis.joined || analysis.deduplicating
+          ? { file: m.file, message: `model ${m.name} ${analysis.joined ? 'joins two streams' : analysis.deduplicating ? 'deduplicates' : 'groups by a window'}, but ${analysis.stateful.join('; ')}` }
           : {
               file: m.file,
               message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; an aggregation across messages needs a window: GROUP BY TUMBLE(ts, size), HOP(ts, slide, size), SESSION(ts, gap) or time_bucket(size, ts)`,
@@ -52,7 +53,13 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     const at = { file: m.windowAt?.file ?? m.file, line: m.windowAt?.line, key: `overrides.${m.name}.window` };
     if (analysis.window && m.window?.late === 'reopen') issues.push({ ...at, message: `model ${m.name}: late: reopen is for stream joins; a window takes drop, dlq or update` });
     if (analysis.join) issues.push(...(await joinIssues(conn, m, at, project)));
-    if (analysis.window || analysis.join) issues.push(...dlqTestIssues(m, analysis.window ? 'windowed model' : 'stream join', project, dlqTests));
+    if (analysis.dedup) issues.push(...(await dedupIssues(conn, m, at, project)));
+    if (m.window?.ttl && !analysis.dedup && !analysis.deduplicating && !analysis.error) {
+      issues.push({ ...at, message: `model ${m.name}: ttl is for deduplicating models (QUALIFY row_number() OVER (PARTITION BY key ORDER BY time) = 1, or DISTINCT ON)` });
+    }
+    if (analysis.window || analysis.join || analysis.dedup) {
+      issues.push(...dlqTestIssues(m, analysis.window ? 'windowed model' : analysis.join ? 'stream join' : 'deduplicating model', project, dlqTests));
+    }
     if (analysis.window) {
       const r = await windowIntervals(conn, analysis.window, m.window ?? DEFAULT_WINDOW_SETTINGS);
       if ('problem' in r) issues.push({ ...(m.window ? at : { file: m.file }), message: `model ${m.name}: ${r.problem}` });
@@ -64,7 +71,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
         });
       }
       if (project.windowState) issues.push(...windowStateIssues(m, analysis.window.keys, reports));
-    } else if (m.window && !analysis.error && !analysis.join && !analysis.joined) {
+    } else if (m.window && !analysis.error && !analysis.join && !analysis.joined && !analysis.dedup && !analysis.deduplicating) {
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
     // The engine's columns (_revision, _retracted) are the model's too, for its sinks.
@@ -85,7 +92,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
  * message to dead-letter for it; and a message a test dead-letters after the models ran would
  * stay in the model's state.
  */
-function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join', project: Project, done: Set<unknown>): ConfigIssue[] {
+function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join' | 'deduplicating model', project: Project, done: Set<unknown>): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   for (const other of project.models.filter((x) => x.source === m.source)) {
     for (const t of other.dataTests.filter((x) => x.onFailure === 'dlq')) {
@@ -96,11 +103,50 @@ function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join', proj
         line: t.line,
         message:
           other === m
-            ? `data test ${t.name} of ${what} ${m.name}: on_failure: dlq needs a row's message, and a ${what === 'windowed model' ? "window's row has many" : "join's row has two"}; use warn or fail`
+            ? `data test ${t.name} of ${what} ${m.name}: ${what === 'deduplicating model' ? 'on_failure: dlq would leave the message in its state (a later copy would be dropped as a duplicate)' : `on_failure: dlq needs a row's message, and a ${what === 'windowed model' ? "window's row has many" : "join's row has two"}`}; use warn or fail`
             : `data test ${t.name} of model ${other.name}: on_failure: dlq is not supported yet beside a ${what} of the same source (${m.name}): the message would stay in its state; use warn or fail`,
       });
     }
   }
+  return issues;
+}
+
+/** What a deduplicating model needs (a ttl) and cannot take (late: update or reopen, a state store, a contract). */
+async function dedupIssues(conn: DuckDBConnection, m: ModelDef, at: Omit<ConfigIssue, 'message'>, project: Project): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  const s = m.window ?? DEFAULT_WINDOW_SETTINGS;
+  const key = `overrides.${m.name}.window.ttl`;
+  if (!s.ttl) {
+    issues.push({
+      file: m.windowAt?.file ?? m.file,
+      line: m.windowAt?.line,
+      key,
+      message: `model ${m.name} deduplicates: set ${key} (how long a key is remembered past its latest row, e.g. 1 hour): its state is bounded by it`,
+    });
+  } else {
+    try {
+      const r = await conn.runAndReadAll(`SELECT epoch_us(x), datepart('month', x) + 12 * datepart('year', x) FROM (SELECT CAST(INTERVAL ${lit(s.ttl)} AS INTERVAL) AS x)`);
+      const [us, months] = r.getRows()[0].map(Number);
+      if (us <= 0 || months !== 0) issues.push({ ...at, key, message: `model ${m.name}: ttl ${s.ttl} must be positive and of fixed length (days or less)` });
+    } catch {
+      issues.push({ ...at, key, message: `model ${m.name}: ttl ${s.ttl} is not a duration` });
+    }
+  }
+  if (s.late === 'update' || s.late === 'reopen') issues.push({ ...at, message: `model ${m.name} deduplicates: late: ${s.late} is not for it; a deduplicating model takes drop or dlq` });
+  if (s.maxSessionDuration || s.maxGroupsPerWindow) issues.push({ ...at, message: `model ${m.name} deduplicates: max_session_duration and max_groups_per_window are for windows` });
+  const r = await windowIntervals(conn, SETTINGS_ONLY, s);
+  if ('problem' in r) issues.push({ ...at, message: `model ${m.name}: ${r.problem}` });
+  if (project.windowState)
+    issues.push({
+      file: m.file,
+      message: `model ${m.name} deduplicates: its state stays in the worker's WAL directory; window_state is not supported for it yet: run one worker, without window_state`,
+    });
+  if (m.contract)
+    issues.push({
+      file: m.contract.file ?? m.file,
+      line: m.contract.line,
+      message: `model ${m.name} deduplicates: schema contracts are not applied to it yet; check the columns in a stateless model that refs it`,
+    });
   return issues;
 }
 

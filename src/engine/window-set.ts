@@ -5,11 +5,12 @@ import type { RawMessage } from '../connectors/types.js';
 import { backoff, sleep } from '../util/retry.js';
 import type { PartitionRun } from './decoder.js';
 import type { PartitionWrite, PgWindowStore } from './window-store.js';
+import type { DedupOperator } from './dedup.js';
 import type { JoinOperator } from './joins.js';
 import type { WindowCheckpoint, WindowOperator } from './windows.js';
 
-/** A model that keeps state between batches: a windowed aggregation or a stream join. */
-export type StateOperator = WindowOperator | JoinOperator;
+/** A model that keeps state between batches: a windowed aggregation, a stream join or a deduplication. */
+export type StateOperator = WindowOperator | JoinOperator | DedupOperator;
 
 /**
  * The windowed models of a run, their state together. By default the state lives in the

@@ -112,6 +112,13 @@ export class Metrics {
     labelNames: ['model', 'side'],
     registers: [this.registry],
   });
+  readonly dedupDuplicates = new client.Counter({
+    name: 'sluice_dedup_duplicates_total',
+    help: 'Rows a deduplicating model dropped as copies of a row of the same key seen within its ttl',
+    labelNames: ['model'],
+    registers: [this.registry],
+  });
+  readonly dedupKeys = new client.Gauge({ name: 'sluice_dedup_keys', help: 'Keys a deduplicating model remembers after the last commit', labelNames: ['model'], registers: [this.registry] });
   readonly windowStateRows = new client.Gauge({ name: 'sluice_window_state_rows', help: 'Rows a windowed model holds for its open windows', labelNames: ['model'], registers: [this.registry] });
   readonly windowStateBytes = new client.Gauge({
     name: 'sluice_window_state_bytes',

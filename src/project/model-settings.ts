@@ -101,6 +101,7 @@ export function configureModel(m: ModelDef, ctx: ModelSettingsContext, issues: C
       allowedLateness: w.allowed_lateness ?? DEFAULT_WINDOW_SETTINGS.allowedLateness,
       idleTimeout: w.idle_timeout ?? DEFAULT_WINDOW_SETTINGS.idleTimeout,
       late: w.late ?? DEFAULT_WINDOW_SETTINGS.late,
+      ...(w.ttl ? { ttl: w.ttl } : {}),
       ...(w.max_session_duration ? { maxSessionDuration: w.max_session_duration } : {}),
       ...(w.max_groups_per_window ? { maxGroupsPerWindow: w.max_groups_per_window } : {}),
       onMaxGroups: w.on_max_groups ?? DEFAULT_WINDOW_SETTINGS.onMaxGroups,

@@ -83,6 +83,11 @@ const windowSchema = z
       .describe(
         'with late: update, how long after its end a window can still be updated; with late: reopen (a stream join), how long past the watermark its buffers are kept for late rows (default 0)',
       ),
+    ttl: durationSchema
+      .optional()
+      .describe(
+        'a deduplicating model (QUALIFY row_number() = 1, DISTINCT ON): a row is dropped when a row of its key came before it with a time at most this much earlier; each key is kept this long past its latest time (required)',
+      ),
     max_session_duration: durationSchema.optional().describe('session windows: sessions are cut at multiples of this duration (from the epoch), so none is longer'),
     max_groups_per_window: z.number().int().positive().optional().describe('the most groups one window may hold (default: no limit)'),
     on_max_groups: z.enum(['fail', 'dlq']).optional().describe('past max_groups_per_window: stop the run (default) or dead-letter the messages that would add a group'),

@@ -76,6 +76,8 @@ export interface WindowSettings {
   idleTimeout: string;
   /** What happens to an event whose window was already emitted. */
   late: 'drop' | 'dlq' | 'update' | 'reopen';
+  /** A deduplicating model: how long (event time) a key is remembered past its latest row. */
+  ttl?: string;
   /** Sessions are cut at multiples of this duration from the epoch (session windows). */
   maxSessionDuration?: string;
   /** Distinct groups one window may hold. */

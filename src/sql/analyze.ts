@@ -1,5 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { lineAt, outputNames, rewriteQuery, serialize, walkExpr, type Ctx, type Node } from './parse-tree.js';
+import { dedupQuery, type DedupQuery } from './dedup.js';
 import { intervalJoinQuery, type IntervalJoinQuery } from './joins.js';
 import { windowedQuery, type WindowedAnalysis } from './windows.js';
 
@@ -15,6 +16,10 @@ export interface SqlAnalysis extends WindowedAnalysis {
   join?: IntervalJoinQuery;
   /** The model is a stream join but does something one cannot (in `stateful`). */
   joined?: boolean;
+  /** Deduplication over time: the first row per key (engine/dedup.ts runs it). */
+  dedup?: DedupQuery;
+  /** The model deduplicates but does something that cannot (in `stateful`). */
+  deduplicating?: boolean;
 }
 
 /**
@@ -69,6 +74,8 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
   if (windowed) return { ...windowed, tables };
   const joined = await intervalJoinQuery(conn, ast, aggs);
   if (joined) return { ...joined, tables };
+  const deduped = await dedupQuery(conn, ast, aggs);
+  if (deduped) return { ...deduped, tables };
   const stateful: string[] = [];
   const ctx: Ctx = { aggs, stateful, cteMsg: new Set(), sq: 0 };
   const outputColumns = outputNames(root);
