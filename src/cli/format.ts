@@ -22,10 +22,11 @@ export function formatTable(columns: { name: string; type?: string }[], rows: Re
 }
 
 /** "stateless", "windowed: the window, watermark and late policy", or "stateful: why". */
-export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window' | 'join' | 'dedup'>, settings?: WindowSettings): string {
+export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window' | 'join' | 'dedup' | 'view'>, settings?: WindowSettings, stateTtl?: string): string {
   if (analysis.stateful.length) return `stateful: ${analysis.stateful.join('; ')}`;
   if (analysis.window) return `windowed: ${windowSummary(analysis.window, settings)}`;
   if (analysis.join) return `stream join: ${joinSummary(analysis.join, settings)}`;
+  if (analysis.view) return `materialised view: a row per ${analysis.view.keys.join(', ') || 'stream (one group)'} kept current${stateTtl ? ` · state_ttl ${stateTtl}` : ''}`;
   if (analysis.dedup) {
     const s = settings ?? DEFAULT_WINDOW_SETTINGS;
     return `deduplicating: the first row per ${analysis.dedup.keys.join(', ')} by ${analysis.dedup.time} · ttl ${s.ttl ?? '(not set)'} · watermark: max time - ${s.lateness} · late: ${s.late}`;

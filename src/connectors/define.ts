@@ -83,6 +83,11 @@ export interface SinkDefinitionOf<S extends z.ZodType> {
    * config key (path inside the sink block) with the column or SQL expression it names.
    */
   requiredColumns?(cfg: z.output<S>): (string | RequiredColumn)[];
+  /**
+   * The columns a row replaces the earlier row of (the sink upserts by them: a materialised
+   * view may write to it), or undefined when the sink appends.
+   */
+  upsertKey?(cfg: z.output<S>): string[] | undefined;
   create(cfg: z.output<S>, ctx: ConnectorContext): Promise<Sink>;
   /** What the sink needs to exist outside sluice (tables, queues, streams, topics), for `sluice plan` / `apply`. */
   planner?(cfg: z.output<S>, ctx: ConnectorContext): Promise<InfraPlanner>;
@@ -117,6 +122,7 @@ export interface SinkDefinition {
   readonly schema: z.ZodType;
   readonly description: string;
   requiredColumns?(cfg: ConnectorConfig): (string | RequiredColumn)[];
+  upsertKey?(cfg: ConnectorConfig): string[] | undefined;
   create(cfg: ConnectorConfig, ctx: ConnectorContext): Promise<Sink>;
   planner?(cfg: ConnectorConfig, ctx: ConnectorContext): Promise<InfraPlanner>;
 }
@@ -151,7 +157,7 @@ export function defineSource<S extends z.ZodType>(def: SourceDefinitionOf<S>): S
 
 /** A sink definition, its config type flowing from `schema` into every function. */
 export function defineSink<S extends z.ZodType>(def: SinkDefinitionOf<S>): SinkDefinition {
-  const { requiredColumns, planner } = def;
+  const { requiredColumns, upsertKey, planner } = def;
   return {
     kind: 'sink',
     type: def.type,
@@ -159,6 +165,7 @@ export function defineSink<S extends z.ZodType>(def: SinkDefinitionOf<S>): SinkD
     description: def.description,
     create: (cfg, ctx) => def.create(typed<S>(cfg), ctx),
     requiredColumns: requiredColumns && ((cfg) => requiredColumns(typed<S>(cfg))),
+    upsertKey: upsertKey && ((cfg) => upsertKey(typed<S>(cfg))),
     planner: planner && ((cfg, ctx) => planner(typed<S>(cfg), ctx)),
   };
 }

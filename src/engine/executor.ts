@@ -15,6 +15,8 @@ import { WindowSet, type StateOperator } from './window-set.js';
 import { JoinOperator } from './joins.js';
 import { DedupOperator } from './dedup.js';
 import type { DedupQuery } from '../sql/dedup.js';
+import { ViewOperator } from './views.js';
+import type { ViewQuery } from '../sql/views.js';
 import type { WindowedQuery } from '../sql/windows.js';
 import type { IntervalJoinQuery } from '../sql/joins.js';
 import { systemClock, type Clock } from '../util/clock.js';
@@ -43,11 +45,15 @@ export interface CompiledModel {
   join?: IntervalJoinQuery;
   /** Deduplication over time (engine/dedup.ts runs it; `sql` is then its input). */
   dedup?: DedupQuery;
+  /** A materialised view (engine/views.ts runs it; `sql` is then its input), and its state_ttl. */
+  view?: ViewQuery;
+  stateTtl?: string;
 }
 
 /** The SQL text of a model in which metadata columns may be mentioned. */
 function modelText(m: CompiledModel): string[] {
   if (m.join) return [m.join.left.input, m.join.right.input, m.join.left.time, m.join.right.time, m.join.emit];
+  if (m.view) return [m.sql, ...m.view.keys, m.view.emit];
   return m.window ? [m.sql, m.window.time, ...m.window.keys, m.window.emit] : [m.sql];
 }
 
@@ -80,6 +86,10 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     if (typeIssues.length) throw new SluiceError('CONFIG', typeIssues.map((i) => `${i.file}${i.line ? `:${i.line}` : ''}: ${i.key}: ${i.message}`).join('\n'));
     if (a.window) {
       out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.window.input, stateful: [], outputColumns: a.outputColumns, window: a.window, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      continue;
+    }
+    if (a.view) {
+      out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.view.input, stateful: [], outputColumns: a.outputColumns, view: a.view, stateTtl: m.stateTtl });
       continue;
     }
     if (a.dedup) {
@@ -141,6 +151,7 @@ export class BatchExecutor {
       if (m.window) ops.set(m.name, new WindowOperator(conn, m.name, m.window, s, clock));
       else if (m.join) ops.set(m.name, new JoinOperator(conn, m.name, m.join, s, clock));
       else if (m.dedup) ops.set(m.name, new DedupOperator(conn, m.name, m.dedup, s, clock));
+      else if (m.view) ops.set(m.name, new ViewOperator(conn, m.name, m.view, m.stateTtl, clock));
     }
     this.windows = new WindowSet(ops);
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
@@ -395,7 +406,7 @@ export class BatchExecutor {
     const out = new Map<string, string>();
     for (const m of this.models) {
       const t = targets.get(m.name);
-      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup) out.set(m.name, t);
+      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup && !m.view) out.set(m.name, t);
     }
     return out;
   }

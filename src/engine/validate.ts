@@ -42,8 +42,11 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
     }
     if (analysis.stateful.length && !opts.allowStateful) {
       issues.push(
-        analysis.windowed || analysis.joined || analysis.deduplicating
-          ? { file: m.file, message: `model ${m.name} ${analysis.joined ? 'joins two streams' : analysis.deduplicating ? 'deduplicates' : 'groups by a window'}, but ${analysis.stateful.join('; ')}` }
+        analysis.windowed || analysis.joined || analysis.deduplicating || analysis.aggregating
+          ? {
+              file: m.file,
+              message: `model ${m.name} ${analysis.joined ? 'joins two streams' : analysis.deduplicating ? 'deduplicates' : analysis.aggregating ? 'aggregates over the stream (a materialised view)' : 'groups by a window'}, but ${analysis.stateful.join('; ')}`,
+            }
           : {
               file: m.file,
               message: `model ${m.name} is stateful: ${analysis.stateful.join('; ')}. Models run per message; an aggregation across messages needs a window: GROUP BY TUMBLE(ts, size), HOP(ts, slide, size), SESSION(ts, gap) or time_bucket(size, ts)`,
@@ -51,15 +54,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       );
     }
     const at = { file: m.windowAt?.file ?? m.file, line: m.windowAt?.line, key: `overrides.${m.name}.window` };
-    if (analysis.window && m.window?.late === 'reopen') issues.push({ ...at, message: `model ${m.name}: late: reopen is for stream joins; a window takes drop, dlq or update` });
-    if (analysis.join) issues.push(...(await joinIssues(conn, m, at, project)));
-    if (analysis.dedup) issues.push(...(await dedupIssues(conn, m, at, project)));
-    if (m.window?.ttl && !analysis.dedup && !analysis.deduplicating && !analysis.error) {
-      issues.push({ ...at, message: `model ${m.name}: ttl is for deduplicating models (QUALIFY row_number() OVER (PARTITION BY key ORDER BY time) = 1, or DISTINCT ON)` });
-    }
-    if (analysis.window || analysis.join || analysis.dedup) {
-      issues.push(...dlqTestIssues(m, analysis.window ? 'windowed model' : analysis.join ? 'stream join' : 'deduplicating model', project, dlqTests));
-    }
+    issues.push(...(await statefulIssues(conn, m, analysis, at, project, opts.allowStateful === true, dlqTests)));
     if (analysis.window) {
       const r = await windowIntervals(conn, analysis.window, m.window ?? DEFAULT_WINDOW_SETTINGS);
       if ('problem' in r) issues.push({ ...(m.window ? at : { file: m.file }), message: `model ${m.name}: ${r.problem}` });
@@ -72,6 +67,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
       }
       if (project.windowState) issues.push(...windowStateIssues(m, analysis.window.keys, reports));
     } else if (m.window && !analysis.error && !analysis.join && !analysis.joined && !analysis.dedup && !analysis.deduplicating) {
+      // (A materialised view takes no window settings either: reported here.)
       issues.push({ ...at, message: `model ${m.name} has no window (GROUP BY TUMBLE, HOP, SESSION or time_bucket): its window settings would do nothing` });
     }
     // The engine's columns (_revision, _retracted) are the model's too, for its sinks.
@@ -92,7 +88,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
  * message to dead-letter for it; and a message a test dead-letters after the models ran would
  * stay in the model's state.
  */
-function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join' | 'deduplicating model', project: Project, done: Set<unknown>): ConfigIssue[] {
+function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join' | 'deduplicating model' | 'materialised view', project: Project, done: Set<unknown>): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   for (const other of project.models.filter((x) => x.source === m.source)) {
     for (const t of other.dataTests.filter((x) => x.onFailure === 'dlq')) {
@@ -103,11 +99,78 @@ function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join' | 'de
         line: t.line,
         message:
           other === m
-            ? `data test ${t.name} of ${what} ${m.name}: ${what === 'deduplicating model' ? 'on_failure: dlq would leave the message in its state (a later copy would be dropped as a duplicate)' : `on_failure: dlq needs a row's message, and a ${what === 'windowed model' ? "window's row has many" : "join's row has two"}`}; use warn or fail`
+            ? `data test ${t.name} of ${what} ${m.name}: ${what === 'deduplicating model' ? 'on_failure: dlq would leave the message in its state (a later copy would be dropped as a duplicate)' : `on_failure: dlq needs a row's message, and a ${what === 'windowed model' ? "window's row has many" : what === 'materialised view' ? "group's row has many" : "join's row has two"}`}; use warn or fail`
             : `data test ${t.name} of model ${other.name}: on_failure: dlq is not supported yet beside a ${what} of the same source (${m.name}): the message would stay in its state; use warn or fail`,
       });
     }
   }
+  return issues;
+}
+
+/**
+ * What the kinds of stateful model need of their settings and neighbours (a window's late
+ * policy, a join's, a deduplication's ttl, a view's sinks), and settings on a model that is not
+ * of their kind. `describing`: a command that only describes models (the view's sink and its
+ * neighbours' tests are not its concern).
+ */
+async function statefulIssues(
+  conn: DuckDBConnection,
+  m: ModelDef,
+  analysis: SqlAnalysis,
+  at: Omit<ConfigIssue, 'message'>,
+  project: Project,
+  describing: boolean,
+  dlqTests: Set<unknown>,
+): Promise<ConfigIssue[]> {
+  const issues: ConfigIssue[] = [];
+  if (analysis.window && m.window?.late === 'reopen') issues.push({ ...at, message: `model ${m.name}: late: reopen is for stream joins; a window takes drop, dlq or update` });
+  if (analysis.join) issues.push(...(await joinIssues(conn, m, at, project)));
+  if (analysis.dedup) issues.push(...(await dedupIssues(conn, m, at, project)));
+  if (analysis.view && !describing) issues.push(...viewIssues(m, project));
+  if (m.stateTtl && !analysis.view && !analysis.aggregating && !analysis.error) {
+    issues.push({
+      file: m.stateTtlAt?.file ?? m.file,
+      line: m.stateTtlAt?.line,
+      key: `overrides.${m.name}.state_ttl`,
+      message: `model ${m.name}: state_ttl is for materialised views (GROUP BY without a window)`,
+    });
+  }
+  if (m.window?.ttl && !analysis.dedup && !analysis.deduplicating && !analysis.error) {
+    issues.push({ ...at, message: `model ${m.name}: ttl is for deduplicating models (QUALIFY row_number() OVER (PARTITION BY key ORDER BY time) = 1, or DISTINCT ON)` });
+  }
+  if (analysis.window || analysis.join || analysis.dedup || (analysis.view && !describing)) {
+    const what = analysis.window ? 'windowed model' : analysis.join ? 'stream join' : analysis.view ? 'materialised view' : 'deduplicating model';
+    issues.push(...dlqTestIssues(m, what, project, dlqTests));
+  }
+  return issues;
+}
+
+/**
+ * A materialised view writes one current row per changed group at each batch: only a sink that
+ * upserts keeps one row per group. Its state stays in the worker (no window_state) and it takes
+ * no schema contract yet.
+ */
+function viewIssues(m: ModelDef, project: Project): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  for (const name of m.sinks) {
+    const sink = project.sinks.find((s) => s.name === name);
+    if (!sink || sink.spec.upsertKey?.(sink.cfg)) continue;
+    issues.push({
+      file: m.file,
+      message: `model ${m.name} aggregates without a window (a materialised view: each batch writes the current row of every group it changed), but sink ${sink.name} (${sink.type}) appends, and would keep every version of a group's row. Write it to a sink that upserts by the group keys (postgres or mysql with strategy: merge, redis with mode: set, kafka with a key), or group by a window: GROUP BY TUMBLE(ts, INTERVAL '1' HOUR), ...`,
+    });
+  }
+  if (project.windowState)
+    issues.push({
+      file: m.file,
+      message: `model ${m.name} is a materialised view: its state stays in the worker's WAL directory; window_state is not supported for it yet: run one worker, without window_state`,
+    });
+  if (m.contract)
+    issues.push({
+      file: m.contract.file ?? m.file,
+      line: m.contract.line,
+      message: `model ${m.name} is a materialised view: schema contracts are not applied to it yet; check the columns in a stateless model that refs it`,
+    });
   return issues;
 }
 

@@ -7,10 +7,11 @@ import type { PartitionRun } from './decoder.js';
 import type { PartitionWrite, PgWindowStore } from './window-store.js';
 import type { DedupOperator } from './dedup.js';
 import type { JoinOperator } from './joins.js';
+import type { ViewOperator } from './views.js';
 import type { WindowCheckpoint, WindowOperator } from './windows.js';
 
-/** A model that keeps state between batches: a windowed aggregation, a stream join or a deduplication. */
-export type StateOperator = WindowOperator | JoinOperator | DedupOperator;
+/** A model that keeps state between batches: a windowed aggregation, a stream join, a deduplication or a materialised view. */
+export type StateOperator = WindowOperator | JoinOperator | DedupOperator | ViewOperator;
 
 /**
  * The windowed models of a run, their state together. By default the state lives in the

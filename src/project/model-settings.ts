@@ -108,6 +108,10 @@ export function configureModel(m: ModelDef, ctx: ModelSettingsContext, issues: C
     };
     if (modYaml) m.windowAt = { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'window']) };
   }
+  if (o.state_ttl) {
+    m.stateTtl = o.state_ttl;
+    if (modYaml) m.stateTtlAt = { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'state_ttl']) };
+  }
   chooseSinks(m, o, sqlCfg, ctx, issues);
 }
 

@@ -113,6 +113,9 @@ export const modelsSchema = z
             contract: contractSchema.optional().describe('what the model may output beyond its declared columns: new_columns and type_changes, each evolve | freeze | discard_row | discard_value'),
             tests: z.array(modelTestSchema).optional().describe('model-level data tests: SQL expressions every row must satisfy'),
             window: windowSchema.optional().describe('a windowed model: watermark, late events and limits'),
+            state_ttl: durationSchema
+              .optional()
+              .describe('a materialised view (GROUP BY without a window): a group with no new row for this long (wall clock) is let go; its next row starts it again (default: kept for ever)'),
           })
           .strict(),
       )

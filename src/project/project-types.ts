@@ -64,6 +64,10 @@ export interface ModelDef {
   window?: WindowSettings;
   /** Where overrides.<model>.window is (config/models.yml). */
   windowAt?: { file: string; line?: number };
+  /** A materialised view: a group idle this long (wall clock) is let go (overrides.<model>.state_ttl). */
+  stateTtl?: string;
+  /** Where overrides.<model>.state_ttl is. */
+  stateTtlAt?: { file: string; line?: number };
 }
 
 /** How a windowed model treats time, late events and its limits (config/models.yml `overrides.<model>.window`). */

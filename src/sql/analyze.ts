@@ -1,6 +1,7 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { lineAt, outputNames, rewriteQuery, serialize, walkExpr, type Ctx, type Node } from './parse-tree.js';
 import { dedupQuery, type DedupQuery } from './dedup.js';
+import { viewQuery, type ViewQuery } from './views.js';
 import { intervalJoinQuery, type IntervalJoinQuery } from './joins.js';
 import { windowedQuery, type WindowedAnalysis } from './windows.js';
 
@@ -20,6 +21,10 @@ export interface SqlAnalysis extends WindowedAnalysis {
   dedup?: DedupQuery;
   /** The model deduplicates but does something that cannot (in `stateful`). */
   deduplicating?: boolean;
+  /** A continuously updated aggregate: GROUP BY without a window (engine/views.ts runs it). */
+  view?: ViewQuery;
+  /** The model aggregates over the whole stream but does something a view cannot (in `stateful`). */
+  aggregating?: boolean;
 }
 
 /**
@@ -76,6 +81,8 @@ export async function analyzeSql(conn: DuckDBConnection, sql: string): Promise<S
   if (joined) return { ...joined, tables };
   const deduped = await dedupQuery(conn, ast, aggs);
   if (deduped) return { ...deduped, tables };
+  const view = await viewQuery(conn, ast, aggs);
+  if (view) return { ...view, tables };
   const stateful: string[] = [];
   const ctx: Ctx = { aggs, stateful, cteMsg: new Set(), sq: 0 };
   const outputColumns = outputNames(root);

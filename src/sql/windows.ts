@@ -253,7 +253,7 @@ function sameArgs(a: Node[], b: Node[]): boolean {
  * both an alias and a column of the input is taken as the alias here, where DuckDB takes the
  * column: give the two different names.
  */
-function resolveGroupKey(g: Node, selectList: Node[]): Node {
+export function resolveGroupKey(g: Node, selectList: Node[]): Node {
   if (g.class === 'CONSTANT' && g.value?.type?.id && /INT/.test(String(g.value.type.id))) {
     const item = selectList[Number(g.value.value) - 1];
     return item ? { ...item, alias: '' } : g;
@@ -267,7 +267,7 @@ function resolveGroupKey(g: Node, selectList: Node[]): Node {
   return g;
 }
 
-function star(): Node {
+export function star(): Node {
   return { class: 'STAR', type: 'STAR', alias: '', query_location: 0, relation_name: '', exclude_list: [], replace_list: [], columns: false, expr: null, qualified_exclude_list: [], rename_list: [] };
 }
 

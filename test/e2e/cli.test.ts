@@ -126,10 +126,18 @@ describe('sluice CLI end to end', () => {
 
   it('validate rejects stateful SQL with an explanation', () => {
     const p = project();
-    fs.writeFileSync(path.join(p, 'models/totals.sql'), 'SELECT incoming.currency, count(*) AS n FROM incoming GROUP BY 1\n');
+    fs.writeFileSync(path.join(p, 'models/totals.sql'), 'SELECT incoming.currency, row_number() OVER () AS n FROM incoming\n');
     const r = sluice(['validate', '--project', p]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/totals\.sql: model totals is stateful: .*GROUP BY.*count\(\*\)/);
+    expect(r.stderr).toMatch(/totals\.sql: model totals is stateful: window function row_number\(\) looks at other rows/);
+    // An aggregate without a window is a materialised view, which only an upserting sink keeps:
+    // the reason, and the alternatives.
+    fs.writeFileSync(path.join(p, 'models/totals.sql'), 'SELECT incoming.currency, count(*) AS n FROM incoming GROUP BY 1\n');
+    const v = sluice(['validate', '--project', p]);
+    expect(v.code).toBe(2);
+    expect(v.stderr).toMatch(
+      /totals\.sql: model totals aggregates without a window \(a materialised view: each batch writes the current row of every group it changed\), but sink \w+ \(\w+\) appends.*Write it to a sink that upserts .*or group by a window: GROUP BY TUMBLE/,
+    );
   });
 
   it("validate rejects a model column named like one of sluice's own columns, in any case", () => {

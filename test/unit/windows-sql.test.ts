@@ -421,11 +421,12 @@ describe('analyzeSql: what a windowed model may not do', () => {
     expect(a.window).toBeUndefined();
   });
 
-  it('a GROUP BY without a window call stays stateful with the reasons of any other model', async () => {
+  it('a GROUP BY without a window call is a materialised view (engine/views.ts), not a windowed model', async () => {
     const a = await analyzeSql(conn(), 'SELECT user_id, count(*) AS n FROM incoming GROUP BY user_id');
     expect(a.error).toBeUndefined();
-    expect(a.stateful).toEqual(['GROUP BY combines rows of different messages', 'aggregate count(*) combines rows of different messages']);
+    expect(a.stateful).toEqual([]);
     expect(a.window).toBeUndefined();
+    expect(a.view?.keys).toEqual(['user_id']);
     expect(a.outputColumns).toEqual(['user_id', 'n']);
   });
 

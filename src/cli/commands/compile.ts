@@ -13,7 +13,7 @@ export function registerCompile(program: Command, { withProject, loadAndCheck, o
       for (const { model, analysis } of reports) {
         if (o.model && model.name !== path.basename(o.model).replace(/\.sql$/, '')) continue;
         const deps = model.refs.length ? `, after ${model.refs.join(', ')}` : '';
-        out(`-- ${model.name} (${model.file}): ${statefulness(analysis, model.window)}, source ${model.source}, sink ${model.sinks.join(', ')}${deps}`);
+        out(`-- ${model.name} (${model.file}): ${statefulness(analysis, model.window, model.stateTtl)}, source ${model.source}, sink ${model.sinks.join(', ')}${deps}`);
         out(model.rendered.sql.trim() + '\n');
       }
     });

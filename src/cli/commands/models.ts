@@ -13,7 +13,7 @@ export function registerModels(program: Command, { withProject, loadAndCheck, ou
       source: model.source,
       sink: model.sinks.join(', '),
       refs: model.refs.join(', '),
-      kind: statefulness(analysis, model.window),
+      kind: statefulness(analysis, model.window, model.stateTtl),
     }));
     out(formatTable([{ name: 'model' }, { name: 'file' }, { name: 'source' }, { name: 'sink' }, { name: 'refs' }, { name: 'kind' }], rows, 200));
   });

@@ -39,6 +39,8 @@ export const kafkaSink = defineSink({
   schema: kafkaSinkSchema,
   description: 'rows as JSON messages to a Kafka topic, one transaction per flush, key from a column',
   requiredColumns: (cfg) => (cfg.key ? [cfg.key] : []),
+  // A keyed topic (compacted, or read as a table) keeps the latest message per key.
+  upsertKey: (cfg) => (cfg.key ? [cfg.key] : undefined),
   async create(cfg, ctx) {
     const { KafkaSink } = await import('./kafka-sink.js');
     return new KafkaSink(cfg, ctx);

@@ -7,6 +7,7 @@ export const mysqlSink = defineSink({
   schema: mysqlSinkSchema,
   description: 'a MariaDB / MySQL table: append (LOAD DATA) or merge (upsert); effectively-once through a state table',
   requiredColumns: (cfg) => tableRequiredColumns(cfg),
+  upsertKey: (cfg) => (cfg.strategy === 'merge' ? cfg.key : undefined),
   async create(cfg, ctx) {
     const { MysqlSink } = await import('./mysql-sink.js');
     return new MysqlSink(cfg, ctx);

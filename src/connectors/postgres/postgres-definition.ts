@@ -7,6 +7,7 @@ export const postgresSink = defineSink({
   schema: postgresSinkSchema,
   description: 'a PostgreSQL table: append (COPY), merge (upsert) or scd2; effectively-once through a state table',
   requiredColumns: (cfg) => tableRequiredColumns(cfg),
+  upsertKey: (cfg) => (cfg.strategy === 'merge' ? cfg.key : undefined),
   async create(cfg, ctx) {
     const { PostgresSink } = await import('./postgres-sink.js');
     return new PostgresSink(cfg, ctx);

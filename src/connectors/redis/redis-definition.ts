@@ -48,6 +48,7 @@ export const redisSink = defineSink({
   schema: redisSinkSchema,
   description: 'rows to Redis: SET per row (key template, optional TTL) or XADD to a stream',
   requiredColumns: (cfg) => [...templateColumns(cfg.mode === 'set' ? cfg.key : cfg.stream), ...(cfg.delete_column ? [cfg.delete_column] : [])],
+  upsertKey: (cfg) => (cfg.mode === 'set' ? templateColumns(cfg.key) : undefined),
   async create(cfg, ctx) {
     const { RedisSink } = await import('./redis-sink.js');
     return new RedisSink(cfg, ctx);
