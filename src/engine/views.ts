@@ -91,7 +91,8 @@ export class ViewOperator {
       this.keys.length === 0 ? `(SELECT count(*) FROM ${this.fresh}) > 0` : `EXISTS (SELECT 1 FROM ${this.fresh} f WHERE ${this.keys.map((k) => `f.${k} IS NOT DISTINCT FROM r.${k}`).join(' AND ')})`;
     await this.conn.run(`CREATE OR REPLACE TEMP VIEW ${VIEW_ROWS} AS ${this.current(`SELECT * FROM ${all} r WHERE ${changed}`)}`);
     const msg = opts.partitions.at(-1)?.hi ?? 0;
-    await this.conn.run(`CREATE OR REPLACE TABLE ${model} AS SELECT *, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.v.emit})`);
+    // No row for the view in the batch: no group changed (an aggregate without GROUP BY would give a row over none).
+    await this.conn.run(`CREATE OR REPLACE TABLE ${model} AS SELECT *, ${msg}::BIGINT AS ${MSG_COL} FROM (${this.v.emit})${added === 0 ? ' WHERE false' : ''}`);
     const groups = Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${model}`)).getRows()[0][0]);
     this.pending = { added, groups, now };
     return {};

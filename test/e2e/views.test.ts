@@ -30,6 +30,12 @@ const MODELS: Record<string, { sql: string; key: string[]; batch: string }> = {
     key: ['customer'],
     batch: 'SELECT customer, sum(amount) AS revenue, count(*) AS orders, count(DISTINCT currency) AS currencies, max(ts) AS last_order FROM events WHERE amount > 0 GROUP BY customer',
   },
+  // An aggregate without GROUP BY (one group), over rows most batches do not have.
+  rare: {
+    sql: "SELECT 'all' AS k, count(*) AS n, sum(amount) AS total FROM incoming WHERE order_id % 5000 = 7\n",
+    key: ['k'],
+    batch: "SELECT 'all' AS k, count(*) AS n, sum(amount) AS total FROM events WHERE order_id % 5000 = 7",
+  },
   pairs: {
     sql: 'SELECT DISTINCT customer, currency FROM incoming\n',
     key: ['customer', 'currency'],
@@ -75,7 +81,7 @@ async function expectTablesEqualBatch(events: string, table: (m: string) => stri
     for (const [m, x] of Object.entries(MODELS)) {
       const want = (await conn.runAndReadAll(x.batch)).getRowObjectsJS().map((r) => Object.values(r).map(String).join('|'));
       const got = (await pgQuery(`SELECT * FROM ${table(m)}`)).map((r) => Object.values(r).map(String).join('|'));
-      expect(want.length, m).toBeGreaterThan(50);
+      expect(want.length, m).toBeGreaterThan(0);
       expect(got.sort(), m).toEqual(want.sort());
     }
   } finally {
