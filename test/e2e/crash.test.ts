@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { sluice, sluiceBg, tempDir, waitExit, writeFiles } from '../helpers/cli.js';
+import { sluice, sluiceAsync, sluiceBg, tempDir, waitExit, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
 
 // Crash test: SIGKILL `sluice run` at random moments, restart it each time, and prove that
@@ -121,17 +121,19 @@ describe('crash safety', () => {
   }, 300_000);
 
   // Kills placed exactly where a random kill rarely lands: between the steps of a commit or a flush.
+  // These runs crash at their point whatever their timing, each in a project of its own: they run
+  // concurrently (after the test above, whose kills land at random moments of runs it times).
   const points = ['before-commit', 'after-commit', 'after-flush-intent', 'sink-temp-written', 'after-sink-write', 'mid-truncate'];
   for (const partitioned of [false, true]) {
     for (const point of points.map((x) => (partitioned && x === 'sink-temp-written' ? 'sink-staged' : x))) {
-      it(`recovers exactly once from a kill at ${point}${partitioned ? ' (partitioned)' : ''}`, async () => {
+      it.concurrent(`recovers exactly once from a kill at ${point}${partitioned ? ' (partitioned)' : ''}`, async () => {
         const p = setup(`${point}-${partitioned}`, { perFile: 1500, partitioned, bad: 2 });
-        const crashed = sluice(['run', '--project', p, '--port', '0', '--log-level', 'error'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: '2' } });
+        const crashed = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-level', 'error'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: '2' }, timeout: 60_000 });
         expect(crashed.code, `expected a kill at ${point}: ${crashed.stderr}`).toBe(-1);
         // A second crash at the same point during recovery, when the run gets that far.
-        const again = sluice(['run', '--project', p, '--port', '0', '--log-level', 'error'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: '2' } });
+        const again = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-level', 'error'], { env: { SLUICE_CRASH_AT: point, SLUICE_CRASH_AFTER: '2' }, timeout: 60_000 });
         expect([0, -1]).toContain(again.code);
-        const r = sluice(['run', '--project', p, '--port', '0', '--log-level', 'warn']);
+        const r = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-level', 'warn'], { timeout: 60_000 });
         expect(r.code, r.stderr).toBe(0);
         const db = await DuckDBInstance.create(':memory:');
         const conn = await db.connect();

@@ -6,9 +6,9 @@ import { randomUUID } from 'node:crypto';
 import { createClient } from 'redis';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { orderMessage } from '../../src/connectors/generator/generator-source.js';
-import { freePort, httpGet, query, sluice, sluiceBg, tempDir, until, untilEvent, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, query, sluiceAsync, sluiceBg, tempDir, until, untilEvent, waitExit, writeFiles } from '../helpers/cli.js';
 import { lockPostgres, pgQuery } from '../helpers/sql-db.js';
 import { machineLock } from '../helpers/machine-lock.js';
 import { startS3 } from '../helpers/s3.js';
@@ -20,8 +20,10 @@ import { readWalState, type WalStateView } from '../helpers/wal.js';
 // (127.0.0.1:4222) and PostgreSQL (db test).
 
 const REDIS = 'redis://127.0.0.1:6379';
+// The tests run concurrently (each on directories, streams, schemas of its own): the
+// directories go when the whole file is done.
 const dirs: string[] = [];
-afterEach(() => {
+afterAll(() => {
   for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
 });
 
@@ -90,8 +92,9 @@ async function expectedPurchases(from: number, to: number): Promise<{ n: number;
   }
 }
 
+/** Runs the CLI without blocking the event loop of the file's concurrent tests (spawnSync would). */
 function run(dir: string, args: string[] = [], env: NodeJS.ProcessEnv = {}) {
-  return sluice(['run', '--project', dir, '--port', '0', ...args], { env, timeout: 120_000 });
+  return sluiceAsync(['run', '--project', dir, '--port', '0', ...args], { env, timeout: 120_000 });
 }
 
 interface Family {
@@ -210,10 +213,10 @@ async function deadLettersSurviveRestart(broker: {
   expect((await broker.letters()).sort()).toEqual(['m1.a {"id": 0, not json', 'm1.a {"id": 1, not json', 'm1.b {"id": 0, not json', 'm1.b {"id": 1, not json']);
 }
 
-describe('sluice run with several sources', () => {
+describe.concurrent('sluice run with several sources', () => {
   it('runs every source in one process until the files end; the layout is that of --source, so the two can be switched', async () => {
     const s = shop({ orders: 60, refunds: 25 });
-    const r = run(s.dir);
+    const r = await run(s.dir);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/done pipeline=orders messages=60/);
     expect(r.stderr).toMatch(/done pipeline=refunds messages=25/);
@@ -228,31 +231,31 @@ describe('sluice run with several sources', () => {
     // One process per source, on the WAL the single process left: each resumes where it was.
     fs.writeFileSync(path.join(s.dir, 'data/orders/b.ndjson'), orderLines(60, 80));
     fs.writeFileSync(path.join(s.dir, 'data/refunds/b.ndjson'), refundLines(25, 30));
-    const one = run(s.dir, ['--source', 'orders']);
+    const one = await run(s.dir, ['--source', 'orders']);
     expect(one.code, one.stderr).toBe(0);
     expect(one.stderr).not.toMatch(/pipeline=refunds/);
     expect(await counted(s.dir, 'orders', 'order_id')).toEqual({ n: 80, d: 80 });
     expect(await counted(s.dir, 'refunds', 'refund_id')).toEqual({ n: 25, d: 25 });
     // Back to one process for all: only refunds has anything new.
     fs.writeFileSync(path.join(s.dir, 'data/refunds/c.ndjson'), refundLines(30, 31));
-    const all = run(s.dir);
+    const all = await run(s.dir);
     expect(all.code, all.stderr).toBe(0);
     expect(all.stderr).toMatch(/done pipeline=orders messages=0/);
     expect(all.stderr).toMatch(/done pipeline=refunds messages=6/);
     expect(await counted(s.dir, 'orders', 'order_id')).toEqual({ n: 80, d: 80 });
     expect(await counted(s.dir, 'refunds', 'refund_id')).toEqual({ n: 31, d: 31 });
     // --source may be repeated; a name that is no source is refused before anything runs.
-    const both = run(s.dir, ['--source', 'orders', '--source', 'refunds']);
+    const both = await run(s.dir, ['--source', 'orders', '--source', 'refunds']);
     expect(both.code, both.stderr).toBe(0);
     expect(both.stderr).toMatch(/done pipeline=orders messages=0/);
-    const bad = run(s.dir, ['--source', 'orders', '--source', 'nope']);
+    const bad = await run(s.dir, ['--source', 'orders', '--source', 'nope']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--source nope: no source named "nope" (sources: orders, refunds)');
   });
 
-  it('--model runs only the sources feeding the models; --dry-run prints one batch of each source under its name', () => {
+  it('--model runs only the sources feeding the models; --dry-run prints one batch of each source under its name', async () => {
     const s = shop({ orders: 30, refunds: 12 });
-    const dry = run(s.dir, ['--dry-run']);
+    const dry = await run(s.dir, ['--dry-run']);
     expect(dry.code, dry.stderr).toBe(0);
     const blocks = dry.stdout.split(/^== source /m).slice(1);
     expect(blocks.map((b) => b.split(' ')[0]).sort()).toEqual(['orders', 'refunds']);
@@ -264,14 +267,14 @@ describe('sluice run with several sources', () => {
     expect(blocks.find((b) => b.startsWith('refunds'))).toMatch(/dry run: 12 messages[\s\S]*^refunds \(12 rows\)/m);
     expect(fs.existsSync(path.join(s.dir, 'output'))).toBe(false);
 
-    const only = run(s.dir, ['--model', 'refunds']);
+    const only = await run(s.dir, ['--model', 'refunds']);
     expect(only.code, only.stderr).toBe(0);
     expect(fs.existsSync(path.join(s.dir, 'output/lake/orders'))).toBe(false);
     expect(fs.readdirSync(path.join(s.dir, 'output/lake/refunds')).filter((f) => f.endsWith('.parquet'))).toHaveLength(1);
-    const wrong = run(s.dir, ['--model', 'refunds', '--source', 'orders']);
+    const wrong = await run(s.dir, ['--model', 'refunds', '--source', 'orders']);
     expect(wrong.code).toBe(2);
     expect(wrong.stderr).toContain('--model refunds (source refunds): not fed by the sources chosen with --source (orders)');
-    const unknown = run(s.dir, ['--model', 'nope']);
+    const unknown = await run(s.dir, ['--model', 'nope']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('no model named "nope"');
   });
@@ -399,7 +402,8 @@ describe('sluice run with several sources', () => {
     }
   });
 
-  it('after SIGKILLs at the commit and sink-write points and at random moments, a restart has every row of every source exactly once', async () => {
+  // Alone, between the others: its kills land at random moments of runs it times.
+  it.sequential('after SIGKILLs at the commit and sink-write points and at random moments, a restart has every row of every source exactly once', async () => {
     const s = shop({ orders: 3000, refunds: 2000, batch: 100, models: 'max_file_bytes: 20000\nmax_age_seconds: 0.2\n' });
     const args = ['run', '--project', s.dir, '--port', '0'];
     for (const [at, after] of [
@@ -408,7 +412,7 @@ describe('sluice run with several sources', () => {
       ['sink-temp-written', '3'],
       ['before-commit', '12'],
     ]) {
-      const r = sluice(args, { env: { SLUICE_CRASH_AT: at, SLUICE_CRASH_AFTER: after }, timeout: 120_000 });
+      const r = await sluiceAsync(args, { env: { SLUICE_CRASH_AT: at, SLUICE_CRASH_AFTER: after }, timeout: 120_000 });
       expect(r.code, `${at}: ${r.stderr.slice(-2000)}`).toBe(-1); // SIGKILLed at that point
     }
     // Then kills at random moments of runs that follow the files (they never end by themselves),
@@ -428,7 +432,7 @@ describe('sluice run with several sources', () => {
       expect((await waitExit(child)).signal, child.err()).toBe('SIGKILL');
     }
     fs.writeFileSync(path.join(s.dir, 'config/sources.yml'), sources);
-    const last = run(s.dir);
+    const last = await run(s.dir);
     expect(last.code, last.stderr.slice(-3000)).toBe(0);
     expect(await counted(s.dir, 'orders', 'order_id')).toEqual({ n: orders, d: orders });
     expect(await counted(s.dir, 'refunds', 'refund_id')).toEqual({ n: refunds, d: refunds });
@@ -482,7 +486,7 @@ describe('sluice run with several sources', () => {
     expect(Number(r.n)).toBe(5);
   });
 
-  it('a sink path that cannot be created stops every pipeline and exits 1 naming the source', () => {
+  it('a sink path that cannot be created stops every pipeline and exits 1 naming the source', async () => {
     const s = shop({
       orders: 20,
       refunds: 5,
@@ -490,7 +494,7 @@ describe('sluice run with several sources', () => {
       sinks: 'sinks:\n  lake:\n    type: parquet\n    path: output/lake\n  nowhere:\n    type: parquet\n    path: data/refunds/a.ndjson/out\n',
       models: 'max_age_seconds: 0.3\noverrides:\n  orders: { sink: lake }\n  purchases: { sink: lake }\n  refunds: { sink: nowhere }\n',
     });
-    const r = sluice(['run', '--project', s.dir, '--port', '0'], { timeout: 60_000 });
+    const r = await sluiceAsync(['run', '--project', s.dir, '--port', '0'], { timeout: 60_000 });
     expect(r.code, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/error: source refunds failed: .*ENOTDIR.*data\/refunds\/a\.ndjson\/out.* \(source orders was stopped\)$/m);
     expect(r.stderr).toMatch(/done pipeline=orders/);
@@ -531,9 +535,9 @@ describe('sluice run with several sources', () => {
         sinks: `sinks:\n  db:\n    type: postgres\n    database: test\n    schema: ${schema}\n    auto_migrate: true\n`,
         models: 'max_file_bytes: 4000\nmax_age_seconds: 0.1\n',
       });
-      const crashed = run(s.dir, [], { SLUICE_CRASH_AT: 'after-sink-write', SLUICE_CRASH_AFTER: '6' });
+      const crashed = await run(s.dir, [], { SLUICE_CRASH_AT: 'after-sink-write', SLUICE_CRASH_AFTER: '6' });
       expect(crashed.code, crashed.stderr.slice(-2000)).toBe(-1);
-      const r = run(s.dir);
+      const r = await run(s.dir);
       expect(r.code, r.stderr.slice(-3000)).toBe(0);
       const count = async (t: string, key: string) => (await pgQuery<{ n: string; d: string }>(`SELECT count(*) AS n, count(DISTINCT (${key})) AS d FROM ${schema}.${t}`))[0];
       expect(await count('orders', 'order_id')).toEqual({ n: '400', d: '400' });
@@ -655,17 +659,17 @@ describe('sluice run with several sources', () => {
     }
   });
 
-  it('validate and run refuse sources that would share a consumer (Kafka group, NATS durable consumer, Redis group, RabbitMQ queue), naming both with file and line', () => {
+  it('validate and run refuse sources that would share a consumer (Kafka group, NATS durable consumer, Redis group, RabbitMQ queue), naming both with file and line', async () => {
     const dir = tempDir('sluice-multi-');
     dirs.push(dir);
     const models = { 'models/a_rows.sql': "SELECT x.id FROM {{ source('a') }} AS x\n", 'models/b_rows.sql': "SELECT x.id FROM {{ source('b') }} AS x\n" };
     const project = (a: string, b: string) =>
       writeFiles(dir, { 'config/sources.yml': `sources:\n  a:\n${a}  b:\n${b}`, 'config/sinks.yml': 'sinks:\n  lake:\n    type: parquet\n    path: output/lake\n', ...models });
-    const validate = () => sluice(['validate'], { cwd: dir });
+    const validate = () => sluiceAsync(['validate'], { cwd: dir, timeout: 60_000 });
     /** `validate` refuses sources a and b, saying `problem`. */
-    const expectRefused = (a: string, b: string, problem: string) => {
+    const expectRefused = async (a: string, b: string, problem: string) => {
       project(a, b);
-      const r = validate();
+      const r = await validate();
       expect(r.code, r.stderr).toBe(2);
       expect(r.stderr).toContain(problem);
     };
@@ -675,58 +679,58 @@ describe('sluice run with several sources', () => {
     const kafkaProblem =
       'config/sources.yml:6: sources.b.group_id: sources a (config/sources.yml:2) and b (config/sources.yml:6) consume as Kafka consumer group "sluice" on the same brokers: ' +
       "the group's leader assigns only the topics it subscribed to itself, so one of them would silently get no partitions (or, on the same topics, each would get only some); give each source its own `group_id:`";
-    const v = validate();
+    const v = await validate();
     expect(v.code, v.stderr).toBe(2);
     expect(v.stderr).toContain(`error: invalid project (1 problem):\n  ${kafkaProblem}\n`);
-    const r = sluice(['run', '--port', '0'], { cwd: dir, timeout: 30_000 });
+    const r = await sluiceAsync(['run', '--port', '0'], { cwd: dir, timeout: 30_000 });
     expect(r.code, r.stderr).toBe(2);
     expect(r.stderr).toContain(kafkaProblem);
     expect(r.stderr).not.toMatch(/\n\s+at |connect/i);
     // A group each; and the same group on another cluster is another group.
     project(kafka('    topics: [orders]\n    group_id: orders\n'), kafka('    topics: [refunds]\n    group_id: refunds\n'));
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
     project(kafka('    topics: [orders]\n'), '    type: kafka\n    brokers: [127.0.0.1:2, 127.0.0.1:3]\n    topics: [refunds]\n');
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
     project(kafka('    topics: [orders]\n'), '    type: kafka\n    brokers: [127.0.0.1:2, 127.0.0.1:1]\n    topics: [refunds]\n');
-    expect(validate().stderr).toContain('sources a (config/sources.yml:2) and b (config/sources.yml:6) consume as Kafka consumer group "sluice"');
+    expect((await validate()).stderr).toContain('sources a (config/sources.yml:2) and b (config/sources.yml:6) consume as Kafka consumer group "sluice"');
 
     // NATS: one stream through the default durable consumer (a filter_subject each does not make two consumers).
     const nats = (filter: string, extra = '') => `    type: nats\n    servers: nats://127.0.0.1:4222\n    stream: EVENTS\n    filter_subject: ${filter}\n${extra}`;
-    expectRefused(
+    await expectRefused(
       nats('events.a'),
       nats('events.b').replace('nats://', ''),
       'config/sources.yml:7: sources.b.consumer: sources a (config/sources.yml:2) and b (config/sources.yml:7) read stream EVENTS through the same durable consumer "sluice": ' +
         'it hands each message to one of them, with the filter_subject of the source that created it, so each would get only part of its messages; give each source its own `consumer:`',
     );
     project(nats('events.a', '    consumer: a\n'), nats('events.b', '    consumer: b\n'));
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
 
     // Redis: one stream in one group, whatever the consumer names; another database is another stream.
     const redis = (url: string, extra = '') => `    type: redis_streams\n    url: ${url}\n    stream: events\n${extra}`;
-    expectRefused(
+    await expectRefused(
       redis('redis://127.0.0.1:6379', '    consumer: one\n'),
       redis('redis://user:secret@127.0.0.1:6379/0', '    consumer: two\n'),
       'config/sources.yml:7: sources.b.group: sources a (config/sources.yml:2) and b (config/sources.yml:7) read stream events in the same consumer group "sluice": ' +
         'the group hands each entry to one consumer (and a consumer takes over entries another left pending), so each would see only part of the stream; give each source its own `group:`',
     );
     project(redis('redis://127.0.0.1:6379'), redis('redis://127.0.0.1:6379/1'));
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
     project(redis('redis://127.0.0.1:6379'), redis('redis://127.0.0.1:6379', '    group: other\n'));
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
 
     // RabbitMQ: one queue on one broker and virtual host, whether given by url or by its parts
     // (localhost is 127.0.0.1); another queue or another vhost is fine.
     const rabbit = (at: string, queue: string) => `    type: rabbitmq\n${at}    queue: ${queue}\n`;
-    expectRefused(
+    await expectRefused(
       rabbit('    url: amqp://guest:guest@localhost:1/\n', 'orders'),
       rabbit('    host: 127.0.0.1\n    port: 1\n', 'orders'),
       'config/sources.yml:6: sources.b.queue: sources a (config/sources.yml:2) and b (config/sources.yml:6) consume queue "orders" on the same broker: ' +
         'RabbitMQ hands each message of a queue to one of its consumers, so each would get only part of its messages (bind a queue of its own for each source to the exchange); give each source its own `queue:`',
     );
     project(rabbit('    url: amqp://localhost:1\n', 'orders'), rabbit('    url: amqp://localhost:1\n', 'refunds'));
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
     project(rabbit('    url: amqp://localhost:1/a\n', 'orders'), rabbit('    url: amqp://localhost:1/b\n', 'orders'));
-    expect(validate().code).toBe(0);
+    expect((await validate()).code).toBe(0);
   });
 
   it('a taken --port: one clear error, before any pipeline starts, as with one source', async () => {
@@ -735,20 +739,20 @@ describe('sluice run with several sources', () => {
     const port = await new Promise<number>((resolve) => taken.listen(0, '0.0.0.0', () => resolve((taken.address() as net.AddressInfo).port)));
     try {
       const message = `error: --port ${port} is in use (another process listens on it): the ops server (/healthz, /readyz, /metrics) cannot start; choose another port with --port or server.port in sluice.yml (0 = no server)\n`;
-      const all = sluice(['run', '--project', s.dir, '--port', String(port)], { timeout: 60_000 });
+      const all = await sluiceAsync(['run', '--project', s.dir, '--port', String(port)], { timeout: 60_000 });
       expect(all.code, all.stderr).toBe(2);
       expect(all.stderr.endsWith(message), all.stderr).toBe(true);
       expect(all.stderr).not.toMatch(/EADDRINUSE|\n\s+at /);
       // The server is up before any pipeline reads: nothing was read or staged.
       expect(fs.existsSync(path.join(s.dir, '.sluice/wal'))).toBe(false);
-      const one = sluice(['run', '--project', s.dir, '--port', String(port), '--source', 'orders'], { timeout: 60_000 });
+      const one = await sluiceAsync(['run', '--project', s.dir, '--port', String(port), '--source', 'orders'], { timeout: 60_000 });
       expect(one.code, one.stderr).toBe(2);
       expect(one.stderr.endsWith(message), one.stderr).toBe(true);
     } finally {
       await new Promise((r) => taken.close(r));
     }
     // Once the port is free, the same run goes through.
-    const ok = sluice(['run', '--project', s.dir, '--port', String(port)], { timeout: 60_000 });
+    const ok = await sluiceAsync(['run', '--project', s.dir, '--port', String(port)], { timeout: 60_000 });
     expect(ok.code, ok.stderr).toBe(0);
     expect(await counted(s.dir, 'orders', 'order_id')).toEqual({ n: 10, d: 10 });
   });
@@ -792,14 +796,14 @@ describe('sluice run with several sources', () => {
     });
     const seen = async (model: string) =>
       (await query(`SELECT DISTINCT mem, threads::INTEGER AS threads FROM read_parquet('${s.dir}/output/lake/${model}/*.parquet') ORDER BY ALL`)).map((r) => `${r.mem} ${r.threads}`);
-    const both = run(s.dir);
+    const both = await run(s.dir);
     expect(both.code, both.stderr).toBe(0);
     expect(both.stderr).toContain(`the sources share DuckDB's threads and memory limit sources=2 threads=4 memory_limit=3GiB each={"threads":2,"memory_limit":"1536MiB"}`);
     expect(await seen('orders')).toEqual(['1.5 GiB 2']);
     expect(await seen('refunds')).toEqual(['1.5 GiB 2']);
     // --source runs one pipeline in this process: it has the project's settings whole.
     fs.writeFileSync(path.join(s.dir, 'data/orders/b.ndjson'), orderLines(10, 12));
-    const one = run(s.dir, ['--source', 'orders']);
+    const one = await run(s.dir, ['--source', 'orders']);
     expect(one.code, one.stderr).toBe(0);
     expect(one.stderr).not.toMatch(/share DuckDB/);
     expect(await seen('orders')).toEqual(['1.5 GiB 2', '3.0 GiB 4']);
@@ -807,7 +811,7 @@ describe('sluice run with several sources', () => {
     // Without settings: sluice's defaults (a quarter of the memory, at most 2 GiB; a thread per core but one), halved.
     fs.rmSync(path.join(s.dir, 'sluice.yml'));
     fs.writeFileSync(path.join(s.dir, 'data/refunds/b.ndjson'), refundLines(5, 8));
-    const defaults = run(s.dir);
+    const defaults = await run(s.dir);
     expect(defaults.code, defaults.stderr).toBe(0);
     const d = { mem: `${Math.min(2048, Math.floor(os.totalmem() / 4 / 2 ** 20))} MiB` };
     const bytes = (t: string) => {
@@ -832,33 +836,33 @@ describe('dlq commands in a project with several sources', () => {
       // an order that is not JSON: a dead letter of source orders.
       'data/orders/b.ndjson': '{"order_id": 9999, broken\n',
     });
-    const r = sluice(['run', '--project', s.dir, '--port', '0']);
+    const r = await sluiceAsync(['run', '--project', s.dir, '--port', '0'], { timeout: 60_000 });
     expect(r.code, r.stderr).toBe(0);
     expect(await counted(s.dir, 'refunds', 'refund_id')).toEqual({ n: 5, d: 5 });
 
-    const all = sluice(['dlq', 'inspect', '--project', s.dir]);
+    const all = await sluiceAsync(['dlq', 'inspect', '--project', s.dir], { timeout: 60_000 });
     expect(all.code, all.stderr).toBe(0);
     expect(all.stdout).toMatch(/^source orders: 1 dead letter\(s\) in .*orders/m);
     expect(all.stdout).toMatch(/^source refunds: 2 dead letter\(s\) in .*refunds/m);
-    const one = sluice(['dlq', 'inspect', '--project', s.dir, '--source', 'refunds', '--format', 'json']);
+    const one = await sluiceAsync(['dlq', 'inspect', '--project', s.dir, '--source', 'refunds', '--format', 'json'], { timeout: 60_000 });
     expect(one.code, one.stderr).toBe(0);
     const recs = JSON.parse(one.stdout) as { source_name: string; stage: string; payload: string }[];
     expect(recs.map((x) => [x.source_name, x.stage, x.payload])).toEqual(bad.map((b) => ['refunds', 'transform', b]));
-    const unknown = sluice(['dlq', 'inspect', '--project', s.dir, '--source', 'nope']);
+    const unknown = await sluiceAsync(['dlq', 'inspect', '--project', s.dir, '--source', 'nope'], { timeout: 60_000 });
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/no source named "nope" \(sources: orders, refunds\)/);
 
     // The model is repaired; a replay of every source delivers the refunds and dead-letters the broken order again.
     writeFiles(s.dir, { 'models/refunds.sql': "SELECT r.refund_id, r.order_id, r.amount FROM {{ source('refunds') }} AS r\n" });
-    const replay = sluice(['dlq', 'replay', '--project', s.dir]);
+    const replay = await sluiceAsync(['dlq', 'replay', '--project', s.dir], { timeout: 60_000 });
     expect(replay.code, replay.stderr).toBe(0);
     expect(replay.stdout).toMatch(/^source orders: replayed 1 dead letter\(s\): 0 delivered, 1 failed again/m);
     expect(replay.stdout).toMatch(/^source refunds: replayed 2 dead letter\(s\): 2 delivered, 0 failed again/m);
     expect(await counted(s.dir, 'refunds', 'refund_id')).toEqual({ n: 7, d: 7 });
-    const after = sluice(['dlq', 'inspect', '--project', s.dir]);
+    const after = await sluiceAsync(['dlq', 'inspect', '--project', s.dir], { timeout: 60_000 });
     expect(after.stdout).toMatch(/^source orders: 1 dead letter\(s\)/m);
     expect(after.stdout).toMatch(/^source refunds: 0 dead letter\(s\)/m);
-    const target = sluice(['dlq', 'replay', '--project', s.dir, '--target', 'q']);
+    const target = await sluiceAsync(['dlq', 'replay', '--project', s.dir, '--target', 'q'], { timeout: 60_000 });
     expect(target.code).toBe(2);
     expect(target.stderr).toMatch(/--target names one queue: choose the source .* with --source/);
   });

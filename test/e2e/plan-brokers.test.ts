@@ -16,6 +16,8 @@ import { topicGone } from '../../src/connectors/kafka/kafka-infra.js';
 // bindings, NATS JetStream streams, Kafka topics, each connector's dead-letter ones included.
 // The projects have no fixtures: the broker planners need no model columns. Every test uses
 // names of its own and removes what it made (the Kafka mock cluster is this file's own).
+// So the tests run concurrently, and the four blocks beside each other: most of a test's time
+// is the CLI's start, on the other core when a neighbour waits for a broker.
 
 const LONG_LOCK = 16 * 60_000;
 
@@ -64,7 +66,7 @@ function noStack(r: CliResult): void {
   expect(r.stdout).not.toMatch(/^\s+at /m);
 }
 
-describe('rabbitmq', () => {
+describe.concurrent('rabbitmq', () => {
   let conn: amqp.ChannelModel;
   let release: (() => void) | undefined;
   // rabbitmq.test.ts restarts the broker in one test: not while this block runs.
@@ -239,7 +241,7 @@ describe('rabbitmq', () => {
   });
 });
 
-describe('a connector that cannot be reached', () => {
+describe.concurrent('a connector that cannot be reached', () => {
   let release: (() => void) | undefined;
   // postgres-outage.test.ts stops PostgreSQL: not while this block runs.
   beforeAll(async () => {
@@ -279,7 +281,7 @@ describe('a connector that cannot be reached', () => {
   });
 });
 
-describe('nats', () => {
+describe.concurrent('nats', () => {
   let nc: NatsConnection;
   let jsm: JetStreamManager;
   let release: (() => void) | undefined;
@@ -446,7 +448,7 @@ describe('nats', () => {
   });
 });
 
-describe('kafka (the mock cluster, which refuses CreateTopics)', () => {
+describe.concurrent('kafka (the mock cluster, which refuses CreateTopics)', () => {
   let k: MockKafka;
   beforeAll(async () => {
     k = await startMockKafka();

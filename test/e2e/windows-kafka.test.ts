@@ -54,8 +54,10 @@ function rows(p: string, model: string): string {
   return `(SELECT * FROM read_parquet('${path.join(p, 'output', model)}/**/*.parquet'))`;
 }
 
+// The two tests (each on a topic and projects of its own) run together: the second mostly
+// waits (for idle_timeout, and for windows not to close), beside the first's long kill loop.
 describe('windowed models over Kafka', () => {
-  it('SIGKILLed at least ten times, a run gives exactly the output of an uninterrupted one', async () => {
+  it.concurrent('SIGKILLed at least ten times, a run gives exactly the output of an uninterrupted one', async () => {
     const topic = uniqueTopic('sluice-win');
     await ensureTopic(mk.admin, topic);
     // Keyed by user: a user's events stay in order of writing within their partition.
@@ -130,7 +132,7 @@ describe('windowed models over Kafka', () => {
     }
   }, 600_000);
 
-  it('an assigned partition with no event holds the watermark back until idle_timeout, then the windows close on time alone', async () => {
+  it.concurrent('an assigned partition with no event holds the watermark back until idle_timeout, then the windows close on time alone', async () => {
     const topic = uniqueTopic('sluice-idle');
     await ensureTopic(mk.admin, topic);
     // Two minutes of events, all in partition 0: partitions 1-3 are assigned and empty.

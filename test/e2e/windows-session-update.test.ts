@@ -3,7 +3,7 @@ import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { createClient } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jsonLogs, killRepeatedly, sluice, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { jsonLogs, killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
 import { jsonlRows } from '../helpers/output.js';
 import { lockPostgres, myQuery, pgQuery } from '../helpers/sql-db.js';
@@ -113,8 +113,11 @@ function clickstream(n: number, lateOneIn = 40, maxBehind = 600): string {
   return `${lines.join('\n')}\n`;
 }
 
+// Each test has a project directory (and tables, keys) of its own: the first two run concurrently,
+// then the SIGKILL test alone (its kills land at random moments of runs it times), then the two
+// blocks after it together.
 describe('session windows under late: update', () => {
-  it('a late event that extends, bridges or precedes emitted sessions re-emits them with the next revision and retracts those that changed identity', async () => {
+  it.concurrent('a late event that extends, bridges or precedes emitted sessions re-emits them with the next revision and retracts those that changed identity', async () => {
     // One event a batch, no lateness: the watermark is the largest event time so far.
     const events: [string, number][] = [
       ['a', 0],
@@ -159,7 +162,7 @@ describe('session windows under late: update', () => {
   const N = 12_000;
   const input = clickstream(N);
 
-  it('over a clickstream with late events, the latest revisions equal the session query over every event kept, whatever dead-letters', async () => {
+  it.concurrent('over a clickstream with late events, the latest revisions equal the session query over every event kept, whatever dead-letters', async () => {
     // allowed_lateness 2 minutes: events up to ten minutes late, so some are dead-lettered.
     const p = sessionProject('short', input, '      lateness: 10 seconds\n      allowed_lateness: 2 minutes\n', 200);
     const done = (await run(p)) as { late: { sessions: { dlq: number; update: number; drop: number } } };
@@ -186,7 +189,7 @@ describe('session windows under late: update', () => {
   }, 240_000);
 });
 
-describe('session retractions in upserting sinks', () => {
+describe.concurrent('session retractions in upserting sinks', () => {
   // PostgreSQL and MariaDB merge on (user, session_start) and Redis SET on a key made of them,
   // each with delete_column: _retracted. A flush after every batch: retractions meet rows that
   // earlier flushes wrote. The tables and keys left are exactly the session query's rows.
@@ -231,8 +234,8 @@ describe('session retractions in upserting sinks', () => {
   });
 });
 
-describe('delete_column in sink configs', () => {
-  it('validate refuses delete_column off merge and off redis set, and a delete_column the model does not have', () => {
+describe.concurrent('delete_column in sink configs', () => {
+  it('validate refuses delete_column off merge and off redis set, and a delete_column the model does not have', async () => {
     const sinks = `sinks:
   pg:
     type: postgres
@@ -246,7 +249,7 @@ describe('delete_column in sink configs', () => {
     delete_column: _retracted
 `;
     const p = sessionProject('delete-config', '', '', 10, sinks);
-    const r = sluice(['validate', '--project', p]);
+    const r = await sluiceAsync(['validate', '--project', p], { timeout: 60_000 });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('config/sinks.yml:6: sinks.pg.delete_column: delete_column is used by merge only');
     expect(r.stderr).toContain('config/sinks.yml:11: sinks.kv.delete_column: delete_column does not apply to mode xadd');
@@ -254,7 +257,7 @@ describe('delete_column in sink configs', () => {
     const merge = 'sinks:\n  pg:\n    type: postgres\n    database: test\n    strategy: merge\n    key: [user, session_start]\n    delete_column: _retracted\n';
     const q = sessionProject('delete-missing', '', '', 10, merge);
     fs.writeFileSync(path.join(q, 'config/models.yml'), 'overrides:\n  sessions:\n    window:\n      late: drop\n');
-    const m = sluice(['validate', '--project', q]);
+    const m = await sluiceAsync(['validate', '--project', q], { timeout: 60_000 });
     expect(m.code).toBe(2);
     expect(m.stderr).toMatch(/config\/sinks\.yml:7: sinks\.pg\.delete_column: model sessions \(\S*models\/sessions\.sql\) has no column "_retracted"/);
   });

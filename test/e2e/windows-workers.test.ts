@@ -166,8 +166,11 @@ async function holding(take: () => Promise<() => void>, fn: () => Promise<void>)
   }
 }
 
+// The first three tests (each on a topic, a group, a table and directories of its own) run
+// together: most of their time is spent waiting on rebalances and consumer groups catching up.
+// The outage test stops PostgreSQL, so it runs after them, alone.
 describe('windowed models over several workers', () => {
-  it(
+  it.concurrent(
     'two workers with a shared state store, a rebalance, a SIGKILL and a restart, emit exactly the windows one worker emits',
     () =>
       holding(lockPostgres, async () => {
@@ -228,7 +231,7 @@ describe('windowed models over several workers', () => {
       }),
     600_000,
   );
-  it(
+  it.concurrent(
     "a worker holding partitions whose watermarks differ (one taken over from a worker that ran ahead) emits each partition's windows at its own, and the two workers still emit what one does",
     () =>
       holding(lockPostgres, async () => {
@@ -283,6 +286,17 @@ describe('windowed models over several workers', () => {
       }),
     600_000,
   );
+  it.concurrent('a dry run with window_state opens no state store: it reads a batch and prints it, with the store unreachable', async () => {
+    const topic = uniqueTopic('sluice-winw4');
+    await ensureTopic(mk.admin, topic);
+    await produce(mk.producer, topic, events(0, 500));
+    const p = project('dry', topic);
+    // A store on a port nothing listens on: opening it would fail the run.
+    fs.writeFileSync(path.join(p, 'sluice.yml'), 'name: dry\nwindow_state:\n  postgres: postgres://postgres@127.0.0.1:1/test\n');
+    const r = await sluiceAsync(['run', '--project', p, '--dry-run', '--port', '0'], { timeout: 90_000 });
+    expect(r.stderr).not.toContain('window state store');
+    expect({ code: r.code, stdout: r.stdout.includes('user_minute') }).toEqual({ code: 0, stdout: true });
+  });
   it(
     'the state store (PostgreSQL) stopped for a few seconds mid-run: the worker holds its batch, waits, goes on, and emits what one worker without the store does',
     () =>
@@ -329,15 +343,4 @@ describe('windowed models over several workers', () => {
       }),
     600_000,
   );
-  it('a dry run with window_state opens no state store: it reads a batch and prints it, with the store unreachable', async () => {
-    const topic = uniqueTopic('sluice-winw4');
-    await ensureTopic(mk.admin, topic);
-    await produce(mk.producer, topic, events(0, 500));
-    const p = project('dry', topic);
-    // A store on a port nothing listens on: opening it would fail the run.
-    fs.writeFileSync(path.join(p, 'sluice.yml'), 'name: dry\nwindow_state:\n  postgres: postgres://postgres@127.0.0.1:1/test\n');
-    const r = await sluiceAsync(['run', '--project', p, '--dry-run', '--port', '0'], { timeout: 90_000 });
-    expect(r.stderr).not.toContain('window state store');
-    expect({ code: r.code, stdout: r.stdout.includes('user_minute') }).toEqual({ code: 0, stdout: true });
-  });
 });

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
-import { jsonLogs, killRepeatedly, sluice, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { jsonLogs, killRepeatedly, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { projectDeadLetters } from '../helpers/dlq.js';
 import { jsonlRows } from '../helpers/output.js';
 import { compareWithBatch, loadEvents, WINDOW_MODELS, WINDOW_MODELS_YML, writeClicks } from '../helpers/window-data.js';
@@ -50,26 +50,29 @@ function expectEquivalent(result: Record<string, { output: number; batch: number
   }
 }
 
+// Each test has a project directory of its own, and most run concurrently: the first two here,
+// then the blocks after this one together. The SIGKILL test runs alone, between them: its kills
+// land at random moments of runs it times.
 describe('windowed models', () => {
-  it('validate accepts windowed models; `models list`, `compile` and `lineage` show each window, its watermark and late policy', () => {
+  it.concurrent('validate accepts windowed models; `models list`, `compile` and `lineage` show each window, its watermark and late policy', async () => {
     const p = project('listed', 10);
-    const v = sluice(['validate', '--project', p]);
+    const v = await sluiceAsync(['validate', '--project', p], { timeout: 60_000 });
     expect(v.stderr + v.stdout).not.toMatch(/stateful/);
     expect(v.code).toBe(0);
-    const list = sluice(['models', 'list', '--project', p]);
+    const list = await sluiceAsync(['models', 'list', '--project', p], { timeout: 60_000 });
     expect(list.code).toBe(0);
     expect(list.stdout).toMatch(/revenue .*TUMBLE\(ts, INTERVAL '1' MINUTE\)/);
     expect(list.stdout).toMatch(/sessions .*SESSION\(ts, INTERVAL '30' SECOND\) per "user" · watermark: max event time - 20 seconds · idle partitions after 60 seconds · late: dlq/);
-    const compiled = sluice(['compile', '--project', p]);
+    const compiled = await sluiceAsync(['compile', '--project', p], { timeout: 60_000 });
     expect(compiled.code).toBe(0);
     expect(compiled.stdout).toMatch(/-- moving \(.*models\/moving.sql\): windowed: HOP\(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE\) · watermark: max event time - 20 seconds/);
-    const lineage = sluice(['lineage', '--project', p]);
+    const lineage = await sluiceAsync(['lineage', '--project', p], { timeout: 60_000 });
     expect(lineage.code).toBe(0);
     expect(lineage.stdout).toMatch(/model revenue \[windowed: TUMBLE\(ts, INTERVAL '1' MINUTE\) per currency · .*late: dlq\]/);
     expect(lineage.stdout).toMatch(/model revenue_eur\n/); // a stateless model reading a windowed one
   });
 
-  it("over a million out-of-order events, each kind of window equals plain DuckDB's GROUP BY over the whole file", async () => {
+  it.concurrent("over a million out-of-order events, each kind of window equals plain DuckDB's GROUP BY over the whole file", async () => {
     const p = project('equivalence', 1_000_000);
     const r = await sluiceAsync(['run', '--project', p, '--port', '0', '--log-json'], { timeout: 240_000 });
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
@@ -91,9 +94,9 @@ describe('windowed models', () => {
   }, 300_000);
 });
 
-describe('offline tools', () => {
-  function toolsProject(): string {
-    const p = path.join(root, 'tools');
+describe.concurrent('offline tools', () => {
+  function toolsProject(name: string): string {
+    const p = path.join(root, name);
     const at = (m: number, s: number) => new Date(Date.UTC(2026, 0, 1, 0, m, s)).toISOString();
     writeFiles(p, {
       'config/sources.yml': 'source:\n  type: file\n  path: data\n  dlq: .sluice/dlq\n',
@@ -126,7 +129,7 @@ describe('offline tools', () => {
   }
 
   it('sluice test runs windowed models over the fixture, closing every window at its end, and their unit tests pass', async () => {
-    const p = toolsProject();
+    const p = toolsProject('tools-test');
     const r = await sluiceAsync(['test', '--project', p, '--format', 'json']);
     expect(r.code, r.stderr + r.stdout).toBe(0);
     const out = JSON.parse(r.stdout) as { models: Record<string, Record<string, unknown>[]>; unit_tests: { test: string; passed: boolean }[] };
@@ -145,7 +148,7 @@ describe('offline tools', () => {
   });
 
   it('the docs site shows a windowed model with its badge and its window', async () => {
-    const p = toolsProject();
+    const p = toolsProject('tools-docs');
     const r = await sluiceAsync(['docs', 'generate', '--project', p]);
     expect(r.code, r.stderr).toBe(0);
     const html = fs.readFileSync(path.join(p, '.sluice', 'docs', 'index.html'), 'utf8');
@@ -157,7 +160,7 @@ describe('offline tools', () => {
   });
 });
 
-describe('late events', () => {
+describe.concurrent('late events', () => {
   // Tumbling one-minute windows, no out-of-orderness allowed. Minutes 0..9 have 12 events each,
   // in order; after minute m's events (m >= 3) comes one event of minute m - 2, whose window
   // closed when minute m began; after minute 9, two events of minute 0. Batches of at most 10
@@ -295,7 +298,7 @@ describe('late events', () => {
   });
 });
 
-describe('session cap', () => {
+describe.concurrent('session cap', () => {
   it('max_session_duration cuts sessions at multiples of the duration: a user clicking every 10 s for 5 minutes has 3 sessions under a 2-minute cap', async () => {
     const p = path.join(root, 'session-cap');
     const lines = Array.from({ length: 30 }, (_, i) => JSON.stringify({ ts: new Date(Date.UTC(2026, 0, 1, 0, 0, 5 + i * 10)).toISOString(), user: 'a' }));
@@ -317,7 +320,7 @@ describe('session cap', () => {
   });
 });
 
-describe('isolation', () => {
+describe.concurrent('isolation', () => {
   it("a message dead-lettered for another model's error is not in any window", async () => {
     // The first 10 messages lack `extra`, which the stateless model reads: binding fails for the
     // whole batch (batches of 10), and every message of it is dead-lettered. The windowed model
@@ -340,7 +343,7 @@ describe('isolation', () => {
   });
 });
 
-describe('limits and processing time', () => {
+describe.concurrent('limits and processing time', () => {
   // Three currencies a minute, and a cap of two groups per window.
   function capProject(name: string, policy: string): string {
     const p = path.join(root, name);
