@@ -44,7 +44,11 @@ export function sluiceBg(args: string[], opts: { cwd?: string; env?: NodeJS.Proc
  */
 export async function sluiceAsync(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {}): Promise<CliResult & { signal: NodeJS.Signals | null }> {
   const child = sluiceBg(args, opts);
+  // 'exit' can come before the last of the child's output is read from its pipes (under load, a
+  // short command's whole stdout): wait for 'close' too, which comes once they are drained.
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
   const exit = await waitExit(child, opts.timeout ?? 120_000);
+  await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 10_000))]);
   return { code: exit.code ?? -1, signal: exit.signal, stdout: child.out(), stderr: child.err() };
 }
 
