@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { Kafka, logLevel, type Admin, type Message, type Producer, type ProducerRecord } from 'kafkajs';
+import { until } from './cli.js';
 
 // librdkafka's Kafka-protocol mock cluster, started by kcat: 3 brokers on loopback ports that
 // change at every start; topics auto-create with 4 partitions; a restart loses every record.
@@ -186,7 +187,10 @@ export async function readAll(
   topic: string,
   timeoutMs = 30_000,
 ): Promise<{ partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[]> {
-  const ends = new Map((await admin.fetchTopicOffsets(topic)).filter((p) => Number(p.high) > Number(p.low)).map((p) => [p.partition, Number(p.high)]));
+  // kafkajs throws (a TypeError inside fetchTopicOffsets) while a just-created topic's metadata
+  // is incomplete, as a DLQ topic's is right after its first dead letter: ask again until it is.
+  const offsets = await until(() => admin.fetchTopicOffsets(topic).catch(() => undefined), timeoutMs, 100, `the offsets of topic ${topic}`);
+  const ends = new Map(offsets.filter((p) => Number(p.high) > Number(p.low)).map((p) => [p.partition, Number(p.high)]));
   const out: { partition: number; offset: number; key: string | null; value: string; headers: Record<string, string> }[] = [];
   if (ends.size === 0) return out;
   const consumer = kafka.consumer({ groupId: `sluice-test-read-${randomUUID()}`, sessionTimeout: 10_000, heartbeatInterval: 1000, maxWaitTimeInMs: 100 });
