@@ -52,6 +52,8 @@ export interface JoinAnalysis {
   joined?: boolean;
 }
 
+const THREE = 'a stream join joins two relations: write it as a model of its own, and join the third relation in a model that refs it';
+
 /** Names the emission SQL reads its two sides by (the engine replaces them per pass). */
 export const JOIN_LEFT = '__sluice_join_left';
 export const JOIN_RIGHT = '__sluice_join_right';
@@ -72,16 +74,18 @@ export async function intervalJoinQuery(conn: DuckDBConnection, ast: Node, aggs:
   const root = ast.statements[0].node as Node;
   if (root.type !== 'SELECT_NODE' || root.from_table?.type !== 'JOIN') return undefined;
   const j = root.from_table as Node;
-  if (j.ref_type !== 'REGULAR' || !j.condition) return undefined;
   const outputColumns = outputNames(root);
+  // A stream join nested in a join with a third relation (a reference table, say) would run per message.
+  const nested = async () => ((await nestedStreamJoin(conn, ast, j, aggs)) ? { stateful: [THREE], outputColumns, joined: true } : undefined);
+  if (j.ref_type !== 'REGULAR' || !j.condition) return nested();
   for (const [i, side] of [j.left, j.right].entries()) {
     if (side.type === 'SUBQUERY' && !side.alias) side.alias = `__sluice_join_${i === 0 ? 'l' : 'r'}`;
   }
   const aliases = [j.left, j.right].map((s: Node) => aliasesOf(s));
   const bound = await timeBound(conn, j.condition as Node, aliases);
-  if (!bound) return undefined;
+  if (!bound) return nested();
   const problems: string[] = [];
-  if (j.left.type === 'JOIN' || j.right.type === 'JOIN') problems.push('a stream join joins two relations: join a third in another model that refs this one');
+  if (j.left.type === 'JOIN' || j.right.type === 'JOIN') problems.push(THREE);
   const inputs = [j.left, j.right].map((side: Node) => sideInput(ast, side, aggs));
   if (inputs.some((x) => x === undefined)) {
     // A reference table (or a constant relation) on one side: a lookup join, the time bound a filter.
@@ -115,6 +119,17 @@ export async function intervalJoinQuery(conn: DuckDBConnection, ast: Node, aggs:
       match: await deserialize(conn, emitTree(ast, l, r, 'match')),
     },
   };
+}
+
+/** True when a join below `j` bounds the time of one batch relation by another's. */
+async function nestedStreamJoin(conn: DuckDBConnection, ast: Node, j: Node, aggs: Set<string>): Promise<boolean> {
+  for (const side of [j.left, j.right] as Node[]) {
+    if (side.type !== 'JOIN' || side.ref_type !== 'REGULAR' || !side.condition) continue;
+    const bound = await timeBound(conn, side.condition as Node, [aliasesOf(side.left), aliasesOf(side.right)]);
+    if (bound && sideInput(ast, side.left, aggs) && sideInput(ast, side.right, aggs)) return true;
+    if (await nestedStreamJoin(conn, ast, side, aggs)) return true;
+  }
+  return false;
 }
 
 /** The rows of one side of the join, with every column and MSG_COL (undefined: it does not read the batch). */

@@ -85,6 +85,10 @@ describe('stream joins', () => {
         "SELECT o.id, count(*) AS n FROM {{ ref('orders') }} o JOIN {{ ref('payments') }} p ON p.order_id = o.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL 1 MINUTE GROUP BY o.id\n",
         /model grouped joins two streams, but GROUP BY combines rows of different messages/,
       ],
+      three: [
+        "SELECT o.id FROM {{ ref('orders') }} o JOIN {{ ref('payments') }} p ON p.order_id = o.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL 1 MINUTE JOIN (SELECT 1 AS one) c ON c.one = 1\n",
+        /model three joins two streams, but a stream join joins two relations: write it as a model of its own, and join the third relation in a model that refs it/,
+      ],
       empty_bound: [
         "SELECT o.id FROM {{ ref('orders') }} o JOIN {{ ref('payments') }} p ON p.order_id = o.id AND p.ts BETWEEN o.ts + INTERVAL 5 MINUTE AND o.ts + INTERVAL 1 MINUTE\n",
         /model empty_bound joins two streams, but the time bound is empty/,
