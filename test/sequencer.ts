@@ -18,6 +18,7 @@ const DURATION_S: Record<string, number> = {
   'test/e2e/windows-kafka.test.ts': 120,
   'test/e2e/windows-workers.test.ts': 80,
   'test/e2e/windows.test.ts': 75,
+  'test/e2e/joins-kafka.test.ts': 85,
   'test/e2e/windows-session-update.test.ts': 66,
   'test/e2e/views.test.ts': 44,
   'test/e2e/joins.test.ts': 20,

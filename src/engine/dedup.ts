@@ -144,8 +144,11 @@ export class DedupOperator {
       parts.set(String(p), x);
     }
     if (opts.assigned) {
+      // The partitions the source reads: one no longer read is dropped; one not seen yet holds
+      // the watermark until it has a row or goes idle, as for a windowed model.
       const keep = new Set(opts.assigned);
       for (const k of [...parts.keys()]) if (!keep.has(k)) parts.delete(k);
+      for (const a of opts.assigned) if (!parts.has(a)) parts.set(a, { max: null, seen: now });
     }
     const wm = Math.max(this.fired, eventWatermark([...parts.values()], now, { idle: this.idle, lateness: this.lateness }) ?? NEG);
     const keys = this.keyCols;

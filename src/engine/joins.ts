@@ -176,8 +176,11 @@ export class JoinOperator {
     }
     if (b.failures.length) return { refused: b.failures };
     if (opts.assigned) {
+      // The partitions the source reads: one no longer read is dropped; one not seen yet holds
+      // the watermark (each side) until it has a row or goes idle, as for a windowed model.
       const keep = new Set(opts.assigned);
       for (const k of [...parts.keys()]) if (!keep.has(k.slice(2))) parts.delete(k);
+      for (const a of opts.assigned) for (const side of SIDES) if (!parts.has(`${side}:${a}`)) parts.set(`${side}:${a}`, { max: null, seen: now });
     }
     const wm = closeAll ? POS : Math.max(this.fired, this.watermark(parts, now));
     const emitted = await this.emit(wm, opts.partitions.at(-1)?.hi ?? 0);
