@@ -10,7 +10,7 @@ import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
 import { SETTINGS_ONLY } from './joins.js';
-import type { PartitionSnapshot } from './window-store.js';
+import { LocalStateOperator } from './local-state.js';
 import { eventTime, eventWatermark, NEG, nullIfNeg, partOf, POS, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // Deduplication over time (see sql/dedup.ts). The state is each key's latest time (W.time), kept
@@ -38,14 +38,13 @@ export interface DedupCounts {
   duplicates: number;
 }
 
-export class DedupOperator {
+export class DedupOperator extends LocalStateOperator {
   private readonly state: string;
   private readonly fresh: string;
   private readonly live: string;
   private exists = false;
   private fired = NEG;
   private parts = new Map<string, PartState>();
-  private files: string[] = [];
   private pending?: Pending;
   private ttl = 0;
   private lateness = 0;
@@ -55,8 +54,6 @@ export class DedupOperator {
   readonly counts: DedupCounts = { late: { drop: 0, dlq: 0 }, duplicates: 0 };
   /** Keys remembered after the last commit (metrics). */
   keys = 0;
-  partitioned = false;
-  readonly rowsDirty = new Set<string>();
 
   constructor(
     private readonly conn: DuckDBConnection,
@@ -65,6 +62,7 @@ export class DedupOperator {
     readonly settings: WindowSettings,
     private readonly clock: Clock,
   ) {
+    super('a deduplicating model');
     const t = (s: string) => `sluice_state.${ident(`${model}__${s}`)}`;
     this.state = t('keys');
     this.fresh = t('keys_new');
@@ -245,36 +243,11 @@ export class DedupOperator {
   }
 
   async stats(dir: string): Promise<{ rows: number; windows: number; bytes: number }> {
-    let bytes = 0;
-    for (const f of this.files) bytes += (await fsp.stat(path.join(dir, f)).catch(() => ({ size: 0 }))).size;
+    const bytes = await this.fileBytes(dir);
     return { rows: this.keys, windows: 0, bytes };
   }
 
   get watermarkUs(): number | null {
     return this.fired === NEG || this.fired === POS ? null : this.fired;
-  }
-
-  revisionsOf(): Record<string, number> | null {
-    return null;
-  }
-
-  // A shared state store (window_state) is refused for deduplication by validate; these are never reached.
-  held(): ReadonlyMap<string, PartState> {
-    return this.parts;
-  }
-  heldAfter(): ReadonlyMap<string, PartState> {
-    return this.pending?.parts ?? this.parts;
-  }
-  dirtyAfter(_part: string): boolean {
-    return false;
-  }
-  async dropPart(_part: string): Promise<void> {
-    throw new SluiceError('INTERNAL', 'a deduplicating model keeps no state in window_state');
-  }
-  async loadPart(_part: string, _snap: PartitionSnapshot, _tmpDir: string): Promise<void> {
-    throw new SluiceError('INTERNAL', 'a deduplicating model keeps no state in window_state');
-  }
-  async exportPart(_part: string, _tmpDir: string): Promise<Buffer> {
-    throw new SluiceError('INTERNAL', 'a deduplicating model keeps no state in window_state');
   }
 }

@@ -10,7 +10,7 @@ import { MODEL_SCHEMA } from '../sql/template.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
-import type { PartitionSnapshot } from './window-store.js';
+import { LocalStateOperator } from './local-state.js';
 import { eventTime, eventWatermark, NEG, nullIfNeg, POS, partOf, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // A stream-stream interval join (see sql/joins.ts). Each side's rows are buffered as state, with
@@ -73,12 +73,11 @@ export interface JoinCounts {
   unmatched: { l: number; r: number };
 }
 
-export class JoinOperator {
+export class JoinOperator extends LocalStateOperator {
   private readonly table: Record<Side, { state: string; fresh: string; live: string }>;
   private readonly exists = { l: false, r: false };
   private fired = NEG;
   private parts = new Map<string, PartState>();
-  private files: string[] = [];
   private next = 0;
   private pending?: Pending;
   private lower = 0;
@@ -93,9 +92,6 @@ export class JoinOperator {
   readonly counts: JoinCounts = { late: { drop: 0, dlq: 0, reopen: 0 }, unmatched: { l: 0, r: 0 } };
   /** Rows buffered per side after the last commit (metrics). */
   buffered = { l: 0, r: 0 };
-  /** A shared state store is not supported for joins (validate refuses it): never set. */
-  partitioned = false;
-  readonly rowsDirty = new Set<string>();
 
   constructor(
     private readonly conn: DuckDBConnection,
@@ -104,6 +100,7 @@ export class JoinOperator {
     readonly settings: WindowSettings,
     private readonly clock: Clock,
   ) {
+    super('a stream join');
     const t = (s: string) => `sluice_state.${ident(`${model}__${s}`)}`;
     this.table = {
       l: { state: t('left'), fresh: t('left_new'), live: t('left_live') },
@@ -397,36 +394,11 @@ export class JoinOperator {
   }
 
   async stats(dir: string): Promise<{ rows: number; windows: number; bytes: number }> {
-    let bytes = 0;
-    for (const f of this.files) bytes += (await fsp.stat(path.join(dir, f)).catch(() => ({ size: 0 }))).size;
+    const bytes = await this.fileBytes(dir);
     return { rows: this.rows, windows: 0, bytes };
   }
 
   get watermarkUs(): number | null {
     return this.fired === NEG ? null : this.fired;
-  }
-
-  revisionsOf(): Record<string, number> | null {
-    return null;
-  }
-
-  // A shared state store (window_state) is refused for joins by validate; these are never reached.
-  held(): ReadonlyMap<string, PartState> {
-    return this.parts;
-  }
-  heldAfter(): ReadonlyMap<string, PartState> {
-    return this.pending?.parts ?? this.parts;
-  }
-  dirtyAfter(_part: string): boolean {
-    return false;
-  }
-  async dropPart(_part: string): Promise<void> {
-    throw new SluiceError('INTERNAL', 'a stream join keeps no state in window_state');
-  }
-  async loadPart(_part: string, _snap: PartitionSnapshot, _tmpDir: string): Promise<void> {
-    throw new SluiceError('INTERNAL', 'a stream join keeps no state in window_state');
-  }
-  async exportPart(_part: string, _tmpDir: string): Promise<Buffer> {
-    throw new SluiceError('INTERNAL', 'a stream join keeps no state in window_state');
   }
 }

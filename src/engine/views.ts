@@ -1,7 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { SluiceError } from '../errors.js';
 import { MSG_COL, WINDOW_COLUMNS as W } from '../sql/analyze.js';
 import { fileList, ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
@@ -9,8 +8,8 @@ import { VIEW_ROWS, type ViewQuery } from '../sql/views.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
-import type { PartitionSnapshot } from './window-store.js';
-import type { OperatorRun, PartState, WindowCheckpoint } from './windows.js';
+import { LocalStateOperator } from './local-state.js';
+import type { OperatorRun, WindowCheckpoint } from './windows.js';
 
 // A continuously updated aggregate (see sql/views.ts). The state is the input rows (W.key<i>:
 // the group keys; W.time: when, on the wall clock (ms), the row was added). Each batch emits, for
@@ -30,19 +29,16 @@ interface Pending {
   now: number;
 }
 
-export class ViewOperator {
+export class ViewOperator extends LocalStateOperator {
   private readonly state: string;
   private readonly fresh: string;
   private readonly live: string;
   private exists = false;
-  private files: string[] = [];
   private pending?: Pending;
   private ttlMs = 0;
   /** Rows in the state after the last commit (metrics). */
   private rows = 0;
   readonly counts = { late: {} as Record<string, number>, groups: 0 };
-  partitioned = false;
-  readonly rowsDirty = new Set<string>();
 
   constructor(
     private readonly conn: DuckDBConnection,
@@ -51,6 +47,7 @@ export class ViewOperator {
     private readonly stateTtl: string | undefined,
     private readonly clock: Clock,
   ) {
+    super('a materialised view');
     const t = (s: string) => `sluice_state.${ident(`${model}__${s}`)}`;
     this.state = t('rows');
     this.fresh = t('rows_new');
@@ -191,8 +188,7 @@ export class ViewOperator {
   }
 
   async stats(dir: string): Promise<{ rows: number; windows: number; bytes: number }> {
-    let bytes = 0;
-    for (const f of this.files) bytes += (await fsp.stat(path.join(dir, f)).catch(() => ({ size: 0 }))).size;
+    const bytes = await this.fileBytes(dir);
     if (!this.exists) return { rows: 0, windows: 0, bytes };
     const groups = this.keys.length ? Number((await this.conn.runAndReadAll(`SELECT count(DISTINCT (${this.keys.join(', ')})) FROM ${this.state}`)).getRows()[0][0]) : 1;
     return { rows: this.rows, windows: groups, bytes };
@@ -200,29 +196,5 @@ export class ViewOperator {
 
   get watermarkUs(): number | null {
     return null;
-  }
-
-  revisionsOf(): Record<string, number> | null {
-    return null;
-  }
-
-  // A shared state store (window_state) is refused for views by validate; these are never reached.
-  held(): ReadonlyMap<string, PartState> {
-    return new Map();
-  }
-  heldAfter(): ReadonlyMap<string, PartState> {
-    return new Map();
-  }
-  dirtyAfter(_part: string): boolean {
-    return false;
-  }
-  async dropPart(_part: string): Promise<void> {
-    throw new SluiceError('INTERNAL', 'a materialised view keeps no state in window_state');
-  }
-  async loadPart(_part: string, _snap: PartitionSnapshot, _tmpDir: string): Promise<void> {
-    throw new SluiceError('INTERNAL', 'a materialised view keeps no state in window_state');
-  }
-  async exportPart(_part: string, _tmpDir: string): Promise<Buffer> {
-    throw new SluiceError('INTERNAL', 'a materialised view keeps no state in window_state');
   }
 }

@@ -37,12 +37,13 @@ export async function startMockKafka(): Promise<MockKafka> {
   const child: ChildProcess = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'pipe'] });
   let err = '';
   const brokers = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`kcat printed no bootstrap servers: ${err.slice(-500)}`)), 15_000);
+    const timer = setTimeout(() => reject(new Error(`kcat printed no bootstrap servers (or the shell no pid): ${err.slice(-500)}`)), 15_000);
     child.stderr!.on('data', (d: Buffer) => {
       // Keep draining stderr for the life of the cluster; remember only what is needed.
       if (err.length < 20_000) err += d.toString();
       const m = /(?:replaced with|bootstrap\.servers=)\s*(\S+)/.exec(err);
-      if (m) {
+      // kcat's own line can come before the shell's echo of its pid: wait for both.
+      if (m && /kcat-pid=\d+/.test(err)) {
         clearTimeout(timer);
         resolve(m[1]);
       }
