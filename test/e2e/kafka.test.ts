@@ -311,7 +311,11 @@ describe.concurrent('kafka source', () => {
         { topics: `[${topics.join(', ')}]`, batch_size: 2000, max_buffer_bytes: 300_000, revoke_timeout_ms: 2000 },
         {
           'config/sinks.yml': 'sink:\n  type: http\n  url: ${SINK_URL}\n  format: ndjson\n  batch_rows: 5000\n  timeout_ms: 600000\n',
-          'config/models.yml': 'max_age_seconds: 0.3\n',
+          // The first flush, which hangs on the blocked sink, comes after a batch or two: the
+          // fetches b1 holds are then still mostly unread, over max_buffer_bytes, and b1 stays
+          // paused. (With 0.3 s, b1 once read its fetches down to 94 KB before the flush hung:
+          // backpressure released, and no fetch came again, every partition's being held.)
+          'config/models.yml': 'max_age_seconds: 0.05\n',
           'models/orders.sql': 'SELECT incoming.order_id FROM incoming\n',
         },
       );
