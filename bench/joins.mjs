@@ -15,13 +15,12 @@
 //   node bench/run.mjs joins [--messages 1000000] [--runs 3] [--kind inner|left|full] [--soak]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance, version as duckdbVersion } from '@duckdb/node-api';
 import { eventsFile, joinSql } from './joins-data.mjs';
-import { arg, checkFlags, cleanupOnInterrupt, given, median, timedChild } from './lib.mjs';
+import { arg, checkFlags, cleanupOnInterrupt, freePort, given, median, rss, timedChild } from './lib.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 2 ** 20;
@@ -142,20 +141,6 @@ summary (medians of ${RUNS} run(s), ${(2 * N).toLocaleString('en-US')} events, $
 }
 
 async function soak() {
-  const freePort = () =>
-    new Promise((resolve) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port } = s.address();
-        s.close(() => resolve(port));
-      });
-    });
-  const rss = (pid) => {
-    try {
-      return Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024;
-    } catch {
-      return undefined;
-    }
-  };
   const gauges = async (port) => {
     try {
       const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();

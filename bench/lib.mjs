@@ -1,5 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -752,4 +753,22 @@ export async function startKafkaMock() {
     child.once('exit', (code) => reject(new Error(`kcat exited ${code}: ${err} (is kcat installed? apt-get install -y kcat)`)));
   });
   return { brokers, pid, stop: () => child.stdin.end() };
+}
+
+/** A TCP port free on loopback now (for a run's ops server). */
+export const freePort = () =>
+  new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+
+/** A process's resident memory now (VmRSS, bytes); undefined once it is gone. */
+export function rss(pid) {
+  try {
+    return Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024;
+  } catch {
+    return undefined;
+  }
 }

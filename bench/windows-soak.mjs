@@ -8,11 +8,10 @@
 //   node bench/run.mjs windows_soak [--messages 5000000]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { arg, checkFlags, cleanupOnInterrupt } from './lib.mjs';
+import { arg, checkFlags, cleanupOnInterrupt, freePort, rss } from './lib.mjs';
 import { LATENESS, WINDOW_MODELS, clicksFile } from './clicks.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -23,22 +22,6 @@ const MODELS = ['revenue', 'sessions'];
 
 const input = clicksFile(path.join(ROOT, 'bench', 'data'), N);
 const inFlight = cleanupOnInterrupt();
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-
-function rss(pid) {
-  try {
-    return Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024;
-  } catch {
-    return undefined;
-  }
-}
 
 /** The windowed models' gauges from /metrics: state rows, state bytes, open windows, acked messages. */
 async function gauges(port) {
