@@ -148,4 +148,28 @@ describe('materialised views', () => {
     }
     expect(await waitExit(run, 30_000), run.err().slice(-2000)).toEqual({ code: 0, signal: null });
   }, 120_000);
+
+  it('validate takes a view to every sink that upserts (mysql merge, redis set, kafka with a key) and refuses one that appends (redis xadd, kafka without a key)', async () => {
+    const p = path.join(root, 'sinks');
+    const sinks = {
+      my: 'type: mysql\n    database: test\n    table: v\n    strategy: merge\n    key: [customer]',
+      kv: 'type: redis\n    key: "v:{customer}"',
+      topic: 'type: kafka\n    brokers: 127.0.0.1:9092\n    topic: v\n    key: customer',
+      stream: 'type: redis\n    mode: xadd\n    stream: v',
+      plain_topic: 'type: kafka\n    brokers: 127.0.0.1:9092\n    topic: w',
+    };
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data\n',
+      'config/sinks.yml': `sinks:\n${Object.entries(sinks)
+        .map(([n, c]) => `  ${n}:\n    ${c}\n`)
+        .join('')}`,
+      'config/models.yml': `overrides:\n  totals:\n    sinks: [${Object.keys(sinks).join(', ')}]\n`,
+      'models/totals.sql': 'SELECT customer, sum(amount) AS total FROM incoming GROUP BY customer\n',
+      'data/a.ndjson': '{"customer": "a", "amount": 1}\n',
+    });
+    const v = await sluiceAsync(['validate', '--project', p]);
+    expect(v.code).toBe(2);
+    const refused = [...v.stderr.matchAll(/but sink (\w+) \((\w+)\) appends/g)].map((m) => `${m[1]} ${m[2]}`);
+    expect(refused.sort()).toEqual(['plain_topic kafka', 'stream redis']);
+  });
 });
