@@ -70,6 +70,8 @@ export interface SourceChunk {
   ackToken?: unknown;
   /** True when the source held more than the limits let it hand over: the batch is full. */
   full?: boolean;
+  /** The source it came from, in a pipeline that reads two (set by the engine's MergedSource, not by sources). */
+  origin?: string;
 }
 
 /** What one poll may hand over at most: the room left in the batch the engine is forming. */

@@ -17,6 +17,8 @@ export interface SourceBatch {
   last?: string;
   /** The chunks, in poll order: each is acked once the batch is durable. */
   chunks: SourceChunk[];
+  /** The source its messages came from, in a pipeline that reads two (see MergedSource). */
+  origin?: string;
 }
 
 /** The batching keys of a source block (shared-config.ts `batching`). */
@@ -163,7 +165,7 @@ function join(chunks: SourceChunk[], bytes: number): SourceBatch {
   if (chunks.length === 0) return { messages: [], bytes: 0, position: undefined, chunks };
   const first = chunks[0];
   const last = chunks[chunks.length - 1];
-  const base = { bytes, position: last.position, first: first.first, last: last.last, chunks };
+  const base = { bytes, position: last.position, first: first.first, last: last.last, chunks, ...(first.origin ? { origin: first.origin } : {}) };
   if (chunks.length === 1) return { ...base, messages: first.messages, ...(first.block ? { block: first.block } : {}) };
   const messages = chunks.flatMap((c) => c.messages);
   const block = joinBlocks(chunks.map((c) => c.block));

@@ -15,6 +15,8 @@ export interface Checkpoint {
   dlq: unknown;
   /** The schema of `incoming` established so far. */
   structure?: Structure;
+  /** A pipeline of two sources: each one's schema (instead of `structure`). */
+  structures?: Record<string, Structure | undefined>;
   /** Each model's output schema so far (columns and types), so widened types stay widened. */
   schemas?: Record<string, ColumnType[]>;
   /** Each windowed model's watermark and state files (engine/windows.ts). */

@@ -108,6 +108,9 @@ export interface PreparedBatch {
   partitions?: PartitionRun[];
   /** The partitions the source reads (Source.partitions), when it has them and a windowed model needs them. */
   assigned?: string[];
+  /** A pipeline of two sources: the source of the messages, and the partitions each source reads. */
+  origin?: string;
+  assignedBy?: Map<string, string[] | undefined>;
   /** Messages the models skip: a shared window state store says another worker handled them, or holds their partition (see WindowSet.begin). */
   skip?: Set<number>;
   /** Messages that failed to decode (their failures are in `failures`). */

@@ -5,12 +5,13 @@ import { MSG_COL, analyzeSql } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { ModelDef } from '../project/project-loader.js';
+import { sqlFeeds } from '../project/model-graph.js';
 import type { PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { Structure } from './structure.js';
 import { asInfraError } from './infra-errors.js';
 import { applyContract, duckSupertype, emptyReport, resolveContractTypes, SchemaTracker, type ContractReport, type ModelContract } from './contracts.js';
 import { stopwatch } from './batch-load.js';
-import { DEFAULT_WINDOW_SETTINGS, WindowOperator, type WindowSettings } from './windows.js';
+import { DEFAULT_WINDOW_SETTINGS, WindowOperator, type OperatorRun, type WindowSettings } from './windows.js';
 import { WindowSet, type StateOperator } from './window-set.js';
 import { JoinOperator } from './joins.js';
 import { DedupOperator } from './dedup.js';
@@ -31,6 +32,8 @@ export interface CompiledModel {
   file: string;
   /** Models this one reads with ref(). */
   refs: string[];
+  /** The sources whose batches feed it (ModelDef.feeds). */
+  feeds: string[];
   /** SQL with templates rendered and MSG_COL threaded through. */
   sql: string;
   stateful: string[];
@@ -85,24 +88,44 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
     const typeIssues = await resolveContractTypes(conn, m.name, m.contract);
     if (typeIssues.length) throw new SluiceError('CONFIG', typeIssues.map((i) => `${i.file}${i.line ? `:${i.line}` : ''}: ${i.key}: ${i.message}`).join('\n'));
     if (a.window) {
-      out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.window.input, stateful: [], outputColumns: a.outputColumns, window: a.window, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      out.push({
+        name: m.name,
+        file: m.file,
+        refs: m.refs,
+        feeds: m.feeds,
+        sql: a.window.input,
+        stateful: [],
+        outputColumns: a.outputColumns,
+        window: a.window,
+        windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS,
+      });
       continue;
     }
     if (a.view) {
-      out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.view.input, stateful: [], outputColumns: a.outputColumns, view: a.view, stateTtl: m.stateTtl });
+      out.push({ name: m.name, file: m.file, refs: m.refs, feeds: m.feeds, sql: a.view.input, stateful: [], outputColumns: a.outputColumns, view: a.view, stateTtl: m.stateTtl });
       continue;
     }
     if (a.dedup) {
-      out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.dedup.input, stateful: [], outputColumns: a.outputColumns, dedup: a.dedup, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      out.push({
+        name: m.name,
+        file: m.file,
+        refs: m.refs,
+        feeds: m.feeds,
+        sql: a.dedup.input,
+        stateful: [],
+        outputColumns: a.outputColumns,
+        dedup: a.dedup,
+        windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS,
+      });
       continue;
     }
     if (a.join) {
       // `sql`: the two inputs, for what reads it to see which relations the model reads (it never runs as such).
       const sql = `${a.join.left.input}\n${a.join.right.input}`;
-      out.push({ name: m.name, file: m.file, refs: m.refs, sql, stateful: [], outputColumns: a.outputColumns, join: a.join, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
+      out.push({ name: m.name, file: m.file, refs: m.refs, feeds: m.feeds, sql, stateful: [], outputColumns: a.outputColumns, join: a.join, windowSettings: m.window ?? DEFAULT_WINDOW_SETTINGS });
       continue;
     }
-    out.push({ name: m.name, file: m.file, refs: m.refs, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns, contract: m.contract });
+    out.push({ name: m.name, file: m.file, refs: m.refs, feeds: m.feeds, sql: a.rewritten!, stateful: a.stateful, outputColumns: a.outputColumns, contract: m.contract });
   }
   return out;
 }
@@ -116,8 +139,12 @@ const BINDER = /^(Binder Error|Catalog Error|Parser Error|Not implemented Error)
  * the rest of the batch proceeds in one pass.
  */
 export class BatchExecutor {
-  /** Loads and decodes batches (the first half of a batch). */
-  private readonly decoder: BatchDecoder;
+  /** Loads and decodes batches (the first half of a batch), one decoder per source (each its own schema of `incoming`). */
+  private readonly decoders = new Map<string, BatchDecoder>();
+  /** The sources, in declaration order (two in a pipeline reading a stream join's two sources). */
+  private readonly sources: string[];
+  /** A stream join's sides: the source each reads (a pipeline of two sources). */
+  private readonly sideSources = new Map<string, { l: string; r: string }>();
   /** Metadata columns each model mentions (see metaColumnsUsed). */
   private readonly metaUsedBy: Map<string, string[]>;
   /** The batch execute() is working on (one at a time). */
@@ -138,13 +165,25 @@ export class BatchExecutor {
   constructor(
     private readonly conn: DuckDBConnection,
     private readonly models: CompiledModel[],
-    private readonly sourceName: string,
+    sources: string | string[],
     loadConn: DuckDBConnection = conn,
-    rules: DecodeRules = DEFAULT_DECODE_RULES,
+    rules: DecodeRules | Map<string, DecodeRules> = DEFAULT_DECODE_RULES,
     clock: Clock = systemClock,
   ) {
+    this.sources = typeof sources === 'string' ? [sources] : sources;
     this.metaUsedBy = new Map(models.map((m) => [m.name, metaColumnsUsed(modelText(m))]));
-    this.decoder = new BatchDecoder(loadConn, metaColumnsUsed(models.flatMap(modelText)), rules);
+    for (const name of this.sources) {
+      const r = rules instanceof Map ? (rules.get(name) ?? DEFAULT_DECODE_RULES) : rules;
+      this.decoders.set(name, new BatchDecoder(loadConn, metaColumnsUsed(models.flatMap(modelText)), r));
+    }
+    if (this.sources.length > 1) {
+      const feedsOf = new Map(models.map((m) => [m.name, m.feeds]));
+      for (const m of models) {
+        if (!m.join || m.feeds.length < 2) continue;
+        const [l, r] = [m.join.left.input, m.join.right.input].map((sql) => sqlFeeds(sql, (x) => feedsOf.get(x) ?? []));
+        if (l.length === 1 && r.length === 1 && l[0] !== r[0]) this.sideSources.set(m.name, { l: l[0], r: r[0] });
+      }
+    }
     const ops = new Map<string, StateOperator>();
     for (const m of models) {
       const s = m.windowSettings ?? DEFAULT_WINDOW_SETTINGS;
@@ -157,6 +196,11 @@ export class BatchExecutor {
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
   }
 
+  /** The first source's decoder (the only one, but in a pipeline of two sources). */
+  private get decoder(): BatchDecoder {
+    return this.decoders.get(this.sources[0])!;
+  }
+
   /** The schema of `incoming` established by the messages seen so far (prepared batches included). */
   get structure(): Structure | undefined {
     return this.decoder.structure;
@@ -166,11 +210,35 @@ export class BatchExecutor {
     this.decoder.structure = s;
   }
 
-  /** First half of a batch: see BatchDecoder.prepare. */
-  async prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock): Promise<PreparedBatch> {
-    const p = await this.decoder.prepare(messages, lane, given);
+  /** Each source's schema, in a pipeline of two sources (see structure). */
+  get structures(): Record<string, Structure | undefined> {
+    return Object.fromEntries([...this.decoders].map(([name, d]) => [name, d.structure]));
+  }
+
+  set structures(s: Record<string, Structure | undefined> | undefined) {
+    for (const [name, d] of this.decoders) d.structure = s?.[name];
+  }
+
+  /** First half of a batch: see BatchDecoder.prepare. `origin`: the source of its messages, in a pipeline of two. */
+  async prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock, origin?: string): Promise<PreparedBatch> {
+    const decoder = origin === undefined ? this.decoder : this.decoders.get(origin);
+    if (!decoder) throw new SluiceError('INTERNAL', `a batch of source ${origin}, which this pipeline does not read (${this.sources.join(', ')})`);
+    const p = await decoder.prepare(messages, lane, given);
+    if (origin !== undefined && this.sources.length > 1) p.origin = origin;
     if (this.windows.size) p.partitions = partitionRuns(messages);
     return p;
+  }
+
+  /** The source of a prepared batch's messages. */
+  private originOf(p: PreparedBatch): string {
+    return p.origin ?? this.sources[0];
+  }
+
+  /** Models the batch does not feed (a pipeline of two sources: those fed by the other alone): they do not run. */
+  private idleModels(p: PreparedBatch): Set<string> {
+    if (this.sources.length < 2) return new Set();
+    const origin = this.originOf(p);
+    return new Set(this.models.filter((m) => !m.feeds.includes(origin)).map((m) => m.name));
   }
 
   async init(): Promise<void> {
@@ -247,7 +315,12 @@ export class BatchExecutor {
     this.report.violations.push(...p.incoming.violations);
     if (!p.batch) return nothingGood();
     this.current = p;
-    if (this.shape.structure !== p.structure) this.shape = { structure: p.structure, key: JSON.stringify(p.structure ?? null) };
+    if (this.shape.structure !== p.structure || this.sources.length > 1) this.shape = { structure: p.structure, key: this.shapeKey(p) };
+    this.idle = this.idleModels(p);
+    for (const m of this.idle) {
+      await this.conn.run(`DROP TABLE IF EXISTS ${MODEL_SCHEMA}.${ident(m)}`);
+      rows.set(m, 0);
+    }
 
     // Transform: one pass over the batch; on failure, bisect to the messages that fail.
     let attempts = 1;
@@ -257,6 +330,7 @@ export class BatchExecutor {
     if (!res.ok && direct) for (const f of direct.values()) await fsp.rm(f, { force: true });
     if (!res.ok) {
       rows.clear();
+      for (const m of this.idle) rows.set(m, 0);
       if (BINDER.test(res.error)) {
         // The same schema binds the same way for every message: they all fail alike.
         const ids = await this.batchIds();
@@ -284,6 +358,10 @@ export class BatchExecutor {
     }
     for (const m of this.models) {
       if (rows.has(m.name)) continue;
+      if (this.absent.has(m.name)) {
+        rows.set(m.name, 0);
+        continue;
+      }
       const r = await this.conn.runAndReadAll(`SELECT count(*) FROM ${MODEL_SCHEMA}.${ident(m.name)}`);
       rows.set(m.name, Number(r.getRows()[0][0]));
     }
@@ -295,6 +373,17 @@ export class BatchExecutor {
     }
     this.report.changes.push(...this.schemas.drainChanges());
     return { failures, rows, attempts, timings, written, structure, contract: this.report };
+  }
+
+  /** Models the current batch does not feed (see idleModels). */
+  private idle = new Set<string>();
+  /** Models of the last attempt that made no output table (and so no rows), and the models reading them. */
+  private readonly absent = new Set<string>();
+
+  /** The key of a batch's input schema: its source's structure (and, with two sources, both, and which one the batch is of). */
+  private shapeKey(p: PreparedBatch): string {
+    if (this.sources.length < 2) return JSON.stringify(p.structure ?? null);
+    return JSON.stringify([this.originOf(p), p.structure ?? null, ...this.sources.map((s) => (s === this.originOf(p) ? null : (this.decoders.get(s)!.structure ?? null)))]);
   }
 
   /** Takes messages out of a batch before the models run (see PreparedBatch.skip): no row, no failure. */
@@ -406,7 +495,7 @@ export class BatchExecutor {
     const out = new Map<string, string>();
     for (const m of this.models) {
       const t = targets.get(m.name);
-      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup && !m.view) out.set(m.name, t);
+      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup && !m.view && !this.idle.has(m.name)) out.set(m.name, t);
     }
     return out;
   }
@@ -419,20 +508,30 @@ export class BatchExecutor {
   ): Promise<{ ok: true } | { ok: false; error: string; model: string; refused?: MessageFailure[] }> {
     const where = filter ? ` WHERE ${filter}` : '';
     let shown: string | undefined;
+    const origin = this.originOf(this.current);
+    this.absent.clear();
     for (const m of this.models) {
+      if (this.idle.has(m.name)) continue;
+      if (m.refs.some((r) => this.absent.has(r))) {
+        // It reads a model that made no output table (a join waiting for its other source's first message).
+        await this.conn.run(`DROP TABLE IF EXISTS ${MODEL_SCHEMA}.${ident(m.name)}`);
+        this.absent.add(m.name);
+        continue;
+      }
       // A model sees only the metadata columns it mentions: `SELECT *` gets the message alone.
       const hide = this.current.addedMeta.filter((c) => !this.metaUsedBy.get(m.name)!.includes(c));
       const view = `SELECT *${hide.length ? ` EXCLUDE (${hide.map(ident).join(', ')})` : ''} FROM ${this.current.batch}${where}`;
       if (view !== shown) {
         await this.conn.run(`CREATE OR REPLACE VIEW incoming AS ${view}`);
-        await this.conn.run(`CREATE OR REPLACE VIEW ${SOURCE_SCHEMA}.${ident(this.sourceName)} AS ${view}`);
+        await this.conn.run(`CREATE OR REPLACE VIEW ${SOURCE_SCHEMA}.${ident(origin)} AS ${view}`);
         shown = view;
       }
       try {
         const op = this.windows.get(m.name);
         if (op) {
-          const w = await op.run({ batch: this.current.batch, shape: this.shape.key, partitions: this.current.partitions ?? [], assigned: this.current.assigned });
+          const w = await op.run({ batch: this.current.batch, shape: this.shape.key, partitions: this.current.partitions ?? [], ...this.assignedFor(m, origin) });
           if (w.refused) return { ok: false, error: w.refused[0].error, model: m.name, refused: w.refused };
+          if ('noOutput' in w && w.noOutput) this.absent.add(m.name);
           continue;
         }
         const target = direct?.get(m.name);
@@ -449,6 +548,19 @@ export class BatchExecutor {
       }
     }
     return { ok: true };
+  }
+
+  /**
+   * The source partitions a stateful model waits for: those of the sources feeding it; a stream
+   * join of two sources, each side those of its own (and which side reads this batch).
+   */
+  private assignedFor(m: CompiledModel, origin: string): Pick<OperatorRun, 'assigned' | 'sides'> {
+    if (this.sources.length < 2) return { assigned: this.current.assigned };
+    const by = this.current.assignedBy ?? new Map<string, string[] | undefined>();
+    const sides = this.sideSources.get(m.name);
+    if (sides) return { sides: { l: { reads: sides.l === origin, assigned: by.get(sides.l) }, r: { reads: sides.r === origin, assigned: by.get(sides.r) } } };
+    const parts = m.feeds.map((f) => by.get(f));
+    return { assigned: parts.some((p) => p === undefined) ? undefined : parts.flatMap((p) => p!) };
   }
 
   /** No message of the batch goes on: no model's rows, and no window takes any of the batch's. */

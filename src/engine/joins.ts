@@ -65,6 +65,8 @@ interface Pending {
   changed: boolean;
   staged?: string[];
   emitted: { l: number; r: number };
+  /** The sides whose state the batch leaves (a side whose source has sent nothing has none). */
+  sides: Side[];
 }
 
 /** What one join counts (metrics): rows late by policy (counted as messages under dlq), and an outer side's rows emitted without a match. */
@@ -156,28 +158,44 @@ export class JoinOperator extends LocalStateOperator {
    * rows of an outer side whose bound the watermark passed. Nothing of the state changes until
    * commit(). `closeAll`: the input ended (every row's bound is passed); `tick`: time passed.
    */
-  async run(opts: OperatorRun): Promise<{ refused?: MessageFailure[] }> {
+  async run(opts: OperatorRun): Promise<{ refused?: MessageFailure[]; noOutput?: boolean }> {
     const closeAll = opts.closeAll === true;
     const parts = new Map([...this.parts].map(([k, v]) => [k, { ...v }]));
     const now = this.clock.now();
     const b: Buffered = { next: this.next, dropped: 0, reopened: 0, added: 0, failures: [] };
     const noInput = (closeAll || opts.tick === true) && !opts.input;
-    if (noInput && !this.exists.l) {
+    if (noInput && !this.exists.l && !this.exists.r) {
       // Nothing buffered (both sides are written together: see stage()), nothing to emit.
       await this.conn.run(`DROP TABLE IF EXISTS ${MODEL_SCHEMA}.${ident(this.model)}`);
       return {};
     }
+    // A side reads no new rows when the batch is not of its source (a join of two sources) or
+    // there is no input; its columns are unknown while its source has sent nothing yet.
+    const known: Side[] = [];
     for (const s of SIDES) {
-      if (noInput) await this.conn.run(`CREATE OR REPLACE TABLE ${this.table[s].fresh} AS SELECT * FROM ${this.table[s].state} WHERE false`);
-      else await this.buffer(s, opts, parts, now, b);
+      const reads = !noInput && (opts.sides ? opts.sides[s].reads : true);
+      if (reads) await this.buffer(s, opts, parts, now, b);
+      else if (this.exists[s]) await this.conn.run(`CREATE OR REPLACE TABLE ${this.table[s].fresh} AS SELECT * FROM ${this.table[s].state} WHERE false`);
+      else continue;
+      known.push(s);
     }
     if (b.failures.length) return { refused: b.failures };
-    if (opts.assigned) {
-      // The partitions the source reads: one no longer read is dropped; one not seen yet holds
-      // the watermark (each side) until it has a row or goes idle, as for a windowed model.
-      const keep = new Set(opts.assigned);
-      for (const k of [...parts.keys()]) if (!keep.has(k.slice(2))) parts.delete(k);
-      for (const a of opts.assigned) for (const side of SIDES) if (!parts.has(`${side}:${a}`)) parts.set(`${side}:${a}`, { max: null, seen: now });
+    for (const s of SIDES) {
+      // The partitions each side's source reads: one no longer read is dropped; one not seen yet
+      // holds the watermark (each side) until it has a row or goes idle, as for a windowed model.
+      const assigned = opts.sides ? opts.sides[s].assigned : opts.assigned;
+      if (!assigned) continue;
+      const keep = new Set(assigned);
+      for (const k of [...parts.keys()]) if (k.startsWith(`${s}:`) && !keep.has(k.slice(2))) parts.delete(k);
+      for (const a of assigned) if (!parts.has(`${s}:${a}`)) parts.set(`${s}:${a}`, { max: null, seen: now });
+    }
+    if (known.length < SIDES.length) {
+      // One side's source has sent nothing: no pair can be made yet, and an outer side's rows
+      // wait (the watermark holds) for the other side's columns to be emitted with.
+      await this.conn.run(`DROP TABLE IF EXISTS ${MODEL_SCHEMA}.${ident(this.model)}`);
+      for (const s of known) await this.conn.run(`CREATE OR REPLACE TABLE ${this.table[s].live} AS SELECT * FROM ${this.all(s)}`);
+      this.pending = { parts, wm: this.fired, next: b.next, dropped: b.dropped, reopened: b.reopened, changed: b.added > 0, emitted: { l: 0, r: 0 }, sides: known };
+      return { noOutput: true };
     }
     const wm = closeAll ? POS : Math.max(this.fired, this.watermark(parts, now));
     const emitted = await this.emit(wm, opts.partitions.at(-1)?.hi ?? 0);
@@ -194,7 +212,7 @@ export class JoinOperator extends LocalStateOperator {
         changed = a !== c;
       }
     }
-    this.pending = { parts, wm: closeAll ? this.fired : wm, next: b.next, dropped: b.dropped, reopened: b.reopened, changed, emitted };
+    this.pending = { parts, wm: closeAll ? this.fired : wm, next: b.next, dropped: b.dropped, reopened: b.reopened, changed, emitted, sides: SIDES };
     return {};
   }
 
@@ -313,7 +331,7 @@ export class JoinOperator extends LocalStateOperator {
     if (p.changed) {
       files = [];
       await fsp.mkdir(dir, { recursive: true });
-      for (const s of SIDES) {
+      for (const s of p.sides) {
         const name = `${String(seq).padStart(12, '0')}-${s === 'l' ? 'left' : 'right'}.parquet`;
         const tmp = path.join(dir, `.${name}.tmp`);
         await this.conn.run(`COPY ${this.table[s].live} TO ${lit(tmp)} (FORMAT parquet, COMPRESSION lz4_raw)`);
@@ -335,7 +353,7 @@ export class JoinOperator extends LocalStateOperator {
     const p = this.pending;
     if (!p) return;
     this.pending = undefined;
-    for (const s of SIDES) {
+    for (const s of p.sides) {
       const t = this.table[s];
       await this.conn.run(`CREATE OR REPLACE TABLE ${t.state} AS SELECT * FROM ${t.live}`);
       this.exists[s] = true;
@@ -385,7 +403,7 @@ export class JoinOperator extends LocalStateOperator {
   }
 
   wouldAdvance(): boolean {
-    if (this.rows === 0 || this.pending) return false;
+    if (this.rows === 0 || this.pending || !this.exists.l || !this.exists.r) return false;
     return this.watermark(this.parts, this.clock.now()) > this.fired;
   }
 

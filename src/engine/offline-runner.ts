@@ -10,6 +10,7 @@ import { openDuckDB } from './duckdb.js';
 import { referencesNamed, useReferences } from './references.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import { readFixture } from '../project/fixtures.js';
+import { pipelineGroups } from '../project/model-graph.js';
 import type { ContractKind } from './contracts.js';
 
 const FIXTURE_EXT = ['.json', '.ndjson', '.jsonl'];
@@ -69,8 +70,14 @@ export function fixturesFor(project: Project, given: string[], needed: string[])
   return out;
 }
 
-/** Looks at a source's model outputs (tables sluice_model.<name>) before its DuckDB closes. */
-export type InspectOutputs = (conn: DuckDBConnection, source: string, outputs: FixtureRun['outputs']) => Promise<void>;
+/** Looks at a pipeline's model outputs (tables sluice_model.<name>) before its DuckDB closes; `sources`: the one source, or the two of a stream join. */
+export type InspectOutputs = (conn: DuckDBConnection, sources: string[], outputs: FixtureRun['outputs']) => Promise<void>;
+
+/** One batch of a source's messages, for runBatches. */
+export interface OfflineBatch {
+  source: string;
+  messages: RawMessage[];
+}
 
 /** Runs one source's `models` over `messages` in a private DuckDB, without connecting to anything. */
 export async function runMessages(
@@ -81,27 +88,55 @@ export async function runMessages(
   policy?: SourcePolicy,
   project?: Project,
 ): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
+  const r = await runBatches([{ source, messages }], models, inspect, new Map(policy ? [[source, policy]] : []), project);
+  return { outputs: r.outputs, failures: r.failures.map((f) => f.failure), missing: r.missing };
+}
+
+/**
+ * Runs `models` over batches in a private DuckDB, without connecting to anything: one batch a
+ * source, in turn, as a pipeline of two sources reads them (a stream join meets both), then, as
+ * at the end of a file, every window and join bound still open closes. Each model's rows are
+ * those of every batch. A failure names its batch (`batch`: the index in `batches`).
+ */
+export async function runBatches(
+  batches: OfflineBatch[],
+  models: ModelDef[],
+  inspect?: InspectOutputs,
+  policies: Map<string, SourcePolicy> = new Map(),
+  project?: Project,
+): Promise<{ outputs: FixtureRun['outputs']; failures: { batch: number; failure: MessageFailure }[]; missing: FixtureRun['missing'] }> {
+  const sources = [...new Set(batches.map((b) => b.source))];
   const { conn, instance } = await openDuckDB();
   try {
     // The reference tables the models name (a database one is read, as at the start of a run).
     if (project) await useReferences(conn, project, referencesNamed(project, models));
-    const ex = new BatchExecutor(conn, await compileModels(conn, models), source, conn, decodeRules(policy));
+    const rules = new Map(sources.map((s) => [s, decodeRules(policies.get(s))]));
+    const ex = new BatchExecutor(conn, await compileModels(conn, models), sources, conn, sources.length === 1 ? rules.get(sources[0]) : rules);
     await ex.init();
-    const outcome = await ex.process(messages);
     const outputs: FixtureRun['outputs'] = new Map();
-    for (const m of models) outputs.set(m.name, await ex.readOutput(m.name));
-    if (ex.windows.size) {
-      // The fixture is the whole input: every window still open closes, as at the end of a file.
-      await ex.windows.commit();
-      await ex.closeWindows();
+    const add = async () => {
       for (const m of models) {
         const more = await ex.readOutput(m.name);
-        const had = outputs.get(m.name)!;
+        const had = outputs.get(m.name) ?? { columns: [], rows: [] };
         outputs.set(m.name, { columns: had.columns.length ? had.columns : more.columns, rows: [...had.rows, ...more.rows] });
       }
+    };
+    const failures: { batch: number; failure: MessageFailure }[] = [];
+    const missing: FixtureRun['missing'] = [];
+    for (const [i, b] of batches.entries()) {
+      const outcome = await ex.execute(await ex.prepare(b.messages, 0, undefined, sources.length > 1 ? b.source : undefined));
+      failures.push(...outcome.failures.map((failure) => ({ batch: i, failure })));
+      for (const x of outcome.contract.missing) if (!missing.some((y) => y.model === x.model && y.column === x.column)) missing.push(x);
+      await add();
+      if (ex.windows.size) await ex.windows.commit();
     }
-    await inspect?.(conn, source, outputs);
-    return { outputs, failures: outcome.failures, missing: outcome.contract.missing };
+    if (ex.windows.size) {
+      // The fixture is the whole input: every window still open closes, as at the end of a file.
+      await ex.closeWindows();
+      await add();
+    }
+    await inspect?.(conn, sources, outputs);
+    return { outputs, failures, missing };
   } finally {
     conn.closeSync();
     instance.closeSync();
@@ -109,22 +144,24 @@ export async function runMessages(
 }
 
 /**
- * Runs models on fixture messages in a private DuckDB, one source at a time, without connecting
- * to anything: what `sluice test` prints and where `sluice docs` reads column types from.
+ * Runs models on fixture messages in a private DuckDB, one pipeline at a time (a source, or the
+ * two of a stream join, a batch each), without connecting to anything: what `sluice test`
+ * prints and where `sluice docs` reads column types from.
  */
 export async function runFixtures(project: Project, fixtures: Map<string, string>, models: ModelDef[] = project.models, inspect?: InspectOutputs): Promise<FixtureRun> {
   const run: FixtureRun = { fixtures, messages: 0, outputs: new Map(), failures: [], missing: [] };
-  for (const src of project.sources) {
-    const file = fixtures.get(src.name);
-    const mine = models.filter((m) => m.source === src.name);
-    if (!file || mine.length === 0) continue;
-    const messages = readFixture(file);
-    run.messages += messages.length;
-    const { outputs, failures, missing } = await runMessages(src.name, messages, mine, inspect, src.policy, project);
+  for (const group of pipelineGroups(project.sources, models)) {
+    const mine = models.filter((m) => m.feeds.some((f) => group.includes(f)) || (m.feeds.length === 0 && m.source === group[0]));
+    const batches = group.filter((s) => fixtures.has(s)).map((s) => ({ source: s, messages: readFixture(fixtures.get(s)!) }));
+    if (batches.length === 0 || mine.length === 0) continue;
+    for (const b of batches) run.messages += b.messages.length;
+    const policies = new Map(project.sources.filter((s) => group.includes(s.name)).map((s) => [s.name, s.policy]));
+    const { outputs, failures, missing } = await runBatches(batches, mine, inspect, policies, project);
     run.missing.push(...missing);
     for (const [k, v] of outputs) run.outputs.set(k, v);
-    for (const f of failures) {
-      run.failures.push({ source: src.name, message: messages[f.index].coords, stage: f.stage, model: f.model, error: f.error, column: f.column, kind: f.kind });
+    for (const { batch, failure: f } of failures) {
+      const b = batches[batch];
+      run.failures.push({ source: b.source, message: b.messages[f.index].coords, stage: f.stage, model: f.model, error: f.error, column: f.column, kind: f.kind });
     }
   }
   // DAG order, as the project lists its models.
@@ -135,5 +172,5 @@ export async function runFixtures(project: Project, fixtures: Map<string, string
 /** The models `--model` selects (with what they ref), and the sources they need. */
 export function modelsAndSources(project: Project, model: string | undefined): { models: ModelDef[]; sources: string[] } {
   const models = selectModels(project, model ? [model] : undefined);
-  return { models, sources: project.sources.map((s) => s.name).filter((s) => models.some((m) => m.source === s)) };
+  return { models, sources: project.sources.map((s) => s.name).filter((s) => models.some((m) => m.feeds.includes(s) || m.source === s)) };
 }

@@ -28,6 +28,10 @@ import { sleepUntil } from './sleep.js';
 import { StallGuard } from './stall.js';
 import { Batcher, batchingOf, systemClock, type Clock, type SourceBatch } from './batcher.js';
 import { logDeadLetters } from './dead-letter-log.js';
+import { MergedSource } from './merged-source.js';
+import { DlqSet } from './dlq-set.js';
+import { pipelineGroups, groupName } from '../project/model-graph.js';
+import type { Structure } from './structure.js';
 
 /** How often a waiting run checks whether time alone closes a window (processing time, idle partitions). */
 const TICK_MS = 1000;
@@ -175,10 +179,14 @@ export class Pipeline {
 
   async run(): Promise<RunSummary> {
     const { project } = this.opts;
-    if (!this.opts.sourceOverride && project.sources.length !== 1) {
-      throw new SluiceError('INTERNAL', `a pipeline reads one source and this project has ${project.sources.length}: scope it to one (scopeToSource) and run one pipeline per source (runPipelines)`);
+    const groups = pipelineGroups(project.sources, project.models);
+    if (!this.opts.sourceOverride && groups.length !== 1) {
+      throw new SluiceError(
+        'INTERNAL',
+        `a pipeline reads one source (or the two a stream join reads) and this project has ${groups.length} such: scope it to one (scopeToSources) and run one pipeline each (runPipelines)`,
+      );
     }
-    const srcDef: NamedSource = project.sources.find((s) => s.name === this.opts.sourceOverride?.name) ?? project.sources[0];
+    const srcDefs: NamedSource[] = this.opts.sourceOverride ? [project.sources.find((s) => s.name === this.opts.sourceOverride?.name) ?? project.sources[0]] : project.sources;
     this.models = selectModels(project, this.opts.models);
     const ctx: ConnectorContext = { projectDir: project.dir, log: this.log, workerId: workerId(), observeAckLatency: (s) => this.metrics.ackLatency.observe(s) };
     this.workerId = ctx.workerId;
@@ -189,7 +197,7 @@ export class Pipeline {
     // others go on). A close that fails after another error does not hide that error.
     let failed = false;
     try {
-      return await this.runOpened(srcDef, ctx);
+      return await this.runOpened(srcDefs, ctx);
     } catch (err) {
       failed = true;
       throw err;
@@ -198,19 +206,30 @@ export class Pipeline {
     }
   }
 
-  private async runOpened(srcDef: NamedSource, ctx: ConnectorContext): Promise<RunSummary> {
+  private async runOpened(srcDefs: NamedSource[], ctx: ConnectorContext): Promise<RunSummary> {
     const { project, signal } = this.opts;
+    // A pipeline of two sources (a stream join of them) is named after both: its WAL, its logs.
+    const srcDef: NamedSource = srcDefs.length === 1 ? srcDefs[0] : mergedDef(srcDefs);
+    this.srcDefs = srcDefs;
     const compiled = await compileModels(this.conn, this.models);
     // A second connection loads and decodes the next batch while this one runs the models.
     this.loadConn = await this.instance.connect();
-    this.executor = new BatchExecutor(this.conn, compiled, srcDef.name, this.loadConn, decodeRules(srcDef.policy), this.clock);
+    const rules = srcDefs.length === 1 ? decodeRules(srcDef.policy) : new Map(srcDefs.map((d) => [d.name, decodeRules(d.policy)]));
+    this.executor = new BatchExecutor(
+      this.conn,
+      compiled,
+      srcDefs.map((d) => d.name),
+      this.loadConn,
+      rules,
+      this.clock,
+    );
     await this.executor.init();
     // The references this pipeline's models name, and those its data tests check against.
     const refNames = new Set([...referencesNamed(project, this.models), ...this.models.flatMap((m) => m.dataTests.flatMap((t) => (t.to ? [t.to] : [])))]);
     this.references = await ReferenceTables.open(this.instance, this.conn, project, refNames, this.log);
     this.tests = await BatchTests.create(this.conn, project, this.models, this.log, { referencesLoaded: true });
 
-    const source = this.opts.sourceOverride?.source ?? (await srcDef.spec.create(srcDef.cfg, ctx));
+    const source = this.opts.sourceOverride?.source ?? (await this.createSource(srcDefs, ctx));
     this.source = source;
     const batcher = new Batcher(source, batchingOf(srcDef.cfg), this.clock);
     if (this.opts.dryRun) return this.dryRun(source, batcher);
@@ -220,7 +239,7 @@ export class Pipeline {
     const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
     await this.connectSinks(scopedCtx);
     const start = await this.openWal(srcDef);
-    this.dlq = await this.openDlq(srcDef, scopedCtx);
+    this.dlq = await this.openDlqs(srcDefs, scopedCtx);
     await this.dlq?.recover(start.dlq);
     await this.opts.beforeWrites?.();
 
@@ -239,7 +258,7 @@ export class Pipeline {
       // A shared window state store catches up with this worker's last commit before the source commits its position.
       await this.executor.windows.resync(signal);
       await source.open(start.position);
-      this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, 'reading from the source');
+      this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, srcDefs.length > 1 ? 'reading from the sources, in turn' : 'reading from the source');
       if (this.executor.windows.size && srcDef.spec.workerScoped && !this.executor.windows.stored) {
         this.log.warn(
           { models: [...this.executor.windows.ops.keys()], worker: this.workerId },
@@ -262,6 +281,22 @@ export class Pipeline {
       await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
     }
     return this.summary;
+  }
+
+  /** The pipeline's sources (two when it runs a stream join of two sources). */
+  private srcDefs: NamedSource[] = [];
+
+  /** The source, or a MergedSource over the two (each created; a failure closes those already made). */
+  private async createSource(defs: NamedSource[], ctx: ConnectorContext): Promise<Source> {
+    if (defs.length === 1) return defs[0].spec.create(defs[0].cfg, ctx);
+    const made: { name: string; source: Source }[] = [];
+    try {
+      for (const d of defs) made.push({ name: d.name, source: await d.spec.create(d.cfg, ctx) });
+    } catch (err) {
+      for (const m of made) await m.source.close().catch(() => {});
+      throw err;
+    }
+    return new MergedSource(made);
   }
 
   /** Creates and connects the sinks of the models being run (a failed connect closes that sink). */
@@ -308,7 +343,9 @@ export class Pipeline {
     }
     await this.checkSegments();
     const start = asCheckpoint(this.wal.state.checkpoint);
-    this.executor.structure = start.structure;
+    if (this.srcDefs.length > 1) this.executor.structures = start.structures;
+    else this.executor.structure = start.structure;
+    this.committedStructures = start.structures ?? {};
     this.executor.schemas.load(start.schemas);
     await this.executor.windows.restore(start.windows, walDir);
     return start;
@@ -319,6 +356,9 @@ export class Pipeline {
    * store too (see WindowSet), so that a partition moving to another worker takes it along.
    */
   private async openWindowStore(cfg: { postgres: string; table: string }, srcDef: NamedSource, compiled: CompiledModel[]): Promise<void> {
+    if (this.srcDefs.length > 1) {
+      throw new SluiceError('CONFIG', `sluice.yml: window_state does not support a pipeline of two sources (${srcDef.name}, a stream join of them) yet: remove window_state and run one worker`);
+    }
     if (!srcDef.spec.partitioned) {
       throw new SluiceError(
         'CONFIG',
@@ -398,6 +438,19 @@ export class Pipeline {
     const cfg = { ...src.cfg };
     if (!cfg.dlq && dlqDefaultsBesideWal(src.spec)) cfg.dlq = defaultDlqDir(this.opts.project);
     return src.spec.createDlq?.(cfg, ctx);
+  }
+
+  /** The source's DLQ; with two sources, each one's, behind one DeadLetterQueue (see DlqSet). */
+  private async openDlqs(defs: NamedSource[], ctx: ConnectorContext): Promise<DeadLetterQueue | undefined> {
+    if (defs.length === 1) return this.openDlq(defs[0], ctx);
+    const set = new DlqSet();
+    try {
+      for (const d of defs) set.add(d.name, await this.openDlq(d, ctx));
+    } catch (err) {
+      await set.close().catch(() => {});
+      throw err;
+    }
+    return set;
   }
 
   /** A WAL segment that cannot be read is a corrupt tail: dropped with a warning. */
@@ -505,10 +558,11 @@ export class Pipeline {
     if (batch.messages.length === 0) return { batch, readMs };
     const prepared = await this.stallGuard.run(
       'decoding a batch',
-      () => this.executor.prepare(batch.messages, lane, batch.block),
+      () => this.executor.prepare(batch.messages, lane, batch.block, batch.origin),
       async () => {},
     );
     if (prepared.partitions) prepared.assigned = this.source?.partitions?.();
+    if (prepared.partitions && this.source instanceof MergedSource) prepared.assignedBy = this.source.partitionsBySource();
     return { batch, prepared, readMs };
   }
 
@@ -522,7 +576,7 @@ export class Pipeline {
     const first = typeof given === 'string' ? undefined : given;
     const pass = typeof given === 'string' ? given : undefined;
     const timer = this.metrics.batchDuration.startTimer();
-    this.metrics.messagesIn.inc({ source: sourceName }, batch.messages.length);
+    this.metrics.messagesIn.inc({ source: batch.origin ?? sourceName }, batch.messages.length);
     const dlqBefore = this.dlq?.mark();
     let prepared: PreparedBatch | undefined = first;
     let dlqTouched = false;
@@ -537,7 +591,8 @@ export class Pipeline {
       'writing a batch to the WAL',
       async () => {
         // After a failure the batch is decoded again: isolating bad messages changes its tables.
-        if (first && !prepared) prepared = { ...(await this.executor.prepare(batch.messages, first.lane, batch.block)), assigned: first.assigned, skip: first.skip };
+        if (first && !prepared)
+          prepared = { ...(await this.executor.prepare(batch.messages, first.lane, batch.block, batch.origin)), assigned: first.assigned, assignedBy: first.assignedBy, skip: first.skip };
         const p = prepared;
         prepared = undefined;
         return this.stageBatch(batch, p ?? pass!, () => (dlqTouched = true));
@@ -563,6 +618,31 @@ export class Pipeline {
     // Before the ack: the shared store is never behind the source's committed position.
     await this.executor.windows.publish(this.opts.signal);
     if (this.executor.windows.size) await this.windowMetrics();
+    this.count(batch, records, rows, sourceName);
+    const ackStart = performance.now();
+    for (const chunk of batch.chunks) await source.ack(chunk);
+    outcome.timings.ack = Math.round(performance.now() - ackStart);
+    this.metrics.acked.inc({ source: batch.origin ?? sourceName }, batch.messages.length);
+    this.summary.messages += batch.messages.length;
+    this.summary.batches++;
+    timer();
+    this.updateGauges();
+    this.log.debug(
+      {
+        seq: this.wal.state.seq,
+        ...(batch.origin ? { source: batch.origin } : {}),
+        messages: batch.messages.length,
+        chunks: batch.chunks.length,
+        failed: outcome.failures.length,
+        attempts: outcome.attempts,
+        ms: { ...clock, ...outcome.timings },
+      },
+      'batch committed',
+    );
+  }
+
+  /** A committed batch's dead letters, rows and redeliveries, in the metrics and the summary. */
+  private count(batch: SourceBatch, records: DeadLetter[], rows: Map<string, number>, sourceName: string): void {
     for (const r of records) {
       this.metrics.deadLettered.inc({ stage: r.stage });
       this.metrics.errors.inc({ stage: r.stage, error_type: r.stage === 'decode' ? 'decode' : 'sql' });
@@ -575,21 +655,9 @@ export class Pipeline {
     }
     const redelivered = batch.messages.reduce((n, m) => n + (m.redelivered ? 1 : 0), 0);
     if (redelivered) {
-      this.metrics.redelivered.inc({ source: sourceName }, redelivered);
+      this.metrics.redelivered.inc({ source: batch.origin ?? sourceName }, redelivered);
       this.summary.redelivered += redelivered;
     }
-    const ackStart = performance.now();
-    for (const chunk of batch.chunks) await source.ack(chunk);
-    outcome.timings.ack = Math.round(performance.now() - ackStart);
-    this.metrics.acked.inc({ source: sourceName }, batch.messages.length);
-    this.summary.messages += batch.messages.length;
-    this.summary.batches++;
-    timer();
-    this.updateGauges();
-    this.log.debug(
-      { seq: this.wal.state.seq, messages: batch.messages.length, chunks: batch.chunks.length, failed: outcome.failures.length, attempts: outcome.attempts, ms: { ...clock, ...outcome.timings } },
-      'batch committed',
-    );
   }
 
   /**
@@ -651,13 +719,22 @@ export class Pipeline {
     // A shared window state store: the state goes there now, committed right after the WAL commit.
     await this.executor.windows.write(this.opts.signal);
     crashPoint('before-commit');
-    const checkpoint: Checkpoint = { position: batch.position, dlq: this.dlq?.mark(), structure: outcome.structure, schemas: this.executor.schemas.snapshot(), ...(windows ? { windows } : {}) };
+    // Two sources: each one's schema as of its last batch committed (the next batch, prepared already, may have widened one).
+    const structures = this.srcDefs.length > 1 && batch.origin ? { ...this.committedStructures, [batch.origin]: outcome.structure } : undefined;
+    const checkpoint: Checkpoint = {
+      position: batch.position,
+      dlq: this.dlq?.mark(),
+      ...(structures ? { structures } : { structure: outcome.structure }),
+      schemas: this.executor.schemas.snapshot(),
+      ...(windows ? { windows } : {}),
+    };
     try {
       await this.wal.commit(seq, checkpoint, touched);
     } catch (err) {
       throw asInfraError(err, 'committing the WAL') ?? err;
     }
     crashPoint('after-commit');
+    if (structures) this.committedStructures = structures;
     // Reported once the batch is committed: a batch tried again is not reported twice.
     reportContracts(outcome.contract, this.log, this.metrics.contractCounters());
     outcome.timings.commit = Math.round(performance.now() - commitStart);
@@ -678,10 +755,11 @@ export class Pipeline {
       original: batch.messages[f.index].raw,
     }));
     if (records.length === 0) return records;
-    if (!this.dlq) throw new SluiceError('CONFIG', `a message failed (${records[0].stage}: ${records[0].error}) and the source has no dlq configured`);
+    const dlq: DeadLetterQueue | undefined = this.dlq instanceof DlqSet ? this.dlq.of(batch.origin) : this.dlq;
+    if (!dlq) throw new SluiceError('CONFIG', `a message failed (${records[0].stage}: ${records[0].error}) and the source${batch.origin ? ` ${batch.origin}` : ''} has no dlq configured`);
     dlqTouched();
     try {
-      await this.dlq.append(records);
+      await dlq.append(records);
     } catch (err) {
       throw asInfraError(err, 'appending to the DLQ') ?? err;
     }
@@ -732,6 +810,8 @@ export class Pipeline {
   }
 
   private windowStatsAt = 0;
+  /** Two sources: each one's schema as its last committed batch left it (what the next checkpoint records for the source a batch is not of). */
+  private committedStructures: Record<string, Structure | undefined> = {};
   /** A stream join's unmatched rows already counted in sluice_join_unmatched_rows_total, per side. */
   private unmatchedCounted: Record<string, { l: number; r: number }> = {};
   /** A deduplicating model's duplicates already counted in sluice_dedup_duplicates_total. */
@@ -785,7 +865,7 @@ export class Pipeline {
         clean = true;
         return this.summary;
       }
-      const outcome = await this.executor.process(batch.messages);
+      const outcome = await this.executor.execute(await this.executor.prepare(batch.messages, 0, undefined, batch.origin));
       result.messages = batch.messages.length;
       for (const m of this.models) result.outputs.push({ model: m.name, ...(await this.executor.readOutput(m.name)) });
       for (const f of outcome.failures) result.failures.push({ coords: batch.messages[f.index].coords, stage: f.stage, error: f.error });
@@ -822,4 +902,22 @@ async function closeSource(source: Source, clean: boolean, log: Logger): Promise
     if (clean) throw err;
     log.debug({ err: new Error(errorMessage(err)) }, 'closing the source after a failure failed too');
   }
+}
+
+/**
+ * A pipeline of two sources as one NamedSource for what names it (logs, the lag metric, the
+ * window store's scope) and what the WAL layout follows (a source scoped per worker); its
+ * sources each keep their own settings, decoding rules and DLQ.
+ */
+function mergedDef(defs: NamedSource[]): NamedSource {
+  const [first] = defs;
+  const scoped = defs.find((d) => d.spec.workerScoped);
+  const min = (k: 'batch_size' | 'batch_max_bytes' | 'batch_timeout_ms') => Math.min(...defs.map((d) => Number((d.cfg as Record<string, unknown>)[k])));
+  return {
+    ...first,
+    name: groupName(defs.map((d) => d.name)),
+    type: defs.map((d) => d.type).join('+'),
+    spec: scoped ? { ...first.spec, workerScoped: scoped.spec.workerScoped } : first.spec,
+    cfg: { ...first.cfg, batch_size: min('batch_size'), batch_max_bytes: min('batch_max_bytes'), batch_timeout_ms: min('batch_timeout_ms') },
+  };
 }

@@ -1,7 +1,8 @@
 import { ident } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
 import { selectModels } from './pipeline.js';
-import { runMessages, type InspectOutputs } from './offline-runner.js';
+import { runBatches, type InspectOutputs } from './offline-runner.js';
+import { pipelineGroups } from '../project/model-graph.js';
 import type { ModelDef, Project } from '../project/project-loader.js';
 import type { RawMessage } from '../connectors/types.js';
 import { runTests, type TestResult } from './data-tests.js';
@@ -15,8 +16,8 @@ import type { UnitTest } from '../project/data-test-config.js';
  */
 export function fixtureDataTests(project: Project, models: ModelDef[]): { inspect: InspectOutputs; results: TestResult[] } {
   const results: TestResult[] = [];
-  const inspect: InspectOutputs = async (conn, source, outputs) => {
-    const mine = models.filter((m) => m.source === source && m.dataTests.length);
+  const inspect: InspectOutputs = async (conn, sources, outputs) => {
+    const mine = models.filter((m) => (m.feeds.length ? m.feeds.some((f) => sources.includes(f)) : sources.includes(m.source)) && m.dataTests.length);
     await loadReferences(conn, project, new Set(mine.flatMap((m) => m.dataTests.flatMap((t) => (t.to ? [t.to] : [])))));
     for (const m of mine) {
       if (outputs.get(m.name)?.columns.length) results.push(...(await runTests(conn, m.dataTests, `${MODEL_SCHEMA}.${ident(m.name)}`)));
@@ -40,13 +41,16 @@ export async function runUnitTests(project: Project, only?: ModelDef[]): Promise
     if (only && ![...test.expect.keys()].some((m) => only.some((x) => x.name === m))) continue;
     const problems: string[] = [];
     const actual = new Map<string, { columns: { name: string }[]; rows: Record<string, unknown>[] }>();
-    for (const [source, payloads] of test.messages) {
-      const wanted = [...test.expect.keys()].filter((m) => project.models.find((x) => x.name === m)?.source === source);
-      if (wanted.length === 0) continue;
-      const messages: RawMessage[] = payloads.map((payload, index) => ({ payload, coords: { unit_test: test.name, source, index } }));
-      const r = await runMessages(source, messages, selectModels(project, wanted), undefined, project.sources.find((s) => s.name === source)?.policy, project);
+    // One run a pipeline: a source, or the two of a stream join (a batch each, in turn).
+    for (const group of pipelineGroups(project.sources, project.models)) {
+      const given = group.filter((s) => test.messages.has(s));
+      const wanted = [...test.expect.keys()].filter((m) => project.models.find((x) => x.name === m)?.feeds.some((f) => given.includes(f)));
+      if (given.length === 0 || wanted.length === 0) continue;
+      const batches = given.map((source) => ({ source, messages: test.messages.get(source)!.map((payload, index): RawMessage => ({ payload, coords: { unit_test: test.name, source, index } })) }));
+      const policies = new Map(project.sources.filter((s) => given.includes(s.name)).map((s) => [s.name, s.policy]));
+      const r = await runBatches(batches, selectModels(project, wanted), undefined, policies, project);
       for (const [k, v] of r.outputs) actual.set(k, v);
-      for (const f of r.failures) problems.push(`message ${f.index + 1} of ${source} failed [${f.stage}${f.model ? ` in ${f.model}` : ''}]: ${f.error}`);
+      for (const { batch, failure: f } of r.failures) problems.push(`message ${f.index + 1} of ${batches[batch].source} failed [${f.stage}${f.model ? ` in ${f.model}` : ''}]: ${f.error}`);
     }
     for (const [model, expected] of test.expect) {
       const got = actual.get(model);

@@ -6,6 +6,7 @@ import { resolveContractTypes } from './contracts.js';
 import { DEFAULT_WINDOW_SETTINGS, engineColumns, windowIntervals } from './windows.js';
 import { SETTINGS_ONLY } from './joins.js';
 import { lit } from '../sql/quote.js';
+import { sqlFeeds } from '../project/model-graph.js';
 
 export interface ModelReport {
   model: ModelDef;
@@ -53,6 +54,7 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
             },
       );
     }
+    issues.push(...feedIssues(m, analysis, project));
     const at = { file: m.windowAt?.file ?? m.file, line: m.windowAt?.line, key: `overrides.${m.name}.window` };
     issues.push(...(await statefulIssues(conn, m, analysis, at, project, opts.allowStateful === true, dlqTests)));
     if (analysis.window) {
@@ -80,6 +82,39 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
   }
   issues.push(...unpartitionedSources(project, reports));
   return { issues, reports };
+}
+
+/**
+ * A model fed by two sources: a stream join whose sides each read one of them (their sources
+ * then run as one pipeline), or a model reading one relation downstream of such a join. Any
+ * other combination of two sources' batches would run per batch, and a batch holds the
+ * messages of one source.
+ */
+function feedIssues(m: ModelDef, analysis: SqlAnalysis, project: Project): ConfigIssue[] {
+  if (m.feeds.length < 2) return [];
+  const of = `(${m.feeds.join(', ')})`;
+  if (analysis.join) {
+    const sides = [analysis.join.left, analysis.join.right].map((s) => ({ alias: s.alias, feeds: sqlFeeds(s.input, (x) => project.models.find((y) => y.name === x)?.feeds ?? []) }));
+    const bad = sides.find((s) => s.feeds.length !== 1);
+    if (bad) {
+      return [
+        {
+          file: m.file,
+          message: `model ${m.name} joins two sources' streams ${of}, but its side ${bad.alias} reads ${bad.feeds.length ? `several (${bad.feeds.join(', ')})` : 'none of them'}: each side of a stream join of two sources reads one source (docs/joins.md)`,
+        },
+      ];
+    }
+    if (sides[0].feeds[0] === sides[1].feeds[0]) return [];
+    if (project.windowState) return [{ file: m.file, message: `model ${m.name} joins two sources ${of}: window_state does not support a pipeline of two sources yet; run it without window_state` }];
+    return [];
+  }
+  if (m.refs.length === 1 && m.rendered.sources.length === 0 && !m.rendered.usesIncoming) return [];
+  return [
+    {
+      file: m.file,
+      message: `model ${m.name} reads from several sources ${of}: a batch holds the messages of one source, so only a stream join (a JOIN whose ON bounds one side's time by the other's, docs/joins.md) combines two sources' streams; a model downstream of it reads it alone`,
+    },
+  ];
 }
 
 /**

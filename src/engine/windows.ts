@@ -144,6 +144,12 @@ export interface OperatorRun {
   partitions: PartitionRun[];
   /** The source partitions read now (undefined: not known). */
   assigned?: string[];
+  /**
+   * A stream join of two sources (a pipeline reading both): which of its sides read this batch's
+   * source (the other side has no new rows), and the partitions each side's source reads now.
+   * Undefined: both sides read every batch, and `assigned` is each side's.
+   */
+  sides?: { l: { reads: boolean; assigned?: string[] }; r: { reads: boolean; assigned?: string[] } };
   /** The input ended: every window closes (every join row's bound is passed). */
   closeAll?: boolean;
   /** Time passed with no message. */

@@ -43,6 +43,7 @@ export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (
       rendered,
       refs: rendered.refs.map((r) => r.name),
       source: '',
+      feeds: [],
       sinks: [],
       columns: [],
       dataTests: [],

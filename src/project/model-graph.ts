@@ -28,32 +28,71 @@ export function orderModels(models: ModelDef[], modelsDirShown: string, issues: 
 }
 
 /**
- * Sets the source whose batches feed each model (directly, through `incoming`, or through its
- * refs; `ordered` is in dependency order). A model fed by several sources, an ambiguous
- * `incoming`, and a source no model reads are issues.
+ * Sets the sources whose batches feed each model (directly, through `incoming`, or through its
+ * refs; `ordered` is in dependency order), in the order the sources are declared. A model fed by
+ * two sources must be a stream join of them (or read one relation downstream of one): validate
+ * checks it, with DuckDB. An ambiguous `incoming` and a source no model reads are issues.
  */
 export function assignSources(ordered: ModelDef[], sources: NamedSource[], issues: ConfigIssue[]): void {
   const byName = new Map(ordered.map((m) => [m.name, m]));
+  const rank = new Map(sources.map((s, i) => [s.name, i]));
   for (const m of ordered) {
     const feeds = new Set<string>(m.rendered.sources.map((s) => s.name));
     if (m.rendered.usesIncoming) {
       if (sources.length === 1) feeds.add(sources[0].name);
       else if (sources.length > 1) issues.push({ file: m.file, message: `"incoming" is ambiguous with ${sources.length} sources; read {{ source('name') }} instead` });
     }
-    for (const r of m.refs) {
-      const dep = byName.get(r);
-      if (dep?.source) feeds.add(dep.source);
-    }
-    if (feeds.size > 1)
-      issues.push({
-        file: m.file,
-        message: `model ${m.name} reads from several sources (${[...feeds].join(', ')}); a stream join of two sources is not supported yet (each source runs as a pipeline of its own): join two streams one source carries, see docs/joins.md`,
-      });
-    m.source = [...feeds][0] ?? sources[0]?.name ?? '';
+    for (const r of m.refs) for (const f of byName.get(r)?.feeds ?? []) feeds.add(f);
+    m.feeds = [...feeds].sort((a, b) => (rank.get(a) ?? 0) - (rank.get(b) ?? 0));
+    m.source = m.feeds[0] ?? sources[0]?.name ?? '';
   }
   for (const s of sources) {
-    if (sources.length > 1 && !ordered.some((m) => m.source === s.name)) {
+    if (sources.length > 1 && !ordered.some((m) => m.feeds.includes(s.name))) {
       issues.push({ file: s.file, line: s.line, message: `source "${s.name}" is not read by any model` });
     }
   }
+}
+
+/**
+ * The pipelines a project runs as: the sources in declaration order, those that feed a common
+ * model (a stream join of two sources) together in one pipeline, which reads both and commits
+ * their positions together; every other source alone.
+ */
+export function pipelineGroups(sources: NamedSource[], models: ModelDef[]): string[][] {
+  const group = new Map(sources.map((s) => [s.name, s.name]));
+  const find = (x: string): string => {
+    let r = x;
+    while (group.get(r) !== r) r = group.get(r)!;
+    return r;
+  };
+  for (const m of models) {
+    for (const f of m.feeds.slice(1)) {
+      const [a, b] = [find(m.feeds[0]), find(f)];
+      if (a !== b && group.has(a) && group.has(b)) group.set(b, a);
+    }
+  }
+  const out = new Map<string, string[]>();
+  for (const s of sources) {
+    const r = find(s.name);
+    out.set(r, [...(out.get(r) ?? []), s.name]);
+  }
+  return [...out.values()];
+}
+
+/** A pipeline's name: its source's, or its sources' joined with `+` (its WAL directory, log and metric label). */
+export function groupName(sources: string[]): string {
+  return sources.join('+');
+}
+
+/**
+ * The sources whose batches a piece of rendered SQL reads: the sources it names, and those
+ * feeding the models it names (`feedsOf`).
+ */
+export function sqlFeeds(sql: string, feedsOf: (model: string) => string[]): string[] {
+  const feeds = new Set<string>();
+  for (const [, schema, name] of sql.matchAll(/\b(sluice_source|sluice_model)\."?([^".\s),]+)"?/g)) {
+    if (schema === 'sluice_source') feeds.add(name);
+    else for (const f of feedsOf(name)) feeds.add(f);
+  }
+  return [...feeds];
 }

@@ -45,8 +45,13 @@ export interface ModelDef {
   sqlText: string;
   rendered: RenderedModel;
   refs: string[];
-  /** The source whose batches feed this model (directly or through refs). */
+  /** The source whose batches feed this model (directly or through refs); the first of `feeds`. */
   source: string;
+  /**
+   * Every source whose batches feed it: one, or two for a stream join of two sources and the
+   * models downstream of it (their sources then run as one pipeline: see pipelineGroups).
+   */
+  feeds: string[];
   sinks: string[];
   maxFileBytes: number;
   maxAgeSeconds: number;

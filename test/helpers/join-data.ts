@@ -77,3 +77,19 @@ export async function compareJoin(conn: DuckDBConnection, events: string, output
     missing: await n('SELECT count(*) FROM (SELECT * FROM want EXCEPT ALL SELECT * FROM got)'),
   };
 }
+
+/**
+ * The events of writeOrdersAndPayments split into two files, orders and payments, in the same
+ * order, without `kind` (each file is one source's stream).
+ */
+export function splitOrdersAndPayments(events: string, orders: string, payments: string): void {
+  const lines = fs.readFileSync(events, 'utf8').trim().split('\n');
+  const of = (kind: string) => lines.filter((l) => l.startsWith(`{"kind":"${kind}",`)).map((l) => `{${l.slice(`{"kind":"${kind}",`.length)}`);
+  for (const [file, kind] of [
+    [orders, 'order'],
+    [payments, 'payment'],
+  ]) {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, `${of(kind).join('\n')}\n`);
+  }
+}

@@ -11,7 +11,7 @@ import { DLQ_FILE, readDeadLetters } from '../../connectors/file/file-dlq.js';
 import { DlqReplaySource } from '../../connectors/file/dlq-replay-source.js';
 import { formatTable } from '../format.js';
 import { onStopSignal } from '../stop-signals.js';
-import { scopeRun, type ScopedRun } from '../source-scope.js';
+import { scopeDlqs, type ScopedRun } from '../source-scope.js';
 import type { CliContext, CommonOpts } from './context.js';
 
 /** `sluice dlq inspect` and `sluice dlq replay`. */
@@ -138,6 +138,12 @@ function registerReplay(dlq: Command, ctx: CliContext): void {
  */
 async function replayFileDlq(scope: ScopedRun, log: Logger, signal: AbortSignal, out: CliContext['out']): Promise<string> {
   const { project } = scope;
+  if (scope.group) {
+    throw new SluiceError(
+      'USAGE',
+      `source ${scope.source} runs in one pipeline with ${scope.group.filter((g) => g !== scope.source).join(', ')} (a stream join of two sources): its file DLQ cannot be replayed through the pipeline alone; inspect it with \`sluice dlq inspect --source ${scope.source}\` and send the messages to the source again`,
+    );
+  }
   const dir = dlqDir(project);
   const current = path.join(dir, DLQ_FILE);
   if (fs.existsSync(current) && fs.statSync(current).size > 0) {
@@ -193,5 +199,5 @@ function dlqDir(project: Project): string {
  * the one named with --source, or every source of the project.
  */
 function dlqScopes(project: Project, source: string | undefined): ScopedRun[] {
-  return scopeRun(project, source === undefined ? undefined : [source], undefined);
+  return scopeDlqs(project, source);
 }

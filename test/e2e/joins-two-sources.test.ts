@@ -1,0 +1,120 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { afterAll, describe, expect, it } from 'vitest';
+import { killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { projectDeadLetters } from '../helpers/dlq.js';
+import { expectEquivalent, type Comparison } from '../helpers/output.js';
+import { compareJoin, joinSql, splitOrdersAndPayments, writeOrdersAndPayments } from '../helpers/join-data.js';
+
+// A stream join of two sources: orders and payments each in a source of their own (two NDJSON
+// files), joined within a time bound. The two sources run as one pipeline, which reads them in
+// turn and commits both positions with the join's buffers: each kind of join gives exactly what
+// plain DuckDB's join over the whole input gives (batch equivalence), also when the run is
+// SIGKILLed again and again (rewind equivalence).
+
+const root = tempDir('sluice-joins2-');
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+const KINDS = ['INNER', 'LEFT', 'RIGHT', 'FULL'];
+const MODELS: Record<string, string> = Object.fromEntries(KINDS.map((k) => [`paid_${k.toLowerCase()}`, joinSql(k)]));
+
+const ORDERS = "SELECT id, CAST(ts AS TIMESTAMP) AS ts, amount FROM {{ source('orders') }}\n";
+const PAYMENTS = "SELECT order_id, CAST(ts AS TIMESTAMP) AS ts, paid FROM {{ source('payments') }}\n";
+
+function project(name: string, orders: number, extra: Record<string, string> = {}, batch = 500): { p: string; events: string } {
+  const p = path.join(root, name);
+  const src = (n: string) => `  ${n}:\n    type: file\n    path: data/${n}\n    dlq: .sluice/dlq-${n}\n    batch_size: ${batch}\n`;
+  writeFiles(p, {
+    'config/sources.yml': `sources:\n${src('orders')}${src('payments')}`,
+    'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+    'config/models.yml': `overrides:\n${Object.keys(MODELS)
+      .map((m) => `  ${m}:\n    window:\n      lateness: 3 minutes\n`)
+      .join('')}`,
+    'models/orders.sql': ORDERS,
+    'models/payments.sql': PAYMENTS,
+    ...Object.fromEntries(Object.entries(MODELS).map(([m, sql]) => [`models/${m}.sql`, sql])),
+    ...extra,
+  });
+  // The same events as the one-source tests, each kind in its own source's file.
+  const events = path.join(p, 'events.ndjson');
+  writeOrdersAndPayments(events, orders);
+  splitOrdersAndPayments(events, path.join(p, 'data/orders/orders.ndjson'), path.join(p, 'data/payments/payments.ndjson'));
+  return { p, events };
+}
+
+async function compareAll(p: string, events: string): Promise<Record<string, Comparison>> {
+  const db = await DuckDBInstance.create(':memory:');
+  const conn = await db.connect();
+  try {
+    const out: Record<string, Comparison> = {};
+    for (const [m, sql] of Object.entries(MODELS)) out[m] = await compareJoin(conn, events, path.join(p, 'output'), m, sql);
+    return out;
+  } finally {
+    conn.closeSync();
+    db.closeSync();
+  }
+}
+
+describe('stream joins of two sources', () => {
+  it.concurrent('validate accepts a join of two sources and refuses any other model reading both; `models list` shows the join and its sources', async () => {
+    const { p } = project('listed', 10);
+    const v = await sluiceAsync(['validate', '--project', p]);
+    expect(v.code, v.stderr).toBe(0);
+    const list = await sluiceAsync(['models', 'list', '--project', p]);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/paid_left .*stream join: left join of o and p on o\.ts − p\.ts from -10 minutes to 2 minutes/);
+
+    // Per-message SQL over two sources' rows: refused, naming the model and what to write instead.
+    const { p: bad } = project('refused', 10, {
+      'models/per_message.sql': "SELECT o.id, p.paid FROM {{ ref('orders') }} o JOIN {{ ref('payments') }} p ON p.order_id = o.id\n",
+    });
+    const r = await sluiceAsync(['validate', '--project', bad]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/per_message\.sql.*model per_message reads from several sources \(orders, payments\): a batch holds the messages of one source, so only a stream join/);
+  });
+
+  it.concurrent('each kind of join over two sources equals plain DuckDB over the whole input, and test --fixture runs it over both fixtures', async () => {
+    const { p, events } = project('batch', 3000);
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 120_000 });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    const cmp = await compareAll(p, events);
+    expectEquivalent(cmp);
+    // Every kind made rows, and the outer joins' unmatched rows are among them.
+    expect(cmp.paid_inner.output).toBeGreaterThan(1000);
+    expect(cmp.paid_full.output).toBeGreaterThan(cmp.paid_inner.output);
+    expect(projectDeadLetters(p)).toEqual([]);
+    // Both sources' positions were committed together: a second run reads nothing more and adds no row.
+    const again = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
+    expect(again.code, again.stderr.slice(-2000)).toBe(0);
+    expectEquivalent(await compareAll(p, events));
+
+    // `sluice test` over a fixture of each source: the join meets rows of both.
+    const at = (m: number) => new Date(Date.UTC(2026, 0, 1, 0, m)).toISOString();
+    writeFiles(p, {
+      'tests/orders.ndjson': `${[0, 1, 2].map((i) => JSON.stringify({ id: i, ts: at(i * 20), amount: i })).join('\n')}\n`,
+      'tests/payments.ndjson': `${JSON.stringify({ order_id: 1, ts: at(21), paid: 7 })}\n`,
+    });
+    const t = await sluiceAsync(['test', '--project', p, '--model', 'paid_left', '--format', 'json']);
+    expect(t.code, t.stderr + t.stdout).toBe(0);
+    const out = JSON.parse(t.stdout) as { models: Record<string, Record<string, unknown>[]> };
+    const rows = out.models.paid_left.map((x) => [x.id, x.paid]).sort();
+    expect(rows).toEqual([
+      [0, null],
+      [1, 7],
+      [2, null],
+    ]);
+  }, 180_000);
+
+  it.concurrent('SIGKILLed 10 times during a two-source join: the output equals the batch join (and so an uninterrupted run)', async () => {
+    const { p, events } = project('rewind', 20_000, {}, 1000);
+    const kills = await killRepeatedly(['run', '--project', p, '--port', '0'], {}, 10);
+    expect(kills).toBe(10);
+    const before = await compareAll(p, events);
+    expect(before.paid_full.output).toBeLessThan(before.paid_full.batch); // the kills came while there was work left
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 240_000 });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expectEquivalent(await compareAll(p, events));
+    expect(projectDeadLetters(p)).toEqual([]);
+  }, 300_000);
+});
