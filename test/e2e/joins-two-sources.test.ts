@@ -3,7 +3,7 @@ import path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
 import { killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
-import { projectDeadLetters } from '../helpers/dlq.js';
+import { deadLetters } from '../helpers/dlq.js';
 import { expectEquivalent, type Comparison } from '../helpers/output.js';
 import { compareJoin, joinSql, splitOrdersAndPayments, writeOrdersAndPayments } from '../helpers/join-data.js';
 
@@ -43,6 +43,11 @@ function project(name: string, orders: number, extra: Record<string, string> = {
   return { p, events };
 }
 
+/** Each source's dead letters (each has its own DLQ). */
+function dlqs(p: string): Record<string, string[]> {
+  return Object.fromEntries(['orders', 'payments'].map((s) => [s, deadLetters(path.join(p, '.sluice', `dlq-${s}`)).map((d) => `${d.stage}: ${d.payload}`)]));
+}
+
 async function compareAll(p: string, events: string): Promise<Record<string, Comparison>> {
   const db = await DuckDBInstance.create(':memory:');
   const conn = await db.connect();
@@ -76,6 +81,8 @@ describe('stream joins of two sources', () => {
 
   it.concurrent('each kind of join over two sources equals plain DuckDB over the whole input, and test --fixture runs it over both fixtures', async () => {
     const { p, events } = project('batch', 3000);
+    // A line of payments that is not JSON: dead-lettered to the payments source's own DLQ.
+    fs.appendFileSync(path.join(p, 'data/payments/payments.ndjson'), '{"order_id": 5, "ts": \n');
     const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 120_000 });
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     const cmp = await compareAll(p, events);
@@ -83,7 +90,7 @@ describe('stream joins of two sources', () => {
     // Every kind made rows, and the outer joins' unmatched rows are among them.
     expect(cmp.paid_inner.output).toBeGreaterThan(1000);
     expect(cmp.paid_full.output).toBeGreaterThan(cmp.paid_inner.output);
-    expect(projectDeadLetters(p)).toEqual([]);
+    expect(dlqs(p)).toEqual({ orders: [], payments: ['decode: {"order_id": 5, "ts": '] });
     // Both sources' positions were committed together: a second run reads nothing more and adds no row.
     const again = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
     expect(again.code, again.stderr.slice(-2000)).toBe(0);
@@ -115,6 +122,6 @@ describe('stream joins of two sources', () => {
     const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 240_000 });
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     expectEquivalent(await compareAll(p, events));
-    expect(projectDeadLetters(p)).toEqual([]);
+    expect(dlqs(p)).toEqual({ orders: [], payments: [] });
   }, 300_000);
 });
