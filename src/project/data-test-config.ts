@@ -268,7 +268,7 @@ export const unitTestFileSchema = z.object({ unit_tests: z.array(unitTestSchema)
  * The unit test cases of a project's tests/*.yml files. Every file there must hold `unit_tests:`;
  * sources and models they name must exist.
  */
-export function unitTestsOf(files: YamlFile[], sources: { name: string }[], models: { name: string; source: string }[], issues: ConfigIssue[]): UnitTest[] {
+export function unitTestsOf(files: YamlFile[], sources: { name: string }[], models: { name: string; source: string; feeds?: string[] }[], issues: ConfigIssue[]): UnitTest[] {
   const out: UnitTest[] = [];
   const names = new Map<string, { file: string; line?: number }>();
   const sourceNames = sources.map((s) => s.name);
@@ -285,7 +285,7 @@ export function unitTestsOf(files: YamlFile[], sources: { name: string }[], mode
       const messages = new Map<string, string[]>();
       const payloads = (list: (string | Record<string, unknown>)[]) => list.map((m) => (typeof m === 'string' ? m : JSON.stringify(m)));
       if (Array.isArray(c.messages)) {
-        const fed = [...new Set(models.filter((m) => m.name in c.expect).map((m) => m.source))];
+        const fed = [...new Set(models.filter((m) => m.name in c.expect).flatMap((m) => (m.feeds?.length ? m.feeds : [m.source])))];
         const src = sourceNames.length === 1 ? sourceNames : fed;
         if (src.length === 1) messages.set(src[0], payloads(c.messages));
         else issues.push({ ...at('messages'), message: `the expected models read several sources (${src.join(', ')}): give messages per source (messages: { source: [...] })` });

@@ -78,8 +78,11 @@ async function killedJoin(name: string, two: boolean): Promise<void> {
   const send = async (evs: { key: string; value: string; partition?: number }[]) => {
     for (const f of feeds) await produce(mk.producer, f.topic, of(f, evs));
   };
-  const all = events(0, 8000);
-  let produced = 8000;
+  // One stream in time order (out of order by up to 20 s), produced in pieces: each topic's
+  // events stay within the lateness of each other across the pieces, as a live stream's would.
+  const stream = events(0, 40_000);
+  const all = stream.slice(0, 13_000);
+  let produced = all.length;
   await send(all);
   const p = path.join(root, name);
   const kafka = (f: Feed) =>
@@ -105,9 +108,9 @@ async function killedJoin(name: string, two: boolean): Promise<void> {
     await waitExit(w, 30_000);
     // A fast machine may have read the topics between kills: more events, so every kill has work.
     const caughtUp = await Promise.all(feeds.map((f) => groupCaughtUp(mk.admin, f.group, f.topic)));
-    if (caughtUp.every(Boolean)) {
-      const more = events(produced, 3000);
-      produced += 3000;
+    if (caughtUp.every(Boolean) && produced < stream.length) {
+      const more = stream.slice(produced, produced + 5000);
+      produced += more.length;
       all.push(...more);
       await send(more);
     }

@@ -1,3 +1,2 @@
 SELECT order_id, customer_id, amount_cents, CAST(ts AS TIMESTAMP) AS ordered_at
-FROM incoming
-WHERE kind = 'order'
+FROM {{ source('orders') }}

@@ -1,3 +1,2 @@
 SELECT order_id, method, amount_cents, CAST(ts AS TIMESTAMP) AS paid_at
-FROM incoming
-WHERE kind = 'payment'
+FROM {{ source('payments') }}

@@ -13,7 +13,9 @@ export function registerCompile(program: Command, { withProject, loadAndCheck, o
       for (const { model, analysis } of reports) {
         if (o.model && model.name !== path.basename(o.model).replace(/\.sql$/, '')) continue;
         const deps = model.refs.length ? `, after ${model.refs.join(', ')}` : '';
-        out(`-- ${model.name} (${model.file}): ${statefulness(analysis, model.window, model.stateTtl)}, source ${model.source}, sink ${model.sinks.join(', ')}${deps}`);
+        out(
+          `-- ${model.name} (${model.file}): ${statefulness(analysis, model.window, model.stateTtl)}, source${model.feeds.length > 1 ? 's' : ''} ${(model.feeds.length ? model.feeds : [model.source]).join(', ')}, sink ${model.sinks.join(', ')}${deps}`,
+        );
         out(model.rendered.sql.trim() + '\n');
       }
     });

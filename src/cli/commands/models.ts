@@ -10,7 +10,7 @@ export function registerModels(program: Command, { withProject, loadAndCheck, ou
     const rows = reports.map(({ model, analysis }) => ({
       model: model.name,
       file: model.file,
-      source: model.source,
+      source: (model.feeds.length ? model.feeds : [model.source]).join(', '),
       sink: model.sinks.join(', '),
       refs: model.refs.join(', '),
       kind: statefulness(analysis, model.window, model.stateTtl),

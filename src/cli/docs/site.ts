@@ -103,7 +103,7 @@ ${window ? `<tr><th>window</th><td>${esc(windowSummary(window, m.window))}</td><
 ${join ? `<tr><th>join</th><td>${esc(joinSummary(join, m.window))}</td></tr>` : ''}
 ${r.analysis.view || r.analysis.dedup ? `<tr><th>state</th><td>${esc(statefulness(r.analysis, m.window, m.stateTtl))}</td></tr>` : ''}
 <tr><th>file</th><td><code>${esc(m.file)}</code></td></tr>
-<tr><th>source</th><td>${links(m.source ? [nodeId('source', m.source)] : [])}</td></tr>
+<tr><th>${m.feeds.length > 1 ? 'sources' : 'source'}</th><td>${links((m.feeds.length ? m.feeds : m.source ? [m.source] : []).map((s) => nodeId('source', s)))}</td></tr>
 <tr><th>reads</th><td>${links(up)}</td></tr>
 <tr><th>read by</th><td>${links(down)}</td></tr>
 <tr><th>sinks</th><td>${links(m.sinks.map((s) => nodeId('sink', s)))}</td></tr>
