@@ -5,9 +5,12 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-/** The model (sluice reads `incoming`; the baseline the whole file's table). */
-export const joinSql = (kind, from) => `WITH o AS (SELECT order_id, customer_id, amount_cents, CAST(ts AS TIMESTAMP) AS ordered_at FROM ${from} WHERE kind = 'order'),
-     p AS (SELECT order_id, method, CAST(ts AS TIMESTAMP) AS paid_at FROM ${from} WHERE kind = 'payment')
+/**
+ * The model (sluice reads `incoming`; the baseline the whole file's table). With `payments`, the
+ * orders are read from `from` and the payments from `payments` (two sources; two files' tables).
+ */
+export const joinSql = (kind, from, payments = from) => `WITH o AS (SELECT order_id, customer_id, amount_cents, CAST(ts AS TIMESTAMP) AS ordered_at FROM ${from} WHERE kind = 'order'),
+     p AS (SELECT order_id, method, CAST(ts AS TIMESTAMP) AS paid_at FROM ${payments} WHERE kind = 'payment')
 SELECT o.order_id, o.customer_id, o.amount_cents, o.ordered_at, p.paid_at, p.method
 FROM o ${kind.toUpperCase()} JOIN p ON p.order_id = o.order_id AND p.paid_at BETWEEN o.ordered_at AND o.ordered_at + INTERVAL 5 MINUTE
 `;
@@ -47,4 +50,35 @@ export function eventsFile(n) {
   fs.closeSync(fd);
   fs.renameSync(tmp, file);
   return file;
+}
+
+/**
+ * The events file split in two, the orders and the payments, each in the order of the file (for
+ * a join of two sources), written once beside it: { orders, payments }.
+ */
+export function splitFiles(n) {
+  const file = eventsFile(n);
+  const out = { orders: file.replace(/\.ndjson$/, '.orders.ndjson'), payments: file.replace(/\.ndjson$/, '.payments.ndjson') };
+  if (fs.existsSync(out.orders) && fs.existsSync(out.payments)) return out;
+  const text = fs.readFileSync(file, 'utf8');
+  const fds = { order: fs.openSync(`${out.orders}.tmp`, 'w'), payment: fs.openSync(`${out.payments}.tmp`, 'w') };
+  const bufs = { order: [], payment: [] };
+  const put = (k, line) => {
+    bufs[k].push(line);
+    if (bufs[k].length === 50_000) fs.writeSync(fds[k], `${bufs[k].splice(0).join('\n')}\n`);
+  };
+  for (let a = 0; a < text.length; ) {
+    let b = text.indexOf('\n', a);
+    if (b < 0) b = text.length;
+    const line = text.slice(a, b);
+    if (line) put(line.startsWith('{"kind":"order"') ? 'order' : 'payment', line);
+    a = b + 1;
+  }
+  for (const k of ['order', 'payment']) {
+    if (bufs[k].length) fs.writeSync(fds[k], `${bufs[k].join('\n')}\n`);
+    fs.closeSync(fds[k]);
+  }
+  fs.renameSync(`${out.orders}.tmp`, out.orders);
+  fs.renameSync(`${out.payments}.tmp`, out.payments);
+  return out;
 }

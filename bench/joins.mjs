@@ -12,24 +12,33 @@
 // /metrics, the rows the join buffers (sluice_join_buffered_rows): a bounded state shows as flat
 // lines from the first fifth of the input to the last. Prints the samples by fifths and the peaks.
 //
-//   node bench/run.mjs joins [--messages 1000000] [--runs 3] [--kind inner|left|full] [--soak]
+// --sources 2: the orders and the payments in two files, read as two sources (one pipeline that
+// reads them in turn); the baseline reads the two files.
+//
+//   node bench/run.mjs joins [--messages 1000000] [--runs 3] [--kind inner|left|full] [--sources 1|2] [--soak]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance, version as duckdbVersion } from '@duckdb/node-api';
-import { eventsFile, joinSql } from './joins-data.mjs';
+import { eventsFile, joinSql, splitFiles } from './joins-data.mjs';
 import { arg, checkFlags, cleanupOnInterrupt, freePort, given, median, rss, timedChild } from './lib.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MiB = 2 ** 20;
 const TARGET = 0.5;
 const LATENESS = '10 seconds';
-checkFlags('joins', ['messages', 'runs', 'kind', 'soak']);
+checkFlags('joins', ['messages', 'runs', 'kind', 'soak', 'sources']);
 const N = arg('messages', 1_000_000);
 const RUNS = arg('runs', 3);
 const SOAK = given('soak');
+/** 2: orders and payments in two files, read as two sources (a join of two sources); 1: one file, one source. */
+const SOURCES = arg('sources', 1);
+if (SOURCES !== 1 && SOURCES !== 2) {
+  console.error(`--sources takes 1 or 2, got ${SOURCES}`);
+  process.exit(2);
+}
 const KIND = (() => {
   const i = process.argv.indexOf('--kind');
   const v = (i > 0 ? process.argv[i + 1] : (process.argv.find((a) => a.startsWith('--kind='))?.slice(7) ?? 'left')).toLowerCase();
@@ -46,18 +55,23 @@ function project(dir, input, sink = 'zstd') {
   const p = path.join(dir, 'proj');
   fs.mkdirSync(path.join(p, 'config'), { recursive: true });
   fs.mkdirSync(path.join(p, 'models'), { recursive: true });
-  fs.writeFileSync(path.join(p, 'config/sources.yml'), `source:\n  type: file\n  path: ${JSON.stringify(input)}\n`);
+  const file = (f) => `    type: file\n    path: ${JSON.stringify(f)}\n`;
+  fs.writeFileSync(
+    path.join(p, 'config/sources.yml'),
+    SOURCES === 2 ? `sources:\n  orders:\n${file(files.orders)}  payments:\n${file(files.payments)}` : `source:\n  type: file\n  path: ${JSON.stringify(input)}\n`,
+  );
   fs.writeFileSync(path.join(p, 'config/sinks.yml'), `sink:\n  type: parquet\n  path: ${JSON.stringify(path.join(p, 'output'))}\n  compression: ${sink}\n`);
   fs.writeFileSync(path.join(p, 'config/models.yml'), `max_file_bytes: 1073741824\nmax_age_seconds: 3600\noverrides:\n  paid:\n    window:\n      lateness: ${LATENESS}\n`);
-  fs.writeFileSync(path.join(p, 'models', 'paid.sql'), joinSql(KIND, 'incoming'));
+  fs.writeFileSync(path.join(p, 'models', 'paid.sql'), SOURCES === 2 ? joinSql(KIND, "{{ source('orders') }}", "{{ source('payments') }}") : joinSql(KIND, 'incoming'));
   return p;
 }
 
 const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cpus: os.cpus().length, mem_total_gib: Number((os.totalmem() / 2 ** 30).toFixed(1)), node: process.version, duckdb: duckdbVersion() };
 const input = eventsFile(N);
+const files = SOURCES === 2 ? splitFiles(N) : undefined;
 const inFlight = cleanupOnInterrupt();
 console.log(
-  `joins benchmark: ${N.toLocaleString('en-US')} orders and as many payments, a ${KIND} join within 5 minutes, lateness ${LATENESS}${SOAK ? ', soak (sluice alone, sampled every second)' : `, ${RUNS} run(s), sluice and plain DuckDB alternating`}`,
+  `joins benchmark: ${N.toLocaleString('en-US')} orders and as many payments${SOURCES === 2 ? ' in two files (two sources)' : ''}, a ${KIND} join within 5 minutes, lateness ${LATENESS}${SOAK ? ', soak (sluice alone, sampled every second)' : `, ${RUNS} run(s), sluice and plain DuckDB alternating`}`,
 );
 console.log(`machine: ${machine.cpu}, ${machine.cpus} CPUs, ${machine.mem_total_gib} GiB; Node.js ${machine.node}, DuckDB ${machine.duckdb}\n`);
 if (SOAK) await soak();
@@ -89,7 +103,7 @@ async function ratio() {
       inFlight.dir = dir;
       try {
         const baseOut = path.join(dir, 'baseline.parquet');
-        const base = await timedChild('plain DuckDB baseline', [path.join(ROOT, 'bench', 'joins-baseline.mjs'), input, baseOut, KIND], ROOT, inFlight);
+        const base = await timedChild('plain DuckDB baseline', [path.join(ROOT, 'bench', 'joins-baseline.mjs'), files?.orders ?? input, baseOut, KIND, ...(files ? [files.payments] : [])], ROOT, inFlight);
         const p = project(dir, input);
         const sl = await timedChild('sluice run', [path.join(ROOT, 'bin/sluice.js'), 'run', '--project', p, '--port', '0', '--log-level', 'warn'], ROOT, inFlight);
         const rows = await compare(path.join(p, 'output'), baseOut);
@@ -115,6 +129,7 @@ async function ratio() {
     benchmark: 'joins',
     date: new Date().toISOString(),
     orders: N,
+    sources: SOURCES,
     kind: KIND,
     lateness: LATENESS,
     runs: RUNS,
@@ -137,7 +152,7 @@ summary (medians of ${RUNS} run(s), ${(2 * N).toLocaleString('en-US')} events, $
   plain DuckDB  ${fmtRate((2 * N) / baseSecs).padStart(9)} events/s   peak RSS ${String(summary.baseline.median_peak_rss_mib).padStart(5)} MiB
   ratio sluice/DuckDB ${r.toFixed(2)} (per run ${runs.map((x) => x.ratio.toFixed(2)).join(', ')}); target >= ${TARGET}: ${summary.target_met ? 'met' : 'NOT met'}`);
   fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
-  fs.writeFileSync(path.join(ROOT, 'bench', 'results', `joins-${KIND}.json`), `${JSON.stringify(summary, null, 2)}\n`);
+  fs.writeFileSync(path.join(ROOT, 'bench', 'results', `joins-${KIND}${SOURCES === 2 ? '-two-sources' : ''}.json`), `${JSON.stringify(summary, null, 2)}\n`);
 }
 
 async function soak() {
