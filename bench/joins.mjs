@@ -103,7 +103,12 @@ async function ratio() {
       inFlight.dir = dir;
       try {
         const baseOut = path.join(dir, 'baseline.parquet');
-        const base = await timedChild('plain DuckDB baseline', [path.join(ROOT, 'bench', 'joins-baseline.mjs'), files?.orders ?? input, baseOut, KIND, ...(files ? [files.payments] : [])], ROOT, inFlight);
+        const base = await timedChild(
+          'plain DuckDB baseline',
+          [path.join(ROOT, 'bench', 'joins-baseline.mjs'), files?.orders ?? input, baseOut, KIND, ...(files ? [files.payments] : [])],
+          ROOT,
+          inFlight,
+        );
         const p = project(dir, input);
         const sl = await timedChild('sluice run', [path.join(ROOT, 'bin/sluice.js'), 'run', '--project', p, '--port', '0', '--log-level', 'warn'], ROOT, inFlight);
         const rows = await compare(path.join(p, 'output'), baseOut);

@@ -17,7 +17,14 @@ const root = tempDir('sluice-joins2-');
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 const KINDS = ['INNER', 'LEFT', 'RIGHT', 'FULL'];
-const MODELS: Record<string, string> = Object.fromEntries(KINDS.map((k) => [`paid_${k.toLowerCase()}`, joinSql(k)]));
+/** The two sources read as two CTEs of the join itself, bounded asymmetrically with strict comparisons. */
+const CTE_SQL = `WITH o AS (SELECT id, CAST(ts AS TIMESTAMP) AS t FROM {{ source('orders') }}),
+     p AS (SELECT order_id, CAST(ts AS TIMESTAMP) AS t, paid FROM {{ source('payments') }})
+SELECT o.id, o.t AS ordered_at, p.t AS paid_at, p.paid
+FROM o FULL JOIN p ON o.id = p.order_id AND o.t > p.t - INTERVAL 5 MINUTE AND o.t < p.t + INTERVAL 1 MINUTE
+`;
+
+const MODELS: Record<string, string> = { ...Object.fromEntries(KINDS.map((k) => [`paid_${k.toLowerCase()}`, joinSql(k)])), by_cte: CTE_SQL };
 
 const ORDERS = "SELECT id, CAST(ts AS TIMESTAMP) AS ts, amount FROM {{ source('orders') }}\n";
 const PAYMENTS = "SELECT order_id, CAST(ts AS TIMESTAMP) AS ts, paid FROM {{ source('payments') }}\n";

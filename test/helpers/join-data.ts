@@ -61,7 +61,12 @@ export async function compareJoin(conn: DuckDBConnection, events: string, output
   await conn.run(`CREATE OR REPLACE TABLE ev AS SELECT * FROM read_json('${events}', columns = {kind: 'VARCHAR', id: 'BIGINT', order_id: 'BIGINT', ts: 'VARCHAR', amount: 'BIGINT', paid: 'BIGINT'})`);
   await conn.run(`CREATE OR REPLACE VIEW orders AS ${ORDERS_SQL.replace('incoming', 'ev')}`);
   await conn.run(`CREATE OR REPLACE VIEW payments AS ${PAYMENTS_SQL.replace('incoming', 'ev')}`);
-  const batch = sql.replaceAll("{{ ref('orders') }}", 'orders').replaceAll("{{ ref('payments') }}", 'payments').replaceAll('FROM incoming', 'FROM ev');
+  const batch = sql
+    .replaceAll("{{ ref('orders') }}", 'orders')
+    .replaceAll("{{ ref('payments') }}", 'payments')
+    .replaceAll("{{ source('orders') }}", "(SELECT * FROM ev WHERE kind = 'order')")
+    .replaceAll("{{ source('payments') }}", "(SELECT * FROM ev WHERE kind = 'payment')")
+    .replaceAll('FROM incoming', 'FROM ev');
   await conn.run(`CREATE OR REPLACE TABLE want AS ${batch}`);
   const cols = (await conn.runAndReadAll('SELECT * FROM want LIMIT 0'))
     .columnNames()
