@@ -10,7 +10,7 @@ import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
 import { SETTINGS_ONLY } from './joins.js';
-import { LocalStateOperator } from './local-state.js';
+import { LocalStateOperator, promote } from './local-state.js';
 import { eventTime, eventWatermark, NEG, nullIfNeg, partOf, POS, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // Deduplication over time (see sql/dedup.ts). The state is each key's latest time (W.time), kept
@@ -196,7 +196,7 @@ export class DedupOperator extends LocalStateOperator {
     if (!p) return;
     this.pending = undefined;
     if (p.changed) {
-      await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.live}`);
+      await promote(this.conn, this.live, this.state);
       this.exists = true;
       this.keys = Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${this.state}`)).getRows()[0][0]);
     }

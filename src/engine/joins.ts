@@ -10,7 +10,7 @@ import { MODEL_SCHEMA } from '../sql/template.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
-import { LocalStateOperator } from './local-state.js';
+import { LocalStateOperator, promote } from './local-state.js';
 import { eventTime, eventWatermark, NEG, nullIfNeg, POS, partOf, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // A stream-stream interval join (see sql/joins.ts). Each side's rows are buffered as state, with
@@ -355,7 +355,7 @@ export class JoinOperator extends LocalStateOperator {
     this.pending = undefined;
     for (const s of p.sides) {
       const t = this.table[s];
-      await this.conn.run(`CREATE OR REPLACE TABLE ${t.state} AS SELECT * FROM ${t.live}`);
+      await promote(this.conn, t.live, t.state);
       this.exists[s] = true;
       this.buffered[s] = Number((await this.conn.runAndReadAll(`SELECT count(*) FROM ${t.state}`)).getRows()[0][0]);
       this.counts.unmatched[s] += p.emitted[s];

@@ -8,7 +8,7 @@ import { VIEW_ROWS, type ViewQuery } from '../sql/views.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
-import { LocalStateOperator } from './local-state.js';
+import { LocalStateOperator, promote } from './local-state.js';
 import type { OperatorRun, WindowCheckpoint } from './windows.js';
 
 // A continuously updated aggregate (see sql/views.ts). The state is the input rows (W.key<i>:
@@ -146,8 +146,7 @@ export class ViewOperator extends LocalStateOperator {
     this.counts.groups += p.groups;
     if (!p.staged) return;
     if (p.staged.compact) {
-      await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.live}`);
-      await this.conn.run(`DROP TABLE ${this.live}`);
+      await promote(this.conn, this.live, this.state);
       for (const f of this.files) await fsp.rm(path.join(dir, f), { force: true });
       this.files = [p.staged.file];
     } else {

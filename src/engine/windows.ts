@@ -6,6 +6,7 @@ import { MSG_COL, WINDOW_COLUMNS as W } from '../sql/analyze.js';
 import { fileList, ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
 import { CLOSING, type WindowedQuery } from '../sql/windows.js';
+import { promote } from './state-tables.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure, PartitionRun } from './decoder.js';
@@ -821,8 +822,7 @@ export class WindowOperator {
     if (p.staged?.compact && p.staged.file === '') {
       // Nothing left to keep (see stage()).
     } else if (p.staged?.compact) {
-      await this.conn.run(`CREATE OR REPLACE TABLE ${this.state} AS SELECT * FROM ${this.live}`);
-      await this.conn.run(`DROP TABLE ${this.live}`);
+      await promote(this.conn, this.live, this.state);
       if (p.rewrite) await this.conn.run(`DROP TABLE IF EXISTS ${this.revs}`);
       this.stateExists = true;
       this.freshCols = undefined;
