@@ -411,6 +411,18 @@ export class JoinOperator extends LocalStateOperator {
     return this.rows > 0;
   }
 
+  /**
+   * A side that has had no row (its source, in a join of two sources, has sent nothing) while the
+   * other side's rows are buffered: those wait for its columns. Undefined when both sides have had rows.
+   */
+  waiting(): { side: string; other: string; rows: number } | undefined {
+    for (const s of SIDES) {
+      const o: Side = s === 'l' ? 'r' : 'l';
+      if (!this.exists[s] && this.exists[o] && this.buffered[o] > 0) return { side: this.side(s).alias, other: this.side(o).alias, rows: this.buffered[o] };
+    }
+    return undefined;
+  }
+
   async stats(dir: string): Promise<{ rows: number; windows: number; bytes: number }> {
     const bytes = await this.fileBytes(dir);
     return { rows: this.rows, windows: 0, bytes };

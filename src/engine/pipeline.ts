@@ -516,6 +516,15 @@ export class Pipeline {
   private async closeWindows(source: Source, sourceName: string): Promise<void> {
     await this.windowPass('end', source, sourceName);
     this.log.info('closed every open window at the end of the input');
+    for (const [model, op] of this.executor.windows.ops) {
+      const w = op instanceof JoinOperator ? op.waiting() : undefined;
+      if (w) {
+        this.log.warn(
+          { model, rows: w.rows },
+          `stream join ${model}: side ${w.side} has had no row (its source sent no message), so the ${w.rows} rows of side ${w.other} stay in the join's state, not emitted: without ${w.side}'s columns no row can be made; they are emitted once ${w.side} has a row`,
+        );
+      }
+    }
   }
 
   /** A batch of no message that closes windows (see BatchExecutor.closeWindows), at the committed source position. */

@@ -120,6 +120,23 @@ describe('stream joins of two sources', () => {
     ]);
   }, 180_000);
 
+  it.concurrent('a source that has sent nothing: the other side waits in the state (a warning says so) and is joined once it sends', async () => {
+    const { p, events } = project('one-silent', 300);
+    const payments = path.join(p, 'data/payments/payments.ndjson');
+    const later = fs.readFileSync(payments, 'utf8');
+    fs.writeFileSync(payments, '');
+    const first = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
+    expect(first.code, first.stderr.slice(-2000)).toBe(0);
+    expect(first.stderr).toMatch(/stream join paid_left: side p has had no row \(its source sent no message\), so the 300 rows of side o stay in the join's state/);
+    expect(fs.existsSync(path.join(p, 'output', 'paid_left'))).toBe(false);
+    // The payments arrive (a new file of the source): the orders held meet them, and the outer rows come out.
+    fs.writeFileSync(path.join(p, 'data/payments/payments-2.ndjson'), later);
+    const second = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
+    expect(second.code, second.stderr.slice(-2000)).toBe(0);
+    expect(second.stderr).not.toMatch(/has had no row/);
+    expectEquivalent(await compareAll(p, events));
+  }, 120_000);
+
   it.concurrent('SIGKILLed 10 times during a two-source join: the output equals the batch join (and so an uninterrupted run)', async () => {
     const { p, events } = project('rewind', 20_000, {}, 1000);
     const kills = await killRepeatedly(['run', '--project', p, '--port', '0'], {}, 10);
