@@ -1,11 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
 import { killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
 import { deadLetters } from '../helpers/dlq.js';
 import { expectEquivalent, type Comparison } from '../helpers/output.js';
-import { compareJoin, joinSql, splitOrdersAndPayments, writeOrdersAndPayments } from '../helpers/join-data.js';
+import { compareJoins, joinSql, splitOrdersAndPayments, writeOrdersAndPayments } from '../helpers/join-data.js';
 
 // A stream join of two sources: orders and payments each in a source of their own (two NDJSON
 // files), joined within a time bound. The two sources run as one pipeline, which reads them in
@@ -56,16 +55,7 @@ function dlqs(p: string): Record<string, string[]> {
 }
 
 async function compareAll(p: string, events: string): Promise<Record<string, Comparison>> {
-  const db = await DuckDBInstance.create(':memory:');
-  const conn = await db.connect();
-  try {
-    const out: Record<string, Comparison> = {};
-    for (const [m, sql] of Object.entries(MODELS)) out[m] = await compareJoin(conn, events, path.join(p, 'output'), m, sql);
-    return out;
-  } finally {
-    conn.closeSync();
-    db.closeSync();
-  }
+  return compareJoins(p, events, MODELS);
 }
 
 describe('stream joins of two sources', () => {

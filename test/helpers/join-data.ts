@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { DuckDBConnection } from '@duckdb/node-api';
+import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 
 // Orders and payments in one stream, for the stream-join tests: what they write and what plain
 // DuckDB makes of the same models over the whole input.
@@ -96,5 +96,19 @@ export function splitOrdersAndPayments(events: string, orders: string, payments:
   ]) {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     fs.writeFileSync(file, `${of(kind).join('\n')}\n`);
+  }
+}
+
+/** compareJoin for each model (name -> SQL) of a project's output, in a DuckDB of its own. */
+export async function compareJoins(project: string, events: string, models: Record<string, string>): Promise<Record<string, Awaited<ReturnType<typeof compareJoin>>>> {
+  const db = await DuckDBInstance.create(':memory:');
+  const conn = await db.connect();
+  try {
+    const out: Record<string, Awaited<ReturnType<typeof compareJoin>>> = {};
+    for (const [m, sql] of Object.entries(models)) out[m] = await compareJoin(conn, events, path.join(project, 'output'), m, sql);
+    return out;
+  } finally {
+    conn.closeSync();
+    db.closeSync();
   }
 }
