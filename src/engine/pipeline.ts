@@ -259,12 +259,7 @@ export class Pipeline {
       await this.executor.windows.resync(signal);
       await source.open(start.position);
       this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, srcDefs.length > 1 ? 'reading from the sources, in turn' : 'reading from the source');
-      if (this.executor.windows.size && srcDef.spec.workerScoped && !this.executor.windows.stored) {
-        this.log.warn(
-          { models: [...this.executor.windows.ops.keys()], worker: this.workerId },
-          "windowed models keep this worker's own state: run one worker for this source, or each worker emits windows over only the events it reads (docs/windows.md, several workers)",
-        );
-      }
+      this.warnStateScope(srcDefs, srcDef);
       if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
       const ended = await this.loop(source, batcher, srcDef.name);
       // A finite source read to its end: every open window closes.
@@ -281,6 +276,21 @@ export class Pipeline {
       await sleepUntil(this.flusher.nextRetry(), signal, this.clock);
     }
     return this.summary;
+  }
+
+  /** Stateful models that see only what this worker reads: said once at start. */
+  private warnStateScope(srcDefs: NamedSource[], srcDef: NamedSource): void {
+    if (srcDefs.length > 1 && srcDefs.some((d) => d.spec.workerScoped)) {
+      this.log.warn(
+        { sources: srcDefs.map((d) => d.name), worker: this.workerId },
+        "a stream join of two sources sees only the partitions this worker reads of each, and the two sources' consumer groups assign them apart: run one worker for these sources (docs/joins.md, joining two sources)",
+      );
+    } else if (this.executor.windows.size && srcDef.spec.workerScoped && !this.executor.windows.stored) {
+      this.log.warn(
+        { models: [...this.executor.windows.ops.keys()], worker: this.workerId },
+        "windowed models keep this worker's own state: run one worker for this source, or each worker emits windows over only the events it reads (docs/windows.md, several workers)",
+      );
+    }
   }
 
   /** The pipeline's sources (two when it runs a stream join of two sources). */
