@@ -260,6 +260,7 @@ export class Pipeline {
       await source.open(start.position);
       this.log.info({ source: srcDef.name, type: srcDef.type, worker: this.workerId }, srcDefs.length > 1 ? 'reading from the sources, in turn' : 'reading from the source');
       this.warnStateScope(srcDefs, srcDef);
+      if (srcDefs.length > 1) await this.warnOldWals(srcDefs);
       if (source.lag) this.metrics.watchLag(srcDef.name, () => source.lag!());
       const ended = await this.loop(source, batcher, srcDef.name);
       // A finite source read to its end: every open window closes.
@@ -289,6 +290,31 @@ export class Pipeline {
       this.log.warn(
         { models: [...this.executor.windows.ops.keys()], worker: this.workerId },
         "windowed models keep this worker's own state: run one worker for this source, or each worker emits windows over only the events it reads (docs/windows.md, several workers)",
+      );
+    }
+  }
+
+  /**
+   * A pipeline of two sources that ran apart before (each its own WAL, `<wal.path>/<source>`):
+   * rows those WALs still hold are not delivered by this pipeline. Says so, with where they are.
+   */
+  private async warnOldWals(srcDefs: NamedSource[]): Promise<void> {
+    const root = path.dirname(this.opts.walDir ?? this.opts.project.walPath);
+    for (const d of srcDefs) {
+      const dirs = [path.join(root, d.name), path.join(root, d.name, this.workerId)];
+      let segments = 0;
+      for (const dir of dirs) {
+        for (const model of await fsp.readdir(path.join(dir, 'models')).catch(() => [] as string[])) {
+          segments += (await fsp.readdir(path.join(dir, 'models', model)).catch(() => [] as string[])).filter((f) => f.endsWith('.parquet') && !f.startsWith('.')).length;
+        }
+      }
+      if (segments === 0) continue;
+      this.log.warn(
+        { source: d.name, wal: path.join(root, d.name), segments },
+        `source ${d.name} ran in a pipeline of its own before it was joined with ${srcDefs
+          .filter((x) => x !== d)
+          .map((x) => x.name)
+          .join(', ')}: its old WAL holds ${segments} segment(s) of rows not delivered by this pipeline; run the project without the join once to deliver them (docs/joins.md, joining two sources)`,
       );
     }
   }

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { killRepeatedly, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { killRepeatedly, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { deadLetters } from '../helpers/dlq.js';
 import { expectEquivalent, type Comparison } from '../helpers/output.js';
 import { compareJoins, joinSql, splitOrdersAndPayments, writeOrdersAndPayments } from '../helpers/join-data.js';
@@ -125,6 +125,30 @@ describe('stream joins of two sources', () => {
     expect(second.code, second.stderr.slice(-2000)).toBe(0);
     expect(second.stderr).not.toMatch(/has had no row/);
     expectEquivalent(await compareAll(p, events));
+  }, 120_000);
+
+  it.concurrent('sources that ran apart before the join: rows their old WALs still hold are named in a warning', async () => {
+    // The two sources as two pipelines (no join yet), killed once a batch of orders is in its WAL.
+    const { p } = project('apart', 3000, {}, 100);
+    const joins = Object.keys(MODELS).map((m) => path.join(p, 'models', `${m}.sql`));
+    const saved = joins.map((f) => [f, fs.readFileSync(f, 'utf8')] as const);
+    for (const f of joins) fs.rmSync(f);
+    fs.writeFileSync(path.join(p, 'config/models.yml'), 'max_age_seconds: 3600\n');
+    const segs = () =>
+      fs.existsSync(path.join(p, '.sluice/wal/orders/models/orders'))
+        ? fs.readdirSync(path.join(p, '.sluice/wal/orders/models/orders')).filter((f) => f.endsWith('.parquet') && !f.startsWith('.'))
+        : [];
+    const w = sluiceBg(['run', '--project', p, '--port', '0']);
+    await until(() => segs().length > 0 || w.exitCode !== null, 60_000, 5);
+    w.kill('SIGKILL');
+    await waitExit(w);
+    expect(segs().length).toBeGreaterThan(0);
+    // The join added: the sources run as one pipeline, which says what the old WAL holds.
+    for (const [f, sql] of saved) fs.writeFileSync(f, sql);
+    project('apart', 3000, {}, 100);
+    const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expect(r.stderr).toMatch(/source orders ran in a pipeline of its own before it was joined with payments: its old WAL holds \d+ segment\(s\) of rows not delivered by this pipeline/);
   }, 120_000);
 
   it.concurrent('SIGKILLed 10 times during a two-source join: the output equals the batch join (and so an uninterrupted run)', async () => {
