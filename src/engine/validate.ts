@@ -125,7 +125,7 @@ function feedIssues(m: ModelDef, analysis: SqlAnalysis, project: Project): Confi
  */
 function dlqTestIssues(m: ModelDef, what: 'windowed model' | 'stream join' | 'deduplicating model' | 'materialised view', project: Project, done: Set<unknown>): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
-  for (const other of project.models.filter((x) => x.source === m.source)) {
+  for (const other of project.models.filter((x) => (x.feeds.length && m.feeds.length ? x.feeds.some((f) => m.feeds.includes(f)) : x.source === m.source))) {
     for (const t of other.dataTests.filter((x) => x.onFailure === 'dlq')) {
       if (done.has(t)) continue;
       done.add(t);

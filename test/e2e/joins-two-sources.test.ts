@@ -74,6 +74,13 @@ describe('stream joins of two sources', () => {
     const r = await sluiceAsync(['validate', '--project', bad]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/per_message\.sql.*model per_message reads from several sources \(orders, payments\): a batch holds the messages of one source, so only a stream join/);
+
+    // A data test that dead-letters a payment beside the join (whose state holds the payment's row): refused, as with one source.
+    const { p: dlqTest } = project('dlq-test', 10);
+    fs.appendFileSync(path.join(dlqTest, 'config/models.yml'), '  payments:\n    columns:\n      - name: paid\n        tests:\n          - not_null: { on_failure: dlq }\n');
+    const d = await sluiceAsync(['validate', '--project', dlqTest]);
+    expect(d.code).not.toBe(0);
+    expect(d.stderr).toMatch(/data test \S+ of model payments: on_failure: dlq is not supported yet beside a stream join of the same source/);
   });
 
   it.concurrent('each kind of join over two sources equals plain DuckDB over the whole input, and test --fixture runs it over both fixtures', async () => {
