@@ -5,7 +5,7 @@ import { MSG_COL, analyzeSql } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { ModelDef } from '../project/project-loader.js';
-import { sqlFeeds } from '../project/model-graph.js';
+import { relationFeeds } from '../project/model-graph.js';
 import type { PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { Structure } from './structure.js';
 import { asInfraError } from './infra-errors.js';
@@ -180,7 +180,7 @@ export class BatchExecutor {
       const feedsOf = new Map(models.map((m) => [m.name, m.feeds]));
       for (const m of models) {
         if (!m.join || m.feeds.length < 2) continue;
-        const [l, r] = [m.join.left.input, m.join.right.input].map((sql) => sqlFeeds(sql, (x) => feedsOf.get(x) ?? []));
+        const [l, r] = [m.join.left.reads, m.join.right.reads].map((reads) => relationFeeds(reads, (x) => feedsOf.get(x) ?? []));
         if (l.length === 1 && r.length === 1 && l[0] !== r[0]) this.sideSources.set(m.name, { l: l[0], r: r[0] });
       }
     }

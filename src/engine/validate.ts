@@ -6,7 +6,7 @@ import { resolveContractTypes } from './contracts.js';
 import { DEFAULT_WINDOW_SETTINGS, engineColumns, windowIntervals } from './windows.js';
 import { SETTINGS_ONLY } from './joins.js';
 import { lit } from '../sql/quote.js';
-import { sqlFeeds } from '../project/model-graph.js';
+import { relationFeeds } from '../project/model-graph.js';
 
 export interface ModelReport {
   model: ModelDef;
@@ -94,7 +94,7 @@ function feedIssues(m: ModelDef, analysis: SqlAnalysis, project: Project): Confi
   if (m.feeds.length < 2) return [];
   const of = `(${m.feeds.join(', ')})`;
   if (analysis.join) {
-    const sides = [analysis.join.left, analysis.join.right].map((s) => ({ alias: s.alias, feeds: sqlFeeds(s.input, (x) => project.models.find((y) => y.name === x)?.feeds ?? []) }));
+    const sides = [analysis.join.left, analysis.join.right].map((s) => ({ alias: s.alias, feeds: relationFeeds(s.reads, (x) => project.models.find((y) => y.name === x)?.feeds ?? []) }));
     const bad = sides.find((s) => s.feeds.length !== 1);
     if (bad) {
       return [

@@ -85,70 +85,14 @@ export function groupName(sources: string[]): string {
 }
 
 /**
- * The sources whose batches a piece of rendered SQL reads: the sources it names, and those
- * feeding the models it names (`feedsOf`), following only the CTEs its query reads (a stream
- * join's side is the whole WITH list and a SELECT of one of them).
+ * The sources whose batches feed what a piece of SQL reads (`reads`: the relations it names,
+ * from the parse tree): the sources it reads, and those feeding the models it reads (`feedsOf`).
  */
-export function sqlFeeds(sql: string, feedsOf: (model: string) => string[]): string[] {
-  const { ctes, main } = splitCtes(sql);
+export function relationFeeds(reads: { schema: string; name: string }[], feedsOf: (model: string) => string[]): string[] {
   const feeds = new Set<string>();
-  const seen = new Set<string>();
-  const walk = (text: string) => {
-    for (const [, schema, name] of text.matchAll(/\b(sluice_source|sluice_model)\."?([^".\s),]+)"?/g)) {
-      if (schema === 'sluice_source') feeds.add(name);
-      else for (const f of feedsOf(name)) feeds.add(f);
-    }
-    for (const [name, body] of ctes) {
-      if (seen.has(name) || !new RegExp(`(^|[^A-Za-z0-9_."])"?${name.replace(/[^A-Za-z0-9_]/g, '\\$&')}"?($|[^A-Za-z0-9_"])`).test(stripQuoted(text))) continue;
-      seen.add(name);
-      walk(body);
-    }
-  };
-  walk(main);
+  for (const r of reads) {
+    if (r.schema === 'sluice_source') feeds.add(r.name);
+    else for (const f of feedsOf(r.name)) feeds.add(f);
+  }
   return [...feeds];
-}
-
-/** Text with its string literals emptied (a CTE's name inside a literal is not a read of it). */
-function stripQuoted(text: string): string {
-  return text.replace(/'(?:[^']|'')*'/g, "''");
-}
-
-/** A query's leading WITH list, as CTE name -> body, and the query after it (SQL as DuckDB prints it). */
-export function splitCtes(sql: string): { ctes: Map<string, string>; main: string } {
-  const ctes = new Map<string, string>();
-  let i = sql.search(/\S/);
-  const rest = sql.slice(i);
-  const head = /^WITH\s+(RECURSIVE\s+)?/i.exec(rest);
-  if (!head) return { ctes, main: sql };
-  i += head[0].length;
-  for (;;) {
-    const def = /^\s*("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)\s*(\([^)]*\)\s*)?AS\s+(NOT\s+)?(MATERIALIZED\s+)?\(/i.exec(sql.slice(i));
-    if (!def) return { ctes: new Map(), main: sql };
-    const name = def[1].startsWith('"') ? def[1].slice(1, -1).replaceAll('""', '"') : def[1];
-    const open = i + def[0].length;
-    const close = matchParen(sql, open - 1);
-    if (close < 0) return { ctes: new Map(), main: sql };
-    ctes.set(name, sql.slice(open, close));
-    i = close + 1;
-    const comma = /^\s*,/.exec(sql.slice(i));
-    if (!comma) return { ctes, main: sql.slice(i) };
-    i += comma[0].length;
-  }
-}
-
-/** The index of the parenthesis closing the one at `at`, skipping quoted text; -1 if none. */
-function matchParen(sql: string, at: number): number {
-  let depth = 0;
-  for (let i = at; i < sql.length; i++) {
-    const c = sql[i];
-    if (c === "'" || c === '"') {
-      const end = sql.indexOf(c, i + 1);
-      if (end < 0) return -1;
-      i = end;
-      continue;
-    }
-    if (c === '(') depth++;
-    else if (c === ')' && --depth === 0) return i;
-  }
-  return -1;
 }

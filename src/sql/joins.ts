@@ -1,5 +1,6 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { colref, deserialize, exprSql, outputNames, rewriteQuery, walkExpr, WINDOW_COLUMNS, type Ctx, type Node } from './parse-tree.js';
+import { MODEL_SCHEMA, SOURCE_SCHEMA } from './template.js';
 
 // Stream-stream interval joins: a model joining two relations that read the batch (incoming, a
 // source, a ref, or CTEs and subqueries of them), whose ON condition bounds one side's time by
@@ -22,6 +23,11 @@ export interface JoinSide {
   input: string;
   /** The side's time in the bound (SQL over the side, qualified by `alias`). */
   time: string;
+  /**
+   * The sources and models the side reads (`sluice_source.<name>`, `sluice_model.<name>`), through
+   * the CTEs and subqueries it names: which source's batches feed it.
+   */
+  reads: { schema: string; name: string }[];
 }
 
 export interface IntervalJoinQuery {
@@ -109,8 +115,8 @@ export async function intervalJoinQuery(conn: DuckDBConnection, ast: Node, aggs:
     outputColumns,
     join: {
       kind,
-      left: { alias: l, input: await deserialize(conn, inputs[0]!), time: bound.times[0] },
-      right: { alias: r, input: await deserialize(conn, inputs[1]!), time: bound.times[1] },
+      left: { alias: l, input: await deserialize(conn, inputs[0]!), time: bound.times[0], reads: sideReads(ast, j.left) },
+      right: { alias: r, input: await deserialize(conn, inputs[1]!), time: bound.times[1], reads: sideReads(ast, j.right) },
       lower: bound.lower,
       upper: bound.upper,
       written: bound.written,
@@ -130,6 +136,42 @@ async function nestedStreamJoin(conn: DuckDBConnection, ast: Node, j: Node, aggs
     if (await nestedStreamJoin(conn, ast, side, aggs)) return true;
   }
   return false;
+}
+
+/**
+ * The sources and models (tables of schema SOURCE_SCHEMA or MODEL_SCHEMA) one side of the join
+ * reads: those it names, and those of the model's CTEs it names, followed through.
+ */
+function sideReads(ast: Node, side: Node): JoinSide['reads'] {
+  const ctes = new Map<string, Node>();
+  const collect = (x: unknown): void => {
+    if (Array.isArray(x)) for (const v of x) collect(v);
+    else if (x && typeof x === 'object') {
+      for (const c of ((x as Node).cte_map?.map ?? []) as Node[]) ctes.set(String(c.key).toLowerCase(), c.value);
+      for (const v of Object.values(x)) collect(v);
+    }
+  };
+  collect(ast);
+  const reads = new Map<string, JoinSide['reads'][number]>();
+  const followed = new Set<string>();
+  const walk = (x: unknown): void => {
+    if (Array.isArray(x)) for (const v of x) walk(v);
+    else if (x && typeof x === 'object') {
+      const n = x as Node;
+      if (n.type === 'BASE_TABLE' && typeof n.table_name === 'string') {
+        const schema = String(n.schema_name ?? '');
+        const cte = n.table_name.toLowerCase();
+        if (schema === SOURCE_SCHEMA || schema === MODEL_SCHEMA) reads.set(`${schema}.${n.table_name}`, { schema, name: n.table_name });
+        else if (!schema && ctes.has(cte) && !followed.has(cte)) {
+          followed.add(cte);
+          walk(ctes.get(cte));
+        }
+      }
+      for (const v of Object.values(n)) walk(v);
+    }
+  };
+  walk(side);
+  return [...reads.values()];
 }
 
 /** The rows of one side of the join, with every column and MSG_COL (undefined: it does not read the batch). */
