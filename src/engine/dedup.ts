@@ -10,7 +10,8 @@ import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
 import { SETTINGS_ONLY } from './joins.js';
-import { LocalStateOperator, promote } from './local-state.js';
+import { LocalStateOperator } from './local-state.js';
+import { promote } from './state-tables.js';
 import { eventTime, eventWatermark, NEG, nullIfNeg, partOf, POS, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // Deduplication over time (see sql/dedup.ts). The state is each key's latest time (W.time), kept

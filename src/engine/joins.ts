@@ -10,7 +10,8 @@ import { MODEL_SCHEMA } from '../sql/template.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
-import { LocalStateOperator, promote } from './local-state.js';
+import { LocalStateOperator } from './local-state.js';
+import { promote } from './state-tables.js';
 import { eventTime, eventWatermark, NEG, nullIfNeg, POS, partOf, ts, windowIntervals, type OperatorRun, type PartState, type WindowCheckpoint, type WindowSettings } from './windows.js';
 
 // A stream-stream interval join (see sql/joins.ts). Each side's rows are buffered as state, with

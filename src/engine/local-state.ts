@@ -1,7 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { SluiceError } from '../errors.js';
-export { promote } from './state-tables.js';
 import type { PartitionSnapshot } from './window-store.js';
 import type { PartState } from './windows.js';
 

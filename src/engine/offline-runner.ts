@@ -79,19 +79,6 @@ export interface OfflineBatch {
   messages: RawMessage[];
 }
 
-/** Runs one source's `models` over `messages` in a private DuckDB, without connecting to anything. */
-export async function runMessages(
-  source: string,
-  messages: RawMessage[],
-  models: ModelDef[],
-  inspect?: InspectOutputs,
-  policy?: SourcePolicy,
-  project?: Project,
-): Promise<{ outputs: FixtureRun['outputs']; failures: MessageFailure[]; missing: FixtureRun['missing'] }> {
-  const r = await runBatches([{ source, messages }], models, inspect, new Map(policy ? [[source, policy]] : []), project);
-  return { outputs: r.outputs, failures: r.failures.map((f) => f.failure), missing: r.missing };
-}
-
 /**
  * Runs `models` over batches in a private DuckDB, without connecting to anything: one batch a
  * source, in turn, as a pipeline of two sources reads them (a stream join meets both), then, as

@@ -8,7 +8,8 @@ import { VIEW_ROWS, type ViewQuery } from '../sql/views.js';
 import { fsyncDir, fsyncFile, isTempName } from '../util/fs-durable.js';
 import type { Clock } from '../util/clock.js';
 import type { MessageFailure } from './decoder.js';
-import { LocalStateOperator, promote } from './local-state.js';
+import { LocalStateOperator } from './local-state.js';
+import { promote } from './state-tables.js';
 import type { OperatorRun, WindowCheckpoint } from './windows.js';
 
 // A continuously updated aggregate (see sql/views.ts). The state is the input rows (W.key<i>:
