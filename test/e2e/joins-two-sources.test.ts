@@ -66,6 +66,12 @@ describe('stream joins of two sources', () => {
     const list = await sluiceAsync(['models', 'list', '--project', p]);
     expect(list.code).toBe(0);
     expect(list.stdout).toMatch(/paid_left .*stream join: left join of o and p on o\.ts − p\.ts from -10 minutes to 2 minutes/);
+    // The join and the models per source name their sources.
+    expect(list.stdout).toMatch(/\npaid_left +\| [^|]+\| orders, payments +\|/);
+    expect(list.stdout).toMatch(/\npayments +\| [^|]+\| payments +\|/);
+    const compiled = await sluiceAsync(['compile', '--project', p]);
+    expect(compiled.code).toBe(0);
+    expect(compiled.stdout).toMatch(/-- by_cte \(.*\): stream join: full join of o and p .*, sources orders, payments, sink default/);
 
     // Per-message SQL over two sources' rows: refused, naming the model and what to write instead.
     const { p: bad } = project('refused', 10, {
@@ -95,9 +101,11 @@ describe('stream joins of two sources', () => {
     expect(cmp.paid_inner.output).toBeGreaterThan(1000);
     expect(cmp.paid_full.output).toBeGreaterThan(cmp.paid_inner.output);
     expect(dlqs(p)).toEqual({ orders: [], payments: ['decode: {"order_id": 5, "ts": '] });
-    // Both sources' positions were committed together: a second run reads nothing more and adds no row.
-    const again = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
+    // Both sources' positions were committed together: a second run reads nothing more and adds no
+    // row; `--source payments` runs the pipeline that holds payments, with orders.
+    const again = await sluiceAsync(['run', '--project', p, '--port', '0', '--source', 'payments'], { timeout: 60_000 });
     expect(again.code, again.stderr.slice(-2000)).toBe(0);
+    expect(again.stderr).toMatch(/reading from the sources, in turn.*source=orders\+payments/);
     expectEquivalent(await compareAll(p, events));
 
     // `sluice test` over a fixture of each source: the join meets rows of both.
