@@ -158,9 +158,10 @@ describe('stream joins of two sources', () => {
     w.kill('SIGKILL');
     await waitExit(w);
     expect(segs().length).toBeGreaterThan(0);
-    // The join added: the sources run as one pipeline, which says what the old WAL holds.
+    // The join added: the sources run as one pipeline, which says what the old WAL holds. Its
+    // batches are large: this run only has to start, warn and finish, beside the heavy tests.
     for (const [f, sql] of saved) fs.writeFileSync(f, sql);
-    project('apart', 3000, {}, 100);
+    project('apart', 3000, {}, 1000);
     const r = await sluiceAsync(['run', '--project', p, '--port', '0'], { timeout: 60_000 });
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     expect(r.stderr).toMatch(/source orders ran in a pipeline of its own before it was joined with payments: its old WAL holds \d+ segment\(s\) of rows not delivered by this pipeline/);
