@@ -1,7 +1,7 @@
 import type { SqlAnalysis } from '../sql/analyze.js';
 import type { WindowedQuery } from '../sql/windows.js';
 import type { IntervalJoinQuery } from '../sql/joins.js';
-import { DEFAULT_WINDOW_SETTINGS, type WindowSettings } from '../project/project-types.js';
+import { DEFAULT_WINDOW_SETTINGS, type ModelDef, type WindowSettings } from '../project/project-types.js';
 /** Renders rows as an aligned text table. */
 export function formatTable(columns: { name: string; type?: string }[], rows: Record<string, unknown>[], maxWidth = 40): string {
   if (columns.length === 0) return '(no columns)';
@@ -32,6 +32,15 @@ export function statefulness(analysis: Pick<SqlAnalysis, 'stateful' | 'window' |
     return `deduplicating: the first row per ${analysis.dedup.keys.join(', ')} by ${analysis.dedup.time} · ttl ${s.ttl ?? '(not set)'} · watermark: max time - ${s.lateness} · late: ${s.late}`;
   }
   return 'stateless';
+}
+
+/** What a step of the DAG is: a handler (what it reads, its schemas), or a model's statefulness (see statefulness). */
+export function stepKind(model: Pick<ModelDef, 'handler' | 'window' | 'stateTtl'>, analysis: Pick<SqlAnalysis, 'stateful' | 'window' | 'join' | 'dedup' | 'view'>): string {
+  const h = model.handler;
+  if (!h) return statefulness(analysis, model.window, model.stateTtl);
+  const from = h.from.kind === 'incoming' ? 'incoming' : h.from.kind === 'ref' ? `ref ${h.from.name}` : `source ${h.from.name}`;
+  const schemas = [h.spec.input ? 'input schema' : '', h.outputColumns ? `output schema (${h.outputColumns.join(', ')})` : h.spec.output ? 'output schema' : ''].filter(Boolean);
+  return `handler: code per row of ${from}${schemas.length ? `, ${schemas.join(', ')}` : ''}`;
 }
 
 /** A windowed model's window, watermark and late-data policy, in one line. */

@@ -17,6 +17,8 @@ export interface Checkpoint {
   structure?: Structure;
   /** A pipeline of two sources: each one's schema (instead of `structure`). */
   structures?: Record<string, Structure | undefined>;
+  /** Each handler's output schema so far (handlers type their rows as `incoming` is typed). */
+  handlers?: Record<string, Structure | undefined>;
   /** Each model's output schema so far (columns and types), so widened types stay widened. */
   schemas?: Record<string, ColumnType[]>;
   /** Each windowed model's watermark and state files (engine/windows.ts). */

@@ -113,6 +113,8 @@ export interface PreparedBatch {
   assignedBy?: Map<string, string[] | undefined>;
   /** Messages the models skip: a shared window state store says another worker handled them, or holds their partition (see WindowSet.begin). */
   skip?: Set<number>;
+  /** The batch's messages (handlers give each row its message's metadata). */
+  messages?: RawMessage[];
   /** Messages that failed to decode (their failures are in `failures`). */
   bad: Set<number>;
   failures: MessageFailure[];
@@ -238,7 +240,7 @@ export class BatchDecoder {
     const merged = await this.decodeInSamples(slow, block, raw, messages, bad, failures, incoming);
     if (bad.size < messages.length) this.structure = merged;
     lap('decode');
-    const p: PreparedBatch = { lane, raw, meta, count: messages.length, bad, failures, structure: this.structure, timings, addedMeta: [], incoming };
+    const p: PreparedBatch = { lane, raw, meta, count: messages.length, messages, bad, failures, structure: this.structure, timings, addedMeta: [], incoming };
     await this.convert(p, `__batch${lane}`);
     lap('convert');
     return p;

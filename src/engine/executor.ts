@@ -4,7 +4,9 @@ import { SluiceError } from '../errors.js';
 import { MSG_COL, analyzeSql } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
-import type { ModelDef } from '../project/project-loader.js';
+import type { HandlerDef, ModelDef } from '../project/project-loader.js';
+import { silentLogger, type Logger } from '../ops/logger.js';
+import { HandlerStep } from './handler-step.js';
 import { relationFeeds } from '../project/model-graph.js';
 import type { PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { Structure } from './structure.js';
@@ -21,8 +23,10 @@ import type { ViewQuery } from '../sql/views.js';
 import type { WindowedQuery } from '../sql/windows.js';
 import type { IntervalJoinQuery } from '../sql/joins.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { toPlain } from './plain-values.js';
 import { BatchDecoder, partitionRuns, cleanError, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
 
+export { toPlain } from './plain-values.js';
 // The decoding half's names, for the callers of the executor.
 export { blockOf } from './batch-load.js';
 export { cleanError, decodeRules, DEFAULT_DECODE_RULES, metaColumnsUsed, type DecodeRules, type MessageFailure, type PreparedBatch } from './decoder.js';
@@ -51,6 +55,8 @@ export interface CompiledModel {
   /** A materialised view (engine/views.ts runs it; `sql` is then its input), and its state_ttl. */
   view?: ViewQuery;
   stateTtl?: string;
+  /** A handler (engine/handler-step.ts runs it; `sql` is then its input). */
+  handler?: HandlerDef;
 }
 
 /** The SQL text of a model in which metadata columns may be mentioned. */
@@ -80,6 +86,10 @@ export interface BatchOutcome {
 export async function compileModels(conn: DuckDBConnection, models: ModelDef[]): Promise<CompiledModel[]> {
   const out: CompiledModel[] = [];
   for (const m of models) {
+    if (m.handler) {
+      out.push({ name: m.name, file: m.file, refs: m.refs, feeds: m.feeds, sql: m.rendered.sql, stateful: [], outputColumns: m.handler.outputColumns ?? null, handler: m.handler });
+      continue;
+    }
     const a = await analyzeSql(conn, m.rendered.sql);
     if (a.error) throw new SluiceError('CONFIG', `${m.file}${a.error.line ? `:${a.error.line}` : ''}: ${a.error.message}`);
     if (a.stateful.length) {
@@ -130,6 +140,9 @@ export async function compileModels(conn: DuckDBConnection, models: ModelDef[]):
   return out;
 }
 
+/** The decoder lanes of handlers' output rows (the batches' are 0 and 1). */
+const HANDLER_LANES = 100;
+
 const BINDER = /^(Binder Error|Catalog Error|Parser Error|Not implemented Error)/;
 
 /**
@@ -157,6 +170,10 @@ export class BatchExecutor {
   private shape: { structure: Structure | undefined; key: string } = { structure: undefined, key: '' };
   /** The windowed models' state and emission. */
   readonly windows: WindowSet;
+  /** The handlers' steps, by name. */
+  private readonly handlers = new Map<string, HandlerStep>();
+  /** Where handlers' ctx.log goes. */
+  handlerLog: Logger = silentLogger();
 
   /**
    * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
@@ -193,6 +210,8 @@ export class BatchExecutor {
       else if (m.view) ops.set(m.name, new ViewOperator(conn, m.name, m.view, m.stateTtl, clock));
     }
     this.windows = new WindowSet(ops);
+    let lane = HANDLER_LANES;
+    for (const m of models) if (m.handler) this.handlers.set(m.name, new HandlerStep(conn, m.name, m.handler, lane++, () => this.handlerLog));
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
   }
 
@@ -217,6 +236,16 @@ export class BatchExecutor {
 
   set structures(s: Record<string, Structure | undefined> | undefined) {
     for (const [name, d] of this.decoders) d.structure = s?.[name];
+  }
+
+  /** Each handler's output schema so far (committed with every batch, so that a restart types its rows the same way). */
+  get handlerStructures(): Record<string, Structure | undefined> | undefined {
+    if (this.handlers.size === 0) return undefined;
+    return Object.fromEntries([...this.handlers].map(([name, h]) => [name, h.structure]));
+  }
+
+  set handlerStructures(s: Record<string, Structure | undefined> | undefined) {
+    for (const [name, h] of this.handlers) h.structure = s?.[name];
   }
 
   /** First half of a batch: see BatchDecoder.prepare. `origin`: the source of its messages, in a pipeline of two. */
@@ -267,7 +296,7 @@ export class BatchExecutor {
           rows.set(m.name, 0);
           continue;
         }
-      } else if (m.refs.length > 0 && m.refs.every((r) => produced.has(r)) && !readsBatchDirectly(m.sql)) {
+      } else if (!m.handler && m.refs.length > 0 && m.refs.every((r) => produced.has(r)) && !readsBatchDirectly(m.sql)) {
         await this.conn.run(`CREATE OR REPLACE TABLE ${table} AS ${m.sql}`);
       } else {
         await this.conn.run(`DROP TABLE IF EXISTS ${table}`);
@@ -311,6 +340,7 @@ export class BatchExecutor {
     };
     this.report = emptyReport();
     for (const op of this.windows.ops.values()) op.beginBatch();
+    for (const h of this.handlers.values()) h.beginBatch();
     this.report.changes.push(...p.incoming.changes);
     this.report.violations.push(...p.incoming.violations);
     if (!p.batch) return nothingGood();
@@ -495,7 +525,7 @@ export class BatchExecutor {
     const out = new Map<string, string>();
     for (const m of this.models) {
       const t = targets.get(m.name);
-      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup && !m.view && !this.idle.has(m.name)) out.set(m.name, t);
+      if (t && !referenced.has(m.name) && !m.window && !m.join && !m.dedup && !m.view && !m.handler && !this.idle.has(m.name)) out.set(m.name, t);
     }
     return out;
   }
@@ -527,6 +557,13 @@ export class BatchExecutor {
         shown = view;
       }
       try {
+        const handler = this.handlers.get(m.name);
+        if (handler) {
+          const h = await handler.run(m.sql, { raw: this.current.raw, messages: this.current.messages, source: origin });
+          if (h.refused) return { ok: false, error: h.refused[0].error, model: m.name, refused: h.refused };
+          if (h.absent) this.absent.add(m.name);
+          continue;
+        }
         const op = this.windows.get(m.name);
         if (op) {
           const w = await op.run({ batch: this.current.batch, shape: this.shape.key, partitions: this.current.partitions ?? [], ...this.assignedFor(m, origin) });
@@ -588,18 +625,4 @@ export class BatchExecutor {
 /** True when a model's SQL reads `incoming` or a source (not only other models). */
 function readsBatchDirectly(sql: string): boolean {
   return /(^|[^A-Za-z0-9_."])incoming($|[^A-Za-z0-9_])/i.test(sql) || sql.includes(`${SOURCE_SCHEMA}.`);
-}
-
-/** DuckDB values as plain JSON-friendly values: safe integers as numbers, others as strings. */
-export function toPlain(v: unknown): unknown {
-  if (v === null || v === undefined) return null;
-  if (typeof v === 'bigint') return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
-  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') return v;
-  if (v instanceof Date) return v.toISOString();
-  if (Array.isArray(v)) return v.map(toPlain);
-  if (v instanceof Uint8Array) return Buffer.from(v).toString('base64');
-  if (Object.getPrototypeOf(v) === Object.prototype) {
-    return Object.fromEntries(Object.entries(v as Record<string, unknown>).map(([k, x]) => [k, toPlain(x)]));
-  }
-  return String(v);
 }

@@ -223,6 +223,7 @@ export class Pipeline {
       rules,
       this.clock,
     );
+    this.executor.handlerLog = this.log;
     await this.executor.init();
     // The references this pipeline's models name, and those its data tests check against.
     const refNames = new Set([...referencesNamed(project, this.models), ...this.models.flatMap((m) => m.dataTests.flatMap((t) => (t.to ? [t.to] : [])))]);
@@ -382,6 +383,7 @@ export class Pipeline {
     if (this.srcDefs.length > 1) this.executor.structures = start.structures;
     else this.executor.structure = start.structure;
     this.committedStructures = start.structures ?? {};
+    this.executor.handlerStructures = start.handlers;
     this.executor.schemas.load(start.schemas);
     await this.executor.windows.restore(start.windows, walDir);
     return start;
@@ -771,6 +773,7 @@ export class Pipeline {
       dlq: this.dlq?.mark(),
       ...(structures ? { structures } : { structure: outcome.structure }),
       schemas: this.executor.schemas.snapshot(),
+      ...(this.executor.handlerStructures ? { handlers: this.executor.handlerStructures } : {}),
       ...(windows ? { windows } : {}),
     };
     try {

@@ -23,6 +23,12 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
   const reports: ModelReport[] = [];
   const dlqTests = new Set<unknown>();
   for (const m of project.models) {
+    if (m.handler) {
+      const r = await handlerReport(conn, m, project, reports);
+      reports.push(r.report);
+      issues.push(...r.issues);
+      continue;
+    }
     const analysis = await analyzeSql(conn, m.rendered.sql);
     reports.push({ model: m, analysis });
     issues.push(...(await resolveContractTypes(conn, m.name, m.contract)));
@@ -82,6 +88,32 @@ export async function analyzeProject(project: Project, conn: DuckDBConnection, o
   }
   issues.push(...unpartitionedSources(project, reports));
   return { issues, reports };
+}
+
+/**
+ * A handler: what it reads exists (the analysis of its input), and is a stateless model's rows,
+ * a source's or `incoming` (a stateful model's rows come from many messages each, and a
+ * handler's row is its message's). Its columns are its output schema's, when it has one.
+ */
+async function handlerReport(conn: DuckDBConnection, m: ModelDef, project: Project, reports: ModelReport[]): Promise<{ report: ModelReport; issues: ConfigIssue[] }> {
+  const input = await analyzeSql(conn, m.rendered.sql);
+  const analysis: SqlAnalysis = { ...input, outputColumns: m.handler!.outputColumns ?? null };
+  const issues: ConfigIssue[] = [];
+  if (input.error) issues.push({ file: m.file, message: `handler ${m.name} reads ${m.rendered.sql.replace('SELECT * FROM ', '')}: ${input.error.message}` });
+  const from = m.handler!.from;
+  const a = from.kind === 'ref' ? reports.find((r) => r.model.name === from.name)?.analysis : undefined;
+  if (from.kind === 'ref' && a && (a.window || a.join || a.dedup || a.view || a.stateful.length)) {
+    issues.push({
+      file: m.file,
+      message: `handler ${m.name} reads ${from.name}, a stateful model: a handler reads incoming, a source, or a stateless model (each row from one message); put it before the stateful model instead`,
+    });
+  }
+  if (m.feeds.length > 1) issues.push({ file: m.file, message: `handler ${m.name} reads from several sources (${m.feeds.join(', ')}): a handler reads one source's rows` });
+  for (const sinkName of m.sinks) {
+    const sink = project.sinks.find((s) => s.name === sinkName);
+    if (sink && analysis.outputColumns) issues.push(...(await missingColumns(conn, m, sink, analysis.outputColumns)));
+  }
+  return { report: { model: m, analysis }, issues };
 }
 
 /**

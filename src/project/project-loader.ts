@@ -4,6 +4,7 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 import { registerConfigSecrets } from '../util/secrets.js';
 import { loadSinks, loadSources } from './connector-blocks.js';
 import { assignSources, checkModelInputs, orderModels } from './model-graph.js';
+import { readHandlerFiles } from './handler-files.js';
 import { readModelFiles } from './model-files.js';
 import { checkOverrideNames, configureModel, readModelsFile, referencesOf } from './model-settings.js';
 import { readProjectFile } from './project-file.js';
@@ -12,7 +13,7 @@ import type { Project, ProjectOptions } from './project-types.js';
 import { remapTargetIssues } from './targets.js';
 import { readUnitTests } from './unit-test-files.js';
 
-export type { ColumnDoc, ModelDef, NamedSink, NamedSource, Project, ProjectOptions } from './project-types.js';
+export type { ColumnDoc, HandlerDef, ModelDef, NamedSink, NamedSource, Project, ProjectOptions } from './project-types.js';
 export { DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_FILE_BYTES, DEFAULT_PORT, DEFAULT_WAL_MAX_BYTES, modelsSchema, projectSchema } from './project-schema.js';
 
 /**
@@ -41,7 +42,8 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   const sources = loadSources(configDir, connectorFiles);
   const { sinks, declared: sinkNames } = loadSinks(configDir, connectorFiles);
   const modelsFile = readModelsFile(configDir, fileEnv, issues, show);
-  const models = readModelFiles(modelsDir, issues, show);
+  const sqlModels = readModelFiles(modelsDir, issues, show);
+  const models = [...sqlModels, ...readHandlerFiles(path.join(dir, 'handlers'), sqlModels, issues, show)];
 
   const modelNames = new Set(models.map((m) => m.name));
   const sourceNames = new Set(sources.map((s) => s.name));

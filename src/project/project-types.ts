@@ -2,6 +2,7 @@ import type { SinkSpec, SourceSpec } from '../connectors/registry.js';
 import type { SinkPolicy, SourcePolicy } from '../connectors/shared-config.js';
 import type { RenderedModel } from '../sql/template.js';
 import type { ModelContract } from './contract-config.js';
+import type { Handler, HandlerInput } from './handler-def.js';
 import type { DataTest, ReferenceDef, UnitTest } from './data-test-config.js';
 
 // What loading a project yields (src/project/project-loader.ts) and what the layers above read.
@@ -73,6 +74,16 @@ export interface ModelDef {
   stateTtl?: string;
   /** Where overrides.<model>.state_ttl is. */
   stateTtlAt?: { file: string; line?: number };
+  /** A handler (handlers/<name>.ts), not SQL: `rendered.sql` then reads its input, and `sqlText` is its code. */
+  handler?: HandlerDef;
+}
+
+/** A handler step of the DAG (src/project/handler-files.ts). */
+export interface HandlerDef {
+  spec: Handler;
+  from: HandlerInput;
+  /** The keys of its output schema, when that is a zod object. */
+  outputColumns?: string[];
 }
 
 /** How a windowed model treats time, late events and its limits (config/models.yml `overrides.<model>.window`). */

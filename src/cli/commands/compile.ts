@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { Command } from 'commander';
-import { statefulness } from '../format.js';
+import { stepKind } from '../format.js';
 import type { CliContext, CommonOpts } from './context.js';
 
 /** `sluice compile`. */
@@ -11,12 +11,12 @@ export function registerCompile(program: Command, { withProject, loadAndCheck, o
       const { project, reports } = await loadAndCheck(o, { allowStateful: true });
       if (project.target) out(`-- target ${project.target}`);
       for (const { model, analysis } of reports) {
-        if (o.model && model.name !== path.basename(o.model).replace(/\.sql$/, '')) continue;
+        if (o.model && model.name !== path.basename(o.model).replace(/\.(sql|[cm]?[jt]s)$/, '')) continue;
         const deps = model.refs.length ? `, after ${model.refs.join(', ')}` : '';
         out(
-          `-- ${model.name} (${model.file}): ${statefulness(analysis, model.window, model.stateTtl)}, source${model.feeds.length > 1 ? 's' : ''} ${(model.feeds.length ? model.feeds : [model.source]).join(', ')}, sink ${model.sinks.join(', ')}${deps}`,
+          `-- ${model.name} (${model.file}): ${stepKind(model, analysis)}, source${model.feeds.length > 1 ? 's' : ''} ${(model.feeds.length ? model.feeds : [model.source]).join(', ')}, sink ${model.sinks.join(', ')}${deps}`,
         );
-        out(model.rendered.sql.trim() + '\n');
+        out(`${model.handler ? '-- the handler reads:\n' : ''}${model.rendered.sql.trim()}\n`);
       }
     });
 }

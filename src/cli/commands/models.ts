@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { formatTable, statefulness } from '../format.js';
+import { formatTable, stepKind } from '../format.js';
 import type { CliContext, CommonOpts } from './context.js';
 
 /** `sluice models` and its subcommands. */
@@ -13,7 +13,7 @@ export function registerModels(program: Command, { withProject, loadAndCheck, ou
       source: (model.feeds.length ? model.feeds : [model.source]).join(', '),
       sink: model.sinks.join(', '),
       refs: model.refs.join(', '),
-      kind: statefulness(analysis, model.window, model.stateTtl),
+      kind: stepKind(model, analysis),
     }));
     out(formatTable([{ name: 'model' }, { name: 'file' }, { name: 'source' }, { name: 'sink' }, { name: 'refs' }, { name: 'kind' }], rows, 200));
   });

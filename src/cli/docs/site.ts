@@ -8,7 +8,7 @@ import type { FixtureRun } from '../../engine/offline-runner.js';
 import { esc } from './html.js';
 import { lineageSvg } from './svg.js';
 import { describeTest } from '../../project/data-test-config.js';
-import { joinSummary, statefulness, windowSummary } from '../format.js';
+import { joinSummary, statefulness, stepKind, windowSummary } from '../format.js';
 
 export interface DocsInput {
   project: Project;
@@ -87,7 +87,19 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
   const stateful = r.analysis.stateful;
   const window = r.analysis.window;
   const join = r.analysis.join;
-  const kind = stateful.length ? 'stateful' : window ? 'windowed' : join ? 'stream join' : r.analysis.view ? 'materialised view' : r.analysis.dedup ? 'deduplicating' : 'stateless';
+  const kind = m.handler
+    ? 'handler'
+    : stateful.length
+      ? 'stateful'
+      : window
+        ? 'windowed'
+        : join
+          ? 'stream join'
+          : r.analysis.view
+            ? 'materialised view'
+            : r.analysis.dedup
+              ? 'deduplicating'
+              : 'stateless';
   const units = input.project.unitTests.filter((u) => u.expect.has(m.name)).map((u) => `unit test ${u.name} (${path.relative(input.project.dir, path.resolve(u.file))})`);
   const modelTests = [...testsOf(r, undefined), ...units];
   const fixture = input.fixtureRun?.fixtures.get(m.source);
@@ -95,12 +107,13 @@ function modelSection(input: DocsInput, g: Lineage, r: ModelReport): string {
   const fixtureNote = fixture ? `<li>fixture <code>${esc(path.relative(input.project.dir, fixture))}</code> (run with <code>sluice test</code>): ${rows ?? 0} row${rows === 1 ? '' : 's'}</li>` : '';
   const testItems = modelTests.map((t) => `<li><span class="test">${esc(t)}</span></li>`).join('') + fixtureNote;
   return `<section class="model" id="${esc(anchor(id))}" data-name="${esc(m.name)}">
-<h2><span class="badge model">model</span> ${esc(m.name)} <span class="badge ${kind === 'stateless' || kind === 'stateful' ? kind : 'windowed'}">${kind}</span></h2>
+<h2><span class="badge model">${m.handler ? 'handler' : 'model'}</span> ${esc(m.name)} <span class="badge ${kind === 'stateless' || kind === 'stateful' || kind === 'handler' ? kind : 'windowed'}">${kind}</span></h2>
 ${m.description ? `<p class="description">${esc(m.description)}</p>` : '<p class="description none">No description: add one in config/models.yml (overrides.' + esc(m.name) + '.description) or with {{ config(description=...) }}.</p>'}
 ${stateful.length ? `<ul class="reasons">${stateful.map((s) => `<li>${esc(s)}</li>`).join('')}</ul>` : ''}
 <table class="kv">
 ${window ? `<tr><th>window</th><td>${esc(windowSummary(window, m.window))}</td></tr>` : ''}
 ${join ? `<tr><th>join</th><td>${esc(joinSummary(join, m.window))}</td></tr>` : ''}
+${m.handler ? `<tr><th>handler</th><td>${esc(stepKind(m, r.analysis))}</td></tr>` : ''}
 ${r.analysis.view || r.analysis.dedup ? `<tr><th>state</th><td>${esc(statefulness(r.analysis, m.window, m.stateTtl))}</td></tr>` : ''}
 <tr><th>file</th><td><code>${esc(m.file)}</code></td></tr>
 <tr><th>${m.feeds.length > 1 ? 'sources' : 'source'}</th><td>${links((m.feeds.length ? m.feeds : m.source ? [m.source] : []).map((s) => nodeId('source', s)))}</td></tr>
@@ -113,9 +126,9 @@ ${contract}</table>
 ${cols.length ? `<table class="columns"><thead><tr><th>column</th><th>type${typed ? '' : ' (no fixture)'}</th><th>description</th><th>tests</th></tr></thead><tbody>${colRows}</tbody></table>` : '<p class="none">Columns are known once the model runs on a fixture (tests/&lt;source&gt;.json).</p>'}
 <h3>Tests</h3>
 ${testItems ? `<ul class="tests">${testItems}</ul>` : '<p class="none">No tests declared.</p>'}
-<h3>SQL</h3>
+<h3>${m.handler ? 'Code' : 'SQL'}</h3>
 <pre class="sql"><code>${esc(maskText(m.sqlText.trim()))}</code></pre>
-<details><summary>compiled SQL</summary><pre class="sql"><code>${esc(maskText(m.rendered.sql.trim()))}</code></pre></details>
+<details><summary>${m.handler ? 'what it reads' : 'compiled SQL'}</summary><pre class="sql"><code>${esc(maskText(m.rendered.sql.trim()))}</code></pre></details>
 </section>`;
 }
 
