@@ -17,6 +17,8 @@ export interface LineageNode {
   window?: string;
   /** A stream join's kind, inputs, bound and late-data policy (see joinSummary). */
   join?: string;
+  /** A handler (handlers/<name>.ts): code, not SQL. */
+  handler?: true;
 }
 
 export interface LineageEdge {
@@ -58,6 +60,7 @@ export function buildLineage(
       file: m.file,
       ...(windows.has(m.name) ? { window: windows.get(m.name) } : {}),
       ...(joins.has(m.name) ? { join: joins.get(m.name) } : {}),
+      ...(m.handler ? { handler: true as const } : {}),
     })),
     ...project.sinks.map((s) => ({ id: nodeId('sink', s.name), kind: 'sink' as const, name: s.name, type: s.type, file: s.file, line: s.line })),
   ];
@@ -84,7 +87,7 @@ export function buildLineage(
  * downstream (everything that reads it, and the sinks), or both.
  */
 export function focusLineage(g: Lineage, model: string, direction: 'upstream' | 'downstream' | 'both'): Lineage {
-  const id = nodeId('model', model.replace(/^.*[\\/]/, '').replace(/\.sql$/, ''));
+  const id = nodeId('model', model.replace(/^.*[\\/]/, '').replace(/\.(sql|[cm]?[jt]s)$/, ''));
   if (!g.nodes.some((n) => n.id === id)) {
     throw new SluiceError(
       'USAGE',
@@ -100,7 +103,8 @@ export function focusLineage(g: Lineage, model: string, direction: 'upstream' | 
   return { nodes: g.nodes.filter((n) => keep.has(n.id)), edges: g.edges.filter((e) => keep.has(e.from) && keep.has(e.to)) };
 }
 
-const label = (n: LineageNode): string => `${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}${n.window ? ` [windowed: ${n.window}]` : ''}${n.join ? ` [stream join: ${n.join}]` : ''}`;
+const label = (n: LineageNode): string =>
+  `${n.kind} ${n.name}${n.type ? ` (${n.type})` : ''}${n.window ? ` [windowed: ${n.window}]` : ''}${n.join ? ` [stream join: ${n.join}]` : ''}${n.handler ? ' [handler]' : ''}`;
 
 /**
  * A readable tree. Downstream: from each root (sources, or the focused model) to the sinks.

@@ -105,7 +105,9 @@ export class HandlerStep {
   /** The handler on one row: the rows it makes (checked against its output schema), or why the message fails. */
   private async call(value: Record<string, unknown>, index: number, raw: string, batch: HandlerBatch): Promise<{ rows: unknown[] } | { error: string }> {
     const { spec } = this.def;
-    const meta: MessageMeta = batch.messages?.[index]?.meta ?? {};
+    const message = batch.messages?.[index];
+    const meta: MessageMeta = message?.meta ?? {};
+    const position = message?.coords ?? {};
     const fail = (what: string) => ({ error: `handler ${this.name}: ${what}` });
     let arg: unknown = value;
     if (spec.input) {
@@ -115,7 +117,7 @@ export class HandlerStep {
     }
     let made: unknown;
     try {
-      made = await spec.process({ value: arg as Record<string, unknown>, raw, meta, source: batch.source }, this.context(meta));
+      made = await spec.process({ value: arg as Record<string, unknown>, raw, meta, position, source: batch.source }, this.context(position));
     } catch (err) {
       return fail(`process() threw: ${cleanError(err)}`);
     }
@@ -134,8 +136,8 @@ export class HandlerStep {
     return { rows };
   }
 
-  private context(meta: MessageMeta): HandlerContext {
-    const at = { handler: this.name, ...(meta.partition !== undefined ? { partition: meta.partition } : {}), ...(meta.offset !== undefined ? { offset: meta.offset } : {}) };
+  private context(position: Record<string, unknown>): HandlerContext {
+    const at = { handler: this.name, position };
     const log = this.log();
     return {
       name: this.name,

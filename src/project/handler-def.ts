@@ -32,6 +32,8 @@ export interface HandlerMessage<In> {
   raw: string;
   /** The source message's metadata (topic, key, partition, offset, headers, timestamp), as its source gives them. */
   meta: MessageMeta;
+  /** Where the message is in its source (file and line, partition and offset, stream id, ...): what the DLQ records. */
+  position: Record<string, unknown>;
   /** The source the message came from. */
   source: string;
 }
