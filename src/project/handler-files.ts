@@ -16,10 +16,10 @@ import type { ModelDef } from './project-types.js';
 
 const EXTENSIONS = ['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs'];
 
-/** `import ... from "sluice"` in a handler: this package's own entry point (built, or its source under test). */
+/** `import ... from "sluice"` in a handler: this package's handler API (built, or its source under test). */
 function entryPoint(): string {
-  const built = fileURLToPath(new URL('../index.js', import.meta.url));
-  return fs.existsSync(built) ? built : fileURLToPath(new URL('../index.ts', import.meta.url));
+  const built = fileURLToPath(new URL('../handler-api.js', import.meta.url));
+  return fs.existsSync(built) ? built : fileURLToPath(new URL('../handler-api.ts', import.meta.url));
 }
 
 type Loader = (id: string) => unknown;

@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { killRepeatedly, query, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
+import { ROOT, killRepeatedly, query, sluiceAsync, tempDir, writeFiles } from '../helpers/cli.js';
 import { deadLetters } from '../helpers/dlq.js';
 
 // Handlers: TypeScript modules in handlers/, steps of the DAG beside the SQL models, loaded
@@ -144,6 +146,31 @@ describe('handlers', () => {
       expect(d.error).toContain(`handler split: `);
       expect(d.error).toContain(want.failed.get(id));
     }
+  });
+
+  it.concurrent('sluice is a library too: runProject() runs a project in the calling process, and the package exports typed handler definitions', async () => {
+    const { p, list } = project('library', 500);
+    const script = path.join(p, 'run.mjs');
+    fs.writeFileSync(
+      script,
+      `import { runProject } from ${JSON.stringify(path.join(ROOT, 'dist/index.js'))};
+const summaries = await runProject({ project: ${JSON.stringify(p)} });
+const s = summaries.get('default');
+console.log(JSON.stringify({ messages: s.messages, dead: s.deadLettered, rows: s.rows }));
+`,
+    );
+    // Asynchronously: the file's other tests run meanwhile.
+    const r = await promisify(execFile)(process.execPath, [script], { encoding: 'utf8', timeout: 120_000 });
+    const want = expected(list);
+    expect(JSON.parse(r.stdout)).toMatchObject({ messages: 500, dead: want.failed.size, rows: { split: want.rows.length } });
+    expect(await splitRows(p)).toEqual(want.rows);
+    // What a handler is written against has its types in the package.
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    const types = fs.readFileSync(path.join(ROOT, pkg.exports['.'].types), 'utf8');
+    expect(types).toContain('handler-api.js');
+    expect(fs.readFileSync(path.join(ROOT, 'dist/project/handler-def.d.ts'), 'utf8')).toMatch(
+      /export declare function defineHandler<In = Record<string, unknown>, Out = Record<string, unknown>>\(spec: HandlerSpec<In, Out>\): Handler<In, Out>;/,
+    );
   });
 
   it.concurrent('SIGKILLed 10 times while the handler runs: every message has its rows in the output exactly once', async () => {

@@ -10,7 +10,7 @@ import { needsHeap, runWithHeap } from '../heap.js';
 import { renderDryRun } from '../dry-run.js';
 import { onStopSignal } from '../stop-signals.js';
 import { scopeRun, type ScopedRun } from '../source-scope.js';
-import type { DuckDB } from '../project-check.js';
+import { loadAndCheckKeep, type DuckDB } from '../project-check.js';
 import type { CliContext, CommonOpts } from './context.js';
 
 type RunOpts = CommonOpts & { model?: string[]; dryRun?: boolean; logJson?: boolean; logLevel: string; port?: string; source?: string[] };
@@ -58,6 +58,38 @@ async function run(o: RunOpts, { loadAndCheckKeep, setCode }: CliContext): Promi
   );
   const runs = await scopeRuns(checked.project, o, duckdb, log);
   await runScoped(runs, o, { log, signal, port, projectPort: checked.project.port, duckdb });
+}
+
+/** How a program runs a project (see runProject): what `sluice run`'s flags say. */
+export interface RunProjectOptions {
+  /** The project directory (default: the current one). */
+  project?: string;
+  /** The target (environment) whose overrides apply. */
+  target?: string;
+  /** Only these sources and the models they feed (default: all). */
+  sources?: string[];
+  /** Only these models and the models they ref. */
+  models?: string[];
+  /** Port of /healthz /readyz /metrics; 0 (the default here) for none. */
+  port?: number;
+  /** Stops the run gracefully: the batch in flight is finished and every model flushed. */
+  signal?: AbortSignal;
+  /** Where the run logs (a pino logger); default: warnings and errors to stderr. */
+  log?: Logger;
+}
+
+/**
+ * Runs a project as `sluice run` does, in this process: loads and checks it (a ConfigError
+ * lists every problem), then runs each of its pipelines until its sources end or `signal`
+ * stops them. Resolves with each pipeline's summary, by its source.
+ */
+export async function runProject(opts: RunProjectOptions = {}): Promise<Map<string, RunSummary>> {
+  const log = opts.log ?? createLogger({ level: 'warn' });
+  const signal = opts.signal ?? new AbortController().signal;
+  const o: RunOpts = { project: opts.project, target: opts.target, source: opts.sources, model: opts.models, logLevel: 'info' };
+  const checked = await loadAndCheckKeep(o, { consumers: true });
+  const runs = await scopeRuns(checked.project, o, checked.duckdb, log);
+  return runScoped(runs, o, { log, signal, port: opts.port ?? 0, projectPort: checked.project.port, duckdb: checked.duckdb });
 }
 
 /** libuv's thread pool size: UV_THREADPOOL_SIZE as libuv reads it (bin/sluice.js sets it), else its default. */
@@ -123,7 +155,7 @@ interface RunEnv {
 }
 
 /** Runs one pipeline, or several in this process; a dry run prints each source's batch. */
-async function runScoped(runs: ScopedRun[], o: RunOpts, { log, signal, port, projectPort, duckdb }: RunEnv): Promise<void> {
+async function runScoped(runs: ScopedRun[], o: RunOpts, { log, signal, port, projectPort, duckdb }: RunEnv): Promise<Map<string, RunSummary>> {
   const started = Date.now();
   const done = (summary: RunSummary, l: Logger) => {
     if (o.dryRun) return;
@@ -147,10 +179,10 @@ async function runScoped(runs: ScopedRun[], o: RunOpts, { log, signal, port, pro
     const summary = await runPipeline({ project: r.project, log, models: r.models, scopedWorkerId: r.scopedWorkerId, dryRun: o.dryRun, signal, duckdb }, o.dryRun ? 0 : (port ?? r.project.port));
     if (o.dryRun) print(renderDryRun(summary.dryRun));
     done(summary, log);
-    return;
+    return new Map([[r.source, summary]]);
   }
   // Each source's dry run is printed whole, under its name, as soon as it has its batch.
-  await runPipelines({
+  return runPipelines({
     members: runs.map((r, i) => ({
       source: r.source,
       options: { project: r.project, models: r.models, scopedWorkerId: r.scopedWorkerId, dryRun: o.dryRun, duckdb: i === 0 ? duckdb : undefined },
