@@ -5,8 +5,8 @@ import { MSG_COL, analyzeSql } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA } from '../sql/template.js';
 import type { HandlerDef, ModelDef } from '../project/project-loader.js';
-import { silentLogger, type Logger } from '../ops/logger.js';
-import { HandlerStep } from './handler-step.js';
+import { silentLogger } from '../ops/logger.js';
+import { HandlerStep, type HandlerEnv } from './handler-step.js';
 import { relationFeeds } from '../project/model-graph.js';
 import type { PayloadBlock, RawMessage } from '../connectors/types.js';
 import type { Structure } from './structure.js';
@@ -172,8 +172,8 @@ export class BatchExecutor {
   readonly windows: WindowSet;
   /** The handlers' steps, by name. */
   private readonly handlers = new Map<string, HandlerStep>();
-  /** Where handlers' ctx.log goes. */
-  handlerLog: Logger = silentLogger();
+  /** Where handlers log and count (the run sets it). */
+  handlerEnv: HandlerEnv = { log: silentLogger() };
 
   /**
    * `conn` runs the models; `loadConn` (another connection to the same database, or `conn`
@@ -211,7 +211,7 @@ export class BatchExecutor {
     }
     this.windows = new WindowSet(ops);
     let lane = HANDLER_LANES;
-    for (const m of models) if (m.handler) this.handlers.set(m.name, new HandlerStep(conn, m.name, m.handler, lane++, () => this.handlerLog));
+    for (const m of models) if (m.handler) this.handlers.set(m.name, new HandlerStep(conn, m.name, m.handler, lane++, () => this.handlerEnv));
     this.schemas = new SchemaTracker(new Map(models.filter((m) => m.contract).map((m) => [m.name, m.contract!])), duckSupertype(conn));
   }
 
@@ -248,13 +248,28 @@ export class BatchExecutor {
     for (const [name, h] of this.handlers) h.structure = s?.[name];
   }
 
+  /** The run starts: each handler's onStartup and pool (a throw stops the run, naming the hook). */
+  async startHandlers(): Promise<void> {
+    for (const h of this.handlers.values()) await h.start();
+  }
+
+  /** The sinks are connected: each handler's onReady, then its periodic tasks. */
+  async handlersReady(): Promise<void> {
+    for (const h of this.handlers.values()) await h.ready();
+  }
+
+  /** The run ends: periodic tasks stopped, pools closed. */
+  async stopHandlers(): Promise<void> {
+    for (const h of this.handlers.values()) await h.stop();
+  }
+
   /** First half of a batch: see BatchDecoder.prepare. `origin`: the source of its messages, in a pipeline of two. */
   async prepare(messages: RawMessage[], lane = 0, given?: PayloadBlock, origin?: string): Promise<PreparedBatch> {
     const decoder = origin === undefined ? this.decoder : this.decoders.get(origin);
     if (!decoder) throw new SluiceError('INTERNAL', `a batch of source ${origin}, which this pipeline does not read (${this.sources.join(', ')})`);
     const p = await decoder.prepare(messages, lane, given);
     if (origin !== undefined && this.sources.length > 1) p.origin = origin;
-    if (this.windows.size) p.partitions = partitionRuns(messages);
+    if (this.windows.size || [...this.handlers.values()].some((h) => h.watchesPartitions)) p.partitions = partitionRuns(messages);
     return p;
   }
 
@@ -340,7 +355,10 @@ export class BatchExecutor {
     };
     this.report = emptyReport();
     for (const op of this.windows.ops.values()) op.beginBatch();
-    for (const h of this.handlers.values()) h.beginBatch();
+    for (const h of this.handlers.values()) {
+      h.beginBatch();
+      await h.partitions(p.assigned);
+    }
     this.report.changes.push(...p.incoming.changes);
     this.report.violations.push(...p.incoming.violations);
     if (!p.batch) return nothingGood();

@@ -1,8 +1,14 @@
 import type { DuckDBConnection } from '@duckdb/node-api';
-import type { MessageMeta, RawMessage } from '../connectors/types.js';
+import type { RawMessage } from '../connectors/types.js';
 import type { Logger } from '../ops/logger.js';
-import { schemaError, type HandlerContext } from '../project/handler-def.js';
-import type { HandlerDef } from '../project/project-types.js';
+import client, { type Registry } from 'prom-client';
+import { SluiceError } from '../errors.js';
+import type { HandlerMetricFamilies } from '../ops/metrics.js';
+import { schemaError, type ExecutorTuning, type HandlerContext, type HandlerMessage, type HandlerMetrics, type HandlerSpec, type Periodic, type ReadyContext } from '../project/handler-def.js';
+import type { ExecutorSettings, HandlerDef } from '../project/project-types.js';
+import { ExecutorPool } from './executor-pool.js';
+import { redactedEnv, runTaskFlow, type TaskFlowEnv } from './handler-tasks.js';
+import { sleep } from '../util/retry.js';
 import { MSG_COL } from '../sql/analyze.js';
 import { ident, lit } from '../sql/quote.js';
 import { MODEL_SCHEMA } from '../sql/template.js';
@@ -26,10 +32,28 @@ export interface HandlerBatch {
   source: string;
 }
 
+/** What a handler step reports to, set by the run (a pipeline) or left at its defaults (tests, docs). */
+export interface HandlerEnv {
+  log: Logger;
+  /** The run's metrics registry, for the handlers' families and the handler's own metrics. */
+  registry?: Registry;
+  families?: HandlerMetricFamilies;
+}
+
+type Made = { rows: unknown[] } | { error: string };
+type Msg = HandlerMessage<Record<string, unknown>>;
+
 export class HandlerStep {
   private readonly decoder: BatchDecoder;
   /** What the handler made of each input row this batch (by message and row): a row is never handed to it twice in a batch. */
-  private made = new Map<string, { rows: unknown[] } | { error: string }>();
+  private made = new Map<string, Made>();
+  private pool?: ExecutorPool;
+  private settings?: ExecutorSettings;
+  private readonly stopping = new AbortController();
+  private periodicRuns: Promise<void>[] = [];
+  private partitionsSeen?: Set<string>;
+  private taskSeq = 0;
+  private userMetrics?: HandlerMetrics;
 
   constructor(
     private readonly conn: DuckDBConnection,
@@ -37,9 +61,13 @@ export class HandlerStep {
     private readonly def: HandlerDef,
     /** Its decoder's lane (tables __raw<lane>, __batch<lane>), apart from the batches'. */
     private readonly lane: number,
-    private readonly log: () => Logger,
+    private readonly env: () => HandlerEnv,
   ) {
     this.decoder = new BatchDecoder(conn, [], DEFAULT_DECODE_RULES);
+  }
+
+  private get spec(): HandlerSpec<Record<string, unknown>, Record<string, unknown>> {
+    return this.def.spec;
   }
 
   /** The schema of its output rows so far (committed with every batch). */
@@ -51,6 +79,108 @@ export class HandlerStep {
     this.decoder.structure = s;
   }
 
+  /** Whether it wants to hear of the source's partitions (onAssign, onRevoke). */
+  get watchesPartitions(): boolean {
+    return typeof this.spec.onAssign === 'function' || typeof this.spec.onRevoke === 'function';
+  }
+
+  /** A run starts: onStartup (which may change the pool's settings), then the pool. */
+  async start(): Promise<void> {
+    const ex = this.def.executor;
+    if (!ex) return;
+    let tuned: ExecutorTuning = { maxExecutors: ex.maxExecutors, taskTimeoutSeconds: ex.taskTimeoutSeconds, windowSize: ex.windowSize, maxRetries: ex.maxRetries };
+    if (this.spec.onStartup) {
+      const change = await this.lifecycle('onStartup', () => this.spec.onStartup!({ ...tuned }));
+      if (change && typeof change === 'object') tuned = { ...tuned, ...change };
+      for (const [k, v] of Object.entries(tuned)) {
+        if (!Number.isInteger(v) && !(k === 'taskTimeoutSeconds' && v > 0)) throw new SluiceError('CONFIG', `handler ${this.name}: onStartup() set ${k} to ${v}, not a number`);
+      }
+    }
+    this.pool = this.makePool({ ...ex, ...tuned });
+  }
+
+  private makePool(settings: ExecutorSettings): ExecutorPool {
+    this.settings = settings;
+    const f = this.env().families;
+    return new ExecutorPool(
+      { binaryPath: settings.binaryPath, maxExecutors: settings.maxExecutors, taskTimeoutSeconds: settings.taskTimeoutSeconds, env: settings.env, maxOutputBytes: settings.maxOutputBytes },
+      (st) => {
+        f?.running.set({ handler: this.name }, st.running);
+        f?.queued.set({ handler: this.name }, st.queued);
+        f?.utilisation.set({ handler: this.name }, st.running / settings.maxExecutors);
+      },
+    );
+  }
+
+  /** The sinks are connected: onReady, then the periodic tasks. */
+  async ready(): Promise<void> {
+    const ctx = { ...this.context({}), signal: this.stopping.signal };
+    if (this.spec.onReady) await this.lifecycle('onReady', () => this.spec.onReady!(ctx));
+    for (const [task, p] of Object.entries(this.spec.periodic ?? {})) this.periodicRuns.push(this.runPeriodic(task, p, ctx));
+  }
+
+  /** A periodic task: run, wait its interval, again, until the run stops (or, with onError 'stop', it throws). */
+  private async runPeriodic(task: string, p: Periodic, ctx: ReadyContext): Promise<void> {
+    const log = this.env().log;
+    while (!this.stopping.signal.aborted) {
+      try {
+        await this.timed(`periodic:${task}`, () => p.run(ctx));
+      } catch (err) {
+        log.error(
+          { handler: this.name, hook: `periodic ${task}`, err: cleanError(err) },
+          `handler ${this.name}: periodic task ${task} threw${p.onError === 'stop' ? '; it stops (onError: stop)' : ''}`,
+        );
+        if (p.onError === 'stop') return;
+      }
+      await sleep(p.seconds * 1000, this.stopping.signal);
+    }
+  }
+
+  /** The run stops: the periodic tasks are told and waited for; tasks still running are killed. */
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    await Promise.all(this.periodicRuns);
+    this.pool?.close();
+  }
+
+  /** The partitions the source reads now: onAssign for new ones, onRevoke for those gone (a throw is logged). */
+  async partitions(now: string[] | undefined): Promise<void> {
+    if (!now || !this.watchesPartitions) return;
+    const seen = this.partitionsSeen ?? new Set<string>();
+    const added = now.filter((p) => !seen.has(p));
+    const gone = [...seen].filter((p) => !now.includes(p));
+    this.partitionsSeen = new Set(now);
+    const ctx = this.context({});
+    const call = async (hook: 'onAssign' | 'onRevoke', list: string[]) => {
+      if (list.length === 0 || !this.spec[hook]) return;
+      try {
+        await this.timed(hook, () => this.spec[hook]!(list, ctx));
+      } catch (err) {
+        this.env().log.error({ handler: this.name, hook, partitions: list, err: cleanError(err) }, `handler ${this.name}: ${hook}() threw; the run goes on`);
+      }
+    };
+    await call('onRevoke', gone);
+    await call('onAssign', added);
+  }
+
+  /** A hook of the run's life (onStartup, onReady): a throw stops the run, naming the hook. */
+  private async lifecycle<T>(hook: string, fn: () => T | Promise<T>): Promise<T> {
+    try {
+      return await this.timed(hook, fn);
+    } catch (err) {
+      throw new SluiceError('CONFIG', `handler ${this.name}: ${hook}() threw: ${cleanError(err)}`);
+    }
+  }
+
+  private async timed<T>(hook: string, fn: () => T | Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      return await fn();
+    } finally {
+      this.env().families?.hookDuration.observe({ handler: this.name, hook }, (performance.now() - t0) / 1000);
+    }
+  }
+
   /** A new batch: nothing made yet. */
   beginBatch(): void {
     this.made.clear();
@@ -58,28 +188,27 @@ export class HandlerStep {
 
   /**
    * Runs the handler over its input (`inputSql`, the rows of the messages still in the batch).
-   * Messages whose row fails its input schema, throws, or makes a row that fails its output
-   * schema are `refused` (the batch runs again without them); otherwise its rows are in
-   * sluice_model.<name>, or it made none and has no schema yet (`absent`).
+   * Messages whose row fails its input schema, whose process() or hook throws, whose task fails
+   * for good, or that make a row its output schema refuses are `refused` (the batch runs again
+   * without them); otherwise its rows are in sluice_model.<name>, or it made none and has no
+   * schema yet (`absent`).
    */
   async run(inputSql: string, batch: HandlerBatch): Promise<{ refused?: MessageFailure[]; absent?: boolean }> {
     const input = await this.conn.runAndReadAll(`SELECT * FROM (${inputSql}) ORDER BY ${MSG_COL}`);
-    const rows = input.getRowObjectsJS();
-    const payloads = await this.payloads(batch.raw, rows);
+    const rows = input.getRowObjectsJS().map((row) => {
+      const index = Number(row[MSG_COL]);
+      const { [MSG_COL]: _, ...fields } = row;
+      const value = toPlain(fields) as Record<string, unknown>;
+      return { index, value, key: `${index}\u0000${JSON.stringify(value)}` };
+    });
+    const todo = rows.filter((r) => !this.made.has(r.key));
+    if (todo.length) await this.make(todo, batch);
     const failures = new Map<number, string>();
     const out: string[] = [];
     const origin: number[] = [];
-    for (const row of rows) {
-      const index = Number(row[MSG_COL]);
+    for (const { index, key } of rows) {
       if (failures.has(index)) continue;
-      const { [MSG_COL]: _, ...fields } = row;
-      const value = toPlain(fields) as Record<string, unknown>;
-      const key = `${index}\u0000${JSON.stringify(value)}`;
-      let made = this.made.get(key);
-      if (!made) {
-        made = await this.call(value, index, payloads.get(index) ?? '', batch);
-        this.made.set(key, made);
-      }
+      const made = this.made.get(key)!;
       if ('error' in made) {
         failures.set(index, made.error);
         continue;
@@ -93,44 +222,104 @@ export class HandlerStep {
     return this.store(out, origin);
   }
 
-  /** The payloads of the messages `rows` come from, by index. */
-  private async payloads(raw: string, rows: Record<string, unknown>[]): Promise<Map<number, string>> {
-    if (rows.length === 0) return new Map();
-    const first = Number(rows[0][MSG_COL]);
-    const last = Number(rows[rows.length - 1][MSG_COL]);
+  /** Hands rows to the handler (process() each, or arrange() and the pool) and keeps what it made of each. */
+  private async make(todo: { index: number; value: Record<string, unknown>; key: string }[], batch: HandlerBatch): Promise<void> {
+    const payloads = await this.payloads(batch.raw, todo[0].index, todo[todo.length - 1].index);
+    const messages: { key: string; message: Msg }[] = [];
+    for (const t of todo) {
+      const m = batch.messages?.[t.index];
+      let value: unknown = t.value;
+      if (this.spec.input) {
+        const r = this.spec.input.safeParse(t.value);
+        if (!r.success) {
+          this.made.set(t.key, { error: `handler ${this.name}: the row does not match its input schema: ${schemaError(r.error)}` });
+          continue;
+        }
+        value = r.data;
+      }
+      const message: Msg = { value: value as Record<string, unknown>, raw: payloads.get(t.index) ?? '', meta: m?.meta ?? {}, position: m?.coords ?? {}, source: batch.source };
+      messages.push({ key: t.key, message });
+    }
+    if (this.spec.process) {
+      for (const { key, message } of messages) this.made.set(key, await this.process(message));
+      return;
+    }
+    if (!this.pool) this.pool = this.makePool(this.def.executor!);
+    const state = await runTaskFlow(
+      this.flowEnv(),
+      messages.map((m) => m.message),
+    );
+    for (const { key, message } of messages) {
+      const s = state.get(message)!;
+      this.made.set(key, s.error !== undefined ? { error: s.error } : { rows: s.rows });
+    }
+  }
+
+  private flowEnv(): TaskFlowEnv {
+    const log = this.env().log;
+    const f = this.env().families;
+    return {
+      name: this.name,
+      spec: this.spec,
+      settings: this.settings!,
+      pool: this.pool!,
+      ctx: this.context({}),
+      hook: (hook, fn) => this.timed(hook, fn),
+      accept: (made) => this.accept(made),
+      observe: (task, status, r) => {
+        f?.tasks.inc({ handler: this.name, status });
+        if (r) f?.taskDuration.observe({ handler: this.name }, r.durationMs / 1000);
+        log.debug(
+          {
+            handler: this.name,
+            task: task.id,
+            attempt: task.attempt,
+            status,
+            args: task.args,
+            env: redactedEnv(task.env),
+            position: task.messages[0]?.position,
+            exit_code: r?.exitCode,
+            signal: r?.signal,
+            ms: r?.durationMs,
+            pid: r?.pid,
+          },
+          'task',
+        );
+      },
+      nextId: () => `${this.name}-${++this.taskSeq}`,
+    };
+  }
+
+  /** The payloads of messages first..last, by index. */
+  private async payloads(raw: string, first: number, last: number): Promise<Map<number, string>> {
     const r = await this.conn.runAndReadAll(`SELECT id, payload FROM ${raw} WHERE id BETWEEN ${first} AND ${last}`);
     return new Map(r.getRows().map(([id, p]) => [Number(id), String(p ?? '')]));
   }
 
-  /** The handler on one row: the rows it makes (checked against its output schema), or why the message fails. */
-  private async call(value: Record<string, unknown>, index: number, raw: string, batch: HandlerBatch): Promise<{ rows: unknown[] } | { error: string }> {
-    const { spec } = this.def;
-    const message = batch.messages?.[index];
-    const meta: MessageMeta = message?.meta ?? {};
-    const position = message?.coords ?? {};
-    const fail = (what: string) => ({ error: `handler ${this.name}: ${what}` });
-    let arg: unknown = value;
-    if (spec.input) {
-      const r = spec.input.safeParse(value);
-      if (!r.success) return fail(`the row does not match its input schema: ${schemaError(r.error)}`);
-      arg = r.data;
-    }
+  /** process() on one message: the rows it makes (checked against its output schema), or why the message fails. */
+  private async process(message: Msg): Promise<Made> {
     let made: unknown;
     try {
-      made = await spec.process({ value: arg as Record<string, unknown>, raw, meta, position, source: batch.source }, this.context(position));
+      made = await this.timed('process', () => this.spec.process!(message, this.context(message.position)));
     } catch (err) {
-      return fail(`process() threw: ${cleanError(err)}`);
+      return { error: `handler ${this.name}: process() threw: ${cleanError(err)}` };
     }
+    const a = this.accept(made);
+    return 'error' in a ? { error: `handler ${this.name}: process() ${a.error}` } : a;
+  }
+
+  /** What a hook returned, as rows checked against the output schema; or why they are refused. */
+  private accept(made: unknown): Made {
     const list = made === null || made === undefined ? [] : Array.isArray(made) ? made : [made];
     const rows: unknown[] = [];
     for (const r of list) {
       let row: unknown = r;
-      if (spec.output) {
-        const c = spec.output.safeParse(r);
-        if (!c.success) return fail(`a row it returned does not match its output schema: ${schemaError(c.error)}`);
+      if (this.spec.output) {
+        const c = this.spec.output.safeParse(r);
+        if (!c.success) return { error: `returned a row that does not match its output schema: ${schemaError(c.error)}` };
         row = c.data;
       }
-      if (!row || typeof row !== 'object' || Array.isArray(row)) return fail(`process() returned ${JSON.stringify(row)?.slice(0, 80)}, not an object (a row) or a list of them`);
+      if (!row || typeof row !== 'object' || Array.isArray(row)) return { error: `returned ${JSON.stringify(row)?.slice(0, 80)}, not an object (a row) or a list of them` };
       rows.push(row);
     }
     return { rows };
@@ -138,9 +327,10 @@ export class HandlerStep {
 
   private context(position: Record<string, unknown>): HandlerContext {
     const at = { handler: this.name, position };
-    const log = this.log();
+    const log = this.env().log;
     return {
       name: this.name,
+      metrics: this.metrics(),
       log: {
         debug: (msg, f) => log.debug({ ...f, ...at }, msg),
         info: (msg, f) => log.info({ ...f, ...at }, msg),
@@ -148,6 +338,23 @@ export class HandlerStep {
         error: (msg, f) => log.error({ ...f, ...at }, msg),
       },
     };
+  }
+
+  /** The handler's own metrics, on the run's registry (a registry of its own when there is none). */
+  private metrics(): HandlerMetrics {
+    if (this.userMetrics) return this.userMetrics;
+    const registers = [this.env().registry ?? new client.Registry()];
+    const known = new Map<string, unknown>();
+    const once = <T>(name: string, make: () => T): T => {
+      if (!known.has(name)) known.set(name, make());
+      return known.get(name) as T;
+    };
+    this.userMetrics = {
+      counter: (o) => once(o.name, () => new client.Counter({ ...o, labelNames: o.labelNames ?? [], registers })),
+      gauge: (o) => once(o.name, () => new client.Gauge({ ...o, labelNames: o.labelNames ?? [], registers })),
+      histogram: (o) => once(o.name, () => new client.Histogram({ ...o, labelNames: o.labelNames ?? [], registers })),
+    };
+    return this.userMetrics;
   }
 
   /** Its rows into sluice_model.<name>, typed by its decoder, each with the index of the message it came from. */

@@ -7,7 +7,7 @@ import { SluiceError, errorMessage } from '../errors.js';
 import type { ConnectorContext, DeadLetter, DeadLetterQueue, Sink, Source } from '../connectors/types.js';
 import type { ModelDef, NamedSource, Project } from '../project/project-loader.js';
 import { reachable } from '../project/dag.js';
-import { Metrics } from '../ops/metrics.js';
+import { HandlerMetricFamilies, Metrics } from '../ops/metrics.js';
 import { fileList } from '../sql/quote.js';
 import { Wal } from '../wal/wal.js';
 import { crashPoint } from '../util/crash-point.js';
@@ -223,8 +223,9 @@ export class Pipeline {
       rules,
       this.clock,
     );
-    this.executor.handlerLog = this.log;
+    if (compiled.some((m) => m.handler)) this.executor.handlerEnv = { log: this.log, registry: this.metrics.registry, families: new HandlerMetricFamilies(this.metrics.registry) };
     await this.executor.init();
+    await this.executor.startHandlers();
     // The references this pipeline's models name, and those its data tests check against.
     const refNames = new Set([...referencesNamed(project, this.models), ...this.models.flatMap((m) => m.dataTests.flatMap((t) => (t.to ? [t.to] : [])))]);
     this.references = await ReferenceTables.open(this.instance, this.conn, project, refNames, this.log);
@@ -239,6 +240,7 @@ export class Pipeline {
 
     const scopedCtx = this.opts.scopedWorkerId ? { ...ctx, workerId: this.opts.scopedWorkerId } : ctx;
     await this.connectSinks(scopedCtx);
+    await this.executor.handlersReady();
     const start = await this.openWal(srcDef);
     this.dlq = await this.openDlqs(srcDefs, scopedCtx);
     await this.dlq?.recover(start.dlq);
@@ -425,6 +427,7 @@ export class Pipeline {
     const refs = this.references;
     this.references = undefined;
     const closing: Array<[string, () => Promise<void>]> = [
+      ['the handlers', async () => this.executor?.stopHandlers()],
       ['the reference tables', async () => refs?.close()],
       ['the window state store', async () => store?.close()],
       ...[...this.sinks].map(([name, s]): [string, () => Promise<void>] => [`sink ${name}`, () => s.sink.close()]),

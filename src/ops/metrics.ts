@@ -222,3 +222,40 @@ export function mergedExposition(parts: () => { source: string; registry: client
     },
   };
 }
+
+/** The metric families of handlers (only in a run that has handlers), on a pipeline's registry. */
+export class HandlerMetricFamilies {
+  readonly tasks: client.Counter;
+  readonly taskDuration: client.Histogram;
+  readonly running: client.Gauge;
+  readonly queued: client.Gauge;
+  readonly utilisation: client.Gauge;
+  readonly hookDuration: client.Histogram;
+
+  constructor(readonly registry: client.Registry) {
+    const registers = [registry];
+    this.tasks = new client.Counter({
+      name: 'sluice_handler_tasks_total',
+      help: "Tasks of a handler's subprocess pool, by how they ended (ok, failed, timeout) or what was done about them (retried, skipped)",
+      labelNames: ['handler', 'status'],
+      registers,
+    });
+    this.taskDuration = new client.Histogram({
+      name: 'sluice_handler_task_duration_seconds',
+      help: "Time one task's process ran",
+      labelNames: ['handler'],
+      registers,
+      buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    });
+    this.running = new client.Gauge({ name: 'sluice_handler_pool_running', help: "Tasks running in a handler's pool", labelNames: ['handler'], registers });
+    this.queued = new client.Gauge({ name: 'sluice_handler_pool_queued', help: "Tasks waiting for a free slot of a handler's pool", labelNames: ['handler'], registers });
+    this.utilisation = new client.Gauge({ name: 'sluice_handler_pool_utilisation', help: "Share of a handler's pool slots (max_executors) in use, 0 to 1", labelNames: ['handler'], registers });
+    this.hookDuration = new client.Histogram({
+      name: 'sluice_handler_hook_duration_seconds',
+      help: "Time one call of a handler's hook took (process, arrange, onTaskComplete, ...)",
+      labelNames: ['handler', 'hook'],
+      registers,
+      buckets: [0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    });
+  }
+}

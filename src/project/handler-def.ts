@@ -42,6 +42,8 @@ export interface HandlerMessage<In> {
 export interface HandlerContext {
   /** The handler's name (its file's). */
   name: string;
+  /** Registers user metrics, shown on the run's /metrics. */
+  metrics: HandlerMetrics;
   /** Logs with the handler's name (and, per row, the message's position) attached. */
   log: {
     debug(msg: string, fields?: Record<string, unknown>): void;
@@ -52,8 +54,114 @@ export interface HandlerContext {
 }
 
 type Many<T> = T | T[] | null | undefined;
+type Maybe<T> = T | Promise<T>;
 
-/** What a handler module defines (see defineHandler). */
+/** One process of the handler's binary (overrides.<handler>.executor.binary_path), as arrange() asks for it. */
+export interface TaskSpec<In = Record<string, unknown>> {
+  /** Its id (default: made up, unique in the run). */
+  id?: string;
+  /** The binary's arguments (passed as they are, never through a shell). */
+  args: string[];
+  /** Written to its stdin. */
+  stdin?: string | Uint8Array;
+  /** Added to its environment. Values of names that look secret (password, secret, token, key, credential, dsn) are never shown. */
+  env?: Record<string, string>;
+  /** Anything the hooks want back with the result. */
+  metadata?: Record<string, unknown>;
+  /** The message (or messages) whose output this task makes: its rows go with the first of them, and its failure fails them all. */
+  message: HandlerMessage<In> | HandlerMessage<In>[];
+}
+
+/** A task as it ran (or runs again). */
+export interface Task<In = Record<string, unknown>> extends Omit<TaskSpec<In>, 'message' | 'id'> {
+  id: string;
+  messages: HandlerMessage<In>[];
+  /** 1 on its first run, 2 on its first retry, ... */
+  attempt: number;
+}
+
+/** What a task's process did. */
+export interface TaskResult<In = Record<string, unknown>> {
+  task: Task<In>;
+  /** null when a signal ended it. */
+  exitCode: number | null;
+  signal: string | null;
+  stdout: string;
+  /** stdout as bytes, for a binary whose output is not text. */
+  stdoutBytes: Uint8Array;
+  stderr: string;
+  /** stdout or stderr went past executor.max_output_bytes: what is here is its start. */
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  durationMs: number;
+  /** The pid of its process group leader. */
+  pid: number | undefined;
+}
+
+/** Why a task failed: a non-zero exit, a signal, its timeout, or a binary that could not start. */
+export interface TaskError<In = Record<string, unknown>> {
+  kind: 'exit' | 'signal' | 'timeout' | 'spawn';
+  message: string;
+  result: TaskResult<In>;
+}
+
+/** What onError() decides for a failed task: run it again (up to executor.max_retries), drop it (its messages go on without its rows), fail its messages (to the DLQ), or run these tasks instead. */
+export type ErrorAction<In = Record<string, unknown>> = 'retry' | 'skip' | 'fail' | TaskSpec<In>[];
+
+/** One message's tasks, all done (onMessageComplete). */
+export interface MessageGroup<In = Record<string, unknown>> {
+  message: HandlerMessage<In>;
+  /** The results of its tasks that succeeded (skipped ones are not here). */
+  results: TaskResult<In>[];
+}
+
+/** What the pool holds as arrange() is called. */
+export interface Pending {
+  running: number;
+  queued: number;
+}
+
+/** The executor settings onStartup() may change (overrides.<handler>.executor; the binary is config's only). */
+export interface ExecutorTuning {
+  maxExecutors: number;
+  taskTimeoutSeconds: number;
+  windowSize: number;
+  maxRetries: number;
+}
+
+/** A user metric the handler registers (prom-client's, on the run's /metrics). */
+export interface HandlerMetrics {
+  counter(opts: { name: string; help: string; labelNames?: string[] }): { inc(labels?: Record<string, string> | number, value?: number): void };
+  gauge(opts: { name: string; help: string; labelNames?: string[] }): { set(labels: Record<string, string> | number, value?: number): void; inc(v?: number): void; dec(v?: number): void };
+  histogram(opts: { name: string; help: string; labelNames?: string[]; buckets?: number[] }): { observe(labels: Record<string, string> | number, value?: number): void };
+}
+
+/** What a periodic task or onReady is given. */
+export interface ReadyContext extends HandlerContext {
+  /** Aborted when the run stops: a periodic task should stop waiting on it. */
+  signal: AbortSignal;
+}
+
+/** A periodic task (see periodic()). */
+export interface Periodic {
+  readonly seconds: number;
+  readonly onError: 'continue' | 'stop';
+  readonly run: (ctx: ReadyContext) => unknown;
+  readonly [PERIODIC_MARK]: true;
+}
+
+export const PERIODIC_MARK = Symbol.for('sluice.periodic');
+
+/**
+ * A task run every `seconds` while the handler runs: started after onReady, never two at once
+ * (the next waits for the last to end), stopped when the run stops. A throw is logged; with
+ * onError 'stop' the task then stops for good.
+ */
+export function periodic(opts: { seconds: number; onError?: 'continue' | 'stop' }, run: (ctx: ReadyContext) => unknown): Periodic {
+  return Object.freeze({ seconds: opts.seconds, onError: opts.onError ?? 'continue', run, [PERIODIC_MARK]: true as const });
+}
+
+/** What a handler module defines (see defineHandler): `process`, or `arrange` and the hooks of a subprocess pool. */
 export interface HandlerSpec<In, Out> {
   /** The relation it reads; `incoming` when not given (the project's single source). */
   from?: HandlerInput;
@@ -68,7 +176,27 @@ export interface HandlerSpec<In, Out> {
    * promise of them. A throw sends the row's message to the DLQ with the error; the batch goes
    * on without it. Called again for the same message after a crash (at-least-once).
    */
-  process(message: HandlerMessage<In>, ctx: HandlerContext): Many<Out> | Promise<Many<Out>>;
+  process?(message: HandlerMessage<In>, ctx: HandlerContext): Maybe<Many<Out>>;
+  /** Before anything starts: may change the pool's settings (return the changes). */
+  onStartup?(config: ExecutorTuning): Maybe<Partial<ExecutorTuning> | undefined | void>;
+  /** Once the sinks are connected, before the first message. */
+  onReady?(ctx: ReadyContext): Maybe<void>;
+  /** A window of messages (executor.window_size at most) into tasks for the pool. */
+  arrange?(messages: HandlerMessage<In>[], pending: Pending, ctx: HandlerContext): Maybe<TaskSpec<In>[]>;
+  /** A task that exited 0: the rows it makes (they go with its first message). */
+  onTaskComplete?(result: TaskResult<In>, ctx: HandlerContext): Maybe<Many<Out>>;
+  /** Every task of one message done (fan-in): the rows it makes (they go with that message). */
+  onMessageComplete?(group: MessageGroup<In>, ctx: HandlerContext): Maybe<Many<Out>>;
+  /** Every task of a window done: the rows it makes (they go with the window's last message). */
+  onWindowComplete?(results: TaskResult<In>[], messages: HandlerMessage<In>[], ctx: HandlerContext): Maybe<Many<Out>>;
+  /** A task failed: retry it, skip it, fail its messages (the default), or run other tasks instead. */
+  onError?(task: Task<In>, error: TaskError<In>, ctx: HandlerContext): Maybe<ErrorAction<In>>;
+  /** The source's partitions this worker reads grew (called before the batch that first shows them). */
+  onAssign?(partitions: string[], ctx: HandlerContext): Maybe<void>;
+  /** The source's partitions this worker reads shrank. */
+  onRevoke?(partitions: string[], ctx: HandlerContext): Maybe<void>;
+  /** Periodic tasks, by name: periodic({ seconds }, fn). */
+  periodic?: Record<string, Periodic>;
 }
 
 /** The mark defineHandler leaves, shared by every copy of this module (a handler may load its own copy). */
@@ -86,7 +214,16 @@ export function handlerProblem(value: unknown): string | undefined {
   if (!value || typeof value !== 'object' || !(HANDLER_MARK in value))
     return 'its default export is not a handler: write `export default defineHandler({ ... })` (import { defineHandler } from "sluice")';
   const h = value as Handler;
-  if (typeof h.process !== 'function') return 'the handler has no process(message, ctx) function';
+  const has = (k: keyof HandlerSpec<unknown, unknown>) => typeof h[k] === 'function';
+  if (has('process') === has('arrange'))
+    return has('process')
+      ? 'the handler has both process() and arrange(): process() makes rows itself, arrange() makes tasks for the subprocess pool; keep one'
+      : 'the handler has neither process(message, ctx) nor arrange(messages, pending, ctx)';
+  if (has('arrange') && !has('onTaskComplete') && !has('onMessageComplete') && !has('onWindowComplete'))
+    return 'the handler arranges tasks but has no onTaskComplete, onMessageComplete or onWindowComplete to make rows of their results';
+  for (const [k, p] of Object.entries(h.periodic ?? {})) {
+    if (!p || !(PERIODIC_MARK in p) || !(p.seconds > 0)) return `its periodic task ${k} is not periodic({ seconds }, fn) with seconds > 0`;
+  }
   for (const k of ['input', 'output'] as const) {
     if (h[k] !== undefined && typeof (h[k] as { safeParse?: unknown }).safeParse !== 'function') return `its ${k} is not a schema (a zod schema, with safeParse)`;
   }

@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ConfigIssue } from '../errors.js';
+import { registerSecret } from '../util/secrets.js';
 import { ident } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA, type RenderedModel } from '../sql/template.js';
 import { handlerProblem, type Handler, type HandlerInput } from './handler-def.js';
@@ -119,4 +120,35 @@ function handlerModel(name: string, file: string, code: string, handler: Handler
     ...(handler.description ? { description: handler.description } : {}),
     handler: { spec: handler, from, outputColumns: shape && typeof shape === 'object' ? Object.keys(shape) : undefined },
   };
+}
+
+/**
+ * A handler that arranges tasks has a pool (overrides.<handler>.executor) whose binary exists and
+ * may be run; one that does not, no pool. The binary's path is resolved from the project's
+ * directory; the pool's env values are secrets (never shown).
+ */
+export function checkHandlerExecutors(models: ModelDef[], projectDir: string, issues: ConfigIssue[]): void {
+  for (const m of models) {
+    const h = m.handler;
+    if (!h) continue;
+    const arranges = typeof h.spec.arrange === 'function';
+    if (arranges && !h.executor) {
+      issues.push({ file: m.file, message: `handler ${m.name} arranges tasks: give it a subprocess pool in config/models.yml (overrides.${m.name}.executor.binary_path)` });
+      continue;
+    }
+    if (!h.executor) continue;
+    const ex = h.executor;
+    for (const v of Object.values(ex.env)) registerSecret(v);
+    if (!arranges) {
+      issues.push({ ...ex.at, key: `overrides.${m.name}.executor`, message: `handler ${m.name} has a subprocess pool but no arrange() to give it tasks (process() makes rows itself)` });
+      continue;
+    }
+    ex.binaryPath = path.resolve(projectDir, ex.binaryPath);
+    try {
+      fs.accessSync(ex.binaryPath, fs.constants.X_OK);
+      if (!fs.statSync(ex.binaryPath).isFile()) throw new Error('not a file');
+    } catch {
+      issues.push({ ...ex.at, key: `overrides.${m.name}.executor.binary_path`, message: `${ex.binaryPath} is not a program sluice can run (missing, not a file, or not executable)` });
+    }
+  }
 }

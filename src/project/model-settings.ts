@@ -1,3 +1,4 @@
+import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
@@ -89,7 +90,7 @@ export function configureModel(m: ModelDef, ctx: ModelSettingsContext, issues: C
   const sqlCfg = modelSqlConfig(m, issues);
   m.maxFileBytes = sqlCfg.max_file_bytes ?? o.max_file_bytes ?? modCfg?.max_file_bytes ?? DEFAULT_MAX_FILE_BYTES;
   m.maxAgeSeconds = sqlCfg.max_age_seconds ?? o.max_age_seconds ?? modCfg?.max_age_seconds ?? DEFAULT_MAX_AGE_SECONDS;
-  m.description = sqlCfg.description ?? o.description;
+  m.description = sqlCfg.description ?? o.description ?? m.description;
   m.columns = (o.columns ?? []).map((c, i) => ({ ...c, file: modYaml?.file, line: modYaml?.lineOf(['overrides', m.name, 'columns', i]) }));
   m.tests = o.tests;
   m.dataTests = modelDataTests(m.name, o, ctx.referenceNames, modYaml, issues);
@@ -108,11 +109,31 @@ export function configureModel(m: ModelDef, ctx: ModelSettingsContext, issues: C
     };
     if (modYaml) m.windowAt = { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'window']) };
   }
+  if (o.executor) configureExecutor(m, o.executor, modYaml, issues);
   if (o.state_ttl) {
     m.stateTtl = o.state_ttl;
     if (modYaml) m.stateTtlAt = { file: modYaml.file, line: modYaml.lineOf(['overrides', m.name, 'state_ttl']) };
   }
   chooseSinks(m, o, sqlCfg, ctx, issues);
+}
+
+/** A handler's subprocess pool (overrides.<handler>.executor), defaults filled in; set on a SQL model, an issue. */
+function configureExecutor(m: ModelDef, e: NonNullable<ModelOverride['executor']>, modYaml: ModelsFile['yaml'], issues: ConfigIssue[]): void {
+  const at = { file: modYaml?.file ?? m.file, line: modYaml?.lineOf(['overrides', m.name, 'executor']) };
+  if (!m.handler) {
+    issues.push({ ...at, key: `overrides.${m.name}.executor`, message: `model ${m.name} is SQL: a subprocess pool (executor) belongs to a handler (handlers/<name>.ts with arrange())` });
+    return;
+  }
+  m.handler.executor = {
+    binaryPath: e.binary_path,
+    maxExecutors: e.max_executors ?? os.availableParallelism(),
+    taskTimeoutSeconds: e.task_timeout_seconds ?? 60,
+    windowSize: e.window_size ?? 100,
+    maxRetries: e.max_retries ?? 3,
+    maxOutputBytes: e.max_output_bytes ?? 1024 * 1024,
+    env: e.env ?? {},
+    at,
+  };
 }
 
 /**

@@ -4,7 +4,7 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 import { registerConfigSecrets } from '../util/secrets.js';
 import { loadSinks, loadSources } from './connector-blocks.js';
 import { assignSources, checkModelInputs, orderModels } from './model-graph.js';
-import { readHandlerFiles } from './handler-files.js';
+import { checkHandlerExecutors, readHandlerFiles } from './handler-files.js';
 import { readModelFiles } from './model-files.js';
 import { checkOverrideNames, configureModel, readModelsFile, referencesOf } from './model-settings.js';
 import { readProjectFile } from './project-file.js';
@@ -54,6 +54,7 @@ export function loadProject(opts: ProjectOptions = {}): Project {
     configureModel(m, settings, issues);
     checkModelInputs(m, modelNames, sourceNames, issues);
   }
+  checkHandlerExecutors(models, dir, issues);
   const ordered = orderModels(models, show(modelsDir), issues);
   assignSources(ordered, sources, issues);
   const unitTests = readUnitTests(dir, fileEnv, sources, ordered, issues, show);

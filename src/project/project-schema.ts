@@ -94,6 +94,18 @@ const windowSchema = z
   })
   .strict();
 
+const executorSchema = z
+  .object({
+    binary_path: z.string().min(1).describe('the program every task of the handler runs (from config only, never from a message); a task gives its arguments, stdin and env'),
+    max_executors: z.number().int().positive().optional().describe('tasks running at once (default: the number of CPUs)'),
+    task_timeout_seconds: z.number().positive().optional().describe('a task running longer is killed with its process group (default 60)'),
+    window_size: z.number().int().positive().optional().describe('messages handed to arrange() at once (default 100)'),
+    max_retries: z.number().int().min(0).optional().describe('how many times onError() may retry one task (default 3); past that its messages are dead-lettered'),
+    max_output_bytes: z.number().int().positive().optional().describe("bytes of a task's stdout, and of its stderr, kept (default 1048576); the rest is dropped and the result says so"),
+    env: z.record(z.string(), z.string()).optional().describe("added to every task's environment; never logged or shown"),
+  })
+  .strict();
+
 export const modelsSchema = z
   .object({
     ...flushKeys,
@@ -116,6 +128,7 @@ export const modelsSchema = z
             state_ttl: durationSchema
               .optional()
               .describe('a materialised view (GROUP BY without a window): a group with no new row for this long (wall clock) is let go; its next row starts it again (default: kept for ever)'),
+            executor: executorSchema.optional().describe("a handler's subprocess pool (a handler with arrange()): the binary its tasks run, how many at once, their timeout"),
           })
           .strict(),
       )

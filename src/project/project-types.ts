@@ -84,6 +84,22 @@ export interface HandlerDef {
   from: HandlerInput;
   /** The keys of its output schema, when that is a zod object. */
   outputColumns?: string[];
+  /** Its subprocess pool (overrides.<handler>.executor), defaults filled in. */
+  executor?: ExecutorSettings;
+}
+
+/** A handler's subprocess pool (config/models.yml `overrides.<handler>.executor`). */
+export interface ExecutorSettings {
+  binaryPath: string;
+  maxExecutors: number;
+  taskTimeoutSeconds: number;
+  windowSize: number;
+  maxRetries: number;
+  maxOutputBytes: number;
+  /** Added to every task's environment; never logged. */
+  env: Record<string, string>;
+  /** Where overrides.<handler>.executor is. */
+  at: { file: string; line?: number };
 }
 
 /** How a windowed model treats time, late events and its limits (config/models.yml `overrides.<model>.window`). */
