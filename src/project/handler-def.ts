@@ -178,6 +178,7 @@ export interface HandlerSpec<In, Out> {
    */
   process?(message: HandlerMessage<In>, ctx: HandlerContext): Maybe<Many<Out>>;
   /** Before anything starts: may change the pool's settings (return the changes). */
+  // biome-ignore lint/suspicious/noConfusingVoidType: a hook that changes nothing returns nothing
   onStartup?(config: ExecutorTuning): Maybe<Partial<ExecutorTuning> | undefined | void>;
   /** Once the sinks are connected, before the first message. */
   onReady?(ctx: ReadyContext): Maybe<void>;
