@@ -24,6 +24,7 @@ const DURATION_S: Record<string, number> = {
   'test/e2e/views.test.ts': 44,
   'test/e2e/joins.test.ts': 20,
   'test/e2e/handlers.test.ts': 20,
+  'test/e2e/handler-pool.test.ts': 90,
   'test/e2e/dedup.test.ts': 20,
   'test/e2e/kafka.test.ts': 61,
   'test/e2e/nats.test.ts': 59,
