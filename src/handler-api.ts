@@ -4,4 +4,26 @@
 
 export { z } from 'zod';
 export type { MessageMeta } from './connectors/types.js';
-export { defineHandler, periodic, ref, source, type ErrorAction, type ExecutorTuning, type HandlerMetrics, type MessageGroup, type Pending, type Periodic, type ReadyContext, type Task, type TaskError, type TaskResult, type TaskSpec, type Handler, type HandlerContext, type HandlerInput, type HandlerMessage, type HandlerSchema, type HandlerSpec } from './project/handler-def.js';
+export {
+  defineHandler,
+  periodic,
+  ref,
+  source,
+  type ErrorAction,
+  type ExecutorTuning,
+  type HandlerMetrics,
+  type MessageGroup,
+  type Pending,
+  type Periodic,
+  type ReadyContext,
+  type Task,
+  type TaskError,
+  type TaskResult,
+  type TaskSpec,
+  type Handler,
+  type HandlerContext,
+  type HandlerInput,
+  type HandlerMessage,
+  type HandlerSchema,
+  type HandlerSpec,
+} from './project/handler-def.js';

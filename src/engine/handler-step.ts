@@ -326,7 +326,7 @@ export class HandlerStep {
   }
 
   private context(position: Record<string, unknown>): HandlerContext {
-    const at = { handler: this.name, position };
+    const at = { handler: this.name, ...(Object.keys(position).length ? { position } : {}) };
     const log = this.env().log;
     return {
       name: this.name,

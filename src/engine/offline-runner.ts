@@ -94,16 +94,20 @@ export async function runBatches(
 ): Promise<{ outputs: FixtureRun['outputs']; failures: { batch: number; failure: MessageFailure }[]; missing: FixtureRun['missing'] }> {
   const sources = [...new Set(batches.map((b) => b.source))];
   const { conn, instance } = await openDuckDB();
+  let ex: BatchExecutor | undefined;
   try {
     // The reference tables the models name (a database one is read, as at the start of a run).
     if (project) await useReferences(conn, project, referencesNamed(project, models));
     const rules = new Map(sources.map((s) => [s, decodeRules(policies.get(s))]));
-    const ex = new BatchExecutor(conn, await compileModels(conn, models), sources, conn, sources.length === 1 ? rules.get(sources[0]) : rules);
+    ex = new BatchExecutor(conn, await compileModels(conn, models), sources, conn, sources.length === 1 ? rules.get(sources[0]) : rules);
     await ex.init();
+    // Handlers start as in a run (onStartup, onReady, their periodic tasks), with no sink to wait for.
+    await ex.startHandlers();
+    await ex.handlersReady();
     const outputs: FixtureRun['outputs'] = new Map();
     const add = async () => {
       for (const m of models) {
-        const more = await ex.readOutput(m.name);
+        const more = await ex!.readOutput(m.name);
         const had = outputs.get(m.name) ?? { columns: [], rows: [] };
         outputs.set(m.name, { columns: had.columns.length ? had.columns : more.columns, rows: [...had.rows, ...more.rows] });
       }
@@ -125,6 +129,7 @@ export async function runBatches(
     await inspect?.(conn, sources, outputs);
     return { outputs, failures, missing };
   } finally {
+    await ex?.stopHandlers();
     conn.closeSync();
     instance.closeSync();
   }

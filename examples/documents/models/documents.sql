@@ -1,0 +1,1 @@
+SELECT id, category, title, body FROM incoming WHERE length(body) > 0
