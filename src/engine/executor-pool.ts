@@ -1,12 +1,14 @@
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import type { Writable } from 'node:stream';
 
 // The subprocess pool of a handler: runs its tasks, each one process of the binary its config
 // names (`executor.binary_path`: from config only, never from a message), with the task's
 // arguments (never through a shell), stdin and env, at most `max_executors` at once; the rest
-// wait in line. A task that outlives `task_timeout_seconds` is killed with its whole process
-// group. Each task runs under coreutils' `timeout`, which kills it at its timeout (and a few
-// seconds' grace) even when sluice itself is gone (SIGKILLed): no orphan outlives its timeout.
+// wait in line. Each task leads a process group of its own; one that outlives
+// `task_timeout_seconds` is killed with its whole group. A watchdog (one small `sh` per pool,
+// outside sluice's process group) is told each task's group as it starts and ends: when sluice
+// is gone (SIGKILLed), its end of the watchdog's stdin closes, and the watchdog kills the groups
+// still running. So no task outlives sluice, and none its timeout while sluice runs.
 
 export interface PoolConfig {
   binaryPath: string;
@@ -40,7 +42,7 @@ export interface PoolResult {
   stdoutTruncated: boolean;
   stderrTruncated: boolean;
   durationMs: number;
-  /** The pid of the task's process group leader. */
+  /** The pid of the task's process (the leader of its process group). */
   pid: number | undefined;
   /** It ran past task_timeout_seconds and was killed. */
   timedOut: boolean;
@@ -48,11 +50,19 @@ export interface PoolResult {
   spawnError?: string;
 }
 
-/** How long `timeout` waits past a task's own timeout before it kills the task by itself (the pool kills it first while it runs). */
-const GRACE_SECONDS = 2;
-
-/** coreutils' timeout, when this machine has it. */
-const TIMEOUT_BIN = ['/usr/bin/timeout', '/bin/timeout'].find((p) => fs.existsSync(p));
+/**
+ * The watchdog: reads `+<pgid>` as a task starts and `-<pgid>` as it ends; at the end of its
+ * input (sluice closed it, or is gone) kills every group still listed. POSIX sh, no other program.
+ */
+const WATCHDOG = `groups=' '
+while read -r line; do
+  op=\${line%"\${line#?}"}; pg=\${line#?}
+  case "$op" in
+    +) groups="$groups$pg " ;;
+    -) case "$groups" in *" $pg "*) groups="\${groups%% $pg *} \${groups#* $pg }" ;; esac ;;
+  esac
+done
+for pg in $groups; do kill -9 "-$pg" 2>/dev/null; done`;
 
 export interface PoolStats {
   running: number;
@@ -64,6 +74,7 @@ export class ExecutorPool {
   private readonly queue: (() => void)[] = [];
   private readonly groups = new Set<number>();
   private closed = false;
+  private watchdog?: ChildProcessByStdio<Writable, null, null>;
 
   constructor(
     readonly config: PoolConfig,
@@ -94,18 +105,33 @@ export class ExecutorPool {
     }
   }
 
+  /** Tells the watchdog (started with the first task) of a group that starts (`+`) or ends (`-`). */
+  private watch(op: '+' | '-', pid: number): void {
+    if (!this.watchdog) {
+      // Its own process group: a signal to sluice's group does not reach it.
+      this.watchdog = spawn('/bin/sh', ['-c', WATCHDOG], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
+      this.watchdog.stdin.on('error', () => {});
+      // It must not keep a run that is done from exiting.
+      this.watchdog.unref();
+      (this.watchdog.stdin as unknown as { unref?: () => void }).unref?.();
+    }
+    this.watchdog.stdin.write(`${op}${pid}\n`);
+  }
+
   private spawnTask(task: PoolTask): Promise<PoolResult> {
     const { binaryPath, taskTimeoutSeconds, maxOutputBytes } = this.config;
     const started = performance.now();
-    const [cmd, args] = TIMEOUT_BIN ? [TIMEOUT_BIN, ['--signal=KILL', `${taskTimeoutSeconds + GRACE_SECONDS}s`, binaryPath, ...task.args]] : [binaryPath, task.args];
     return new Promise<PoolResult>((resolve) => {
       if (this.closed) {
         resolve(failed('the pool is closed', started));
         return;
       }
-      const child = spawn(cmd, args, { detached: true, env: { ...process.env, ...this.config.env, ...task.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+      const child = spawn(binaryPath, task.args, { detached: true, env: { ...process.env, ...this.config.env, ...task.env }, stdio: ['pipe', 'pipe', 'pipe'] });
       const pid = child.pid;
-      if (pid !== undefined) this.groups.add(pid);
+      if (pid !== undefined) {
+        this.groups.add(pid);
+        this.watch('+', pid);
+      }
       const out = capture(maxOutputBytes);
       const err = capture(maxOutputBytes);
       child.stdout.on('data', out.add);
@@ -125,11 +151,11 @@ export class ExecutorPool {
       else child.stdin.end();
       child.on('close', (code, signal) => {
         clearTimeout(timer);
-        if (pid !== undefined) this.groups.delete(pid);
-        // `timeout` reports a binary it could not start as 126 (not executable) or 127 (not found).
-        if (TIMEOUT_BIN && (code === 126 || code === 127) && !spawnError) {
-          const text = err.text();
-          if (/timeout: failed to run command/.test(text)) spawnError = text.trim().replace(/^timeout: /, '');
+        if (pid !== undefined) {
+          // What the task started and left behind ends with it.
+          killGroup(pid);
+          this.groups.delete(pid);
+          this.watch('-', pid);
         }
         resolve({
           exitCode: code,
@@ -148,11 +174,13 @@ export class ExecutorPool {
     });
   }
 
-  /** Kills every task still running (with its process group) and refuses new ones. */
+  /** Kills every task still running (with its process group), refuses new ones, and lets the watchdog go. */
   close(): void {
     this.closed = true;
     for (const pid of this.groups) killGroup(pid);
     for (const wake of this.queue.splice(0)) wake();
+    this.watchdog?.stdin.end();
+    this.watchdog = undefined;
   }
 }
 

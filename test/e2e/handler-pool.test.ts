@@ -159,6 +159,36 @@ describe('handlers with a subprocess pool', () => {
     expect(got.windows).toBe(texts.length);
   }, 300_000);
 
+  it.concurrent('SIGKILLed while its tasks run, sluice leaves no task running: the watchdog kills them at once', async () => {
+    const p = path.join(root, 'orphans');
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data/\n',
+      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+      'config/models.yml': 'overrides:\n  nap:\n    executor:\n      binary_path: /bin/sleep\n      max_executors: 3\n      task_timeout_seconds: 120\n',
+      'models/naps.sql': 'SELECT id FROM incoming\n',
+      'handlers/nap.ts':
+        "import { defineHandler, ref } from 'sluice';\nexport default defineHandler({\n  from: ref('naps'),\n  arrange: (messages) => messages.map((m) => ({ args: ['60'], message: m })),\n  onTaskComplete: (r) => ({ id: r.task.messages[0].value.id }),\n});\n",
+      'data/naps.ndjson': `${Array.from({ length: 5 }, (_, id) => JSON.stringify({ id })).join('\n')}\n`,
+    });
+    const w = sluiceBg(['run', '--project', p, '--port', '0']);
+    const children = () => {
+      const out = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+      return out.filter((pid) => {
+        try {
+          const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+          return stat.split(') ')[1].split(' ')[1] === String(w.pid) && fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep';
+        } catch {
+          return false;
+        }
+      });
+    };
+    const naps = await until(() => (children().length === 3 ? children() : undefined), 30_000, 50, 'three tasks running');
+    w.kill('SIGKILL');
+    await waitExit(w);
+    const gone = (pid: string) => !fs.existsSync(`/proc/${pid}`) || fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].startsWith('Z');
+    await until(() => naps.every(gone), 5000, 50, 'the tasks to be killed');
+  });
+
   it.concurrent('onStartup tunes the pool, onReady runs once the sinks are connected, a periodic task refreshes while tasks run, /metrics counts tasks and user metrics', async () => {
     const p = path.join(root, 'paced');
     writeFiles(p, {
