@@ -9,6 +9,7 @@
 //   npm run bench -- windows                        # windowed models against plain DuckDB's GROUP BY over the same file
 //   npm run bench -- windows_soak                   # 5M events through windowed models: RSS and state over time
 //   npm run bench -- windows_store                  # windows over Kafka with window_state (PostgreSQL) against without
+//   npm run bench -- executor                       # a handler's subprocess pool against xargs -P; a no-op handler against a SQL model
 //   npm run bench -- joins [--soak]                 # a stream join against plain DuckDB's join over the same file (--soak: RSS and buffers over time)
 const benches = {
   file: './file.mjs',
@@ -23,6 +24,7 @@ const benches = {
   windows_soak: './windows-soak.mjs',
   windows_store: './windows-store.mjs',
   joins: './joins.mjs',
+  executor: './executor.mjs',
 };
 const name = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'file';
 if (!benches[name]) {

@@ -1,14 +1,17 @@
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import type { Writable } from 'node:stream';
+import { fork, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { RunDone, RunRequest } from './spawner-child.js';
 
 // The subprocess pool of a handler: runs its tasks, each one process of the binary its config
 // names (`executor.binary_path`: from config only, never from a message), with the task's
 // arguments (never through a shell), stdin and env, at most `max_executors` at once; the rest
-// wait in line. Each task leads a process group of its own; one that outlives
-// `task_timeout_seconds` is killed with its whole group. A watchdog (one small `sh` per pool,
-// outside sluice's process group) is told each task's group as it starts and ends: when sluice
-// is gone (SIGKILLed), its end of the watchdog's stdin closes, and the watchdog kills the groups
-// still running. So no task outlives sluice, and none its timeout while sluice runs.
+// wait in line. The tasks are started by a small process of the pool's own (spawner-child.ts):
+// forking from sluice, which holds DuckDB's memory, would cost a copy of its page tables per
+// task. Each task leads a process group of its own; one that outlives `task_timeout_seconds` is
+// killed with its whole group, and so is what a task leaves running when it ends. When sluice is
+// gone (even SIGKILLed) the spawner's channel closes and it kills every group still running: no
+// task outlives sluice.
 
 export interface PoolConfig {
   binaryPath: string;
@@ -50,19 +53,12 @@ export interface PoolResult {
   spawnError?: string;
 }
 
-/**
- * The watchdog: reads `+<pgid>` as a task starts and `-<pgid>` as it ends; at the end of its
- * input (sluice closed it, or is gone) kills every group still listed. POSIX sh, no other program.
- */
-const WATCHDOG = `groups=' '
-while read -r line; do
-  op=\${line%"\${line#?}"}; pg=\${line#?}
-  case "$op" in
-    +) groups="$groups$pg " ;;
-    -) case "$groups" in *" $pg "*) groups="\${groups%% $pg *} \${groups#* $pg }" ;; esac ;;
-  esac
-done
-for pg in $groups; do kill -9 "-$pg" 2>/dev/null; done`;
+/** The spawner's module: beside this one once built; under test (this module as TypeScript source), the built one. */
+function spawnerModule(): string {
+  const here = fileURLToPath(new URL('./spawner-child.js', import.meta.url));
+  if (fs.existsSync(here)) return here;
+  return fileURLToPath(new URL('../../dist/engine/spawner-child.js', import.meta.url));
+}
 
 export interface PoolStats {
   running: number;
@@ -72,9 +68,10 @@ export interface PoolStats {
 export class ExecutorPool {
   private running = 0;
   private readonly queue: (() => void)[] = [];
-  private readonly groups = new Set<number>();
   private closed = false;
-  private watchdog?: ChildProcessByStdio<Writable, null, null>;
+  private spawner?: ChildProcess;
+  private readonly waiting = new Map<number, (d: RunDone) => void>();
+  private seq = 0;
 
   constructor(
     readonly config: PoolConfig,
@@ -97,7 +94,7 @@ export class ExecutorPool {
     this.running++;
     this.onChange(this.stats());
     try {
-      return await this.spawnTask(task);
+      return await this.runNow(task);
     } finally {
       this.running--;
       this.queue.shift()?.();
@@ -105,82 +102,101 @@ export class ExecutorPool {
     }
   }
 
-  /** Tells the watchdog (started with the first task) of a group that starts (`+`) or ends (`-`). */
-  private watch(op: '+' | '-', pid: number): void {
-    if (!this.watchdog) {
-      // Its own process group: a signal to sluice's group does not reach it.
-      this.watchdog = spawn('/bin/sh', ['-c', WATCHDOG], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
-      this.watchdog.stdin.on('error', () => {});
-      // It must not keep a run that is done from exiting.
-      this.watchdog.unref();
-      (this.watchdog.stdin as unknown as { unref?: () => void }).unref?.();
-    }
-    this.watchdog.stdin.write(`${op}${pid}\n`);
+  /** The spawner, forked with the first task: its own process group, so that a signal to sluice's does not reach it. */
+  private spawnerProcess(): ChildProcess {
+    if (this.spawner?.connected) return this.spawner;
+    const child = fork(spawnerModule(), [], { detached: true, stdio: ['ignore', 'ignore', 'inherit', 'ipc'], serialization: 'advanced', execArgv: [] });
+    child.on('message', (d: RunDone) => {
+      const done = this.waiting.get(d.id);
+      this.waiting.delete(d.id);
+      this.holdOpen();
+      done?.(d);
+    });
+    const lost = () => {
+      if (this.spawner === child) this.spawner = undefined;
+      // Tasks it had: they are gone with it.
+      for (const [id, done] of this.waiting) {
+        this.waiting.delete(id);
+        done({
+          op: 'done',
+          id,
+          exitCode: null,
+          signal: null,
+          stdout: new Uint8Array(),
+          stderr: new Uint8Array(),
+          stdoutTruncated: false,
+          stderrTruncated: false,
+          durationMs: 0,
+          pid: undefined,
+          timedOut: false,
+          spawnError: 'the process that starts the tasks ended',
+        });
+      }
+    };
+    child.on('exit', lost);
+    child.on('error', lost);
+    child.unref();
+    this.spawner = child;
+    return child;
   }
 
-  private spawnTask(task: PoolTask): Promise<PoolResult> {
-    const { binaryPath, taskTimeoutSeconds, maxOutputBytes } = this.config;
+  /** The spawner's channel keeps this process alive only while tasks run (a run that is done exits). */
+  private holdOpen(): void {
+    const channel = (this.spawner as unknown as { channel?: { ref(): void; unref(): void } } | undefined)?.channel;
+    if (this.waiting.size > 0) channel?.ref();
+    else channel?.unref();
+  }
+
+  private runNow(task: PoolTask): Promise<PoolResult> {
     const started = performance.now();
+    if (this.closed) return Promise.resolve(failed('the pool is closed', started));
+    const { binaryPath, taskTimeoutSeconds, maxOutputBytes } = this.config;
+    const id = ++this.seq;
+    const req: RunRequest = {
+      op: 'run',
+      id,
+      cmd: binaryPath,
+      args: task.args,
+      env: { ...(process.env as Record<string, string>), ...this.config.env, ...task.env },
+      ...(task.stdin !== undefined ? { stdin: task.stdin } : {}),
+      timeoutMs: taskTimeoutSeconds * 1000,
+      maxOutputBytes,
+    };
     return new Promise<PoolResult>((resolve) => {
-      if (this.closed) {
-        resolve(failed('the pool is closed', started));
-        return;
-      }
-      const child = spawn(binaryPath, task.args, { detached: true, env: { ...process.env, ...this.config.env, ...task.env }, stdio: ['pipe', 'pipe', 'pipe'] });
-      const pid = child.pid;
-      if (pid !== undefined) {
-        this.groups.add(pid);
-        this.watch('+', pid);
-      }
-      const out = capture(maxOutputBytes);
-      const err = capture(maxOutputBytes);
-      child.stdout.on('data', out.add);
-      child.stderr.on('data', err.add);
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        killGroup(pid);
-      }, taskTimeoutSeconds * 1000);
-      let spawnError: string | undefined;
-      child.on('error', (e) => {
-        spawnError = e.message;
-      });
-      // A binary that does not read its stdin closes it: that is not the task's failure.
-      child.stdin.on('error', () => {});
-      if (task.stdin !== undefined) child.stdin.end(task.stdin);
-      else child.stdin.end();
-      child.on('close', (code, signal) => {
-        clearTimeout(timer);
-        if (pid !== undefined) {
-          // What the task started and left behind ends with it.
-          killGroup(pid);
-          this.groups.delete(pid);
-          this.watch('-', pid);
-        }
+      this.waiting.set(id, (d) => {
+        const stdout = Buffer.from(d.stdout.buffer, d.stdout.byteOffset, d.stdout.byteLength);
+        const stderr = Buffer.from(d.stderr.buffer, d.stderr.byteOffset, d.stderr.byteLength);
+        let text: string | undefined;
         resolve({
-          exitCode: code,
-          signal,
-          stdout: out.text(),
-          stdoutBytes: out.bytes(),
-          stderr: err.text(),
-          stdoutTruncated: out.truncated(),
-          stderrTruncated: err.truncated(),
-          durationMs: Math.round(performance.now() - started),
-          pid,
-          timedOut,
-          ...(spawnError ? { spawnError } : {}),
+          exitCode: d.exitCode,
+          signal: d.signal,
+          // Decoded when a hook reads it (a binary's output may be bytes only).
+          get stdout() {
+            text ??= stdout.toString('utf8');
+            return text;
+          },
+          stdoutBytes: stdout,
+          stderr: stderr.toString('utf8'),
+          stdoutTruncated: d.stdoutTruncated,
+          stderrTruncated: d.stderrTruncated,
+          durationMs: d.durationMs,
+          pid: d.pid,
+          timedOut: d.timedOut,
+          ...(d.spawnError ? { spawnError: d.spawnError } : {}),
         });
       });
+      const spawner = this.spawnerProcess();
+      this.holdOpen();
+      spawner.send(req);
     });
   }
 
-  /** Kills every task still running (with its process group), refuses new ones, and lets the watchdog go. */
+  /** Kills every task still running (with its process group) and refuses new ones: the spawner ends. */
   close(): void {
     this.closed = true;
-    for (const pid of this.groups) killGroup(pid);
     for (const wake of this.queue.splice(0)) wake();
-    this.watchdog?.stdin.end();
-    this.watchdog = undefined;
+    if (this.spawner?.connected) this.spawner.send({ op: 'close' });
+    this.spawner = undefined;
   }
 }
 
@@ -197,36 +213,5 @@ function failed(why: string, started: number): PoolResult {
     pid: undefined,
     timedOut: false,
     spawnError: why,
-  };
-}
-
-function killGroup(pid: number | undefined): void {
-  if (pid === undefined) return;
-  try {
-    process.kill(-pid, 'SIGKILL');
-  } catch {
-    // Already gone.
-  }
-}
-
-/** Keeps the first `max` bytes of a stream, and whether there were more. */
-function capture(max: number): { add: (b: Buffer) => void; text: () => string; bytes: () => Buffer; truncated: () => boolean } {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let over = false;
-  return {
-    add: (b: Buffer) => {
-      if (size >= max) {
-        over = true;
-        return;
-      }
-      const keep = b.length <= max - size ? b : b.subarray(0, max - size);
-      if (keep.length < b.length) over = true;
-      chunks.push(keep);
-      size += keep.length;
-    },
-    text: () => Buffer.concat(chunks).toString('utf8'),
-    bytes: () => Buffer.concat(chunks),
-    truncated: () => over,
   };
 }

@@ -159,7 +159,10 @@ async function runTask(env: TaskFlowEnv, first: Task, state: Map<Msg, MessageSta
       task,
       exitCode: r.exitCode,
       signal: r.signal,
-      stdout: r.stdout,
+      // Decoded only when a hook reads it.
+      get stdout() {
+        return r.stdout;
+      },
       stdoutBytes: r.stdoutBytes,
       stderr: r.stderr,
       stdoutTruncated: r.stdoutTruncated,

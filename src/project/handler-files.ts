@@ -51,15 +51,24 @@ export function handlerInputSql(from: HandlerInput): string {
   return 'SELECT * FROM incoming';
 }
 
-/** The handlers in `handlersDir` (none when it does not exist), as steps of the DAG beside `models`. */
-export function readHandlerFiles(handlersDir: string, models: ModelDef[], issues: ConfigIssue[], show: (file: string) => string): ModelDef[] {
+/** The handler modules in `handlersDir` (none when it does not exist), by file name. */
+function handlerFileNames(handlersDir: string): string[] {
   if (!fs.existsSync(handlersDir) || !fs.statSync(handlersDir).isDirectory()) return [];
-  const out: ModelDef[] = [];
-  const files = fs
+  return fs
     .readdirSync(handlersDir)
     .filter((f) => EXTENSIONS.includes(path.extname(f)) && !f.endsWith('.d.ts') && !f.startsWith('.'))
     .sort();
-  for (const f of files) {
+}
+
+/** Whether the project has handlers (then it needs no SQL model). */
+export function hasHandlerFiles(handlersDir: string): boolean {
+  return handlerFileNames(handlersDir).length > 0;
+}
+
+/** The handlers in `handlersDir` (none when it does not exist), as steps of the DAG beside `models`. */
+export function readHandlerFiles(handlersDir: string, models: ModelDef[], issues: ConfigIssue[], show: (file: string) => string): ModelDef[] {
+  const out: ModelDef[] = [];
+  for (const f of handlerFileNames(handlersDir)) {
     const file = path.join(handlersDir, f);
     const name = f.slice(0, -path.extname(f).length);
     const shown = show(file);

@@ -9,10 +9,13 @@ import { readConfigText } from './yaml-file.js';
 /**
  * The models of models/*.sql (one SELECT per file, named by the file), templated, in file-name
  * order, with default settings: config/models.yml and the DAG fill in the rest. A missing or
- * empty directory, an unreadable file or a name that is not an identifier is an issue.
+ * empty directory (unless the project has handlers), an unreadable file or a name that is not an
+ * identifier is an issue.
  */
-export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (file: string) => string): ModelDef[] {
+export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (file: string) => string, handlers = false): ModelDef[] {
   const models: ModelDef[] = [];
+  // A project of handlers alone needs no models directory.
+  if (!fs.existsSync(modelsDir) && handlers) return models;
   if (!fs.existsSync(modelsDir)) {
     issues.push({ file: show(modelsDir), message: 'missing: the models directory holds one SELECT per .sql file' });
     return models;
@@ -25,7 +28,7 @@ export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (
     .readdirSync(modelsDir)
     .filter((f) => f.endsWith('.sql'))
     .sort();
-  if (files.length === 0) issues.push({ file: show(modelsDir), message: 'no models: add a .sql file with a SELECT' });
+  if (files.length === 0 && !handlers) issues.push({ file: show(modelsDir), message: 'no models: add a .sql file with a SELECT' });
   for (const f of files) {
     const file = path.join(modelsDir, f);
     const name = f.slice(0, -4);

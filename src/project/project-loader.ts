@@ -4,7 +4,7 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 import { registerConfigSecrets } from '../util/secrets.js';
 import { loadSinks, loadSources } from './connector-blocks.js';
 import { assignSources, checkModelInputs, orderModels } from './model-graph.js';
-import { checkHandlerExecutors, readHandlerFiles } from './handler-files.js';
+import { checkHandlerExecutors, hasHandlerFiles, readHandlerFiles } from './handler-files.js';
 import { readModelFiles } from './model-files.js';
 import { checkOverrideNames, configureModel, readModelsFile, referencesOf } from './model-settings.js';
 import { readProjectFile } from './project-file.js';
@@ -42,8 +42,9 @@ export function loadProject(opts: ProjectOptions = {}): Project {
   const sources = loadSources(configDir, connectorFiles);
   const { sinks, declared: sinkNames } = loadSinks(configDir, connectorFiles);
   const modelsFile = readModelsFile(configDir, fileEnv, issues, show);
-  const sqlModels = readModelFiles(modelsDir, issues, show);
-  const models = [...sqlModels, ...readHandlerFiles(path.join(dir, 'handlers'), sqlModels, issues, show)];
+  const handlersDir = path.join(dir, 'handlers');
+  const sqlModels = readModelFiles(modelsDir, issues, show, hasHandlerFiles(handlersDir));
+  const models = [...sqlModels, ...readHandlerFiles(handlersDir, sqlModels, issues, show)];
 
   const modelNames = new Set(models.map((m) => m.name));
   const sourceNames = new Set(sources.map((s) => s.name));

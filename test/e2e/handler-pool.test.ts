@@ -159,7 +159,7 @@ describe('handlers with a subprocess pool', () => {
     expect(got.windows).toBe(texts.length);
   }, 300_000);
 
-  it.concurrent('SIGKILLed while its tasks run, sluice leaves no task running: the watchdog kills them at once', async () => {
+  it.concurrent('SIGKILLed while its tasks run, sluice leaves no task running: the spawner of its pool kills them at once', async () => {
     const p = path.join(root, 'orphans');
     writeFiles(p, {
       'config/sources.yml': 'source:\n  type: file\n  path: data/\n',
@@ -171,12 +171,23 @@ describe('handlers with a subprocess pool', () => {
       'data/naps.ndjson': `${Array.from({ length: 5 }, (_, id) => JSON.stringify({ id })).join('\n')}\n`,
     });
     const w = sluiceBg(['run', '--project', p, '--port', '0']);
+    // The tasks: sleep processes under sluice (children of its pool's spawner).
     const children = () => {
-      const out = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
-      return out.filter((pid) => {
+      const parent = new Map<string, string>();
+      for (const d of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
         try {
-          const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-          return stat.split(') ')[1].split(' ')[1] === String(w.pid) && fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep';
+          parent.set(d, fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+        } catch {
+          // gone meanwhile
+        }
+      }
+      const under = (pid: string): boolean => {
+        for (let p = parent.get(pid); p && p !== '1' && p !== '0'; p = parent.get(p)) if (p === String(w.pid)) return true;
+        return false;
+      };
+      return [...parent.keys()].filter((pid) => {
+        try {
+          return under(pid) && fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep';
         } catch {
           return false;
         }

@@ -15,6 +15,37 @@ afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 const cfg = (over: Partial<PoolConfig>): PoolConfig => ({ binaryPath: '/usr/bin/sha256sum', maxExecutors: 2, taskTimeoutSeconds: 10, env: {}, maxOutputBytes: 1 << 20, ...over });
 
+/** The processes under `pid` (children, grandchildren, ...). */
+function descendants(pid: number): number[] {
+  const parent = new Map<number, number>();
+  for (const d of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      parent.set(Number(d), Number(fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length) {
+    const p = todo.pop()!;
+    for (const [c, pp] of parent) {
+      if (pp !== p) continue;
+      out.push(c);
+      todo.push(c);
+    }
+  }
+  return out;
+}
+
+const comm = (pid: number): string => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+};
+
 /** Whether a process (or, negative, a process group) still exists. */
 function alive(pid: number): boolean {
   try {
@@ -86,7 +117,7 @@ describe('executor pool', () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(850); // three rounds of 0.3 s
   });
 
-  it('after a SIGKILL of the process holding the pool, a running task is killed at once by the watchdog (no orphan)', async () => {
+  it('after a SIGKILL of the process holding the pool, a running task is killed at once by the spawner of the pool (no orphan)', async () => {
     const script = path.join(root, 'pool-holder.mjs');
     fs.writeFileSync(
       script,
@@ -99,24 +130,14 @@ setInterval(() => {}, 1000);
     try {
       const holder = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
       await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
-      // The task: the holder's child (sleep 60), leading its own process group; the other child is the watchdog.
-      const ps = await new Promise<string>((resolve) => {
-        const p = spawn('ps', ['-o', 'pid=', '--ppid', String(holder.pid)]);
-        let out = '';
-        p.stdout.on('data', (d) => {
-          out += d;
-        });
-        p.on('close', () => resolve(out));
-      });
-      const children = ps.trim().split(/\s+/).map(Number);
-      const comm = (pid: number) => fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-      const group = children.find((pid) => comm(pid) === 'sleep')!;
+      // The task: sleep 60, a child of the pool's spawner (the holder's child), leading its own process group.
+      const group = await until(() => descendants(holder.pid!).find((pid) => comm(pid) === 'sleep'), 10_000, 50, 'the task to start');
       expect(group).toBeGreaterThan(0);
       expect(alive(-group)).toBe(true);
       const killedAt = Date.now();
       holder.kill('SIGKILL');
-      // Long before its timeout (60 s): the watchdog kills it as soon as the holder is gone.
-      await until(() => !alive(-group), 10_000, 50, 'the orphaned task to be killed by the watchdog');
+      // Long before its timeout (60 s): the spawner kills it as soon as the holder is gone.
+      await until(() => !alive(-group), 10_000, 50, 'the orphaned task to be killed by the spawner');
       expect(Date.now() - killedAt).toBeLessThan(10_000);
     } finally {
       fs.rmSync(script, { force: true });
