@@ -238,6 +238,14 @@ export class BatchExecutor {
     for (const [name, d] of this.decoders) d.structure = s?.[name];
   }
 
+  /** A batch begins for the handlers: nothing made yet, and the source's partitions as the batch shows them (onAssign, onRevoke). */
+  private async beginHandlers(p: PreparedBatch): Promise<void> {
+    for (const h of this.handlers.values()) {
+      h.beginBatch();
+      await h.partitions(p.assigned);
+    }
+  }
+
   /** Each handler's output schema so far (committed with every batch, so that a restart types its rows the same way). */
   get handlerStructures(): Record<string, Structure | undefined> | undefined {
     if (this.handlers.size === 0) return undefined;
@@ -355,10 +363,7 @@ export class BatchExecutor {
     };
     this.report = emptyReport();
     for (const op of this.windows.ops.values()) op.beginBatch();
-    for (const h of this.handlers.values()) {
-      h.beginBatch();
-      await h.partitions(p.assigned);
-    }
+    await this.beginHandlers(p);
     this.report.changes.push(...p.incoming.changes);
     this.report.violations.push(...p.incoming.violations);
     if (!p.batch) return nothingGood();

@@ -41,6 +41,9 @@ export interface HandlerEnv {
 }
 
 type Made = { rows: unknown[] } | { error: string };
+
+/** How long a stopping run waits for a periodic task in progress. */
+const PERIODIC_STOP_MS = 10_000;
 type Msg = HandlerMessage<Record<string, unknown>>;
 
 export class HandlerStep {
@@ -88,12 +91,18 @@ export class HandlerStep {
   async start(): Promise<void> {
     const ex = this.def.executor;
     if (!ex) return;
-    let tuned: ExecutorTuning = { maxExecutors: ex.maxExecutors, taskTimeoutSeconds: ex.taskTimeoutSeconds, windowSize: ex.windowSize, maxRetries: ex.maxRetries };
+    const tuned: ExecutorTuning = { maxExecutors: ex.maxExecutors, taskTimeoutSeconds: ex.taskTimeoutSeconds, windowSize: ex.windowSize, maxRetries: ex.maxRetries };
     if (this.spec.onStartup) {
       const change = await this.lifecycle('onStartup', () => this.spec.onStartup!({ ...tuned }));
-      if (change && typeof change === 'object') tuned = { ...tuned, ...change };
+      // Only these four: the binary, its env and the output cap stay config's.
+      if (change && typeof change === 'object') for (const k of Object.keys(tuned) as (keyof ExecutorTuning)[]) if (change[k] !== undefined) tuned[k] = change[k];
       for (const [k, v] of Object.entries(tuned)) {
-        if (!Number.isInteger(v) && !(k === 'taskTimeoutSeconds' && v > 0)) throw new SluiceError('CONFIG', `handler ${this.name}: onStartup() set ${k} to ${v}, not a number`);
+        const ok = typeof v === 'number' && (k === 'taskTimeoutSeconds' ? v > 0 : Number.isInteger(v) && (k === 'maxRetries' ? v >= 0 : v > 0));
+        if (!ok)
+          throw new SluiceError(
+            'CONFIG',
+            `handler ${this.name}: onStartup() set ${k} to ${JSON.stringify(v)}, not a ${k === 'taskTimeoutSeconds' ? 'positive number' : k === 'maxRetries' ? 'whole number' : 'positive whole number'}`,
+          );
       }
     }
     this.pool = this.makePool({ ...ex, ...tuned });
@@ -136,10 +145,18 @@ export class HandlerStep {
     }
   }
 
-  /** The run stops: the periodic tasks are told and waited for; tasks still running are killed. */
+  /** The run stops: the periodic tasks are told and waited for (a while); tasks still running are killed. */
   async stop(): Promise<void> {
     this.stopping.abort();
-    await Promise.all(this.periodicRuns);
+    const settled = Promise.all(this.periodicRuns).then(() => true);
+    const cancel = new AbortController();
+    const waited = await Promise.race([settled, sleep(PERIODIC_STOP_MS, cancel.signal).then(() => false)]);
+    cancel.abort();
+    if (!waited)
+      this.env().log.warn(
+        { handler: this.name },
+        `handler ${this.name}: a periodic task still runs ${PERIODIC_STOP_MS / 1000} s after the stop (it does not watch ctx.signal); the run ends without it`,
+      );
     this.pool?.close();
   }
 

@@ -62,7 +62,7 @@ function expected(list: Order[]): { rows: string[]; failed: Map<number, string> 
     if (o.amount <= 0) continue; // the SQL model drops it
     if (!Number.isInteger(id)) failed.set(Math.floor(id), 'does not match its input schema');
     else if (id % 97 === 0) failed.set(id, `process() threw: order ${id} is cursed`);
-    else if (o.name === 'bad') failed.set(id, 'a row it returned does not match its output schema');
+    else if (o.name === 'bad') failed.set(id, 'process() returned a row that does not match its output schema');
     else {
       const raw = Buffer.byteLength(JSON.stringify(o));
       const cents = Math.round(o.amount * 100);
