@@ -1,7 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { RunDone, RunRequest } from './spawner-child.js';
+import type { RunDone, RunRequest, TaskOutcome } from './spawner-child.js';
 
 // The subprocess pool of a handler: runs its tasks, each one process of the binary its config
 // names (`executor.binary_path`: from config only, never from a message), with the task's
@@ -32,25 +32,11 @@ export interface PoolTask {
   env?: Record<string, string>;
 }
 
-export interface PoolResult {
-  /** The exit code; null when a signal ended the process. */
-  exitCode: number | null;
-  /** The signal that ended it (SIGKILL after a timeout), or null. */
-  signal: NodeJS.Signals | null;
+export interface PoolResult extends TaskOutcome {
   stdout: string;
   /** stdout as bytes (a binary's output that is not text). */
   stdoutBytes: Buffer;
   stderr: string;
-  /** Whether stdout or stderr went over PoolConfig.maxOutputBytes (what is kept is its start). */
-  stdoutTruncated: boolean;
-  stderrTruncated: boolean;
-  durationMs: number;
-  /** The pid of the task's process (the leader of its process group). */
-  pid: number | undefined;
-  /** It ran past task_timeout_seconds and was killed. */
-  timedOut: boolean;
-  /** It could not be started (spawn error). */
-  spawnError?: string;
 }
 
 /** The spawner's module: beside this one once built; under test (this module as TypeScript source), the built one. */

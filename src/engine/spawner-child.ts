@@ -18,19 +18,29 @@ export interface RunRequest {
   maxOutputBytes: number;
 }
 
-export interface RunDone {
-  op: 'done';
-  id: number;
+/** How a task's process ended (what the pool's result says besides its output). */
+export interface TaskOutcome {
+  /** The exit code; null when a signal ended the process. */
   exitCode: number | null;
+  /** The signal that ended it (SIGKILL after a timeout), or null. */
   signal: NodeJS.Signals | null;
-  stdout: Uint8Array;
-  stderr: Uint8Array;
+  /** Whether stdout or stderr went over the pool's maxOutputBytes (what is kept is its start). */
   stdoutTruncated: boolean;
   stderrTruncated: boolean;
   durationMs: number;
+  /** The pid of the task's process (the leader of its process group). */
   pid: number | undefined;
+  /** It ran past its timeout and was killed. */
   timedOut: boolean;
+  /** It could not be started (spawn error). */
   spawnError?: string;
+}
+
+export interface RunDone extends TaskOutcome {
+  op: 'done';
+  id: number;
+  stdout: Uint8Array;
+  stderr: Uint8Array;
 }
 
 const groups = new Set<number>();

@@ -7,7 +7,7 @@ import { registerSecret } from '../util/secrets.js';
 import { ident } from '../sql/quote.js';
 import { MODEL_SCHEMA, SOURCE_SCHEMA, type RenderedModel } from '../sql/template.js';
 import { handlerProblem, type Handler, type HandlerInput } from './handler-def.js';
-import { DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_FILE_BYTES } from './project-schema.js';
+import { newModel } from './model-files.js';
 import type { ModelDef } from './project-types.js';
 
 // The handlers of handlers/*.ts (and .mts, .js, .mjs): each module is loaded, with no build
@@ -114,18 +114,7 @@ function handlerModel(name: string, file: string, code: string, handler: Handler
   };
   const shape = (handler.output as { shape?: unknown } | undefined)?.shape;
   return {
-    name,
-    file,
-    sqlText: code,
-    rendered,
-    refs: rendered.refs.map((r) => r.name),
-    source: '',
-    feeds: [],
-    sinks: [],
-    columns: [],
-    dataTests: [],
-    maxFileBytes: DEFAULT_MAX_FILE_BYTES,
-    maxAgeSeconds: DEFAULT_MAX_AGE_SECONDS,
+    ...newModel(name, file, code, rendered),
     ...(handler.description ? { description: handler.description } : {}),
     handler: { spec: handler, from, outputColumns: shape && typeof shape === 'object' ? Object.keys(shape) : undefined },
   };

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ConfigIssue } from '../errors.js';
-import { renderModel } from '../sql/template.js';
+import { renderModel, type RenderedModel } from '../sql/template.js';
 import { DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_FILE_BYTES } from './project-schema.js';
 import type { ModelDef } from './project-types.js';
 import { readConfigText } from './yaml-file.js';
@@ -38,21 +38,25 @@ export function readModelFiles(modelsDir: string, issues: ConfigIssue[], show: (
       issues.push({ file: show(file), message: `model name "${name}" must be a plain identifier (letters, digits, _)` });
       continue;
     }
-    const rendered = renderModel(sqlText, show(file), issues);
-    models.push({
-      name,
-      file: show(file),
-      sqlText,
-      rendered,
-      refs: rendered.refs.map((r) => r.name),
-      source: '',
-      feeds: [],
-      sinks: [],
-      columns: [],
-      dataTests: [],
-      maxFileBytes: DEFAULT_MAX_FILE_BYTES,
-      maxAgeSeconds: DEFAULT_MAX_AGE_SECONDS,
-    });
+    models.push(newModel(name, show(file), sqlText, renderModel(sqlText, show(file), issues)));
   }
   return models;
+}
+
+/** A step of the DAG as read from its file, with default settings: config/models.yml and the DAG fill in the rest. */
+export function newModel(name: string, file: string, sqlText: string, rendered: RenderedModel): ModelDef {
+  return {
+    name,
+    file,
+    sqlText,
+    rendered,
+    refs: rendered.refs.map((r) => r.name),
+    source: '',
+    feeds: [],
+    sinks: [],
+    columns: [],
+    dataTests: [],
+    maxFileBytes: DEFAULT_MAX_FILE_BYTES,
+    maxAgeSeconds: DEFAULT_MAX_AGE_SECONDS,
+  };
 }
