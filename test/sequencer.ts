@@ -25,6 +25,7 @@ const DURATION_S: Record<string, number> = {
   'test/e2e/joins.test.ts': 20,
   'test/e2e/handlers.test.ts': 20,
   'test/e2e/handler-pool.test.ts': 90,
+  'test/e2e/handler-kafka.test.ts': 15,
   'test/e2e/dedup.test.ts': 20,
   'test/e2e/kafka.test.ts': 61,
   'test/e2e/nats.test.ts': 59,

@@ -238,6 +238,11 @@ export class BatchExecutor {
     for (const [name, d] of this.decoders) d.structure = s?.[name];
   }
 
+  /** The partitions the source reads now, for handlers with onAssign / onRevoke (also between batches: a rebalance with nothing to read). */
+  async handlerPartitions(assigned: string[] | undefined): Promise<void> {
+    for (const h of this.handlers.values()) await h.partitions(assigned);
+  }
+
   /** A batch begins for the handlers: nothing made yet, and the source's partitions as the batch shows them (onAssign, onRevoke). */
   private async beginHandlers(p: PreparedBatch): Promise<void> {
     for (const h of this.handlers.values()) {

@@ -540,8 +540,11 @@ export class Pipeline {
         pending = signal.aborted ? Promise.resolve(null) : next();
         if (cur.prepared) await this.handleBatch(cur.batch, cur.prepared, source, sourceName, { read: cur.readMs, wait });
         // A source with nothing to read hands over empty batches (every batch_timeout_ms): they
-        // must not keep the windows' tick from running.
-        else await this.tick(source, sourceName);
+        // must not keep the windows' tick from running, nor handlers from hearing of a rebalance.
+        else {
+          await this.executor.handlerPartitions(source.partitions?.());
+          await this.tick(source, sourceName);
+        }
         await this.flusher.flushDue();
       }
     } finally {
