@@ -1,7 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { RunDone, RunRequest, TaskOutcome } from './spawner-child.js';
+import { notStarted, type RunDone, type RunRequest, type TaskOutcome } from './task-outcome.js';
 
 // The subprocess pool of a handler: runs its tasks, each one process of the binary its config
 // names (`executor.binary_path`: from config only, never from a message), with the task's
@@ -103,20 +103,7 @@ export class ExecutorPool {
       // Tasks it had: they are gone with it.
       for (const [id, done] of this.waiting) {
         this.waiting.delete(id);
-        done({
-          op: 'done',
-          id,
-          exitCode: null,
-          signal: null,
-          stdout: new Uint8Array(),
-          stderr: new Uint8Array(),
-          stdoutTruncated: false,
-          stderrTruncated: false,
-          durationMs: 0,
-          pid: undefined,
-          timedOut: false,
-          spawnError: 'the process that starts the tasks ended',
-        });
+        done(notStarted(id, 'the process that starts the tasks ended'));
       }
     };
     child.on('exit', lost);
@@ -134,8 +121,7 @@ export class ExecutorPool {
   }
 
   private runNow(task: PoolTask): Promise<PoolResult> {
-    const started = performance.now();
-    if (this.closed) return Promise.resolve(failed('the pool is closed', started));
+    if (this.closed) return Promise.resolve(poolResult(notStarted(0, 'the pool is closed')));
     const { binaryPath, taskTimeoutSeconds, maxOutputBytes } = this.config;
     const id = ++this.seq;
     const req: RunRequest = {
@@ -143,34 +129,13 @@ export class ExecutorPool {
       id,
       cmd: binaryPath,
       args: task.args,
-      env: { ...(process.env as Record<string, string>), ...this.config.env, ...task.env },
+      env: { ...this.config.env, ...task.env },
       ...(task.stdin !== undefined ? { stdin: task.stdin } : {}),
       timeoutMs: taskTimeoutSeconds * 1000,
       maxOutputBytes,
     };
     return new Promise<PoolResult>((resolve) => {
-      this.waiting.set(id, (d) => {
-        const stdout = Buffer.from(d.stdout.buffer, d.stdout.byteOffset, d.stdout.byteLength);
-        const stderr = Buffer.from(d.stderr.buffer, d.stderr.byteOffset, d.stderr.byteLength);
-        let text: string | undefined;
-        resolve({
-          exitCode: d.exitCode,
-          signal: d.signal,
-          // Decoded when a hook reads it (a binary's output may be bytes only).
-          get stdout() {
-            text ??= stdout.toString('utf8');
-            return text;
-          },
-          stdoutBytes: stdout,
-          stderr: stderr.toString('utf8'),
-          stdoutTruncated: d.stdoutTruncated,
-          stderrTruncated: d.stderrTruncated,
-          durationMs: d.durationMs,
-          pid: d.pid,
-          timedOut: d.timedOut,
-          ...(d.spawnError ? { spawnError: d.spawnError } : {}),
-        });
-      });
+      this.waiting.set(id, (d) => resolve(poolResult(d)));
       const spawner = this.spawnerProcess();
       this.holdOpen();
       spawner.send(req);
@@ -186,18 +151,19 @@ export class ExecutorPool {
   }
 }
 
-function failed(why: string, started: number): PoolResult {
+/** What the spawner said of a task, as the pool's result: stdout decoded when a hook reads it (a binary's output may be bytes only). */
+function poolResult(d: RunDone): PoolResult {
+  const stdout = Buffer.from(d.stdout.buffer, d.stdout.byteOffset, d.stdout.byteLength);
+  let text: string | undefined;
+  const { op: _, id: __, stdout: ___, stderr, spawnError, ...outcome } = d;
   return {
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stdoutBytes: Buffer.alloc(0),
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    durationMs: Math.round(performance.now() - started),
-    pid: undefined,
-    timedOut: false,
-    spawnError: why,
+    ...outcome,
+    get stdout() {
+      text ??= stdout.toString('utf8');
+      return text;
+    },
+    stdoutBytes: stdout,
+    stderr: Buffer.from(stderr.buffer, stderr.byteOffset, stderr.byteLength).toString('utf8'),
+    ...(spawnError ? { spawnError } : {}),
   };
 }

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { notStarted, type RunDone, type RunRequest } from './task-outcome.js';
 
 // The process that starts a handler pool's tasks (see executor-pool.ts), forked by sluice with
 // an IPC channel. Forking is what starting a process costs, and it grows with the memory of the
@@ -6,42 +7,6 @@ import { spawn } from 'node:child_process';
 // this process next to nothing, so tasks start here. It also kills what they leave: a task's
 // process group when the task ends or outlives its timeout, and every group still running when
 // sluice is gone (the channel closes, also after a SIGKILL of sluice).
-
-export interface RunRequest {
-  op: 'run';
-  id: number;
-  cmd: string;
-  args: string[];
-  env: Record<string, string>;
-  stdin?: string | Uint8Array;
-  timeoutMs: number;
-  maxOutputBytes: number;
-}
-
-/** How a task's process ended (what the pool's result says besides its output). */
-export interface TaskOutcome {
-  /** The exit code; null when a signal ended the process. */
-  exitCode: number | null;
-  /** The signal that ended it (SIGKILL after a timeout), or null. */
-  signal: NodeJS.Signals | null;
-  /** Whether stdout or stderr went over the pool's maxOutputBytes (what is kept is its start). */
-  stdoutTruncated: boolean;
-  stderrTruncated: boolean;
-  durationMs: number;
-  /** The pid of the task's process (the leader of its process group). */
-  pid: number | undefined;
-  /** It ran past its timeout and was killed. */
-  timedOut: boolean;
-  /** It could not be started (spawn error). */
-  spawnError?: string;
-}
-
-export interface RunDone extends TaskOutcome {
-  op: 'done';
-  id: number;
-  stdout: Uint8Array;
-  stderr: Uint8Array;
-}
 
 const groups = new Set<number>();
 
@@ -79,22 +44,9 @@ function run(req: RunRequest): void {
   const started = performance.now();
   let child: ReturnType<typeof spawn>;
   try {
-    child = spawn(req.cmd, req.args, { detached: true, env: req.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    child = spawn(req.cmd, req.args, { detached: true, env: { ...process.env, ...req.env }, stdio: ['pipe', 'pipe', 'pipe'] });
   } catch (err) {
-    reply({
-      op: 'done',
-      id: req.id,
-      exitCode: null,
-      signal: null,
-      stdout: new Uint8Array(),
-      stderr: new Uint8Array(),
-      stdoutTruncated: false,
-      stderrTruncated: false,
-      durationMs: 0,
-      pid: undefined,
-      timedOut: false,
-      spawnError: String((err as Error).message ?? err),
-    });
+    reply(notStarted(req.id, String((err as Error).message ?? err)));
     return;
   }
   const pid = child.pid;

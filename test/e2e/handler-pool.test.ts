@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort, httpGet, killRepeatedly, query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
+import { freePort, httpGet, killRepeatedly, processesUnder, query, sluiceAsync, sluiceBg, tempDir, until, waitExit, writeFiles } from '../helpers/cli.js';
 import { deadLetters } from '../helpers/dlq.js';
 
 // Handlers with a subprocess pool: arrange() makes tasks of real programs (sha256sum, sh,
@@ -146,6 +146,37 @@ describe('handlers with a subprocess pool', () => {
     expect(r.stderr).not.toContain('hunter2-secret');
   });
 
+  it.concurrent('a pool misconfigured is refused naming the file and key; onStartup setting a bad value stops the run naming the hook', async () => {
+    const p = path.join(root, 'misconfigured');
+    const arranges = "import { defineHandler } from 'sluice';\nexport default defineHandler({\n  arrange: (ms) => ms.map((m) => ({ args: [], message: m })),\n  onTaskComplete: () => null,\n});\n";
+    writeFiles(p, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data/\n',
+      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+      'config/models.yml': 'overrides:\n  plain:\n    executor:\n      binary_path: /bin/true\n  missing:\n    executor:\n      binary_path: ./no-such-program\n',
+      'models/plain.sql': 'SELECT 1 AS x FROM incoming\n',
+      'handlers/missing.ts': arranges,
+      'handlers/poolless.ts': arranges,
+      'data/one.ndjson': '{"id": 1}\n',
+    });
+    const v = await sluiceAsync(['validate', '--project', p]);
+    expect(v.code).not.toBe(0);
+    expect(v.stderr).toMatch(/config\/models\.yml:3: overrides\.plain\.executor: model plain is SQL: a subprocess pool \(executor\) belongs to a handler/);
+    expect(v.stderr).toMatch(/config\/models\.yml:6: overrides\.missing\.executor\.binary_path: \S*no-such-program is not a program sluice can run/);
+    expect(v.stderr).toMatch(/handlers\/poolless\.ts: handler poolless arranges tasks: give it a subprocess pool in config\/models\.yml \(overrides\.poolless\.executor\.binary_path\)/);
+
+    const q = path.join(root, 'bad-startup');
+    writeFiles(q, {
+      'config/sources.yml': 'source:\n  type: file\n  path: data/\n',
+      'config/sinks.yml': 'sink:\n  type: parquet\n  path: ./output\n',
+      'config/models.yml': 'overrides:\n  zero:\n    executor:\n      binary_path: /bin/true\n',
+      'handlers/zero.ts': arranges.replace('arrange:', 'onStartup: () => ({ maxExecutors: 0 }),\n  arrange:'),
+      'data/one.ndjson': '{"id": 1}\n',
+    });
+    const r = await sluiceAsync(['run', '--project', q, '--port', '0'], { timeout: 60_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('handler zero: onStartup() set maxExecutors to 0, not a positive whole number');
+  });
+
   it.concurrent('SIGKILLed 10 times while tasks run: every message has its row in the output exactly once', async () => {
     const { p, texts } = digestProject('killed', 1200, 100, 20);
     const kills = await killRepeatedly(['run', '--project', p, '--port', '0'], {}, 10);
@@ -172,31 +203,10 @@ describe('handlers with a subprocess pool', () => {
     });
     const w = sluiceBg(['run', '--project', p, '--port', '0']);
     // The tasks: sleep processes under sluice (children of its pool's spawner).
-    const children = () => {
-      const parent = new Map<string, string>();
-      for (const d of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-        try {
-          parent.set(d, fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
-        } catch {
-          // gone meanwhile
-        }
-      }
-      const under = (pid: string): boolean => {
-        for (let p = parent.get(pid); p && p !== '1' && p !== '0'; p = parent.get(p)) if (p === String(w.pid)) return true;
-        return false;
-      };
-      return [...parent.keys()].filter((pid) => {
-        try {
-          return under(pid) && fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep';
-        } catch {
-          return false;
-        }
-      });
-    };
-    const naps = await until(() => (children().length === 3 ? children() : undefined), 30_000, 50, 'three tasks running');
+    const naps = await until(() => (processesUnder(w.pid!, 'sleep').length === 3 ? processesUnder(w.pid!, 'sleep') : undefined), 30_000, 50, 'three tasks running');
     w.kill('SIGKILL');
     await waitExit(w);
-    const gone = (pid: string) => !fs.existsSync(`/proc/${pid}`) || fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].startsWith('Z');
+    const gone = (pid: number) => !fs.existsSync(`/proc/${pid}`) || fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].startsWith('Z');
     await until(() => naps.every(gone), 5000, 50, 'the tasks to be killed');
   });
 

@@ -183,3 +183,32 @@ export async function freePort(): Promise<number> {
     });
   });
 }
+
+/** The processes under `pid` (children, grandchildren, ...) whose command is `comm`, from /proc. */
+export function processesUnder(pid: number, comm: string): number[] {
+  const parent = new Map<number, number>();
+  for (const d of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      parent.set(Number(d), Number(fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const under: number[] = [];
+  const todo = [pid];
+  while (todo.length) {
+    const p = todo.pop()!;
+    for (const [c, pp] of parent) {
+      if (pp !== p) continue;
+      under.push(c);
+      todo.push(c);
+    }
+  }
+  return under.filter((p) => {
+    try {
+      return fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim() === comm;
+    } catch {
+      return false;
+    }
+  });
+}

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ExecutorPool, type PoolConfig } from '../../src/engine/executor-pool.js';
-import { ROOT, tempDir, until } from '../helpers/cli.js';
+import { ROOT, processesUnder, tempDir, until } from '../helpers/cli.js';
 
 // The subprocess pool against real programs (coreutils, sh): output, exit codes, signals,
 // timeouts that kill the whole process group, the output cap, the concurrency bound, and no
@@ -14,37 +14,6 @@ const root = tempDir('sluice-pool-');
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 const cfg = (over: Partial<PoolConfig>): PoolConfig => ({ binaryPath: '/usr/bin/sha256sum', maxExecutors: 2, taskTimeoutSeconds: 10, env: {}, maxOutputBytes: 1 << 20, ...over });
-
-/** The processes under `pid` (children, grandchildren, ...). */
-function descendants(pid: number): number[] {
-  const parent = new Map<number, number>();
-  for (const d of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    try {
-      parent.set(Number(d), Number(fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const out: number[] = [];
-  const todo = [pid];
-  while (todo.length) {
-    const p = todo.pop()!;
-    for (const [c, pp] of parent) {
-      if (pp !== p) continue;
-      out.push(c);
-      todo.push(c);
-    }
-  }
-  return out;
-}
-
-const comm = (pid: number): string => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return '';
-  }
-};
 
 /** Whether a process (or, negative, a process group) still exists. */
 function alive(pid: number): boolean {
@@ -71,6 +40,22 @@ describe('executor pool', () => {
     expect(bad.exitCode).toBe(1);
     expect(bad.stderr).toContain('No such file or directory');
     expect(bad.timedOut).toBe(false);
+  });
+
+  it("a task's environment is sluice's, plus the pool's env, plus the task's", async () => {
+    const pool = new ExecutorPool(cfg({ binaryPath: '/usr/bin/env', env: { POOL_LEVEL: 'pool', BOTH: 'pool' } }));
+    try {
+      const r = await pool.run({ id: 'env', args: [], env: { TASK_LEVEL: 'task', BOTH: 'task' } });
+      const env = new Map(
+        r.stdout
+          .trim()
+          .split('\n')
+          .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+      );
+      expect([env.get('POOL_LEVEL'), env.get('TASK_LEVEL'), env.get('BOTH'), env.get('PATH')]).toEqual(['pool', 'task', 'task', process.env.PATH]);
+    } finally {
+      pool.close();
+    }
   });
 
   it('a task past its timeout is killed with its process group; a task killed by a signal says which', async () => {
@@ -131,7 +116,7 @@ setInterval(() => {}, 1000);
       const holder = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
       await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
       // The task: sleep 60, a child of the pool's spawner (the holder's child), leading its own process group.
-      const group = await until(() => descendants(holder.pid!).find((pid) => comm(pid) === 'sleep'), 10_000, 50, 'the task to start');
+      const group = await until(() => processesUnder(holder.pid!, 'sleep')[0], 10_000, 50, 'the task to start');
       expect(group).toBeGreaterThan(0);
       expect(alive(-group)).toBe(true);
       const killedAt = Date.now();
